@@ -1,0 +1,104 @@
+"""Base config: every key of the public CLI surface, with the paper's defaults.
+
+Task configs start from `get_config()` here and override what they need. Keys are locked:
+`--config.train.num_stpes=5` (a typo) is rejected.
+"""
+import ml_collections
+
+from rdbm_jax.data.spec import source_spec, task_spec
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    del arg
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict(dict(
+        # Each task: a training and an evaluation source (see rdbm_jax/data/spec.py for the keys).
+        tasks=ml_collections.ConfigDict(dict(
+            main=task_spec(train=source_spec(kind="builtin", split="train", degradation="inpaint"),
+                           eval=source_spec(kind="builtin", split="val", degradation="inpaint")),
+        )),
+        crop_size=256,           # training random crop (padded first if an image is smaller)
+        random_flip=True,        # training horizontal + vertical flips
+        num_workers=0,           # grain multiprocessing workers (0 = in-process)
+        prefetch_buffer=2,       # batches prefetched per worker
+        skip_bad_files=False,    # True: skip and count unreadable files instead of stopping
+    ))
+
+    c.model = ml_collections.ConfigDict(dict(
+        size="B",                # T | S | B | L (0.45 M … 7.73 M parameters, as in the paper)
+        dtype="float32",         # compute dtype: float32 | bfloat16
+        param_dtype="float32",
+        attention=True,          # self-attention at the lowest resolutions
+        dropout=0.0,
+        remat=False,             # rematerialise residual blocks (saves memory, costs compute)
+    ))
+
+    c.bridge = ml_collections.ConfigDict(dict(
+        preset="rdbm",           # rdbm | goub | brownian | irsde | flow
+        num_timesteps=100,       # T
+        theta_schedule="cosine", # cosine | linear | sigmoid
+        lam=10 / 255,            # λ = σ²/(2θ), the stationary variance (paper: 10/255)
+        pi="",                   # "" = the preset's default | residual | abs | one | zero
+        parameterization="x0",   # x0 (released code) | pi_eps (paper)
+    ))
+
+    c.optim = ml_collections.ConfigDict(dict(
+        optimizer="adam",        # adam | adamw
+        learning_rate=1e-4,
+        weight_decay=0.0,        # adamw only
+        b1=0.9,
+        b2=0.999,
+        warmup_steps=0,
+        schedule="constant",     # constant | cosine (decay to min_lr_ratio * lr after warmup)
+        min_lr_ratio=0.0,
+        grad_clip=0.0,           # global-norm clipping; 0 = off
+        ema_decay=0.999,
+    ))
+
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=500_000,
+        batch_size=20,           # global batch, split over devices (and equally over tasks)
+        loss="l1",               # l1 | l2
+        log_every=100,
+        eval_every=5_000,
+        eval_num_images=8,       # validation images restored at each periodic evaluation (0 = all)
+        checkpoint_every=5_000,
+        max_to_keep=3,
+        steps_per_dispatch=1,    # >1: several steps per compiled call (lax.scan)
+        compilation_cache_dir="",  # persistent XLA cache ("" = off)
+    ))
+
+    c.sample = ml_collections.ConfigDict(dict(
+        num_steps=10,            # NFE (paper's best: 10)
+        eta=0.0,                 # 0 = deterministic Eq. 19; 1 = posterior sampling
+        clip=True,               # clip x̂0 to [-1, 1] at each step
+        batch_size=4,
+        use_ema=True,
+        input_dir="",            # --mode=sample: restore every image here (recursive)
+        output_dir="",           # ... into this folder, same relative names, PNG
+        overwrite=False,
+        checkpoint="",           # explicit checkpoint step dir; "" = latest in --workdir
+        tile_size=0,             # >0: restore in overlapping tiles of this size
+        tile_overlap=32,
+    ))
+
+    c.eval = ml_collections.ConfigDict(dict(
+        metrics="psnr,ssim",     # any of psnr, ssim, lpips, fid
+        color="rgb",             # rgb | y (BT.601 luma)
+        crop_border=0,
+        quantize=True,           # round outputs to uint8 levels before measuring
+        max_images=0,            # per task; 0 = all
+        num_grid_images=4,
+        lpips_weights="",        # local .npz from `python -m rdbm_jax.perceptual.convert lpips …`
+        lpips_net="alex",        # alex | vgg
+        fid_weights="",          # local .npz from `python -m rdbm_jax.perceptual.convert inception …`
+        fid_ref_stats="",        # precomputed reference statistics (.npz) for FID
+    ))
+
+    c.sweep = ml_collections.ConfigDict(dict(
+        nfe="2,5,10,20,50",
+        eta="0,1",
+    ))
+    return c

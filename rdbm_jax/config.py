@@ -1,0 +1,109 @@
+"""Config validation: every bad value becomes a one-line ConfigError naming its key."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ml_collections
+
+from rdbm_jax.errors import ConfigError
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.size": ("T", "S", "B", "L"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "bridge.preset": ("rdbm", "goub", "brownian", "irsde", "flow"),
+    "bridge.theta_schedule": ("cosine", "linear", "sigmoid", "constant"),
+    "bridge.pi": ("", "residual", "abs", "one", "zero"),
+    "bridge.parameterization": ("x0", "pi_eps"),
+    "optim.optimizer": ("adam", "adamw"),
+    "optim.schedule": ("constant", "cosine"),
+    "train.loss": ("l1", "l2"),
+    "eval.color": ("rgb", "y"),
+    "eval.lpips_net": ("alex", "vgg"),
+}
+
+_positive = (lambda v: v > 0, "must be > 0")
+_non_negative = (lambda v: v >= 0, "must be >= 0")
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "bridge.num_timesteps": (lambda v: v >= 2, "must be >= 2"),
+    "bridge.lam": _positive,
+    "optim.learning_rate": _positive,
+    "optim.weight_decay": _non_negative,
+    "optim.warmup_steps": _non_negative,
+    "optim.grad_clip": _non_negative,
+    "optim.ema_decay": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    "optim.min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    "train.num_steps": _non_negative,
+    "train.batch_size": _positive,
+    "train.log_every": _positive,
+    "train.eval_every": _non_negative,
+    "train.eval_num_images": _non_negative,
+    "train.checkpoint_every": _positive,
+    "train.max_to_keep": _positive,
+    "train.steps_per_dispatch": _positive,
+    "sample.num_steps": _positive,
+    "sample.eta": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    "sample.batch_size": _positive,
+    "sample.tile_size": _non_negative,
+    "sample.tile_overlap": _non_negative,
+    "eval.crop_border": _non_negative,
+    "eval.max_images": _non_negative,
+    "data.crop_size": _positive,
+    "data.num_workers": _non_negative,
+}
+
+
+def sibling(config_file: str, name: str = "default") -> Any:
+    """Import `<name>.py` from the folder of `config_file` (task configs build on configs/default.py)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"rdbm_jax_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get(cfg: ml_collections.ConfigDict, key: str) -> Any:
+    """Look up a dotted key, e.g. get(cfg, "bridge.lam")."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def parse_list(cfg: ml_collections.ConfigDict, key: str, cast: Callable[[str], Any]) -> list:
+    """A comma-separated config string as a list (e.g. sweep.nfe = "2,5,10")."""
+    raw = get(cfg, key)
+    try:
+        return [cast(x.strip()) for x in str(raw).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a comma-separated list of {cast.__name__}") from None
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Check choices and ranges of every known key; raise ConfigError naming the first bad one."""
+    for key, allowed in CHOICES.items():
+        value = get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+    for key, (ok, what) in RANGES.items():
+        value = get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} {what}")
+    if cfg.sample.num_steps > cfg.bridge.num_timesteps:
+        raise ConfigError(f"sample.num_steps={cfg.sample.num_steps} exceeds bridge.num_timesteps="
+                          f"{cfg.bridge.num_timesteps}")
+    if cfg.sample.tile_size and cfg.sample.tile_overlap * 2 >= cfg.sample.tile_size:
+        raise ConfigError(f"sample.tile_overlap={cfg.sample.tile_overlap} must be < half of "
+                          f"sample.tile_size={cfg.sample.tile_size}")
+    if not cfg.data.tasks:
+        raise ConfigError("data.tasks is empty: a config must define at least one task")
+    metrics = parse_list(cfg, "eval.metrics", str)
+    unknown = sorted(set(metrics) - {"psnr", "ssim", "lpips", "fid"})
+    if unknown:
+        raise ConfigError(f"eval.metrics: unknown metric(s) {', '.join(unknown)} "
+                          "(choose from psnr, ssim, lpips, fid)")
+    parse_list(cfg, "sweep.nfe", int)
+    parse_list(cfg, "sweep.eta", float)

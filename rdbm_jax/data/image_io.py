@@ -1,0 +1,174 @@
+"""Image files: listing, decoding to RGB float, header probes, resizing and PNG writing.
+
+Decoding is explicit per pixel format: grayscale/1-bit → replicated to RGB; palette → RGB;
+alpha (RGBA/LA/PA) dropped, not composited; 16-bit grayscale scaled by 1/65535; float (mode F)
+rejected. The first frame of multi-frame files is used; EXIF orientation is not applied (pixels
+are kept in stored order so that LQ/GT pairs stay aligned whatever their metadata).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from rdbm_jax.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _where(path: str, key: str | None) -> str:
+    """`path` or `path (config key)` for error messages."""
+    return f"{path} ({key})" if key else path
+
+
+def list_images(folder: str, key: str | None = None) -> list[str]:
+    """Image files under `folder` (recursive), sorted by relative path; DataError if missing or empty."""
+    if not folder:
+        raise DataError(f"no folder given{f' for {key}' if key else ''}")
+    if not os.path.isdir(folder):
+        raise DataError(f"image folder not found: {_where(folder, key)}")
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(os.path.join(root, f))
+    if not found:
+        raise DataError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder "
+                        f"{_where(folder, key)}")
+    return sorted(found, key=lambda p: relative_stem(p, folder))
+
+
+def relative_stem(path: str, folder: str) -> str:
+    """Relative path of `path` under `folder` without extension, with '/' separators."""
+    rel = os.path.splitext(os.path.relpath(path, folder))[0]
+    return rel.replace(os.sep, "/")
+
+
+def _to_float_rgb(img: Image.Image, path: str, key: str | None) -> np.ndarray:
+    """A decoded PIL image as float32 [H, W, 3] in [0, 1] (explicit per-mode conversion)."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img).astype(np.float32)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise DataError(f"32-bit integer image with values outside 0..65535: {_where(path, key)}")
+        gray = arr / 65535.0
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if mode == "F":
+        raise DataError(f"floating-point images (mode F) are not supported, save as 8/16-bit: "
+                        f"{_where(path, key)}")
+    if mode in ("P", "PA", "RGBa"):
+        img = img.convert("RGBA")  # palette (maybe with transparency) / premultiplied → RGBA first
+    elif mode in ("1", "La"):
+        img = img.convert("L" if mode == "1" else "LA")
+    if img.mode == "RGBA":
+        img = img.convert("RGB")  # alpha is dropped, not composited
+    elif img.mode == "LA":
+        img = img.convert("L")
+    if img.mode == "L":
+        gray = np.asarray(img, dtype=np.float32) / 255.0
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def decode_image(path: str, key: str | None = None) -> np.ndarray:
+    """Decode an image file (first frame) to float32 [H, W, 3] in [0, 1]; DataError naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # full decode here: truncation surfaces now, not later
+                out = _to_float_rgb(img, path, key)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {_where(path, key)}") from None
+    except IsADirectoryError:
+        raise DataError(f"expected an image file, found a folder: {_where(path, key)}") from None
+    except PermissionError:
+        raise DataError(f"image file not readable (permission denied): {_where(path, key)}") from None
+    except Image.UnidentifiedImageError:
+        raise DataError(f"not an image file (cannot identify format): {_where(path, key)}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"corrupt or truncated image ({msg}): {_where(path, key)}") from None
+    if out.shape[0] == 0 or out.shape[1] == 0:
+        raise DataError(f"empty image (0 pixels): {_where(path, key)}")
+    return out
+
+
+def probe_size(path: str, key: str | None = None) -> tuple[int, int]:
+    """(height, width) from the file header only (cheap build-time check); DataError naming the file."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {_where(path, key)}") from None
+    except IsADirectoryError:
+        raise DataError(f"expected an image file, found a folder: {_where(path, key)}") from None
+    except PermissionError:
+        raise DataError(f"image file not readable (permission denied): {_where(path, key)}") from None
+    except Image.UnidentifiedImageError:
+        raise DataError(f"not an image file (cannot identify format): {_where(path, key)}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"unreadable image header ({msg}): {_where(path, key)}") from None
+    if w == 0 or h == 0:
+        raise DataError(f"empty image (0 pixels): {_where(path, key)}")
+    return h, w
+
+
+def to_model_range(x01: np.ndarray) -> np.ndarray:
+    """[0, 1] → float32 [−1, 1]."""
+    return (np.asarray(x01, np.float32) * 2.0 - 1.0).astype(np.float32)
+
+
+def load_image(path: str) -> np.ndarray:
+    """An image file as float32 [H, W, 3] in [−1, 1] (for --mode=sample inputs)."""
+    return to_model_range(decode_image(path))
+
+
+def save_image(path: str, img: np.ndarray) -> None:
+    """Write a [−1, 1] float image ([H, W, 3], [H, W, 1] or [H, W]) as an 8-bit PNG."""
+    arr = np.asarray(img, dtype=np.float32)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
+        raise ValueError(f"save_image expects [H, W, 3] or [H, W], got shape {arr.shape} for {path}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"save_image got non-finite values for {path}")
+    u8 = np.round((np.clip(arr, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    Image.fromarray(u8).save(path, format="PNG")
+
+
+def resize_float(img: np.ndarray, height: int, width: int, resample: int = Image.LANCZOS) -> np.ndarray:
+    """Resize a float [H, W, C] image channel by channel (PIL float mode), clipped to [0, 1]."""
+    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(img[..., c]), mode="F")
+                        .resize((width, height), resample=resample)) for c in range(img.shape[-1])]
+    return np.clip(np.stack(chans, axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+def fit_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """(h, w) scaled so the long side is at most `max_side` (aspect kept; 0 = unchanged)."""
+    if max_side <= 0 or max(h, w) <= max_side:
+        return h, w
+    s = max_side / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def center_crop(img: np.ndarray, max_side: int) -> np.ndarray:
+    """Center crop so that neither side exceeds `max_side` (0 = unchanged)."""
+    if max_side <= 0:
+        return img
+    h, w = img.shape[:2]
+    th, tw = min(h, max_side), min(w, max_side)
+    top, left = (h - th) // 2, (w - tw) // 2
+    return img[top:top + th, left:left + tw]

@@ -1,0 +1,89 @@
+"""Inpainting masks: free-form brush strokes and boxes with a hole ratio in a configured range."""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from rdbm_jax.data.image_io import decode_image
+
+HOLE_VALUE = 1.0  # the hole is filled white (1 in [0, 1], i.e. +1 in model range), as in the paper's figure
+_MAX_SHAPES = 400
+
+
+def _stroke_segments(draw: ImageDraw.ImageDraw, h: int, w: int,
+                     rng: np.random.Generator) -> Iterator[None]:
+    """Draw one free-form brush stroke (DeepFill-v2 style), yielding after each segment."""
+    side = min(h, w)
+    width = max(1, int(round(rng.uniform(0.03, 0.08) * side)))
+    x, y = rng.uniform(0, w), rng.uniform(0, h)
+    angle = rng.uniform(0, 2 * math.pi)
+    r = width / 2
+    draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
+    for _ in range(int(rng.integers(4, 13))):
+        angle += rng.uniform(-math.pi / 3, math.pi / 3)
+        length = rng.uniform(0.05, 0.15) * side
+        nx = float(np.clip(x + length * math.cos(angle), 0, w - 1))
+        ny = float(np.clip(y + length * math.sin(angle), 0, h - 1))
+        draw.line([(x, y), (nx, ny)], fill=255, width=width)
+        draw.ellipse([nx - r, ny - r, nx + r, ny + r], fill=255)
+        x, y = nx, ny
+        yield
+
+
+def _box(draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> Iterator[None]:
+    """Draw one axis-aligned box (10–30 % of each side)."""
+    bh = max(1, int(rng.uniform(0.1, 0.3) * h))
+    bw = max(1, int(rng.uniform(0.1, 0.3) * w))
+    top, left = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+    draw.rectangle([left, top, left + bw - 1, top + bh - 1], fill=255)
+    yield
+
+
+def free_form_mask(h: int, w: int, rng: np.random.Generator, min_ratio: float,
+                   max_ratio: float) -> np.ndarray:
+    """A bool [H, W] hole mask of strokes (70 %) and boxes (30 %), hole fraction in [min, max]."""
+    # Shapes are added one segment at a time until the fraction reaches a target drawn uniformly
+    # from [min_ratio, max_ratio]; pixels of the last segment that overshoot max_ratio are dropped.
+    n = h * w
+    lo, hi = int(math.ceil(min_ratio * n)), int(math.floor(max_ratio * n))
+    target = max(lo, min(hi, int(round(rng.uniform(min_ratio, max_ratio) * n))))
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    prev = np.zeros((h, w), bool)
+    cur = prev
+    count = 0
+    for _ in range(_MAX_SHAPES):
+        shape = _stroke_segments if rng.uniform() < 0.7 else _box
+        for _seg in shape(draw, h, w, rng):
+            cur = np.asarray(canvas) > 0
+            count = int(cur.sum())
+            if count >= target:
+                break
+            prev = cur
+        if count >= target:
+            break
+    cur = cur.copy()
+    if count > hi:  # trim the newest pixels (raster order) back to max_ratio
+        new = np.flatnonzero(cur & ~prev)
+        cur.flat[new[:count - hi]] = False
+    elif count < lo:  # only if shapes ran out (never for sane ranges): fill free pixels
+        free = np.flatnonzero(~cur)
+        cur.flat[free[:lo - count]] = True
+    return cur
+
+
+def load_mask(path: str, h: int, w: int, key: str | None = None) -> np.ndarray:
+    """A bool [H, W] mask from an image file (white = hole), nearest-resized to (h, w) if needed."""
+    gray = decode_image(path, key).mean(axis=-1)
+    if gray.shape != (h, w):
+        gray = np.asarray(Image.fromarray(gray.astype(np.float32), mode="F")
+                          .resize((w, h), resample=Image.NEAREST))
+    return gray > 0.5
+
+
+def apply_mask(x01: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Fill the hole of a [0, 1] image with white (HOLE_VALUE)."""
+    return np.where(mask[..., None], np.float32(HOLE_VALUE), x01).astype(np.float32)

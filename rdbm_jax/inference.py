@@ -1,0 +1,113 @@
+"""Trained models for inference: load a checkpoint's (EMA) parameters, and `--mode=sample`."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from rdbm_jax import checkpoints, config as config_lib, data, distributed, models, train
+from rdbm_jax.errors import ConfigError, DataError, RDBMError
+from rdbm_jax.restore import check_size, from_config
+
+log = logging.getLogger("rdbm_jax")
+
+# Keys whose value must equal the checkpoint's: restoring with another bridge is meaningless.
+MUST_MATCH = ("bridge.preset", "bridge.parameterization", "bridge.num_timesteps",
+              "bridge.theta_schedule", "bridge.pi", "model.size")
+
+
+def check_compatible(cfg: ml_collections.ConfigDict, saved: dict, where: str) -> None:
+    """Refuse (ConfigError) a config whose bridge/model differs from the checkpoint's."""
+    for key in MUST_MATCH:
+        section, name = key.split(".")
+        theirs = saved.get(section, {}).get(name)
+        ours = config_lib.get(cfg, key)
+        if theirs is not None and theirs != ours:
+            raise ConfigError(f"{key}={ours!r} but the checkpoint {where} was trained with {theirs!r}; "
+                              f"restoring with a different bridge is refused (set --config.{key}={theirs!r})")
+
+
+def load_trained(cfg: ml_collections.ConfigDict, workdir: str, mesh: Any,
+                 checkpoint: str = "") -> tuple[Any, Any, Any, int]:
+    """(model, schedule, parameters — EMA unless sample.use_ema=False —, step) of a checkpoint."""
+    directory, step = checkpoints.resolve(workdir, checkpoint)
+    where = os.path.join(directory, str(step))
+    check_compatible(cfg, checkpoints.read_config(directory, step), where)
+    model = models.create_model(cfg.model)
+    abstract = train.abstract_state(model, cfg, mesh)
+    state, _ = checkpoints.load_for_inference(directory, step, abstract)
+    log.info("loaded %s parameters of step %d from %s", "EMA" if cfg.sample.use_ema else "raw", step, where)
+    return model, train.make_schedule(cfg.bridge), state.ema_params if cfg.sample.use_ema else state.params, step
+
+
+def _output_path(out_dir: str, in_dir: str, path: str) -> str:
+    rel = os.path.splitext(os.path.relpath(path, in_dir))[0]
+    return os.path.join(out_dir, rel + ".png")
+
+
+def _progress(done: int, total: int, name: str) -> None:
+    if distributed.is_main_process() and sys.stderr.isatty():
+        width = 30
+        filled = width * done // max(total, 1)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[-40:]:<40}")
+        sys.stderr.flush()
+
+
+def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """`--mode=sample`: restore every image in sample.input_dir into sample.output_dir (PNG)."""
+    config_lib.validate(cfg)
+    s = cfg.sample
+    if not s.input_dir or not s.output_dir:
+        raise ConfigError("--mode=sample needs sample.input_dir and sample.output_dir")
+    if os.path.abspath(s.input_dir) == os.path.abspath(s.output_dir):
+        raise ConfigError("sample.output_dir must differ from sample.input_dir")
+    paths = data.list_images(s.input_dir, key="sample.input_dir")
+    todo = [p for p in paths if s.overwrite or not os.path.exists(_output_path(s.output_dir, s.input_dir, p))]
+    skipped = len(paths) - len(todo)
+    if skipped:
+        log.info("%d of %d outputs already exist in %s: kept (sample.overwrite=True to redo)",
+                 skipped, len(paths), s.output_dir)
+    mesh = distributed.make_mesh()
+    model, schedule, params, _ = load_trained(cfg, workdir, mesh, s.checkpoint)
+    restorer = from_config(model, schedule, cfg, mesh)
+    rng = jax.random.PRNGKey(cfg.seed)
+    failed: list[str] = []
+    written = 0
+    pending: list[tuple[str, np.ndarray]] = []
+
+    def flush():
+        nonlocal written
+        if not pending:
+            return
+        out = restorer(params, np.stack([img for _, img in pending]), jax.random.fold_in(rng, written))
+        for (path, _), img in zip(pending, out):
+            if distributed.is_main_process():
+                data.save_image(_output_path(s.output_dir, s.input_dir, path), img)
+            written += 1
+            _progress(written + len(failed), len(todo), os.path.basename(path))
+        pending.clear()
+
+    for path in todo:
+        try:
+            img = data.load_image(path)
+            check_size(img.shape[0], img.shape[1], path)
+        except RDBMError as e:
+            log.error("skipped: %s", e)
+            failed.append(f"{path} ({e})")
+            continue
+        if pending and (pending[0][1].shape != img.shape or len(pending) == s.batch_size):
+            flush()
+        pending.append((path, img))
+    flush()
+    if distributed.is_main_process() and sys.stderr.isatty():
+        sys.stderr.write("\n")
+    log.info("restored %d image(s) into %s; %d kept, %d failed", written, s.output_dir, skipped, len(failed))
+    if failed:
+        raise DataError(f"{len(failed)} of {len(todo)} input(s) could not be restored (the rest were): "
+                        + "; ".join(failed))
+    return {"restored": written, "skipped": skipped, "failed": failed}

@@ -1,0 +1,162 @@
+"""PSNR and SSIM in JAX, matching scikit-image and the restoration protocol (RGB or BT.601 Y, border crop).
+
+Conventions (write them into every report):
+- inputs are float images in [0, data_range], shape [H, W, 3] or batched [..., H, W, 3];
+  the result is one value per image (a scalar, or shape [...]);
+- `quantize=True` clips to [0, data_range] and rounds to the 256 uint8 levels first
+  (round half to even, as `np.round` in BasicSR's `tensor2img`);
+- `color="y"` measures the BT.601 luma of MATLAB's `rgb2ycbcr`,
+  Y = 16 + 65.481 R + 128.553 G + 24.966 B (on [0, 1] inputs, Y in [16, 235] / 255),
+  without re-rounding Y (BasicSR's `to_y_channel`); the data range stays `data_range`;
+- `crop_border` pixels are removed from every side before measuring;
+- PSNR = 10 log10(data_range² / MSE) as `skimage.metrics.peak_signal_noise_ratio`;
+- SSIM is `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=data_range)` (Wang et al. 2004), mean over channels.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rdbm_jax.errors import ConfigError
+
+_COLORS = ("rgb", "y")
+# MATLAB rgb2ycbcr luma row (for [0, 1] inputs the output is Y/255 with offset 16/255).
+_Y_WEIGHTS = (65.481, 128.553, 24.966)
+_Y_OFFSET = 16.0
+# SSIM window: Gaussian, sigma 1.5, truncated at 3.5 sigma (scipy.ndimage radius 5, 11 taps).
+_SSIM_SIGMA = 1.5
+_SSIM_RADIUS = int(3.5 * _SSIM_SIGMA + 0.5)
+_SSIM_K1, _SSIM_K2 = 0.01, 0.03
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def to_unit(x: jax.Array) -> jax.Array:
+    """Map model images in [-1, 1] to [0, 1] (clipped)."""
+    return jnp.clip((jnp.asarray(x) + 1.0) * 0.5, 0.0, 1.0)
+
+
+def quantize_levels(x: jax.Array, data_range: float = 1.0) -> jax.Array:
+    """Clip to [0, data_range] and round to the nearest of 256 uint8 levels (returned as float)."""
+    x = jnp.clip(jnp.asarray(x, jnp.float32), 0.0, data_range)
+    return jnp.round(x * (255.0 / data_range)) * (data_range / 255.0)
+
+
+def rgb_to_y(x: jax.Array, data_range: float = 1.0) -> jax.Array:
+    """BT.601 luma of MATLAB `rgb2ycbcr` for images in [0, data_range]: [..., 3] -> [..., 1]."""
+    w = jnp.asarray(_Y_WEIGHTS, jnp.float32)
+    y = jnp.einsum("...c,c->...", jnp.asarray(x, jnp.float32), w, precision=_HIGHEST)
+    return (y + _Y_OFFSET * data_range)[..., None] / 255.0
+
+
+def _check(a: jax.Array, b: jax.Array, data_range: float, color: str, crop_border: int,
+           min_size: int) -> None:
+    """Raise a one-line error for inputs or protocol settings the metrics cannot measure."""
+    if a.shape != b.shape:
+        raise ValueError(f"metric inputs differ in shape: {a.shape} vs {b.shape}")
+    if a.ndim < 3 or a.shape[-1] != 3:
+        raise ValueError(f"metric inputs must be [..., H, W, 3] RGB images, got shape {a.shape}")
+    if color not in _COLORS:
+        raise ConfigError(f"eval.color must be one of {_COLORS}, got {color!r}")
+    if crop_border < 0:
+        raise ConfigError(f"eval.crop_border must be >= 0, got {crop_border}")
+    if isinstance(data_range, (int, float)) and not data_range > 0:
+        raise ValueError(f"data_range must be > 0, got {data_range}")
+    h, w = a.shape[-3] - 2 * crop_border, a.shape[-2] - 2 * crop_border
+    if min(h, w) < min_size:
+        raise ConfigError(
+            f"eval.crop_border={crop_border} leaves {h}x{w} pixels of a "
+            f"{a.shape[-3]}x{a.shape[-2]} image; this metric needs at least {min_size}x{min_size}")
+
+
+def _prepare(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, crop_border: int,
+             quantize: bool) -> tuple[jax.Array, jax.Array]:
+    """Quantise, convert to Y and crop both images as the protocol says."""
+    if quantize:
+        a, b = quantize_levels(a, data_range), quantize_levels(b, data_range)
+    if color == "y":
+        a, b = rgb_to_y(a, data_range), rgb_to_y(b, data_range)
+    if crop_border:
+        c = crop_border
+        a, b = a[..., c:-c, c:-c, :], b[..., c:-c, c:-c, :]
+    return a, b
+
+
+def _image_mean(x: jax.Array) -> jax.Array:
+    """Mean over [..., H, W, C] in stages (rows first), keeping float32 rounding error small."""
+    return jnp.mean(jnp.mean(jnp.mean(x, axis=-2), axis=-2), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("color", "crop_border", "quantize"))
+def _psnr(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, crop_border: int,
+          quantize: bool) -> jax.Array:
+    """PSNR of checked inputs (one compilation per shape and protocol)."""
+    a, b = _prepare(a, b, data_range, color, crop_border, quantize)
+    return 10.0 * jnp.log10(data_range ** 2 / _image_mean(jnp.square(a - b)))
+
+
+def psnr(a: jax.Array, b: jax.Array, *, data_range: float = 1.0, color: str = "rgb",
+         crop_border: int = 0, quantize: bool = False) -> jax.Array:
+    """Peak signal-to-noise ratio in dB per image ([..., H, W, 3] -> [...]); inf when equal."""
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    _check(a, b, data_range, color, crop_border, min_size=1)
+    return _psnr(a, b, jnp.float32(data_range), color, crop_border, quantize)
+
+
+def _gaussian_taps() -> np.ndarray:
+    """The 11 taps of scipy.ndimage's Gaussian (sigma 1.5, truncate 3.5), normalised to sum 1."""
+    x = np.arange(-_SSIM_RADIUS, _SSIM_RADIUS + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / _SSIM_SIGMA) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def _filter_valid(x: jax.Array) -> jax.Array:
+    """Separable Gaussian filter of [N, H, W, C] maps, keeping only outputs whose window fits."""
+    taps = jnp.asarray(_gaussian_taps())
+    n = taps.shape[0]
+
+    def along(axis: int, y: jax.Array) -> jax.Array:
+        """Valid correlation with the taps along one axis (a loop keeps the compiled graph small)."""
+        size = y.shape[axis] - n + 1
+        out_shape = y.shape[:axis] + (size,) + y.shape[axis + 1:]
+
+        def step(i: jax.Array, acc: jax.Array) -> jax.Array:
+            return acc + taps[i] * jax.lax.dynamic_slice_in_dim(y, i, size, axis=axis)
+
+        return jax.lax.fori_loop(0, n, step, jnp.zeros(out_shape, y.dtype))
+
+    return along(2, along(1, x))
+
+
+@functools.partial(jax.jit, static_argnames=("color", "crop_border", "quantize"))
+def _ssim(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, crop_border: int,
+          quantize: bool) -> jax.Array:
+    """SSIM of checked inputs (one compilation per shape and protocol)."""
+    a, b = _prepare(a, b, data_range, color, crop_border, quantize)
+    batch_shape = a.shape[:-3]
+    a = a.reshape((-1,) + a.shape[-3:])
+    b = b.reshape((-1,) + b.shape[-3:])
+    # skimage filters with mode="reflect" and then drops a 5-pixel strip; the kept outputs never
+    # touch the padding, so filtering in "valid" mode gives the same map directly.
+    ux, uy = _filter_valid(a), _filter_valid(b)
+    # (Co)variances do not change when each image is shifted by a constant; centring each channel
+    # on its mean first keeps E[x²] - E[x]² from cancelling catastrophically in float32.
+    a = a - jnp.mean(a, axis=(1, 2), keepdims=True)
+    b = b - jnp.mean(b, axis=(1, 2), keepdims=True)
+    ua, ub, uaa, ubb, uab = jnp.split(
+        _filter_valid(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1)), 5, axis=-1)
+    vx, vy, vxy = uaa - ua * ua, ubb - ub * ub, uab - ua * ub
+    c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return _image_mean(s).reshape(batch_shape)
+
+
+def ssim(a: jax.Array, b: jax.Array, *, data_range: float = 1.0, color: str = "rgb",
+         crop_border: int = 0, quantize: bool = False) -> jax.Array:
+    """Structural similarity (Wang et al. 2004, skimage's Gaussian variant) per image, channel mean."""
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    _check(a, b, data_range, color, crop_border, min_size=2 * _SSIM_RADIUS + 1)
+    return _ssim(a, b, jnp.float32(data_range), color, crop_border, quantize)

@@ -1,0 +1,172 @@
+"""Fréchet Inception Distance (Heusel et al. 2017) as pytorch-fid computes it, and reference statistics.
+
+    python -m rdbm_jax.perceptual.fid --weights inception_fid.npz --folder DIR --out stats.npz
+
+Statistics files hold `mu` [D] and `sigma` [D, D] (the same .npz layout as pytorch-fid's
+`--save-stats`, so either tool's files can be used).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+import numpy as np
+from scipy import linalg
+
+from rdbm_jax.errors import DataError, RDBMError
+
+log = logging.getLogger(__name__)
+
+
+def compute_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [D], covariance [D, D] with N-1 normalisation) of features [N, D], N >= 2."""
+    f = np.asarray(features, np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"FID statistics need features [N >= 2, D], got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    """scipy's matrix square root without its ill-conditioning warning (pytorch-fid passes disp=False)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return linalg.sqrtm(a)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
+    """||mu1 - mu2||² + Tr(S1 + S2 - 2 sqrt(S1 S2)), pytorch-fid's `calculate_frechet_distance`."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"FID statistics differ in dimension: mu {mu1.shape} vs {mu2.shape}, "
+                         f"sigma {sigma1.shape} vs {sigma2.shape}")
+    diff = mu1 - mu2
+    covmean = _sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        log.warning("FID: singular product of covariances; adding %s to their diagonals", eps)
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in sqrt(S1 S2)")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """Write `mu` and `sigma` to an .npz (pytorch-fid's layout)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+
+
+def load_stats(path: str, config_key: str = "eval.fid_ref_stats") -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) from an .npz; DataError naming the file and config key if missing or malformed."""
+    where = f"{path} ({config_key})" if config_key else path
+    if not os.path.isfile(path):
+        raise DataError(f"FID reference statistics not found: {where}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "mu" not in z.files or "sigma" not in z.files:
+                raise DataError(f"FID statistics file lacks 'mu'/'sigma' arrays (has {z.files}): {where}")
+            mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
+    except (OSError, ValueError, EOFError) as e:
+        if isinstance(e, DataError):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"not a readable FID statistics .npz ({msg}): {where}") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise DataError(f"FID statistics have mu {mu.shape} and sigma {sigma.shape}, expected [D] and "
+                        f"[D, D]: {where}")
+    return mu, sigma
+
+
+def _image_reader():
+    """(list_images(folder), decode(path) -> float32 [H, W, 3] in [0, 1]) from rdbm_jax.data or PIL."""
+    try:
+        from rdbm_jax.data.image_io import decode_image, list_images
+        return (lambda folder: list_images(folder, "--folder")), decode_image
+    except ImportError:  # the data package is optional for this tool
+        from PIL import Image
+        exts = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+        def listing(folder: str) -> list[str]:
+            """Image files under `folder`, sorted."""
+            if not os.path.isdir(folder):
+                raise DataError(f"image folder not found: {folder} (--folder)")
+            found = sorted(os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs
+                           if f.lower().endswith(exts))
+            if not found:
+                raise DataError(f"no images in folder {folder} (--folder)")
+            return found
+
+        def decode(path: str) -> np.ndarray:
+            """An image as float32 RGB in [0, 1]."""
+            try:
+                with Image.open(path) as img:
+                    return np.asarray(img.convert("RGB"), np.float32) / 255.0
+            except OSError as e:
+                raise DataError(f"unreadable image ({e}): {path}") from None
+
+        return listing, decode
+
+
+def folder_features(weights_path: str, folder: str, batch_size: int = 50) -> np.ndarray:
+    """Pool3 features [N, 2048] of every image under `folder` (each resized to 299 as pytorch-fid)."""
+    from rdbm_jax.perceptual.inception import INPUT_SIZE, make_inception, resize_matrix
+
+    features = make_inception(weights_path, config_key="--weights")
+    if features is None:
+        raise DataError("no Inception weights given (--weights)")
+    listing, decode = _image_reader()
+    paths = listing(folder)
+    batch_size = min(batch_size, len(paths))
+    out = []
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for p in paths[start:start + batch_size]:
+            img = decode(p)
+            rh = resize_matrix(img.shape[0], INPUT_SIZE)
+            rw = resize_matrix(img.shape[1], INPUT_SIZE)
+            batch.append(np.einsum("oh,hwc->owc", rh, np.einsum("pw,hwc->hpc", rw, img)))
+        n = len(batch)
+        batch += [batch[-1]] * (batch_size - n)  # one compiled shape for every batch
+        out.append(np.asarray(features(np.stack(batch)))[:n])
+        log.info("FID features: %d / %d images", start + n, len(paths))
+    return np.concatenate(out, axis=0).astype(np.float64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: precompute FID reference statistics of an image folder."""
+    p = argparse.ArgumentParser(prog="python -m rdbm_jax.perceptual.fid", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="inception_fid.npz from rdbm_jax.perceptual.convert")
+    p.add_argument("--folder", required=True, help="reference images (searched recursively)")
+    p.add_argument("--out", required=True, help="output statistics .npz (mu, sigma)")
+    p.add_argument("--batch-size", type=int, default=50)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.batch_size < 1:
+            raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+        feats = folder_features(args.weights, args.folder, args.batch_size)
+        if feats.shape[0] < 2:
+            raise DataError(f"FID statistics need at least 2 images, found {feats.shape[0]} in "
+                            f"{args.folder} (--folder)")
+        mu, sigma = compute_statistics(feats)
+        save_stats(args.out, mu, sigma)
+    except RDBMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} (statistics of {feats.shape[0]} images)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

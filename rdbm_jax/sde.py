@@ -1,0 +1,262 @@
+"""The residual diffusion bridge: marginal, posterior, reverse kernels and the compiled sampler.
+
+Pure functional JAX (no Flax): every function is jit/vmap/pmap/grad-safe. Images are NHWC and
+t is an int array [B] (or a scalar); the per-time coefficients broadcast over H, W, C. Index −1
+is x0 itself (Θ = 1, Σ = 0). Paper equations: Wang et al., "Residual Diffusion Bridge Model".
+
+Singular index (Θ_t = 0, i.e. t = T−1 of every bridge preset, where x_t = μ): the πε output
+carries no information about x0 there, so in the `pi_eps` parameterisation the network output at
+that index is read as the residual estimate x̂0 − μ (`x0_from_pi_eps`, `pi_eps_from_x0` and
+`training_target(..., t=t)` share this convention). A πε network trained without `t` learns an
+output ≈ 0 there (the L1-optimal guess of π⊙ε), i.e. x̂0 = μ: the first step then stays at μ.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rdbm_jax.schedules import (DEFAULT_PI, PI_MODES, PRESETS, THETA_SCHEDULES, Schedule, make_schedule,
+                                theta_profile, timestep_pairs)
+
+__all__ = ["Schedule", "make_schedule", "timestep_pairs", "theta_profile", "PRESETS", "PI_MODES",
+           "THETA_SCHEDULES", "DEFAULT_PI", "PARAMETERIZATIONS", "pi_values", "q_sample", "transition",
+           "posterior", "x0_from_pi_eps", "pi_eps_from_x0", "predict_x0", "training_target",
+           "reverse_step", "reverse_step_pi_eps", "sample"]
+
+PARAMETERIZATIONS = ("x0", "pi_eps")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _resolve_pi(schedule: Schedule, pi: str | None) -> str:
+    """The modulator mode: `pi`, or the preset's default when None/""."""
+    mode = pi or schedule.default_pi
+    if mode not in PI_MODES:
+        raise ValueError(f"pi={pi!r} is not one of {', '.join(PI_MODES)}")
+    return mode
+
+
+def _check_parameterization(parameterization: str) -> None:
+    """Reject an unknown network parameterisation."""
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization={parameterization!r} is not one of {', '.join(PARAMETERIZATIONS)}")
+
+
+def _concrete(x) -> float | None:
+    """float(x) when x is concrete, None when it is traced."""
+    try:
+        return float(x)
+    except TypeError:  # jax.errors.ConcretizationTypeError is a TypeError
+        return None
+
+
+def _at(table: jax.Array, t, fill: float) -> jax.Array:
+    """table[t] for t in 0..T−1, `fill` for t = −1 (x0 itself)."""
+    t = jnp.asarray(t, jnp.int32)
+    value = table[jnp.clip(t, 0, table.shape[0] - 1)]
+    return jnp.where(t < 0, jnp.asarray(fill, table.dtype), value)
+
+
+def _coefs(schedule: Schedule, t) -> tuple[jax.Array, jax.Array]:
+    """(Θ_t, Σ_t), with Θ_{−1} = 1 and Σ_{−1} = 0."""
+    return _at(schedule.Theta, t, 1.0), _at(schedule.Sigma, t, 0.0)
+
+
+def _bc(c: jax.Array, x: jax.Array) -> jax.Array:
+    """Broadcast a per-sample coefficient [B] (or scalar) against an image batch [B, ...]."""
+    c = jnp.asarray(c)
+    return c.reshape(c.shape + (1,) * (jnp.ndim(x) - c.ndim))
+
+
+def _safe(d: jax.Array) -> jax.Array:
+    """A divisor that is never 0 (the jnp.where-safe-gradient idiom)."""
+    return jnp.where(d > 0, d, jnp.ones_like(d))
+
+
+def pi_values(pi_mode: str, x0: jax.Array, mu: jax.Array) -> jax.Array:
+    """The modulator π: x0 − μ (residual), |x0 − μ| (abs), 1 (one) or 0 (zero)."""
+    if pi_mode == "residual":
+        return x0 - mu
+    if pi_mode == "abs":
+        return jnp.abs(x0 - mu)
+    if pi_mode == "one":
+        return jnp.ones(jnp.broadcast_shapes(jnp.shape(x0), jnp.shape(mu)), jnp.result_type(x0, mu))
+    if pi_mode == "zero":
+        return jnp.zeros(jnp.broadcast_shapes(jnp.shape(x0), jnp.shape(mu)), jnp.result_type(x0, mu))
+    raise ValueError(f"pi={pi_mode!r} is not one of {', '.join(PI_MODES)}")
+
+
+# ----------------------------------------------------------------------------- forward process
+
+def q_sample(schedule: Schedule, x0: jax.Array, mu: jax.Array, t, noise: jax.Array,
+             pi: str | None = None) -> jax.Array:
+    """x_t = μ + Θ_t (x0 − μ) + Σ_t π ⊙ ε (Eqs. 11–13)."""
+    mode = _resolve_pi(schedule, pi)
+    big_theta, sigma = _coefs(schedule, t)
+    return mu + _bc(big_theta, x0) * (x0 - mu) + _bc(sigma, x0) * (pi_values(mode, x0, mu) * noise)
+
+
+def transition(schedule: Schedule, t, s) -> tuple[jax.Array, jax.Array]:
+    """One-step kernel s → t (s < t): y_t = a y_s + N(0, π² v), a = Θ_t/Θ_s, v = Σ_t² − a² Σ_s² ≥ 0."""
+    th_t, sg_t = _coefs(schedule, t)
+    th_s, sg_s = _coefs(schedule, s)
+    a = th_t / _safe(th_s)
+    return a, jnp.maximum(sg_t ** 2 - (a * sg_s) ** 2, 0.0)
+
+
+def posterior(schedule: Schedule, x_t: jax.Array, x0: jax.Array, mu: jax.Array, t, s,
+              pi: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """Mean and variance of q(x_s | x_t, x0, μ), s < t (Chapman–Kolmogorov; Σ_t = 0 → marginal at s)."""
+    mode = _resolve_pi(schedule, pi)
+    th_s, sg_s = _coefs(schedule, s)
+    a, v = transition(schedule, t, s)
+    var_t = _coefs(schedule, t)[1] ** 2
+    informative = var_t > 0
+    c_x = jnp.where(informative, a * sg_s ** 2 / _safe(var_t), 0.0)
+    c_0 = jnp.where(informative, v / _safe(var_t), 1.0) * th_s
+    c_v = jnp.where(informative, sg_s ** 2 * v / _safe(var_t), sg_s ** 2)
+    mean = mu + _bc(c_x, x_t) * (x_t - mu) + _bc(c_0, x_t) * (x0 - mu)
+    return mean, _bc(c_v, x_t) * pi_values(mode, x0, mu) ** 2
+
+
+# ----------------------------------------------------------------------------- parameterisations
+
+def x0_from_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_eps: jax.Array, t) -> jax.Array:
+    """x̂0 = μ + (x_t − μ − Σ_t n̂)/Θ_t; at the singular index (Θ_t = 0) x̂0 = μ + n̂ (module doc)."""
+    big_theta, sigma = _coefs(schedule, t)
+    regular = _bc(big_theta > 0, x_t)
+    x0 = mu + (x_t - mu - _bc(sigma, x_t) * pi_eps) / _bc(_safe(big_theta), x_t)
+    return jnp.where(regular, x0, mu + pi_eps)
+
+
+def pi_eps_from_x0(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array, t) -> jax.Array:
+    """n̂ = (x_t − μ − Θ_t (x̂0 − μ))/Σ_t; x̂0 − μ at the singular index, 0 where only Σ_t = 0."""
+    big_theta, sigma = _coefs(schedule, t)
+    n_hat = (x_t - mu - _bc(big_theta, x_t) * (x0_hat - mu)) / _bc(_safe(sigma), x_t)
+    n_hat = jnp.where(_bc(sigma > 0, x_t), n_hat, jnp.zeros_like(n_hat))
+    return jnp.where(_bc(big_theta > 0, x_t), n_hat, x0_hat - mu)
+
+
+def predict_x0(schedule: Schedule, net_out: jax.Array, x_t: jax.Array, mu: jax.Array, t,
+               parameterization: str) -> jax.Array:
+    """x̂0 from the raw network output: itself (x0) or via `x0_from_pi_eps` (pi_eps)."""
+    _check_parameterization(parameterization)
+    if parameterization == "x0":
+        return net_out
+    return x0_from_pi_eps(schedule, x_t, mu, net_out, t)
+
+
+def training_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax.Array,
+                    parameterization: str, pi: str | None = None, t=None) -> jax.Array:
+    """Regression target: x0 (x0) or π ⊙ ε (pi_eps; with `t`, x0 − μ at the singular index)."""
+    _check_parameterization(parameterization)
+    mode = _resolve_pi(schedule, pi)
+    if parameterization == "x0":
+        return x0
+    target = pi_values(mode, x0, mu) * noise
+    if t is None:
+        return target
+    return jnp.where(_bc(_coefs(schedule, t)[0] > 0, target), target, x0 - mu)
+
+
+# ----------------------------------------------------------------------------- reverse kernels
+
+def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array, t, t_next,
+                 eta=0.0, noise: jax.Array | None = None, pi: str | None = None) -> jax.Array:
+    """One reverse step t → t_next of the η-family (η = 0: Eq. 19 in x0 form; η = 1: posterior sample).
+
+    x_s = μ + Θ_s π̂x + sqrt(Σ_s² − η² Σ̃²) n̂ + η Σ̃ π̂ z with π̂x = x̂0 − μ, Σ̃² = Σ_s² v/Σ_t², n̂ from
+    x̂0; where Σ_t = 0 (singular first step) n̂ = 0 and Σ̃ = Σ_s; t_next = −1 returns x̂0. `noise` is z
+    (needed when η > 0; when η is traced and noise is None the z term is dropped).
+    """
+    mode = _resolve_pi(schedule, pi)
+    eta_c = _concrete(eta)
+    if eta_c is not None and not 0.0 <= eta_c <= 1.0:
+        raise ValueError(f"eta={eta_c} must be in [0, 1]")
+    if noise is None and eta_c not in (None, 0.0):
+        raise ValueError(f"noise: a standard normal array is needed when eta={eta_c} > 0")
+    th_t, sg_t = _coefs(schedule, t)
+    th_s, sg_s = _coefs(schedule, t_next)
+    _, v = transition(schedule, t, t_next)
+    informative = sg_t > 0
+    ratio = jnp.where(informative, v / _safe(sg_t ** 2), 1.0)  # v/Σ_t² ∈ [0, 1]
+    var_tilde = sg_s ** 2 * ratio
+    c_n = jnp.sqrt(jnp.maximum(sg_s ** 2 - eta ** 2 * var_tilde, 0.0))
+    resid = x0_hat - mu
+    n_hat = (x_t - mu - _bc(th_t, x_t) * resid) / _bc(_safe(sg_t), x_t)
+    n_hat = jnp.where(_bc(informative, x_t), n_hat, jnp.zeros_like(n_hat))
+    x_s = mu + _bc(th_s, x_t) * resid + _bc(c_n, x_t) * n_hat
+    if noise is not None:
+        x_s = x_s + _bc(eta * jnp.sqrt(var_tilde), x_t) * (pi_values(mode, x0_hat, mu) * noise)
+    return jnp.where(_bc(jnp.asarray(t_next) < 0, x_s), x0_hat, x_s)
+
+
+def reverse_step_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_eps_hat: jax.Array,
+                        t, t_next) -> jax.Array:
+    """Eq. 19 in πε form: x_s = μ + (Θ_s/Θ_t)(x_t − μ) − ((Θ_s/Θ_t) Σ_t − Σ_s) n̂ (deterministic).
+
+    At the singular index x_s = μ + Θ_s n̂ (the output read as x̂0 − μ); t_next = −1 returns x̂0.
+    """
+    th_t, sg_t = _coefs(schedule, t)
+    th_s, sg_s = _coefs(schedule, t_next)
+    k = th_s / _safe(th_t)
+    x_s = mu + _bc(k, x_t) * (x_t - mu) - _bc(k * sg_t - sg_s, x_t) * pi_eps_hat
+    x_s = jnp.where(_bc(th_t > 0, x_t), x_s, mu + _bc(th_s, x_t) * pi_eps_hat)
+    x0_hat = x0_from_pi_eps(schedule, x_t, mu, pi_eps_hat, t)
+    return jnp.where(_bc(jnp.asarray(t_next) < 0, x_s), x0_hat, x_s)
+
+
+# ----------------------------------------------------------------------------- sampler
+
+def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], schedule: Schedule,
+           mu: jax.Array, num_steps: int, rng: jax.Array | None, eta=0.0, clip: bool = True,
+           parameterization: str = "x0", pi: str | None = None, return_trajectory: bool = False):
+    """The reverse loop over `timestep_pairs(T, num_steps)` as one lax.scan; returns x̂0 [B, ...].
+
+    denoise_fn(x_t, μ, t int32 [B]) → raw network output. Start: x = μ (every bridge preset); for
+    irsde x = μ + Σ_{T−1} π z (π = "one"/"zero" only). With return_trajectory, also returns the
+    states [S+1, B, ...]: the start, then the state after each step (times pairs[:, 1]).
+    """
+    mode = _resolve_pi(schedule, pi)
+    _check_parameterization(parameterization)
+    pairs = timestep_pairs(schedule.num_timesteps, num_steps)
+    eta_c = _concrete(eta)
+    if eta_c is not None and not 0.0 <= eta_c <= 1.0:
+        raise ValueError(f"eta={eta_c} must be in [0, 1]")
+    stochastic = eta_c != 0.0
+    noisy_start = schedule.preset == "irsde" and mode != "zero"
+    if noisy_start and mode != "one":
+        raise ValueError(f"pi={mode!r}: the irsde start x_T ~ N(μ, Σ² π²) needs π known without x0 "
+                         "(use pi='one' or 'zero')")
+    if (stochastic or noisy_start) and rng is None:
+        raise ValueError("rng: a PRNG key is needed for eta > 0 or the irsde preset")
+    mu = jnp.asarray(mu)
+    x = mu
+    if noisy_start:
+        rng, k0 = jax.random.split(rng)
+        x = mu + schedule.Sigma[-1].astype(mu.dtype) * jax.random.normal(k0, mu.shape, mu.dtype)
+    start, batch = x, mu.shape[0]
+
+    def body(carry, pair):
+        x_t, key = carry
+        t, t_next = pair[0], pair[1]
+        out = denoise_fn(x_t, mu, jnp.full((batch,), t, jnp.int32))
+        x0_hat = predict_x0(schedule, out, x_t, mu, t, parameterization)
+        if clip:
+            x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
+        z = None
+        if stochastic:
+            key, kz = jax.random.split(key)
+            z = jax.random.normal(kz, mu.shape, mu.dtype)
+        x_s = reverse_step(schedule, x_t, mu, x0_hat, t, t_next, eta=eta, noise=z, pi=mode)
+        x_s = x_s.astype(mu.dtype)
+        return (x_s, key), (x_s if return_trajectory else None)
+
+    key = rng if rng is not None else jax.random.PRNGKey(0)
+    (x, _), traj = jax.lax.scan(body, (x, key), jnp.asarray(pairs, jnp.int32))
+    if return_trajectory:
+        return x, jnp.concatenate([start[None], traj], axis=0)
+    return x

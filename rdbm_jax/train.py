@@ -1,0 +1,266 @@
+"""The training loop: sharded jit step, EMA, clu metrics, periodic evaluation, orbax checkpoints."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import metrics as clu_metrics
+
+from rdbm_jax import checkpoints, config as config_lib, data, distributed, models, sde
+from rdbm_jax import evaluate, writers
+from rdbm_jax.errors import ConfigError, TrainingError
+from rdbm_jax.train_state import TrainState, create_train_state, learning_rate_schedule
+
+log = logging.getLogger("rdbm_jax")
+
+
+# clu metric collection of the training loop (averaged between two log lines).
+TrainMetrics = clu_metrics.Collection.create(loss=clu_metrics.Average.from_output("loss"),
+                                             grad_norm=clu_metrics.Average.from_output("grad_norm"))
+
+
+def make_schedule(bridge: ml_collections.ConfigDict) -> Any:
+    """The bridge schedule of the `bridge` config section; bad values name their key."""
+    try:
+        return sde.make_schedule(num_timesteps=bridge.num_timesteps, theta_schedule=bridge.theta_schedule,
+                                 lam=bridge.lam, preset=bridge.preset)
+    except ValueError as e:
+        raise ConfigError(f"bridge: {e}") from None
+
+
+def make_loss_fn(model: Any, schedule: Any, bridge: ml_collections.ConfigDict, loss: str) -> Callable:
+    """loss(params, batch, rng) = mean |net([x_t, μ], t) − target| (L1) or squared (L2)."""
+    pi = bridge.pi or None
+
+    def loss_fn(params, batch, rng):
+        x0, mu = batch["x0"], batch["mu"]
+        k_t, k_n, k_d = jax.random.split(rng, 3)
+        t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
+        noise = jax.random.normal(k_n, x0.shape, x0.dtype)
+        x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=pi)
+        target = sde.training_target(schedule, x0, mu, noise, bridge.parameterization, pi=pi)
+        out = model.apply({"params": params}, x_t, mu, t, train=True, rngs={"dropout": k_d})
+        err = out.astype(jnp.float32) - target
+        return jnp.mean(jnp.abs(err)) if loss == "l1" else jnp.mean(jnp.square(err))
+
+    return loss_fn
+
+
+def make_train_step(loss_fn: Callable) -> Callable:
+    """(state, batches [K, B, …], key) → (state, metrics, finite [K]): K steps in one lax.scan.
+
+    A step whose loss or gradient is not finite leaves the state untouched; the host stops on it.
+    """
+
+    def one(state: TrainState, batch: dict, key: jax.Array):
+        rng = jax.random.fold_in(key, state.step)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = state.apply_gradients(grads=grads)
+        new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
+        return new, (TrainMetrics.single_from_model_output(loss=loss, grad_norm=grad_norm), finite)
+
+    def multi(state: TrainState, batches: dict, key: jax.Array):
+        state, (per_step, finite) = jax.lax.scan(lambda s, b: one(s, b, key), state, batches)
+        merged = per_step.reduce()
+        return state, merged, finite
+
+    return multi
+
+
+def state_initializer(model: Any, cfg: ml_collections.ConfigDict) -> Callable[[jax.Array], TrainState]:
+    """init(key) → a fresh TrainState (parameters from a dummy crop-sized batch)."""
+    dummy = jnp.zeros((1, cfg.data.crop_size, cfg.data.crop_size, 3), jnp.float32)
+
+    def init(key):
+        params = model.init(key, dummy, dummy, jnp.zeros((1,), jnp.int32), train=False)["params"]
+        return create_train_state(model.apply, params, cfg.optim, cfg.train.num_steps)
+
+    return init
+
+
+def abstract_state(model: Any, cfg: ml_collections.ConfigDict, mesh: Any) -> Any:
+    """ShapeDtypeStructs (replicated shardings) of the TrainState, for restoring checkpoints."""
+    abstract = jax.eval_shape(state_initializer(model, cfg), jax.random.PRNGKey(0))
+    repl = distributed.replicated(mesh)
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
+
+
+def init_state(model: Any, cfg: ml_collections.ConfigDict, mesh: Any) -> TrainState:
+    """The initial TrainState, initialised directly on the devices, replicated."""
+    init = state_initializer(model, cfg)
+    return jax.jit(init, out_shardings=distributed.replicated(mesh))(jax.random.PRNGKey(cfg.seed))
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Create `workdir` and check that it is writable (one-line TrainingError otherwise)."""
+    if "://" in workdir:  # gs:// and friends: orbax writes there directly
+        return
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise TrainingError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step and exits 0."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def should_stop(self, step: int) -> bool:
+        stop = self.signal is not None
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            stop = bool(np.any(multihost_utils.process_allgather(np.array([stop]))))
+        return stop
+
+
+def _next_batches(it: Any, k: int) -> dict[str, np.ndarray]:
+    """Stack k consecutive local batches along a new leading axis (one compiled call runs k steps)."""
+    batches = [next(it) for _ in range(k)]
+    return {name: np.stack([b[name] for b in batches]) for name in ("x0", "mu")}
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
+                       hooks: Sequence[Callable[[int, TrainState], None]] = ()) -> dict[str, float]:
+    """Train per `cfg` in `workdir`, resuming from its latest checkpoint; returns the last metrics.
+
+    `hooks` are called as hook(step, state) after every dispatch (and after its checkpoint).
+    """
+    config_lib.validate(cfg)
+    prepare_workdir(workdir)
+    if cfg.train.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cfg.train.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    mesh = distributed.make_mesh()
+    if cfg.train.batch_size % mesh.size:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+                          f"{mesh.size} devices")
+    is_main = distributed.is_main_process()
+    schedule = make_schedule(cfg.bridge)
+    model = models.create_model(cfg.model)
+    train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed)
+    eval_sources = (data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
+                    if cfg.train.eval_every else {})
+    state = init_state(model, cfg, mesh)
+    repl = distributed.replicated(mesh)
+    if is_main:
+        log.info("model %s: %.3f M parameters on %d device(s) (%s)", cfg.model.size,
+                 models.count_params(state.params) / 1e6, mesh.size, jax.devices()[0].platform)
+
+    ckpt = checkpoints.Checkpointer(workdir, cfg.train.max_to_keep)
+    config_json = json.loads(cfg.to_json_best_effort())
+    start = ckpt.latest_step() or 0
+    if start:
+        state = ckpt.restore(start, abstract_state(model, cfg, mesh), train_iter)
+        log.info("resumed from %s at step %d", ckpt.directory, start)
+
+    writer = writers.create_writer(workdir, is_main)
+    if is_main and not start:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(config_json, f, indent=2)
+    step_fn = jax.jit(make_train_step(make_loss_fn(model, schedule, cfg.bridge, cfg.train.loss)),
+                      in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
+                      out_shardings=(repl, repl, repl),
+                      donate_argnums=0)
+    validator = evaluate.Validator(model, schedule, cfg, mesh, eval_sources) if eval_sources else None
+    lr_schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
+    key = jax.random.PRNGKey(cfg.seed + 1)
+    total, k = cfg.train.num_steps, cfg.train.steps_per_dispatch
+    step, last = start, {}
+    acc, pending = None, []
+    t_log, s_log = time.time(), step
+
+    def check_finite():
+        _raise_if_nonfinite(pending, ckpt)
+        pending.clear()
+
+    def save(at: int):
+        check_finite()
+        ckpt.save(at, state, train_iter, config_json)
+
+    with _StopFlag() as stop:
+        try:
+            while step < total:
+                n = min(k, total - step)
+                batches = distributed.global_batch(mesh, _next_batches(train_iter, n), leading=1)
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                    state, m, finite = step_fn(state, batches, key)
+                pending.append((step, finite))
+                acc = m if acc is None else acc.merge(m)
+                step += n
+                if len(pending) > 1:  # check the previous dispatch while this one runs
+                    _raise_if_nonfinite(pending[:-1], ckpt)
+                    del pending[:-1]
+                if step % cfg.train.log_every < n or step == total:
+                    check_finite()
+                    now = time.time()
+                    rate = (step - s_log) / max(now - t_log, 1e-9)
+                    last = {f"train/{k_}": float(v) for k_, v in acc.compute().items()}
+                    last.update({"steps_per_sec": rate, "images_per_sec": rate * cfg.train.batch_size,
+                                 "eta_minutes": (total - step) / max(rate, 1e-9) / 60.0,
+                                 "learning_rate": float(lr_schedule(step))})
+                    writer.write_scalars(step, last)
+                    acc, t_log, s_log = None, now, step
+                if validator and (step % cfg.train.eval_every < n or step == total):
+                    check_finite()
+                    scores, grid = validator(state.ema_params, step)
+                    writer.write_scalars(step, scores)
+                    writer.write_images(step, {"grid": grid})
+                    last.update(scores)
+                if step % cfg.train.checkpoint_every < n or step == total:
+                    save(step)
+                for hook in hooks:
+                    hook(step, state)
+                if stop.should_stop(step):
+                    log.info("signal %s: saving a checkpoint at step %d and exiting", stop.signal, step)
+                    save(step)
+                    break
+        finally:
+            ckpt.wait()
+            writer.flush()
+    ckpt.close()
+    writer.close()
+    return last
+
+
+def _raise_if_nonfinite(pending: list, ckpt: checkpoints.Checkpointer) -> None:
+    """Raise a TrainingError naming the first non-finite step among dispatched (start, flags) pairs."""
+    for first_step, flags in pending:
+        flags = np.asarray(jax.device_get(flags))
+        if not flags.all():
+            bad = first_step + int(np.argmin(flags)) + 1
+            raise TrainingError(f"non-finite loss or gradient at step {bad}; stopped (last good "
+                                f"checkpoint: step {ckpt.latest_step() or 'none'} in {ckpt.directory})")

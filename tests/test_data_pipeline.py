@@ -1,0 +1,223 @@
+"""Training iterator: shapes, crop/flip alignment, padding, task mixture, sharding, resume, skips."""
+from __future__ import annotations
+
+import logging
+
+import grain
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from rdbm_jax.data import build_train_iterator, source_spec, task_spec
+from rdbm_jax.errors import ConfigError, DataError
+
+
+def _data(tasks: dict, **kw) -> ml_collections.ConfigDict:
+    base = dict(crop_size=16, random_flip=True, num_workers=0, prefetch_buffer=2, skip_bad_files=False)
+    base.update(kw)
+    return ml_collections.ConfigDict(dict(tasks=ml_collections.ConfigDict(
+        {k: task_spec(train=v, eval=v) for k, v in tasks.items()}), **base))
+
+
+def _write(path, arr) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _same(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+def _const_folder(tmp_path, n: int, size=(20, 24)):
+    """n clean images of constant gray level 30·(i+1): the level identifies the image."""
+    for i in range(n):
+        _write(tmp_path / "clean" / f"{i:02d}.png", np.full(size + (3,), 30 * (i + 1), np.uint8))
+    return str(tmp_path / "clean")
+
+
+def _ids(batches) -> list[int]:
+    out = []
+    for b in batches:
+        level = np.round((b["x0"][:, 0, 0, 0] + 1) * 127.5).astype(int)
+        out += list(level // 30 - 1)
+    return out
+
+
+def test_builtin_batches_have_the_documented_layout():
+    data = _data({"main": source_spec(kind="builtin", split="train", degradation="inpaint")})
+    it = build_train_iterator(data, global_batch_size=4, seed=0, process_index=0, process_count=1)
+    b = next(it)
+    assert set(b) == {"x0", "mu", "task"}
+    for k in ("x0", "mu"):
+        assert b[k].shape == (4, 16, 16, 3) and b[k].dtype == np.float32
+        assert b[k].min() >= -1.0 and b[k].max() <= 1.0
+    assert b["task"].dtype == np.int32 and b["task"].tolist() == [0, 0, 0, 0]
+    assert not np.array_equal(b["x0"], b["mu"])
+
+
+def test_paired_crops_and_flips_stay_aligned(tmp_path):
+    y, x = np.mgrid[:30, :40]
+    for i in range(3):
+        gt = np.stack([(x * 6 + i * 20) % 256, (y * 8) % 256, (x * y + i) % 256], -1).astype(np.uint8)
+        _write(tmp_path / "gt" / f"{i}.png", gt)
+        _write(tmp_path / "lq" / f"{i}.png", 255 - gt)  # known f: μ = −x0 in model range
+    spec = source_spec(kind="paired", lq_dir=str(tmp_path / "lq"), gt_dir=str(tmp_path / "gt"))
+    it = build_train_iterator(_data({"p": spec}, crop_size=12), global_batch_size=2, seed=3,
+                              process_index=0, process_count=1)
+    signs = set()
+    for b in _take(it, 12):
+        np.testing.assert_allclose(b["mu"], -b["x0"], atol=1e-6)
+        signs |= {int(np.sign(b["x0"][j, 0, 1, 0] - b["x0"][j, 0, 0, 0])) for j in range(2)}
+    assert signs == {-1, 1}  # horizontal flips happen (red increases left→right in the file)
+
+
+def test_image_smaller_than_crop_is_reflect_padded(tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, (5, 6, 3), np.uint8)
+    _write(tmp_path / "clean" / "tiny.png", img)
+    spec = source_spec(kind="clean", dir=str(tmp_path / "clean"), degradation="lowlight")
+    it = build_train_iterator(_data({"c": spec}, crop_size=16, random_flip=False),
+                              global_batch_size=1, seed=0, process_index=0, process_count=1)
+    b = next(it)
+    assert b["x0"].shape == (1, 16, 16, 3)
+    expect = np.pad(img / 127.5 - 1.0, ((5, 6), (5, 5), (0, 0)), mode="reflect")
+    np.testing.assert_allclose(b["x0"][0], expect, atol=1e-6)
+
+
+def test_training_degradation_is_random_per_epoch(tmp_path):
+    _write(tmp_path / "clean" / "a.png", np.full((16, 16, 3), 128, np.uint8))
+    spec = source_spec(kind="clean", dir=str(tmp_path / "clean"), degradation="noise")
+    it = build_train_iterator(_data({"c": spec}, random_flip=False), global_batch_size=1, seed=0,
+                              process_index=0, process_count=1)
+    a, b = _take(it, 2)  # one image: consecutive batches are consecutive epochs
+    np.testing.assert_array_equal(a["x0"], b["x0"])
+    assert not np.array_equal(a["mu"], b["mu"])
+
+
+def test_mixture_gives_equal_task_shares(tmp_path):
+    tasks = {"noise": source_spec(kind="builtin", degradation="noise"),
+             "blur": source_spec(kind="builtin", degradation="gaussian_blur"),
+             "dark": source_spec(kind="clean", dir=_const_folder(tmp_path, 3), degradation="lowlight")}
+    data = _data(tasks, crop_size=8)
+    it = build_train_iterator(data, global_batch_size=12, seed=0, process_index=1, process_count=2)
+    for b in _take(it, 3):  # task ids = sorted names: blur 0, dark 1, noise 2
+        assert b["task"].tolist() == [0, 0, 1, 1, 2, 2]
+        assert b["x0"].shape == (6, 8, 8, 3)
+        dark = b["x0"][2:4]
+        assert np.all(dark == dark[:, :1, :1])  # the constant images landed in the 'dark' share
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
+        build_train_iterator(data, global_batch_size=8, seed=0, process_index=0, process_count=2)
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
+        build_train_iterator(data, global_batch_size=9, seed=0, process_index=0, process_count=2)
+
+
+def test_process_shards_are_disjoint_cover_and_deterministic(tmp_path):
+    spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 7), degradation="lowlight")
+    data = _data({"c": spec}, crop_size=8)
+    seen = []
+    for p in range(2):
+        it = build_train_iterator(data, global_batch_size=2, seed=5, process_index=p, process_count=2)
+        ids = _ids(_take(it, 8))
+        seen.append(set(ids))
+        again = build_train_iterator(data, global_batch_size=2, seed=5, process_index=p, process_count=2)
+        assert _ids(_take(again, 8)) == ids
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(7))
+    assert {len(s) for s in seen} == {3, 4}
+    with pytest.raises(DataError, match=r"cannot be sharded over 8 processes"):
+        build_train_iterator(data, global_batch_size=8, seed=5, process_index=0, process_count=8)
+
+
+def test_epoch_covers_every_image_once(tmp_path):
+    spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 5), degradation="lowlight")
+    it = build_train_iterator(_data({"c": spec}, crop_size=8), global_batch_size=1, seed=1,
+                              process_index=0, process_count=1)
+    ids = _ids(_take(it, 10))
+    assert sorted(ids[:5]) == list(range(5)) and sorted(ids[5:]) == list(range(5))
+    assert ids[:5] != ids[5:] or ids[:5] != list(range(5))  # shuffled
+
+
+def _rand_folder(tmp_path, name: str, n: int) -> str:
+    for i in range(n):
+        _write(tmp_path / name / f"{i}.png", np.random.default_rng(i).integers(0, 256, (20, 24, 3), np.uint8))
+    return str(tmp_path / name)
+
+
+def test_resume_from_saved_state_continues_identically(tmp_path):
+    data = _data({"a": source_spec(kind="clean", dir=_rand_folder(tmp_path, "a", 3),
+                                   degradation="motion_blur", motion_length=3),
+                  "b": source_spec(kind="clean", dir=_rand_folder(tmp_path, "b", 4),
+                                   degradation="inpaint")}, crop_size=8)
+    kw = dict(global_batch_size=4, seed=11, process_index=0, process_count=1)
+    it = build_train_iterator(data, **kw)
+    _take(it, 3)
+    state = it.get_state()
+    expected = _take(it, 3)
+    fresh = build_train_iterator(data, **kw)
+    fresh.set_state(state)
+    _same(_take(fresh, 3), expected)
+    uninterrupted = build_train_iterator(data, **kw)
+    _same(_take(uninterrupted, 6)[3:], expected)
+
+
+def test_resume_through_orbax_composite(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    data = _data({"a": source_spec(kind="builtin", degradation="noise")}, crop_size=8)
+    kw = dict(global_batch_size=2, seed=2, process_index=0, process_count=1)
+    it = build_train_iterator(data, **kw)
+    _take(it, 2)
+    with ocp.CheckpointManager(str(tmp_path / "ckpt")) as mngr:
+        mngr.save(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+        mngr.wait_until_finished()
+    expected = _take(it, 2)
+    fresh = build_train_iterator(data, **kw)
+    with ocp.CheckpointManager(str(tmp_path / "ckpt")) as mngr:
+        mngr.restore(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+    _same(_take(fresh, 2), expected)
+
+
+def test_worker_processes_match_in_process_and_resume(tmp_path):
+    spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 4), degradation="noise")
+    kw = dict(global_batch_size=2, seed=4, process_index=0, process_count=1)
+    ref = _take(build_train_iterator(_data({"c": spec}, crop_size=8), **kw), 4)
+    it = build_train_iterator(_data({"c": spec}, crop_size=8, num_workers=1), **kw)
+    try:
+        got = _take(it, 2)
+        state = it.get_state()
+    finally:
+        it.close()
+    _same(got, ref[:2])
+    it2 = build_train_iterator(_data({"c": spec}, crop_size=8, num_workers=1), **kw)
+    try:
+        it2.set_state(state)
+        _same(_take(it2, 2), ref[2:])
+    finally:
+        it2.close()
+
+
+def test_bad_file_stops_training_or_is_counted_and_skipped(tmp_path, caplog):
+    folder = _const_folder(tmp_path, 3)
+    big = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    _write(tmp_path / "clean" / "zz_bad.png", big)
+    raw = (tmp_path / "clean" / "zz_bad.png").read_bytes()
+    (tmp_path / "clean" / "zz_bad.png").write_bytes(raw[: len(raw) // 2])  # passes the header probe
+    spec = source_spec(kind="clean", dir=folder, degradation="lowlight")
+    kw = dict(global_batch_size=1, seed=0, process_index=0, process_count=1)
+    it = build_train_iterator(_data({"c": spec}, crop_size=8, prefetch_buffer=0), **kw)
+    with pytest.raises(DataError, match=r"truncated.*zz_bad\.png \(data\.tasks\.c\.train\.dir\)"):
+        _take(it, 4)
+    with caplog.at_level(logging.WARNING):
+        it = build_train_iterator(_data({"c": spec}, crop_size=8, skip_bad_files=True), **kw)
+        ids = _ids(_take(it, 8))
+    assert set(ids) == {0, 1, 2}  # the bad file's slot was refilled with a good image
+    assert "skipped bad file (1 skipped so far" in caplog.text and "zz_bad.png" in caplog.text
+    it = build_train_iterator(_data({"c": spec}, crop_size=8, skip_bad_files=True),
+                              global_batch_size=2, seed=0, process_index=1, process_count=2)
+    assert set(_ids(_take(it, 6))) == {1}  # shard {01, zz_bad}: refills stay inside the shard

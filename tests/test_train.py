@@ -1,0 +1,148 @@
+"""Training loop: learning, exact resume after SIGTERM and after a hard kill, EMA, non-finite loss."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rdbm_jax import checkpoints, train
+from rdbm_jax.errors import TrainingError
+from rdbm_jax.train_state import TrainState, ema_update
+from tests.helpers import REPO, config, read_metrics, train_rows
+
+# Short runs: 4 steps, a checkpoint every 2, a log line every step, no periodic evaluation.
+RESUME = {"train.num_steps": 4, "train.checkpoint_every": 2, "train.log_every": 1, "train.eval_every": 0}
+
+
+def _params(workdir: str, step: int):
+    from rdbm_jax import distributed, models
+    cfg = config(**RESUME)
+    model = models.create_model(cfg.model)
+    abstract = train.abstract_state(model, cfg, distributed.make_mesh())
+    state, _ = checkpoints.load_for_inference(checkpoints.checkpoint_dir(workdir), step, abstract)
+    return state
+
+
+def _assert_same_state(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves((a.params, a.ema_params, a.opt_state)),
+                    jax.tree_util.tree_leaves((b.params, b.ema_params, b.opt_state))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    train.train_and_evaluate(config(**RESUME), workdir)
+    return workdir
+
+
+def test_uninterrupted_run_writes_metrics_config_and_checkpoints(uninterrupted):
+    rows = train_rows(uninterrupted)
+    assert sorted(rows) == [1, 2, 3, 4]
+    assert all(np.isfinite(v) for v in rows.values())
+    assert sorted(os.listdir(checkpoints.checkpoint_dir(uninterrupted))) == ["2", "4"]
+    assert os.path.exists(os.path.join(uninterrupted, "config.json"))
+    assert {"steps_per_sec", "images_per_sec", "eta_minutes"} <= set(read_metrics(uninterrupted)[0])
+
+
+def test_sigterm_saves_and_resume_matches_uninterrupted(uninterrupted, tmp_path):
+    workdir = str(tmp_path)
+
+    def send_sigterm(step, state):
+        if step == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    train.train_and_evaluate(config(**RESUME), workdir, hooks=[send_sigterm])
+    # It stopped right after step 3 with a checkpoint there (not only at the periodic step 2).
+    assert sorted(os.listdir(checkpoints.checkpoint_dir(workdir))) == ["2", "3"]
+    assert max(train_rows(workdir)) == 3
+    train.train_and_evaluate(config(**RESUME), workdir)
+    assert train_rows(workdir) == train_rows(uninterrupted)
+    _assert_same_state(_params(workdir, 4), _params(uninterrupted, 4))
+
+
+def test_hard_kill_after_checkpoint_then_resume_matches(uninterrupted, tmp_path):
+    workdir = str(tmp_path)
+    script = textwrap.dedent(f"""
+        import os, time
+        from rdbm_jax import train
+        from tests.helpers import config
+        def kill(step, state):
+            if step == 3:  # once the (asynchronous) checkpoint of step 2 is final; step 3 is lost
+                for _ in range(600):
+                    if os.path.isdir(os.path.join({workdir!r}, "checkpoints", "2")):
+                        break
+                    time.sleep(0.1)
+                os._exit(9)
+        train.train_and_evaluate(config(**{RESUME!r}), {workdir!r}, hooks=[kill])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    assert checkpoints.Checkpointer(workdir).latest_step() == 2
+    train.train_and_evaluate(config(**RESUME), workdir)
+    rows = train_rows(workdir)  # steps 1-3 of the killed run, then 3-4 again after the resume
+    assert {s: rows[s] for s in (3, 4)} == {s: train_rows(uninterrupted)[s] for s in (3, 4)}
+    _assert_same_state(_params(workdir, 4), _params(uninterrupted, 4))
+
+
+def test_same_seed_same_loss_curve(uninterrupted, tmp_path):
+    train.train_and_evaluate(config(**RESUME), str(tmp_path))
+    assert train_rows(str(tmp_path)) == train_rows(uninterrupted)
+
+
+def test_non_finite_loss_stops_naming_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = train._next_batches
+    calls = {"n": 0}
+
+    def poisoned(it, k):
+        calls["n"] += 1
+        batch = real(it, k)
+        if calls["n"] == 3:  # the batch of step 3
+            batch["x0"] = np.full_like(batch["x0"], np.nan)
+        return batch
+
+    monkeypatch.setattr(train, "_next_batches", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite loss or gradient at step 3.*last good checkpoint: step 2"):
+        train.train_and_evaluate(config(**RESUME), str(tmp_path))
+    assert checkpoints.Checkpointer(str(tmp_path)).latest_step() == 2
+    state = _params(str(tmp_path), 2)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state.params))
+
+
+def test_loss_decreases_when_fitting_one_batch():
+    from rdbm_jax import models
+    cfg = config(**{"optim.learning_rate": 2e-3, "optim.warmup_steps": 0, "optim.schedule": "constant"})
+    model = models.create_model(cfg.model)
+    schedule = train.make_schedule(cfg.bridge)
+    step = jax.jit(train.make_train_step(train.make_loss_fn(model, schedule, cfg.bridge, "l1")))
+    rng = np.random.default_rng(0)
+    x0 = rng.uniform(-1, 1, (1, 4, 32, 32, 3)).astype(np.float32)
+    mu = np.clip(x0 + 0.5, -1, 1).astype(np.float32)
+    state = train.init_state(model, cfg, jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+    key = jax.random.PRNGKey(0)
+    losses = []
+    for _ in range(30):
+        state, m, finite = step(state, {"x0": x0, "mu": mu}, key)
+        losses.append(float(m.compute()["loss"]))
+    assert np.all(np.asarray(finite))
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+def test_ema_math():
+    ema = {"w": jnp.array([1.0, 2.0])}
+    new = ema_update(ema, {"w": jnp.array([3.0, 6.0])}, 0.9)
+    np.testing.assert_allclose(new["w"], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * 6], rtol=1e-6)
+    import optax
+    params = {"w": jnp.array([1.0, -1.0])}
+    state = TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.5), ema_params=params, ema_decay=0.75)
+    state = state.apply_gradients(grads={"w": jnp.array([2.0, 2.0])})  # params → [0, -2]
+    np.testing.assert_allclose(state.params["w"], [0.0, -2.0])
+    np.testing.assert_allclose(state.ema_params["w"], [0.75 * 1 + 0.25 * 0, 0.75 * -1 + 0.25 * -2])
