@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         # torch/torchvision are the PyTorch twins for parity tests (CPU is enough).
-        "test": ["pytest>=7", "torch>=2.4", "torchvision>=0.19", "lpips>=0.1.4"],
+        "test": ["pytest>=7", "torch>=2.4", "torchvision>=0.19", "lpips>=0.1.4", "pytorch-fid>=0.3"],
         "tensorboard": ["tensorflow-cpu>=2.15"],
     },
 )

@@ -79,6 +79,12 @@ def make_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
     return np.concatenate(padded, axis=0)[:-gap]
 
 
+def _fid_input(img: np.ndarray, quantize: bool) -> jax.Array:
+    """[-1, 1] image → [1, H, W, 3] in [0, 1] (uint8 levels when quantising, as FID from PNG files)."""
+    unit = metrics.to_unit(img[None])
+    return metrics.quantize_levels(unit) if quantize else unit
+
+
 def _mean(rows: list[dict], key: str) -> float:
     values = [r[key] for r in rows if key in r]
     return float(np.mean(values)) if values else float("nan")
@@ -132,9 +138,9 @@ def score_sources(restorer: Restorer, params: Any, sources: dict[str, Any], cfg:
             r.update({f"{k}_input": v for k, v in score_pair(ex["mu"], ex["x0"], cfg.eval).items()})
             if perceptual and perceptual.lpips:
                 r["lpips"] = float(np.asarray(perceptual.lpips(out[None], ex["x0"][None]))[0])
-            if perceptual and perceptual.inception:
-                feats_out.append(np.asarray(perceptual.inception(out[None])))
-                feats_gt.append(np.asarray(perceptual.inception(ex["x0"][None])))
+            if perceptual and perceptual.inception:  # Inception takes [0, 1], as pytorch-fid
+                feats_out.append(np.asarray(perceptual.inception(_fid_input(out, cfg.eval.quantize))))
+                feats_gt.append(np.asarray(perceptual.inception(_fid_input(ex["x0"], cfg.eval.quantize))))
             rows.append(r)
             if len(grids[task]) < cfg.eval.num_grid_images:
                 grids[task].append([ex["mu"], out, ex["x0"]])

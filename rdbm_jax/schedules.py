@@ -119,7 +119,8 @@ def marginal_tables(theta: np.ndarray, lam: float, preset: str) -> tuple[np.ndar
 def make_schedule(num_timesteps: int = 100, theta_schedule: str = "cosine", lam: float = 10 / 255,
                   preset: str = "rdbm", dtype=jnp.float32) -> Schedule:
     """The bridge schedule of a preset (rdbm | goub | brownian | irsde | flow) on T timesteps."""
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 2:
+    integer = isinstance(num_timesteps, (int, np.integer)) and not isinstance(num_timesteps, bool)
+    if not integer or num_timesteps < 2:
         raise ValueError(f"num_timesteps={num_timesteps!r} must be an integer >= 2")
     if theta_schedule not in _THETA_FNS:
         raise ValueError(f"theta_schedule={theta_schedule!r} is not one of {', '.join(THETA_SCHEDULES)}")

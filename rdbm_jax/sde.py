@@ -12,7 +12,7 @@ output ≈ 0 there (the L1-optimal guess of π⊙ε), i.e. x̂0 = μ: the first 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Union
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ __all__ = ["Schedule", "make_schedule", "timestep_pairs", "theta_profile", "PRES
            "reverse_step", "reverse_step_pi_eps", "sample"]
 
 PARAMETERIZATIONS = ("x0", "pi_eps")
+Time = Union[jax.Array, np.ndarray, int]  # an index 0..T−1 (or −1 = x0), scalar or [B]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -42,7 +43,8 @@ def _resolve_pi(schedule: Schedule, pi: str | None) -> str:
 def _check_parameterization(parameterization: str) -> None:
     """Reject an unknown network parameterisation."""
     if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization={parameterization!r} is not one of {', '.join(PARAMETERIZATIONS)}")
+        raise ValueError(f"parameterization={parameterization!r} is not one of "
+                         f"{', '.join(PARAMETERIZATIONS)}")
 
 
 def _concrete(x) -> float | None:
@@ -91,7 +93,7 @@ def pi_values(pi_mode: str, x0: jax.Array, mu: jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------- forward process
 
-def q_sample(schedule: Schedule, x0: jax.Array, mu: jax.Array, t, noise: jax.Array,
+def q_sample(schedule: Schedule, x0: jax.Array, mu: jax.Array, t: Time, noise: jax.Array,
              pi: str | None = None) -> jax.Array:
     """x_t = μ + Θ_t (x0 − μ) + Σ_t π ⊙ ε (Eqs. 11–13)."""
     mode = _resolve_pi(schedule, pi)
@@ -99,7 +101,7 @@ def q_sample(schedule: Schedule, x0: jax.Array, mu: jax.Array, t, noise: jax.Arr
     return mu + _bc(big_theta, x0) * (x0 - mu) + _bc(sigma, x0) * (pi_values(mode, x0, mu) * noise)
 
 
-def transition(schedule: Schedule, t, s) -> tuple[jax.Array, jax.Array]:
+def transition(schedule: Schedule, t: Time, s: Time) -> tuple[jax.Array, jax.Array]:
     """One-step kernel s → t (s < t): y_t = a y_s + N(0, π² v), a = Θ_t/Θ_s, v = Σ_t² − a² Σ_s² ≥ 0."""
     th_t, sg_t = _coefs(schedule, t)
     th_s, sg_s = _coefs(schedule, s)
@@ -107,7 +109,7 @@ def transition(schedule: Schedule, t, s) -> tuple[jax.Array, jax.Array]:
     return a, jnp.maximum(sg_t ** 2 - (a * sg_s) ** 2, 0.0)
 
 
-def posterior(schedule: Schedule, x_t: jax.Array, x0: jax.Array, mu: jax.Array, t, s,
+def posterior(schedule: Schedule, x_t: jax.Array, x0: jax.Array, mu: jax.Array, t: Time, s: Time,
               pi: str | None = None) -> tuple[jax.Array, jax.Array]:
     """Mean and variance of q(x_s | x_t, x0, μ), s < t (Chapman–Kolmogorov; Σ_t = 0 → marginal at s)."""
     mode = _resolve_pi(schedule, pi)
@@ -124,7 +126,8 @@ def posterior(schedule: Schedule, x_t: jax.Array, x0: jax.Array, mu: jax.Array, 
 
 # ----------------------------------------------------------------------------- parameterisations
 
-def x0_from_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_eps: jax.Array, t) -> jax.Array:
+def x0_from_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_eps: jax.Array,
+                   t: Time) -> jax.Array:
     """x̂0 = μ + (x_t − μ − Σ_t n̂)/Θ_t; at the singular index (Θ_t = 0) x̂0 = μ + n̂ (module doc)."""
     big_theta, sigma = _coefs(schedule, t)
     regular = _bc(big_theta > 0, x_t)
@@ -132,7 +135,8 @@ def x0_from_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_eps: ja
     return jnp.where(regular, x0, mu + pi_eps)
 
 
-def pi_eps_from_x0(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array, t) -> jax.Array:
+def pi_eps_from_x0(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array,
+                   t: Time) -> jax.Array:
     """n̂ = (x_t − μ − Θ_t (x̂0 − μ))/Σ_t; x̂0 − μ at the singular index, 0 where only Σ_t = 0."""
     big_theta, sigma = _coefs(schedule, t)
     n_hat = (x_t - mu - _bc(big_theta, x_t) * (x0_hat - mu)) / _bc(_safe(sigma), x_t)
@@ -140,7 +144,7 @@ def pi_eps_from_x0(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: ja
     return jnp.where(_bc(big_theta > 0, x_t), n_hat, x0_hat - mu)
 
 
-def predict_x0(schedule: Schedule, net_out: jax.Array, x_t: jax.Array, mu: jax.Array, t,
+def predict_x0(schedule: Schedule, net_out: jax.Array, x_t: jax.Array, mu: jax.Array, t: Time,
                parameterization: str) -> jax.Array:
     """x̂0 from the raw network output: itself (x0) or via `x0_from_pi_eps` (pi_eps)."""
     _check_parameterization(parameterization)
@@ -150,7 +154,7 @@ def predict_x0(schedule: Schedule, net_out: jax.Array, x_t: jax.Array, mu: jax.A
 
 
 def training_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax.Array,
-                    parameterization: str, pi: str | None = None, t=None) -> jax.Array:
+                    parameterization: str, pi: str | None = None, t: Time | None = None) -> jax.Array:
     """Regression target: x0 (x0) or π ⊙ ε (pi_eps; with `t`, x0 − μ at the singular index)."""
     _check_parameterization(parameterization)
     mode = _resolve_pi(schedule, pi)
@@ -164,14 +168,14 @@ def training_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax
 
 # ----------------------------------------------------------------------------- reverse kernels
 
-def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array, t, t_next,
-                 eta=0.0, noise: jax.Array | None = None, pi: str | None = None) -> jax.Array:
-    """One reverse step t → t_next of the η-family (η = 0: Eq. 19 in x0 form; η = 1: posterior sample).
-
-    x_s = μ + Θ_s π̂x + sqrt(Σ_s² − η² Σ̃²) n̂ + η Σ̃ π̂ z with π̂x = x̂0 − μ, Σ̃² = Σ_s² v/Σ_t², n̂ from
-    x̂0; where Σ_t = 0 (singular first step) n̂ = 0 and Σ̃ = Σ_s; t_next = −1 returns x̂0. `noise` is z
-    (needed when η > 0; when η is traced and noise is None the z term is dropped).
-    """
+def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array, t: Time, t_next: Time,
+                 eta: float | jax.Array = 0.0, noise: jax.Array | None = None,
+                 pi: str | None = None) -> jax.Array:
+    """One reverse step t → t_next of the η-family (η = 0: Eq. 19 in x0 form; η = 1: posterior sample)."""
+    # x_s = μ + Θ_s (x̂0 − μ) + sqrt(Σ_s² − η² Σ̃²) n̂ + η Σ̃ π̂ z, Σ̃² = Σ_s² v/Σ_t², n̂ from x̂0, π̂ the
+    # modulator of x̂0. Σ_t = 0 (the singular first step): n̂ = 0 and Σ̃ = Σ_s, i.e. x_s = μ + Θ_s (x̂0 − μ)
+    # (+ η Σ_s π̂ z). t_next = −1 returns x̂0. `noise` is z: required when η > 0 is concrete; when η is
+    # traced and noise is None the z term is dropped.
     mode = _resolve_pi(schedule, pi)
     eta_c = _concrete(eta)
     if eta_c is not None and not 0.0 <= eta_c <= 1.0:
@@ -181,7 +185,7 @@ def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.
     th_t, sg_t = _coefs(schedule, t)
     th_s, sg_s = _coefs(schedule, t_next)
     _, v = transition(schedule, t, t_next)
-    informative = sg_t > 0
+    informative = sg_t ** 2 > 0
     ratio = jnp.where(informative, v / _safe(sg_t ** 2), 1.0)  # v/Σ_t² ∈ [0, 1]
     var_tilde = sg_s ** 2 * ratio
     c_n = jnp.sqrt(jnp.maximum(sg_s ** 2 - eta ** 2 * var_tilde, 0.0))
@@ -195,11 +199,9 @@ def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.
 
 
 def reverse_step_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_eps_hat: jax.Array,
-                        t, t_next) -> jax.Array:
-    """Eq. 19 in πε form: x_s = μ + (Θ_s/Θ_t)(x_t − μ) − ((Θ_s/Θ_t) Σ_t − Σ_s) n̂ (deterministic).
-
-    At the singular index x_s = μ + Θ_s n̂ (the output read as x̂0 − μ); t_next = −1 returns x̂0.
-    """
+                        t: Time, t_next: Time) -> jax.Array:
+    """Eq. 19 in πε form: x_s = μ + (Θ_s/Θ_t)(x_t − μ) − ((Θ_s/Θ_t) Σ_t − Σ_s) n̂ (deterministic)."""
+    # At the singular index x_s = μ + Θ_s n̂ (n̂ read as x̂0 − μ, module doc); t_next = −1 returns x̂0.
     th_t, sg_t = _coefs(schedule, t)
     th_s, sg_s = _coefs(schedule, t_next)
     k = th_s / _safe(th_t)
@@ -212,14 +214,14 @@ def reverse_step_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_ep
 # ----------------------------------------------------------------------------- sampler
 
 def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], schedule: Schedule,
-           mu: jax.Array, num_steps: int, rng: jax.Array | None, eta=0.0, clip: bool = True,
-           parameterization: str = "x0", pi: str | None = None, return_trajectory: bool = False):
-    """The reverse loop over `timestep_pairs(T, num_steps)` as one lax.scan; returns x̂0 [B, ...].
-
-    denoise_fn(x_t, μ, t int32 [B]) → raw network output. Start: x = μ (every bridge preset); for
-    irsde x = μ + Σ_{T−1} π z (π = "one"/"zero" only). With return_trajectory, also returns the
-    states [S+1, B, ...]: the start, then the state after each step (times pairs[:, 1]).
-    """
+           mu: jax.Array, num_steps: int, rng: jax.Array | None, eta: float | jax.Array = 0.0,
+           clip: bool = True, parameterization: str = "x0", pi: str | None = None,
+           return_trajectory: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """The reverse loop over `timestep_pairs(T, num_steps)` as one lax.scan → x̂0 (, states [S+1, B, …])."""
+    # denoise_fn(x_t, μ, t int32 [B]) returns the raw network output (x̂0 or π̂ε̂ per `parameterization`).
+    # Start: x = μ for every bridge preset (Σ_{T−1} = 0); irsde: x = μ + Σ_{T−1} z (π = "one"; "zero" → μ).
+    # return_trajectory adds the states [S+1, B, …]: the start, then the state after each step (at the
+    # times pairs[:, 1]; the last one is the returned x̂0). rng may be None only when η = 0 (not irsde).
     mode = _resolve_pi(schedule, pi)
     _check_parameterization(parameterization)
     pairs = timestep_pairs(schedule.num_timesteps, num_steps)

@@ -47,7 +47,7 @@ def make_loss_fn(model: Any, schedule: Any, bridge: ml_collections.ConfigDict, l
         t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
         noise = jax.random.normal(k_n, x0.shape, x0.dtype)
         x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=pi)
-        target = sde.training_target(schedule, x0, mu, noise, bridge.parameterization, pi=pi)
+        target = sde.training_target(schedule, x0, mu, noise, bridge.parameterization, pi=pi, t=t)
         out = model.apply({"params": params}, x_t, mu, t, train=True, rngs={"dropout": k_d})
         err = out.astype(jnp.float32) - target
         return jnp.mean(jnp.abs(err)) if loss == "l1" else jnp.mean(jnp.square(err))

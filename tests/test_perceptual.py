@@ -16,15 +16,19 @@ from skimage import data
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 lpips_ref = pytest.importorskip("lpips")
-pfi = pytest.importorskip("pytorch_fid.inception")
-pfs = pytest.importorskip("pytorch_fid.fid_score")
 
 from rdbm_jax.errors import ConfigError, DataError  # noqa: E402
 from rdbm_jax.perceptual import convert, fid, make_inception, make_lpips  # noqa: E402
 from rdbm_jax.perceptual.inception import resize_bilinear  # noqa: E402
-from rdbm_jax.perceptual.lpips import LPIPS  # noqa: E402
+from rdbm_jax.perceptual.inception import variable_shapes as inception_shapes  # noqa: E402
+from rdbm_jax.perceptual.lpips import variable_shapes  # noqa: E402
 
 LPIPS_WEIGHTS = os.path.join(os.path.dirname(lpips_ref.__file__), "weights", "v0.1")
+
+
+def pytorch_fid():
+    """(pytorch_fid.inception, pytorch_fid.fid_score), or skip the FID references (`pip install pytorch-fid`)."""
+    return (pytest.importorskip("pytorch_fid.inception"), pytest.importorskip("pytorch_fid.fid_score"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,6 +123,7 @@ def test_lpips_vgg_matches_torch_lpips_names(tmp_path):
 
 def fid_inception_random() -> "torch.nn.Module":
     """pytorch-fid's `fid_inception_v3` construction body without its download, random weights."""
+    pfi, _ = pytorch_fid()
     inc = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None,
                                           init_weights=False)
     inc.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
@@ -145,6 +150,7 @@ def fid_inception_random() -> "torch.nn.Module":
 @pytest.fixture(scope="module")
 def fid_setup(tmp_path_factory):
     """(pytorch-fid InceptionV3 reference, converted .npz path, raw Inception3 module)."""
+    pfi, _ = pytorch_fid()
     inc = fid_inception_random()
     mp = pytest.MonkeyPatch()
     mp.setattr(pfi, "fid_inception_v3", lambda: inc)  # the wrapper builds on our random network
@@ -160,8 +166,10 @@ def fid_setup(tmp_path_factory):
 def test_inception_features_match_pytorch_fid(fid_setup):
     ref, path, _ = fid_setup
     rng = np.random.default_rng(2)
-    photo = data.coffee()[100:220, 200:370].astype(np.float32) / 255.0
-    x = np.stack([photo, rng.uniform(0, 1, photo.shape).astype(np.float32)])  # [2, 120, 170, 3]
+    photo = data.coffee()[50:349, 200:499].astype(np.float32) / 255.0
+    # [2, 299, 299, 3]: the shape the FID CLI test compiles too (resizing is tested on its own below
+    # and, through pytorch-fid's own resize, by the CLI test)
+    x = np.stack([photo, rng.uniform(0, 1, photo.shape).astype(np.float32)])
     ours = np.asarray(make_inception(path)(x))
     with torch.no_grad():
         theirs = ref(to_nchw(x))[0].flatten(1).numpy()
@@ -202,15 +210,15 @@ def test_fid_cli_statistics_match_pytorch_fid(fid_setup, tmp_path):
     Image.fromarray(data.chelsea()[:90, :64]).save(folder / "b.png")  # another size
     out = tmp_path / "stats.npz"
     assert fid.main(["--weights", path, "--folder", str(folder), "--out", str(out),
-                     "--batch-size", "4"]) == 0
+                     "--batch-size", "2"]) == 0
     mu, sigma = fid.load_stats(str(out))
     files = sorted(str(p) for p in folder.iterdir())
+    _, pfs = pytorch_fid()
     ref_mu, ref_sigma = pfs.calculate_activation_statistics(files, ref, batch_size=1, dims=2048,
                                                             device="cpu", num_workers=0)
     scale = np.abs(ref_mu).max()
     assert np.abs(mu - ref_mu).max() <= 1e-4 * scale
     assert np.abs(sigma - ref_sigma).max() <= 1e-4 * np.abs(ref_sigma).max()
-    assert fid.frechet_distance(mu, sigma, ref_mu, ref_sigma) == pytest.approx(0.0, abs=1e-3 * scale ** 2)
 
 
 @pytest.mark.parametrize("n,d", [(200, 16), (5, 16), (40, 64)])
@@ -218,6 +226,7 @@ def test_frechet_distance_matches_pytorch_fid(n, d):
     rng = np.random.default_rng(n + d)
     m1, s1 = fid.compute_statistics(rng.normal(size=(n, d)))
     m2, s2 = fid.compute_statistics(rng.normal(size=(n, d)) * 1.3 + 0.2)
+    _, pfs = pytorch_fid()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pytorch-fid's deprecated sqrtm(disp=False)
         theirs = pfs.calculate_frechet_distance(m1, s1, m2, s2)
@@ -268,17 +277,18 @@ def test_stats_roundtrip_and_errors(tmp_path):
         fid.load_stats(str(tmp_path / "junk.npz"))
 
 
-def _zero_lpips_npz(path: str, net: str) -> dict[str, np.ndarray]:
-    """A structurally valid LPIPS .npz (zeros) without torch."""
-    shapes = convert.expected_shapes(LPIPS(net=net), np.zeros((1, 64, 64, 3), np.float32), 2)
+def _zero_npz(path: str, kind: str, shapes: dict[str, tuple[int, ...]], net: str) -> dict[str, np.ndarray]:
+    """A structurally valid converted .npz (zeros), made without torch."""
     flat = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
-    flat.update({"meta/kind": np.array("lpips"), "meta/net": np.array(net)})
+    flat.update({"meta/kind": np.array(kind), "meta/net": np.array(net)})
     convert.save_npz(path, flat)
     return flat
 
 
-def test_weight_file_errors(tmp_path, fid_setup, capsys):
-    _, inception_npz, _ = fid_setup
+def test_weight_file_errors(tmp_path):
+    inception_npz = str(tmp_path / "inception.npz")
+    _zero_npz(inception_npz, "inception", inception_shapes(), "inception_v3_fid")
+    assert make_inception(inception_npz) is not None  # a well-formed file loads
     assert make_lpips("", "alex") is None and make_inception("") is None  # metric unavailable
     missing = str(tmp_path / "nope.npz")
     with pytest.raises(DataError, match=r"nope\.npz \(eval\.lpips_weights\)"):
@@ -290,13 +300,13 @@ def test_weight_file_errors(tmp_path, fid_setup, capsys):
     with pytest.raises(ConfigError, match="eval.lpips_net"):
         make_lpips(inception_npz, "squeeze")
     good = str(tmp_path / "alex.npz")
-    flat = _zero_lpips_npz(good, "alex")
+    flat = _zero_npz(good, "lpips", variable_shapes("alex"), "alex")
     assert make_lpips(good, "alex") is not None
     with pytest.raises(DataError, match="expected inception weights.*eval.fid_weights"):
         make_inception(good)
     flat["params/lin2/kernel"] = np.zeros((1, 1, 7, 1), np.float32)
     convert.save_npz(str(tmp_path / "shape.npz"), flat)
-    with pytest.raises(DataError, match=r"wrong shape, e\.g\. params/lin2/kernel.*shape\.npz"):
+    with pytest.raises(DataError, match=r"shape\.npz.*wrong shape, e\.g\. params/lin2/kernel"):
         make_lpips(str(tmp_path / "shape.npz"), "alex")
     (tmp_path / "junk.npz").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"not a readable \.npz.*junk\.npz \(eval\.lpips_weights\)"):
@@ -306,17 +316,30 @@ def test_weight_file_errors(tmp_path, fid_setup, capsys):
 
 
 def test_converter_cli_errors(tmp_path, capsys):
-    rc = convert.main(["inception", "--torch", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o.npz")])
+    out = str(tmp_path / "o.npz")
+    rc = convert.main(["inception", "--torch", str(tmp_path / "none.pth"), "--out", out])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "none.pth (--torch)" in err and len(err.splitlines()) == 1
     alex = torchvision.models.alexnet(weights=None).features.state_dict()
     torch.save({f"features.{k}": v for k, v in alex.items()}, tmp_path / "alex.pth")
     rc = convert.main(["lpips", "--net", "vgg", "--torch-backbone", str(tmp_path / "alex.pth"),
-                       "--torch-lin", os.path.join(LPIPS_WEIGHTS, "vgg.pth"), "--out", str(tmp_path / "o.npz")])
+                       "--torch-lin", os.path.join(LPIPS_WEIGHTS, "vgg.pth"), "--out", out])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "alex.pth" in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "o.npz").exists()
+    assert not os.path.exists(out)
     (tmp_path / "junk.pth").write_bytes(b"garbage")
     rc = convert.main(["lpips", "--torch-backbone", str(tmp_path / "junk.pth"),
-                       "--torch-lin", os.path.join(LPIPS_WEIGHTS, "alex.pth"), "--out", str(tmp_path / "o.npz")])
+                       "--torch-lin", os.path.join(LPIPS_WEIGHTS, "alex.pth"), "--out", out])
     assert rc == 1 and "junk.pth (--torch-backbone)" in capsys.readouterr().err
+
+
+def test_fid_image_reader_fallback_matches_data_package(tmp_path, monkeypatch):
+    Image.fromarray(data.chelsea()[:40, :50]).save(tmp_path / "x.png")
+    listing, decode = fid._image_reader()
+    monkeypatch.setitem(__import__("sys").modules, "rdbm_jax.data.image_io", None)  # import fails
+    pil_listing, pil_decode = fid._image_reader()
+    assert pil_listing is not listing
+    assert pil_listing(str(tmp_path)) == listing(str(tmp_path))
+    np.testing.assert_array_equal(pil_decode(str(tmp_path / "x.png")), decode(str(tmp_path / "x.png")))
+    with pytest.raises(DataError, match="--folder"):
+        pil_listing(str(tmp_path / "empty_or_missing"))

@@ -89,7 +89,8 @@ def test_schedule_is_a_pytree_with_static_metadata():
     leaves, treedef = jax.tree_util.tree_flatten(s)
     assert len(leaves) == 4 and all(leaf.shape == (100,) for leaf in leaves)
     assert all(leaf.dtype == jnp.float32 for leaf in leaves)
-    assert (s.num_timesteps, s.preset, s.default_pi, s.theta_schedule, s.lam) == (100, "goub", "one", "linear", 1e-4)
+    meta = (s.num_timesteps, s.preset, s.default_pi, s.theta_schedule, s.lam)
+    assert meta == (100, "goub", "one", "linear", 1e-4)
     s2 = jax.tree_util.tree_unflatten(treedef, leaves)
     assert s2.preset == "goub" and s2.num_timesteps == 100
     assert {p: sde.make_schedule(preset=p).default_pi for p in sde.PRESETS} == {
@@ -129,7 +130,8 @@ def test_presets_match_their_closed_forms(x64):
         np.testing.assert_allclose(s.Theta, big, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(np.asarray(s.Sigma) ** 2, var, rtol=1e-10, atol=1e-15)
         got = sde.q_sample(s, x0, mu, t, eps)  # the preset's default π
-        np.testing.assert_allclose(got, mu + bc(big[t]) * (x0 - mu) + bc(np.sqrt(var[t])) * pi * eps, atol=1e-12)
+        want = mu + bc(big[t]) * (x0 - mu) + bc(np.sqrt(var[t])) * pi * eps
+        np.testing.assert_allclose(got, want, atol=1e-12)
 
     # RDBM / GOUB: the spec's sinh form, π = x0 − μ resp. 1
     big = np.sinh(b - bar) / np.sinh(b)

@@ -201,13 +201,24 @@ class FIDInceptionV3(nn.Module):
         return jnp.mean(x, axis=(1, 2))
 
 
+@functools.lru_cache(maxsize=None)
+def variable_shapes() -> dict[str, tuple[int, ...]]:
+    """Flat {name: shape} of the FID Inception variables (traced once per process)."""
+    return convert.expected_shapes(FIDInceptionV3(), np.zeros((1, 75, 75, 3), np.float32), 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_apply() -> Callable[..., jax.Array]:
+    """One jitted apply per process, so every `make_inception` shares its compilations."""
+    return jax.jit(FIDInceptionV3().apply)
+
+
 def load_inception(weights_path: str, *, config_key: str = "eval.fid_weights"
                    ) -> tuple[FIDInceptionV3, dict[str, Any]]:
     """The FID Inception module and its variables from a converted .npz; errors name file and key."""
     model = FIDInceptionV3()
     flat = convert.load_npz(weights_path, config_key)
-    expected = convert.expected_shapes(model, np.zeros((1, 75, 75, 3), np.float32), 1)
-    variables = convert.checked_variables(flat, "inception", expected, weights_path, config_key)
+    variables = convert.checked_variables(flat, "inception", variable_shapes(), weights_path, config_key)
     return model, jax.tree.map(jnp.asarray, variables)
 
 
@@ -220,8 +231,8 @@ def make_inception(weights_path: str, *, config_key: str = "eval.fid_weights"
     """
     if not weights_path:
         return None
-    model, variables = load_inception(weights_path, config_key=config_key)
-    apply = jax.jit(model.apply)
+    _, variables = load_inception(weights_path, config_key=config_key)
+    apply = _jitted_apply()
 
     def features(images: jax.Array) -> jax.Array:
         """Pool3 features [B, 2048] of [B, H, W, 3] images in [0, 1]."""

@@ -99,6 +99,18 @@ class LPIPS(nn.Module):
         return total
 
 
+@functools.lru_cache(maxsize=None)
+def variable_shapes(net: str) -> dict[str, tuple[int, ...]]:
+    """Flat {name: shape} of the LPIPS-`net` variables (traced once per process)."""
+    return convert.expected_shapes(LPIPS(net=net), np.zeros((1, 64, 64, 3), np.float32), 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_apply(net: str) -> Callable[..., jax.Array]:
+    """One jitted apply per backbone and process, so every `make_lpips` shares its compilations."""
+    return jax.jit(LPIPS(net=net).apply)
+
+
 def load_lpips(weights_path: str, net: str = "alex", *,
                config_key: str = "eval.lpips_weights") -> tuple[LPIPS, dict[str, Any]]:
     """The LPIPS module and its variables from a converted .npz; errors name the file and key."""
@@ -110,8 +122,7 @@ def load_lpips(weights_path: str, net: str = "alex", *,
     if str(flat.get("meta/net", "")) == other:
         raise ConfigError(f"eval.lpips_net={net!r} but {weights_path} ({config_key}) holds "
                           f"LPIPS-{other} weights")
-    expected = convert.expected_shapes(model, np.zeros((1, 64, 64, 3), np.float32), 2)
-    variables = convert.checked_variables(flat, "lpips", expected, weights_path, config_key)
+    variables = convert.checked_variables(flat, "lpips", variable_shapes(net), weights_path, config_key)
     return model, jax.tree.map(jnp.asarray, variables)
 
 
@@ -119,8 +130,8 @@ def make_lpips(weights_path: str, net: str = "alex") -> Callable[[jax.Array, jax
     """A jitted `(a, b) -> [B]` LPIPS distance for [B, H, W, 3] images in [-1, 1]; None if path is ""."""
     if not weights_path:
         return None
-    model, variables = load_lpips(weights_path, net)
-    apply = jax.jit(model.apply)
+    _, variables = load_lpips(weights_path, net)
+    apply = _jitted_apply(net)
 
     def distance(a: jax.Array, b: jax.Array) -> jax.Array:
         """LPIPS per image pair ([B, H, W, 3] each, in [-1, 1])."""
