@@ -310,7 +310,7 @@ def sample(model: Callable[..., torch.Tensor], mu: torch.Tensor, schedule_tables
         tt = torch.full((mu.shape[0],), t, dtype=torch.long, device=mu.device)
         with torch.autocast(mu.device.type, dtype=amp_dtype or torch.bfloat16,
                             enabled=amp_dtype is not None):
-            x0_hat = model(x, mu, tt).float()
+            x0_hat = model(x, mu, tt).to(mu.dtype)
         if clip:
             x0_hat = x0_hat.clamp(-1.0, 1.0)
         if s < 0:

@@ -19,6 +19,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
             main=task_spec(train=source_spec(kind="builtin", split="train", degradation="inpaint"),
                            eval=source_spec(kind="builtin", split="val", degradation="inpaint")),
         )),
+        root="",                 # relative source folders are taken relative to this folder
         crop_size=256,           # training random crop (padded first if an image is smaller)
         random_flip=True,        # training horizontal + vertical flips
         num_workers=0,           # grain multiprocessing workers (0 = in-process)

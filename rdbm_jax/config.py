@@ -65,6 +65,46 @@ def sibling(config_file: str, name: str = "default") -> Any:
     return module
 
 
+SIZES = ("T", "S", "B", "L")
+
+
+def variant(arg: str | None, default_size: str, options: tuple[str, ...] = ()) -> tuple[str, bool, list[str]]:
+    """Parse a config argument like "B", "L,tiny" or "toled": (model size, tiny?, other options)."""
+    size, tiny, rest = default_size, False, []
+    for token in [t.strip() for t in (arg or "").split(",") if t.strip()]:
+        if token in SIZES:
+            size = token
+        elif token == "tiny":
+            tiny = True
+        elif token in options:
+            rest.append(token)
+        else:
+            raise ConfigError(f"unknown config argument {token!r} (sizes {', '.join(SIZES)}, 'tiny'"
+                              + (f", {', '.join(options)}" if options else "") + ")")
+    return size, tiny, rest
+
+
+def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The `tiny` variant of a task config: same pipeline, seconds on a CPU (smoke tests)."""
+    c.model.size = "T"
+    c.data.crop_size = 32
+    c.train.num_steps = 2
+    c.train.batch_size = len(c.data.tasks)
+    c.train.log_every = 1
+    c.train.eval_every = 2
+    c.train.eval_num_images = 1
+    c.train.checkpoint_every = 2
+    c.optim.warmup_steps = 0
+    c.sample.num_steps = 2
+    c.sample.batch_size = 1
+    c.eval.max_images = 2
+    c.eval.metrics = "psnr,ssim"
+    for task in c.data.tasks.values():
+        task.eval.eval_size = 32
+        task.eval.eval_fit = "crop"
+    return c
+
+
 def get(cfg: ml_collections.ConfigDict, key: str) -> Any:
     """Look up a dotted key, e.g. get(cfg, "bridge.lam")."""
     node: Any = cfg

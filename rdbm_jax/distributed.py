@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, config as config_lib, data, distributed, models, train
+from rdbm_jax import checkpoints, config as config_lib, data, distributed, train
 from rdbm_jax.errors import ConfigError, DataError, RDBMError
 from rdbm_jax.restore import check_size, from_config
 
@@ -38,11 +38,10 @@ def load_trained(cfg: ml_collections.ConfigDict, workdir: str, mesh: Any,
     directory, step = checkpoints.resolve(workdir, checkpoint)
     where = os.path.join(directory, str(step))
     check_compatible(cfg, checkpoints.read_config(directory, step), where)
-    model = models.create_model(cfg.model)
-    abstract = train.abstract_state(model, cfg, mesh)
-    state, _ = checkpoints.load_for_inference(directory, step, abstract)
+    prog = train.program(cfg, mesh)
+    state, _ = checkpoints.load_for_inference(directory, step, prog.abstract)
     log.info("loaded %s parameters of step %d from %s", "EMA" if cfg.sample.use_ema else "raw", step, where)
-    return model, train.make_schedule(cfg.bridge), state.ema_params if cfg.sample.use_ema else state.params, step
+    return prog.model, prog.schedule, state.ema_params if cfg.sample.use_ema else state.params, step
 
 
 def _output_path(out_dir: str, in_dir: str, path: str) -> str:

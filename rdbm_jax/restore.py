@@ -6,6 +6,7 @@ through the whole trajectory (the state x_t is never split).
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import jax
@@ -140,17 +141,29 @@ class Restorer:
         return distributed.to_host(out)[:b, :h, :w]
 
 
+_RESTORERS: dict[tuple, Restorer] = {}
+
+
 def from_config(model: Any, schedule: Any, cfg: Any, mesh: Mesh | None = None,
                 num_steps: int | None = None, eta: float | None = None) -> Restorer:
-    """A Restorer configured by the `sample`, `bridge` and `model` sections (NFE / η overridable)."""
+    """A Restorer configured by the `sample`, `bridge` and `model` sections (NFE / η overridable).
+
+    Built once per process for each (model, bridge, sampling settings, mesh): its compiled
+    samplers are reused by later evaluations.
+    """
     from rdbm_jax import models
 
-    s = cfg.sample
-    return Restorer(make_apply(model), schedule, num_steps=num_steps or s.num_steps,
-                    multiple=models.downsample_factor(cfg.model), mesh=mesh,
-                    eta=s.eta if eta is None else eta, clip=s.clip,
-                    parameterization=cfg.bridge.parameterization, pi=cfg.bridge.pi or None,
-                    tile_size=s.tile_size, tile_overlap=s.tile_overlap)
+    s, mesh = cfg.sample, mesh or distributed.make_mesh()
+    num_steps, eta = num_steps or s.num_steps, s.eta if eta is None else eta
+    key = (json.dumps({k: cfg[k].to_dict() for k in ("model", "bridge")}, sort_keys=True),
+           num_steps, eta, s.clip, s.tile_size, s.tile_overlap, mesh)
+    if key not in _RESTORERS:
+        _RESTORERS[key] = Restorer(make_apply(model), schedule, num_steps=num_steps,
+                                   multiple=models.downsample_factor(cfg.model), mesh=mesh, eta=eta,
+                                   clip=s.clip, parameterization=cfg.bridge.parameterization,
+                                   pi=cfg.bridge.pi or None, tile_size=s.tile_size,
+                                   tile_overlap=s.tile_overlap)
+    return _RESTORERS[key]
 
 
 def restore_one(restorer: Restorer, params: Any, mu: np.ndarray, rng: jax.Array) -> np.ndarray:

@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ from clu import metrics as clu_metrics
 from rdbm_jax import checkpoints, config as config_lib, data, distributed, models, sde
 from rdbm_jax import evaluate, writers
 from rdbm_jax.errors import ConfigError, TrainingError
-from rdbm_jax.train_state import TrainState, create_train_state, learning_rate_schedule
+from rdbm_jax.train_state import TrainState, learning_rate_schedule, make_optimizer
 
 log = logging.getLogger("rdbm_jax")
 
@@ -55,10 +55,12 @@ def make_loss_fn(model: Any, schedule: Any, bridge: ml_collections.ConfigDict, l
     return loss_fn
 
 
-def make_train_step(loss_fn: Callable) -> Callable:
-    """(state, batches [K, B, …], key) → (state, metrics, finite [K]): K steps in one lax.scan.
+def make_train_step(loss_fn: Callable, steps_per_dispatch: int = 1) -> Callable:
+    """(state, batches [K, B, …], key) → (state, metrics, finite [K]): K steps in one compiled call.
 
-    A step whose loss or gradient is not finite leaves the state untouched; the host stops on it.
+    K > 1 runs the steps in a lax.scan (fewer dispatches on accelerators); K = 1 calls the step
+    directly (XLA:CPU runs a backward pass inside a while loop ~10× slower). A step whose loss or
+    gradient is not finite leaves the state untouched; the host stops on it.
     """
 
     def one(state: TrainState, batch: dict, key: jax.Array):
@@ -71,9 +73,11 @@ def make_train_step(loss_fn: Callable) -> Callable:
         return new, (TrainMetrics.single_from_model_output(loss=loss, grad_norm=grad_norm), finite)
 
     def multi(state: TrainState, batches: dict, key: jax.Array):
+        if steps_per_dispatch == 1:
+            state, (metrics, finite) = one(state, jax.tree_util.tree_map(lambda b: b[0], batches), key)
+            return state, metrics, finite[None]
         state, (per_step, finite) = jax.lax.scan(lambda s, b: one(s, b, key), state, batches)
-        merged = per_step.reduce()
-        return state, merged, finite
+        return state, per_step.reduce(), finite
 
     return multi
 
@@ -81,25 +85,52 @@ def make_train_step(loss_fn: Callable) -> Callable:
 def state_initializer(model: Any, cfg: ml_collections.ConfigDict) -> Callable[[jax.Array], TrainState]:
     """init(key) → a fresh TrainState (parameters from a dummy crop-sized batch)."""
     dummy = jnp.zeros((1, cfg.data.crop_size, cfg.data.crop_size, 3), jnp.float32)
+    tx = make_optimizer(cfg.optim, cfg.train.num_steps)  # one object: part of the state's treedef
 
     def init(key):
         params = model.init(key, dummy, dummy, jnp.zeros((1,), jnp.int32), train=False)["params"]
-        return create_train_state(model.apply, params, cfg.optim, cfg.train.num_steps)
+        return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                                 ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                                 ema_decay=float(cfg.optim.ema_decay))
 
     return init
 
 
-def abstract_state(model: Any, cfg: ml_collections.ConfigDict, mesh: Any) -> Any:
-    """ShapeDtypeStructs (replicated shardings) of the TrainState, for restoring checkpoints."""
-    abstract = jax.eval_shape(state_initializer(model, cfg), jax.random.PRNGKey(0))
-    repl = distributed.replicated(mesh)
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
+class Program(NamedTuple):
+    """What one training configuration compiles: model, schedule, jitted init and train step."""
+
+    model: Any
+    schedule: Any
+    init: Callable[[jax.Array], TrainState]
+    step: Callable
+    abstract: Any  # ShapeDtypeStructs (replicated) of the TrainState, for restoring checkpoints
 
 
-def init_state(model: Any, cfg: ml_collections.ConfigDict, mesh: Any) -> TrainState:
-    """The initial TrainState, initialised directly on the devices, replicated."""
-    init = state_initializer(model, cfg)
-    return jax.jit(init, out_shardings=distributed.replicated(mesh))(jax.random.PRNGKey(cfg.seed))
+_PROGRAMS: dict[tuple, Program] = {}
+
+
+def program(cfg: ml_collections.ConfigDict, mesh: Any) -> Program:
+    """The Program of `cfg` on `mesh`, built once per process (repeated runs skip tracing/compiling)."""
+    relevant = {k: cfg[k].to_dict() for k in ("model", "bridge", "optim")}
+    key = (json.dumps(relevant, sort_keys=True), cfg.train.loss, cfg.train.num_steps, cfg.train.steps_per_dispatch,
+           cfg.data.crop_size, mesh)
+    if key not in _PROGRAMS:
+        model, schedule = models.create_model(cfg.model), make_schedule(cfg.bridge)
+        repl = distributed.replicated(mesh)
+        init = state_initializer(model, cfg)
+        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+                                          jax.eval_shape(init, jax.random.PRNGKey(0)))
+        step = jax.jit(make_train_step(make_loss_fn(model, schedule, cfg.bridge, cfg.train.loss),
+                                       cfg.train.steps_per_dispatch),
+                       in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
+                       out_shardings=(repl, repl, repl), donate_argnums=0)
+        _PROGRAMS[key] = Program(model, schedule, jax.jit(init, out_shardings=repl), step, abstract)
+    return _PROGRAMS[key]
+
+
+def init_state(cfg: ml_collections.ConfigDict, mesh: Any) -> TrainState:
+    """The initial TrainState of `cfg`, initialised directly on the devices, replicated."""
+    return program(cfg, mesh).init(jax.random.PRNGKey(cfg.seed))
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -169,13 +200,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
                           f"{mesh.size} devices")
     is_main = distributed.is_main_process()
-    schedule = make_schedule(cfg.bridge)
-    model = models.create_model(cfg.model)
+    prog = program(cfg, mesh)
     train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed)
     eval_sources = (data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
                     if cfg.train.eval_every else {})
-    state = init_state(model, cfg, mesh)
-    repl = distributed.replicated(mesh)
+    state = prog.init(jax.random.PRNGKey(cfg.seed))
     if is_main:
         log.info("model %s: %.3f M parameters on %d device(s) (%s)", cfg.model.size,
                  models.count_params(state.params) / 1e6, mesh.size, jax.devices()[0].platform)
@@ -184,18 +213,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     config_json = json.loads(cfg.to_json_best_effort())
     start = ckpt.latest_step() or 0
     if start:
-        state = ckpt.restore(start, abstract_state(model, cfg, mesh), train_iter)
+        state = ckpt.restore(start, prog.abstract, train_iter)
         log.info("resumed from %s at step %d", ckpt.directory, start)
 
     writer = writers.create_writer(workdir, is_main)
     if is_main and not start:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config_json, f, indent=2)
-    step_fn = jax.jit(make_train_step(make_loss_fn(model, schedule, cfg.bridge, cfg.train.loss)),
-                      in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
-                      out_shardings=(repl, repl, repl),
-                      donate_argnums=0)
-    validator = evaluate.Validator(model, schedule, cfg, mesh, eval_sources) if eval_sources else None
+    validator = evaluate.Validator(prog.model, prog.schedule, cfg, mesh, eval_sources) if eval_sources else None
     lr_schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     key = jax.random.PRNGKey(cfg.seed + 1)
     total, k = cfg.train.num_steps, cfg.train.steps_per_dispatch
@@ -217,7 +242,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                 n = min(k, total - step)
                 batches = distributed.global_batch(mesh, _next_batches(train_iter, n), leading=1)
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                    state, m, finite = step_fn(state, batches, key)
+                    state, m, finite = prog.step(state, batches, key)
                 pending.append((step, finite))
                 acc = m if acc is None else acc.merge(m)
                 step += n

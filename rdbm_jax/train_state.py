@@ -53,11 +53,3 @@ def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
     if optim.grad_clip > 0:
         opt = optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt)
     return opt
-
-
-def create_train_state(apply_fn: Any, params: Any, optim: ml_collections.ConfigDict,
-                       num_steps: int) -> TrainState:
-    """A fresh TrainState; the EMA starts as a copy of the initial parameters."""
-    return TrainState.create(apply_fn=apply_fn, params=params, tx=make_optimizer(optim, num_steps),
-                             ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                             ema_decay=float(optim.ema_decay))

@@ -23,14 +23,14 @@ SCRIPT = textwrap.dedent("""
     model = models.create_model(cfg.model)
     step = train.make_train_step(train.make_loss_fn(model, train.make_schedule(cfg.bridge), cfg.bridge, "l1"))
     rng = np.random.default_rng(0)
-    x0 = rng.uniform(-1, 1, (2, 8, 32, 32, 3)).astype(np.float32)  # 2 steps per dispatch, batch 8
+    x0 = rng.uniform(-1, 1, (1, 8, 32, 32, 3)).astype(np.float32)  # 1 step per dispatch, batch 8
     batch = {"x0": x0, "mu": np.clip(x0 * 0.5 + 0.3, -1, 1).astype(np.float32)}
     out = {}
     for n in (1, 8):
         mesh = Mesh(np.asarray(jax.devices()[:n]), ("data",))
         repl, shard = distributed.replicated(mesh), distributed.batch_sharding(mesh, 1)
         f = jax.jit(step, in_shardings=(repl, shard, repl), out_shardings=(repl, repl, repl))
-        state = train.init_state(model, cfg, mesh)
+        state = train.init_state(cfg, mesh)
         b = {k: jax.device_put(v, shard) for k, v in batch.items()}
         losses = []
         for _ in range(2):

@@ -22,10 +22,8 @@ RESUME = {"train.num_steps": 4, "train.checkpoint_every": 2, "train.log_every": 
 
 
 def _params(workdir: str, step: int):
-    from rdbm_jax import distributed, models
-    cfg = config(**RESUME)
-    model = models.create_model(cfg.model)
-    abstract = train.abstract_state(model, cfg, distributed.make_mesh())
+    from rdbm_jax import distributed
+    abstract = train.program(config(**RESUME), distributed.make_mesh()).abstract
     state, _ = checkpoints.load_for_inference(checkpoints.checkpoint_dir(workdir), step, abstract)
     return state
 
@@ -124,7 +122,7 @@ def test_loss_decreases_when_fitting_one_batch():
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (1, 4, 32, 32, 3)).astype(np.float32)
     mu = np.clip(x0 + 0.5, -1, 1).astype(np.float32)
-    state = train.init_state(model, cfg, jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+    state = train.init_state(cfg, jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",)))
     key = jax.random.PRNGKey(0)
     losses = []
     for _ in range(30):
@@ -144,3 +142,27 @@ def test_ema_math():
     state = state.apply_gradients(grads={"w": jnp.array([2.0, 2.0])})  # params → [0, -2]
     np.testing.assert_allclose(state.params["w"], [0.0, -2.0])
     np.testing.assert_allclose(state.ema_params["w"], [0.75 * 1 + 0.25 * 0, 0.75 * -1 + 0.25 * -2])
+
+
+def test_several_steps_per_dispatch_equal_single_steps():
+    from rdbm_jax import distributed, models
+    cfg = config(**{"optim.warmup_steps": 0})
+    mesh = distributed.make_mesh()
+    model = models.create_model(cfg.model)
+    loss_fn = train.make_loss_fn(model, train.make_schedule(cfg.bridge), cfg.bridge, "l1")
+    rng = np.random.default_rng(0)
+    x0 = rng.uniform(-1, 1, (2, 2, 32, 32, 3)).astype(np.float32)
+    batches = {"x0": x0, "mu": np.clip(x0 + 0.3, -1, 1).astype(np.float32)}
+    key = jax.random.PRNGKey(3)
+    state = train.init_state(cfg, mesh)
+    scanned, m2, finite = jax.jit(train.make_train_step(loss_fn, 2))(state, batches, key)
+    single = jax.jit(train.make_train_step(loss_fn, 1))
+    s = train.init_state(cfg, mesh)
+    losses = []
+    for i in range(2):
+        s, m, _ = single(s, {k: v[i:i + 1] for k, v in batches.items()}, key)
+        losses.append(float(m.compute()["loss"]))
+    assert np.asarray(finite).shape == (2,) and int(scanned.step) == int(s.step) == 2
+    np.testing.assert_allclose(float(m2.compute()["loss"]), np.mean(losses), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(scanned.params), jax.tree_util.tree_leaves(s.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import grain
 import ml_collections
@@ -68,11 +69,18 @@ def _source(data_cfg, name: str, which: str, *, verify: bool = False,
         except TypeError as e:
             raise ConfigError(f"{key}.{k}: {e}") from None
     _validate_source(spec, key)
+    root = data_cfg.get("root", "")
+    for folder in FOLDER_KEYS:  # relative folders are taken relative to data.root
+        if root and spec[folder] and not os.path.isabs(spec[folder]) and "://" not in spec[folder]:
+            spec[folder] = os.path.join(root, spec[folder])
     if max_images:
         spec.max_images = min(int(spec.max_images) or max_images, max_images)
     degrader = Degrader(spec, key) if spec.kind in _SYNTHETIC_KINDS else None
     source = build_source(spec, key, skip_bad_files=bool(data_cfg.skip_bad_files), verify=verify)
     return source, degrader, spec, key
+
+
+FOLDER_KEYS = ("lq_dir", "gt_dir", "dir", "mask_dir")
 
 
 def _seed32(*parts: int) -> int:

@@ -23,7 +23,7 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
     return emb
 
 
-def _conv(features: int, kernel: int, dtype: Dtype, param_dtype: Dtype, name: str,
+def conv2d(features: int, kernel: int, dtype: Dtype, param_dtype: Dtype, name: str,
           strides: int = 1, zero: bool = False) -> nn.Conv:
     """A 'same'-padded NHWC conv with symmetric padding (matches PyTorch padding=k//2)."""
     pad = kernel // 2
@@ -33,7 +33,7 @@ def _conv(features: int, kernel: int, dtype: Dtype, param_dtype: Dtype, name: st
                    name=name, **kw)
 
 
-def _norm(groups: int, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.GroupNorm:
+def group_norm(groups: int, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.GroupNorm:
     """GroupNorm with float32 statistics and output in the compute dtype."""
     return nn.GroupNorm(num_groups=groups, epsilon=GN_EPS, dtype=dtype, param_dtype=param_dtype,
                         name=name)
@@ -51,17 +51,17 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
         dt, pdt = self.dtype, self.param_dtype
-        h = nn.silu(_norm(self.groups, dt, pdt, "norm0")(x))
-        h = _conv(self.features, 3, dt, pdt, "conv0")(h)
+        h = nn.silu(group_norm(self.groups, dt, pdt, "norm0")(x))
+        h = conv2d(self.features, 3, dt, pdt, "conv0")(h)
         ss = nn.Dense(2 * self.features, dtype=dt, param_dtype=pdt, name="emb")(emb)
         scale, shift = jnp.split(ss[:, None, None, :], 2, axis=-1)
-        h = _norm(self.groups, dt, pdt, "norm1")(h)
+        h = group_norm(self.groups, dt, pdt, "norm1")(h)
         h = nn.silu(h * (1 + scale) + shift)
         if self.dropout > 0:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = _conv(self.features, 3, dt, pdt, "conv1")(h)
+        h = conv2d(self.features, 3, dt, pdt, "conv1")(h)
         if x.shape[-1] != self.features:
-            x = _conv(self.features, 1, dt, pdt, "skip")(x)
+            x = conv2d(self.features, 1, dt, pdt, "skip")(x)
         return x + h
 
 
@@ -72,6 +72,7 @@ class AttnBlock(nn.Module):
     groups: int = 8
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    implementation: str | None = None  # jax.nn.dot_product_attention's: None/"xla" | "cudnn"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -79,11 +80,12 @@ class AttnBlock(nn.Module):
         if c % self.num_heads:
             raise ValueError(f"attention: {c} channels not divisible by {self.num_heads} heads")
         dt, pdt = self.dtype, self.param_dtype
-        h = _norm(self.groups, dt, pdt, "norm")(x)
+        h = group_norm(self.groups, dt, pdt, "norm")(x)
         qkv = nn.Dense(3 * c, dtype=dt, param_dtype=pdt, name="qkv")(h)
         qkv = qkv.reshape(b, hh * ww, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        h = jax.nn.dot_product_attention(q, k, v).reshape(b, hh, ww, c)
+        h = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        h = h.reshape(b, hh, ww, c)
         return x + nn.Dense(c, dtype=dt, param_dtype=pdt, name="proj")(h)
 
 
@@ -96,7 +98,7 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _conv(self.features, 3, self.dtype, self.param_dtype, "conv", strides=2)(x)
+        return conv2d(self.features, 3, self.dtype, self.param_dtype, "conv", strides=2)(x)
 
 
 class Upsample(nn.Module):
@@ -110,4 +112,4 @@ class Upsample(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
         x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
-        return _conv(self.features, 3, self.dtype, self.param_dtype, "conv")(x)
+        return conv2d(self.features, 3, self.dtype, self.param_dtype, "conv")(x)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.models.layers import AttnBlock, Downsample, ResBlock, Upsample, _conv, _norm, \
-    timestep_embedding
+from rdbm_jax.models.layers import (AttnBlock, Downsample, ResBlock, Upsample, conv2d,
+                                    group_norm, timestep_embedding)
 
 Dtype = Any
 
@@ -34,6 +34,7 @@ SIZES: dict[str, SizePreset] = {
     "B": SizePreset(32, (1, 2, 3, 3), (1, 2, 1, 2), num_heads=3),
     "L": SizePreset(48, (1, 1, 3, 4), (1, 1, 1, 1), num_heads=6),
 }
+RematResBlock = nn.remat(ResBlock, static_argnums=(3,))  # (self, x, emb, train): train is static
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -51,6 +52,7 @@ class UNet(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_impl: str | None = None  # None (XLA) | "cudnn" (fused flash attention, GPU bf16/fp16)
 
     @property
     def factor(self) -> int:
@@ -73,13 +75,13 @@ class UNet(nn.Module):
     def __call__(self, x: jax.Array, cond: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
         t = self._check(x, cond, t)
         dt, pdt, c0 = self.dtype, self.param_dtype, self.channels
-        block_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        block_cls = RematResBlock if self.remat else ResBlock
 
         def res(feat: int, name: str) -> nn.Module:
             return block_cls(feat, self.groups, self.dropout, dt, pdt, name=name)
 
         def attn(name: str) -> nn.Module:
-            return AttnBlock(self.num_heads, self.groups, dt, pdt, name=name)
+            return AttnBlock(self.num_heads, self.groups, dt, pdt, self.attention_impl, name=name)
 
         emb = timestep_embedding(t, c0)
         emb = nn.Dense(4 * c0, dtype=dt, param_dtype=pdt, name="time_mlp0")(emb)
@@ -88,7 +90,7 @@ class UNet(nn.Module):
 
         last = len(self.channel_mult) - 1
         h = jnp.concatenate([x, cond], axis=-1).astype(dt)
-        h = _conv(c0, 3, dt, pdt, "conv_in")(h)
+        h = conv2d(c0, 3, dt, pdt, "conv_in")(h)
         skips = [h]
         for i, mult in enumerate(self.channel_mult):
             for j in range(self.num_blocks[i]):
@@ -114,8 +116,8 @@ class UNet(nn.Module):
             if i > 0:
                 h = Upsample(h.shape[-1], dt, pdt, name=f"up{i}_upsample")(h)
 
-        h = nn.silu(_norm(self.groups, dt, pdt, "norm_out")(h))
-        out = _conv(self.out_channels, 3, dt, pdt, "conv_out", zero=True)(h)
+        h = nn.silu(group_norm(self.groups, dt, pdt, "norm_out")(h))
+        out = conv2d(self.out_channels, 3, dt, pdt, "conv_out", zero=True)(h)
         return out.astype(jnp.float32)
 
 
@@ -196,6 +198,5 @@ def count_macs(model: UNet, height: int, width: int, in_channels: int = 3, batch
     """Multiply-accumulates of one forward pass (convolutions and matmuls incl. attention)."""
     x = jax.ShapeDtypeStruct((batch, height, width, in_channels), jnp.float32)
     t = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    params = jax.eval_shape(model.init, jax.random.key(0), x, x, t)
-    jaxpr = jax.make_jaxpr(model.apply)(params, x, x, t)
-    return _jaxpr_macs(jaxpr.jaxpr)
+    # init runs exactly one forward pass (its RNG ops hold no convolutions or matmuls).
+    return _jaxpr_macs(jax.make_jaxpr(model.init)(jax.random.key(0), x, x, t).jaxpr)
