@@ -13,7 +13,7 @@ Evaluation protocol: PSNR/SSIM on RGB in [0, 1], uint8-quantised, no border crop
 """
 import ml_collections
 
-from rdbm_jax.config import sibling
+from rdbm_jax.config import shrink, sibling
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -39,16 +39,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.sample.batch_size = 4
     c.eval.num_grid_images = 4
     if arg == "tiny":
-        c.data.crop_size = 32
-        c.data.tasks.main.eval.eval_size = 32
-        c.optim.warmup_steps = 0
-        c.train.num_steps = 6
-        c.train.batch_size = 4
-        c.train.log_every = 2
-        c.train.eval_every = 3
-        c.train.eval_num_images = 2
-        c.train.checkpoint_every = 3
-        c.sample.num_steps = 2
+        c = shrink(c)
     elif arg:
         raise ValueError(f"configs/demo.py: unknown variant {arg!r} (use :tiny)")
     return c

@@ -89,12 +89,13 @@ def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.size = "T"
     c.data.crop_size = 32
     c.train.num_steps = 2
-    c.train.batch_size = len(c.data.tasks)
+    c.train.batch_size = 2 * len(c.data.tasks)
     c.train.log_every = 1
     c.train.eval_every = 2
     c.train.eval_num_images = 1
     c.train.checkpoint_every = 2
-    c.optim.warmup_steps = 0
+    c.optim.update(dict(optimizer="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0,
+                        grad_clip=0.0, ema_decay=0.99))
     c.sample.num_steps = 2
     c.sample.batch_size = 1
     c.eval.max_images = 2

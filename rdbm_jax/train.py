@@ -83,8 +83,9 @@ def make_train_step(loss_fn: Callable, steps_per_dispatch: int = 1) -> Callable:
 
 
 def state_initializer(model: Any, cfg: ml_collections.ConfigDict) -> Callable[[jax.Array], TrainState]:
-    """init(key) → a fresh TrainState (parameters from a dummy crop-sized batch)."""
-    dummy = jnp.zeros((1, cfg.data.crop_size, cfg.data.crop_size, 3), jnp.float32)
+    """init(key) → a fresh TrainState (parameter shapes do not depend on the image size)."""
+    side = models.downsample_factor(cfg.model)
+    dummy = jnp.zeros((1, side, side, 3), jnp.float32)
     tx = make_optimizer(cfg.optim, cfg.train.num_steps)  # one object: part of the state's treedef
 
     def init(key):
@@ -112,14 +113,14 @@ _PROGRAMS: dict[tuple, Program] = {}
 def program(cfg: ml_collections.ConfigDict, mesh: Any) -> Program:
     """The Program of `cfg` on `mesh`, built once per process (repeated runs skip tracing/compiling)."""
     relevant = {k: cfg[k].to_dict() for k in ("model", "bridge", "optim")}
-    key = (json.dumps(relevant, sort_keys=True), cfg.train.loss, cfg.train.num_steps, cfg.train.steps_per_dispatch,
-           cfg.data.crop_size, mesh)
+    decay_steps = cfg.train.num_steps if cfg.optim.schedule == "cosine" else None
+    key = (json.dumps(relevant, sort_keys=True), cfg.train.loss, decay_steps, cfg.train.steps_per_dispatch, mesh)
     if key not in _PROGRAMS:
         model, schedule = models.create_model(cfg.model), make_schedule(cfg.bridge)
         repl = distributed.replicated(mesh)
         init = state_initializer(model, cfg)
         abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-                                          jax.eval_shape(init, jax.random.PRNGKey(0)))
+                                          jax.eval_shape(init, init_key(0)))
         step = jax.jit(make_train_step(make_loss_fn(model, schedule, cfg.bridge, cfg.train.loss),
                                        cfg.train.steps_per_dispatch),
                        in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
@@ -128,9 +129,14 @@ def program(cfg: ml_collections.ConfigDict, mesh: Any) -> Program:
     return _PROGRAMS[key]
 
 
+def init_key(seed: int) -> jax.Array:
+    """The parameter-initialisation key ("rbg": threefry makes CPU init compile ~3× slower)."""
+    return jax.random.key(seed, impl="rbg")
+
+
 def init_state(cfg: ml_collections.ConfigDict, mesh: Any) -> TrainState:
     """The initial TrainState of `cfg`, initialised directly on the devices, replicated."""
-    return program(cfg, mesh).init(jax.random.PRNGKey(cfg.seed))
+    return program(cfg, mesh).init(init_key(cfg.seed))
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -196,6 +202,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         jax.config.update("jax_compilation_cache_dir", cfg.train.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     mesh = distributed.make_mesh()
+    if cfg.data.crop_size % models.downsample_factor(cfg.model):
+        raise ConfigError(f"data.crop_size={cfg.data.crop_size} must be a multiple of "
+                          f"{models.downsample_factor(cfg.model)} (the UNet's downsampling factor)")
     if cfg.train.batch_size % mesh.size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
                           f"{mesh.size} devices")
@@ -204,7 +213,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed)
     eval_sources = (data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
                     if cfg.train.eval_every else {})
-    state = prog.init(jax.random.PRNGKey(cfg.seed))
+    state = init_state(cfg, mesh)
     if is_main:
         log.info("model %s: %.3f M parameters on %d device(s) (%s)", cfg.model.size,
                  models.count_params(state.params) / 1e6, mesh.size, jax.devices()[0].platform)
@@ -278,7 +287,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
             writer.flush()
     ckpt.close()
     writer.close()
+    log.info("finished at step %d; parameter checksum %.12e", step, param_checksum(state.params))
     return last
+
+
+def param_checksum(params: Any) -> float:
+    """Σ|θ| over all parameters (float64): equal on every process of a healthy data-parallel run."""
+    return float(sum(np.abs(distributed.to_host(x).astype(np.float64)).sum()
+                     for x in jax.tree_util.tree_leaves(params)))
 
 
 def _raise_if_nonfinite(pending: list, ckpt: checkpoints.Checkpointer) -> None:

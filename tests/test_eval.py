@@ -21,7 +21,7 @@ def _png(path, h, w, seed=0):
 
 
 def test_eval_writes_metrics_per_image_csv_and_grids(trained_workdir):
-    cfg = config(**{"eval.num_grid_images": 2})
+    cfg = config(**{"eval.num_grid_images": 2, "eval.max_images": 0})
     per_task = evaluate.run_eval(cfg, trained_workdir)
     out = os.path.join(trained_workdir, "eval")
     report = json.load(open(os.path.join(out, "metrics.json")))

@@ -1,0 +1,76 @@
+"""Every task config: instantiate it, train 2 steps and restore (2 sampling steps) on generated data."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rdbm_jax import checkpoints, config as config_lib, train
+from rdbm_jax.errors import ConfigError
+from tests.helpers import config, read_metrics
+
+SIZES = {"T": 0.45e6, "B": 3.65e6, "L": 7.73e6}
+
+
+def _img(path: str, h: int, w: int, seed: int, dark: bool = False) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3)).astype(np.float32)
+    Image.fromarray((img * (0.4 if dark else 1.0)).astype(np.uint8)).save(path)
+
+
+def lay_out(cfg, root: str) -> None:
+    """Generated images in exactly the folders the config names (relative to data.root)."""
+    for t, task in enumerate(cfg.data.tasks.values()):
+        for s, src in enumerate((task.train, task.eval)):
+            for i in range(2):
+                seed = 100 * t + 10 * s + i
+                if src.kind == "paired":
+                    _img(os.path.join(root, src.gt_dir, f"im{i}.png"), 40, 48, seed)
+                    _img(os.path.join(root, src.lq_dir, f"im{i}.png"), 40, 48, seed, dark=True)
+                elif src.kind == "side_by_side":
+                    _img(os.path.join(root, src.dir, f"pair{i}.jpg"), 40, 80, seed)
+                else:
+                    _img(os.path.join(root, src.dir, f"face{i}.png"), 40, 40, seed)
+
+
+@pytest.mark.parametrize("name, arg", [("demo", "tiny"), ("inpaint", "tiny"), ("universal", "tiny"),
+                                       ("udc", "toled,tiny"), ("edges2handbags", "tiny")])
+def test_config_trains_two_steps_and_restores(name, arg, tmp_path):
+    cfg = config(name, arg)
+    config_lib.validate(cfg)
+    if name != "demo":
+        lay_out(cfg, str(tmp_path / "data"))
+        cfg.data.root = str(tmp_path / "data")
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(cfg, workdir)
+    rows = read_metrics(workdir)
+    val = [r for r in rows if "val/psnr" in r]
+    assert val and np.isfinite(val[-1]["val/psnr"])  # the 2-step restoration of the eval images ran
+    if len(cfg.data.tasks) > 1:
+        assert {f"val/{t}/psnr" for t in cfg.data.tasks} <= set(val[-1])
+    assert checkpoints.Checkpointer(workdir).latest_step() == cfg.train.num_steps
+    assert json.load(open(os.path.join(workdir, "config.json")))["model"]["size"] == "T"
+
+
+@pytest.mark.parametrize("name", ["inpaint", "universal", "udc", "edges2handbags"])
+def test_full_configs_follow_the_paper(name):
+    cfg = config(name, None)
+    config_lib.validate(cfg)
+    assert cfg.bridge.preset == "rdbm" and cfg.bridge.num_timesteps == 100 and cfg.sample.num_steps == 10
+    assert cfg.bridge.theta_schedule == "cosine" and cfg.bridge.lam == pytest.approx(10 / 255)
+    assert cfg.data.crop_size == 256 and cfg.optim.learning_rate == 1e-4
+    for size in ("T", "B", "L"):
+        assert config(name, size).model.size == size
+    if name == "universal":
+        assert set(cfg.data.tasks) == {"derain", "lowlight", "desnow", "dehaze", "deblur"}
+        assert cfg.train.batch_size == 20 and cfg.train.num_steps == 500_000 and cfg.model.size == "L"
+
+
+def test_unknown_config_argument_rejected():
+    with pytest.raises(ConfigError, match="unknown config argument 'XL'"):
+        config("universal", "XL")
+    assert list(config("udc", "poled").data.tasks) == ["poled"]
