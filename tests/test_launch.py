@@ -49,6 +49,15 @@ def test_two_processes_train_identically_write_once_and_resume(tmp_path):
     assert checkpoints.Checkpointer(workdir).latest_step() == 3
 
 
+def test_launch_scripts_parse():
+    for script in ("local.sh", "tpu_pod.sh", "slurm_gpu.sbatch"):
+        proc = subprocess.run(["bash", "-n", os.path.join("launch", script)], cwd=REPO, capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, (script, proc.stderr)
+    sbatch = open(os.path.join(REPO, "launch", "slurm_gpu.sbatch")).read()
+    assert "srun" in sbatch and "RDBM_DISTRIBUTED=auto" in sbatch and "rdbm_jax.main" in sbatch
+
+
 def test_local_sh_usage_error():
     proc = subprocess.run(["bash", "launch/local.sh"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "usage" in proc.stderr

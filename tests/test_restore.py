@@ -35,9 +35,10 @@ def test_pad_amounts_and_tile_starts_cover():
         assert all(b - a <= min(tile, size) - overlap for a, b in zip(starts, starts[1:]))
 
 
-def test_odd_sizes_are_padded_and_cropped_back():
+@pytest.mark.parametrize("height, width", [(27, 45), (427, 640)])
+def test_odd_sizes_are_padded_and_cropped_back(height, width):
     restorer = Restorer(lambda p, x, m, t: jnp.tanh(2 * m), SCHEDULE, num_steps=3, multiple=16)
-    mu = np.random.default_rng(0).uniform(-1, 1, (2, 27, 45, 3)).astype(np.float32)
+    mu = np.random.default_rng(0).uniform(-1, 1, (2, height, width, 3)).astype(np.float32)
     out = restorer(None, mu, jax.random.PRNGKey(0))
     assert out.shape == mu.shape
     # x0-parameterisation: the last step returns the (clipped) x̂0 = tanh(2 μ) of the cropped area.
