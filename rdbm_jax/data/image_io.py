@@ -7,8 +7,10 @@ are kept in stored order so that LQ/GT pairs stay aligned whatever their metadat
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -76,14 +78,13 @@ def _to_float_rgb(img: Image.Image, path: str, key: str | None) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def decode_image(path: str, key: str | None = None) -> np.ndarray:
-    """Decode an image file (first frame) to float32 [H, W, 3] in [0, 1]; DataError naming the file."""
+@contextlib.contextmanager
+def _image_errors(path: str, key: str | None, unreadable: str) -> Iterator[None]:
+    """Turn PIL/OS failures while reading `path` into one-line DataErrors naming the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()  # full decode here: truncation surfaces now, not later
-                out = _to_float_rgb(img, path, key)
+            yield
     except DataError:
         raise
     except FileNotFoundError:
@@ -97,7 +98,15 @@ def decode_image(path: str, key: str | None = None) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"corrupt or truncated image ({msg}): {_where(path, key)}") from None
+        raise DataError(f"{unreadable} ({msg}): {_where(path, key)}") from None
+
+
+def decode_image(path: str, key: str | None = None) -> np.ndarray:
+    """Decode an image file (first frame) to float32 [H, W, 3] in [0, 1]; DataError naming the file."""
+    with _image_errors(path, key, "corrupt or truncated image"):
+        with Image.open(path) as img:
+            img.load()  # full decode here: truncation surfaces now, not later
+            out = _to_float_rgb(img, path, key)
     if out.shape[0] == 0 or out.shape[1] == 0:
         raise DataError(f"empty image (0 pixels): {_where(path, key)}")
     return out
@@ -105,20 +114,9 @@ def decode_image(path: str, key: str | None = None) -> np.ndarray:
 
 def probe_size(path: str, key: str | None = None) -> tuple[int, int]:
     """(height, width) from the file header only (cheap build-time check); DataError naming the file."""
-    try:
+    with _image_errors(path, key, "unreadable image header"):
         with Image.open(path) as img:
             w, h = img.size
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {_where(path, key)}") from None
-    except IsADirectoryError:
-        raise DataError(f"expected an image file, found a folder: {_where(path, key)}") from None
-    except PermissionError:
-        raise DataError(f"image file not readable (permission denied): {_where(path, key)}") from None
-    except Image.UnidentifiedImageError:
-        raise DataError(f"not an image file (cannot identify format): {_where(path, key)}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"unreadable image header ({msg}): {_where(path, key)}") from None
     if w == 0 or h == 0:
         raise DataError(f"empty image (0 pixels): {_where(path, key)}")
     return h, w
@@ -135,7 +133,7 @@ def load_image(path: str) -> np.ndarray:
 
 
 def save_image(path: str, img: np.ndarray) -> None:
-    """Write a [−1, 1] float image ([H, W, 3], [H, W, 1] or [H, W]) as an 8-bit PNG."""
+    """Write a [−1, 1] float image ([H, W, 3], [H, W, 1] or [H, W]) as an 8-bit PNG, atomically."""
     arr = np.asarray(img, dtype=np.float32)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -146,7 +144,13 @@ def save_image(path: str, img: np.ndarray) -> None:
     u8 = np.round((np.clip(arr, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    Image.fromarray(u8).save(path, format="PNG")
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:  # an interrupted write never leaves a half-written PNG under the final name
+        Image.fromarray(u8).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def resize_float(img: np.ndarray, height: int, width: int, resample: int = Image.LANCZOS) -> np.ndarray:
