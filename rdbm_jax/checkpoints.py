@@ -5,7 +5,6 @@ import json
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from rdbm_jax.errors import ConfigError
@@ -86,7 +85,3 @@ def read_config(directory: str, step: int) -> dict:
     with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False)) as mngr:
         return dict(mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
 
-
-def abstract_like(state: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) of a state, for StandardRestore."""
-    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)

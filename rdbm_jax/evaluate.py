@@ -152,7 +152,7 @@ def score_sources(restorer: Restorer, params: Any, sources: dict[str, Any], cfg:
             per_task[task]["fid"] = perceptual.fid(feats_out, feats_gt)
         rows_all.extend(rows)
     keys = sorted({k for t in per_task.values() for k in t} - {"num_images"})
-    per_task["overall"] = {k: _mean(list(per_task.values()), k) for k in keys}
+    per_task["overall"] = {k: _mean(list(per_task.values()), k) for k in keys}  # mean over tasks
     per_task["overall"]["num_images"] = len(rows_all)
     return rows_all, per_task, grids
 
@@ -207,5 +207,6 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if g:
                 Image.fromarray(make_grid(g)).save(os.path.join(out_dir, f"grid_{task}.png"))
         for task, s in per_task.items():
-            log.info("eval %s: %s", task, "  ".join(f"{k}={v:.4f}" for k, v in s.items()))
+            log.info("eval %s: %s", task, "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                   for k, v in s.items()))
     return per_task

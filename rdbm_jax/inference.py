@@ -97,7 +97,7 @@ def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, An
             check_size(img.shape[0], img.shape[1], path)
         except RDBMError as e:
             log.error("skipped: %s", e)
-            failed.append(f"{path} ({e})")
+            failed.append(str(e))  # names the file
             continue
         if pending and (pending[0][1].shape != img.shape or len(pending) == s.batch_size):
             flush()

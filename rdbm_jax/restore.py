@@ -165,8 +165,3 @@ def from_config(model: Any, schedule: Any, cfg: Any, mesh: Mesh | None = None,
                                    tile_overlap=s.tile_overlap)
     return _RESTORERS[key]
 
-
-def restore_one(restorer: Restorer, params: Any, mu: np.ndarray, rng: jax.Array) -> np.ndarray:
-    """Restore one image [H, W, 3]."""
-    return restorer(params, mu[None], rng)[0]
-
