@@ -176,7 +176,8 @@ class _StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
-    def should_stop(self, step: int) -> bool:
+    def should_stop(self) -> bool:
+        """Whether any process has received a stop signal (a host collective when multi-process)."""
         stop = self.signal is not None
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -213,17 +214,17 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed)
     eval_sources = (data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
                     if cfg.train.eval_every else {})
-    state = init_state(cfg, mesh)
-    if is_main:
-        log.info("model %s: %.3f M parameters on %d device(s) (%s)", cfg.model.size,
-                 models.count_params(state.params) / 1e6, mesh.size, jax.devices()[0].platform)
-
     ckpt = checkpoints.Checkpointer(workdir, cfg.train.max_to_keep)
     config_json = json.loads(cfg.to_json_best_effort())
     start = ckpt.latest_step() or 0
     if start:
         state = ckpt.restore(start, prog.abstract, train_iter)
         log.info("resumed from %s at step %d", ckpt.directory, start)
+    else:
+        state = init_state(cfg, mesh)
+    if is_main:
+        log.info("model %s: %.3f M parameters on %d device(s) (%s)", cfg.model.size,
+                 models.count_params(state.params) / 1e6, mesh.size, jax.devices()[0].platform)
 
     writer = writers.create_writer(workdir, is_main)
     if is_main and not start:
@@ -243,7 +244,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
 
     def save(at: int):
         check_finite()
-        ckpt.save(at, state, train_iter, config_json)
+        if ckpt.latest_step() != at:  # a stop signal right after a periodic save: nothing new
+            ckpt.save(at, state, train_iter, config_json)
 
     with _StopFlag() as stop:
         try:
@@ -278,7 +280,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                     save(step)
                 for hook in hooks:
                     hook(step, state)
-                if stop.should_stop(step):
+                # Multi-process: agree on stopping at log steps only (one host collective, not every step).
+                if (jax.process_count() == 1 or step % cfg.train.log_every < n) and stop.should_stop():
                     log.info("signal %s: saving a checkpoint at step %d and exiting", stop.signal, step)
                     save(step)
                     break
