@@ -108,7 +108,7 @@ class Restorer:
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
         self._compiled: dict[tuple, Callable] = {}
 
-    def _fn(self, shape: tuple[int, ...]) -> Callable:
+    def compiled(self, shape: tuple[int, ...]) -> Callable:
         """The jitted restoration for one padded batch shape (compiled once per shape)."""
         if shape not in self._compiled:
             sharding = distributed.batch_sharding(self.mesh)
@@ -137,7 +137,7 @@ class Restorer:
         # Every process passes the same full batch; each device takes its slice of it.
         sharding = distributed.batch_sharding(self.mesh)
         mu_global = jax.make_array_from_callback(padded.shape, sharding, lambda idx: padded[idx])
-        out = self._fn(padded.shape)(params, mu_global, rng)
+        out = self.compiled(padded.shape)(params, mu_global, rng)
         return distributed.to_host(out)[:b, :h, :w]
 
 

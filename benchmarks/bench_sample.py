@@ -1,0 +1,253 @@
+"""Restoration latency: our compiled 10-step sampler (`Restorer`, one lax.scan) vs the twin's Python loop.
+
+    python -m benchmarks.bench_sample --out sample.json    # GPU: B, 256² × 16 and 720×1280 × 1
+    python -m benchmarks.bench_sample --tiny               # CPU smoke
+
+Both sides get the same random weights (loaded into the twin with its converter) and the same
+degraded inputs; the twin's output is compared with ours (`max_abs_diff_vs_ours`). `e2e` times
+host numpy in → restored numpy out (what a user calls);
+`device` times the compiled function (ours) / the loop (twin) on inputs already on the device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from benchmarks import roofline as rl  # noqa: E402  (sets XLA_PYTHON_CLIENT_PREALLOCATE first)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.bench_train import BRIDGE  # noqa: E402
+from rdbm_jax import distributed, models, sde  # noqa: E402
+from rdbm_jax.restore import Restorer, make_apply  # noqa: E402
+
+TINY = dict(size="T", resolution=32, batch=2, large="40x72", large_batch=1, steps=3, warmup=1,
+            dtype="float32", matmul_n=256, copy_mib=16)
+
+
+def make_params(model: Any, seed: int = 0) -> dict:
+    """Random float32 parameters of the model's shapes (kernels N(0, 1/fan_in), GroupNorm scales ≈ 1,
+    biases ≈ 0, the output conv non-zero): an init costs seconds of compile, this costs a trace."""
+    side = model.factor
+    x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, x,
+                              jax.ShapeDtypeStruct((1,), jnp.int32))["params"]
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        if path[-1].key == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return rng.normal(0.0, 1.0 / np.sqrt(fan_in), leaf.shape).astype(np.float32)
+        base = 1.0 if path[-1].key == "scale" else 0.0
+        return (base + 0.02 * rng.normal(size=leaf.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def degraded(batch: int, height: int, width: int, seed: int = 1) -> np.ndarray:
+    """Smooth random images in [-1, 1] with a white box (an inpainting-like μ), NHWC float32."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    phase = rng.uniform(0, 2 * np.pi, (batch, 1, 1, 3))
+    img = np.sin(6 * xx[None, :, :, None] + phase) * np.cos(4 * yy[None, :, :, None] + phase)
+    img[:, height // 4: height // 2, width // 4: width // 2] = 1.0
+    return img.astype(np.float32)
+
+
+def bench_ours(model: Any, params: Any, mu: np.ndarray, nfe: int, opts: argparse.Namespace,
+               peak: dict | None) -> tuple[dict[str, Any], np.ndarray]:
+    """Restorer (compiled scan) end to end and on the device; XLA cost of the compiled sampler."""
+    schedule = sde.make_schedule(num_timesteps=BRIDGE["num_timesteps"],
+                                 theta_schedule=BRIDGE["theta_schedule"], lam=BRIDGE["lam"],
+                                 preset=BRIDGE["preset"])
+    mesh = distributed.make_mesh()
+    restorer = Restorer(make_apply(model), schedule, num_steps=nfe, multiple=model.factor, mesh=mesh,
+                        parameterization=BRIDGE["parameterization"])
+    params = jax.device_put(params, distributed.replicated(mesh))
+    rng = jax.random.PRNGKey(0)
+    t0 = time.perf_counter()
+    out = restorer(params, mu, rng)
+    t_first = time.perf_counter() - t0
+    e2e = rl.time_windows(lambda: restorer(params, mu, rng), lambda x: x, warmup=opts.warmup,
+                          steps=opts.steps, window=1)
+    # The executable Restorer compiled for this shape (H, W are multiples of the factor already; the
+    # batch is padded to the device count as Restorer does), on a device-resident input.
+    padded = np.pad(mu, ((0, (-mu.shape[0]) % mesh.size), (0, 0), (0, 0), (0, 0)), mode="edge")
+    mu_dev = jax.device_put(padded, distributed.batch_sharding(mesh))
+    compiled = restorer.compiled(padded.shape).lower(params, mu_dev, rng).compile()
+    dev = rl.time_windows(lambda: compiled(params, mu_dev, rng), rl.jax_sync, warmup=opts.warmup,
+                          steps=opts.steps, window=1)
+    cost = rl.cost_of(compiled)
+    macs = models.count_macs(model, mu.shape[1], mu.shape[2], batch=mu.shape[0])
+    analytic = 2.0 * macs * nfe
+    flops, bytes_, source = rl.loop_scaled(cost, nfe, analytic)
+    roof = rl.roofline(flops, bytes_, dev["median_s"], peak)
+    return ({"impl": "ours", "first_call_s": t_first, "e2e_ms": 1e3 * e2e["median_s"],
+             "device_ms": 1e3 * dev["median_s"], "images_per_s": mu.shape[0] / e2e["median_s"],
+             "xla_cost_per_dispatch": cost, "flops": flops, "bytes": bytes_,
+             "flops_analytic": analytic, "cost_source": source,
+             **roof}, out)
+
+
+def bench_twin(params: Any, size: str, mu: np.ndarray, nfe: int, opts: argparse.Namespace,
+               ) -> tuple[dict[str, Any], np.ndarray]:
+    """The twin's Python-loop `sample` (autocast unless float32, channels_last), same weights."""
+    import torch
+
+    from benchmarks import torch_twin as tw
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = tw.load_flax_params(tw.TwinUNet(size), params).to(device).eval()
+    model = model.to(memory_format=torch.channels_last)
+    amp = None if opts.dtype == "float32" else getattr(torch, opts.dtype)
+    tables = tw.cosine_tables(BRIDGE["num_timesteps"], BRIDGE["lam"])
+
+    def sync(x):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return x
+
+    def to_device(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
+        return t.contiguous(memory_format=torch.channels_last)
+
+    def e2e_call() -> np.ndarray:
+        x = tw.sample(model, to_device(mu), tables, num_steps=nfe, amp_dtype=amp)
+        return x.permute(0, 2, 3, 1).float().cpu().numpy()
+
+    t0 = time.perf_counter()
+    out = e2e_call()
+    t_first = time.perf_counter() - t0
+    e2e = rl.time_windows(e2e_call, lambda x: x, warmup=opts.warmup, steps=opts.steps, window=1)
+    mu_dev = to_device(mu)
+    dev = rl.time_windows(lambda: tw.sample(model, mu_dev, tables, num_steps=nfe, amp_dtype=amp), sync,
+                          warmup=opts.warmup, steps=opts.steps, window=1)
+    return ({"impl": "twin_eager", "torch_device": str(device), "amp": str(amp),
+             "first_call_s": t_first, "e2e_ms": 1e3 * e2e["median_s"], "device_ms": 1e3 * dev["median_s"],
+             "images_per_s": mu.shape[0] / e2e["median_s"]}, out)
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """"HxW" → (H, W)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW, e.g. 720x1280") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: H and W must be ≥ 1")
+    return h, w
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (GPU defaults; --tiny: the CPU smoke preset)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", default="B", help="UNet size (T,S,B,L)")
+    p.add_argument("--batch", type=int, default=16, help="batch of the square case")
+    p.add_argument("--resolution", type=int, default=256, help="side of the square case")
+    p.add_argument("--large", default="720x1280", help="HxW of the large case ('' to skip)")
+    p.add_argument("--large-batch", type=int, default=1)
+    p.add_argument("--nfe", type=int, default=10, help="sampling steps")
+    p.add_argument("--steps", type=int, default=20, help="timed restorations per case and side")
+    p.add_argument("--warmup", type=int, default=3, help="untimed restorations after the first")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(rl.DTYPES), help="compute dtype")
+    p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
+    p.add_argument("--device-name", default=None, help="label for the device (default: device_kind)")
+    p.add_argument("--matmul-n", type=int, default=8192)
+    p.add_argument("--copy-mib", type=int, default=1024)
+    p.add_argument("--no-peak", action="store_true")
+    p.add_argument("--deadline", type=float, default=0.0, help="epoch s: skip cases started later")
+    p.add_argument("--keep-going", action="store_true",
+                   help="record a failing case in `errors` and go on with the next")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke preset: " + json.dumps(TINY))
+    p.add_argument("--out", default="", help="write the raw results here (JSON)")
+    return p
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parsed options; --tiny replaces every default that the command line does not set."""
+    p = parser()
+    opts = p.parse_args(argv)
+    if opts.tiny:
+        p.set_defaults(**TINY)
+        opts = p.parse_args(argv)
+    if opts.size not in models.SIZES:
+        p.error(f"--size {opts.size!r}: expected one of {sorted(models.SIZES)}")
+    for name in ("batch", "resolution", "large_batch", "nfe", "steps", "matmul_n", "copy_mib"):
+        if getattr(opts, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be ≥ 1")
+    if opts.warmup < 0:
+        p.error("--warmup must be ≥ 0")
+    factor = models.downsample_factor({"size": opts.size})
+    cases = [(opts.batch, opts.resolution, opts.resolution)]
+    if opts.large:
+        try:
+            cases.append((opts.large_batch, *parse_shape(opts.large)))
+        except argparse.ArgumentTypeError as e:
+            p.error(f"--large {e}")
+    for _, h, w in cases:
+        if h % factor or w % factor:
+            p.error(f"shape {h}x{w}: H and W must be multiples of {factor} for size {opts.size}")
+    opts.cases = cases
+    return opts
+
+
+def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = None) -> dict[str, Any]:
+    """Every case of `opts`; returns {"environment", "peak", "results", "skipped"}."""
+    from benchmarks.bench_train import twin_unavailable
+
+    env = env or rl.environment(opts.device_name)
+    if peak is None and not opts.no_peak:
+        peak = rl.measure_peak(opts.dtype, opts.matmul_n, opts.copy_mib)
+    twin_off = "--twin off" if opts.twin == "off" else twin_unavailable(env["platform"] == "gpu")
+    if opts.twin == "on" and twin_off:
+        raise RuntimeError(f"--twin on: {twin_off}")
+    model = models.create_model({"size": opts.size, "dtype": opts.dtype})
+    params = make_params(model)
+    results, skipped, errors = [], [], []
+    for batch, h, w in opts.cases:
+        case = {"size": opts.size, "params": models.count_params(params), "batch": batch,
+                "height": h, "width": w, "nfe": opts.nfe, "dtype": opts.dtype}
+        if opts.deadline and time.time() > opts.deadline:
+            skipped.append(f"sample {batch}×{h}×{w}: past the run's time budget")
+            continue
+        mu, label = degraded(batch, h, w), f"{batch}×{h}×{w}"
+        got = rl.guarded(opts.keep_going, errors, f"ours sample {label}",
+                         lambda: bench_ours(model, params, mu, opts.nfe, opts, peak))
+        if got is not None:
+            results.append({**case, **got[0]})
+            print(_line(results[-1]), flush=True)
+        if twin_off:
+            skipped.append(f"twin sample {label}: {twin_off}")
+            continue
+        twin = rl.guarded(opts.keep_going, errors, f"twin sample {label}",
+                          lambda: bench_twin(params, opts.size, mu, opts.nfe, opts))
+        rl.free_torch_memory()
+        if twin is not None:
+            diff = float(np.abs(twin[1] - got[1]).max()) if got is not None else None
+            results.append({**case, **twin[0], "max_abs_diff_vs_ours": diff})
+            print(_line(results[-1]), flush=True)
+    return {"environment": env, "peak": peak, "results": results, "skipped": skipped, "errors": errors}
+
+
+def _line(r: dict) -> str:
+    return (f"sample {r['impl']} size={r['size']} {r['batch']}×{r['height']}×{r['width']} NFE={r['nfe']}: "
+            f"{r['e2e_ms']:.1f} ms end to end ({r['device_ms']:.1f} on device), "
+            f"{r['images_per_s']:.1f} img/s")
+
+
+def main(argv: list[str] | None = None, peak: dict | None = None, env: dict | None = None) -> dict:
+    """Command-line entry point; returns what it writes to --out."""
+    opts = parse(sys.argv[1:] if argv is None else argv)
+    data = run(opts, peak, env)
+    if opts.out:
+        rl.write_json(opts.out, data)
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Every benchmark of issue 7 in one run: startup (cold/warm cache), peaks, train steps, sampling.
+
+    python -m benchmarks.run_all --out-dir "$OUT"            # GPU, ~6 min on an H100 (budget-guarded)
+    python -m benchmarks.run_all --out-dir "$OUT" --quick    # GPU, size B only, ~3-4 min
+    python -m benchmarks.run_all --out-dir /tmp/b --tiny     # CPU smoke run
+
+Order: (1) time to the first train step in two fresh processes sharing a new persistent compilation
+cache — cold, then warm; (2) this process adopts that cache (so the K = 1 step of the first size is
+not compiled twice) and measures the device peaks; (3) the preset's stages in priority order: full =
+train B (K = 1, 4; twin eager and compiled), sampling B (256² × 16, 720×1280 × 1), train L (K = 1;
+twins). No configuration starts after --budget-s. Writes bench_train.json, bench_sample.json,
+results.json and table.md to --out-dir after every stage (a run cut short keeps what it measured)
+and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+_T0 = time.time()
+
+from benchmarks import bench_sample, bench_train  # noqa: E402
+from benchmarks import roofline as rl  # noqa: E402
+from benchmarks.roofline import fmt  # noqa: E402
+
+# Stages in priority order (a stage past the time budget is skipped, config by config).
+PRESETS = {
+    "full": dict(stages=[("train", ["--size", "B", "--steps-per-dispatch", "1,4", "--steps", "60",
+                                    "--warmup", "5"]),
+                         ("sample", ["--size", "B", "--steps", "20", "--warmup", "3"]),
+                         ("train", ["--size", "L", "--steps-per-dispatch", "1", "--steps", "60",
+                                    "--warmup", "5"])],
+                 startup=["--size", "B"], budget=400.0),
+    "quick": dict(stages=[("train", ["--size", "B", "--steps-per-dispatch", "1,4", "--steps", "30",
+                                     "--warmup", "3"]),
+                          ("sample", ["--size", "B", "--steps", "10", "--warmup", "2"])],
+                  startup=["--size", "B"], budget=300.0),
+    "tiny": dict(stages=[("train", ["--tiny"]), ("sample", ["--tiny"])], startup=["--tiny"], budget=0.0),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out-dir", required=True, help="where the JSON files and table.md go")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="size B only, fewer timed steps")
+    g.add_argument("--tiny", action="store_true", help="CPU smoke run (size T, 32², batch 2)")
+    p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16; tiny: float32)")
+    p.add_argument("--device-name", default=None, help="label for the device (default: device_kind)")
+    p.add_argument("--step-impl", default="auto", choices=("auto", "real", "light"))
+    p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
+    p.add_argument("--twin-compile", default="auto", choices=("auto", "on", "off"))
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no new configuration after this many seconds (0 = no limit)")
+    p.add_argument("--skip-startup", action="store_true", help="skip the cold/warm startup runs")
+    p.add_argument("--cache-dir", default="", help="persistent cache of the startup runs (must be "
+                   "empty or absent; default: a new temporary folder)")
+    p.add_argument("--startup-timeout-s", type=float, default=300.0)
+    p.add_argument("--train-args", default="", help="extra bench_train arguments (one string)")
+    p.add_argument("--sample-args", default="", help="extra bench_sample arguments (one string)")
+    return p
+
+
+def common_args(opts: argparse.Namespace) -> list[str]:
+    """Arguments passed to both benchmarks."""
+    out = ["--twin", opts.twin]
+    if opts.dtype:
+        out += ["--dtype", opts.dtype]
+    if opts.device_name:
+        out += ["--device-name", opts.device_name]
+    return out
+
+
+def startup_run(args: list[str], cache_dir: str, timeout: float) -> dict[str, Any]:
+    """One fresh `bench_train --startup-child` process; its breakdown plus spawn → step-1 wall time."""
+    cmd = [sys.executable, "-m", "benchmarks.bench_train", *args, "--startup-child", cache_dir]
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["PYTHONUNBUFFERED"] = "1"
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=bench_train.REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    wall = time.time() - t0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("STARTUP ")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"startup run failed (exit {proc.returncode}): {' | '.join(tail)}")
+    out = json.loads(lines[-1][len("STARTUP "):])
+    out["to_step1_s"] = out["step1_done_epoch"] - t0
+    out["process_wall_s"] = wall
+    return out
+
+
+def startup(opts: argparse.Namespace, preset: dict, cache_dir: str) -> dict[str, Any]:
+    """Cold then warm time-to-first-train-step, both in fresh processes sharing `cache_dir`."""
+    if os.path.isdir(cache_dir) and os.listdir(cache_dir):
+        raise ValueError(f"--cache-dir {cache_dir}: not empty, so the first run would not be cold")
+    os.makedirs(cache_dir, exist_ok=True)
+    args = preset["startup"] + common_args(opts) + ["--step-impl", opts.step_impl]
+    cold = startup_run(args, cache_dir, opts.startup_timeout_s)
+    print(f"startup cold: step 1 after {cold['to_step1_s']:.1f} s", flush=True)
+    warm = startup_run(args, cache_dir, opts.startup_timeout_s)
+    print(f"startup warm: step 1 after {warm['to_step1_s']:.1f} s", flush=True)
+    return {"cache_dir": cache_dir, "args": args, "cold": cold, "warm": warm}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run everything; returns the merged results (also written to <out-dir>/results.json)."""
+    start = _T0 if argv is None else time.time()  # the command line: count the imports too
+    opts = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    name = "tiny" if opts.tiny else "quick" if opts.quick else "full"
+    preset = PRESETS[name]
+    budget = preset["budget"] if opts.budget_s is None else opts.budget_s
+    deadline = start + budget if budget > 0 else 0.0
+    os.makedirs(opts.out_dir, exist_ok=True)
+    merged: dict[str, Any] = {"preset": name, "argv": argv if argv is not None else sys.argv[1:],
+                              "budget_s": budget, "startup": None, "skipped": []}
+
+    def save() -> str:
+        merged["wall_s"] = time.time() - start
+        rl.write_json(os.path.join(opts.out_dir, "results.json"), merged)
+        table = render(merged)
+        with open(os.path.join(opts.out_dir, "table.md"), "w", encoding="utf-8") as f:
+            f.write(table)
+        return table
+
+    if not opts.skip_startup:
+        cache_dir = opts.cache_dir or tempfile.mkdtemp(prefix="rdbm_bench_xla_cache_")
+        try:
+            merged["startup"] = startup(opts, preset, cache_dir)
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
+            merged["skipped"].append(f"startup: {e}")
+        import jax  # noqa: PLC0415 — this process compiles nothing before this point
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    env = rl.environment(opts.device_name)
+    tiny_cpu = bench_train.TINY if opts.tiny else {}
+    dtype = opts.dtype or tiny_cpu.get("dtype", "bfloat16")
+    peak = rl.measure_peak(dtype, tiny_cpu.get("matmul_n", 8192), tiny_cpu.get("copy_mib", 1024))
+    merged.update(environment=env, peak=peak)
+    print(f"peak: {peak['matmul_flops_per_s'] / 1e12:.1f} TFLOP/s matmul, "
+          f"{peak['copy_bytes_per_s'] / 1e9:.0f} GB/s copy ({peak['method']})", flush=True)
+    save()
+    deadline_args = ["--deadline", str(deadline)] if deadline else []
+    for stage, args in preset["stages"]:
+        bench = bench_train if stage == "train" else bench_sample
+        argv_stage = args + common_args(opts) + deadline_args + ["--keep-going"]
+        if stage == "train":
+            argv_stage += ["--step-impl", opts.step_impl, "--twin-compile", opts.twin_compile]
+        argv_stage += shlex.split(opts.train_args if stage == "train" else opts.sample_args)
+        data = bench.main(argv_stage, peak=peak, env=env)
+        if merged.get(stage):  # a later stage of the same kind: append its results
+            for key in ("results", "skipped", "errors"):
+                merged[stage][key] = merged[stage][key] + data[key]
+        else:
+            merged[stage] = data
+        rl.write_json(os.path.join(opts.out_dir, f"bench_{stage}.json"), merged[stage])
+        save()
+    table = save()
+    print(table, flush=True)
+    print(f"run_all: {merged['wall_s']:.0f} s wall; results in {opts.out_dir}", flush=True)
+    return merged
+
+
+# ---------------------------------------------------------------------------------------- table
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a and b else "–"
+
+
+def _sci(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1e}"
+
+
+def _rate(value: float | None, frac: float | None, scale: float) -> str:
+    if value is None:
+        return "–"
+    text = f"{value / scale:.3g}"
+    return f"{text} ({fmt(frac, pct=True)})" if frac is not None else text
+
+
+def train_table(results: list[dict]) -> list[str]:
+    """Markdown rows: every train configuration, ours vs the twin of the same size."""
+    rows = ["| size | params | batch | res | impl | K | ms/step | img/s | × twin eager | × twin compiled "
+            "| GFLOP/step | GB/step | TFLOP/s (% peak) | GB/s (% peak) | % roofline |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    twins = {(r["size"], r["impl"]): r["images_per_s"] for r in results if r["impl"].startswith("twin")
+             and "images_per_s" in r}
+    for r in results:
+        if "step_ms" not in r:
+            continue
+        ours = r["impl"] == "ours"
+        eager, compiled = twins.get((r["size"], "twin_eager")), twins.get((r["size"], "twin_compiled"))
+        rows.append(
+            f"| {r['size']} | {r['params'] / 1e6:.2f} M | {r['batch']} | {r['resolution']}² | {r['impl']} "
+            f"| {r.get('steps_per_dispatch', '–')} | {r['step_ms']:.2f} | {r['images_per_s']:.1f} "
+            f"| {_ratio(r['images_per_s'], eager) if ours else '–'} "
+            f"| {_ratio(r['images_per_s'], compiled) if ours else '–'} "
+            f"| {fmt(r.get('flops_per_step'), 1e9, 2)} | {fmt(r.get('bytes_per_step'), 1e9, 2)} "
+            f"| {_rate(r.get('achieved_flops_per_s'), r.get('frac_peak_matmul'), 1e12)} "
+            f"| {_rate(r.get('achieved_bytes_per_s'), r.get('frac_peak_bandwidth'), 1e9)} "
+            f"| {fmt(r.get('frac_roofline'), pct=True)} |")
+    for r in results:
+        if r["impl"].endswith("max_batch"):
+            best = r.get("largest") or {}
+            rows.append(f"\nlargest batch that fit ({r['impl']}, size {r['size']}): "
+                        f"{best.get('batch', '–')} at {fmt(best.get('images_per_s'))} img/s; "
+                        f"first failure: {r.get('first_failure')}")
+    return rows
+
+
+def sample_table(results: list[dict]) -> list[str]:
+    """Markdown rows: every sampling case, ours vs the twin's Python loop."""
+    rows = ["| size | batch × H × W | NFE | impl | ms end to end | ms on device | img/s | × twin eager "
+            "| GFLOP | GB | % roofline | max abs diff vs ours |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    twins = {(r["batch"], r["height"], r["width"]): r for r in results if r["impl"] == "twin_eager"}
+    for r in results:
+        twin = twins.get((r["batch"], r["height"], r["width"]))
+        ours = r["impl"] == "ours"
+        ratio = (f"{_ratio(twin['e2e_ms'], r['e2e_ms'])} ({_ratio(twin['device_ms'], r['device_ms'])} "
+                 "on device)" if ours and twin else "–")
+        rows.append(
+            f"| {r['size']} | {r['batch']} × {r['height']} × {r['width']} | {r['nfe']} | {r['impl']} "
+            f"| {r['e2e_ms']:.1f} | {r['device_ms']:.1f} | {r['images_per_s']:.1f} | {ratio} "
+            f"| {fmt(r.get('flops'), 1e9, 2)} | {fmt(r.get('bytes'), 1e9, 2)} "
+            f"| {fmt(r.get('frac_roofline'), pct=True)} "
+            f"| {_sci(r.get('max_abs_diff_vs_ours'))} |")
+    return rows
+
+
+def render(merged: dict[str, Any]) -> str:
+    """The whole markdown report of one run."""
+    env, peak = merged.get("environment") or {}, merged.get("peak") or {}
+    v = env.get("versions", {})
+    lines = [f"### rdbm_jax benchmarks — preset `{merged.get('preset')}`", "",
+             f"- device: **{env.get('device_name', '?')}** ({env.get('platform', '?')}, "
+             f"{env.get('device_count', '?')} device(s)); torch device: {env.get('torch_device')}; "
+             f"host: {env.get('host')}",
+             f"- versions: jax {v.get('jax')}, jaxlib {v.get('jaxlib')}, flax {v.get('flax')}, "
+             f"optax {v.get('optax')}, torch {v.get('torch')}, python {env.get('python')}; "
+             f"date {env.get('date_utc')}; wall {merged.get('wall_s', 0):.0f} s"]
+    if peak:
+        lines.append(f"- measured peak: matmul {peak['matmul_flops_per_s'] / 1e12:.1f} TFLOP/s "
+                     f"({peak['matmul_n']}³ {peak['matmul_dtype']}), copy "
+                     f"{peak['copy_bytes_per_s'] / 1e9:.0f} GB/s (read + write)")
+    train = (merged.get("train") or {}).get("results", [])
+    impls = sorted({r["step_impl"] for r in train if r.get("step_impl")})
+    if impls:
+        lines.append(f"- our train step: {'; '.join(impls)}")
+    s = merged.get("startup")
+    if s:
+        lines += ["", "**Time to the first train step** (fresh process: imports, model, init, step "
+                  "compile or cache load, one step; data pipeline not included)", "",
+                  "| run | persistent cache | to step 1 (s) | imports (s) | build + init (s) "
+                  "| first step call (s) |", "|---|---|---|---|---|---|"]
+        for run, label in (("cold", "empty"), ("warm", "filled by the cold run")):
+            r = s[run]
+            lines.append(f"| {run} | {label} | {r['to_step1_s']:.1f} | {r['imports_s']:.1f} "
+                         f"| {r['build_and_init_s']:.1f} | {r['first_step_s']:.1f} |")
+    if train:
+        lines += ["", "**Train step** (median over timing windows; ratios: our img/s ÷ the twin's)", ""]
+        lines += train_table(train)
+    sample = (merged.get("sample") or {}).get("results", [])
+    if sample:
+        lines += ["", "**Restoration** (ratios: the twin's time ÷ ours)", ""]
+        lines += sample_table(sample)
+    skipped = (merged.get("skipped", []) + (merged.get("train") or {}).get("skipped", [])
+               + (merged.get("sample") or {}).get("skipped", []))
+    if skipped:
+        lines += ["", "Skipped:"] + [f"- {x}" for x in skipped]
+    errors = (merged.get("train") or {}).get("errors", []) + (merged.get("sample") or {}).get("errors", [])
+    if errors:
+        lines += ["", "**Errors** (the configuration failed; traceback in the log):"]
+        lines += [f"- {x}" for x in errors]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
