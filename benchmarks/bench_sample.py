@@ -156,32 +156,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed restorations after the first")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(rl.DTYPES), help="compute dtype")
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
-    p.add_argument("--device-name", default=None, help="label for the device (default: device_kind)")
-    p.add_argument("--matmul-n", type=int, default=8192)
-    p.add_argument("--copy-mib", type=int, default=1024)
-    p.add_argument("--no-peak", action="store_true")
-    p.add_argument("--deadline", type=float, default=0.0, help="epoch s: skip cases started later")
-    p.add_argument("--keep-going", action="store_true",
-                   help="record a failing case in `errors` and go on with the next")
-    p.add_argument("--tiny", action="store_true", help="CPU smoke preset: " + json.dumps(TINY))
-    p.add_argument("--out", default="", help="write the raw results here (JSON)")
+    rl.add_common_args(p, TINY, "case")
     return p
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Parsed options; --tiny replaces every default that the command line does not set."""
     p = parser()
-    opts = p.parse_args(argv)
-    if opts.tiny:
-        p.set_defaults(**TINY)
-        opts = p.parse_args(argv)
+    opts = rl.parse_with_preset(p, argv, TINY, ("batch", "resolution", "large_batch", "nfe", "steps", "matmul_n",
+                                                "copy_mib"))
     if opts.size not in models.SIZES:
         p.error(f"--size {opts.size!r}: expected one of {sorted(models.SIZES)}")
-    for name in ("batch", "resolution", "large_batch", "nfe", "steps", "matmul_n", "copy_mib"):
-        if getattr(opts, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be ≥ 1")
-    if opts.warmup < 0:
-        p.error("--warmup must be ≥ 0")
     factor = models.downsample_factor({"size": opts.size})
     cases = [(opts.batch, opts.resolution, opts.resolution)]
     if opts.large:

@@ -355,30 +355,14 @@ def parser() -> argparse.ArgumentParser:
                    help="torch.compile variant (auto: only on CUDA)")
     p.add_argument("--find-max-batch", action="store_true", help="also double the batch until OOM")
     p.add_argument("--max-batch-cap", type=int, default=1024)
-    p.add_argument("--device-name", default=None, help="label for the device (default: device_kind)")
-    p.add_argument("--matmul-n", type=int, default=8192, help="peak measurement matmul size")
-    p.add_argument("--copy-mib", type=int, default=1024, help="peak measurement copy size")
-    p.add_argument("--no-peak", action="store_true", help="skip the peak measurement")
-    p.add_argument("--deadline", type=float, default=0.0, help="epoch s: skip configs started later")
-    p.add_argument("--keep-going", action="store_true",
-                   help="record a failing configuration in `errors` and go on with the next")
-    p.add_argument("--tiny", action="store_true", help="CPU smoke preset: " + json.dumps(TINY))
-    p.add_argument("--out", default="", help="write the raw results here (JSON)")
+    rl.add_common_args(p, TINY, "configuration")
     return p
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Parsed options; --tiny replaces every default that the command line does not set."""
     p = parser()
-    opts = p.parse_args(argv)
-    if opts.tiny:
-        p.set_defaults(**TINY)
-        opts = p.parse_args(argv)
-    for name in ("batch", "resolution", "steps", "window", "matmul_n", "copy_mib"):
-        if getattr(opts, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be ≥ 1")
-    if opts.warmup < 0:
-        p.error("--warmup must be ≥ 0")
+    opts = rl.parse_with_preset(p, argv, TINY, ("batch", "resolution", "steps", "window", "matmul_n", "copy_mib"))
     sizes = _split(opts.size)
     bad = [s for s in sizes if s not in models.SIZES]
     if not sizes or bad:
