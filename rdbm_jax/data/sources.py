@@ -7,6 +7,7 @@ logged instead.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 
@@ -28,7 +29,7 @@ class RawItem:
     name: str
 
 
-class ImageSource:
+class ImageSource(abc.ABC):
     """Base: a sorted list of (name, file paths) entries, filtered for bad files at build time."""
 
     FILE_KEYS: tuple[str, ...] = ("dir",)  # config key of each path of an entry (for messages)
@@ -73,8 +74,9 @@ class ImageSource:
         """Decode example `index`; DataError naming the file(s) on any problem."""
         return self._read_entry(self.entries[index])
 
+    @abc.abstractmethod
     def _read_entry(self, entry: tuple[str, tuple[str, ...]]) -> RawItem:
-        raise NotImplementedError
+        """Decode one (name, file paths) entry: each source kind says how."""
 
     def _probe(self, entry: tuple[str, tuple[str, ...]]) -> None:
         for path, key in zip(entry[1], self.file_keys):
