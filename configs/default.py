@@ -32,6 +32,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         dtype="float32",         # compute dtype: float32 | bfloat16
         param_dtype="float32",
         attention=True,          # self-attention at the lowest resolutions
+        condition="mu",          # mu (paper) | mu_mask | mu_mask_fill: also the degradation mask (+ a
+                                 # smooth pre-fill of the holes); x̂0 = μ outside the mask (conditioning.py)
         dropout=0.0,
         remat=False,             # rematerialise residual blocks (saves memory, costs compute)
     ))
@@ -42,7 +44,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         theta_schedule="cosine", # cosine | linear | sigmoid
         lam=10 / 255,            # λ = σ²/(2θ), the stationary variance (paper: 10/255)
         pi="",                   # "" = the preset's default | residual | abs | one | zero
-        parameterization="x0",   # x0 (released code) | pi_eps (paper)
+        parameterization="x0",   # x0 (released code) | pi_eps (paper) | residual (x̂0 = μ + output)
     ))
 
     c.optim = ml_collections.ConfigDict(dict(
@@ -79,6 +81,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         use_ema=True,
         input_dir="",            # --mode=sample: restore every image here (recursive)
         output_dir="",           # ... into this folder, same relative names, PNG
+        mask_dir="",             # mask-conditioned models: masks (white = hole) named like the inputs;
+                                 # "" = infer each mask from the pure-fill (white) pixels
         overwrite=False,
         checkpoint="",           # explicit checkpoint step dir; "" = latest in --workdir
         tile_size=0,             # >0: restore in overlapping tiles of this size

@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from rdbm_jax import conditioning, sde
 from rdbm_jax.errors import ConfigError
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -14,7 +15,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "bridge.preset": ("rdbm", "goub", "brownian", "irsde", "flow"),
     "bridge.theta_schedule": ("cosine", "linear", "sigmoid", "constant"),
     "bridge.pi": ("", "residual", "abs", "one", "zero"),
-    "bridge.parameterization": ("x0", "pi_eps"),
+    "bridge.parameterization": sde.PARAMETERIZATIONS,
+    "model.condition": conditioning.CONDITIONS,
     "optim.optimizer": ("adam", "adamw"),
     "optim.schedule": ("constant", "cosine"),
     "train.loss": ("l1", "l2"),

@@ -12,13 +12,21 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import config as config_lib, data, distributed, metrics
+from rdbm_jax import baselines, config as config_lib, data, distributed, metrics
 from rdbm_jax.restore import Restorer, from_config
 
 log = logging.getLogger("rdbm_jax")
 
 GRID_HEIGHT = 192  # every cell of a PNG grid is resized to this height
-SCORES = ("psnr", "ssim", "psnr_input", "ssim_input")
+# Scores of the model, then of the classical baseline and of the degraded input on the same images.
+# *_masked: inside the degradation mask only (inpainting holes); psnr_kept: outside it, against the
+# input μ (how untouched the known pixels come back; KEPT_CAP dB = identical at the protocol's precision).
+WHOLE = ("psnr", "ssim")
+MASKED = ("psnr_masked", "ssim_masked")
+KEPT = ("psnr_kept",)
+SCORES = tuple(f"{k}{sfx}" for k in WHOLE + MASKED for sfx in ("", "_baseline", "_input")) + tuple(
+    f"{k}{sfx}" for k in KEPT for sfx in ("", "_baseline"))
+KEPT_CAP = 100.0
 
 
 def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[int]]:
@@ -37,19 +45,75 @@ def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[int]]:
 
 
 def restore_source(restorer: Restorer, params: Any, source: Any, batch_size: int,
-                   rng: jax.Array) -> Iterable[tuple[dict, np.ndarray]]:
-    """Yield (example, restored [H, W, 3] in [-1, 1]) for every example of a source, in order."""
+                   rng: jax.Array) -> Iterable[tuple[int, dict, np.ndarray]]:
+    """Yield (index, example, restored [H, W, 3] in [-1, 1]) for every example of a source, in order."""
     for b, idx in enumerate(batches_by_shape(source, batch_size)):
         examples = [source[i] for i in idx]
-        out = restorer(params, np.stack([e["mu"] for e in examples]), jax.random.fold_in(rng, b))
-        yield from zip(examples, out)
+        out = restorer(params, np.stack([e["mu"] for e in examples]), jax.random.fold_in(rng, b),
+                       mask=np.stack([e["mask"] for e in examples]))
+        yield from zip(idx, examples, out)
 
 
-def score_pair(restored: np.ndarray, target: np.ndarray, ev: ml_collections.ConfigDict) -> dict[str, float]:
-    """PSNR and SSIM of one image (inputs in [-1, 1]) under the `eval` section's protocol."""
+def score_pair(restored: np.ndarray, target: np.ndarray, ev: ml_collections.ConfigDict,
+               mask: np.ndarray | None = None) -> dict[str, float]:
+    """PSNR and SSIM of one image (inputs in [-1, 1]) under the `eval` section's protocol; with a
+    partial mask also inside it (`*_masked`)."""
     a, b = metrics.to_unit(restored), metrics.to_unit(target)
     kw = dict(color=ev.color, crop_border=ev.crop_border, quantize=ev.quantize)
-    return {"psnr": float(metrics.psnr(a, b, **kw)), "ssim": float(metrics.ssim(a, b, **kw))}
+    out = {"psnr": float(metrics.psnr(a, b, **kw)), "ssim": float(metrics.ssim(a, b, **kw))}
+    if is_partial(mask):
+        out["psnr_masked"] = float(metrics.psnr_masked(a, b, mask, **kw))
+        out["ssim_masked"] = float(metrics.ssim_masked(a, b, mask, **kw))
+    return out
+
+
+def is_partial(mask: np.ndarray | None) -> bool:
+    """Whether a degradation mask marks some pixels and not others (inpainting)."""
+    return mask is not None and bool(np.any(mask > 0.5)) and bool(np.any(mask <= 0.5))
+
+
+def kept_psnr(restored: np.ndarray, mu: np.ndarray, mask: np.ndarray,
+              ev: ml_collections.ConfigDict) -> float:
+    """PSNR outside the mask against the input μ, capped at KEPT_CAP dB (identical pixels)."""
+    kw = dict(color=ev.color, crop_border=ev.crop_border, quantize=ev.quantize)
+    value = float(metrics.psnr_masked(metrics.to_unit(restored), metrics.to_unit(mu), 1.0 - mask, **kw))
+    return min(value, KEPT_CAP)
+
+
+class Baselines:
+    """The classical baseline of every evaluation example (rdbm_jax/baselines.py), computed once."""
+
+    def __init__(self, true_mask: bool):
+        self.true_mask = true_mask  # inpainting: the true mask, or the one inferred from fill pixels
+        self._cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def name(self, source: Any) -> str:
+        """What the baseline of a source is, as reports print it."""
+        return baselines.describe(getattr(source, "degradation", "none"), self.true_mask)
+
+    def __call__(self, task: str, source: Any, index: int, example: dict) -> np.ndarray:
+        """The baseline restoration of example `index` of `source`, in [-1, 1]."""
+        key = (task, index)
+        if key not in self._cache:
+            known = source.known_parameters(index) if hasattr(source, "known_parameters") else {}
+            out = baselines.restore(np.asarray(metrics.to_unit(example["mu"])),
+                                    getattr(source, "degradation", "none"),
+                                    mask=example["mask"] if self.true_mask else None, **known)
+            self._cache[key] = out * 2.0 - 1.0
+        return self._cache[key]
+
+
+def summary_line(scores: dict[str, float], prefix: str = "") -> str:
+    """'psnr 24.10 | baseline 22.31 | input 10.59; ssim …' for the scores present (one line)."""
+    parts = []
+    for key in WHOLE + MASKED + KEPT:
+        if f"{prefix}{key}" not in scores:
+            continue
+        values = [f"{key} {scores[prefix + key]:.4g}"]
+        values += [f"{sfx} {scores[prefix + key + '_' + sfx]:.4g}" for sfx in ("baseline", "input")
+                   if f"{prefix}{key}_{sfx}" in scores]
+        parts.append(" | ".join(values))
+    return "; ".join(parts)
 
 
 def protocol(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -57,8 +121,12 @@ def protocol(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     ev = cfg.eval
     return {"color": ev.color, "crop_border": ev.crop_border, "quantized_uint8": ev.quantize,
             "data_range": "[0, 1]", "sample_num_steps": cfg.sample.num_steps, "eta": cfg.sample.eta,
-            "clip": cfg.sample.clip, "use_ema": cfg.sample.use_ema,
-            "overall": "mean over tasks of the per-task mean"}
+            "clip": cfg.sample.clip, "use_ema": cfg.sample.use_ema, "condition": cfg.model.condition,
+            "overall": "mean over tasks of the per-task mean",
+            "baseline": "a classical method per degradation on the same inputs (rdbm_jax/baselines.py); "
+                        "*_input scores the degraded input itself",
+            "masked": "*_masked: inside the degradation mask (inpainting holes) only; psnr_kept: outside "
+                      f"it against the input (capped at {KEPT_CAP:g} dB = identical)"}
 
 
 def to_cell(img: np.ndarray) -> np.ndarray:
@@ -124,18 +192,30 @@ class Perceptual:
 
 def score_sources(restorer: Restorer, params: Any, sources: dict[str, Any], cfg: ml_collections.ConfigDict,
                   rng: jax.Array, perceptual: Perceptual | None = None,
-                  on_image: Callable[[str, dict, np.ndarray], None] | None = None
+                  on_image: Callable[[str, dict, np.ndarray], None] | None = None,
+                  baseline: Baselines | None = None
                   ) -> tuple[list[dict], dict[str, dict[str, float]], dict[str, list]]:
-    """(per-image rows, per-task means + "overall", grid rows per task) in deterministic order."""
+    """(per-image rows, per-task means + "overall", grid rows per task) in deterministic order.
+
+    Every image is scored for the model, the classical baseline (`baseline`, or a fresh `Baselines`)
+    and the degraded input alike; grids show μ │ baseline │ restored │ x0.
+    """
+    baseline = baseline or Baselines(true_mask=restorer.uses_mask)
     rows_all: list[dict] = []
     per_task: dict[str, dict[str, float]] = {}
     grids: dict[str, list] = {}
     for task, source in sources.items():
         rows, feats_out, feats_gt = [], [], []
         grids[task] = []
-        for ex, out in restore_source(restorer, params, source, cfg.sample.batch_size, rng):
-            r = {"task": task, "name": ex["name"], **score_pair(out, ex["x0"], cfg.eval)}
-            r.update({f"{k}_input": v for k, v in score_pair(ex["mu"], ex["x0"], cfg.eval).items()})
+        for index, ex, out in restore_source(restorer, params, source, cfg.sample.batch_size, rng):
+            base = baseline(task, source, index, ex)
+            mask = ex["mask"]
+            r = {"task": task, "name": ex["name"], **score_pair(out, ex["x0"], cfg.eval, mask)}
+            r.update({f"{k}_baseline": v for k, v in score_pair(base, ex["x0"], cfg.eval, mask).items()})
+            r.update({f"{k}_input": v for k, v in score_pair(ex["mu"], ex["x0"], cfg.eval, mask).items()})
+            if is_partial(mask):
+                r["psnr_kept"] = kept_psnr(out, ex["mu"], mask, cfg.eval)
+                r["psnr_kept_baseline"] = kept_psnr(base, ex["mu"], mask, cfg.eval)
             if perceptual and perceptual.lpips:
                 r["lpips"] = float(np.asarray(perceptual.lpips(out[None], ex["x0"][None]))[0])
             if perceptual and perceptual.inception:  # Inception takes [0, 1], as pytorch-fid
@@ -143,15 +223,16 @@ def score_sources(restorer: Restorer, params: Any, sources: dict[str, Any], cfg:
                 feats_gt.append(np.asarray(perceptual.inception(_fid_input(ex["x0"], cfg.eval.quantize))))
             rows.append(r)
             if len(grids[task]) < cfg.eval.num_grid_images:
-                grids[task].append([ex["mu"], out, ex["x0"]])
+                grids[task].append([ex["mu"], base, out, ex["x0"]])
             if on_image:
                 on_image(task, ex, out)
         per_task[task] = {k: _mean(rows, k) for k in SCORES + ("lpips",) if any(k in r for r in rows)}
         per_task[task]["num_images"] = len(rows)
+        per_task[task]["baseline"] = baseline.name(source)
         if feats_out:
             per_task[task]["fid"] = perceptual.fid(feats_out, feats_gt)
         rows_all.extend(rows)
-    keys = sorted({k for t in per_task.values() for k in t} - {"num_images"})
+    keys = sorted({k for t in per_task.values() for k in t} - {"num_images", "baseline"})
     per_task["overall"] = {k: _mean(list(per_task.values()), k) for k in keys}  # mean over tasks
     per_task["overall"]["num_images"] = len(rows_all)
     return rows_all, per_task, grids
@@ -164,16 +245,29 @@ class Validator:
                  sources: dict[str, Any]):
         self.cfg, self.sources = cfg, sources
         self.restorer = from_config(model, schedule, cfg, mesh)
+        self.baseline = Baselines(true_mask=self.restorer.uses_mask)  # computed at the first call only
 
     def __call__(self, params: Any, step: int) -> tuple[dict[str, float], np.ndarray]:
         _, per_task, grids = score_sources(self.restorer, params, self.sources, self.cfg,
-                                           jax.random.PRNGKey(self.cfg.seed + 2))
+                                           jax.random.PRNGKey(self.cfg.seed + 2), baseline=self.baseline)
         scores = {f"val/{k}": v for k, v in per_task["overall"].items() if k in SCORES}
         if len(self.sources) > 1:
             scores.update({f"val/{t}/{k}": v for t, s in per_task.items() if t != "overall"
                            for k, v in s.items() if k in SCORES})
+        if distributed.is_main_process():
+            for task, s in per_task.items():
+                if task != "overall" or len(self.sources) > 1:
+                    log.info("step %d val %s (%s; baseline: %s): %s", step, task, protocol_name(self.cfg),
+                             s.get("baseline", "mean over tasks"), summary_line(s))
         rows = [r for g in grids.values() for r in g][: self.cfg.eval.num_grid_images]
         return scores, make_grid(rows).astype(np.float32) / 255.0
+
+
+def protocol_name(cfg: ml_collections.ConfigDict) -> str:
+    """The evaluation protocol in a few words, e.g. 'RGB, uint8, border 0, NFE 10'."""
+    ev = cfg.eval
+    return (f"{ev.color.upper()}, {'uint8' if ev.quantize else 'float'}, border {ev.crop_border}, "
+            f"NFE {cfg.sample.num_steps}")
 
 
 def write_report(out_dir: str, rows: list[dict], per_task: dict, info: dict) -> None:
@@ -206,7 +300,18 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         for task, g in grids.items():
             if g:
                 Image.fromarray(make_grid(g)).save(os.path.join(out_dir, f"grid_{task}.png"))
-        for task, s in per_task.items():
-            log.info("eval %s: %s", task, "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                                   for k, v in s.items()))
+        log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
     return per_task
+
+
+def comparison_table(per_task: dict[str, dict]) -> str:
+    """A plain-text table: one block per task, rows model │ baseline │ input, a column per score."""
+    lines = []
+    for task, s in per_task.items():
+        cols = [k for k in WHOLE + MASKED + KEPT if k in s]
+        lines.append(f"{task} ({s.get('num_images', 0)} images; baseline: {s.get('baseline', 'per task')})")
+        lines.append(f"  {'':<10}" + "".join(f"{c:>14}" for c in cols))
+        for label, sfx in (("model", ""), ("baseline", "_baseline"), ("input", "_input")):
+            cells = [f"{s[c + sfx]:>14.4f}" if c + sfx in s else f"{'—':>14}" for c in cols]
+            lines.append(f"  {label:<10}" + "".join(cells))
+    return "\n".join(lines)

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, config as config_lib, data, distributed, train
+from rdbm_jax import checkpoints, conditioning, config as config_lib, data, distributed, train
 from rdbm_jax.errors import ConfigError, DataError, RDBMError
 from rdbm_jax.restore import check_size, from_config
 
@@ -18,7 +18,7 @@ log = logging.getLogger("rdbm_jax")
 
 # Keys whose value must equal the checkpoint's: restoring with another bridge is meaningless.
 MUST_MATCH = ("bridge.preset", "bridge.parameterization", "bridge.num_timesteps",
-              "bridge.theta_schedule", "bridge.pi", "model.size")
+              "bridge.theta_schedule", "bridge.pi", "model.size", "model.condition")
 
 
 def check_compatible(cfg: ml_collections.ConfigDict, saved: dict, where: str) -> None:
@@ -57,6 +57,21 @@ def _progress(done: int, total: int, name: str) -> None:
         sys.stderr.flush()
 
 
+def _input_mask(mask_dir: str, in_dir: str, path: str, img: np.ndarray) -> np.ndarray:
+    """The degradation mask [H, W, 1] of one input: the file of the same relative name (any image
+    extension) in `mask_dir` (white = hole), else inferred from the input's pure-fill pixels."""
+    if not mask_dir:
+        return conditioning.infer_mask(img)
+    stem = os.path.splitext(os.path.relpath(path, in_dir))[0]
+    for ext in data.IMAGE_EXTENSIONS:
+        candidate = os.path.join(mask_dir, stem + ext)
+        if os.path.isfile(candidate):
+            return data.load_mask(candidate, img.shape[0], img.shape[1], "sample.mask_dir")[..., None]\
+                .astype(np.float32)
+    raise DataError(f"no mask for {path} in {mask_dir} (sample.mask_dir): expected {stem}.png or "
+                    f"another image extension")
+
+
 def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """`--mode=sample`: restore every image in sample.input_dir into sample.output_dir (PNG)."""
     config_lib.validate(cfg)
@@ -83,7 +98,10 @@ def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         nonlocal written
         if not pending:
             return
-        out = restorer(params, np.stack([img for _, img in pending]), jax.random.fold_in(rng, written))
+        masks = np.stack([_input_mask(s.mask_dir, s.input_dir, path, img) for path, img in pending]) \
+            if restorer.uses_mask else None
+        out = restorer(params, np.stack([img for _, img in pending]), jax.random.fold_in(rng, written),
+                       mask=masks)
         for (path, _), img in zip(pending, out):
             if distributed.is_main_process():
                 data.save_image(_output_path(s.output_dir, s.input_dir, path), img)

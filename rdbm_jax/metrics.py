@@ -106,6 +106,41 @@ def psnr(a: jax.Array, b: jax.Array, *, data_range: float = 1.0, color: str = "r
     return _psnr(a, b, jnp.float32(data_range), color, crop_border, quantize)
 
 
+@functools.partial(jax.jit, static_argnames=("color", "crop_border", "quantize"))
+def _psnr_masked(a: jax.Array, b: jax.Array, mask: jax.Array, data_range: jax.Array, color: str,
+                 crop_border: int, quantize: bool) -> jax.Array:
+    """PSNR over the masked pixels of checked inputs."""
+    a, b = _prepare(a, b, data_range, color, crop_border, quantize)
+    m = _crop(mask, crop_border)
+    sq = jnp.sum(jnp.square(a - b) * m, axis=(-3, -2, -1))
+    count = jnp.sum(jnp.broadcast_to(m, a.shape), axis=(-3, -2, -1))
+    return 10.0 * jnp.log10(data_range ** 2 * count / sq)
+
+
+def _crop(x: jax.Array, c: int) -> jax.Array:
+    """Remove c pixels from every side of [..., H, W, C]."""
+    return x[..., c:x.shape[-3] - c, c:x.shape[-2] - c, :] if c else x
+
+
+def _check_mask(a: jax.Array, mask: jax.Array) -> jax.Array:
+    """The mask as float [..., H, W, 1] matching the images; ValueError otherwise."""
+    mask = jnp.asarray(mask, jnp.float32)
+    if mask.ndim == a.ndim - 1:
+        mask = mask[..., None]
+    if mask.shape[:-1] != a.shape[:-1] or mask.shape[-1] != 1:
+        raise ValueError(f"metric mask of shape {mask.shape} does not match images {a.shape}")
+    return mask
+
+
+def psnr_masked(a: jax.Array, b: jax.Array, mask: jax.Array, *, data_range: float = 1.0,
+                color: str = "rgb", crop_border: int = 0, quantize: bool = False) -> jax.Array:
+    """PSNR over the pixels where mask > 0 ([..., H, W] or [..., H, W, 1]); nan where the mask is empty."""
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    _check(a, b, data_range, color, crop_border, min_size=1)
+    m = (_check_mask(a, mask) > 0).astype(jnp.float32)
+    return _psnr_masked(a, b, m, jnp.float32(data_range), color, crop_border, quantize)
+
+
 def _gaussian_taps() -> np.ndarray:
     """The 11 taps of scipy.ndimage's Gaussian (sigma 1.5, truncate 3.5), normalised to sum 1."""
     x = np.arange(-_SSIM_RADIUS, _SSIM_RADIUS + 1, dtype=np.float64)
@@ -135,6 +170,23 @@ def _filter_valid(x: jax.Array) -> jax.Array:
 def _ssim(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, crop_border: int,
           quantize: bool) -> jax.Array:
     """SSIM of checked inputs (one compilation per shape and protocol)."""
+    s, batch_shape = _ssim_map(a, b, data_range, color, crop_border, quantize)
+    return _image_mean(s).reshape(batch_shape)
+
+
+@functools.partial(jax.jit, static_argnames=("color", "crop_border", "quantize"))
+def _ssim_masked(a: jax.Array, b: jax.Array, mask: jax.Array, data_range: jax.Array, color: str,
+                 crop_border: int, quantize: bool) -> jax.Array:
+    """Mean SSIM map over the masked window centres (channel mean)."""
+    s, batch_shape = _ssim_map(a, b, data_range, color, crop_border, quantize)
+    m = _crop(_crop(mask, crop_border), _SSIM_RADIUS).reshape((-1,) + s.shape[1:3] + (1,))
+    weight = jnp.sum(m, axis=(1, 2, 3)) * s.shape[-1]
+    return (jnp.sum(s * m, axis=(1, 2, 3)) / weight).reshape(batch_shape)
+
+
+def _ssim_map(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, crop_border: int,
+              quantize: bool) -> tuple[jax.Array, tuple[int, ...]]:
+    """The SSIM map [N, H', W', C] at every window centre that fits, and the batch shape."""
     a, b = _prepare(a, b, data_range, color, crop_border, quantize)
     batch_shape = a.shape[:-3]
     a = a.reshape((-1,) + a.shape[-3:])
@@ -151,7 +203,7 @@ def _ssim(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, crop_bo
     vx, vy, vxy = uaa - ua * ua, ubb - ub * ub, uab - ua * ub
     c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return _image_mean(s).reshape(batch_shape)
+    return s, batch_shape
 
 
 def ssim(a: jax.Array, b: jax.Array, *, data_range: float = 1.0, color: str = "rgb",
@@ -160,3 +212,12 @@ def ssim(a: jax.Array, b: jax.Array, *, data_range: float = 1.0, color: str = "r
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     _check(a, b, data_range, color, crop_border, min_size=2 * _SSIM_RADIUS + 1)
     return _ssim(a, b, jnp.float32(data_range), color, crop_border, quantize)
+
+
+def ssim_masked(a: jax.Array, b: jax.Array, mask: jax.Array, *, data_range: float = 1.0,
+                color: str = "rgb", crop_border: int = 0, quantize: bool = False) -> jax.Array:
+    """SSIM map (as `ssim`) averaged over the window centres where mask > 0; nan where none."""
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    _check(a, b, data_range, color, crop_border, min_size=2 * _SSIM_RADIUS + 1)
+    m = (_check_mask(a, mask) > 0).astype(jnp.float32)
+    return _ssim_masked(a, b, m, jnp.float32(data_range), color, crop_border, quantize)

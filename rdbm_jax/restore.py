@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rdbm_jax import distributed, sde
+from rdbm_jax import conditioning, distributed, sde
 from rdbm_jax.errors import DataError
 
 MIN_SIDE = 8  # smaller images cannot be reflect-padded meaningfully
@@ -99,8 +99,10 @@ class Restorer:
     def __init__(self, apply_fn: Callable[..., jax.Array], schedule: Any, *, num_steps: int,
                  multiple: int, mesh: Mesh | None = None, eta: float = 0.0, clip: bool = True,
                  parameterization: str = "x0", pi: str | None = None, tile_size: int = 0,
-                 tile_overlap: int = 32):
+                 tile_overlap: int = 32, condition: str = "mu"):
+        conditioning.check_condition(condition)
         self.apply_fn, self.schedule, self.num_steps = apply_fn, schedule, num_steps
+        self.condition, self.uses_mask = condition, conditioning.uses_mask(condition)
         self.multiple, self.mesh = multiple, mesh or distributed.make_mesh()
         self.eta, self.clip, self.parameterization, self.pi = eta, clip, parameterization, pi
         if tile_size and tile_size % multiple:
@@ -113,31 +115,47 @@ class Restorer:
         if shape not in self._compiled:
             sharding = distributed.batch_sharding(self.mesh)
 
-            def run(params, mu, rng):
-                denoise = lambda x_t, m, t: self.apply_fn(params, x_t, m, t)
+            def run(params, mu, mask, rng):
+                cond = conditioning.condition(mu, mask, self.condition)
+                denoise = lambda x_t, c, t: self.apply_fn(params, x_t, c, t) + conditioning.output_offset(
+                    c, self.condition, self.parameterization)
                 if self.tile_size:
                     denoise = tiled(denoise, shape[1], shape[2], self.tile_size, self.tile_overlap)
-                return sde.sample(denoise, self.schedule, mu, self.num_steps, rng, eta=self.eta,
-                                  clip=self.clip, parameterization=self.parameterization, pi=self.pi)
+                known = 1.0 - mask if self.uses_mask else None
+                return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu,
+                                  self.num_steps, rng, eta=self.eta, clip=self.clip,
+                                  parameterization=self.parameterization, pi=self.pi, known=known)
 
-            self._compiled[shape] = jax.jit(run, in_shardings=(distributed.replicated(self.mesh), sharding,
-                                                               distributed.replicated(self.mesh)),
+            repl = distributed.replicated(self.mesh)
+            self._compiled[shape] = jax.jit(run, in_shardings=(repl, sharding, sharding, repl),
                                             out_shardings=sharding)
         return self._compiled[shape]
 
-    def __call__(self, params: Any, mu: np.ndarray, rng: jax.Array) -> np.ndarray:
-        """Restore a batch [B, H, W, 3] of one size; returns x̂0 [B, H, W, 3] in [-1, 1] (numpy)."""
+    def __call__(self, params: Any, mu: np.ndarray, rng: jax.Array,
+                 mask: np.ndarray | None = None) -> np.ndarray:
+        """Restore a batch [B, H, W, 3] of one size; returns x̂0 [B, H, W, 3] in [-1, 1] (numpy).
+
+        `mask` [B, H, W, 1] (1 where μ may differ from x0) is read by mask-conditioned models only;
+        when they get none it is inferred from the pure-fill pixels (`conditioning.infer_mask`).
+        """
         mu = np.asarray(mu, np.float32)
         b, h, w, _ = mu.shape
         check_size(h, w)
-        ph, pw = pad_amounts(h, w, self.multiple)
-        padded = np.pad(mu, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if ph < h and pw < w
-                        else "symmetric")
-        padded = np.pad(padded, ((0, (-b) % self.mesh.size), (0, 0), (0, 0), (0, 0)), mode="edge")
-        # Every process passes the same full batch; each device takes its slice of it.
+        if mask is None:
+            mask = conditioning.infer_mask(mu) if self.uses_mask else np.ones((b, h, w, 1), np.float32)
+        mask = np.asarray(mask, np.float32).reshape(b, h, w, 1)
         sharding = distributed.batch_sharding(self.mesh)
-        mu_global = jax.make_array_from_callback(padded.shape, sharding, lambda idx: padded[idx])
-        out = self.compiled(padded.shape)(params, mu_global, rng)
+        ph, pw = pad_amounts(h, w, self.multiple)
+
+        def global_array(x: np.ndarray) -> jax.Array:
+            x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if ph < h and pw < w
+                       else "symmetric")
+            x = np.pad(x, ((0, (-b) % self.mesh.size), (0, 0), (0, 0), (0, 0)), mode="edge")
+            # Every process passes the same full batch; each device takes its slice of it.
+            return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+        mu_global = global_array(mu)
+        out = self.compiled(mu_global.shape)(params, mu_global, global_array(mask), rng)
         return distributed.to_host(out)[:b, :h, :w]
 
 
@@ -162,6 +180,6 @@ def from_config(model: Any, schedule: Any, cfg: Any, mesh: Mesh | None = None,
                                    multiple=models.downsample_factor(cfg.model), mesh=mesh, eta=eta,
                                    clip=s.clip, parameterization=cfg.bridge.parameterization,
                                    pi=cfg.bridge.pi or None, tile_size=s.tile_size,
-                                   tile_overlap=s.tile_overlap)
+                                   tile_overlap=s.tile_overlap, condition=cfg.model.condition)
     return _RESTORERS[key]
 

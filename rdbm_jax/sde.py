@@ -23,10 +23,13 @@ from rdbm_jax.schedules import (DEFAULT_PI, PI_MODES, PRESETS, THETA_SCHEDULES, 
 
 __all__ = ["Schedule", "make_schedule", "timestep_pairs", "theta_profile", "PRESETS", "PI_MODES",
            "THETA_SCHEDULES", "DEFAULT_PI", "PARAMETERIZATIONS", "pi_values", "q_sample", "transition",
-           "posterior", "x0_from_pi_eps", "pi_eps_from_x0", "predict_x0", "training_target",
-           "reverse_step", "reverse_step_pi_eps", "sample"]
+           "posterior", "x0_from_pi_eps", "pi_eps_from_x0", "x0_from_residual", "residual_from_x0",
+           "predict_x0", "network_target", "training_target",
+           "reverse_step", "reverse_step_pi_eps", "project_known", "sample"]
 
-PARAMETERIZATIONS = ("x0", "pi_eps")
+# x0: the network predicts x̂0 (released code); pi_eps: π ⊙ ε (paper, Eq. 19); residual: x̂0 − μ, so a
+# zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels with x0 = μ cost nothing).
+PARAMETERIZATIONS = ("x0", "pi_eps", "residual")
 Time = Union[jax.Array, np.ndarray, int]  # an index 0..T−1 (or −1 = x0), scalar or [B]
 
 
@@ -144,22 +147,47 @@ def pi_eps_from_x0(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: ja
     return jnp.where(_bc(big_theta > 0, x_t), n_hat, x0_hat - mu)
 
 
+def x0_from_residual(mu: jax.Array, residual: jax.Array) -> jax.Array:
+    """x̂0 = μ + r̂ (the residual parameterisation; r = x0 − μ, the π of Eq. 12)."""
+    return mu + residual
+
+
+def residual_from_x0(mu: jax.Array, x0_hat: jax.Array) -> jax.Array:
+    """r̂ = x̂0 − μ."""
+    return x0_hat - mu
+
+
 def predict_x0(schedule: Schedule, net_out: jax.Array, x_t: jax.Array, mu: jax.Array, t: Time,
                parameterization: str) -> jax.Array:
-    """x̂0 from the raw network output: itself (x0) or via `x0_from_pi_eps` (pi_eps)."""
+    """x̂0 from the raw network output: itself (x0), via `x0_from_pi_eps` (pi_eps) or μ + output (residual)."""
     _check_parameterization(parameterization)
     if parameterization == "x0":
         return net_out
+    if parameterization == "residual":
+        return x0_from_residual(mu, net_out)
     return x0_from_pi_eps(schedule, x_t, mu, net_out, t)
+
+
+def network_target(schedule: Schedule, x0_hat: jax.Array, x_t: jax.Array, mu: jax.Array, t: Time,
+                   parameterization: str) -> jax.Array:
+    """The raw network output that `predict_x0` maps to x̂0 (its inverse, per parameterisation)."""
+    _check_parameterization(parameterization)
+    if parameterization == "x0":
+        return x0_hat
+    if parameterization == "residual":
+        return residual_from_x0(mu, x0_hat)
+    return pi_eps_from_x0(schedule, x_t, mu, x0_hat, t)
 
 
 def training_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax.Array,
                     parameterization: str, pi: str | None = None, t: Time | None = None) -> jax.Array:
-    """Regression target: x0 (x0) or π ⊙ ε (pi_eps; with `t`, x0 − μ at the singular index)."""
+    """Regression target: x0 (x0), x0 − μ (residual) or π ⊙ ε (pi_eps; with `t`, x0 − μ at the singular index)."""
     _check_parameterization(parameterization)
     mode = _resolve_pi(schedule, pi)
     if parameterization == "x0":
         return x0
+    if parameterization == "residual":
+        return residual_from_x0(mu, x0)
     target = pi_values(mode, x0, mu) * noise
     if t is None:
         return target
@@ -213,15 +241,23 @@ def reverse_step_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_ep
 
 # ----------------------------------------------------------------------------- sampler
 
+def project_known(x0_hat: jax.Array, mu: jax.Array, known: jax.Array) -> jax.Array:
+    """x̂0 with μ where x0 = μ is known (`known` true/1): the residual is exactly 0 there."""
+    return jnp.where(jnp.asarray(known) > 0, mu, x0_hat)
+
+
 def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], schedule: Schedule,
            mu: jax.Array, num_steps: int, rng: jax.Array | None, eta: float | jax.Array = 0.0,
            clip: bool = True, parameterization: str = "x0", pi: str | None = None,
-           return_trajectory: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+           return_trajectory: bool = False,
+           known: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
     """The reverse loop over `timestep_pairs(T, num_steps)` as one lax.scan → x̂0 (, states [S+1, B, …])."""
     # denoise_fn(x_t, μ, t int32 [B]) returns the raw network output (x̂0 or π̂ε̂ per `parameterization`).
     # Start: x = μ for every bridge preset (Σ_{T−1} = 0); irsde: x = μ + Σ_{T−1} z (π = "one"; "zero" → μ).
     # return_trajectory adds the states [S+1, B, …]: the start, then the state after each step (at the
     # times pairs[:, 1]; the last one is the returned x̂0). rng may be None only when η = 0 (not irsde).
+    # known (broadcastable to μ, 1/True where x0 = μ is known, e.g. outside inpainting holes): x̂0 is set
+    # to μ there at every step (`project_known`), so those pixels stay at μ exactly (π = x0 − μ = 0).
     mode = _resolve_pi(schedule, pi)
     _check_parameterization(parameterization)
     pairs = timestep_pairs(schedule.num_timesteps, num_steps)
@@ -249,6 +285,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
         x0_hat = predict_x0(schedule, out, x_t, mu, t, parameterization)
         if clip:
             x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
+        if known is not None:
+            x0_hat = project_known(x0_hat, mu, known)
         z = None
         if stochastic:
             key, kz = jax.random.split(key)

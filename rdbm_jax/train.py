@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from clu import metrics as clu_metrics
 
-from rdbm_jax import checkpoints, config as config_lib, data, distributed, models, sde
+from rdbm_jax import checkpoints, conditioning, config as config_lib, data, distributed, models, sde
 from rdbm_jax import evaluate, writers
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule, make_optimizer
@@ -37,9 +37,15 @@ def make_schedule(bridge: ml_collections.ConfigDict) -> Any:
         raise ConfigError(f"bridge: {e}") from None
 
 
-def make_loss_fn(model: Any, schedule: Any, bridge: ml_collections.ConfigDict, loss: str) -> Callable:
-    """loss(params, batch, rng) = mean |net([x_t, μ], t) − target| (L1) or squared (L2)."""
+def make_loss_fn(model: Any, schedule: Any, bridge: ml_collections.ConfigDict, loss: str,
+                 cond_kind: str = "mu") -> Callable:
+    """loss(params, batch, rng) = mean |net([x_t, cond], t) − target| (L1) or squared (L2).
+
+    With a mask condition the error is averaged over the masked pixels only: outside the mask x̂0 is
+    set to μ (`sde.project_known`), so the output there never reaches x̂0.
+    """
     pi = bridge.pi or None
+    masked = conditioning.uses_mask(cond_kind)
 
     def loss_fn(params, batch, rng):
         x0, mu = batch["x0"], batch["mu"]
@@ -48,9 +54,15 @@ def make_loss_fn(model: Any, schedule: Any, bridge: ml_collections.ConfigDict, l
         noise = jax.random.normal(k_n, x0.shape, x0.dtype)
         x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=pi)
         target = sde.training_target(schedule, x0, mu, noise, bridge.parameterization, pi=pi, t=t)
-        out = model.apply({"params": params}, x_t, mu, t, train=True, rngs={"dropout": k_d})
+        cond = conditioning.condition(mu, batch.get("mask"), cond_kind)
+        out = model.apply({"params": params}, x_t, cond, t, train=True, rngs={"dropout": k_d})
+        out = out + conditioning.output_offset(cond, cond_kind, bridge.parameterization)
         err = out.astype(jnp.float32) - target
-        return jnp.mean(jnp.abs(err)) if loss == "l1" else jnp.mean(jnp.square(err))
+        err = jnp.abs(err) if loss == "l1" else jnp.square(err)
+        if not masked:
+            return jnp.mean(err)
+        weight = jnp.broadcast_to(batch["mask"], err.shape)
+        return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
     return loss_fn
 
@@ -86,10 +98,11 @@ def state_initializer(model: Any, cfg: ml_collections.ConfigDict) -> Callable[[j
     """init(key) → a fresh TrainState (parameter shapes do not depend on the image size)."""
     side = models.downsample_factor(cfg.model)
     dummy = jnp.zeros((1, side, side, 3), jnp.float32)
+    cond = jnp.zeros((1, side, side, conditioning.condition_channels(cfg.model.condition)), jnp.float32)
     tx = make_optimizer(cfg.optim, cfg.train.num_steps)  # one object: part of the state's treedef
 
     def init(key):
-        params = model.init(key, dummy, dummy, jnp.zeros((1,), jnp.int32), train=False)["params"]
+        params = model.init(key, dummy, cond, jnp.zeros((1,), jnp.int32), train=False)["params"]
         return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                                  ema_params=jax.tree_util.tree_map(jnp.copy, params),
                                  ema_decay=float(cfg.optim.ema_decay))
@@ -121,7 +134,8 @@ def program(cfg: ml_collections.ConfigDict, mesh: Any) -> Program:
         init = state_initializer(model, cfg)
         abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                                           jax.eval_shape(init, init_key(0)))
-        step = jax.jit(make_train_step(make_loss_fn(model, schedule, cfg.bridge, cfg.train.loss),
+        step = jax.jit(make_train_step(make_loss_fn(model, schedule, cfg.bridge, cfg.train.loss,
+                                                    cfg.model.condition),
                                        cfg.train.steps_per_dispatch),
                        in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
                        out_shardings=(repl, repl, repl), donate_argnums=0)
@@ -188,7 +202,7 @@ class _StopFlag:
 def _next_batches(it: Any, k: int) -> dict[str, np.ndarray]:
     """Stack k consecutive local batches along a new leading axis (one compiled call runs k steps)."""
     batches = [next(it) for _ in range(k)]
-    return {name: np.stack([b[name] for b in batches]) for name in ("x0", "mu")}
+    return {name: np.stack([b[name] for b in batches]) for name in ("x0", "mu", "mask")}
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,

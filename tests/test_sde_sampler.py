@@ -43,6 +43,8 @@ def _oracle(schedule, x0, parameterization):
     """A denoiser that knows x0: returns x0, or the πε consistent with x_t and x0 (sde convention)."""
     if parameterization == "x0":
         return lambda x_t, mu, t: x0
+    if parameterization == "residual":
+        return lambda x_t, mu, t: x0 - mu
     return lambda x_t, mu, t: sde.pi_eps_from_x0(schedule, x_t, mu, x0, t)
 
 
@@ -67,7 +69,7 @@ def _run_oracle(schedule, mu, x0, rng, num_steps, parameterization, eta=0.0):
 
 
 @pytest.mark.parametrize("preset", ["rdbm", "goub", "brownian", "flow"])
-@pytest.mark.parametrize("parameterization", ["x0", "pi_eps"])
+@pytest.mark.parametrize("parameterization", ["x0", "pi_eps", "residual"])
 def test_oracle_sampler_follows_the_mean_path(preset, parameterization):
     s = sde.make_schedule(preset=preset)
     x0, mu, _ = _pair(0)
@@ -85,7 +87,7 @@ def test_oracle_sampler_follows_the_mean_path(preset, parameterization):
             np.testing.assert_allclose(traj[k + 1], mu + s.Theta[t_next] * (x0 - mu), atol=3e-6)
 
 
-@pytest.mark.parametrize("parameterization", ["x0", "pi_eps"])
+@pytest.mark.parametrize("parameterization", ["x0", "pi_eps", "residual"])
 def test_oracle_sampler_irsde_lands_on_x0(parameterization):
     s = sde.make_schedule(preset="irsde")
     x0, mu, _ = _pair(1)
@@ -177,14 +179,14 @@ def test_parameterisation_round_trips(x64):
 
 # ----------------------------------------------------------------------------- the RDBM property
 
-@pytest.mark.parametrize("parameterization", ["x0", "pi_eps"])
+@pytest.mark.parametrize("parameterization", ["x0", "pi_eps", "residual"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_zero_residual_pixels_stay_at_mu(parameterization, eta):
     """Where x̂0 = μ is predicted (π̂ = 0), no noise enters: those entries stay at μ bit-exactly."""
     s = sde.make_schedule()
     x0, mu, zero = _pair(5, shape=(2, 8, 8, 3))
     rand = _random_denoiser(0)
-    keep = 0.0 if parameterization == "pi_eps" else mu  # the zero-residual output of each mode
+    keep = mu if parameterization == "x0" else 0.0  # the zero-residual output of each mode
 
     def denoise(x_t, m, t):
         return jnp.where(zero, keep, rand(x_t, m, t))

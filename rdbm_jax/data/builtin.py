@@ -7,6 +7,9 @@ The split is fixed by image (no image in both splits):
                motorcycle_right (a stereo pair: both kept in train), retina, china (scikit-learn)
     val   (3): chelsea (451×300), rocket (640×427), flower (640×427, scikit-learn)
 
+Recipes are tuned without the val photos: `tune_train` is train without astronaut, `tune` is
+astronaut alone (train on the first, measure on the second).
+
 Only colour photographs are used. The grayscale photos of scikit-image (camera, moon, coins,
 brick, grass, gravel, page, text, ...) are skipped: they carry no colour, so they would teach the
 model R = G = B outputs on colour tasks such as low-light or haze. Synthetic drawings (chessboard,
@@ -37,6 +40,10 @@ SPLITS = {
     "train": ("astronaut", "china", "coffee", "hubble_deep_field", "immunohistochemistry",
               "motorcycle_left", "motorcycle_right", "retina"),
     "val": ("chelsea", "flower", "rocket"),
+    # For choosing recipes without touching val: train on tune_train, measure on tune (astronaut).
+    "tune_train": ("china", "coffee", "hubble_deep_field", "immunohistochemistry", "motorcycle_left",
+                   "motorcycle_right", "retina"),
+    "tune": ("astronaut",),
 }
 
 

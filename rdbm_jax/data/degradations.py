@@ -43,9 +43,25 @@ def line_kernel(length: float, angle: float) -> np.ndarray:
 
 def motion_blur(x: np.ndarray, length: float, rng: np.random.Generator) -> np.ndarray:
     """Linear motion blur of `length` px in a random direction."""
-    k = line_kernel(length, rng.uniform(0.0, math.pi))
+    return convolve_kernel(x, motion_kernel(length, rng))
+
+
+def motion_kernel(length: float, rng: np.random.Generator) -> np.ndarray:
+    """The kernel `motion_blur` applies for this rng state (a line in a random direction)."""
+    return line_kernel(length, rng.uniform(0.0, math.pi))
+
+
+def convolve_kernel(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Convolve each channel with the 2-D kernel k (reflect borders), clipped to [0, 1]."""
     out = np.stack([ndimage.convolve(x[..., c], k, mode="reflect") for c in range(x.shape[-1])], -1)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """The 2-D kernel of `gaussian_blur` (scipy's Gaussian, radius 4σ), normalised."""
+    impulse = np.zeros((2 * int(4 * sigma + 0.5) + 1,) * 2, np.float64)
+    impulse[impulse.shape[0] // 2, impulse.shape[1] // 2] = 1.0
+    return ndimage.gaussian_filter(impulse, sigma).astype(np.float32)
 
 
 def lowlight(x: np.ndarray, gamma: float, scale: float) -> np.ndarray:
@@ -128,17 +144,36 @@ class Degrader:
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator, index: int | None = None) -> np.ndarray:
         """μ for a clean [0, 1] image; `index` (eval) picks the mask file deterministically."""
-        s = self.spec
-        k = self.kind
-        if k == "inpaint":
+        return self.degrade(x, rng, index)[0]
+
+    def degrade(self, x: np.ndarray, rng: np.random.Generator,
+                index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(μ, mask): mask is bool [H, W], true where μ may differ from x (the holes of inpainting,
+        every pixel for the other degradations)."""
+        if self.kind == "inpaint":
             h, w = x.shape[:2]
             if self.mask_files:
                 i = int(rng.integers(len(self.mask_files))) if index is None else index
                 path = self.mask_files[i % len(self.mask_files)]
                 mask = masks_lib.load_mask(path, h, w, f"{self.key}.mask_dir")
             else:
-                mask = masks_lib.free_form_mask(h, w, rng, s.mask_min_ratio, s.mask_max_ratio)
-            return masks_lib.apply_mask(x, mask)
+                mask = masks_lib.free_form_mask(h, w, rng, self.spec.mask_min_ratio,
+                                                self.spec.mask_max_ratio)
+            return masks_lib.apply_mask(x, mask), mask
+        return self._degrade_all(x, rng), np.ones(x.shape[:2], bool)
+
+    def kernel(self, rng: np.random.Generator) -> np.ndarray | None:
+        """The blur kernel `degrade` applies given an rng in the same state (None: not a blur)."""
+        if self.kind == "gaussian_blur":
+            return gaussian_kernel(self.spec.blur_sigma)
+        if self.kind == "motion_blur":
+            return motion_kernel(self.spec.motion_length, rng)
+        return None
+
+    def _degrade_all(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """μ of a degradation that touches every pixel."""
+        s = self.spec
+        k = self.kind
         if k == "noise":
             return add_noise(x, s.noise_sigma, rng)
         if k == "gaussian_blur":

@@ -135,8 +135,17 @@ class TrainExample:
                 stack = stack[::-1]
         stack = np.ascontiguousarray(stack)
         x0 = stack[..., :3]
-        mu = stack[..., 3:] if item.mu is not None else self.degrader(x0, rng)
-        return {"x0": to_model_range(x0), "mu": to_model_range(mu), "task": np.int32(self.task_id)}
+        if item.mu is not None:
+            mu, mask = stack[..., 3:], np.ones(x0.shape[:2], bool)
+        else:
+            mu, mask = self.degrader.degrade(x0, rng)
+        return {"x0": to_model_range(x0), "mu": to_model_range(mu), "mask": mask_array(mask),
+                "task": np.int32(self.task_id)}
+
+
+def mask_array(mask: np.ndarray) -> np.ndarray:
+    """bool [H, W] degradation mask → float32 [H, W, 1] (1 where μ may differ from x0)."""
+    return np.asarray(mask, np.float32)[..., None]
 
 
 def concat_batches(batches) -> dict[str, np.ndarray]:
@@ -147,7 +156,8 @@ def concat_batches(batches) -> dict[str, np.ndarray]:
 def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
                          process_index: int | None = None,
                          process_count: int | None = None) -> grain.DatasetIterator:
-    """Checkpointable iterator of per-process batches {x0, mu: f32 [B, crop, crop, 3], task: i32 [B]}."""
+    """Checkpointable iterator of per-process batches {x0, mu: f32 [B, crop, crop, 3], mask: f32 [B, crop,
+    crop, 1] (1 where μ may differ from x0: inpainting holes, else everywhere), task: i32 [B]}."""
     # B = global_batch_size // process_count, split equally over the tasks (task-major order);
     # this process reads the files process_index::process_count of every task's training source.
     if process_index is None or process_count is None:
@@ -203,11 +213,13 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
 
 
 class EvalSource:
-    """Random-access evaluation examples of one task: {x0, mu: f32 [H, W, 3] in [−1, 1], name, task}."""
+    """Random-access evaluation examples of one task: {x0, mu: f32 [H, W, 3] in [−1, 1], mask: f32 [H, W, 1],
+    name, task}; `degradation` names the synthetic degradation ("none" for real pairs), `spec` its parameters."""
 
     def __init__(self, task: str, source: ImageSource, degrader: Degrader | None,
                  spec: ml_collections.ConfigDict):
-        self.task, self.source, self.degrader = task, source, degrader
+        self.task, self.source, self.degrader, self.spec = task, source, degrader, spec
+        self.degradation = spec.degradation if degrader is not None else "none"
         self.seed, self.size, self.fit = int(spec.seed), int(spec.eval_size), spec.eval_fit
 
     def __len__(self) -> int:
@@ -229,11 +241,20 @@ class EvalSource:
         item = self.source.read(index)
         x0 = self._fit(item.x0)
         if item.mu is not None:
-            mu = self._fit(item.mu)
+            mu, mask = self._fit(item.mu), np.ones(x0.shape[:2], bool)
         else:
-            mu = self.degrader(x0, np.random.default_rng([self.seed % 2**32, index]), index=index)
-        return {"x0": to_model_range(x0), "mu": to_model_range(mu), "name": item.name,
-                "task": self.task}
+            mu, mask = self.degrader.degrade(x0, np.random.default_rng([self.seed % 2**32, index]),
+                                             index=index)
+        return {"x0": to_model_range(x0), "mu": to_model_range(mu), "mask": mask_array(mask),
+                "name": item.name, "task": self.task}
+
+
+    def known_parameters(self, index: int) -> dict:
+        """The synthetic degradation's known parameters of example `index` (for classical baselines)."""
+        if self.degrader is None:
+            return {}
+        rng = np.random.default_rng([self.seed % 2**32, index])  # the same draws as __getitem__
+        return {"noise_sigma": float(self.spec.noise_sigma), "kernel": self.degrader.kernel(rng)}
 
 
 def build_eval_sources(data_cfg: ml_collections.ConfigDict, *,

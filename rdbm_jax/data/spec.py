@@ -6,7 +6,7 @@ import ml_collections
 from rdbm_jax.errors import ConfigError
 
 SOURCE_KINDS = ("builtin", "paired", "side_by_side", "clean")
-BUILTIN_SPLITS = ("train", "val")
+BUILTIN_SPLITS = ("train", "val", "tune_train", "tune")  # rdbm_jax/data/builtin.py
 EVAL_FITS = ("resize", "crop")
 DEGRADATIONS = ("none", "inpaint", "noise", "gaussian_blur", "motion_blur", "lowlight", "haze",
                 "rain", "jpeg")
@@ -16,7 +16,7 @@ def source_spec(**overrides) -> ml_collections.ConfigDict:
     """A data-source config with every key present (so a locked config accepts overrides)."""
     spec = ml_collections.ConfigDict(dict(
         kind="builtin",          # builtin | paired | side_by_side | clean
-        split="train",           # builtin only: train | val (fixed split by image: rdbm_jax/data/builtin.py)
+        split="train",           # builtin only: train | val | tune_train | tune (by image: rdbm_jax/data/builtin.py)
         lq_dir="",               # paired: degraded images (μ)
         gt_dir="",               # paired: clean images (x0), matched by file stem
         lq_strip="",             # paired: text removed from LQ file names before matching (e.g. "rain-")

@@ -1,0 +1,114 @@
+"""What the network is conditioned on besides x_t and t: μ alone (the paper) or μ with the degradation mask.
+
+Pure JAX (no Flax). The mask is float [..., H, W, 1], 1 where μ may differ from x0 (the holes of
+inpainting; every pixel for other degradations). Conditions:
+
+- `mu` — the paper: the network sees [x_t, μ] only.
+- `mu_mask` — a documented deviation for tasks whose degradation mask is known (inpainting):
+  the network sees [x_t, μ, mask], and x̂0 is set to μ outside the mask at every step of training
+  and sampling (`sde.project_known`), so known pixels come back exactly.
+- `mu_mask_fill` — as `mu_mask`, plus the holes of μ pre-filled by a smooth pull-push interpolation
+  of the known pixels (`fill_holes`) as three more channels. With the residual parameterisation the
+  network's output is also added to the pre-fill's residual (`output_offset`): a zero output restores
+  the pre-fill, and the network learns the correction on top of it.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CONDITIONS = ("mu", "mu_mask", "mu_mask_fill")
+FILL_ITERATIONS = 100  # Jacobi sweeps of the Laplace equation after the pull-push initialisation
+FILL_VALUE = 1.0  # the inpainting fill in model range [-1, 1] (white; rdbm_jax.data.masks.HOLE_VALUE)
+
+
+def check_condition(kind: str) -> None:
+    """Reject an unknown condition."""
+    if kind not in CONDITIONS:
+        raise ValueError(f"condition={kind!r} is not one of {', '.join(CONDITIONS)}")
+
+
+def uses_mask(kind: str) -> bool:
+    """Whether the condition needs the degradation mask (and projects x̂0 onto μ outside it)."""
+    check_condition(kind)
+    return kind != "mu"
+
+
+def condition_channels(kind: str, image_channels: int = 3) -> int:
+    """Channels of the condition tensor built by `condition`."""
+    check_condition(kind)
+    return {"mu": image_channels, "mu_mask": image_channels + 1, "mu_mask_fill": 2 * image_channels + 1}[kind]
+
+
+def _pool2(x: jax.Array) -> jax.Array:
+    """2×2 sum pooling of [B, H, W, C]; an odd side is padded with one zero row/column first."""
+    b, h, w, c = x.shape
+    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    return x.reshape(b, (h + 1) // 2, 2, (w + 1) // 2, 2, c).sum(axis=(2, 4))
+
+
+def fill_holes(mu: jax.Array, mask: jax.Array) -> jax.Array:
+    """μ with the masked pixels replaced by a smooth (near-harmonic) interpolation of the known ones.
+
+    [B, H, W, C] → [B, H, W, C]. A pull-push pyramid gives a first guess, then FILL_ITERATIONS
+    Jacobi sweeps of the Laplace equation (4-neighbour averages, edge-replicated border) relax it.
+    Pull: a pyramid of mask-weighted 2×2 sums down to 1×1 (odd sides padded with zero weight);
+    push: from the coarsest level down, each level keeps its known average where it has known
+    pixels, blended by their fraction with the bilinear upsampling of the level below. Known pixels
+    are unchanged; a batch element with no known pixel at all comes back as 0.
+    """
+    known = 1.0 - jnp.asarray(mask, jnp.float32)
+    mu = jnp.asarray(mu, jnp.float32)
+    nums, dens = [mu * known], [known]
+    while max(nums[-1].shape[1:3]) > 1:
+        nums.append(_pool2(nums[-1]))
+        dens.append(_pool2(dens[-1]))
+    value = nums[-1] / jnp.maximum(dens[-1], 1e-8)
+    for level in range(len(nums) - 2, -1, -1):
+        num, den = nums[level], dens[level]
+        b, h, w, c = num.shape
+        up = jax.image.resize(value, (b, 2 * value.shape[1], 2 * value.shape[2], c), method="bilinear")
+        up = up[:, :h, :w]
+        cover = jnp.clip(den * (4.0 ** -level), 0.0, 1.0)  # known fraction of the block
+        value = cover * num / jnp.maximum(den, 1e-8) + (1.0 - cover) * up
+    value = jnp.where(known > 0, mu, value)
+
+    def jacobi(_, x):  # relax towards the harmonic (Laplace) interpolation of the known pixels
+        p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        avg = 0.25 * (p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:])
+        return jnp.where(known > 0, mu, avg)
+
+    return jax.lax.fori_loop(0, FILL_ITERATIONS, jacobi, value)
+
+
+def condition(mu: jax.Array, mask: jax.Array | None, kind: str) -> jax.Array:
+    """The network's condition for μ [B, H, W, C] and the mask [B, H, W, 1] (ignored for `mu`)."""
+    check_condition(kind)
+    if kind == "mu":
+        return mu
+    if mask is None:
+        raise ValueError(f"condition={kind!r} needs the degradation mask")
+    mask = jnp.asarray(mask, mu.dtype)
+    parts = [mu, mask]
+    if kind == "mu_mask_fill":
+        parts.append(fill_holes(mu, mask).astype(mu.dtype))
+    return jnp.concatenate(parts, axis=-1)
+
+
+def infer_mask(mu: np.ndarray, fill: float = FILL_VALUE, tol: float = 1.0 / 255) -> np.ndarray:
+    """Holes of a fill-masked image in [-1, 1] ([..., H, W, C] → float32 [..., H, W, 1]): the pixels
+    whose every channel is within `tol` (model units) of the fill value. Real white content is
+    taken for a hole too, which is why masks known from the data are preferred."""
+    mu = np.asarray(mu, np.float32)
+    return np.all(np.abs(mu - fill) <= tol, axis=-1, keepdims=True).astype(np.float32)
+
+
+def output_offset(cond: jax.Array, kind: str, parameterization: str) -> jax.Array | float:
+    """What is added to the network's raw output: the pre-fill's residual (fill − μ, zero outside the
+    holes) for `mu_mask_fill` with the residual parameterisation, else 0."""
+    check_condition(kind)
+    if kind != "mu_mask_fill" or parameterization != "residual":
+        return 0.0
+    c = cond.shape[-1] // 2  # cond = [μ (c), mask (1), fill (c)]
+    return cond[..., c + 1:] - cond[..., :c]
