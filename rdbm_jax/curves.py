@@ -35,7 +35,7 @@ def plot_curves(metrics_path: str, out_path: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)  # one step axis
     if "train/loss" in series:
         steps, values = series["train/loss"]
         ax_loss.plot(steps, values, color="tab:blue", lw=1.2, marker="." if len(steps) < 30 else None)
@@ -63,6 +63,7 @@ def plot_curves(metrics_path: str, out_path: str) -> bool:
     for ax in (ax_loss, ax_psnr):
         ax.grid(alpha=0.3)
         ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+        ax.tick_params(labelbottom=True)
     fig.tight_layout()
     tmp = out_path + ".tmp.png"
     fig.savefig(tmp, dpi=110)

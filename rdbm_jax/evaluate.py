@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import config as config_lib, data, distributed, metrics
+from rdbm_jax import config as config_lib, data, distributed, metrics, progress
 from rdbm_jax.restore import Restorer, from_config
 
 log = logging.getLogger("rdbm_jax")
@@ -198,8 +198,9 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model, schedule, params, step = load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     restorer = from_config(model, schedule, cfg, mesh)
-    rows, per_task, grids = score_sources(restorer, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
-                                          Perceptual(cfg.eval))
+    with progress.bar(sum(len(s) for s in sources.values()), "eval") as pbar:
+        rows, per_task, grids = score_sources(restorer, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
+                                              Perceptual(cfg.eval), on_image=lambda *_: pbar.update(1))
     out_dir = os.path.join(workdir, "eval")
     if distributed.is_main_process():
         write_report(out_dir, rows, per_task, {"step": step, "protocol": protocol(cfg)})
