@@ -69,14 +69,36 @@ def to_cell(img: np.ndarray) -> np.ndarray:
                                                  Image.BICUBIC))
 
 
-def make_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
-    """Rows of [-1, 1] images (e.g. μ │ restored │ x0) → one uint8 grid, white gaps."""
+GRID_COLUMNS = ("degraded input", "restored", "ground truth")  # the columns of every grid row
+HEADER_HEIGHT = 24  # the white strip with the column labels
+
+
+def make_grid(rows: list[list[np.ndarray]], gap: int = 4, labels: tuple[str, ...] = GRID_COLUMNS) -> np.ndarray:
+    """Rows of [-1, 1] images (e.g. μ │ restored │ x0) → one uint8 grid, white gaps, column labels on top."""
     white = np.full((GRID_HEIGHT, gap, 3), 255, np.uint8)
-    rendered = [np.concatenate([part for c in row for part in (to_cell(c), white)][:-1], axis=1)
-                for row in rows]
+    cells = [[to_cell(c) for c in row] for row in rows]
+    rendered = [np.concatenate([part for c in row for part in (c, white)][:-1], axis=1) for row in cells]
     width = max(r.shape[1] for r in rendered)
     padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rendered]
-    return np.concatenate(padded, axis=0)[:-gap]
+    grid = np.concatenate(padded, axis=0)[:-gap]
+    return np.concatenate([_header(labels, [c.shape[1] for c in cells[0]], width, gap), grid]) if labels else grid
+
+
+def _header(labels: tuple[str, ...], widths: list[int], total: int, gap: int) -> np.ndarray:
+    """A white strip with each label centred over its column of the first row."""
+    from PIL import ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=15)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    strip = Image.new("RGB", (total, HEADER_HEIGHT), "white")
+    draw = ImageDraw.Draw(strip)
+    x = 0
+    for label, w in zip(labels, widths):
+        draw.text((x + w / 2, HEADER_HEIGHT / 2), label, fill="black", font=font, anchor="mm")
+        x += w + gap
+    return np.asarray(strip)
 
 
 def _fid_input(img: np.ndarray, quantize: bool) -> jax.Array:
