@@ -194,7 +194,7 @@ class TensorBoardXWriter(MetricWriter):
             self._writer.add_video(key, np.transpose(arr, (0, 1, 4, 2, 3)), global_step=int(step))
 
     def write_audios(self, step: int, audios: Mapping[str, Any], *, sample_rate: int) -> None:
-        """Audios [N, T, C] in [-1, 1]; each of the N clips is its own tag `key/i`."""
+        """Audios [N, T, C] in [-1, 1], each clip its own tag `key/i` (tensorboardX needs `soundfile`)."""
         for key, value in audios.items():
             for i, clip in enumerate(np.asarray(value, np.float32)):
                 self._writer.add_audio(f"{key}/{i}", clip, global_step=int(step), sample_rate=sample_rate)
