@@ -23,11 +23,15 @@ setup(
         "scipy>=1.10",
         "scikit-image>=0.22",  # ships the built-in demo photographs (skimage/data)
         "scikit-learn>=1.3",  # ships china.jpg / flower.jpg
-        "matplotlib>=3.7",  # sweep plots
+        "matplotlib>=3.7",  # sweep plots, curves.png
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+        "tqdm>=4.66",  # progress bars of sample / eval / sweep
+        "flatbuffers>=24.3",  # jax.export's (de)serialisation of --mode=export artifacts
     ],
     extras_require={
         # torch/torchvision are the PyTorch twins for parity tests (CPU is enough).
-        "test": ["pytest>=7", "torch>=2.4", "torchvision>=0.19", "lpips>=0.1.4", "pytorch-fid>=0.3"],
+        "test": ["pytest>=7", "torch>=2.4", "torchvision>=0.19", "lpips>=0.1.4", "pytorch-fid>=0.3",
+                 "tensorboard>=2.15"],  # TensorBoard's own event reader checks our event files
         "tensorboard": ["tensorflow-cpu>=2.15"],
     },
 )

@@ -71,6 +71,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         max_to_keep=3,
         steps_per_dispatch=1,    # >1: several steps per compiled call (lax.scan)
         compilation_cache_dir="",  # persistent XLA cache ("" = off)
+        tensorboard="tensorboardx",  # event files in <workdir>/tensorboard: tensorboardx | clu (TensorFlow) | none
     ))
 
     c.sample = ml_collections.ConfigDict(dict(

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 CONDITIONS = ("mu", "mu_mask", "mu_mask_fill")
+FILL_LEVELS = 10  # pull-push pyramid levels (a 1024-px image reaches 1×1)
 FILL_ITERATIONS = 100  # Jacobi sweeps of the Laplace equation after the pull-push initialisation
 FILL_VALUE = 1.0  # the inpainting fill in model range [-1, 1] (white; rdbm_jax.data.masks.HOLE_VALUE)
 
@@ -42,10 +43,8 @@ def condition_channels(kind: str, image_channels: int = 3) -> int:
 
 
 def _pool2(x: jax.Array) -> jax.Array:
-    """2×2 sum pooling of [B, H, W, C]; an odd side is padded with one zero row/column first."""
-    b, h, w, c = x.shape
-    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    return x.reshape(b, (h + 1) // 2, 2, (w + 1) // 2, 2, c).sum(axis=(2, 4))
+    """2×2 sum pooling of [B, H, W, C]; an odd side gets one zero row/column (symbolic shapes work)."""
+    return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
 
 
 def fill_holes(mu: jax.Array, mask: jax.Array) -> jax.Array:
@@ -53,23 +52,21 @@ def fill_holes(mu: jax.Array, mask: jax.Array) -> jax.Array:
 
     [B, H, W, C] → [B, H, W, C]. A pull-push pyramid gives a first guess, then FILL_ITERATIONS
     Jacobi sweeps of the Laplace equation (4-neighbour averages, edge-replicated border) relax it.
-    Pull: a pyramid of mask-weighted 2×2 sums down to 1×1 (odd sides padded with zero weight);
-    push: from the coarsest level down, each level keeps its known average where it has known
-    pixels, blended by their fraction with the bilinear upsampling of the level below. Known pixels
-    are unchanged; a batch element with no known pixel at all comes back as 0.
+    Pull: FILL_LEVELS levels of mask-weighted 2×2 sums (odd sides padded with zero weight); push:
+    from the coarsest level down, each level keeps its known average where it has known pixels,
+    blended by their fraction with the level below repeated 2×. Known pixels are unchanged. The
+    shapes never enter Python control flow, so this traces for `jax.export`'s symbolic H, W.
     """
     known = 1.0 - jnp.asarray(mask, jnp.float32)
     mu = jnp.asarray(mu, jnp.float32)
     nums, dens = [mu * known], [known]
-    while max(nums[-1].shape[1:3]) > 1:
+    for _ in range(FILL_LEVELS):
         nums.append(_pool2(nums[-1]))
         dens.append(_pool2(dens[-1]))
     value = nums[-1] / jnp.maximum(dens[-1], 1e-8)
-    for level in range(len(nums) - 2, -1, -1):
+    for level in range(FILL_LEVELS - 1, -1, -1):
         num, den = nums[level], dens[level]
-        b, h, w, c = num.shape
-        up = jax.image.resize(value, (b, 2 * value.shape[1], 2 * value.shape[2], c), method="bilinear")
-        up = up[:, :h, :w]
+        up = jnp.repeat(jnp.repeat(value, 2, axis=1), 2, axis=2)[:, :num.shape[1], :num.shape[2]]
         cover = jnp.clip(den * (4.0 ** -level), 0.0, 1.0)  # known fraction of the block
         value = cover * num / jnp.maximum(den, 1e-8) + (1.0 - cover) * up
     value = jnp.where(known > 0, mu, value)

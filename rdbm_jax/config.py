@@ -20,6 +20,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.optimizer": ("adam", "adamw"),
     "optim.schedule": ("constant", "cosine"),
     "train.loss": ("l1", "l2"),
+    "train.tensorboard": ("tensorboardx", "clu", "none"),  # event-file writer (rdbm_jax/writers.py)
     "eval.color": ("rgb", "y"),
     "eval.lpips_net": ("alex", "vgg"),
 }

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import baselines, config as config_lib, data, distributed, metrics
+from rdbm_jax import baselines, config as config_lib, data, distributed, metrics, progress
 from rdbm_jax.restore import Restorer, from_config
 
 log = logging.getLogger("rdbm_jax")
@@ -137,14 +137,36 @@ def to_cell(img: np.ndarray) -> np.ndarray:
                                                  Image.BICUBIC))
 
 
-def make_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
-    """Rows of [-1, 1] images (e.g. μ │ restored │ x0) → one uint8 grid, white gaps."""
+GRID_COLUMNS = ("degraded input", "classical baseline", "restored", "ground truth")  # every grid row
+HEADER_HEIGHT = 24  # the white strip with the column labels
+
+
+def make_grid(rows: list[list[np.ndarray]], gap: int = 4, labels: tuple[str, ...] = GRID_COLUMNS) -> np.ndarray:
+    """Rows of [-1, 1] images (μ │ baseline │ restored │ x0) → one uint8 grid, white gaps, column labels on top."""
     white = np.full((GRID_HEIGHT, gap, 3), 255, np.uint8)
-    rendered = [np.concatenate([part for c in row for part in (to_cell(c), white)][:-1], axis=1)
-                for row in rows]
+    cells = [[to_cell(c) for c in row] for row in rows]
+    rendered = [np.concatenate([part for c in row for part in (c, white)][:-1], axis=1) for row in cells]
     width = max(r.shape[1] for r in rendered)
     padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rendered]
-    return np.concatenate(padded, axis=0)[:-gap]
+    grid = np.concatenate(padded, axis=0)[:-gap]
+    return np.concatenate([_header(labels, [c.shape[1] for c in cells[0]], width, gap), grid]) if labels else grid
+
+
+def _header(labels: tuple[str, ...], widths: list[int], total: int, gap: int) -> np.ndarray:
+    """A white strip with each label centred over its column of the first row."""
+    from PIL import ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=15)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    strip = Image.new("RGB", (total, HEADER_HEIGHT), "white")
+    draw = ImageDraw.Draw(strip)
+    x = 0
+    for label, w in zip(labels, widths):
+        draw.text((x + w / 2, HEADER_HEIGHT / 2), label, fill="black", font=font, anchor="mm")
+        x += w + gap
+    return np.asarray(strip)
 
 
 def _fid_input(img: np.ndarray, quantize: bool) -> jax.Array:
@@ -292,8 +314,9 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model, schedule, params, step = load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     restorer = from_config(model, schedule, cfg, mesh)
-    rows, per_task, grids = score_sources(restorer, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
-                                          Perceptual(cfg.eval))
+    with progress.bar(sum(len(s) for s in sources.values()), "eval") as pbar:
+        rows, per_task, grids = score_sources(restorer, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
+                                              Perceptual(cfg.eval), on_image=lambda *_: pbar.update(1))
     out_dir = os.path.join(workdir, "eval")
     if distributed.is_main_process():
         write_report(out_dir, rows, per_task, {"step": step, "protocol": protocol(cfg)})

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, conditioning, config as config_lib, data, distributed, train
+from rdbm_jax import checkpoints, conditioning, config as config_lib, data, distributed, progress, train
 from rdbm_jax.errors import ConfigError, DataError, RDBMError
 from rdbm_jax.restore import check_size, from_config
 
@@ -49,14 +48,6 @@ def _output_path(out_dir: str, in_dir: str, path: str) -> str:
     return os.path.join(out_dir, rel + ".png")
 
 
-def _progress(done: int, total: int, name: str) -> None:
-    if distributed.is_main_process() and sys.stderr.isatty():
-        width = 30
-        filled = width * done // max(total, 1)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[-40:]:<40}")
-        sys.stderr.flush()
-
-
 def _input_mask(mask_dir: str, in_dir: str, path: str, img: np.ndarray) -> np.ndarray:
     """The degradation mask [H, W, 1] of one input: the file of the same relative name (any image
     extension) in `mask_dir` (white = hole), else inferred from the input's pure-fill pixels."""
@@ -93,6 +84,7 @@ def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     failed: list[str] = []
     written = 0
     pending: list[tuple[str, np.ndarray]] = []
+    pbar = progress.bar(len(todo), "restore")
 
     def flush():
         nonlocal written
@@ -106,7 +98,7 @@ def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, An
             if distributed.is_main_process():
                 data.save_image(_output_path(s.output_dir, s.input_dir, path), img)
             written += 1
-            _progress(written + len(failed), len(todo), os.path.basename(path))
+            pbar.update(1)
         pending.clear()
 
     for path in todo:
@@ -116,13 +108,13 @@ def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         except RDBMError as e:
             log.error("skipped: %s", e)
             failed.append(str(e))  # names the file
+            pbar.update(1)
             continue
         if pending and (pending[0][1].shape != img.shape or len(pending) == s.batch_size):
             flush()
         pending.append((path, img))
     flush()
-    if distributed.is_main_process() and sys.stderr.isatty():
-        sys.stderr.write("\n")
+    pbar.close()
     log.info("restored %d image(s) into %s; %d kept, %d failed", written, s.output_dir, skipped, len(failed))
     if failed:
         raise DataError(f"{len(failed)} of {len(todo)} input(s) could not be restored (the rest were): "

@@ -11,7 +11,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("train", "eval", "sample", "sweep")
+MODES = ("train", "eval", "sample", "sweep", "export")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py[:arg]).",
                                           lock_config=True)
@@ -78,9 +78,12 @@ def main(argv: list[str]) -> None:
         elif _MODE.value == "sample":
             from rdbm_jax.inference import restore_folder
             restore_folder(_CONFIG.value, _WORKDIR.value)
-        else:
+        elif _MODE.value == "sweep":
             from rdbm_jax.sweep import run_sweep
             run_sweep(_CONFIG.value, _WORKDIR.value)
+        else:
+            from rdbm_jax.export import run_export
+            run_export(_CONFIG.value, _WORKDIR.value)
     except RDBMError as e:
         _fail(str(e), code=1)
 

@@ -110,24 +110,26 @@ class Restorer:
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
         self._compiled: dict[tuple, Callable] = {}
 
+    def sample_padded(self, params: Any, mu: jax.Array, mask: jax.Array, rng: jax.Array) -> jax.Array:
+        """The reverse loop on a batch whose H, W are multiples of `multiple` (traceable): the
+        network's condition and output offset, tiles, and x̂0 = μ outside the mask for mask models."""
+        cond = conditioning.condition(mu, mask, self.condition)
+        denoise = lambda x_t, c, t: self.apply_fn(params, x_t, c, t) + conditioning.output_offset(
+            c, self.condition, self.parameterization)
+        if self.tile_size:
+            denoise = tiled(denoise, mu.shape[1], mu.shape[2], self.tile_size, self.tile_overlap)
+        known = 1.0 - mask if self.uses_mask else None
+        return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu, self.num_steps, rng,
+                          eta=self.eta, clip=self.clip, parameterization=self.parameterization, pi=self.pi,
+                          known=known)
+
     def compiled(self, shape: tuple[int, ...]) -> Callable:
         """The jitted restoration for one padded batch shape (compiled once per shape)."""
         if shape not in self._compiled:
             sharding = distributed.batch_sharding(self.mesh)
 
-            def run(params, mu, mask, rng):
-                cond = conditioning.condition(mu, mask, self.condition)
-                denoise = lambda x_t, c, t: self.apply_fn(params, x_t, c, t) + conditioning.output_offset(
-                    c, self.condition, self.parameterization)
-                if self.tile_size:
-                    denoise = tiled(denoise, shape[1], shape[2], self.tile_size, self.tile_overlap)
-                known = 1.0 - mask if self.uses_mask else None
-                return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu,
-                                  self.num_steps, rng, eta=self.eta, clip=self.clip,
-                                  parameterization=self.parameterization, pi=self.pi, known=known)
-
             repl = distributed.replicated(self.mesh)
-            self._compiled[shape] = jax.jit(run, in_shardings=(repl, sharding, sharding, repl),
+            self._compiled[shape] = jax.jit(self.sample_padded, in_shardings=(repl, sharding, sharding, repl),
                                             out_shardings=sharding)
         return self._compiled[shape]
 

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from rdbm_jax import config as config_lib, data, distributed
+from rdbm_jax import config as config_lib, data, distributed, progress
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.evaluate import score_sources
 from rdbm_jax.inference import load_trained
@@ -18,24 +18,39 @@ from rdbm_jax.restore import from_config
 log = logging.getLogger("rdbm_jax")
 
 
-def plot(rows: list[dict], path: str) -> None:
-    """PSNR and SSIM against NFE, one line per η (matplotlib, no display)."""
+def figure(rows: list[dict]) -> Any:
+    """PSNR and SSIM against NFE, one line per η, ticks at the NFE values run (matplotlib, no display)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    nfes = sorted({r["nfe"] for r in rows})
+    step = rows[0].get("step")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for eta in sorted({r["eta"] for r in rows}):
         sel = sorted((r for r in rows if r["eta"] == eta), key=lambda r: r["nfe"])
         for ax, key in zip(axes, ("psnr", "ssim")):
             ax.plot([r["nfe"] for r in sel], [r[key] for r in sel], marker="o", label=f"η = {eta:g}")
     for ax, key in zip(axes, ("PSNR (dB)", "SSIM")):
-        ax.set_xscale("log")
+        if len(nfes) > 1 and nfes[-1] / nfes[0] >= 8:
+            ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())  # no minor-tick labels (they overlapped on log axes)
+        ax.set_xticks(nfes, [str(n) for n in nfes])  # label exactly the NFE values that were run
         ax.set_xlabel("NFE (sampling steps)")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.suptitle(f"sampling sweep{f' (checkpoint step {step})' if step is not None else ''}", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Save `figure(rows)` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -54,6 +69,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
     model, schedule, params, step = load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     rows: list[dict[str, Any]] = []
+    pbar = progress.bar(len(etas) * len(nfes), "sweep", unit="setting")
     for eta in etas:
         for nfe in nfes:
             restorer = from_config(model, schedule, cfg, mesh, num_steps=nfe, eta=eta)
@@ -65,6 +81,8 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
                             for k in ("psnr", "ssim")})
             rows.append(row)
             log.info("sweep nfe=%d eta=%g: psnr=%.3f ssim=%.4f", nfe, eta, row["psnr"], row["ssim"])
+            pbar.update(1)
+    pbar.close()
     out_dir = os.path.join(workdir, "sweep")
     if distributed.is_main_process():
         os.makedirs(out_dir, exist_ok=True)

@@ -16,7 +16,7 @@ import optax
 from clu import metrics as clu_metrics
 
 from rdbm_jax import checkpoints, conditioning, config as config_lib, data, distributed, models, sde
-from rdbm_jax import evaluate, writers
+from rdbm_jax import curves, evaluate, writers
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule, make_optimizer
 
@@ -240,7 +240,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         log.info("model %s: %.3f M parameters on %d device(s) (%s)", cfg.model.size,
                  models.count_params(state.params) / 1e6, mesh.size, jax.devices()[0].platform)
 
-    writer = writers.create_writer(workdir, is_main)
+    writer = writers.create_writer(workdir, is_main, cfg.train.tensorboard,
+                                   purge_step=start + 1 if start else None)  # TensorBoard drops stale events
     if is_main and not start:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config_json, f, indent=2)
@@ -289,6 +290,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                     scores, grid = validator(state.ema_params, step)
                     writer.write_scalars(step, scores)
                     writer.write_images(step, {"grid": grid})
+                    if is_main:
+                        curves.refresh(workdir)  # workdir/curves.png: loss and validation PSNR so far
                     last.update(scores)
                 if step % cfg.train.checkpoint_every < n or step == total:
                     save(step)

@@ -34,7 +34,7 @@ def test_eval_writes_metrics_per_image_csv_and_grids(trained_workdir):
     assert float(rows[0]["psnr"]) == pytest.approx(float(per_task["main"]["psnr"]) * 3
                                                    - sum(float(r["psnr"]) for r in rows[1:]), rel=1e-6)
     grid = Image.open(os.path.join(out, "grid_main.png"))
-    assert grid.size[1] == 2 * evaluate.GRID_HEIGHT + 4  # two rows (μ │ restored │ x0) and a gap
+    assert grid.size[1] == evaluate.HEADER_HEIGHT + 2 * evaluate.GRID_HEIGHT + 4  # labels, two rows, a gap
 
 
 def test_eval_with_lpips_weights_and_fid_skipped(trained_workdir, tmp_path, caplog):

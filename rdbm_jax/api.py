@@ -1,0 +1,141 @@
+"""Python API: load a trained run and restore numpy / PIL images of any size (notebooks, forks)."""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from rdbm_jax import checkpoints, distributed, models
+from rdbm_jax.inference import load_trained
+from rdbm_jax.restore import Restorer, from_config
+
+
+def _is_pil(x: Any) -> bool:
+    return type(x).__module__.startswith("PIL.")
+
+
+def _to_mu(images: np.ndarray) -> np.ndarray:
+    """uint8 or float [0, 1] images [..., H, W, C] → float32 RGB in [-1, 1]."""
+    arr = np.asarray(images)
+    if arr.dtype == np.uint8:
+        unit = arr.astype(np.float32) / 255.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        unit = arr.astype(np.float32)
+    else:
+        raise ValueError(f"images: dtype {arr.dtype} is not supported (uint8, or float in [0, 1])")
+    if unit.shape[-1] == 1:
+        unit = np.repeat(unit, 3, axis=-1)
+    elif unit.shape[-1] == 4:
+        unit = unit[..., :3]  # drop alpha
+    elif unit.shape[-1] != 3:
+        raise ValueError(f"images: shape {arr.shape} has {unit.shape[-1]} channels (1, 3 or 4 expected)")
+    return unit * 2.0 - 1.0
+
+
+def _from_x0(x0: np.ndarray, like_dtype: np.dtype) -> np.ndarray:
+    """[-1, 1] → uint8 when the input was uint8, else float32 in [0, 1]."""
+    unit = np.clip((np.asarray(x0, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+    return np.rint(unit * 255.0).astype(np.uint8) if like_dtype == np.uint8 else unit
+
+
+class TrainedModel:
+    """A trained run's config, network, bridge schedule and (EMA) parameters, ready to restore images."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model: Any, schedule: Any, params: Any,
+                 step: int, mesh: Any):
+        self.config, self.model, self.schedule, self.params = config, model, schedule, params
+        self.step, self.mesh = step, mesh
+        self.multiple = models.downsample_factor(config.model)  # the UNet's downsampling factor
+
+    def restorer(self, num_steps: int | None = None, eta: float | None = None, tile_size: int | None = None,
+                 tile_overlap: int | None = None) -> Restorer:
+        """The compiled-sampler Restorer for these settings (None: the run's `sample` config)."""
+        cfg = ml_collections.ConfigDict(self.config.to_dict())
+        s, t_max = cfg.sample, cfg.bridge.num_timesteps
+        s.num_steps = s.num_steps if num_steps is None else int(num_steps)
+        s.eta = s.eta if eta is None else float(eta)
+        s.tile_size = s.tile_size if tile_size is None else int(tile_size)
+        s.tile_overlap = s.tile_overlap if tile_overlap is None else int(tile_overlap)
+        if not 1 <= s.num_steps <= t_max:
+            raise ValueError(f"num_steps={s.num_steps} is outside 1..{t_max} (the bridge's num_timesteps)")
+        if not 0.0 <= s.eta <= 1.0:
+            raise ValueError(f"eta={s.eta} is outside [0, 1]")
+        if s.tile_size and (s.tile_size % self.multiple or not 0 <= 2 * s.tile_overlap < s.tile_size):
+            raise ValueError(f"tile_size={s.tile_size}, tile_overlap={s.tile_overlap}: the tile size must be "
+                             f"a multiple of {self.multiple} and the overlap under half of it")
+        return from_config(self.model, self.schedule, cfg, self.mesh)
+
+    def restore(self, images: Any, *, num_steps: int | None = None, eta: float | None = None,
+                tile_size: int | None = None, tile_overlap: int | None = None, seed: int = 0,
+                batch_size: int | None = None, mask: Any = None) -> Any:
+        """Restore degraded images of any size (padded to the UNet's factor inside, cropped back).
+
+        images: a PIL image, a numpy image [H, W, C] or batch [B, H, W, C] (uint8, or float in
+        [0, 1]; C = 1, 3 or 4), or a list of these (sizes may differ). Returns the same kind:
+        PIL → PIL (RGB), uint8 → uint8, float → float32 in [0, 1], list → list.
+        num_steps (NFE), eta, tile_size, tile_overlap: override the run's `sample` settings.
+        seed: the sampling noise (η > 0). batch_size: images per compiled call (the run's default).
+        mask: the degradation mask ([H, W] or [B, H, W], 1 = degraded pixel), for models trained
+        with the mask condition.
+        """
+        if isinstance(images, (list, tuple)):
+            masks = [None] * len(images) if mask is None else list(mask)
+            return [self.restore(img, num_steps=num_steps, eta=eta, tile_size=tile_size,
+                                 tile_overlap=tile_overlap, seed=seed + i, batch_size=batch_size, mask=m)
+                    for i, (img, m) in enumerate(zip(images, masks, strict=True))]
+        if _is_pil(images):
+            from PIL import Image
+
+            out = self.restore(np.asarray(images.convert("RGB")), num_steps=num_steps, eta=eta,
+                               tile_size=tile_size, tile_overlap=tile_overlap, seed=seed,
+                               batch_size=batch_size, mask=mask)
+            return Image.fromarray(out)
+        arr = np.asarray(images)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        single = arr.ndim == 3
+        batch = arr[None] if single else arr
+        if batch.ndim != 4:
+            raise ValueError(f"images: shape {np.shape(images)} is not [H, W, C] or [B, H, W, C]")
+        mu = _to_mu(batch)
+        restorer = self.restorer(num_steps, eta, tile_size, tile_overlap)
+        masks = self._masks(restorer, mask, mu.shape)
+        rng = jax.random.PRNGKey(seed)
+        size = batch_size or self.config.sample.batch_size
+        outs = []
+        for i, start in enumerate(range(0, len(mu), size)):
+            extra = {} if masks is None else {"mask": masks[start:start + size]}
+            outs.append(restorer(self.params, mu[start:start + size], jax.random.fold_in(rng, i), **extra))
+        out = _from_x0(np.concatenate(outs), batch.dtype)
+        return out[0] if single else out
+
+    @staticmethod
+    def _masks(restorer: Restorer, mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The mask as float32 [B, H, W, 1], or None; a ValueError where the restorer takes no mask."""
+        if mask is None:
+            return None
+        if "mask" not in inspect.signature(restorer.__call__).parameters:
+            raise ValueError("mask: this model's restorer takes no mask (only models trained with the mask "
+                             "condition do)")
+        m = np.asarray(mask, np.float32)
+        m = m[..., 0] if m.ndim >= 3 and m.shape[-1] == 1 else m
+        if m.shape[-2:] != shape[1:3]:
+            raise ValueError(f"mask: shape {np.shape(mask)} does not match the images' {shape[1:3]}")
+        return np.broadcast_to(m.reshape((-1,) + shape[1:3]), shape[:3])[..., None]
+
+
+def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> TrainedModel:
+    """Load a trained run from `workdir`: the latest checkpoint (or `step`), EMA parameters by default."""
+    directory, latest = checkpoints.resolve(workdir)
+    step = latest if step is None else int(step)
+    if not os.path.isdir(os.path.join(directory, str(step))):
+        raise ValueError(f"step={step}: no checkpoint {os.path.join(directory, str(step))} (latest: {latest})")
+    cfg = ml_collections.ConfigDict(checkpoints.read_config(directory, step))
+    cfg.sample.use_ema = bool(use_ema)
+    mesh = distributed.make_mesh()
+    model, schedule, params, step = load_trained(cfg, workdir, mesh, os.path.join(directory, str(step)))
+    return TrainedModel(cfg, model, schedule, params, step, mesh)

@@ -1,0 +1,100 @@
+"""`--mode=export`: the whole restoration (network, weights, the NFE-step reverse loop) as one
+`jax.export` artifact, shape-polymorphic in batch, H and W, for CPU and CUDA.
+
+Writes `workdir/export/restorer.jax` (serialized StableHLO), `restorer.json` (what it is) and
+`export_loader.py` (the loader; needs only jax + numpy, and flatbuffers for jax.export's reader).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax import export
+
+from rdbm_jax import config as config_lib, distributed
+from rdbm_jax.errors import ConfigError
+from rdbm_jax.inference import load_trained
+from rdbm_jax.restore import MIN_SIDE, Restorer, from_config
+
+log = logging.getLogger("rdbm_jax")
+
+PLATFORMS = ("cpu", "cuda")
+ARTIFACT = "restorer.jax"
+
+
+def reflect_pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
+    """Reflect-pad H, W (bottom/right) up to multiples of `multiple`; works for symbolic shapes.
+
+    The same pixels as `np.pad(mode="reflect")` in restore.Restorer (for H, W >= multiple):
+    padded row i < H is row i, row i >= H is row 2(H − 1) − i.
+    """
+    def index(n):
+        i = jnp.arange(multiple * ((n + multiple - 1) // multiple))  # ceil to the multiple
+        return jnp.where(i < n, i, 2 * n - 2 - i)
+
+    return jnp.take(jnp.take(x, index(x.shape[1]), axis=1), index(x.shape[2]), axis=2)
+
+
+def restoration_fn(restorer: Restorer, params: Any) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """(μ [B, H, W, 3] in [-1, 1], mask [B, H, W, 1] (1 = degraded; read by mask-conditioned models only),
+    key uint32 [2]) → x̂0, with the restorer's settings and `params` baked in."""
+    if restorer.tile_size:
+        raise ConfigError(f"sample.tile_size={restorer.tile_size}: tiles depend on the image size, so "
+                          "--mode=export writes untiled restorers (set --config.sample.tile_size=0)")
+
+    def restore(mu, mask, key):
+        h, w = mu.shape[1], mu.shape[2]
+        pad = lambda x: reflect_pad_to_multiple(x, restorer.multiple)
+        return restorer.sample_padded(params, pad(mu), pad(mask), key)[:, :h, :w]
+
+    return restore
+
+
+def export_restorer(restorer: Restorer, params: Any, platforms: tuple[str, ...] = PLATFORMS) -> export.Exported:
+    """jax.export of `restoration_fn` for μ of shape (b, h, w, 3), h, w >= MIN_SIDE, on `platforms`."""
+    host_params = jax.tree_util.tree_map(distributed.to_host, params)  # constants of the artifact
+    b, h, w, _ = export.symbolic_shape("b, h, w, 3", constraints=(f"h >= {MIN_SIDE}", f"w >= {MIN_SIDE}"))
+    return export.export(jax.jit(restoration_fn(restorer, host_params)), platforms=platforms)(
+        jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32),
+        jax.ShapeDtypeStruct((2,), jnp.uint32))
+
+
+def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
+    """`--mode=export`: write workdir/export/{restorer.jax, restorer.json, export_loader.py}; returns the artifact."""
+    config_lib.validate(cfg)
+    mesh = distributed.make_mesh()
+    model, schedule, params, step = load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
+    restorer = from_config(model, schedule, cfg, mesh)
+    exported = export_restorer(restorer, params)
+    out_dir = os.path.join(workdir, "export")
+    path = os.path.join(out_dir, ARTIFACT)
+    if distributed.is_main_process():
+        os.makedirs(out_dir, exist_ok=True)
+        blob = exported.serialize()
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)  # never a half-written artifact
+        info = {"step": step, "use_ema": cfg.sample.use_ema, "num_steps": restorer.num_steps,
+                "eta": restorer.eta, "clip": restorer.clip, "bridge": cfg.bridge.to_dict(),
+                "model": cfg.model.to_dict(), "platforms": list(exported.platforms),
+                "input": "float32 [B, H, W, 3] in [-1, 1], H, W >= 8 (padded inside to multiples of "
+                         f"{restorer.multiple} by reflection), the float32 [B, H, W, 1] degradation mask "
+                         "(1 = degraded; read only by mask-conditioned models) and a uint32 [2] PRNG key",
+                "condition": restorer.condition,
+                "output": "float32 [B, H, W, 3] in [-1, 1]", "jax_version": jax.__version__}
+        with open(os.path.join(out_dir, "restorer.json"), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+        shutil.copyfile(os.path.join(os.path.dirname(__file__), "export_loader.py"),
+                        os.path.join(out_dir, "export_loader.py"))
+        log.info("exported step %d (%s parameters, %d steps, η=%g) for %s: %s (%.1f MB)", step,
+                 "EMA" if cfg.sample.use_ema else "raw", restorer.num_steps, restorer.eta,
+                 ", ".join(exported.platforms), path, len(blob) / 1e6)
+    return path
+

@@ -1,0 +1,65 @@
+"""Run a `--mode=export` restorer with only jax and numpy: copy this file beside `restorer.jax`.
+
+    from export_loader import load                    # or: from rdbm_jax import load_exported
+    restore = load("restorer.jax")
+    out = restore(images)                              # uint8 or [0, 1] float, [H, W, 3] or [B, H, W, 3]
+
+The artifact holds the network, its weights and the whole reverse loop, compiled by `jax.export`
+for CPU and CUDA; it takes any batch size and any H, W >= 8 (padding to the UNet's factor is done
+inside, by reflection, as in the package). jax.export's reader needs the `flatbuffers` package.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import jax
+import numpy as np
+from jax import export
+
+
+class ExportedRestorer:
+    """A deserialized restorer: `self(images, seed=0)` → restored images (same dtype and range)."""
+
+    def __init__(self, exported: export.Exported, info: dict):
+        self.exported, self.info = exported, info
+
+    def raw(self, mu: np.ndarray, mask: np.ndarray, key: np.ndarray) -> np.ndarray:
+        """The exported function: μ float32 [B, H, W, 3] in [-1, 1], mask float32 [B, H, W, 1] (1 =
+        degraded pixel; read only by mask-conditioned models), key uint32 [2] → x̂0 in [-1, 1]."""
+        return np.asarray(self.exported.call(np.asarray(mu, np.float32), np.asarray(mask, np.float32),
+                                             np.asarray(key, np.uint32)))
+
+    def __call__(self, images: np.ndarray, mask: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+        """uint8 or float [0, 1] RGB, [H, W, 3] or [B, H, W, 3] → the restored images, same dtype.
+
+        `mask` ([H, W] or [B, H, W], 1 = hole) is for inpainting models trained with the mask; None
+        takes the pure-white pixels (the fill value) for the holes.
+        """
+        arr = np.asarray(images)
+        batch = arr[None] if arr.ndim == 3 else arr
+        if batch.ndim != 4 or batch.shape[-1] != 3 or min(batch.shape[1:3]) < 8:
+            raise ValueError(f"images: shape {arr.shape} is not [H, W, 3] or [B, H, W, 3] with H, W >= 8")
+        unit = batch.astype(np.float32) / 255.0 if batch.dtype == np.uint8 else batch.astype(np.float32)
+        if mask is None:
+            holes = np.all(unit >= 1.0 - 0.5 / 255.0, axis=-1)
+        else:
+            holes = np.asarray(mask).reshape(batch.shape[:3]) > 0.5
+        key = np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)), np.uint32)
+        out = np.clip((self.raw(unit * 2.0 - 1.0, holes[..., None].astype(np.float32), key) + 1.0) / 2.0,
+                      0.0, 1.0)
+        out = np.rint(out * 255.0).astype(np.uint8) if batch.dtype == np.uint8 else out
+        return out[0] if arr.ndim == 3 else out
+
+
+def load(path: str) -> Callable[..., np.ndarray]:
+    """Deserialize `restorer.jax` (and read `restorer.json` beside it when present)."""
+    with open(path, "rb") as f:
+        exported = export.deserialize(bytearray(f.read()))
+    meta = os.path.splitext(path)[0] + ".json"
+    info = {}
+    if os.path.exists(meta):
+        with open(meta, encoding="utf-8") as f:
+            info = json.load(f)
+    return ExportedRestorer(exported, info)
