@@ -19,6 +19,12 @@ log = logging.getLogger("rdbm_jax")
 
 GRID_HEIGHT = 192  # every cell of a PNG grid is resized to this height
 SCORES = ("psnr", "ssim", "psnr_input", "ssim_input")
+SSIM_PROTOCOLS = {  # eval.ssim_window → what it computes (written into every metrics file)
+    "gaussian": "skimage structural_similarity(gaussian_weights=True, sigma=1.5, "
+                "use_sample_covariance=False), mean over channels",
+    "uniform": "skimage structural_similarity default call (7x7 uniform window, sample covariance) "
+               "per channel, averaged (DGSolver)",
+}
 
 
 def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[int]]:
@@ -49,13 +55,15 @@ def score_pair(restored: np.ndarray, target: np.ndarray, ev: ml_collections.Conf
     """PSNR and SSIM of one image (inputs in [-1, 1]) under the `eval` section's protocol."""
     a, b = metrics.to_unit(restored), metrics.to_unit(target)
     kw = dict(color=ev.color, crop_border=ev.crop_border, quantize=ev.quantize)
-    return {"psnr": float(metrics.psnr(a, b, **kw)), "ssim": float(metrics.ssim(a, b, **kw))}
+    return {"psnr": float(metrics.psnr(a, b, **kw)),
+            "ssim": float(metrics.ssim(a, b, window=ev.ssim_window, **kw))}
 
 
 def protocol(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """The evaluation protocol, written next to every reported number."""
     ev = cfg.eval
-    return {"color": ev.color, "crop_border": ev.crop_border, "quantized_uint8": ev.quantize,
+    return {"color": ev.color, "crop_border": ev.crop_border, "quantize": ev.quantize,
+            "ssim_window": ev.ssim_window, "ssim": SSIM_PROTOCOLS[ev.ssim_window],
             "data_range": "[0, 1]", "sample_num_steps": cfg.sample.num_steps, "eta": cfg.sample.eta,
             "clip": cfg.sample.clip, "use_ema": cfg.sample.use_ema,
             "overall": "mean over tasks of the per-task mean"}
@@ -79,10 +87,11 @@ def make_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
     return np.concatenate(padded, axis=0)[:-gap]
 
 
-def _fid_input(img: np.ndarray, quantize: bool) -> jax.Array:
+def _fid_input(img: np.ndarray, quantize: str) -> jax.Array:
     """[-1, 1] image → [1, H, W, 3] in [0, 1] (uint8 levels when quantising, as FID from PNG files)."""
     unit = metrics.to_unit(img[None])
-    return metrics.quantize_levels(unit) if quantize else unit
+    mode = metrics.quantize_mode(quantize)
+    return unit if mode == "none" else metrics.quantize_levels(unit, mode=mode)
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -164,6 +173,7 @@ class Validator:
                  sources: dict[str, Any]):
         self.cfg, self.sources = cfg, sources
         self.restorer = from_config(model, schedule, cfg, mesh)
+        log.info("validation protocol (val/* scores): %s", json.dumps(protocol(cfg)))
 
     def __call__(self, params: Any, step: int) -> tuple[dict[str, float], np.ndarray]:
         _, per_task, grids = score_sources(self.restorer, params, self.sources, self.cfg,
