@@ -21,7 +21,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         )),
         root="",                 # relative source folders are taken relative to this folder
         crop_size=256,           # training random crop (padded first if an image is smaller)
-        random_flip=True,        # training horizontal + vertical flips
+        flip="both",             # training flips: none | horizontal | both (+ vertical). The paper
+                                 # names none (256² crops only), DGSolver uses none; the demo's
+                                 # figures were measured with both
         num_workers=0,           # grain multiprocessing workers (0 = in-process)
         prefetch_buffer=2,       # batches prefetched per worker
         skip_bad_files=False,    # True: skip and count unreadable files instead of stopping
@@ -42,9 +44,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         preset="rdbm",           # rdbm | goub | brownian | irsde | flow
         num_timesteps=100,       # T
         theta_schedule="cosine", # cosine | linear | sigmoid
-        lam=10 / 255,            # λ = σ²/(2θ), the stationary variance (paper: 10/255)
+        lam=10 / 255,            # λ = σ²/(2θ), the stationary variance (paper: 10/255); native: the
+                                 # peer's N (GOUB lambda_square / IR-SDE max_sigma), read as (N/255)²
         pi="",                   # "" = the preset's default | residual | abs | one | zero
         parameterization="x0",   # x0 (released code) | pi_eps (paper) | residual (x̂0 = μ + output)
+        discretization="rdbm",   # rdbm | native (goub/irsde: their own repositories' schedules and λ)
     ))
 
     c.optim = ml_collections.ConfigDict(dict(
@@ -58,6 +62,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         min_lr_ratio=0.0,
         grad_clip=0.0,           # global-norm clipping; 0 = off
         ema_decay=0.999,
+        ema_warmup="none",       # none (ema_decay from step 1) | ema_pytorch (DGSolver: copy for 100
+                                 # steps, then min(ema_decay, 1 − (1 + k)^(−2/3)))
     ))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -94,7 +100,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         metrics="psnr,ssim",     # any of psnr, ssim, lpips, fid
         color="rgb",             # rgb | y (BT.601 luma)
         crop_border=0,
-        quantize=True,           # round outputs to uint8 levels before measuring
+        quantize="round",        # round | truncate (DGSolver: (x*255).astype(uint8)) | none: uint8 levels first
+        ssim_window="gaussian",  # gaussian (σ 1.5, population cov.) | uniform (skimage default: 7×7,
+                                 # sample covariance, as DGSolver)
         max_images=0,            # per task; 0 = all
         num_grid_images=4,
         lpips_weights="",        # local .npz from `python -m rdbm_jax.perceptual.convert lpips …`

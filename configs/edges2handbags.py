@@ -10,7 +10,11 @@ reverse direction: --config.data.tasks.edges2handbags.train.condition=right (and
 Here the bridge runs between two different domains, so π = x0 − μ is far from sparse.
 
 Evaluation protocol: FID and LPIPS (when their converted weights are given) and PSNR/SSIM on RGB
-in [0, 1] at 256×256, uint8-quantised.
+in [0, 1] at 256×256, uint8-quantised (rounded; Gaussian SSIM window).
+
+Recipe: where the paper is silent (β2, clipping, EMA, flips), MiliLab/DGSolver's trainer
+(universal.dgsolver_recipe, no flips: a flipped edge map stays a valid pair, but neither source
+flips); batch 16 and 200k steps are this project's choices.
 """
 import ml_collections
 
@@ -26,9 +30,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         train=source_spec(kind="side_by_side", dir="edges2handbags/train", condition="left"),
         eval=source_spec(kind="side_by_side", dir="edges2handbags/val", condition="left"))))
     c.data.crop_size = 256
-    c.data.random_flip = False
     c.model.size = size
     c.train.batch_size = 16
     c.train.num_steps = 200_000
+    sibling(__file__, "universal").dgsolver_recipe(c)
     c.eval.metrics = "psnr,ssim,lpips,fid"
     return shrink(c) if tiny else c

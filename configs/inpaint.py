@@ -15,7 +15,11 @@ hole, matched by file name).
 Evaluation protocol: FID (Inception-v3 pool3, pytorch-fid weights converted with
 `python -m rdbm_jax.perceptual.convert inception …`, restored vs. ground-truth test images unless
 eval.fid_ref_stats is given), LPIPS (AlexNet, lpips v0.1), PSNR/SSIM on RGB, 256², uint8-quantised.
-LPIPS/FID are skipped with a notice when their weight files are not given.
+LPIPS/FID are skipped with a notice when their weight files are not given. SSIM: the
+project's Gaussian window (eval.ssim_window), uint8 rounding (eval.quantize).
+
+Recipe: where the paper is silent (β2, clipping, EMA, flips), MiliLab/DGSolver's trainer
+(universal.dgsolver_recipe); batch 16 and 400k steps are this project's choices.
 """
 import ml_collections
 
@@ -35,5 +39,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.model.size = size
     c.train.batch_size = 16
     c.train.num_steps = 400_000
+    sibling(__file__, "universal").dgsolver_recipe(c)
     c.eval.metrics = "psnr,ssim,lpips,fid"
     return shrink(c) if tiny else c

@@ -11,7 +11,14 @@ Layout under data.root: UDC/<POLED|TOLED>/train/{LQ,GT} and UDC/<POLED|TOLED>/te
 (the dataset's 1024×2048 pairs, matched by file name). Training uses 256² random crops;
 evaluation restores the full 1024×2048 images (set --config.sample.tile_size=512 to bound memory).
 
-Evaluation protocol: PSNR and SSIM on RGB in [0, 1], uint8-quantised, no border crop.
+Recipe: the defaults of configs/default.py (the paper's universal setting: Adam lr 1e-4, 256²
+crops, cosine θ, λ = 10/255, T = 100) and, where the paper is silent, MiliLab/DGSolver's (universal.dgsolver_recipe: no flips, β2 0.99, clipping 1.0, EMA 0.995 with
+ema_pytorch's warm-up). Batch 16 and 300k steps are this project's choices (not from the paper).
+Objective: x0 (the released code; the paper's is πε, see configs/universal.py).
+
+Evaluation protocol: DGSolver's scorer (as configs/universal.py): RGB truncated to uint8, PSNR,
+SSIM = scikit-image's default call (7×7 uniform window, sample covariance) per channel, averaged;
+no border crop.
 """
 import ml_collections
 
@@ -31,5 +38,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.model.size = size
     c.train.batch_size = 16
     c.train.num_steps = 300_000
+    sibling(__file__, "universal").dgsolver_recipe(c)
     c.eval.metrics = "psnr,ssim"
+    c.eval.ssim_window = "uniform"   # DGSolver's scorer
+    c.eval.quantize = "truncate"
     return shrink(c) if tiny else c

@@ -5,8 +5,10 @@ from typing import Any, Callable
 
 import ml_collections
 
-from rdbm_jax import conditioning, sde
+from rdbm_jax import conditioning, metrics, schedules, sde
+from rdbm_jax.data.spec import FLIPS
 from rdbm_jax.errors import ConfigError
+from rdbm_jax.train_state import EMA_WARMUPS
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.size": ("T", "S", "B", "L"),
@@ -17,11 +19,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "bridge.pi": ("", "residual", "abs", "one", "zero"),
     "bridge.parameterization": sde.PARAMETERIZATIONS,
     "model.condition": conditioning.CONDITIONS,
+    "bridge.discretization": schedules.DISCRETIZATIONS,
     "optim.optimizer": ("adam", "adamw"),
     "optim.schedule": ("constant", "cosine"),
     "train.loss": ("l1", "l2"),
     "train.tensorboard": ("tensorboardx", "clu", "none"),  # event-file writer (rdbm_jax/writers.py)
     "eval.color": ("rgb", "y"),
+    "data.flip": FLIPS,
+    "optim.ema_warmup": EMA_WARMUPS,
+    "eval.ssim_window": metrics.SSIM_WINDOWS,
+    "eval.quantize": metrics.QUANTIZE_MODES,
     "eval.lpips_net": ("alex", "vgg"),
 }
 
@@ -126,6 +133,19 @@ def parse_list(cfg: ml_collections.ConfigDict, key: str, cast: Callable[[str], A
         raise ConfigError(f"{key}={raw!r} is not a comma-separated list of {cast.__name__}") from None
 
 
+def _validate_bridge(bridge: ml_collections.ConfigDict) -> None:
+    """Combinations of bridge keys that cannot train a meaningful model, refused in one line."""
+    try:
+        schedules.check_discretization(bridge.discretization, bridge.preset, bridge.theta_schedule)
+    except ValueError as e:
+        raise ConfigError(f"bridge.discretization: {e}") from None
+    pi = bridge.pi or schedules.DEFAULT_PI[bridge.preset]
+    if bridge.parameterization == "pi_eps" and (bridge.preset == "flow" or pi == "zero"):
+        raise ConfigError(f"bridge.parameterization='pi_eps' with bridge.preset={bridge.preset!r} and "
+                          f"bridge.pi={pi!r}: the target π⊙ε is identically 0 (no noise), so the network "
+                          "would learn nothing; use bridge.parameterization='x0'")
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Check choices and ranges of every known key; raise ConfigError naming the first bad one."""
     for key, allowed in CHOICES.items():
@@ -136,6 +156,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         value = get(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}={value!r} {what}")
+    _validate_bridge(cfg.bridge)
     if cfg.sample.num_steps > cfg.bridge.num_timesteps:
         raise ConfigError(f"sample.num_steps={cfg.sample.num_steps} exceeds bridge.num_timesteps="
                           f"{cfg.bridge.num_timesteps}")

@@ -27,6 +27,12 @@ KEPT = ("psnr_kept",)
 SCORES = tuple(f"{k}{sfx}" for k in WHOLE + MASKED for sfx in ("", "_baseline", "_input")) + tuple(
     f"{k}{sfx}" for k in KEPT for sfx in ("", "_baseline"))
 KEPT_CAP = 100.0
+SSIM_PROTOCOLS = {  # eval.ssim_window → what it computes (written into every metrics file)
+    "gaussian": "skimage structural_similarity(gaussian_weights=True, sigma=1.5, "
+                "use_sample_covariance=False), mean over channels",
+    "uniform": "skimage structural_similarity default call (7x7 uniform window, sample covariance) "
+               "per channel, averaged (DGSolver)",
+}
 
 
 def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[int]]:
@@ -60,10 +66,11 @@ def score_pair(restored: np.ndarray, target: np.ndarray, ev: ml_collections.Conf
     partial mask also inside it (`*_masked`)."""
     a, b = metrics.to_unit(restored), metrics.to_unit(target)
     kw = dict(color=ev.color, crop_border=ev.crop_border, quantize=ev.quantize)
-    out = {"psnr": float(metrics.psnr(a, b, **kw)), "ssim": float(metrics.ssim(a, b, **kw))}
+    out = {"psnr": float(metrics.psnr(a, b, **kw)),
+           "ssim": float(metrics.ssim(a, b, window=ev.ssim_window, **kw))}
     if is_partial(mask):
         out["psnr_masked"] = float(metrics.psnr_masked(a, b, mask, **kw))
-        out["ssim_masked"] = float(metrics.ssim_masked(a, b, mask, **kw))
+        out["ssim_masked"] = float(metrics.ssim_masked(a, b, mask, window=ev.ssim_window, **kw))
     return out
 
 
@@ -119,7 +126,8 @@ def summary_line(scores: dict[str, float], prefix: str = "") -> str:
 def protocol(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """The evaluation protocol, written next to every reported number."""
     ev = cfg.eval
-    return {"color": ev.color, "crop_border": ev.crop_border, "quantized_uint8": ev.quantize,
+    return {"color": ev.color, "crop_border": ev.crop_border, "quantize": ev.quantize,
+            "ssim_window": ev.ssim_window, "ssim": SSIM_PROTOCOLS[ev.ssim_window],
             "data_range": "[0, 1]", "sample_num_steps": cfg.sample.num_steps, "eta": cfg.sample.eta,
             "clip": cfg.sample.clip, "use_ema": cfg.sample.use_ema, "condition": cfg.model.condition,
             "overall": "mean over tasks of the per-task mean",
@@ -169,10 +177,11 @@ def _header(labels: tuple[str, ...], widths: list[int], total: int, gap: int) ->
     return np.asarray(strip)
 
 
-def _fid_input(img: np.ndarray, quantize: bool) -> jax.Array:
+def _fid_input(img: np.ndarray, quantize: str) -> jax.Array:
     """[-1, 1] image → [1, H, W, 3] in [0, 1] (uint8 levels when quantising, as FID from PNG files)."""
     unit = metrics.to_unit(img[None])
-    return metrics.quantize_levels(unit) if quantize else unit
+    mode = metrics.quantize_mode(quantize)
+    return unit if mode == "none" else metrics.quantize_levels(unit, mode=mode)
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -268,6 +277,7 @@ class Validator:
         self.cfg, self.sources = cfg, sources
         self.restorer = from_config(model, schedule, cfg, mesh)
         self.baseline = Baselines(true_mask=self.restorer.uses_mask)  # computed at the first call only
+        log.info("validation protocol (val/* scores): %s", json.dumps(protocol(cfg)))
 
     def __call__(self, params: Any, step: int) -> tuple[dict[str, float], np.ndarray]:
         _, per_task, grids = score_sources(self.restorer, params, self.sources, self.cfg,
@@ -286,9 +296,9 @@ class Validator:
 
 
 def protocol_name(cfg: ml_collections.ConfigDict) -> str:
-    """The evaluation protocol in a few words, e.g. 'RGB, uint8, border 0, NFE 10'."""
+    """The evaluation protocol in a few words, e.g. 'RGB, quantize round, SSIM gaussian, border 0, NFE 10'."""
     ev = cfg.eval
-    return (f"{ev.color.upper()}, {'uint8' if ev.quantize else 'float'}, border {ev.crop_border}, "
+    return (f"{ev.color.upper()}, quantize {ev.quantize}, SSIM {ev.ssim_window}, border {ev.crop_border}, "
             f"NFE {cfg.sample.num_steps}")
 
 

@@ -17,7 +17,8 @@ log = logging.getLogger("rdbm_jax")
 
 # Keys whose value must equal the checkpoint's: restoring with another bridge is meaningless.
 MUST_MATCH = ("bridge.preset", "bridge.parameterization", "bridge.num_timesteps",
-              "bridge.theta_schedule", "bridge.pi", "model.size", "model.condition")
+              "bridge.theta_schedule", "bridge.pi", "bridge.lam", "bridge.discretization", "model.size",
+              "model.condition")
 
 
 def check_compatible(cfg: ml_collections.ConfigDict, saved: dict, where: str) -> None:

@@ -3,15 +3,18 @@
 Conventions (write them into every report):
 - inputs are float images in [0, data_range], shape [H, W, 3] or batched [..., H, W, 3];
   the result is one value per image (a scalar, or shape [...]);
-- `quantize=True` clips to [0, data_range] and rounds to the 256 uint8 levels first
-  (round half to even, as `np.round` in BasicSR's `tensor2img`);
+- `quantize` ("round" | "truncate" | "none"; True/False mean "round"/"none") clips to
+  [0, data_range] and maps to the 256 uint8 levels first: "round" = round half to even, as
+  `np.round` in BasicSR's `tensor2img`; "truncate" = `(x * 255).astype(np.uint8)`, as DGSolver;
 - `color="y"` measures the BT.601 luma of MATLAB's `rgb2ycbcr`,
   Y = 16 + 65.481 R + 128.553 G + 24.966 B (on [0, 1] inputs, Y in [16, 235] / 255),
   without re-rounding Y (BasicSR's `to_y_channel`); the data range stays `data_range`;
 - `crop_border` pixels are removed from every side before measuring;
 - PSNR = 10 log10(data_range² / MSE) as `skimage.metrics.peak_signal_noise_ratio`;
-- SSIM is `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-  use_sample_covariance=False, data_range=data_range)` (Wang et al. 2004), mean over channels.
+- SSIM `window="gaussian"` is `skimage.metrics.structural_similarity(gaussian_weights=True,
+  sigma=1.5, use_sample_covariance=False, data_range=data_range)` (Wang et al. 2004);
+  `window="uniform"` is scikit-image's default call (7×7 uniform window, sample covariance), as
+  DGSolver scores per channel; both are the mean over channels.
 """
 from __future__ import annotations
 
@@ -31,6 +34,9 @@ _Y_OFFSET = 16.0
 _SSIM_SIGMA = 1.5
 _SSIM_RADIUS = int(3.5 * _SSIM_SIGMA + 0.5)
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03
+_UNIFORM_SIZE = 7  # scikit-image's default win_size
+SSIM_WINDOWS = ("gaussian", "uniform")
+QUANTIZE_MODES = ("round", "truncate", "none")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -39,10 +45,19 @@ def to_unit(x: jax.Array) -> jax.Array:
     return jnp.clip((jnp.asarray(x) + 1.0) * 0.5, 0.0, 1.0)
 
 
-def quantize_levels(x: jax.Array, data_range: float = 1.0) -> jax.Array:
-    """Clip to [0, data_range] and round to the nearest of 256 uint8 levels (returned as float)."""
+def quantize_mode(quantize: str | bool) -> str:
+    """The quantisation mode of a `quantize` argument (True → "round", False → "none")."""
+    mode = ("round" if quantize else "none") if isinstance(quantize, bool) else quantize
+    if mode not in QUANTIZE_MODES:
+        raise ConfigError(f"eval.quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
+    return mode
+
+
+def quantize_levels(x: jax.Array, data_range: float = 1.0, mode: str = "round") -> jax.Array:
+    """Clip to [0, data_range] and map to one of 256 uint8 levels, rounding or truncating (as float)."""
     x = jnp.clip(jnp.asarray(x, jnp.float32), 0.0, data_range)
-    return jnp.round(x * (255.0 / data_range)) * (data_range / 255.0)
+    levels = x * (255.0 / data_range)
+    return (jnp.floor(levels) if mode == "truncate" else jnp.round(levels)) * (data_range / 255.0)
 
 
 def rgb_to_y(x: jax.Array, data_range: float = 1.0) -> jax.Array:
@@ -73,10 +88,10 @@ def _check(a: jax.Array, b: jax.Array, data_range: float, color: str, crop_borde
 
 
 def _prepare(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, crop_border: int,
-             quantize: bool) -> tuple[jax.Array, jax.Array]:
+             quantize: str) -> tuple[jax.Array, jax.Array]:
     """Quantise, convert to Y and crop both images as the protocol says."""
-    if quantize:
-        a, b = quantize_levels(a, data_range), quantize_levels(b, data_range)
+    if quantize != "none":
+        a, b = quantize_levels(a, data_range, quantize), quantize_levels(b, data_range, quantize)
     if color == "y":
         a, b = rgb_to_y(a, data_range), rgb_to_y(b, data_range)
     if crop_border:
@@ -92,23 +107,23 @@ def _image_mean(x: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("color", "crop_border", "quantize"))
 def _psnr(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, crop_border: int,
-          quantize: bool) -> jax.Array:
+          quantize: str) -> jax.Array:
     """PSNR of checked inputs (one compilation per shape and protocol)."""
     a, b = _prepare(a, b, data_range, color, crop_border, quantize)
     return 10.0 * jnp.log10(data_range ** 2 / _image_mean(jnp.square(a - b)))
 
 
 def psnr(a: jax.Array, b: jax.Array, *, data_range: float = 1.0, color: str = "rgb",
-         crop_border: int = 0, quantize: bool = False) -> jax.Array:
+         crop_border: int = 0, quantize: str | bool = False) -> jax.Array:
     """Peak signal-to-noise ratio in dB per image ([..., H, W, 3] -> [...]); inf when equal."""
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     _check(a, b, data_range, color, crop_border, min_size=1)
-    return _psnr(a, b, jnp.float32(data_range), color, crop_border, quantize)
+    return _psnr(a, b, jnp.float32(data_range), color, crop_border, quantize_mode(quantize))
 
 
 @functools.partial(jax.jit, static_argnames=("color", "crop_border", "quantize"))
 def _psnr_masked(a: jax.Array, b: jax.Array, mask: jax.Array, data_range: jax.Array, color: str,
-                 crop_border: int, quantize: bool) -> jax.Array:
+                 crop_border: int, quantize: str) -> jax.Array:
     """PSNR over the masked pixels of checked inputs."""
     a, b = _prepare(a, b, data_range, color, crop_border, quantize)
     m = _crop(mask, crop_border)
@@ -133,12 +148,12 @@ def _check_mask(a: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def psnr_masked(a: jax.Array, b: jax.Array, mask: jax.Array, *, data_range: float = 1.0,
-                color: str = "rgb", crop_border: int = 0, quantize: bool = False) -> jax.Array:
+                color: str = "rgb", crop_border: int = 0, quantize: str | bool = False) -> jax.Array:
     """PSNR over the pixels where mask > 0 ([..., H, W] or [..., H, W, 1]); nan where the mask is empty."""
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     _check(a, b, data_range, color, crop_border, min_size=1)
     m = (_check_mask(a, mask) > 0).astype(jnp.float32)
-    return _psnr_masked(a, b, m, jnp.float32(data_range), color, crop_border, quantize)
+    return _psnr_masked(a, b, m, jnp.float32(data_range), color, crop_border, quantize_mode(quantize))
 
 
 def _gaussian_taps() -> np.ndarray:
@@ -148,9 +163,16 @@ def _gaussian_taps() -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
-def _filter_valid(x: jax.Array) -> jax.Array:
-    """Separable Gaussian filter of [N, H, W, C] maps, keeping only outputs whose window fits."""
-    taps = jnp.asarray(_gaussian_taps())
+def _window_taps(window: str) -> np.ndarray:
+    """1-D taps of an SSIM window: the Gaussian, or scikit-image's default 7-tap uniform filter."""
+    if window == "uniform":
+        return np.full(_UNIFORM_SIZE, 1.0 / _UNIFORM_SIZE, np.float32)
+    return _gaussian_taps()
+
+
+def _filter_valid(x: jax.Array, window: str = "gaussian") -> jax.Array:
+    """Separable window filter of [N, H, W, C] maps, keeping only outputs whose window fits."""
+    taps = jnp.asarray(_window_taps(window))
     n = taps.shape[0]
 
     def along(axis: int, y: jax.Array) -> jax.Array:
@@ -166,26 +188,26 @@ def _filter_valid(x: jax.Array) -> jax.Array:
     return along(2, along(1, x))
 
 
-@functools.partial(jax.jit, static_argnames=("color", "crop_border", "quantize"))
+@functools.partial(jax.jit, static_argnames=("color", "crop_border", "quantize", "window"))
 def _ssim(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, crop_border: int,
-          quantize: bool) -> jax.Array:
+          quantize: str, window: str = "gaussian") -> jax.Array:
     """SSIM of checked inputs (one compilation per shape and protocol)."""
-    s, batch_shape = _ssim_map(a, b, data_range, color, crop_border, quantize)
+    s, batch_shape = _ssim_map(a, b, data_range, color, crop_border, quantize, window)
     return _image_mean(s).reshape(batch_shape)
 
 
-@functools.partial(jax.jit, static_argnames=("color", "crop_border", "quantize"))
+@functools.partial(jax.jit, static_argnames=("color", "crop_border", "quantize", "window"))
 def _ssim_masked(a: jax.Array, b: jax.Array, mask: jax.Array, data_range: jax.Array, color: str,
-                 crop_border: int, quantize: bool) -> jax.Array:
+                 crop_border: int, quantize: str, window: str) -> jax.Array:
     """Mean SSIM map over the masked window centres (channel mean)."""
-    s, batch_shape = _ssim_map(a, b, data_range, color, crop_border, quantize)
-    m = _crop(_crop(mask, crop_border), _SSIM_RADIUS).reshape((-1,) + s.shape[1:3] + (1,))
+    s, batch_shape = _ssim_map(a, b, data_range, color, crop_border, quantize, window)
+    m = _crop(_crop(mask, crop_border), len(_window_taps(window)) // 2).reshape((-1,) + s.shape[1:3] + (1,))
     weight = jnp.sum(m, axis=(1, 2, 3)) * s.shape[-1]
     return (jnp.sum(s * m, axis=(1, 2, 3)) / weight).reshape(batch_shape)
 
 
 def _ssim_map(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, crop_border: int,
-              quantize: bool) -> tuple[jax.Array, tuple[int, ...]]:
+              quantize: str, window: str) -> tuple[jax.Array, tuple[int, ...]]:
     """The SSIM map [N, H', W', C] at every window centre that fits, and the batch shape."""
     a, b = _prepare(a, b, data_range, color, crop_border, quantize)
     batch_shape = a.shape[:-3]
@@ -193,31 +215,42 @@ def _ssim_map(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, cro
     b = b.reshape((-1,) + b.shape[-3:])
     # skimage filters with mode="reflect" and then drops a 5-pixel strip; the kept outputs never
     # touch the padding, so filtering in "valid" mode gives the same map directly.
-    ux, uy = _filter_valid(a), _filter_valid(b)
+    ux, uy = _filter_valid(a, window), _filter_valid(b, window)
     # (Co)variances do not change when each image is shifted by a constant; centring each channel
     # on its mean first keeps E[x²] - E[x]² from cancelling catastrophically in float32.
     a = a - jnp.mean(a, axis=(1, 2), keepdims=True)
     b = b - jnp.mean(b, axis=(1, 2), keepdims=True)
     ua, ub, uaa, ubb, uab = jnp.split(
-        _filter_valid(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1)), 5, axis=-1)
-    vx, vy, vxy = uaa - ua * ua, ubb - ub * ub, uab - ua * ub
+        _filter_valid(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1), window), 5, axis=-1)
+    n = _UNIFORM_SIZE ** 2  # uniform: scikit-image's sample covariance, NP / (NP − 1)
+    cov_norm = n / (n - 1.0) if window == "uniform" else 1.0
+    vx, vy, vxy = (cov_norm * (uaa - ua * ua), cov_norm * (ubb - ub * ub), cov_norm * (uab - ua * ub))
     c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return s, batch_shape
 
 
 def ssim(a: jax.Array, b: jax.Array, *, data_range: float = 1.0, color: str = "rgb",
-         crop_border: int = 0, quantize: bool = False) -> jax.Array:
-    """Structural similarity (Wang et al. 2004, skimage's Gaussian variant) per image, channel mean."""
+         crop_border: int = 0, quantize: str | bool = False, window: str = "gaussian") -> jax.Array:
+    """Structural similarity (Wang et al. 2004; skimage's Gaussian or default uniform window) per image."""
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-    _check(a, b, data_range, color, crop_border, min_size=2 * _SSIM_RADIUS + 1)
-    return _ssim(a, b, jnp.float32(data_range), color, crop_border, quantize)
+    _check_window(window)
+    _check(a, b, data_range, color, crop_border, min_size=len(_window_taps(window)))
+    return _ssim(a, b, jnp.float32(data_range), color, crop_border, quantize_mode(quantize), window)
+
+
+def _check_window(window: str) -> None:
+    """A one-line ConfigError for an unknown SSIM window."""
+    if window not in SSIM_WINDOWS:
+        raise ConfigError(f"eval.ssim_window must be one of {SSIM_WINDOWS}, got {window!r}")
 
 
 def ssim_masked(a: jax.Array, b: jax.Array, mask: jax.Array, *, data_range: float = 1.0,
-                color: str = "rgb", crop_border: int = 0, quantize: bool = False) -> jax.Array:
+                color: str = "rgb", crop_border: int = 0, quantize: str | bool = False,
+                window: str = "gaussian") -> jax.Array:
     """SSIM map (as `ssim`) averaged over the window centres where mask > 0; nan where none."""
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-    _check(a, b, data_range, color, crop_border, min_size=2 * _SSIM_RADIUS + 1)
+    _check_window(window)
+    _check(a, b, data_range, color, crop_border, min_size=len(_window_taps(window)))
     m = (_check_mask(a, mask) > 0).astype(jnp.float32)
-    return _ssim_masked(a, b, m, jnp.float32(data_range), color, crop_border, quantize)
+    return _ssim_masked(a, b, m, jnp.float32(data_range), color, crop_border, quantize_mode(quantize), window)

@@ -13,6 +13,19 @@ Discrete convention (the reference release): index t = 0..T−1 stands for conti
   to 0.999 like the cosine's.
 - constant: θ_i = 1/T (θ̄_{0:T} = 1). With the brownian preset Σ_t² = 2λ m(1 − m), m = (t+1)/T,
   which is BBDM with s = λ; λ = T/2 (2λθ = 1) gives the standard (t+1)(T−t−1)/T bridge.
+
+Discretisation (`discretization`): "rdbm" uses the profiles above for every preset (RDBM's own
+convention, right for the paper's π = 1 ablation). "native" (goub and irsde only) reproduces the
+peers' own code (Hammour-steak/GOUB and Algolzw/image-restoration-sde, `codes/utils/sde_utils.py`):
+- θ profile on their T + 1 timesteps 0..T: cosine = 1 − ᾱ(k)/ᾱ(0) for k = 1..T+1 of a cosine ᾱ on
+  T + 2 steps (their `cosine_theta_schedule`), or their linear / constant;
+- θ̄_k = Σ_{j=1..k} θ_j (their cumsum shifted by θ_0), dt = −ln(0.01)/θ̄_T, so e^{−θ̄_T dt} = 0.01;
+- λ = the peer's λ / max_sigma argument N, read as N/255 when N ≥ 1 (GOUB) or N > 1 (IR-SDE), squared.
+Project index i is their timestep i + 1 (θ_i = θ_{i+1}·dt) and index −1 their timestep 0 (x0), so
+the tables equal GOUB's m(t) (coefficient of x0 in f_mean; f_mean = μ + m(t)(x0 − μ) since
+m + n = 1) and f_sigma(t), and IR-SDE's e^{−θ̄_t dt} (mu_bar = μ + e^{−θ̄_t dt}(x0 − μ)) and
+sigma_bar(t). Their Euler–Maruyama samplers are not reproduced: sampling uses this project's
+posterior kernels, which are exact for these marginals.
 """
 from __future__ import annotations
 
@@ -27,6 +40,10 @@ THETA_SCHEDULES = ("cosine", "linear", "sigmoid", "constant")
 PRESETS = ("rdbm", "goub", "brownian", "irsde", "flow")
 PI_MODES = ("residual", "abs", "one", "zero")
 DEFAULT_PI = {"rdbm": "residual", "goub": "one", "brownian": "one", "irsde": "one", "flow": "zero"}
+DISCRETIZATIONS = ("rdbm", "native")
+NATIVE_PRESETS = ("goub", "irsde")
+NATIVE_THETA_SCHEDULES = ("cosine", "linear", "constant")
+NATIVE_EPS = 0.01  # the peers' `eps`: e^{−θ̄_T dt}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -41,12 +58,13 @@ class Schedule:
     preset: str
     default_pi: str
     theta_schedule: str
-    lam: float
+    lam: float             # as configured (native: the peer's N, see `native_variance`)
+    discretization: str = "rdbm"
 
 
 jax.tree_util.register_dataclass(
     Schedule, data_fields=["theta", "theta_bar", "Theta", "Sigma"],
-    meta_fields=["num_timesteps", "preset", "default_pi", "theta_schedule", "lam"])
+    meta_fields=["num_timesteps", "preset", "default_pi", "theta_schedule", "lam", "discretization"])
 
 
 def _cosine(num_timesteps: int) -> np.ndarray:
@@ -86,6 +104,48 @@ def theta_profile(theta_schedule: str, num_timesteps: int) -> np.ndarray:
     return _THETA_FNS[theta_schedule](num_timesteps)
 
 
+def _native_thetas(theta_schedule: str, num_timesteps: int) -> np.ndarray:
+    """The peers' θ on their timesteps 0..T ([T + 1]; cosine_/linear_/constant_theta_schedule)."""
+    n = num_timesteps + 1
+    if theta_schedule == "cosine":
+        steps = num_timesteps + 2  # "for truncating from 1 to -1"
+        s = np.arange(steps + 1, dtype=np.float64) / steps
+        alpha_bar = np.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+        return 1.0 - alpha_bar[1:-1] / alpha_bar[0]
+    if theta_schedule == "linear":
+        scale = 1000.0 / n
+        return np.linspace(scale * 1e-4, scale * 0.02, n, dtype=np.float64)
+    if theta_schedule == "constant":
+        return np.ones(n, dtype=np.float64)
+    raise ValueError(f"theta_schedule={theta_schedule!r}: the native discretisation has only "
+                     f"{', '.join(NATIVE_THETA_SCHEDULES)}")
+
+
+def native_profile(theta_schedule: str, num_timesteps: int) -> np.ndarray:
+    """θ_i = θ_{i+1}·dt (float64, [T]) of the peers' code: Σθ = −ln(0.01), project i ↔ their i + 1."""
+    thetas = _native_thetas(theta_schedule, num_timesteps)
+    dt = -math.log(NATIVE_EPS) / np.sum(thetas[1:])
+    return thetas[1:] * dt
+
+
+def native_variance(preset: str, lam: float) -> float:
+    """The stationary variance of the peers' λ argument N: (N/255)² if N ≥ 1 (goub) / N > 1 (irsde), else N²."""
+    scaled = lam / 255 if (lam >= 1 if preset == "goub" else lam > 1) else lam
+    return scaled ** 2
+
+
+def check_discretization(discretization: str, preset: str, theta_schedule: str) -> None:
+    """Raise ValueError for a discretisation the preset or θ profile does not have."""
+    if discretization not in DISCRETIZATIONS:
+        raise ValueError(f"discretization={discretization!r} is not one of {', '.join(DISCRETIZATIONS)}")
+    if discretization == "native" and preset not in NATIVE_PRESETS:
+        raise ValueError(f"discretization='native' exists for presets {', '.join(NATIVE_PRESETS)} only "
+                         f"(got preset={preset!r})")
+    if discretization == "native" and theta_schedule not in NATIVE_THETA_SCHEDULES:
+        raise ValueError(f"discretization='native' has theta_schedule {', '.join(NATIVE_THETA_SCHEDULES)} "
+                         f"only (got {theta_schedule!r})")
+
+
 def _one_minus_exp(x: np.ndarray) -> np.ndarray:
     """1 − e^{−2x}, accurate for small x."""
     return -np.expm1(-2.0 * x)
@@ -117,7 +177,7 @@ def marginal_tables(theta: np.ndarray, lam: float, preset: str) -> tuple[np.ndar
 
 
 def make_schedule(num_timesteps: int = 100, theta_schedule: str = "cosine", lam: float = 10 / 255,
-                  preset: str = "rdbm", dtype=jnp.float32) -> Schedule:
+                  preset: str = "rdbm", dtype=jnp.float32, discretization: str = "rdbm") -> Schedule:
     """The bridge schedule of a preset (rdbm | goub | brownian | irsde | flow) on T timesteps."""
     integer = isinstance(num_timesteps, (int, np.integer)) and not isinstance(num_timesteps, bool)
     if not integer or num_timesteps < 2:
@@ -132,13 +192,19 @@ def make_schedule(num_timesteps: int = 100, theta_schedule: str = "cosine", lam:
         raise ValueError(f"lam={lam!r} must be a positive number") from None
     if not (math.isfinite(lam_f) and lam_f > 0):
         raise ValueError(f"lam={lam!r} must be a positive finite number")
+    check_discretization(discretization, preset, theta_schedule)
     num_timesteps = int(num_timesteps)
-    theta = theta_profile(theta_schedule, num_timesteps)
-    big_theta, sigma = marginal_tables(theta, lam_f, preset)
+    if discretization == "native":
+        theta = native_profile(theta_schedule, num_timesteps)
+        big_theta, sigma = marginal_tables(theta, native_variance(preset, lam_f), preset)
+    else:
+        theta = theta_profile(theta_schedule, num_timesteps)
+        big_theta, sigma = marginal_tables(theta, lam_f, preset)
     cast = lambda a: jnp.asarray(a, dtype=dtype)
     return Schedule(theta=cast(theta), theta_bar=cast(np.cumsum(theta)), Theta=cast(big_theta),
                     Sigma=cast(sigma), num_timesteps=num_timesteps, preset=preset,
-                    default_pi=DEFAULT_PI[preset], theta_schedule=theta_schedule, lam=lam_f)
+                    default_pi=DEFAULT_PI[preset], theta_schedule=theta_schedule, lam=lam_f,
+                    discretization=discretization)
 
 
 def timestep_pairs(num_timesteps: int, num_steps: int) -> np.ndarray:

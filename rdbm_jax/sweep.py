@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from typing import Any
@@ -11,7 +12,7 @@ import ml_collections
 
 from rdbm_jax import config as config_lib, data, distributed, progress
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.evaluate import score_sources
+from rdbm_jax.evaluate import protocol, score_sources
 from rdbm_jax.inference import load_trained
 from rdbm_jax.restore import from_config
 
@@ -91,4 +92,6 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
             w.writeheader()
             w.writerows(rows)
         plot(rows, os.path.join(out_dir, "results.png"))
+        with open(os.path.join(out_dir, "protocol.json"), "w", encoding="utf-8") as f:
+            json.dump({"step": step, "protocol": protocol(cfg)}, f, indent=2)  # NFE/η: per row
     return rows

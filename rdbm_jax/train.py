@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -32,7 +33,8 @@ def make_schedule(bridge: ml_collections.ConfigDict) -> Any:
     """The bridge schedule of the `bridge` config section; bad values name their key."""
     try:
         return sde.make_schedule(num_timesteps=bridge.num_timesteps, theta_schedule=bridge.theta_schedule,
-                                 lam=bridge.lam, preset=bridge.preset)
+                                 lam=bridge.lam, preset=bridge.preset,
+                                 discretization=bridge.discretization)
     except ValueError as e:
         raise ConfigError(f"bridge: {e}") from None
 
@@ -105,7 +107,7 @@ def state_initializer(model: Any, cfg: ml_collections.ConfigDict) -> Callable[[j
         params = model.init(key, dummy, cond, jnp.zeros((1,), jnp.int32), train=False)["params"]
         return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                                  ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                                 ema_decay=float(cfg.optim.ema_decay))
+                                 ema_decay=float(cfg.optim.ema_decay), ema_warmup=cfg.optim.ema_warmup)
 
     return init
 
@@ -220,9 +222,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     if cfg.data.crop_size % models.downsample_factor(cfg.model):
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} must be a multiple of "
                           f"{models.downsample_factor(cfg.model)} (the UNet's downsampling factor)")
-    if cfg.train.batch_size % mesh.size:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
-                          f"{mesh.size} devices")
+    unit = math.lcm(mesh.size, len(cfg.data.tasks) * jax.process_count())
+    if cfg.train.batch_size % unit:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be a multiple of {unit} = lcm("
+                          f"{mesh.size} devices, {len(cfg.data.tasks)} tasks x {jax.process_count()} "
+                          f"processes), e.g. {unit * max(1, round(cfg.train.batch_size / unit))}")
     is_main = distributed.is_main_process()
     prog = program(cfg, mesh)
     train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed)

@@ -10,17 +10,37 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+# optim.ema_warmup: "none" = ema_decay from the first step; "ema_pytorch" = DGSolver's EMA
+# (lucidrains ema_pytorch.EMA defaults: update_after_step=100, inv_gamma=1, power=2/3, update_every=1).
+EMA_WARMUPS = ("none", "ema_pytorch")
+_EMA_PYTORCH_AFTER, _EMA_PYTORCH_POWER = 100, 2.0 / 3.0
+
 
 class TrainState(train_state.TrainState):
     """flax TrainState + `ema_params`, updated inside `apply_gradients`."""
 
     ema_params: Any = None
     ema_decay: float = struct.field(pytree_node=False, default=0.999)
+    ema_warmup: str = struct.field(pytree_node=False, default="none")
 
     def apply_gradients(self, *, grads: Any, **kwargs) -> "TrainState":
-        """One optimizer step, then ema ← decay·ema + (1 − decay)·params."""
+        """One optimizer step, then ema ← decay·ema + (1 − decay)·params (decay per `ema_decay_at`)."""
         new = super().apply_gradients(grads=grads, **kwargs)
-        return new.replace(ema_params=ema_update(self.ema_params, new.params, self.ema_decay))
+        decay = ema_decay_at(self.step, self.ema_decay, self.ema_warmup)
+        return new.replace(ema_params=ema_update(self.ema_params, new.params, decay))
+
+
+def ema_decay_at(update: Any, decay: float, warmup: str = "none") -> Any:
+    """EMA decay of update number `update` (0-based): constant, or ema_pytorch's warm-up (DGSolver)."""
+    # ema_pytorch: updates 0..100 copy the parameters (decay 0); update k > 100 uses
+    # min(decay, 1 − (1 + k − 100)^(−2/3)), reaching 0.995 after ≈ 2.9k updates, 0.999 after ≈ 31.7k.
+    if warmup == "none":
+        return decay
+    if warmup != "ema_pytorch":
+        raise ValueError(f"optim.ema_warmup={warmup!r} is not one of {', '.join(EMA_WARMUPS)}")
+    epoch = jnp.asarray(update, jnp.float32) - _EMA_PYTORCH_AFTER
+    value = 1.0 - (1.0 + jnp.maximum(epoch, 0.0)) ** -_EMA_PYTORCH_POWER
+    return jnp.where(epoch <= 0, 0.0, jnp.minimum(value, decay))
 
 
 def ema_update(ema: Any, params: Any, decay: float) -> Any:

@@ -79,7 +79,7 @@ def test_inpaint_fills_hole_white_and_eval_masks_repeat():
     spec = source_spec(kind="builtin", split="val", degradation="inpaint", eval_size=48,
                        mask_min_ratio=0.2, mask_max_ratio=0.3)
     data = ml_collections.ConfigDict(dict(tasks=ml_collections.ConfigDict(dict(
-        t=task_spec(spec, spec))), crop_size=8, random_flip=False, num_workers=0, prefetch_buffer=1,
+        t=task_spec(spec, spec))), crop_size=8, flip="none", num_workers=0, prefetch_buffer=1,
         skip_bad_files=False))
     a, b = build_eval_sources(data)["t"], build_eval_sources(data)["t"]
     for i in range(len(a)):
@@ -105,7 +105,7 @@ def test_mask_folder_instead_of_generated(tmp_path):
     spec = source_spec(kind="clean", dir=str(tmp_path / "clean"), degradation="inpaint",
                        mask_dir=str(tmp_path / "masks"))
     data = ml_collections.ConfigDict(dict(tasks=ml_collections.ConfigDict(dict(
-        t=task_spec(spec, spec))), crop_size=8, random_flip=False, num_workers=0, prefetch_buffer=1,
+        t=task_spec(spec, spec))), crop_size=8, flip="none", num_workers=0, prefetch_buffer=1,
         skip_bad_files=False))
     mu = build_eval_sources(data)["t"][0]["mu"]
     expect = np.zeros((16, 20), bool)

@@ -14,7 +14,7 @@ from rdbm_jax.errors import ConfigError, DataError
 
 
 def _data(tasks: dict, **kw) -> ml_collections.ConfigDict:
-    base = dict(crop_size=16, random_flip=True, num_workers=0, prefetch_buffer=2, skip_bad_files=False)
+    base = dict(crop_size=16, flip="both", num_workers=0, prefetch_buffer=2, skip_bad_files=False)
     base.update(kw)
     return ml_collections.ConfigDict(dict(tasks=ml_collections.ConfigDict(
         {k: task_spec(train=v, eval=v) for k, v in tasks.items()}), **base))
@@ -84,7 +84,7 @@ def test_image_smaller_than_crop_is_reflect_padded(tmp_path):
     img = np.random.default_rng(0).integers(0, 256, (5, 6, 3), np.uint8)
     _write(tmp_path / "clean" / "tiny.png", img)
     spec = source_spec(kind="clean", dir=str(tmp_path / "clean"), degradation="lowlight")
-    it = build_train_iterator(_data({"c": spec}, crop_size=16, random_flip=False),
+    it = build_train_iterator(_data({"c": spec}, crop_size=16, flip="none"),
                               global_batch_size=1, seed=0, process_index=0, process_count=1)
     b = next(it)
     assert b["x0"].shape == (1, 16, 16, 3)
@@ -95,7 +95,7 @@ def test_image_smaller_than_crop_is_reflect_padded(tmp_path):
 def test_training_degradation_is_random_per_epoch(tmp_path):
     _write(tmp_path / "clean" / "a.png", np.full((16, 16, 3), 128, np.uint8))
     spec = source_spec(kind="clean", dir=str(tmp_path / "clean"), degradation="noise")
-    it = build_train_iterator(_data({"c": spec}, random_flip=False), global_batch_size=1, seed=0,
+    it = build_train_iterator(_data({"c": spec}, flip="none"), global_batch_size=1, seed=0,
                               process_index=0, process_count=1)
     a, b = _take(it, 2)  # one image: consecutive batches are consecutive epochs
     np.testing.assert_array_equal(a["x0"], b["x0"])

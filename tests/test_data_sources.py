@@ -24,7 +24,7 @@ def _write(path, arr) -> None:
 
 
 def _data(eval_src, train_src=None, **kw) -> ml_collections.ConfigDict:
-    base = dict(crop_size=8, random_flip=True, num_workers=0, prefetch_buffer=2, skip_bad_files=False)
+    base = dict(crop_size=8, flip="both", num_workers=0, prefetch_buffer=2, skip_bad_files=False)
     base.update(kw)
     return ml_collections.ConfigDict(dict(
         tasks=ml_collections.ConfigDict(dict(t=task_spec(train=train_src or eval_src, eval=eval_src))),

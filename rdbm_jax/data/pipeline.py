@@ -11,7 +11,7 @@ import numpy as np
 from rdbm_jax.data.degradations import Degrader
 from rdbm_jax.data.image_io import center_crop, fit_size, resize_float, to_model_range
 from rdbm_jax.data.sources import ImageSource, build_source
-from rdbm_jax.data.spec import BUILTIN_SPLITS, DEGRADATIONS, EVAL_FITS, SOURCE_KINDS, source_spec
+from rdbm_jax.data.spec import BUILTIN_SPLITS, DEGRADATIONS, EVAL_FITS, FLIPS, SOURCE_KINDS, source_spec
 from rdbm_jax.errors import ConfigError, DataError
 
 _SYNTHETIC_KINDS = ("builtin", "clean")
@@ -101,7 +101,7 @@ class TrainExample:
     """index → a cropped, flipped, degraded training example of one task (grain random_map)."""
 
     def __init__(self, source: ImageSource, degrader: Degrader | None, task_id: int, crop: int,
-                 flip: bool, skip_bad_files: bool, key: str, shard: tuple[int, int] = (0, 1)):
+                 flip: str, skip_bad_files: bool, key: str, shard: tuple[int, int] = (0, 1)):
         self.source, self.degrader, self.task_id = source, degrader, task_id
         self.crop, self.flip, self.skip, self.key = crop, flip, skip_bad_files, key
         self.shard = shard  # (process_index, process_count): replacements stay in this shard
@@ -128,11 +128,10 @@ class TrainExample:
         h, w = stack.shape[:2]
         top, left = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
         stack = stack[top:top + self.crop, left:left + self.crop]
-        if self.flip:
-            if rng.uniform() < 0.5:
-                stack = stack[:, ::-1]
-            if rng.uniform() < 0.5:
-                stack = stack[::-1]
+        if self.flip != "none" and rng.uniform() < 0.5:
+            stack = stack[:, ::-1]
+        if self.flip == "both" and rng.uniform() < 0.5:
+            stack = stack[::-1]
         stack = np.ascontiguousarray(stack)
         x0 = stack[..., :3]
         if item.mu is not None:
@@ -178,6 +177,8 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
         raise ConfigError(f"train.batch_size: per-process batch {local} does not split equally over "
                           f"{len(names)} tasks {names}")
     per_task = local // len(names)
+    if data_cfg.flip not in FLIPS:
+        raise ConfigError(f"data.flip={data_cfg.flip!r} is not one of {', '.join(FLIPS)}")
     if int(data_cfg.num_workers) < 0 or int(data_cfg.prefetch_buffer) < 0:
         raise ConfigError("data.num_workers / data.prefetch_buffer: must be >= 0")
     skip = bool(data_cfg.skip_bad_files)
@@ -187,7 +188,7 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
         if len(source) < process_count:
             raise DataError(f"{key}: {len(source)} image(s) cannot be sharded over {process_count} "
                             f"processes (each needs at least one)")
-        fn = TrainExample(source, degrader, task_id, crop, bool(data_cfg.random_flip), skip, key,
+        fn = TrainExample(source, degrader, task_id, crop, data_cfg.flip, skip, key,
                           shard=(process_index, process_count))
         ds = (grain.MapDataset.range(len(source))[process_index::process_count]
               .shuffle(seed=_seed32(seed, task_id, 1))

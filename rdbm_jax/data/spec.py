@@ -8,6 +8,7 @@ from rdbm_jax.errors import ConfigError
 SOURCE_KINDS = ("builtin", "paired", "side_by_side", "clean")
 BUILTIN_SPLITS = ("train", "val", "tune_train", "tune")  # rdbm_jax/data/builtin.py
 EVAL_FITS = ("resize", "crop")
+FLIPS = ("none", "horizontal", "both")  # data.flip: training flips (both = horizontal and vertical)
 DEGRADATIONS = ("none", "inpaint", "noise", "gaussian_blur", "motion_blur", "lowlight", "haze",
                 "rain", "jpeg")
 

@@ -1,0 +1,224 @@
+"""The paper's π / objective / NFE ablations in miniature, on the built-in photos (issue 13).
+
+    python -m benchmarks.ablation --out-dir runs/ablation            # full grid (~1 h on 2 CPU cores)
+    python -m benchmarks.ablation --out-dir /tmp/abl --tiny          # smoke run (seconds)
+
+Two synthetic tasks trained jointly (one model per grid cell, batch split equally): inpainting
+(free-form/box masks filled white) and Gaussian noise (σ = 0.1), on random crops of the 8 built-in
+training photos; scored on the 3 held-out photos per task. Grid: π ∈ {residual, one, zero} ×
+objective (bridge.parameterization, every one sde.PARAMETERIZATIONS offers) × seeds; each trained
+model is restored at every NFE of --nfe (η = 0) by `--mode=sweep`'s code. π = 0 with the πε
+objective is refused by the config guard (its target is identically 0) and listed as such.
+
+Uses the real training program (rdbm_jax.train.train_and_evaluate) and the real sweep
+(rdbm_jax.sweep.run_sweep): one workdir per (π, objective, seed) under --out-dir/runs, so an
+interrupted run resumes where it stopped. Writes results.csv (every seed), summary.csv and
+table.md (mean ± half-range over seeds), ablation.png (PSNR/SSIM against NFE) and command.txt
+(the exact command, machine, date, wall time) to --out-dir.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER = ("Paper (RDBM-L, 5-task average, NFE 10): π = 0 → 28.21 dB, π = 1 → 30.15 dB, "
+         "π = x0 − μ → 31.04 dB; NFE 10 best, NFE 2 collapses, 20–100 slightly worse.")
+METRICS = ("psnr", "ssim")
+
+
+def _csv_list(cast):
+    return lambda text: [cast(x.strip()) for x in text.split(",") if x.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    from rdbm_jax import sde
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out-dir", required=True, help="runs/, results.csv, summary.csv, table.md, ablation.png")
+    p.add_argument("--tiny", action="store_true", help="smoke run: 2 steps, 32² crops, 1 image per task")
+    p.add_argument("--pi", type=_csv_list(str), default=["residual", "one", "zero"])
+    p.add_argument("--objective", type=_csv_list(str), default=list(sde.PARAMETERIZATIONS))
+    p.add_argument("--seeds", type=_csv_list(int), default=[0, 1])
+    p.add_argument("--nfe", type=_csv_list(int), default=None, help="default 2,5,10,20 (tiny: 1,2)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 1000; tiny: 2)")
+    return p
+
+
+def make_config(pi: str, objective: str, seed: int, nfe: list[int], steps: int, tiny: bool
+                ) -> ml_collections.ConfigDict:
+    """configs/default.py with the two built-in tasks, one grid cell and the miniature recipe."""
+    from rdbm_jax.config import shrink, sibling
+    from rdbm_jax.data.spec import source_spec, task_spec
+    from rdbm_jax.schedules import DEFAULT_PI
+
+    c = sibling(os.path.join(REPO, "configs", "default.py")).get_config()
+    degr = {"inpaint": dict(degradation="inpaint", mask_min_ratio=0.1, mask_max_ratio=0.3),
+            "noise": dict(degradation="noise", noise_sigma=0.1)}
+    c.data.tasks = ml_collections.ConfigDict({name: task_spec(
+        train=source_spec(kind="builtin", split="train", **kw),
+        eval=source_spec(kind="builtin", split="val", eval_size=128, **kw)) for name, kw in degr.items()})
+    c.data.crop_size = 64
+    c.model.size = "T"
+    c.optim.update(dict(learning_rate=1e-3, warmup_steps=100, schedule="cosine", min_lr_ratio=0.1,
+                        ema_decay=0.99))  # configs/demo.py's recipe
+    c.train.update(dict(num_steps=steps, batch_size=8, log_every=100, eval_every=0,
+                        checkpoint_every=steps))
+    c.sample.batch_size = 4
+    c.eval.max_images = 0
+    if tiny:  # one image per task and batch: the shapes of configs/demo.py:tiny
+        c = shrink(c)
+        c.train.update(dict(num_steps=steps, batch_size=len(degr), checkpoint_every=steps, eval_every=0))
+        c.eval.max_images = 1
+    c.seed = seed
+    # The preset's own π is written "" (same model): cells then share compiled programs with other runs.
+    c.bridge.pi = "" if pi == DEFAULT_PI[c.bridge.preset] else pi
+    c.bridge.parameterization = objective
+    c.sweep.nfe, c.sweep.eta = ",".join(map(str, nfe)), "0"
+    return c
+
+
+def run_cell(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """Train (or resume) one grid cell with the real loop, then score it at every NFE with the sweep."""
+    from rdbm_jax import sweep, train
+    train.train_and_evaluate(cfg, workdir)
+    return sweep.run_sweep(cfg, workdir)
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and half-range ((max − min)/2) over seeds per (π, objective, NFE), overall and per task."""
+    keys = [k for k in rows[0] if k.endswith(METRICS) and k not in ("pi", "objective")]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["pi"], r["objective"], r["nfe"]), []).append(r)
+    out = []
+    for (pi, objective, nfe), rs in groups.items():
+        s: dict[str, Any] = {"pi": pi, "objective": objective, "nfe": nfe, "seeds": len(rs)}
+        for k in keys:
+            v = np.array([r[k] for r in rs], np.float64)
+            s[f"{k}_mean"], s[f"{k}_spread"] = float(v.mean()), float((v.max() - v.min()) / 2)
+        out.append(s)
+    return out
+
+
+def table(summary: list[dict[str, Any]], refused: list[tuple[str, str]], header: str) -> str:
+    """Markdown: one PSNR and one SSIM table, rows (π, objective), columns NFE, mean ± half-range."""
+    nfes = sorted({s["nfe"] for s in summary})
+    cells = sorted({(s["pi"], s["objective"]) for s in summary})
+    by = {(s["pi"], s["objective"], s["nfe"]): s for s in summary}
+    lines = [header, "", PAPER, ""]
+    for metric, fmt in (("psnr", "{:.2f} ± {:.2f}"), ("ssim", "{:.4f} ± {:.4f}")) if summary else ():
+        lines += [f"**{metric.upper()}** (overall = mean over the two tasks; ± half the range over seeds)", "",
+                  "| π | objective | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+                  "|---|---|" + "---|" * len(nfes)]
+        for pi, obj in cells:
+            vals = [fmt.format(by[(pi, obj, n)][f"{metric}_mean"], by[(pi, obj, n)][f"{metric}_spread"])
+                    for n in nfes]
+            lines.append(f"| {pi} | {obj} | " + " | ".join(vals) + " |")
+        lines.append("")
+    for pi, obj in refused:
+        lines.append(f"- π = {pi} with objective {obj}: refused by the config guard (target π⊙ε ≡ 0).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict[str, Any]], path: str) -> None:
+    """PSNR and SSIM against NFE, one line per (π, objective), error bars = half-range over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for pi, obj in sorted({(s["pi"], s["objective"]) for s in summary}):
+        sel = sorted((s for s in summary if (s["pi"], s["objective"]) == (pi, obj)), key=lambda s: s["nfe"])
+        for ax, m in zip(axes, METRICS):
+            ax.errorbar([s["nfe"] for s in sel], [s[f"{m}_mean"] for s in sel],
+                        yerr=[s[f"{m}_spread"] for s in sel], marker="o", capsize=3, label=f"π={pi}, {obj}")
+    for ax, label in zip(axes, ("PSNR (dB)", "SSIM")):
+        ax.set_xscale("log")
+        ax.set_xlabel("NFE (sampling steps, η = 0)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def machine() -> str:
+    """The machine, in words (CPU count and model, or the accelerator)."""
+    import jax
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.processor() or 'unknown model'})"
+    return f"{jax.device_count()} × {dev.device_kind}"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the grid, write the table, plot and command; return {'rows', 'summary', 'refused', 'wall_s'}."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    from rdbm_jax import config as config_lib
+    from rdbm_jax.errors import ConfigError
+
+    start = time.time()
+    nfe = args.nfe or ([1, 2] if args.tiny else [2, 5, 10, 20])
+    steps = args.steps or (2 if args.tiny else 1000)
+    os.makedirs(args.out_dir, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    refused: list[tuple[str, str]] = []
+    for pi in args.pi:
+        for obj in args.objective:
+            for seed in args.seeds:
+                cfg = make_config(pi, obj, seed, nfe, steps, args.tiny)
+                try:
+                    config_lib.validate(cfg)
+                except ConfigError as e:
+                    if "bridge.parameterization='pi_eps'" not in str(e):
+                        raise
+                    refused.append((pi, obj))
+                    break
+                t0 = time.time()
+                for r in run_cell(cfg, os.path.join(args.out_dir, "runs", f"{pi}_{obj}_s{seed}")):
+                    rows.append({"pi": pi, "objective": obj, "seed": seed, **r})
+                logging.getLogger("rdbm_jax").info("ablation π=%s %s seed %d: %.1f s", pi, obj, seed,
+                                                   time.time() - t0)
+    wall = time.time() - start
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python -m benchmarks.ablation " + " ".join(shlex.quote(a) for a in argv)
+    header = (f"Ablation in miniature ({'tiny smoke run' if args.tiny else f'{steps} steps'}), "
+              f"{machine()}, {stamp}, wall time {wall / 60:.1f} min. Command: `{command}`")
+    summary = summarize(rows) if rows else []
+    if rows:
+        _write_csv(os.path.join(args.out_dir, "results.csv"), rows)
+        _write_csv(os.path.join(args.out_dir, "summary.csv"), summary)
+        plot(summary, os.path.join(args.out_dir, "ablation.png"))
+    with open(os.path.join(args.out_dir, "table.md"), "w", encoding="utf-8") as f:
+        f.write(table(summary, refused, header))
+    with open(os.path.join(args.out_dir, "command.txt"), "w", encoding="utf-8") as f:
+        f.write(f"{command}\n# {machine()}; {stamp}; wall time {wall:.1f} s\n")
+    return {"rows": rows, "summary": summary, "refused": refused, "wall_s": wall}
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    logging.getLogger("rdbm_jax").setLevel(logging.INFO)
+    main()
