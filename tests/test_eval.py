@@ -41,6 +41,7 @@ def test_eval_with_lpips_weights_and_fid_skipped(trained_workdir, tmp_path, capl
     from rdbm_jax.perceptual import convert, lpips
     rng = np.random.default_rng(0)
     flat = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in lpips.variable_shapes("alex").items()}
+    flat.update({k: np.abs(v) for k, v in flat.items() if "/lin" in k})  # LPIPS's linear heads are >= 0
     flat.update({"meta/kind": np.array("lpips"), "meta/net": np.array("alex")})
     weights = str(tmp_path / "lpips_alex.npz")
     convert.save_npz(weights, flat)
