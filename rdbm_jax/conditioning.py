@@ -20,7 +20,7 @@ import numpy as np
 
 CONDITIONS = ("mu", "mu_mask", "mu_mask_fill")
 FILL_LEVELS = 10  # pull-push pyramid levels (a 1024-px image reaches 1×1)
-FILL_ITERATIONS = 100  # Jacobi sweeps of the Laplace equation after the pull-push initialisation
+FILL_SWEEPS = 60  # Jacobi sweeps per pyramid level
 FILL_VALUE = 1.0  # the inpainting fill in model range [-1, 1] (white; rdbm_jax.data.masks.HOLE_VALUE)
 
 
@@ -47,15 +47,26 @@ def _pool2(x: jax.Array) -> jax.Array:
     return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
 
 
-def fill_holes(mu: jax.Array, mask: jax.Array) -> jax.Array:
-    """μ with the masked pixels replaced by a smooth (near-harmonic) interpolation of the known ones.
+def _relax(value: jax.Array, free: jax.Array, sweeps: int) -> jax.Array:
+    """`sweeps` Jacobi sweeps of the Laplace equation on the `free` pixels (4-neighbour averages,
+    edge-replicated border); the other pixels are held fixed."""
+    def sweep(_, x):
+        p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        avg = 0.25 * (p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:])
+        return jnp.where(free, avg, x)
 
-    [B, H, W, C] → [B, H, W, C]. A pull-push pyramid gives a first guess, then FILL_ITERATIONS
-    Jacobi sweeps of the Laplace equation (4-neighbour averages, edge-replicated border) relax it.
-    Pull: FILL_LEVELS levels of mask-weighted 2×2 sums (odd sides padded with zero weight); push:
-    from the coarsest level down, each level keeps its known average where it has known pixels,
-    blended by their fraction with the level below repeated 2×. Known pixels are unchanged. The
-    shapes never enter Python control flow, so this traces for `jax.export`'s symbolic H, W.
+    return jax.lax.fori_loop(0, sweeps, sweep, value)
+
+
+def fill_holes(mu: jax.Array, mask: jax.Array) -> jax.Array:
+    """μ with the masked pixels replaced by a harmonic (Laplace) interpolation of the known ones.
+
+    [B, H, W, C] → [B, H, W, C], solved coarse to fine (a multigrid-style cascade, so the cost does
+    not grow with the hole size): pull = FILL_LEVELS levels of mask-weighted 2×2 sums (odd sides
+    padded with zero weight); push = from the coarsest level down, blocks with known pixels keep
+    their known average blended by the known fraction with the level below repeated 2×, and blocks
+    with none are relaxed by FILL_SWEEPS Jacobi sweeps. Known pixels are unchanged. Shapes never
+    enter Python control flow, so this traces for `jax.export`'s symbolic H, W.
     """
     known = 1.0 - jnp.asarray(mask, jnp.float32)
     mu = jnp.asarray(mu, jnp.float32)
@@ -68,15 +79,8 @@ def fill_holes(mu: jax.Array, mask: jax.Array) -> jax.Array:
         num, den = nums[level], dens[level]
         up = jnp.repeat(jnp.repeat(value, 2, axis=1), 2, axis=2)[:, :num.shape[1], :num.shape[2]]
         cover = jnp.clip(den * (4.0 ** -level), 0.0, 1.0)  # known fraction of the block
-        value = cover * num / jnp.maximum(den, 1e-8) + (1.0 - cover) * up
-    value = jnp.where(known > 0, mu, value)
-
-    def jacobi(_, x):  # relax towards the harmonic (Laplace) interpolation of the known pixels
-        p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-        avg = 0.25 * (p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:])
-        return jnp.where(known > 0, mu, avg)
-
-    return jax.lax.fori_loop(0, FILL_ITERATIONS, jacobi, value)
+        value = _relax(cover * num / jnp.maximum(den, 1e-8) + (1.0 - cover) * up, den <= 0, FILL_SWEEPS)
+    return jnp.where(known > 0, mu, value)
 
 
 def condition(mu: jax.Array, mask: jax.Array | None, kind: str) -> jax.Array:
