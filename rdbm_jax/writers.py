@@ -4,25 +4,36 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
 
+from rdbm_jax.errors import TrainingError
+
 log = logging.getLogger("rdbm_jax")
 
 
 class JsonlWriter:
-    """Appends scalars to `workdir/metrics.jsonl` (one JSON object a line), logs them, writes PNGs."""
+    """Appends scalars to `workdir/metrics.jsonl` (one JSON object a line), logs them, writes PNGs.
 
-    def __init__(self, workdir: str):
+    `resume_step`: the step training restarts from; rows logged after it by an interrupted run are
+    dropped first, so the file reads like an uninterrupted run's.
+    """
+
+    def __init__(self, workdir: str, resume_step: int = 0):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.image_dir = os.path.join(workdir, "samples")
+        truncate_jsonl(self.path, resume_step)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise TrainingError(f"cannot write {self.path}: {e.strerror or e}") from None
         log.info("step %d: %s", step, "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "step"))
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
@@ -72,14 +83,47 @@ class NullWriter(MultiWriter):
         super().__init__([])
 
 
-def create_writer(workdir: str, is_main: bool = True) -> MultiWriter:
-    """JSONL/PNG writer, plus TensorBoard through clu when TensorFlow imports (process 0 only)."""
+def truncate_jsonl(path: str, resume_step: int) -> None:
+    """Keep only the rows of a JSONL log with step ≤ `resume_step` (atomic rewrite; torn lines dropped)."""
+    if not os.path.exists(path):
+        return
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                keep = int(row["step"]) <= resume_step
+            except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
+                keep = False
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if not dropped:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    log.info("%s: dropped %d row(s) logged after step %d (resuming there)", path, dropped, resume_step)
+
+
+def create_writer(workdir: str, is_main: bool = True, resume_step: int = 0) -> MultiWriter:
+    """JSONL/PNG writer, plus TensorBoard through clu when TensorFlow imports (process 0 only).
+
+    `resume_step` is the step training (re)starts from: every writer drops what was logged after it.
+    """
     if not is_main:
         return NullWriter()
-    writers: list = [JsonlWriter(workdir)]
+    writers: list = [JsonlWriter(workdir, resume_step)]
     try:  # clu.metric_writers imports TensorFlow at package import.
         from clu import metric_writers  # type: ignore
-        writers.append(_ClipImages(metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))))
+        logdir = os.path.join(workdir, "tensorboard")
+        if os.path.isdir(logdir):  # a resumed (or restarted) run
+            write_purge_marker(logdir, resume_step)
+        writers.append(_ClipImages(metric_writers.SummaryWriter(logdir)))
     except ImportError:
         log.info("TensorFlow not installed: metrics go to %s only (pip install .[tensorboard] for "
                  "TensorBoard)", os.path.join(workdir, "metrics.jsonl"))
@@ -104,6 +148,21 @@ class _ClipImages:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def write_purge_marker(logdir: str, step: int) -> None:
+    """An event file holding a SessionLog START at `step`: TensorBoard then drops the events of `logdir`
+    logged after `step` by earlier files (the marker tensorboardX writes for `purge_step`)."""
+    from tensorboard.compat.proto import event_pb2  # installed with TensorFlow
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    writer = EventFileWriter(logdir)
+    writer.add_event(event_pb2.Event(step=step, wall_time=time.time(),
+                                     session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    writer.close()
+    # Event files are read in name order, and names start with the creation second: let the files of
+    # the resumed run sort after the marker.
+    time.sleep(1.0 - time.time() % 1.0)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
