@@ -5,6 +5,7 @@ before training goes on, so a kill loses at most the steps since the last "check
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -13,7 +14,7 @@ import re
 import threading
 import time
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -70,12 +71,15 @@ def _reason(e: BaseException) -> str:
             return f"{seen.strerror}" + (f": {seen.filename}" if seen.filename else "")
         seen = seen.__cause__ or seen.__context__
     text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-    files = re.findall(r'(?:Failed writing|local file): "([^"]+)"', text)
+    files = re.findall(r'(?:Failed writing:|local file) "([^"]+)"', text)
     code = re.search(r"os_error_code='(\d+)'", text)
+    status = re.match(r"([A-Z][A-Z_]{3,}): ", text)  # a tensorstore status such as DATA_LOSS
     if code:
         what = os.strerror(int(code.group(1)))
-    elif "RESOURCE_EXHAUSTED" in text:
+    elif status and status.group(1) == "RESOURCE_EXHAUSTED":
         what = "out of disk space or quota (RESOURCE_EXHAUSTED)"
+    elif status and files:
+        what = f"{status.group(1)}"
     else:
         return f"{type(e).__name__}: {text}"[:300]
     return what + (f": {files[-1]}" if files else "")
@@ -111,6 +115,17 @@ class _QuietOrbaxErrors(logging.Filter):
         return "Waiting for previous save" not in record.getMessage()
 
 
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[_QuietOrbaxErrors]:
+    """Hide orbax's multi-line error logs in this block (the caller reports the failure in one line)."""
+    quiet = _QuietOrbaxErrors()
+    logging.getLogger("absl").addFilter(quiet)
+    try:
+        yield quiet
+    finally:
+        logging.getLogger("absl").removeFilter(quiet)
+
+
 def _join_new_threads(before: set, timeout: float) -> None:
     """Wait (at most `timeout` s in all) for the threads started since `before` was taken."""
     deadline = time.time() + timeout
@@ -125,14 +140,22 @@ class Checkpointer:
     def __init__(self, workdir: str, max_to_keep: int = 3):
         self.workdir = workdir
         self.directory = checkpoint_dir(workdir)
+        self.max_to_keep = max_to_keep
         self._quiet: _QuietOrbaxErrors | None = None
-        # cleanup_tmp_directories: half-written `<step>.orbax-checkpoint-tmp-*` folders of a killed
-        # run are removed at start (the workdir lock makes sure no other run is writing them).
-        self.manager = _Manager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=True,
-                                                 cleanup_tmp_directories=True))
+        self._manager: _Manager | None = None
+
+    @property
+    def manager(self) -> _Manager:
+        """The orbax manager, created on first use (after `restore_latest` set bad folders aside)."""
+        if self._manager is None:
+            # cleanup_tmp_directories: half-written `<step>.orbax-checkpoint-tmp-*` folders of a killed
+            # run are removed at start (the workdir lock makes sure no other run is writing them).
+            self._manager = _Manager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True,
+                                                     enable_async_checkpointing=True,
+                                                     cleanup_tmp_directories=True))
+        return self._manager
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step (None when there is none)."""
@@ -211,22 +234,25 @@ class Checkpointer:
         moved to `workdir/unreadable_checkpoints/` (never deleted), so later saves do not trip on them.
         """
         import grain
-        for step in step_folders(self.directory):
-            where = os.path.join(self.directory, str(step))
-            missing = missing_files(where)
+        for step in step_folders(self.directory):  # incomplete folders first: orbax's manager would stumble over them
+            missing = missing_files(os.path.join(self.directory, str(step)))
             if missing:
-                reason = f"incomplete (missing {', '.join(missing)})"
-            else:
-                items = dict(state=ocp.args.StandardRestore(abstract_state))
-                if data_iterator is not None:
-                    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-                try:
+                self._warn_set_aside(step, f"incomplete (missing {', '.join(missing)})")
+        for step in complete_steps(self.directory):
+            items = dict(state=ocp.args.StandardRestore(abstract_state))
+            if data_iterator is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            try:
+                with _quiet_orbax():
                     return step, self.manager.restore(step, args=ocp.args.Composite(**items)).state
-                except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
-                    reason = f"unreadable ({_reason(e)})"
-            log.warning("checkpoint %s is %s; %s; resuming from an older checkpoint", where, reason,
-                        self._set_aside(step))
+            except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
+                self._warn_set_aside(step, f"unreadable ({_reason(e)})")
         return 0, None
+
+    def _warn_set_aside(self, step: int, reason: str) -> None:
+        """One warning line naming a bad step folder, which is moved aside."""
+        log.warning("checkpoint %s is %s; not used, %s", os.path.join(self.directory, str(step)), reason,
+                    self._set_aside(step))
 
     def _set_aside(self, step: int) -> str:
         """Move a bad step folder out of the checkpoints folder (process 0); says where it went."""
@@ -246,7 +272,8 @@ class Checkpointer:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"rdbm_jax set aside checkpoint {step}")
-        self.manager.reload()
+        if self._manager is not None:
+            self._manager.reload()
         return f"moved to {target}"
 
     def wait(self) -> None:
@@ -283,8 +310,9 @@ def resolve(workdir: str, explicit: str = "") -> tuple[str, int]:
 
 def load_for_inference(directory: str, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """(train state, saved config dict) of one checkpoint, without the data-iterator state."""
+    options = ocp.CheckpointManagerOptions(create=False)
     try:
-        with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False)) as mngr:
+        with _quiet_orbax(), ocp.CheckpointManager(directory, options=options) as mngr:
             restored = mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder

@@ -122,7 +122,7 @@ def create_writer(workdir: str, is_main: bool = True, resume_step: int = 0) -> M
         from clu import metric_writers  # type: ignore
         logdir = os.path.join(workdir, "tensorboard")
         if os.path.isdir(logdir):  # a resumed (or restarted) run
-            write_purge_marker(logdir, resume_step)
+            write_purge_marker(logdir, resume_step + 1)
         writers.append(_ClipImages(metric_writers.SummaryWriter(logdir)))
     except ImportError:
         log.info("TensorFlow not installed: metrics go to %s only (pip install .[tensorboard] for "
@@ -152,7 +152,7 @@ class _ClipImages:
 
 def write_purge_marker(logdir: str, step: int) -> None:
     """An event file holding a SessionLog START at `step`: TensorBoard then drops the events of `logdir`
-    logged after `step` by earlier files (the marker tensorboardX writes for `purge_step`)."""
+    at steps ≥ `step` from earlier files (the marker tensorboardX writes for `purge_step`)."""
     from tensorboard.compat.proto import event_pb2  # installed with TensorFlow
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
