@@ -17,6 +17,7 @@ import warnings
 from typing import Any, Iterator
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -192,6 +193,10 @@ class Checkpointer:
             error = record.exc_info[1] if record.exc_info else RuntimeError(record.getMessage())
         if error is None and jax.process_index() == 0 and not is_complete(final):
             error = RuntimeError(f"missing {', '.join(missing_files(final))} after the save")
+        if jax.process_count() > 1:  # every process stops when the save failed on any of them
+            from jax.experimental import multihost_utils
+            ok = bool(np.all(multihost_utils.process_allgather(np.array([error is None]))))
+            error = error or (None if ok else RuntimeError("the save failed on another process"))
         if error is None:
             absl_logger.removeFilter(quiet)
         else:  # the filter stays until wait(): orbax threads may still log the same failure
@@ -230,11 +235,12 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any, data_iterator: Any | None = None) -> tuple[int, Any]:
         """(step, state) of the newest readable checkpoint, or (0, None) when there is none.
 
-        Newer step folders that are incomplete or unreadable are reported in one warning line each and
-        moved to `workdir/unreadable_checkpoints/` (never deleted), so later saves do not trip on them.
+        Incomplete step folders, and unreadable ones newer than that checkpoint, are reported in one
+        warning line each and moved to `workdir/unreadable_checkpoints/` (never deleted), so that later
+        saves do not trip over them.
         """
         import grain
-        for step in step_folders(self.directory):  # incomplete folders first: orbax's manager would stumble over them
+        for step in step_folders(self.directory):  # incomplete ones first: orbax's manager trips on them
             missing = missing_files(os.path.join(self.directory, str(step)))
             if missing:
                 self._warn_set_aside(step, f"incomplete (missing {', '.join(missing)})")

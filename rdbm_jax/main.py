@@ -132,6 +132,8 @@ def main(argv: list[str]) -> None:
             run_sweep(_CONFIG.value, _WORKDIR.value)
     except RDBMError as e:
         _fail(str(e), code=1)
+    except OSError as e:  # a full disk or a vanished folder while writing outputs
+        _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else _one_line(e), code=1)
 
 
 def run() -> None:
