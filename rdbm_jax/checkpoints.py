@@ -127,6 +127,13 @@ def _quiet_orbax() -> Iterator[_QuietOrbaxErrors]:
         logging.getLogger("absl").removeFilter(quiet)
 
 
+def _sync_processes(name: str) -> None:
+    """A barrier across the processes of a multi-host run (nothing when there is one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def _join_new_threads(before: set, timeout: float) -> None:
     """Wait (at most `timeout` s in all) for the threads started since `before` was taken."""
     deadline = time.time() + timeout
@@ -240,8 +247,12 @@ class Checkpointer:
         saves do not trip over them.
         """
         import grain
-        for step in step_folders(self.directory):  # incomplete ones first: orbax's manager trips on them
-            missing = missing_files(os.path.join(self.directory, str(step)))
+        # Incomplete folders first (orbax's manager trips on them); every process lists them before
+        # process 0 moves any.
+        incomplete = {step: missing_files(os.path.join(self.directory, str(step)))
+                      for step in step_folders(self.directory)}
+        _sync_processes("rdbm_jax listed checkpoints")
+        for step, missing in incomplete.items():
             if missing:
                 self._warn_set_aside(step, f"incomplete (missing {', '.join(missing)})")
         for step in complete_steps(self.directory):
@@ -275,9 +286,7 @@ class Checkpointer:
                 source.rename(target)
             except OSError as e:
                 return f"could not move it aside ({e.strerror or e}); it is ignored"
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f"rdbm_jax set aside checkpoint {step}")
+        _sync_processes(f"rdbm_jax set aside checkpoint {step}")
         if self._manager is not None:
             self._manager.reload()
         return f"moved to {target}"
