@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -127,6 +128,22 @@ def _quiet_orbax() -> Iterator[_QuietOrbaxErrors]:
         logging.getLogger("absl").removeFilter(quiet)
 
 
+def _collect_leftovers() -> None:
+    """Collect what a failed orbax call left behind (un-awaited coroutines, callbacks on a closed
+    event loop) now and silently, instead of printing warnings about it later."""
+    def drop(unraisable):
+        del unraisable
+
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = drop
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+
+
 def _sync_processes(name: str) -> None:
     """A barrier across the processes of a multi-host run (nothing when there is one process)."""
     if jax.process_count() > 1:
@@ -211,9 +228,7 @@ class Checkpointer:
             reason = _reason(error)
             error = self.manager.save_error = None
             quiet.records.clear()
-            with warnings.catch_warnings():  # coroutines orbax left un-awaited after the failure
-                warnings.simplefilter("ignore", RuntimeWarning)
-                gc.collect()
+            _collect_leftovers()
             if jax.process_index() == 0:
                 self._remove_partial(step, keep_final=existed)
             raise TrainingError(f"saving checkpoint step {step} to {final} failed: {reason}; "
@@ -263,7 +278,9 @@ class Checkpointer:
                 with _quiet_orbax():
                     return step, self.manager.restore(step, args=ocp.args.Composite(**items)).state
             except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
-                self._warn_set_aside(step, f"unreadable ({_reason(e)})")
+                reason = f"unreadable ({_reason(e)})"
+            _collect_leftovers()
+            self._warn_set_aside(step, reason)
         return 0, None
 
     def _warn_set_aside(self, step: int, reason: str) -> None:
@@ -330,10 +347,12 @@ def load_for_inference(directory: str, step: int, abstract_state: Any) -> tuple[
         with _quiet_orbax(), ocp.CheckpointManager(directory, options=options) as mngr:
             restored = mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
+        return restored.state, dict(restored.config)
     except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
-        raise ConfigError(f"checkpoint {os.path.join(directory, str(step))} is unreadable: {_reason(e)} "
-                          "(name an older step with sample.checkpoint)") from None
-    return restored.state, dict(restored.config)
+        reason = _reason(e)
+    _collect_leftovers()
+    raise ConfigError(f"checkpoint {os.path.join(directory, str(step))} is unreadable: {reason} "
+                      "(name an older step with sample.checkpoint)")
 
 
 def read_config(directory: str, step: int) -> dict:
