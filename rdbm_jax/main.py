@@ -104,6 +104,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     return rest
 
 
+def _drop_closed_loop_noise() -> None:
+    """Silence "Event loop is closed" errors that orbax's reader threads can raise, after a failed
+    checkpoint read was already reported in one line, into an event loop orbax has closed."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -111,6 +124,7 @@ def main(argv: list[str]) -> None:
         _fail("--config is required (e.g. --config=configs/demo.py)")
     if not _WORKDIR.value:
         _fail("--workdir is required")
+    _drop_closed_loop_noise()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
     logging.getLogger("rdbm_jax").setLevel(logging.INFO)  # orbax/absl chatter stays at WARNING
     from rdbm_jax import distributed
