@@ -1,13 +1,35 @@
-"""Orbax checkpoints: train state + data-iterator state + config JSON, async, in `workdir/checkpoints`."""
+"""Orbax checkpoints: train state + data-iterator state + config JSON in `workdir/checkpoints`.
+
+Only complete step folders count as checkpoints (`is_complete`); a save is waited for and checked
+before training goes on, so a kill loses at most the steps since the last "checkpoint … saved" line.
+"""
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
 import os
-from typing import Any
+import re
+import sys
+import threading
+import time
+import warnings
+from typing import Any, Iterator
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-from rdbm_jax.errors import ConfigError
+from rdbm_jax.errors import ConfigError, TrainingError
+
+log = logging.getLogger("rdbm_jax")
+
+# Files every finished step folder holds (orbax writes `_CHECKPOINT_METADATA` when it finalizes).
+REQUIRED_FILES = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt", "config/metadata")
+TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix for a step folder still being written
+SET_ASIDE = "unreadable_checkpoints"  # train moves unreadable step folders here (never deletes them)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -15,37 +37,283 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir) if "://" not in workdir else workdir, "checkpoints")
 
 
+def missing_files(step_dir: str) -> list[str]:
+    """The REQUIRED_FILES absent from a step folder (all of them when the folder does not exist)."""
+    path = epath.Path(step_dir)
+    return [name for name in REQUIRED_FILES if not (path / name).exists()]
+
+
+def is_complete(step_dir: str) -> bool:
+    """Whether a step folder holds a finished checkpoint (empty or partial folders never do)."""
+    return not missing_files(step_dir)
+
+
+def step_folders(directory: str) -> list[int]:
+    """Steps of the digit-named folders in `directory`, newest first, complete or not."""
+    path = epath.Path(directory)
+    try:
+        if not path.exists():
+            return []
+        return sorted((int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True)
+    except OSError as e:
+        raise TrainingError(f"cannot read the checkpoints folder {directory}: {e.strerror or e}") from None
+
+
+def complete_steps(directory: str) -> list[int]:
+    """Steps of the complete checkpoints in `directory`, newest first."""
+    return [s for s in step_folders(directory) if is_complete(os.path.join(directory, str(s)))]
+
+
+def _reason(e: BaseException) -> str:
+    """A short one-line description of an exception: the OS error and the file where one is known
+    (an OSError, or tensorstore's "…local file "F"… [os_error_code='N']" messages)."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return f"{seen.strerror}" + (f": {seen.filename}" if seen.filename else "")
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    files = re.findall(r'(?:Failed writing:|local file) "([^"]+)"', text)
+    code = re.search(r"os_error_code='(\d+)'", text)
+    status = re.match(r"([A-Z][A-Z_]{3,}): ", text)  # a tensorstore status such as DATA_LOSS
+    if code:
+        what = os.strerror(int(code.group(1)))
+    elif status and status.group(1) == "RESOURCE_EXHAUSTED":
+        what = "out of disk space or quota (RESOURCE_EXHAUSTED)"
+    elif status and files:
+        what = f"{status.group(1)}"
+    else:
+        return f"{type(e).__name__}: {text}"[:300]
+    return what + (f": {files[-1]}" if files else "")
+
+
+class _Manager(ocp.CheckpointManager):
+    """orbax's manager, keeping the error of a failed background save (orbax only logs it)."""
+
+    save_error: BaseException | None = None
+
+    def check_for_errors(self):
+        try:
+            super().check_for_errors()
+        except Exception as e:  # noqa: BLE001 — kept and reported by Checkpointer.save
+            self.save_error = e
+            raise
+
+
+class _QuietOrbaxErrors(logging.Filter):
+    """Drops orbax's multi-line error logs while a save runs: a failure is reported in one line."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" not in record.pathname:
+            return True
+        if record.levelno >= logging.ERROR:
+            self.records.append(record)
+            return False
+        # The save is waited for on purpose (see Checkpointer.save); its time is logged once.
+        return "Waiting for previous save" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[_QuietOrbaxErrors]:
+    """Hide orbax's multi-line error logs in this block (the caller reports the failure in one line)."""
+    quiet = _QuietOrbaxErrors()
+    logging.getLogger("absl").addFilter(quiet)
+    try:
+        yield quiet
+    finally:
+        logging.getLogger("absl").removeFilter(quiet)
+
+
+def _collect_leftovers() -> None:
+    """Collect what a failed orbax call left behind (un-awaited coroutines, callbacks on a closed
+    event loop) now and silently, instead of printing warnings about it later."""
+    def drop(unraisable):
+        del unraisable
+
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = drop
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+
+
+def _sync_processes(name: str) -> None:
+    """A barrier across the processes of a multi-host run (nothing when there is one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def _join_new_threads(before: set, timeout: float) -> None:
+    """Wait (at most `timeout` s in all) for the threads started since `before` was taken."""
+    deadline = time.time() + timeout
+    for t in set(threading.enumerate()) - before:
+        if t is not threading.current_thread():
+            t.join(max(0.0, deadline - time.time()))
+
+
 class Checkpointer:
-    """A thin owner of one `ocp.CheckpointManager` (asynchronous saves; `wait()` before exit)."""
+    """Owns one `ocp.CheckpointManager`: saves (waited for and verified) and fallback restores."""
 
     def __init__(self, workdir: str, max_to_keep: int = 3):
+        self.workdir = workdir
         self.directory = checkpoint_dir(workdir)
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=True))
+        self.max_to_keep = max_to_keep
+        self._quiet: _QuietOrbaxErrors | None = None
+        self._manager: _Manager | None = None
+
+    @property
+    def manager(self) -> _Manager:
+        """The orbax manager, created on first use (after `restore_latest` set bad folders aside)."""
+        if self._manager is None:
+            # cleanup_tmp_directories: half-written `<step>.orbax-checkpoint-tmp-*` folders of a killed
+            # run are removed at start (the workdir lock makes sure no other run is writing them).
+            self._manager = _Manager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True,
+                                                     enable_async_checkpointing=True,
+                                                     cleanup_tmp_directories=True))
+        return self._manager
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        """The newest complete checkpoint's step (None when there is none)."""
+        steps = complete_steps(self.directory)
+        return steps[0] if steps else None
 
     def save(self, step: int, state: Any, data_iterator: Any | None, config: dict) -> None:
-        """Save asynchronously; the arrays are copied off the devices before this returns."""
+        """Save and wait until the checkpoint is final; a failure raises a one-line TrainingError.
+
+        The failed step's half-written folders are removed; earlier checkpoints are untouched.
+        """
         import grain
         items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        final = os.path.join(self.directory, str(step))
+        existed = epath.Path(final).exists()
+        quiet = _QuietOrbaxErrors()
+        absl_logger = logging.getLogger("absl")
+        absl_logger.addFilter(quiet)
+        threads = set(threading.enumerate())
+        start = time.time()
+        self.manager.save_error = None
+        error: BaseException | None = None
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 — OSError, ValueError from tensorstore, …
+            error = e
+            _join_new_threads(threads, timeout=10.0)  # writes still running when the save raised
+        error = error or self.manager.save_error
+        if error is None and quiet.records:
+            record = quiet.records[0]
+            error = record.exc_info[1] if record.exc_info else RuntimeError(record.getMessage())
+        if error is None and jax.process_index() == 0 and not is_complete(final):
+            error = RuntimeError(f"missing {', '.join(missing_files(final))} after the save")
+        if jax.process_count() > 1:  # every process stops when the save failed on any of them
+            from jax.experimental import multihost_utils
+            ok = bool(np.all(multihost_utils.process_allgather(np.array([error is None]))))
+            error = error or (None if ok else RuntimeError("the save failed on another process"))
+        if error is None:
+            absl_logger.removeFilter(quiet)
+        else:  # the filter stays until wait(): orbax threads may still log the same failure
+            self._quiet = quiet
+            reason = _reason(error)
+            error = self.manager.save_error = None
+            quiet.records.clear()
+            _collect_leftovers()
+            if jax.process_index() == 0:
+                self._remove_partial(step, keep_final=existed)
+            raise TrainingError(f"saving checkpoint step {step} to {final} failed: {reason}; "
+                                f"stopped (last good checkpoint: step {self.latest_step() or 'none'})")
+        log.info("checkpoint step %d saved in %.1f s (%s)", step, time.time() - start, final)
 
-    def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
-        """Restore the train state (and the data iterator in place) saved at `step`."""
+    def _remove_partial(self, step: int, keep_final: bool) -> None:
+        """Remove what a failed save of `step` left: its temporary folders (and its final folder when
+        that did not exist before and is incomplete)."""
+        directory = epath.Path(self.directory)
+        if not directory.exists():
+            return
+        for p in directory.iterdir():
+            partial = p.name.startswith(f"{step}{TMP_MARK}")
+            half_final = p.name == str(step) and not keep_final and not is_complete(str(p))
+            if partial or half_final:
+                try:
+                    p.rmtree() if p.is_dir() else p.unlink()
+                except OSError as e:
+                    log.warning("could not remove the partial checkpoint %s: %s", p, e.strerror or e)
+        try:
+            self.manager.reload()
+        except Exception:  # noqa: BLE001 — the folder may be gone (a vanished workdir)
+            pass
+
+    def restore_latest(self, abstract_state: Any, data_iterator: Any | None = None) -> tuple[int, Any]:
+        """(step, state) of the newest readable checkpoint, or (0, None) when there is none.
+
+        Incomplete step folders, and unreadable ones newer than that checkpoint, are reported in one
+        warning line each and moved to `workdir/unreadable_checkpoints/` (never deleted), so that later
+        saves do not trip over them.
+        """
         import grain
-        items = dict(state=ocp.args.StandardRestore(abstract_state))
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+        # Incomplete folders first (orbax's manager trips on them); every process lists them before
+        # process 0 moves any.
+        incomplete = {step: missing_files(os.path.join(self.directory, str(step)))
+                      for step in step_folders(self.directory)}
+        _sync_processes("rdbm_jax listed checkpoints")
+        for step, missing in incomplete.items():
+            if missing:
+                self._warn_set_aside(step, f"incomplete (missing {', '.join(missing)})")
+        for step in complete_steps(self.directory):
+            items = dict(state=ocp.args.StandardRestore(abstract_state))
+            if data_iterator is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            try:
+                with _quiet_orbax():
+                    return step, self.manager.restore(step, args=ocp.args.Composite(**items)).state
+            except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
+                reason = f"unreadable ({_reason(e)})"
+            _collect_leftovers()
+            self._warn_set_aside(step, reason)
+        return 0, None
+
+    def _warn_set_aside(self, step: int, reason: str) -> None:
+        """One warning line naming a bad step folder, which is moved aside."""
+        log.warning("checkpoint %s is %s; not used, %s", os.path.join(self.directory, str(step)), reason,
+                    self._set_aside(step))
+
+    def _set_aside(self, step: int) -> str:
+        """Move a bad step folder out of the checkpoints folder (process 0); says where it went."""
+        source = epath.Path(self.directory) / str(step)
+        target_dir = epath.Path(self.workdir) / SET_ASIDE
+        target = target_dir / str(step)
+        n = 1
+        while target.exists():
+            n += 1
+            target = target_dir / f"{step}-{n}"
+        if jax.process_index() == 0 and source.exists():
+            try:
+                target_dir.mkdir(parents=True, exist_ok=True)
+                source.rename(target)
+            except OSError as e:
+                return f"could not move it aside ({e.strerror or e}); it is ignored"
+        _sync_processes(f"rdbm_jax set aside checkpoint {step}")
+        if self._manager is not None:
+            self._manager.reload()
+        return f"moved to {target}"
 
     def wait(self) -> None:
+        """Wait for orbax's background work (after a failed save, also stop hiding orbax's errors)."""
         self.manager.wait_until_finished()
+        if self._quiet is not None:
+            logging.getLogger("absl").removeFilter(self._quiet)
+            self._quiet = None
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -53,35 +321,46 @@ class Checkpointer:
 
 
 def resolve(workdir: str, explicit: str = "") -> tuple[str, int]:
-    """(checkpoints directory, step) of an explicit step folder or of the latest in `workdir`."""
+    """(checkpoints directory, step) of an explicit step folder or of the newest complete one in `workdir`."""
     if explicit:
         path = os.path.abspath(explicit.rstrip("/"))
         parent, name = os.path.dirname(path), os.path.basename(path)
         if not name.isdigit() or not os.path.isdir(path):
             raise ConfigError(f"sample.checkpoint={explicit!r} is not a checkpoint step folder "
                               "(expected …/checkpoints/<step>)")
+        missing = missing_files(path)
+        if missing:
+            raise ConfigError(f"sample.checkpoint={explicit!r}: {path} is not a complete checkpoint "
+                              f"(missing {', '.join(missing)})")
         return parent, int(name)
     directory = checkpoint_dir(workdir)
-    steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+    steps = complete_steps(directory)
     if not steps:
         raise ConfigError(f"no checkpoint found in {directory} (train first, or set sample.checkpoint)")
-    return directory, max(steps)
+    return directory, steps[0]
 
 
 def load_for_inference(directory: str, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """(train state, saved config dict) of one checkpoint, without the data-iterator state."""
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False)) as mngr:
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
-    return restored.state, dict(restored.config)
+    options = ocp.CheckpointManagerOptions(create=False)
+    try:
+        with _quiet_orbax(), ocp.CheckpointManager(directory, options=options) as mngr:
+            restored = mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
+        return restored.state, dict(restored.config)
+    except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
+        reason = _reason(e)
+    _collect_leftovers()
+    raise ConfigError(f"checkpoint {os.path.join(directory, str(step))} is unreadable: {reason} "
+                      "(name an older step with sample.checkpoint)")
 
 
 def read_config(directory: str, step: int) -> dict:
     """The config JSON saved beside a checkpoint."""
     path = os.path.join(directory, str(step), "config", "metadata")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
+    try:
+        with epath.Path(path).open("r") as f:
             return json.load(f)
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False)) as mngr:
-        return dict(mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
-
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"checkpoint {os.path.join(directory, str(step))}: cannot read its config "
+                          f"({_reason(e)})") from None

@@ -45,6 +45,7 @@ def load_trained(cfg: ml_collections.ConfigDict, workdir: str, mesh: Any,
 
 
 def _output_path(out_dir: str, in_dir: str, path: str) -> str:
+    """The PNG that the restoration of `path` is written to (same relative path, extension .png)."""
     rel = os.path.splitext(os.path.relpath(path, in_dir))[0]
     return os.path.join(out_dir, rel + ".png")
 
@@ -64,6 +65,17 @@ def _input_mask(mask_dir: str, in_dir: str, path: str, img: np.ndarray) -> np.nd
                     f"another image extension")
 
 
+def check_distinct_outputs(paths: list[str], out_dir: str, in_dir: str) -> None:
+    """Refuse (DataError naming both) two inputs that would be written to the same output file."""
+    first: dict[str, str] = {}
+    for path in paths:
+        out = os.path.normcase(_output_path(out_dir, in_dir, path))
+        if out in first:
+            raise DataError(f"{first[out]} and {path} would both be restored to {out}; rename one "
+                            "(nothing was written)")
+        first[out] = path
+
+
 def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """`--mode=sample`: restore every image in sample.input_dir into sample.output_dir (PNG)."""
     config_lib.validate(cfg)
@@ -73,6 +85,7 @@ def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     if os.path.abspath(s.input_dir) == os.path.abspath(s.output_dir):
         raise ConfigError("sample.output_dir must differ from sample.input_dir")
     paths = data.list_images(s.input_dir, key="sample.input_dir")
+    check_distinct_outputs(paths, s.output_dir, s.input_dir)
     todo = [p for p in paths if s.overwrite or not os.path.exists(_output_path(s.output_dir, s.input_dir, p))]
     skipped = len(paths) - len(todo)
     if skipped:
@@ -83,12 +96,12 @@ def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     restorer = from_config(model, schedule, cfg, mesh)
     rng = jax.random.PRNGKey(cfg.seed)
     failed: list[str] = []
-    written = 0
+    written = saved = 0  # restored images / files written (by process 0)
     pending: list[tuple[str, np.ndarray]] = []
     pbar = progress.bar(len(todo), "restore")
 
     def flush():
-        nonlocal written
+        nonlocal written, saved
         if not pending:
             return
         masks = np.stack([_input_mask(s.mask_dir, s.input_dir, path, img) for path, img in pending]) \
@@ -98,6 +111,7 @@ def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         for (path, _), img in zip(pending, out):
             if distributed.is_main_process():
                 data.save_image(_output_path(s.output_dir, s.input_dir, path), img)
+                saved += 1
             written += 1
             pbar.update(1)
         pending.clear()
@@ -116,8 +130,9 @@ def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         pending.append((path, img))
     flush()
     pbar.close()
-    log.info("restored %d image(s) into %s; %d kept, %d failed", written, s.output_dir, skipped, len(failed))
+    if distributed.is_main_process():
+        log.info("restored %d image(s) into %s; %d kept, %d failed", saved, s.output_dir, skipped, len(failed))
     if failed:
         raise DataError(f"{len(failed)} of {len(todo)} input(s) could not be restored (the rest were): "
                         + "; ".join(failed))
-    return {"restored": written, "skipped": skipped, "failed": failed}
+    return {"restored": saved, "skipped": skipped, "failed": failed}

@@ -29,30 +29,92 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _one_line(e: BaseException, last: bool = False) -> str:
     """An exception's message on one line (`last`: only its last line, e.g. after a traceback)."""
-    text = str(e).replace("\\n", "\n").replace("\\'", "'")
-    lines = [part.strip().strip("'\"") for part in text.splitlines() if part.strip()]
+    text = _unquote(str(e).strip()).replace("\\n", "\n").replace("\\'", "'")
+    lines = [_unquote(part.strip()) for part in text.splitlines() if part.strip()]
     if last and lines:
         return lines[-1]
     return " ".join(lines)
 
 
+def _unquote(text: str) -> str:
+    """Drop the quotes around a whole quoted message (a KeyError's repr), and only those."""
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _config_path(argv: list[str]) -> str:
+    """The file named by --config (without its `:arg`), or "" when there is none."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1].split(":", 1)[0]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1].split(":", 1)[0]
+    return ""
+
+
+def _config_file_error(e: BaseException, path: str) -> str | None:
+    """One line naming the config file (and line) when `e` comes from loading it, else None."""
+    import os
+    import traceback
+
+    folder = os.path.dirname(os.path.abspath(path))
+    chain, seen = [], e
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for err in chain:
+        if isinstance(err, SyntaxError) and err.filename:
+            return f"{err.filename}:{err.lineno}: syntax error: {err.msg}"
+        if isinstance(err, AttributeError) and "get_config" in str(err):
+            return f"{path}: the config file defines no get_config(arg=None) function"
+        frames = [f for f in traceback.extract_tb(err.__traceback__)
+                  if os.path.dirname(os.path.abspath(f.filename)) == folder and f.filename.endswith(".py")]
+        if frames:
+            where = f"{frames[-1].filename}:{frames[-1].lineno}"
+            return f"{where}: {type(err).__name__} in get_config: {_one_line(err)}"
+    if not os.path.isfile(path) and any(isinstance(err, OSError) for err in chain):
+        return f"{path}: no such config file"
+    return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with config-file and config-override problems as one-line errors."""
+    path = _config_path(argv)
     try:
         rest = flags.FLAGS(argv)
-    except flags.Error as e:
-        message = _one_line(e)
-        _fail(_one_line(e, last=True) if "Traceback" in message else message)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:  # unknown/locked config keys
-        _fail(f"bad --config override: {_one_line(e)}")
+    except Exception as e:  # noqa: BLE001 — every failure becomes one line or is re-raised
+        message = _config_file_error(e, path) if path else None
+        if message:
+            _fail(message)
+        if isinstance(e, flags.Error):
+            message = _one_line(e)
+            _fail(_one_line(e, last=True) if "Traceback" in message else message)
+        if isinstance(e, (AttributeError, KeyError, TypeError, ValueError)):  # unknown/locked config keys
+            _fail(f"bad --config override: {_one_line(e)}")
+        raise
     cfg = _CONFIG.value
     if cfg is not None and not isinstance(cfg, ml_collections.ConfigDict):
         try:  # config_flags keeps a placeholder that raises the load error when used
             cfg["seed"]
         except Exception as e:  # noqa: BLE001
-            cause = e.__cause__ or e
-            _fail(f"--config={flags.FLAGS['config'].serialize().split('=', 1)[-1]}: {_one_line(cause, last=True)}")
+            if type(cfg).__name__ == "_ErrorConfig":
+                _fail(_config_file_error(e, path) or f"--config={path}: {_one_line(e.__cause__ or e, last=True)}")
+        _fail(f"{path}: get_config() returned {type(cfg).__name__}, not an ml_collections.ConfigDict")
     return rest
+
+
+def _drop_closed_loop_noise() -> None:
+    """Silence "Event loop is closed" errors that orbax's reader threads can raise, after a failed
+    checkpoint read was already reported in one line, into an event loop orbax has closed."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def main(argv: list[str]) -> None:
@@ -62,6 +124,7 @@ def main(argv: list[str]) -> None:
         _fail("--config is required (e.g. --config=configs/demo.py)")
     if not _WORKDIR.value:
         _fail("--workdir is required")
+    _drop_closed_loop_noise()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
     logging.getLogger("rdbm_jax").setLevel(logging.INFO)  # orbax/absl chatter stays at WARNING
     from rdbm_jax import distributed
@@ -86,6 +149,8 @@ def main(argv: list[str]) -> None:
             run_export(_CONFIG.value, _WORKDIR.value)
     except RDBMError as e:
         _fail(str(e), code=1)
+    except OSError as e:  # a full disk or a vanished folder while writing outputs
+        _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else _one_line(e), code=1)
 
 
 def run() -> None:

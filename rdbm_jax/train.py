@@ -1,13 +1,14 @@
 """The training loop: sharded jit step, EMA, clu metrics, periodic evaluation, orbax checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import signal
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ import optax
 from clu import metrics as clu_metrics
 
 from rdbm_jax import checkpoints, conditioning, config as config_lib, data, distributed, models, sde
-from rdbm_jax import curves, evaluate, writers
+from rdbm_jax import curves, evaluate, workdir_lock, writers
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule, make_optimizer
 
@@ -207,14 +208,44 @@ def _next_batches(it: Any, k: int) -> dict[str, np.ndarray]:
     return {name: np.stack([b[name] for b in batches]) for name in ("x0", "mu", "mask")}
 
 
+@contextlib.contextmanager
+def hold_workdir(workdir: str) -> Iterator[None]:
+    """The workdir lock, taken by process 0 for the whole run; every process stops if it is busy."""
+    lock = workdir_lock.WorkdirLock(workdir)
+    error = ""
+    if distributed.is_main_process():
+        try:
+            lock.acquire()
+        except TrainingError as e:
+            error = str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        if bool(multihost_utils.broadcast_one_to_all(np.array(bool(error)))) and not error:
+            error = f"workdir {workdir} is in use by another training run (see process 0's error)"
+    if error:
+        raise TrainingError(error)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                        hooks: Sequence[Callable[[int, TrainState], None]] = ()) -> dict[str, float]:
-    """Train per `cfg` in `workdir`, resuming from its latest checkpoint; returns the last metrics.
+    """Train per `cfg` in `workdir`, resuming from its newest readable checkpoint; returns the last metrics.
 
-    `hooks` are called as hook(step, state) after every dispatch (and after its checkpoint).
+    Holds the workdir lock throughout. `hooks` are called as hook(step, state) after every dispatch
+    (and after its checkpoint).
     """
     config_lib.validate(cfg)
     prepare_workdir(workdir)
+    with hold_workdir(workdir):
+        return _train(cfg, workdir, hooks)
+
+
+def _train(cfg: ml_collections.ConfigDict, workdir: str,
+           hooks: Sequence[Callable[[int, TrainState], None]]) -> dict[str, float]:
+    """The body of `train_and_evaluate`, run while the workdir lock is held."""
     if cfg.train.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", cfg.train.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -234,9 +265,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                     if cfg.train.eval_every else {})
     ckpt = checkpoints.Checkpointer(workdir, cfg.train.max_to_keep)
     config_json = json.loads(cfg.to_json_best_effort())
-    start = ckpt.latest_step() or 0
+    start, state = ckpt.restore_latest(prog.abstract, train_iter)
     if start:
-        state = ckpt.restore(start, prog.abstract, train_iter)
         log.info("resumed from %s at step %d", ckpt.directory, start)
     else:
         state = init_state(cfg, mesh)
@@ -244,8 +274,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         log.info("model %s: %.3f M parameters on %d device(s) (%s)", cfg.model.size,
                  models.count_params(state.params) / 1e6, mesh.size, jax.devices()[0].platform)
 
-    writer = writers.create_writer(workdir, is_main, cfg.train.tensorboard,
-                                   purge_step=start + 1 if start else None)  # TensorBoard drops stale events
+    writer = writers.create_writer(workdir, is_main, cfg.train.tensorboard, resume_step=start)
     if is_main and not start:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config_json, f, indent=2)

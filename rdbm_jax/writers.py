@@ -12,22 +12,30 @@ import numpy as np
 from PIL import Image
 
 from rdbm_jax.config import CHOICES
-from rdbm_jax.errors import ConfigError
+from rdbm_jax.errors import ConfigError, TrainingError
 
 log = logging.getLogger("rdbm_jax")
 
 
 class JsonlWriter:
-    """Appends scalars to `workdir/metrics.jsonl` (one JSON object a line), logs them, writes PNGs."""
+    """Appends scalars to `workdir/metrics.jsonl` (one JSON object a line), logs them, writes PNGs.
 
-    def __init__(self, workdir: str):
+    `resume_step`: the step training restarts from; rows logged after it by an interrupted run are
+    dropped first, so the file reads like an uninterrupted run's.
+    """
+
+    def __init__(self, workdir: str, resume_step: int = 0):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.image_dir = os.path.join(workdir, "samples")
+        truncate_jsonl(self.path, resume_step)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise TrainingError(f"cannot write {self.path}: {e.strerror or e}") from None
         log.info("step %d: %s", step, "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "step"))
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
@@ -77,17 +85,46 @@ class NullWriter(MultiWriter):
         super().__init__([])
 
 
+def truncate_jsonl(path: str, resume_step: int) -> None:
+    """Keep only the rows of a JSONL log with step ≤ `resume_step` (atomic rewrite; torn lines dropped)."""
+    if not os.path.exists(path):
+        return
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                keep = int(row["step"]) <= resume_step
+            except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
+                keep = False
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if not dropped:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    log.info("%s: dropped %d row(s) logged after step %d (resuming there)", path, dropped, resume_step)
+
+
 def create_writer(workdir: str, is_main: bool = True, tensorboard: str = "tensorboardx",
-                  purge_step: int | None = None) -> MultiWriter:
+                  resume_step: int = 0) -> MultiWriter:
     """JSONL/PNG writer plus TensorBoard event files in `workdir/tensorboard` (process 0 only).
 
     tensorboard: "tensorboardx" (no TensorFlow), "clu" (clu's TensorFlow writer; the `tensorboard`
-    extra) or "none". purge_step: the first step a resumed run writes again (see TensorBoardXWriter).
+    extra) or "none". `resume_step` is the step training (re)starts from: every writer drops what
+    was logged after it (JSONL rows are cut; TensorBoard readers purge events from resume_step + 1).
     """
     if not is_main:
         return NullWriter()
-    writers: list = [JsonlWriter(workdir)]
+    writers: list = [JsonlWriter(workdir, resume_step)]
     logdir = os.path.join(workdir, "tensorboard")
+    purge_step = resume_step + 1 if resume_step else None
     if tensorboard == "tensorboardx":
         writers.append(TensorBoardXWriter(logdir, purge_step=purge_step))
     elif tensorboard == "clu":
@@ -96,9 +133,8 @@ def create_writer(workdir: str, is_main: bool = True, tensorboard: str = "tensor
         except ImportError:
             raise ConfigError("train.tensorboard='clu' needs TensorFlow (pip install .[tensorboard]); "
                               "'tensorboardx' needs none") from None
-        if purge_step is not None:
-            log.warning("train.tensorboard='clu' cannot purge events: TensorBoard keeps the interrupted "
-                        "run's events from step %d on", purge_step)
+        if purge_step is not None and os.path.isdir(logdir):  # a resumed (or restarted) run
+            write_purge_marker(logdir, purge_step)
         writers.append(_ClipImages(metric_writers.SummaryWriter(logdir)))
     elif tensorboard != "none":
         raise ConfigError(f"train.tensorboard={tensorboard!r} is not one of "
@@ -124,6 +160,21 @@ class _ClipImages:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def write_purge_marker(logdir: str, step: int) -> None:
+    """An event file holding a SessionLog START at `step`: TensorBoard then drops the events of `logdir`
+    at steps ≥ `step` from earlier files (the marker tensorboardX writes for `purge_step`)."""
+    from tensorboard.compat.proto import event_pb2  # installed with TensorFlow
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    writer = EventFileWriter(logdir)
+    writer.add_event(event_pb2.Event(step=step, wall_time=time.time(),
+                                     session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    writer.close()
+    # Event files are read in name order, and names start with the creation second: let the files of
+    # the resumed run sort after the marker.
+    time.sleep(1.0 - time.time() % 1.0)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:

@@ -41,3 +41,35 @@ def read_metrics(workdir: str) -> list[dict]:
 def train_rows(workdir: str) -> dict[int, float]:
     """step → train/loss of a run's metrics log."""
     return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
+
+
+# A training run in a child process, with a hook (Python source defining `hook(step, state)`, run after
+# every dispatch) that can kill it (`os.kill(os.getpid(), signal.SIGKILL)`) at a chosen moment. Logs
+# like the CLI; an RDBMError exits 1 with one `error:` line.
+_TRAIN_SCRIPT = """
+import logging, os, random, signal, sys, threading, time
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)
+logging.getLogger("rdbm_jax").setLevel(logging.INFO)
+from rdbm_jax import checkpoints, train
+from rdbm_jax.errors import RDBMError
+from tests.helpers import config
+workdir = {workdir!r}
+{hook}
+try:
+    train.train_and_evaluate(config(**{overrides!r}), workdir, hooks=[hook])
+except RDBMError as e:
+    sys.stderr.write(f"error: {{e}}\\n")
+    sys.exit(1)
+"""
+
+
+def train_argv(workdir: str, overrides: dict, hook: str) -> list[str]:
+    """argv of a child training run of configs/demo.py:tiny + `overrides` in `workdir` with `hook`."""
+    script = _TRAIN_SCRIPT.format(workdir=workdir, overrides=overrides, hook=hook)
+    return [sys.executable, "-c", script]
+
+
+def train_in_subprocess(workdir: str, overrides: dict, hook: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `train_argv(…)` from the repo root to its end (or its kill); returns the finished process."""
+    return subprocess.run(train_argv(workdir, overrides, hook), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)

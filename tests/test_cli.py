@@ -32,7 +32,7 @@ def test_bad_config_rejected_with_one_line(tmp_path, override, fragments):
 
 
 def test_missing_config_file(tmp_path):
-    _one_line_error(run_cli("--config=configs/nope.py", f"--workdir={tmp_path}"), "--config")
+    _one_line_error(run_cli("--config=configs/nope.py", f"--workdir={tmp_path}"), "configs/nope.py", "no such config file")
 
 
 def test_unwritable_workdir(tmp_path):

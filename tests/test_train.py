@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +12,7 @@ import pytest
 from rdbm_jax import checkpoints, train
 from rdbm_jax.errors import TrainingError
 from rdbm_jax.train_state import TrainState, ema_update
-from tests.helpers import REPO, config, read_metrics, train_rows
+from tests.helpers import config, read_metrics, train_in_subprocess, train_rows
 
 # Short runs: 4 steps, a checkpoint every 2, a log line every step, no periodic evaluation.
 RESUME = {"train.num_steps": 4, "train.checkpoint_every": 2, "train.log_every": 1, "train.eval_every": 0}
@@ -68,21 +65,8 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(uninterrupted, tmp_path)
 
 def test_hard_kill_after_checkpoint_then_resume_matches(uninterrupted, tmp_path):
     workdir = str(tmp_path)
-    script = textwrap.dedent(f"""
-        import os, time
-        from rdbm_jax import train
-        from tests.helpers import config
-        def kill(step, state):
-            if step == 3:  # once the (asynchronous) checkpoint of step 2 is final; step 3 is lost
-                for _ in range(600):
-                    if os.path.isdir(os.path.join({workdir!r}, "checkpoints", "2")):
-                        break
-                    time.sleep(0.1)
-                os._exit(9)
-        train.train_and_evaluate(config(**{RESUME!r}), {workdir!r}, hooks=[kill])
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    # Step 2's checkpoint is final before the hook of step 2 returns (saves are waited for); step 3 is lost.
+    proc = train_in_subprocess(workdir, RESUME, "def hook(step, state):\n    if step == 3:\n        os._exit(9)")
     assert proc.returncode == 9, proc.stderr[-2000:]
     assert checkpoints.Checkpointer(workdir).latest_step() == 2
     reference = train_rows(uninterrupted)
