@@ -185,6 +185,55 @@ def roofline(flops: float | None, bytes_moved: float | None, seconds: float,
     return out
 
 
+def memory_of(compiled: Any) -> dict[str, int] | None:
+    """XLA's memory analysis of an executable (argument, output, alias, temp bytes), None if absent."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 — some backends do not implement it
+        return None
+    names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+             "temp_size_in_bytes", "generated_code_size_in_bytes")
+    out = {n: int(getattr(m, n)) for n in names if isinstance(getattr(m, n, None), int)}
+    return out or None
+
+
+def free_device_bytes() -> tuple[int | None, str]:
+    """(bytes JAX may still allocate on the first device, where the figure comes from); None on CPU."""
+    free_torch_memory()  # also collects the states of earlier configurations
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), "jax memory_stats"
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[0]), "torch.cuda.mem_get_info"
+    except ImportError:
+        pass
+    return None, "no device memory figure"
+
+
+def predict_max_batch(result: dict, free: int, fraction: float, floor: int, cap: int) -> dict[str, Any]:
+    """Largest power-of-two batch in [floor, cap] whose predicted footprint ≤ fraction × free.
+
+    Footprint(batch) = fixed + batch × per-image, both from XLA's memory analysis of one executable:
+    per-image = (temp + the batch's input bytes) / batch; fixed = the rest of arguments + outputs
+    not aliased to arguments (the donated state).
+    """
+    mem, batch = result.get("memory") or {}, result["batch"]
+    if "temp_size_in_bytes" not in mem or "argument_size_in_bytes" not in mem:
+        raise ValueError("no XLA memory analysis for this executable")
+    inputs = 2 * batch * result["resolution"] ** 2 * 3 * 4 * result.get("steps_per_dispatch", 1)
+    per_image = (mem["temp_size_in_bytes"] + inputs) / batch
+    fixed = (mem["argument_size_in_bytes"] - inputs + mem.get("output_size_in_bytes", 0)
+             - mem.get("alias_size_in_bytes", 0))
+    fits = int((fraction * free - fixed) // per_image)
+    chosen = floor
+    while chosen * 2 <= min(fits, cap):
+        chosen *= 2
+    return {"from_batch": batch, "free_bytes": free, "fraction": fraction, "per_image_bytes": per_image, "fixed_bytes": fixed,
+            "predicted_fit": fits, "batch": chosen if fits >= floor else None}
+
+
 def free_torch_memory() -> None:
     """Hand the twin's cached CUDA memory back (call after its tensors went out of scope)."""
     import gc

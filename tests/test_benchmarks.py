@@ -123,6 +123,44 @@ def test_command_lines_presets_and_errors():
             bench_sample.parse(bad)
 
 
+def test_variants_and_overrides_parse_and_reach_the_real_program():
+    o = bench_train.parse(["--variant", "cudnn:model.attention_impl=cudnn,model.remat=true"])
+    assert o.variants == {"cudnn": {"model.attention_impl": "cudnn", "model.remat": "true"}}
+    assert o.max_batch_variant == "best"
+    for bad in (["--variant", "nocolon"], ["--variant", "base:model.remat=true"],
+                ["--variant", "x:remat=true"], ["--max-batch-variant", "nope"]):
+        with pytest.raises(SystemExit):
+            bench_train.parse(bad)
+    assert bench_sample.parse(["--attention-impl", "xla,cudnn"]).impls == ["xla", "cudnn"]
+    with pytest.raises(SystemExit):
+        bench_sample.parse(["--attention-impl", "flash"])
+    from rdbm_jax import distributed
+
+    prog, _, _ = bench_train.real_program("configs/default.py", "T", "float32", 2, 1, distributed.make_mesh(),
+                                          {"model.remat": "true", "optim.ema_decay": "0.5"})
+    assert prog.model.remat is True  # (cudnn attention cannot be traced without a GPU)
+    assert prog.abstract.ema_decay == 0.5  # a float key: cast to the type it replaces
+    with pytest.raises(ValueError, match="model.nope"):
+        bench_train.real_program("configs/default.py", "T", "float32", 2, 1, distributed.make_mesh(),
+                                 {"model.nope": "1"})
+
+
+def test_predict_max_batch_from_the_memory_analysis():
+    # batch 16 at 32²: inputs 2·16·32²·3·4 B; temp 16 × 10 MB; state 1 GB in, aliased out.
+    inputs = 2 * 16 * 32 * 32 * 3 * 4
+    row = {"batch": 16, "resolution": 32, "steps_per_dispatch": 1,
+           "memory": {"temp_size_in_bytes": 16 * 10_000_000, "argument_size_in_bytes": 1_000_000_000 + inputs,
+                      "output_size_in_bytes": 1_000_000_000, "alias_size_in_bytes": 1_000_000_000}}
+    plan = rl.predict_max_batch(row, free=11_000_000_000, fraction=1.0, floor=32, cap=1024)
+    assert plan["fixed_bytes"] == 1_000_000_000
+    assert plan["per_image_bytes"] == pytest.approx(10_000_000 + inputs / 16)
+    assert plan["predicted_fit"] == 999 and plan["batch"] == 512  # the power of two below
+    assert rl.predict_max_batch(row, 11_000_000_000, 1.0, 32, 256)["batch"] == 256  # the cap
+    assert rl.predict_max_batch(row, 1_100_000_000, 1.0, 32, 1024)["batch"] is None  # not even 32
+    with pytest.raises(ValueError, match="memory analysis"):
+        rl.predict_max_batch({**row, "memory": None}, 1, 1.0, 32, 64)
+
+
 def test_run_all_tiny_writes_every_result(tmp_path):
     out = str(tmp_path)
     merged = run_all.main(["--tiny", "--skip-startup", "--out-dir", out])
@@ -167,7 +205,7 @@ def test_run_all_tiny_writes_every_result(tmp_path):
     with open(os.path.join(out, "table.md"), encoding="utf-8") as f:
         table = f.read()
     assert table == run_all.render(merged)
-    assert "| T | 0.45 M | 2 | 32² | ours | 1 |" in table and "| T | 2 × 32 × 32 | 10 | ours |" in table
+    assert "| T | 0.45 M | 2 | 32² | ours | base | 1 |" in table and "| T | 2 × 32 × 32 | 10 | ours |" in table
 
 
 @pytest.mark.slow
