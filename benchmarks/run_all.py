@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     deadline_args = ["--deadline", str(deadline)] if deadline else []
     for stage, args, *flags in preset["stages"]:
         kind = "sample" if stage == "sample" else "train"
-        argv_stage = args + common_args(opts) + deadline_args + ["--keep-going"]
+        argv_stage = common_args(opts) + args + deadline_args + ["--keep-going"]  # the stage overrides
         if kind == "train":
             argv_stage += ["--step-impl", opts.step_impl, "--twin-compile", opts.twin_compile]
         argv_stage += shlex.split(opts.train_args if kind == "train" else opts.sample_args)
