@@ -314,6 +314,8 @@ def parser() -> argparse.ArgumentParser:
                    help="variant timed at that batch (best: the fastest at --batch)")
     p.add_argument("--max-batch-only", action="store_true",
                    help="only the --max-batch-model runs (run_all: from the rows of an earlier stage)")
+    p.add_argument("--skip-base", action="store_true",
+                   help="time only the --variant steps (no base step, no twin), e.g. in a later stage")
     p.add_argument("--max-batch-fraction", type=float, default=0.8,
                    help="share of the free device memory the predicted batch may use")
     p.add_argument("--free-memory-gb", type=float, default=0.0,
@@ -397,7 +399,7 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
             if due(f"max batch (memory model) {size}"):
                 max_batch_model(size, first, opts, peak, twin_off, attempt, skipped)
             continue
-        for k in opts.ks:
+        for k in () if opts.skip_base else opts.ks:
             if due(f"ours {size} K={k}"):
                 got = attempt(f"ours {size} K={k}", lambda s=size, k=k, k1=k1: bench_ours(
                     s, opts.dtype, opts.batch, opts.resolution, k, opts, peak, k1))
@@ -411,6 +413,8 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
                 first[name] = attempt(f"ours {size} K={k} {name}", lambda s=size, k=k, n=name, o=overrides:
                                       bench_ours(s, opts.dtype, opts.batch, opts.resolution, k, opts, peak,
                                                  k1 if k > 1 else None, n, o))
+        if opts.skip_base:
+            continue
         if twin_off:
             skipped.append(f"twin {size}: {twin_off}")
             continue
