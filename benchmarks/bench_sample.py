@@ -238,6 +238,7 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
         if twin is not None:
             for impl, (row, out) in ours.items():  # the same function: how far apart the outputs are
                 row["max_abs_diff_vs_twin"] = float(np.abs(twin[1] - out).max())
+                row["mean_abs_diff_vs_twin"] = float(np.abs(twin[1] - out).mean())
             first = next(iter(ours.values()), None)
             diff = float(np.abs(twin[1] - first[1]).max()) if first is not None else None
             add({**case, **twin[0], "max_abs_diff_vs_ours": diff})

@@ -206,7 +206,8 @@ def bench_ours(size: str, dtype: str, batch: int, resolution: int, k: int, opts:
     n_params = models.count_params(holder["state"].params)
     analytic = analytic_train_flops(b.model, size, resolution, batch)
     if k > 1 and k1_cost and k1_cost.get("flops"):  # the K = 1 executable of this run: exact per step
-        flops, bytes_, source = k1_cost["flops"], k1_cost["bytes_accessed"], "xla (K = 1 executable)"
+        flops, bytes_, source = rl.loop_scaled(k1_cost, 1, analytic)
+        source = f"{source} (K = 1 executable)"
     else:
         flops, bytes_, source = rl.loop_scaled(cost, k, analytic * k)
         flops, bytes_ = flops / k, bytes_ / k if bytes_ else None

@@ -60,7 +60,10 @@ PRESETS = {
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out-dir", required=True, help="where the JSON files and table.md go")
+    p.add_argument("--out-dir", default="", help="where the JSON files and table.md go (required to run)")
+    p.add_argument("--render", nargs="+", default=None, metavar="JSON",
+                   help="only print the table of saved results: a results.json, then bench_train/"
+                   "bench_sample JSON files of later runs on the same device (rows appended)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="size B only, fewer timed steps")
     g.add_argument("--tiny", action="store_true", help="CPU smoke run (size T, 32², batch 2)")
@@ -154,7 +157,14 @@ def xla_flags_run(flags: str, argv: list[str], peak: dict, deadline: float, out_
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run everything; returns the merged results (also written to <out-dir>/results.json)."""
     start = _T0 if argv is None else time.time()  # the command line: count the imports too
-    opts = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    opts = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if opts.render:
+        merged = merge_saved(opts.render)
+        print(render(merged), end="", flush=True)
+        return merged
+    if not opts.out_dir:
+        p.error("--out-dir is required (unless --render)")
     name = "tiny" if opts.tiny else "quick" if opts.quick else "full"
     preset = PRESETS[name]
     budget = preset["budget"] if opts.budget_s is None else opts.budget_s
@@ -225,6 +235,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return merged
 
 
+def merge_saved(paths: list[str]) -> dict[str, Any]:
+    """Saved results (a results.json, then bench_* JSONs) as one run, with the roofline of every row
+    of ours recomputed from its stored XLA cost and MAC count by the current `rl.loop_scaled`."""
+    merged: dict[str, Any] = {}
+    for i, path in enumerate(paths):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if i == 0:
+            merged = data
+            continue
+        kind = "sample" if any("e2e_ms" in r for r in data["results"]) else "train"
+        base = merged.setdefault(kind, {"results": [], "skipped": [], "errors": []})
+        for key in ("results", "skipped", "errors"):
+            base[key] = base[key] + data[key]
+    peak = merged.get("peak")
+    for r in (merged.get("train") or {}).get("results", []):
+        if r.get("impl") == "ours" and r.get("flops_per_step_analytic") and r.get("steps_per_dispatch") == 1:
+            r["flops_per_step"], r["bytes_per_step"], r["cost_source"] = rl.loop_scaled(
+                r["xla_cost_per_dispatch"], 1, r["flops_per_step_analytic"])
+            r.update(rl.roofline(r["flops_per_step"], r["bytes_per_step"], r["step_ms"] / 1e3, peak))
+    for r in (merged.get("sample") or {}).get("results", []):
+        if r.get("impl") == "ours" and r.get("flops_analytic"):
+            r["flops"], r["bytes"], r["cost_source"] = rl.loop_scaled(
+                r["xla_cost_per_dispatch"], r["nfe"], r["flops_analytic"])
+            r.update(rl.roofline(r["flops"], r["bytes"], r["device_ms"] / 1e3, peak))
+    return merged
+
+
 # ---------------------------------------------------------------------------------------- table
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}×" if a and b else "–"
@@ -285,9 +323,9 @@ def sample_table(results: list[dict]) -> list[str]:
     rows = ["| size | batch × H × W | NFE | impl | attention | ms end to end | ms on device | img/s "
             "| × twin eager | GFLOP | GB | % roofline | max abs diff ours vs twin |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    twins = {(r["batch"], r["height"], r["width"]): r for r in results if r["impl"] == "twin_eager"}
-    for r in results:
-        twin = twins.get((r["batch"], r["height"], r["width"]))
+    shape = lambda r: (r["batch"], r["height"], r["width"])
+    for i, r in enumerate(results):  # the twin of the same case that ran next (the same stage)
+        twin = next((t for t in results[i:] if t["impl"] == "twin_eager" and shape(t) == shape(r)), None)
         ours = r["impl"] == "ours"
         ratio = (f"{_ratio(twin['e2e_ms'], r['e2e_ms'])} ({_ratio(twin['device_ms'], r['device_ms'])} "
                  "on device)" if ours and twin else "–")
