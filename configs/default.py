@@ -32,7 +32,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         dtype="float32",         # compute dtype: float32 | bfloat16
         param_dtype="float32",
         attention=True,          # self-attention at the lowest resolutions
-        attention_impl="xla",    # xla | cudnn (fused flash attention: GPU with bfloat16/float16 only)
+        attention_impl="xla",    # xla | cudnn (fused attention: GPU, dtype bfloat16/float16 only)
         dropout=0.0,
         remat=False,             # rematerialise residual blocks (saves memory, costs compute)
     ))

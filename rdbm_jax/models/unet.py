@@ -153,11 +153,14 @@ def create_model(model_cfg: Any, out_channels: int = 3) -> UNet:
     if attention_impl not in ATTENTION_IMPLS:
         raise ConfigError(f"model.attention_impl: unknown {attention_impl!r}; expected one of "
                           f"{sorted(ATTENTION_IMPLS)}")
+    dtype = _dtype(model_cfg, "dtype")
+    if attention_impl == "cudnn" and dtype == jnp.float32:
+        raise ConfigError("model.attention_impl: cudnn needs model.dtype bfloat16 or float16, not float32")
     return UNet(channels=p.channels, channel_mult=p.channel_mult, num_blocks=p.num_blocks,
                 num_heads=p.num_heads, groups=p.groups,
                 attention=bool(_get(model_cfg, "attention", True)), out_channels=out_channels,
                 dropout=dropout, remat=bool(_get(model_cfg, "remat", False)),
-                dtype=_dtype(model_cfg, "dtype"), param_dtype=_dtype(model_cfg, "param_dtype"),
+                dtype=dtype, param_dtype=_dtype(model_cfg, "param_dtype"),
                 attention_impl=ATTENTION_IMPLS[attention_impl])
 
 
