@@ -22,7 +22,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.light_step import BRIDGE  # noqa: E402
+from benchmarks.programs import BRIDGE  # noqa: E402
 from rdbm_jax import distributed, models, sde  # noqa: E402
 from rdbm_jax.restore import Restorer, make_apply  # noqa: E402
 

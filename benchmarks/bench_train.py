@@ -23,14 +23,13 @@ _T_START = time.time()
 from benchmarks import roofline as rl  # noqa: E402  (sets XLA_PYTHON_CLIENT_PREALLOCATE first)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.light_step import (BRIDGE, LOSS, OPTIM, LightState, light_loss_fn,  # noqa: E402,F401
-                                   light_optimizer, light_program, light_train_step)
+from benchmarks.programs import (BRIDGE, LOSS, OPTIM, REPO, LightState, _cast,  # noqa: E402,F401
+                                 light_loss_fn, light_optimizer, light_program, light_train_step,
+                                 load_config, parse_overrides, real_program, real_program_available)
 from rdbm_jax import distributed, models  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = "configs/default.py"
 # CPU smoke preset. configs/demo.py:tiny is the program the training tests compile too (T, 32²,
 # batch 2, float32, K = 1): with the test session's persistent cache it is compiled once.
@@ -48,69 +47,6 @@ class Built(NamedTuple):
     model: Any
     schedule: Any
     impl: str
-
-
-def real_program_available() -> str | None:
-    """None if rdbm_jax.train imports here, else the reason it does not."""
-    try:
-        import rdbm_jax.train  # noqa: F401
-        from rdbm_jax.config import sibling  # noqa: F401
-    except ImportError as e:
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def load_config(spec: str) -> Any:
-    """configs/NAME.py[:ARG] (a path relative to the repo or absolute) → its ConfigDict."""
-    from rdbm_jax.config import sibling
-
-    path, _, arg = spec.partition(":")
-    if not os.path.isabs(path):
-        path = os.path.join(REPO, path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config {spec!r}: no file {path}")
-    name = os.path.splitext(os.path.basename(path))[0]
-    return sibling(path, name).get_config(arg or None)
-
-
-def parse_overrides(text: str) -> dict[str, str]:
-    """"model.attention_impl=cudnn,model.remat=true" → {dotted key: value text}."""
-    out = {}
-    for item in (v.strip() for v in text.split(",")):
-        key, eq, value = item.partition("=")
-        if item and (not eq or "." not in key):
-            raise ValueError(f"override {item!r}: expected section.key=value")
-        if item:
-            out[key.strip()] = value.strip()
-    return out
-
-
-def _cast(text: str, like: Any) -> Any:
-    """The override text as the type of the value it replaces."""
-    if isinstance(like, bool):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"{text!r} is not a boolean")
-        return text.lower() in ("true", "1")
-    return type(like)(text) if isinstance(like, (int, float)) else text
-
-
-def real_program(config: str, size: str, dtype: str, batch: int, k: int, mesh: Any,
-                 overrides: dict[str, str] | None = None) -> tuple[Any, jax.Array, jax.Array]:
-    """(Program, init key, step key) of `config` with model.size/dtype, batch, K and `overrides` set."""
-    from rdbm_jax import train
-    from rdbm_jax.config import get
-
-    cfg = load_config(config)
-    cfg.model.size, cfg.model.dtype = size, dtype
-    cfg.train.batch_size, cfg.train.steps_per_dispatch = batch, k
-    for key, value in (overrides or {}).items():
-        section, name = key.rsplit(".", 1)
-        try:
-            node = get(cfg, section)
-            node[name] = _cast(value, node[name])
-        except (KeyError, AttributeError, TypeError, ValueError) as e:
-            raise ValueError(f"override {key}={value}: {e}") from None
-    return train.program(cfg, mesh), train.init_key(cfg.seed), jax.random.PRNGKey(cfg.seed + 1)
 
 
 def synthetic_batches(k: int, batch: int, resolution: int, seed: int = 0) -> dict[str, np.ndarray]:

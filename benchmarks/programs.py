@@ -1,7 +1,9 @@
-"""The train step of bench_train without ml_collections, clu or grain: a copy of rdbm_jax.train's
-step for configs/default.py (tests/test_benchmarks.py checks that both give identical states)."""
+"""The train steps bench_train times: the real `rdbm_jax.train.program` of a config file with
+overrides, or, without ml_collections/clu/grain, the light copy of that step for configs/default.py
+(tests/test_benchmarks.py checks that both give identical states)."""
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import jax
@@ -18,6 +20,71 @@ BRIDGE = dict(preset="rdbm", num_timesteps=100, theta_schedule="cosine", lam=10 
 OPTIM = dict(optimizer="adam", learning_rate=1e-4, b1=0.9, b2=0.999, schedule="constant",
              warmup_steps=0, grad_clip=0.0, ema_decay=0.999)
 LOSS = "l1"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def real_program_available() -> str | None:
+    """None if rdbm_jax.train imports here, else the reason it does not."""
+    try:
+        import rdbm_jax.train  # noqa: F401
+        from rdbm_jax.config import sibling  # noqa: F401
+    except ImportError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def load_config(spec: str) -> Any:
+    """configs/NAME.py[:ARG] (a path relative to the repo or absolute) → its ConfigDict."""
+    from rdbm_jax.config import sibling
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isabs(path):
+        path = os.path.join(REPO, path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config {spec!r}: no file {path}")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return sibling(path, name).get_config(arg or None)
+
+
+def parse_overrides(text: str) -> dict[str, str]:
+    """"model.attention_impl=cudnn,model.remat=true" → {dotted key: value text}."""
+    out = {}
+    for item in (v.strip() for v in text.split(",")):
+        key, eq, value = item.partition("=")
+        if item and (not eq or "." not in key):
+            raise ValueError(f"override {item!r}: expected section.key=value")
+        if item:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _cast(text: str, like: Any) -> Any:
+    """The override text as the type of the value it replaces."""
+    if isinstance(like, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{text!r} is not a boolean")
+        return text.lower() in ("true", "1")
+    return type(like)(text) if isinstance(like, (int, float)) else text
+
+
+def real_program(config: str, size: str, dtype: str, batch: int, k: int, mesh: Any,
+                 overrides: dict[str, str] | None = None) -> tuple[Any, jax.Array, jax.Array]:
+    """(Program, init key, step key) of `config` with model.size/dtype, batch, K and `overrides` set."""
+    from rdbm_jax import train
+    from rdbm_jax.config import get
+
+    cfg = load_config(config)
+    cfg.model.size, cfg.model.dtype = size, dtype
+    cfg.train.batch_size, cfg.train.steps_per_dispatch = batch, k
+    for key, value in (overrides or {}).items():
+        section, name = key.rsplit(".", 1)
+        try:
+            node = get(cfg, section)
+            node[name] = _cast(value, node[name])
+        except (KeyError, AttributeError, TypeError, ValueError) as e:
+            raise ValueError(f"override {key}={value}: {e}") from None
+    return train.program(cfg, mesh), train.init_key(cfg.seed), jax.random.PRNGKey(cfg.seed + 1)
+
 
 
 class LightState(flax_train_state.TrainState):
