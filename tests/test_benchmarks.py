@@ -212,6 +212,23 @@ def test_run_all_tiny_writes_every_result(tmp_path):
     assert "| T | 0.45 M | 2 | 32² | ours | base | 1 |" in table and "| T | 2 × 32 × 32 | 10 | ours |" in table
 
 
+def test_render_of_the_saved_h200_results(capsys):
+    d = os.path.join(REPO, "benchmarks", "results", "h200-2026-11-27")
+    merged = run_all.main(["--render", *(os.path.join(d, f) for f in
+                                         ("run1_results.json", "run2_train.json", "run2_sample.json"))])
+    b = next(r for r in merged["train"]["results"] if r["impl"] == "ours" and r["size"] == "B")
+    # XLA:GPU counted 8 % of the MAC count (cuDNN convolutions left out): the MAC count is used.
+    assert b["flops_per_step"] == b["flops_per_step_analytic"] and "XLA counted 8%" in b["cost_source"]
+    assert b["frac_peak_matmul"] == pytest.approx(b["flops_per_step"] / (b["step_ms"] / 1e3) / 769.87e12,
+                                                  rel=1e-3)
+    table = capsys.readouterr().out
+    assert table == run_all.render(merged)
+    # Each of our sampling rows against the twin row of its own run (run 1: 281.6 ms; run 2: 284.7 ms).
+    assert "| ours | xla | 77.3 | 68.5 | 206.9 | 3.64× (4.02× on device) |" in table
+    assert "| ours | cudnn | 68.0 | 59.3 | 235.2 | 4.19× (4.79× on device) |" in table
+    assert "| B | 3.63 M | 16 | 256² | ours | cudnn | 1 | 25.54 | 626.4 | 2.65× | 1.58× |" in table
+
+
 @pytest.mark.slow
 def test_run_all_tiny_command_with_cold_and_warm_startup(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
