@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks import roofline as rl  # noqa: E402  (sets XLA_PYTHON_CLIENT_PREALLOCATE first)
 
@@ -22,7 +22,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.bench_train import BRIDGE  # noqa: E402
+from benchmarks.programs import BRIDGE  # noqa: E402
 from rdbm_jax import distributed, models, sde  # noqa: E402
 from rdbm_jax.restore import Restorer, make_apply  # noqa: E402
 
@@ -79,8 +79,9 @@ def bench_ours(model: Any, params: Any, mu: np.ndarray, nfe: int, opts: argparse
     # batch is padded to the device count as Restorer does), on a device-resident input.
     padded = np.pad(mu, ((0, (-mu.shape[0]) % mesh.size), (0, 0), (0, 0), (0, 0)), mode="edge")
     mu_dev = jax.device_put(padded, distributed.batch_sharding(mesh))
-    compiled = restorer.compiled(padded.shape).lower(params, mu_dev, rng).compile()
-    dev = rl.time_windows(lambda: compiled(params, mu_dev, rng), rl.jax_sync, warmup=opts.warmup,
+    mask_dev = jax.device_put(np.ones(padded.shape[:3] + (1,), np.float32), distributed.batch_sharding(mesh))
+    compiled = restorer.compiled(padded.shape).lower(params, mu_dev, mask_dev, rng).compile()
+    dev = rl.time_windows(lambda: compiled(params, mu_dev, mask_dev, rng), rl.jax_sync, warmup=opts.warmup,
                           steps=opts.steps, window=1)
     cost = rl.cost_of(compiled)
     macs = models.count_macs(model, mu.shape[1], mu.shape[2], batch=mu.shape[0])
@@ -155,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="timed restorations per case and side")
     p.add_argument("--warmup", type=int, default=3, help="untimed restorations after the first")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(rl.DTYPES), help="compute dtype")
+    p.add_argument("--attention-impl", default="xla",
+                   help=f"our model.attention_impl values to time, comma-separated ({', '.join(models.ATTENTION_IMPLS)})")
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
     rl.add_common_args(p, TINY, "case")
     return p
@@ -177,12 +180,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for _, h, w in cases:
         if h % factor or w % factor:
             p.error(f"shape {h}x{w}: H and W must be multiples of {factor} for size {opts.size}")
-    opts.cases = cases
+    impls = [v.strip() for v in opts.attention_impl.split(",") if v.strip()]
+    if not impls or set(impls) - set(models.ATTENTION_IMPLS):
+        p.error(f"--attention-impl {opts.attention_impl!r}: expected values from {sorted(models.ATTENTION_IMPLS)}")
+    opts.cases, opts.impls = cases, impls
     return opts
 
 
-def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = None) -> dict[str, Any]:
-    """Every case of `opts`; returns {"environment", "peak", "results", "skipped"}."""
+def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = None,
+        on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Every case of `opts`; returns {"environment", "peak", "results", "skipped"}.
+
+    on_result(data so far) is called after every case and side (a run cut short keeps its results).
+    """
     from benchmarks.bench_train import twin_unavailable
 
     env = env or rl.environment(opts.device_name)
@@ -191,44 +201,72 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
     twin_off = "--twin off" if opts.twin == "off" else twin_unavailable(env["platform"] == "gpu")
     if opts.twin == "on" and twin_off:
         raise RuntimeError(f"--twin on: {twin_off}")
-    model = models.create_model({"size": opts.size, "dtype": opts.dtype})
-    params = make_params(model)
+    models_ = {impl: models.create_model({"size": opts.size, "dtype": opts.dtype, "attention_impl": impl})
+               for impl in opts.impls}
+    params = make_params(models_[opts.impls[0]])
     results, skipped, errors = [], [], []
+    data = {"environment": env, "peak": peak, "results": results, "skipped": skipped, "errors": errors}
+
+    def add(row: dict) -> None:
+        results.append(row)
+        print(_line(row), flush=True)
+
     for batch, h, w in opts.cases:
         case = {"size": opts.size, "params": models.count_params(params), "batch": batch,
                 "height": h, "width": w, "nfe": opts.nfe, "dtype": opts.dtype}
-        if opts.deadline and time.time() > opts.deadline:
-            skipped.append(f"sample {batch}×{h}×{w}: past the run's time budget")
-            continue
         mu, label = degraded(batch, h, w), f"{batch}×{h}×{w}"
-        got = rl.guarded(opts.keep_going, errors, f"ours sample {label}",
-                         lambda: bench_ours(model, params, mu, opts.nfe, opts, peak))
-        if got is not None:
-            results.append({**case, **got[0]})
-            print(_line(results[-1]), flush=True)
+        ours = {}  # attention impl → (row, output)
+        for impl, model in models_.items():
+            if opts.deadline and time.time() > opts.deadline:
+                skipped.append(f"sample {label} ({impl}): past the run's time budget")
+                continue
+            got = rl.guarded(opts.keep_going, errors, f"ours sample {label} ({impl})",
+                             lambda m=model: bench_ours(m, params, mu, opts.nfe, opts, peak))
+            if got is not None:
+                add({**case, "attention_impl": impl, **got[0]})
+                ours[impl] = (results[-1], got[1])
+            if on_result is not None:
+                on_result(data)
         if twin_off:
             skipped.append(f"twin sample {label}: {twin_off}")
+            continue
+        if opts.deadline and time.time() > opts.deadline:
+            skipped.append(f"twin sample {label}: past the run's time budget")
             continue
         twin = rl.guarded(opts.keep_going, errors, f"twin sample {label}",
                           lambda: bench_twin(params, opts.size, mu, opts.nfe, opts))
         rl.free_torch_memory()
         if twin is not None:
-            diff = float(np.abs(twin[1] - got[1]).max()) if got is not None else None
-            results.append({**case, **twin[0], "max_abs_diff_vs_ours": diff})
-            print(_line(results[-1]), flush=True)
-    return {"environment": env, "peak": peak, "results": results, "skipped": skipped, "errors": errors}
+            for impl, (row, out) in ours.items():  # the same function: how far apart the outputs are
+                row["max_abs_diff_vs_twin"] = float(np.abs(twin[1] - out).max())
+                row["mean_abs_diff_vs_twin"] = float(np.abs(twin[1] - out).mean())
+            first = next(iter(ours.values()), None)
+            diff = float(np.abs(twin[1] - first[1]).max()) if first is not None else None
+            add({**case, **twin[0], "max_abs_diff_vs_ours": diff})
+        if on_result is not None:
+            on_result(data)
+    return data
 
 
 def _line(r: dict) -> str:
-    return (f"sample {r['impl']} size={r['size']} {r['batch']}×{r['height']}×{r['width']} NFE={r['nfe']}: "
+    impl = f" [{r['attention_impl']} attention]" if r.get("attention_impl", "xla") != "xla" else ""
+    return (f"sample {r['impl']}{impl} size={r['size']} {r['batch']}×{r['height']}×{r['width']} NFE={r['nfe']}: "
             f"{r['e2e_ms']:.1f} ms end to end ({r['device_ms']:.1f} on device), "
             f"{r['images_per_s']:.1f} img/s")
 
 
-def main(argv: list[str] | None = None, peak: dict | None = None, env: dict | None = None) -> dict:
+def main(argv: list[str] | None = None, peak: dict | None = None, env: dict | None = None,
+         on_result: Callable[[dict], None] | None = None) -> dict:
     """Command-line entry point; returns what it writes to --out."""
     opts = parse(sys.argv[1:] if argv is None else argv)
-    data = run(opts, peak, env)
+
+    def save(data: dict) -> None:
+        if opts.out:
+            rl.write_json(opts.out, data)
+        if on_result is not None:
+            on_result(data)
+
+    data = run(opts, peak, env, save)
     if opts.out:
         rl.write_json(opts.out, data)
     return data

@@ -23,21 +23,13 @@ _T_START = time.time()
 from benchmarks import roofline as rl  # noqa: E402  (sets XLA_PYTHON_CLIENT_PREALLOCATE first)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import struct  # noqa: E402
-from flax.training import train_state as flax_train_state  # noqa: E402
 
-from rdbm_jax import distributed, models, sde  # noqa: E402
+from benchmarks.programs import (BRIDGE, LOSS, OPTIM, REPO, LightState, _cast,  # noqa: E402,F401
+                                 light_loss_fn, light_optimizer, light_program, light_train_step,
+                                 load_config, parse_overrides, real_program, real_program_available)
+from rdbm_jax import distributed, models  # noqa: E402
 
-# The defaults of configs/default.py that the benchmarked step depends on (checked by the tests).
-BRIDGE = dict(preset="rdbm", num_timesteps=100, theta_schedule="cosine", lam=10 / 255, pi="",
-              parameterization="x0")
-OPTIM = dict(optimizer="adam", learning_rate=1e-4, b1=0.9, b2=0.999, schedule="constant",
-             warmup_steps=0, grad_clip=0.0, ema_decay=0.999)
-LOSS = "l1"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = "configs/default.py"
 # CPU smoke preset. configs/demo.py:tiny is the program the training tests compile too (T, 32²,
 # batch 2, float32, K = 1): with the test session's persistent cache it is compiled once.
@@ -57,125 +49,6 @@ class Built(NamedTuple):
     impl: str
 
 
-def real_program_available() -> str | None:
-    """None if rdbm_jax.train imports here, else the reason it does not."""
-    try:
-        import rdbm_jax.train  # noqa: F401
-        from rdbm_jax.config import sibling  # noqa: F401
-    except ImportError as e:
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def load_config(spec: str) -> Any:
-    """configs/NAME.py[:ARG] (a path relative to the repo or absolute) → its ConfigDict."""
-    from rdbm_jax.config import sibling
-
-    path, _, arg = spec.partition(":")
-    if not os.path.isabs(path):
-        path = os.path.join(REPO, path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config {spec!r}: no file {path}")
-    name = os.path.splitext(os.path.basename(path))[0]
-    return sibling(path, name).get_config(arg or None)
-
-
-def real_program(config: str, size: str, dtype: str, batch: int, k: int,
-                 mesh: Any) -> tuple[Any, jax.Array, jax.Array]:
-    """(Program, init key, step key) of `config` with model.size/dtype, batch and K overridden."""
-    from rdbm_jax import train
-
-    cfg = load_config(config)
-    cfg.model.size, cfg.model.dtype = size, dtype
-    cfg.train.batch_size, cfg.train.steps_per_dispatch = batch, k
-    return train.program(cfg, mesh), train.init_key(cfg.seed), jax.random.PRNGKey(cfg.seed + 1)
-
-
-class LightState(flax_train_state.TrainState):
-    """rdbm_jax.train_state.TrainState without its ml_collections import: flax TrainState + EMA."""
-
-    ema_params: Any = None
-    ema_decay: float = struct.field(pytree_node=False, default=0.999)
-
-    def apply_gradients(self, *, grads: Any, **kwargs) -> "LightState":
-        """One optimizer step, then ema ← decay·ema + (1 − decay)·params."""
-        new = super().apply_gradients(grads=grads, **kwargs)
-        ema = jax.tree_util.tree_map(
-            lambda e, p: (self.ema_decay * e.astype(jnp.float32)
-                          + (1.0 - self.ema_decay) * p.astype(jnp.float32)).astype(e.dtype),
-            self.ema_params, new.params)
-        return new.replace(ema_params=ema)
-
-
-def light_optimizer() -> optax.GradientTransformation:
-    """train_state.make_optimizer for the default `optim` section (Adam, constant LR, no clipping)."""
-    return optax.adam(optax.constant_schedule(OPTIM["learning_rate"]), b1=OPTIM["b1"], b2=OPTIM["b2"])
-
-
-def light_loss_fn(model: Any, schedule: Any) -> Callable:
-    """train.make_loss_fn for the default `bridge` section and L1 loss."""
-    pi, parameterization = BRIDGE["pi"] or None, BRIDGE["parameterization"]
-
-    def loss_fn(params, batch, rng):
-        x0, mu = batch["x0"], batch["mu"]
-        k_t, k_n, k_d = jax.random.split(rng, 3)
-        t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
-        noise = jax.random.normal(k_n, x0.shape, x0.dtype)
-        x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=pi)
-        target = sde.training_target(schedule, x0, mu, noise, parameterization, pi=pi, t=t)
-        out = model.apply({"params": params}, x_t, mu, t, train=True, rngs={"dropout": k_d})
-        err = out.astype(jnp.float32) - target
-        return jnp.mean(jnp.abs(err)) if LOSS == "l1" else jnp.mean(jnp.square(err))
-
-    return loss_fn
-
-
-def light_train_step(loss_fn: Callable, k: int) -> Callable:
-    """train.make_train_step with metrics as a plain dict {"loss", "grad_norm"} (means over K)."""
-
-    def one(state, batch, key):
-        rng = jax.random.fold_in(key, state.step)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = state.apply_gradients(grads=grads)
-        new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
-        return new, ({"loss": loss, "grad_norm": grad_norm}, finite)
-
-    def multi(state, batches, key):
-        if k == 1:
-            state, (metrics, finite) = one(state, jax.tree_util.tree_map(lambda b: b[0], batches), key)
-            return state, metrics, finite[None]
-        state, (per_step, finite) = jax.lax.scan(lambda s, b: one(s, b, key), state, batches)
-        return state, jax.tree_util.tree_map(jnp.mean, per_step), finite
-
-    return multi
-
-
-def light_program(size: str, dtype: str, k: int, mesh: Any) -> tuple[Any, Any, Callable, Callable]:
-    """(model, schedule, jitted init, jitted step) of train.program for the default config, built
-    from rdbm_jax.models/sde/distributed only (no ml_collections, clu or grain)."""
-    model = models.create_model({"size": size, "dtype": dtype})
-    schedule = sde.make_schedule(num_timesteps=BRIDGE["num_timesteps"],
-                                 theta_schedule=BRIDGE["theta_schedule"], lam=BRIDGE["lam"],
-                                 preset=BRIDGE["preset"])
-    side = models.downsample_factor({"size": size})
-    dummy = jnp.zeros((1, side, side, 3), jnp.float32)
-    tx = light_optimizer()
-
-    def init(key):
-        params = model.init(key, dummy, dummy, jnp.zeros((1,), jnp.int32), train=False)["params"]
-        return LightState.create(apply_fn=model.apply, params=params, tx=tx,
-                                 ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                                 ema_decay=float(OPTIM["ema_decay"]))
-
-    repl = distributed.replicated(mesh)
-    step = jax.jit(light_train_step(light_loss_fn(model, schedule), k),
-                   in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
-                   out_shardings=(repl, repl, repl), donate_argnums=0)
-    return model, schedule, jax.jit(init, out_shardings=repl), step
-
-
 def synthetic_batches(k: int, batch: int, resolution: int, seed: int = 0) -> dict[str, np.ndarray]:
     """K stacked batches: x0 uniform in [-1, 1], μ = x0 with a 50 % box masked white (inpainting-like)."""
     rng = np.random.default_rng(seed)
@@ -187,12 +60,13 @@ def synthetic_batches(k: int, batch: int, resolution: int, seed: int = 0) -> dic
 
 
 def build(size: str, dtype: str, batch: int, resolution: int, k: int, impl: str = "auto",
-          config: str = DEFAULT_CONFIG) -> Built:
+          config: str = DEFAULT_CONFIG, overrides: dict[str, str] | None = None) -> Built:
     """Our train step, initial state and device batches (impl: auto | real | light).
 
     The light step knows only configs/default.py's bridge/optim/loss (another `config` is noted as
-    not applied in `Built.impl`).
+    not applied in `Built.impl`) and takes only `model.*` overrides.
     """
+    overrides = overrides or {}
     mesh = distributed.make_mesh()
     if batch % mesh.size:
         raise ValueError(f"--batch {batch} is not divisible by the {mesh.size} devices")
@@ -202,13 +76,17 @@ def build(size: str, dtype: str, batch: int, resolution: int, k: int, impl: str 
     if impl == "real" and missing:
         raise ImportError(f"--step-impl real: rdbm_jax.train does not import ({missing})")
     if missing:
-        model, schedule, init, step = light_program(size, dtype, k, mesh)
+        if any(not key.startswith("model.") for key in overrides):
+            raise ValueError(f"overrides {sorted(overrides)}: the light step takes model.* keys only")
+        model_overrides = {key[len("model."):]: _cast(v, False) if v.lower() in ("true", "false") else v
+                           for key, v in overrides.items()}
+        model, schedule, init, step = light_program(size, dtype, k, mesh, model_overrides)
         state, key = init(jax.random.key(0, impl="rbg")), jax.random.PRNGKey(1)
         ignored = ("" if os.path.normpath(config) == os.path.normpath(DEFAULT_CONFIG)
                    else f"; --config {config} not applied, the light step has {DEFAULT_CONFIG}'s values")
         name = f"bench_train.light_program (rdbm_jax.train not used: {missing}{ignored})"
     else:
-        prog, init_key, key = real_program(config, size, dtype, batch, k, mesh)
+        prog, init_key, key = real_program(config, size, dtype, batch, k, mesh, overrides)
         model, schedule, step, state = prog.model, prog.schedule, prog.step, prog.init(init_key)
         name = "rdbm_jax.train.program"
     batches = distributed.global_batch(mesh, synthetic_batches(k, batch, resolution), leading=1)
@@ -227,15 +105,19 @@ def analytic_train_flops(model: Any, size: str, resolution: int, batch: int) -> 
 
 
 def bench_ours(size: str, dtype: str, batch: int, resolution: int, k: int, opts: argparse.Namespace,
-               peak: dict | None, k1_cost: dict | None = None) -> dict[str, Any]:
-    """Compile, warm up and time our step; FLOPs/bytes from XLA's cost analysis of the executable."""
+               peak: dict | None, k1_cost: dict | None = None, variant: str = "base",
+               overrides: dict[str, str] | None = None, scale_steps: bool = False) -> dict[str, Any]:
+    """Compile, warm up and time our step; FLOPs/bytes from XLA's cost analysis of the executable.
+
+    scale_steps: time ~opts.steps × opts.batch / batch steps (large batches: same images, not steps).
+    """
     t0 = time.perf_counter()
-    b = build(size, dtype, batch, resolution, k, opts.step_impl, opts.config)
+    b = build(size, dtype, batch, resolution, k, opts.step_impl, opts.config, overrides)
     t_build = time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled = b.step.lower(b.state, b.batches, b.key).compile()
     t_compile = time.perf_counter() - t0
-    cost = rl.cost_of(compiled)
+    cost, memory = rl.cost_of(compiled), rl.memory_of(compiled)
     holder = {"state": b.state}
     losses = []
 
@@ -248,9 +130,11 @@ def bench_ours(size: str, dtype: str, batch: int, resolution: int, k: int, opts:
     rl.jax_sync(finite)
     t_first = time.perf_counter() - t0
     losses.append(_loss(metrics))
-    window = max(1, opts.window // k)
-    timing = rl.time_windows(run, rl.jax_sync, warmup=max(0, -(-opts.warmup // k) - 1),
-                             steps=max(1, opts.steps // k), window=window)
+    shrink = max(1, batch // opts.batch) if scale_steps else 1
+    steps, window = max(4, opts.steps // shrink), max(1, opts.window // shrink)
+    window = max(1, window // k)
+    timing = rl.time_windows(run, rl.jax_sync, warmup=max(0, -(-opts.warmup // (k * shrink)) - 1),
+                             steps=max(1, steps // k), window=window)
     metrics, finite = run()
     losses.append(_loss(metrics))
     all_finite = bool(np.asarray(jax.device_get(finite)).all())
@@ -258,13 +142,15 @@ def bench_ours(size: str, dtype: str, batch: int, resolution: int, k: int, opts:
     n_params = models.count_params(holder["state"].params)
     analytic = analytic_train_flops(b.model, size, resolution, batch)
     if k > 1 and k1_cost and k1_cost.get("flops"):  # the K = 1 executable of this run: exact per step
-        flops, bytes_, source = k1_cost["flops"], k1_cost["bytes_accessed"], "xla (K = 1 executable)"
+        flops, bytes_, source = rl.loop_scaled(k1_cost, 1, analytic)
+        source = f"{source} (K = 1 executable)"
     else:
         flops, bytes_, source = rl.loop_scaled(cost, k, analytic * k)
         flops, bytes_ = flops / k, bytes_ / k if bytes_ else None
     roof = rl.roofline(flops, bytes_, step_s, peak)
-    return {"impl": "ours", "step_impl": b.impl, "size": size, "params": n_params, "batch": batch,
-            "resolution": resolution, "dtype": dtype, "steps_per_dispatch": k,
+    return {"impl": "ours", "variant": variant, "overrides": overrides or {}, "step_impl": b.impl,
+            "size": size, "params": n_params, "batch": batch,
+            "resolution": resolution, "dtype": dtype, "steps_per_dispatch": k, "memory": memory,
             "build_s": t_build, "compile_s": t_compile, "first_call_s": t_first,
             "step_ms": 1e3 * step_s, "step_ms_min": 1e3 * timing["min_s"] / k,
             "images_per_s": batch / step_s, "timed_steps": timing["calls"] * k,
@@ -292,7 +178,7 @@ def twin_unavailable(on_gpu: bool) -> str | None:
 
 
 def bench_twin(size: str, batch: int, resolution: int, compile_: bool,
-               opts: argparse.Namespace) -> dict[str, Any]:
+               opts: argparse.Namespace, scale_steps: bool = False) -> dict[str, Any]:
     """The twin's `make_train_step` (autocast bf16 unless float32, channels_last, fused Adam)."""
     import torch
 
@@ -318,11 +204,12 @@ def bench_twin(size: str, batch: int, resolution: int, compile_: bool,
     t0 = time.perf_counter()
     first = float(sync(step(x0, mu)))
     t_first = time.perf_counter() - t0
-    timing = rl.time_windows(lambda: step(x0, mu), sync, warmup=max(0, opts.warmup - 1),
-                             steps=opts.steps, window=opts.window)
+    shrink = max(1, batch // opts.batch) if scale_steps else 1
+    timing = rl.time_windows(lambda: step(x0, mu), sync, warmup=max(0, opts.warmup // shrink - 1),
+                             steps=max(4, opts.steps // shrink), window=max(1, opts.window // shrink))
     last = float(sync(step(x0, mu)))
     step_s = timing["median_s"]
-    out = {"impl": "twin_compiled" if compile_ else "twin_eager", "size": size,
+    out = {"impl": "twin_compiled" if compile_ else "twin_eager", "variant": "base", "size": size,
            "params": tw.count_params(model), "batch": batch, "resolution": resolution,
            "dtype": opts.dtype, "amp": str(amp), "channels_last": True, "torch_device": str(device),
            "first_call_s": t_first, "step_ms": 1e3 * step_s, "step_ms_min": 1e3 * timing["min_s"],
@@ -353,7 +240,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--twin-compile", default="auto", choices=("auto", "on", "off"),
                    help="torch.compile variant (auto: only on CUDA)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                   help="also time our step (first K) with these config overrides, e.g. "
+                   "cudnn:model.attention_impl=cudnn (repeatable)")
     p.add_argument("--find-max-batch", action="store_true", help="also double the batch until OOM")
+    p.add_argument("--max-batch-model", action="store_true",
+                   help="also time ours and the eager twin at the largest power-of-two batch that the "
+                   "first K's XLA memory analysis predicts to fit in the free device memory")
+    p.add_argument("--max-batch-variant", default="best",
+                   help="variant timed at that batch (best: the fastest at --batch)")
+    p.add_argument("--max-batch-only", action="store_true",
+                   help="only the --max-batch-model runs (run_all: from the rows of an earlier stage)")
+    p.add_argument("--skip-base", action="store_true",
+                   help="time only the --variant steps (no base step, no twin), e.g. in a later stage")
+    p.add_argument("--max-batch-fraction", type=float, default=0.8,
+                   help="share of the free device memory the predicted batch may use")
+    p.add_argument("--free-memory-gb", type=float, default=0.0,
+                   help="free device memory for --max-batch-model (default: asked from the device)")
     p.add_argument("--max-batch-cap", type=int, default=1024)
     rl.add_common_args(p, TINY, "configuration")
     return p
@@ -376,12 +279,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     factor = max(models.downsample_factor({"size": s}) for s in sizes)
     if opts.resolution % factor:
         p.error(f"--resolution {opts.resolution} must be a multiple of {factor}")
-    opts.sizes, opts.ks = sizes, ks
+    variants = {}
+    for text in opts.variant:
+        name, colon, spec = text.partition(":")
+        try:
+            if not colon or not name or name == "base":
+                raise ValueError("expected NAME:KEY=VALUE[,KEY=VALUE] with a NAME other than base")
+            variants[name] = parse_overrides(spec)
+        except ValueError as e:
+            p.error(f"--variant {text!r}: {e}")
+    if opts.max_batch_variant not in ("base", "best", *variants):
+        p.error(f"--max-batch-variant {opts.max_batch_variant!r}: not base or a --variant name")
+    opts.sizes, opts.ks, opts.variants = sizes, ks, variants
     return opts
 
 
-def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = None) -> dict[str, Any]:
-    """Every configuration of `opts`; returns {"environment", "peak", "results", "skipped"}."""
+def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = None,
+        on_result: Callable[[dict], None] | None = None, measured: list[dict] = ()) -> dict[str, Any]:
+    """Every configuration of `opts`; returns {"environment", "peak", "results", "skipped"}.
+
+    on_result(data so far) is called after every configuration (a run cut short keeps its results).
+    With --max-batch-only, the batch-`opts.batch` rows come from `measured` (an earlier run's results).
+    """
     env = env or rl.environment(opts.device_name)
     on_gpu = env["platform"] == "gpu"
     if peak is None and not opts.no_peak:
@@ -392,12 +311,16 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
     compile_on = opts.twin_compile == "on" or (opts.twin_compile == "auto" and env["torch_device"]
                                                not in (None, "cpu"))
     results, skipped, errors = [], [], []
+    data = {"environment": env, "peak": peak, "results": results, "skipped": skipped, "errors": errors}
 
-    def attempt(label: str, fn: Callable[[], dict]) -> None:
+    def attempt(label: str, fn: Callable[[], dict]) -> dict | None:
         r = rl.guarded(opts.keep_going, errors, label, fn)
         if r is not None:
             results.append(r)
             print(_line(r), flush=True)
+        if on_result is not None:
+            on_result(data)
+        return r
 
     def due(what: str) -> bool:
         if opts.deadline and time.time() > opts.deadline:
@@ -406,14 +329,29 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
         return True
 
     for size in opts.sizes:
-        k1 = None
-        for k in opts.ks:
+        k1, first = None, {}
+        if opts.max_batch_only:
+            first = {r["variant"]: r for r in measured if r["impl"] == "ours" and r["size"] == size
+                     and r["batch"] == opts.batch and r["steps_per_dispatch"] == opts.ks[0]}
+            if due(f"max batch (memory model) {size}"):
+                max_batch_model(size, first, opts, peak, twin_off, attempt, skipped)
+            continue
+        for k in () if opts.skip_base else opts.ks:
             if due(f"ours {size} K={k}"):
-                attempt(f"ours {size} K={k}", lambda s=size, k=k, k1=k1: bench_ours(
+                got = attempt(f"ours {size} K={k}", lambda s=size, k=k, k1=k1: bench_ours(
                     s, opts.dtype, opts.batch, opts.resolution, k, opts, peak, k1))
-                last = results[-1] if results else {}
-                if k == 1 and last.get("size") == size and last.get("steps_per_dispatch") == 1:
-                    k1 = last["xla_cost_per_dispatch"]
+                if got and k == opts.ks[0]:
+                    first["base"] = got
+                if got and k == 1:
+                    k1 = got["xla_cost_per_dispatch"]
+        for name, overrides in opts.variants.items():
+            k = opts.ks[0]
+            if due(f"ours {size} {name}"):
+                first[name] = attempt(f"ours {size} K={k} {name}", lambda s=size, k=k, n=name, o=overrides:
+                                      bench_ours(s, opts.dtype, opts.batch, opts.resolution, k, opts, peak,
+                                                 k1 if k > 1 else None, n, o))
+        if opts.skip_base:
+            continue
         if twin_off:
             skipped.append(f"twin {size}: {twin_off}")
             continue
@@ -426,6 +364,8 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
             if due(label):
                 attempt(label, lambda s=size, c=compile_: bench_twin(s, opts.batch, opts.resolution, c, opts))
                 rl.free_torch_memory()
+        if opts.max_batch_model and due(f"max batch (memory model) {size}"):
+            max_batch_model(size, first, opts, peak, twin_off, attempt, skipped)
         if opts.find_max_batch and due(f"max batch {size}"):
             cleanup = rl.free_torch_memory
             ours = lambda bs, s=size: bench_ours(s, opts.dtype, bs, opts.resolution, 1, opts, peak)
@@ -436,13 +376,57 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
                 attempt(f"{impl} {size}", lambda i=impl, f=fn, s=size: {
                     "impl": i, "size": s, **rl.find_max_batch(f, 2 * opts.batch, opts.max_batch_cap,
                                                               cleanup)})
-    return {"environment": env, "peak": peak, "results": results, "skipped": skipped, "errors": errors}
+    return data
+
+
+def max_batch_model(size: str, first: dict[str, dict | None], opts: argparse.Namespace,
+                    peak: dict | None, twin_off: str | None, attempt: Callable, skipped: list[str]) -> None:
+    """Ours (--max-batch-variant; best: the fastest measured) and the eager twin at the largest
+    power-of-two batch `rl.predict_max_batch` expects to fit, from the batch-`opts.batch` run."""
+    label = f"max batch (memory model) {size}"
+    first = {name: r for name, r in first.items() if r}
+    if opts.max_batch_variant == "best" and first:
+        name = max(first, key=lambda n: first[n]["images_per_s"])
+    else:
+        name = opts.max_batch_variant
+    measured = first.get(name)
+    if measured is None:
+        skipped.append(f"{label}: variant {name} was not measured at batch {opts.batch}")
+        return
+    free, source = ((int(opts.free_memory_gb * 1e9), "--free-memory-gb") if opts.free_memory_gb
+                    else rl.free_device_bytes())
+    if free is None:
+        skipped.append(f"{label}: {source}")
+        return
+    try:
+        plan = rl.predict_max_batch(measured, free, opts.max_batch_fraction, 2 * opts.batch, opts.max_batch_cap)
+    except ValueError as e:
+        skipped.append(f"{label}: {e}")
+        return
+    plan["free_source"] = source
+    print(f"{label}: {json.dumps(plan)}", flush=True)
+    batch = plan["batch"]
+    if batch is None:
+        skipped.append(f"{label}: predicted fit {plan['predicted_fit']} < {2 * opts.batch}")
+        return
+    if not twin_off:  # first: JAX's allocator keeps what it takes, PyTorch's cache is handed back
+        attempt(f"twin_eager {size} batch {batch}", lambda: {
+            **bench_twin(size, batch, opts.resolution, False, opts, scale_steps=True),
+            "variant": "max batch"})
+        rl.free_torch_memory()
+    k = measured["steps_per_dispatch"]
+    got = attempt(f"ours {size} batch {batch} {name}", lambda: bench_ours(
+        size, opts.dtype, batch, opts.resolution, k, opts, peak, None, f"{name}, max batch",
+        measured.get("overrides") or {}, scale_steps=True))
+    if got is not None:
+        got["max_batch_plan"] = plan
 
 
 def _line(r: dict) -> str:
     if "step_ms" not in r:
         return f"train {r['impl']} size={r['size']}: {r.get('largest')}"
     k = f" K={r['steps_per_dispatch']}" if "steps_per_dispatch" in r else ""
+    k += f" [{r['variant']}]" if r.get("variant", "base") != "base" else ""
     return (f"train {r['impl']}{k} size={r['size']} batch={r['batch']} {r['resolution']}²: "
             f"{r['step_ms']:.2f} ms/step, {r['images_per_s']:.1f} img/s")
 
@@ -464,7 +448,8 @@ def startup_child(opts: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
             "step1_done_epoch": t_done, "step_impl": b.impl}
 
 
-def main(argv: list[str] | None = None, peak: dict | None = None, env: dict | None = None) -> dict:
+def main(argv: list[str] | None = None, peak: dict | None = None, env: dict | None = None,
+         measured: list[dict] = (), on_result: Callable[[dict], None] | None = None) -> dict:
     """Command-line entry point; returns what it writes to --out."""
     if argv is None:
         argv = sys.argv[1:]
@@ -474,7 +459,14 @@ def main(argv: list[str] | None = None, peak: dict | None = None, env: dict | No
         print("STARTUP " + json.dumps(out), flush=True)
         return out
     opts = parse(argv)
-    data = run(opts, peak, env)
+
+    def save(data: dict) -> None:
+        if opts.out:
+            rl.write_json(opts.out, data)
+        if on_result is not None:
+            on_result(data)
+
+    data = run(opts, peak, env, save, measured)
     if opts.out:
         rl.write_json(opts.out, data)
     return data

@@ -96,14 +96,21 @@ def loop_scaled(cost: Mapping[str, float | None], trips: int,
 
     XLA's cost analysis may count a while-loop (lax.scan) body once or `trips` times, depending on
     the backend and version; whichever reading lies closer to the independent MAC count is used.
-    Without XLA FLOPs the analytic count is returned (and no bytes).
+    Without XLA FLOPs the analytic count is returned (and no bytes). Where XLA counts under half of
+    the MAC count (XLA:GPU leaves cuDNN convolutions, library calls, out of its counts) the analytic
+    FLOPs replace XLA's, and XLA's bytes, which miss those calls' traffic too, are a lower bound.
     """
     flops, bytes_ = cost.get("flops"), cost.get("bytes_accessed")
     if not flops or analytic_flops <= 0:
         return analytic_flops, None, "analytic (MAC count)"
+    source = "xla"
     if trips > 1 and abs(np.log(flops * trips / analytic_flops)) < abs(np.log(flops / analytic_flops)):
-        return flops * trips, bytes_ * trips if bytes_ else None, f"xla × {trips} (loop body counted once)"
-    return flops, bytes_, "xla"
+        flops, bytes_, source = flops * trips, bytes_ * trips if bytes_ else None, \
+            f"xla × {trips} (loop body counted once)"
+    if flops < 0.5 * analytic_flops:
+        return analytic_flops, bytes_, (f"analytic FLOPs (XLA counted {flops / analytic_flops:.0%}: library "
+                                        f"calls left out); bytes: {source}, a lower bound")
+    return flops, bytes_, source
 
 
 def time_windows(run: Callable[[], Any], sync: Callable[[Any], Any], *, warmup: int, steps: int,
@@ -183,6 +190,55 @@ def roofline(flops: float | None, bytes_moved: float | None, seconds: float,
         out["frac_roofline"] = max(t_compute, t_memory) / seconds
         out["bound"] = "compute" if t_compute >= t_memory else "memory"
     return out
+
+
+def memory_of(compiled: Any) -> dict[str, int] | None:
+    """XLA's memory analysis of an executable (argument, output, alias, temp bytes), None if absent."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 — some backends do not implement it
+        return None
+    names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+             "temp_size_in_bytes", "generated_code_size_in_bytes")
+    out = {n: int(getattr(m, n)) for n in names if isinstance(getattr(m, n, None), int)}
+    return out or None
+
+
+def free_device_bytes() -> tuple[int | None, str]:
+    """(bytes JAX may still allocate on the first device, where the figure comes from); None on CPU."""
+    free_torch_memory()  # also collects the states of earlier configurations
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), "jax memory_stats"
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[0]), "torch.cuda.mem_get_info"
+    except ImportError:
+        pass
+    return None, "no device memory figure"
+
+
+def predict_max_batch(result: dict, free: int, fraction: float, floor: int, cap: int) -> dict[str, Any]:
+    """Largest power-of-two batch in [floor, cap] whose predicted footprint ≤ fraction × free.
+
+    Footprint(batch) = fixed + batch × per-image, both from XLA's memory analysis of one executable:
+    per-image = (temp + the batch's input bytes) / batch; fixed = the rest of arguments + outputs
+    not aliased to arguments (the donated state).
+    """
+    mem, batch = result.get("memory") or {}, result["batch"]
+    if "temp_size_in_bytes" not in mem or "argument_size_in_bytes" not in mem:
+        raise ValueError("no XLA memory analysis for this executable")
+    inputs = 2 * batch * result["resolution"] ** 2 * 3 * 4 * result.get("steps_per_dispatch", 1)
+    per_image = (mem["temp_size_in_bytes"] + inputs) / batch
+    fixed = (mem["argument_size_in_bytes"] - inputs + mem.get("output_size_in_bytes", 0)
+             - mem.get("alias_size_in_bytes", 0))
+    fits = int((fraction * free - fixed) // per_image)
+    chosen = floor
+    while chosen * 2 <= min(fits, cap):
+        chosen *= 2
+    return {"from_batch": batch, "free_bytes": free, "fraction": fraction, "per_image_bytes": per_image, "fixed_bytes": fixed,
+            "predicted_fit": fits, "batch": chosen if fits >= floor else None}
 
 
 def free_torch_memory() -> None:

@@ -1,16 +1,18 @@
-"""Every benchmark of issue 7 in one run: startup (cold/warm cache), peaks, train steps, sampling.
+"""Every benchmark of issues 7/14 in one run: startup (cold/warm cache), peaks, train, sampling, variants.
 
-    python -m benchmarks.run_all --out-dir "$OUT"            # GPU, ~6 min on an H100 (budget-guarded)
+    python -m benchmarks.run_all --out-dir "$OUT"            # GPU, ~7 min (budget-guarded)
     python -m benchmarks.run_all --out-dir "$OUT" --quick    # GPU, size B only, ~3-4 min
     python -m benchmarks.run_all --out-dir /tmp/b --tiny     # CPU smoke run
 
 Order: (1) time to the first train step in two fresh processes sharing a new persistent compilation
 cache — cold, then warm; (2) this process adopts that cache (so the K = 1 step of the first size is
-not compiled twice) and measures the device peaks; (3) the preset's stages in priority order: full =
-train B (K = 1, 4; twin eager and compiled), sampling B (256² × 16, 720×1280 × 1), train L (K = 1;
-twins). No configuration starts after --budget-s. Writes bench_train.json, bench_sample.json,
-results.json and table.md to --out-dir after every stage (a run cut short keeps what it measured)
-and prints the table.
+not compiled twice) and measures the device peaks; (3) the preset's stages in priority order (full:
+train B batch 16 with the twin eager and compiled; sampling B (256² × 16, 720×1280 × 1) with the
+twin's loop; train L like B; then the variants: cuDNN attention for train B, sampling and train L;
+B and L at the largest batch the memory model predicts (the faster attention; twin eager at the same
+batch); B with K = 4 steps per dispatch; B in a fresh process with other XLA flags). No configuration starts
+after --budget-s. Writes bench_train.json, bench_sample.json, results.json and table.md to --out-dir
+after every configuration (a run cut short keeps what it measured) and prints the table.
 """
 from __future__ import annotations
 
@@ -31,13 +33,22 @@ from benchmarks import roofline as rl  # noqa: E402
 from benchmarks.roofline import fmt  # noqa: E402
 
 # Stages in priority order (a stage past the time budget is skipped, config by config).
+CUDNN = ["--variant", "cudnn:model.attention_impl=cudnn"]
+TIMED = ["--steps", "40", "--warmup", "5"]
+SAMPLE = ["--size", "B", "--steps", "10", "--warmup", "2"]
 PRESETS = {
-    "full": dict(stages=[("train", ["--size", "B", "--steps-per-dispatch", "1,4", "--steps", "60",
-                                    "--warmup", "5"]),
-                         ("sample", ["--size", "B", "--steps", "20", "--warmup", "3"]),
-                         ("train", ["--size", "L", "--steps-per-dispatch", "1", "--steps", "60",
-                                    "--warmup", "5"])],
-                 startup=["--size", "B"], budget=400.0),
+    "full": dict(stages=[("train", ["--size", "B", "--steps-per-dispatch", "1", *TIMED]),
+                         ("sample", [*SAMPLE, "--attention-impl", "xla"]),
+                         ("train", ["--size", "L", "--steps-per-dispatch", "1", *TIMED]),
+                         ("train", ["--size", "B", "--steps-per-dispatch", "1", "--skip-base", *TIMED, *CUDNN]),
+                         ("sample", [*SAMPLE, "--attention-impl", "cudnn"]),
+                         ("train", ["--size", "L", "--steps-per-dispatch", "1", "--skip-base", *TIMED, *CUDNN]),
+                         ("train", ["--size", "B", "--max-batch-only", *TIMED]),
+                         ("train", ["--size", "B", "--steps-per-dispatch", "4", "--twin", "off", *TIMED]),
+                         ("train", ["--size", "L", "--max-batch-only", *TIMED]),
+                         ("xla", ["--size", "B", "--steps-per-dispatch", "1", "--twin", "off", *TIMED],
+                          "--xla_gpu_enable_latency_hiding_scheduler=true")],
+                 startup=["--size", "B"], budget=450.0),
     "quick": dict(stages=[("train", ["--size", "B", "--steps-per-dispatch", "1,4", "--steps", "30",
                                      "--warmup", "3"]),
                           ("sample", ["--size", "B", "--steps", "10", "--warmup", "2"])],
@@ -49,7 +60,10 @@ PRESETS = {
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out-dir", required=True, help="where the JSON files and table.md go")
+    p.add_argument("--out-dir", default="", help="where the JSON files and table.md go (required to run)")
+    p.add_argument("--render", nargs="+", default=None, metavar="JSON",
+                   help="only print the table of saved results: a results.json, then bench_train/"
+                   "bench_sample JSON files of later runs on the same device (rows appended)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="size B only, fewer timed steps")
     g.add_argument("--tiny", action="store_true", help="CPU smoke run (size T, 32², batch 2)")
@@ -64,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default="", help="persistent cache of the startup runs (must be "
                    "empty or absent; default: a new temporary folder)")
     p.add_argument("--startup-timeout-s", type=float, default=300.0)
+    p.add_argument("--matmul-n", type=int, default=None, help="peak matmul size (default 8192; tiny 256)")
+    p.add_argument("--copy-mib", type=int, default=None, help="peak copy size (default 1024; tiny 16)")
     p.add_argument("--train-args", default="", help="extra bench_train arguments (one string)")
     p.add_argument("--sample-args", default="", help="extra bench_sample arguments (one string)")
     return p
@@ -111,10 +127,44 @@ def startup(opts: argparse.Namespace, preset: dict, cache_dir: str) -> dict[str,
     return {"cache_dir": cache_dir, "args": args, "cold": cold, "warm": warm}
 
 
+def xla_flags_run(flags: str, argv: list[str], peak: dict, deadline: float, out_dir: str) -> dict[str, Any]:
+    """bench_train in a fresh process with XLA_FLAGS += `flags` (XLA reads them once per process);
+    its rows are labelled with the flags and their roofline recomputed against this run's peaks."""
+    if deadline and time.time() > deadline:
+        return {"results": [], "errors": [], "skipped": [f"XLA_FLAGS={flags}: past the run's time budget"]}
+    out = os.path.join(tempfile.mkdtemp(prefix="rdbm_bench_xla_"), "train.json")
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip())
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    log = os.path.join(out_dir, "xla_flags_run.log")
+    with open(log, "w", encoding="utf-8") as f:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_train", *argv, "--no-peak",
+                               "--out", out], cwd=bench_train.REPO, env=env, stdout=f,
+                              stderr=subprocess.STDOUT, timeout=max(60.0, deadline - time.time() + 120)
+                              if deadline else None)
+    if not os.path.isfile(out):
+        raise RuntimeError(f"XLA_FLAGS={flags}: bench_train exited {proc.returncode} without results "
+                           f"(see {os.path.basename(log)})")
+    with open(out, encoding="utf-8") as f:
+        data = json.load(f)
+    for r in data["results"]:
+        r["variant"] = f"{r.get('variant', 'base')}, XLA_FLAGS={flags}"
+        if "step_ms" in r:
+            r.update(rl.roofline(r.get("flops_per_step"), r.get("bytes_per_step"), r["step_ms"] / 1e3, peak))
+    return data
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run everything; returns the merged results (also written to <out-dir>/results.json)."""
     start = _T0 if argv is None else time.time()  # the command line: count the imports too
-    opts = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    opts = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if opts.render:
+        merged = merge_saved(opts.render)
+        print(render(merged), end="", flush=True)
+        return merged
+    if not opts.out_dir:
+        p.error("--out-dir is required (unless --render)")
     name = "tiny" if opts.tiny else "quick" if opts.quick else "full"
     preset = PRESETS[name]
     budget = preset["budget"] if opts.budget_s is None else opts.budget_s
@@ -143,29 +193,73 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = rl.environment(opts.device_name)
     tiny_cpu = bench_train.TINY if opts.tiny else {}
     dtype = opts.dtype or tiny_cpu.get("dtype", "bfloat16")
-    peak = rl.measure_peak(dtype, tiny_cpu.get("matmul_n", 8192), tiny_cpu.get("copy_mib", 1024))
+    peak = rl.measure_peak(dtype, opts.matmul_n or tiny_cpu.get("matmul_n", 8192),
+                           opts.copy_mib or tiny_cpu.get("copy_mib", 1024))
     merged.update(environment=env, peak=peak)
     print(f"peak: {peak['matmul_flops_per_s'] / 1e12:.1f} TFLOP/s matmul, "
           f"{peak['copy_bytes_per_s'] / 1e9:.0f} GB/s copy ({peak['method']})", flush=True)
     save()
     deadline_args = ["--deadline", str(deadline)] if deadline else []
-    for stage, args in preset["stages"]:
-        bench = bench_train if stage == "train" else bench_sample
-        argv_stage = args + common_args(opts) + deadline_args + ["--keep-going"]
-        if stage == "train":
+    for stage, args, *flags in preset["stages"]:
+        kind = "sample" if stage == "sample" else "train"
+        argv_stage = common_args(opts) + args + deadline_args + ["--keep-going"]  # the stage overrides
+        if kind == "train":
             argv_stage += ["--step-impl", opts.step_impl, "--twin-compile", opts.twin_compile]
-        argv_stage += shlex.split(opts.train_args if stage == "train" else opts.sample_args)
-        data = bench.main(argv_stage, peak=peak, env=env)
-        if merged.get(stage):  # a later stage of the same kind: append its results
-            for key in ("results", "skipped", "errors"):
-                merged[stage][key] = merged[stage][key] + data[key]
-        else:
-            merged[stage] = data
-        rl.write_json(os.path.join(opts.out_dir, f"bench_{stage}.json"), merged[stage])
-        save()
+        argv_stage += shlex.split(opts.train_args if kind == "train" else opts.sample_args)
+        earlier = dict(merged[kind]) if merged.get(kind) else None
+
+        def progress(data: dict, kind=kind, earlier=earlier) -> None:
+            merged[kind] = data if earlier is None else {
+                **data, **{key: earlier[key] + data[key] for key in ("results", "skipped", "errors")}}
+            rl.write_json(os.path.join(opts.out_dir, f"bench_{kind}.json"), merged[kind])
+            save()
+
+        try:
+            if stage == "xla":
+                data = xla_flags_run(flags[0], argv_stage, peak, deadline, opts.out_dir)
+            elif stage == "train":
+                data = bench_train.main(argv_stage, peak=peak, env=env, on_result=progress,
+                                        measured=(earlier or {}).get("results", []))
+            else:
+                data = bench_sample.main(argv_stage, peak=peak, env=env, on_result=progress)
+        except Exception as e:  # noqa: BLE001 — one broken stage must not lose the others
+            import traceback  # noqa: PLC0415
+            traceback.print_exc()
+            merged["skipped"].append(f"stage {stage} {' '.join(args)}: {type(e).__name__}: {e}"[:300])
+            save()
+            continue
+        progress(data)
     table = save()
     print(table, flush=True)
     print(f"run_all: {merged['wall_s']:.0f} s wall; results in {opts.out_dir}", flush=True)
+    return merged
+
+
+def merge_saved(paths: list[str]) -> dict[str, Any]:
+    """Saved results (a results.json, then bench_* JSONs) as one run, with the roofline of every row
+    of ours recomputed from its stored XLA cost and MAC count by the current `rl.loop_scaled`."""
+    merged: dict[str, Any] = {}
+    for i, path in enumerate(paths):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if i == 0:
+            merged = data
+            continue
+        kind = "sample" if any("e2e_ms" in r for r in data["results"]) else "train"
+        base = merged.setdefault(kind, {"results": [], "skipped": [], "errors": []})
+        for key in ("results", "skipped", "errors"):
+            base[key] = base[key] + data[key]
+    peak = merged.get("peak")
+    for r in (merged.get("train") or {}).get("results", []):
+        if r.get("impl") == "ours" and r.get("flops_per_step_analytic") and r.get("steps_per_dispatch") == 1:
+            r["flops_per_step"], r["bytes_per_step"], r["cost_source"] = rl.loop_scaled(
+                r["xla_cost_per_dispatch"], 1, r["flops_per_step_analytic"])
+            r.update(rl.roofline(r["flops_per_step"], r["bytes_per_step"], r["step_ms"] / 1e3, peak))
+    for r in (merged.get("sample") or {}).get("results", []):
+        if r.get("impl") == "ours" and r.get("flops_analytic"):
+            r["flops"], r["bytes"], r["cost_source"] = rl.loop_scaled(
+                r["xla_cost_per_dispatch"], r["nfe"], r["flops_analytic"])
+            r.update(rl.roofline(r["flops"], r["bytes"], r["device_ms"] / 1e3, peak))
     return merged
 
 
@@ -187,19 +281,21 @@ def _rate(value: float | None, frac: float | None, scale: float) -> str:
 
 def train_table(results: list[dict]) -> list[str]:
     """Markdown rows: every train configuration, ours vs the twin of the same size."""
-    rows = ["| size | params | batch | res | impl | K | ms/step | img/s | × twin eager | × twin compiled "
-            "| GFLOP/step | GB/step | TFLOP/s (% peak) | GB/s (% peak) | % roofline |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    twins = {(r["size"], r["impl"]): r["images_per_s"] for r in results if r["impl"].startswith("twin")
-             and "images_per_s" in r}
+    rows = ["| size | params | batch | res | impl | variant | K | ms/step | img/s | × twin eager "
+            "| × twin compiled | GFLOP/step | GB/step | TFLOP/s (% peak) | GB/s (% peak) | % roofline |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    twins = {(r["size"], r["batch"], r["impl"]): r["images_per_s"] for r in results
+             if r["impl"].startswith("twin") and "images_per_s" in r}
     for r in results:
         if "step_ms" not in r:
             continue
         ours = r["impl"] == "ours"
-        eager, compiled = twins.get((r["size"], "twin_eager")), twins.get((r["size"], "twin_compiled"))
+        eager = twins.get((r["size"], r["batch"], "twin_eager"))
+        compiled = twins.get((r["size"], r["batch"], "twin_compiled"))
         rows.append(
             f"| {r['size']} | {r['params'] / 1e6:.2f} M | {r['batch']} | {r['resolution']}² | {r['impl']} "
-            f"| {r.get('steps_per_dispatch', '–')} | {r['step_ms']:.2f} | {r['images_per_s']:.1f} "
+            f"| {r.get('variant', 'base')} | {r.get('steps_per_dispatch', '–')} | {r['step_ms']:.2f} "
+            f"| {r['images_per_s']:.1f} "
             f"| {_ratio(r['images_per_s'], eager) if ours else '–'} "
             f"| {_ratio(r['images_per_s'], compiled) if ours else '–'} "
             f"| {fmt(r.get('flops_per_step'), 1e9, 2)} | {fmt(r.get('bytes_per_step'), 1e9, 2)} "
@@ -207,6 +303,13 @@ def train_table(results: list[dict]) -> list[str]:
             f"| {_rate(r.get('achieved_bytes_per_s'), r.get('frac_peak_bandwidth'), 1e9)} "
             f"| {fmt(r.get('frac_roofline'), pct=True)} |")
     for r in results:
+        plan = r.get("max_batch_plan")
+        if plan:
+            rows.append(f"\nlargest batch, memory model (size {r['size']}, {r['variant']}): XLA's memory "
+                        f"analysis at batch {plan['from_batch']} gives {plan['per_image_bytes'] / 1e6:.0f} MB "
+                        f"per image + {plan['fixed_bytes'] / 1e9:.2f} GB fixed; {plan['free_bytes'] / 1e9:.1f} GB "
+                        f"free ({plan['free_source']}) × {plan['fraction']:.0%} fits {plan['predicted_fit']} "
+                        f"images; timed at the power of two below: {r['batch']}")
         if r["impl"].endswith("max_batch"):
             best = r.get("largest") or {}
             rows.append(f"\nlargest batch that fit ({r['impl']}, size {r['size']}): "
@@ -217,21 +320,22 @@ def train_table(results: list[dict]) -> list[str]:
 
 def sample_table(results: list[dict]) -> list[str]:
     """Markdown rows: every sampling case, ours vs the twin's Python loop."""
-    rows = ["| size | batch × H × W | NFE | impl | ms end to end | ms on device | img/s | × twin eager "
-            "| GFLOP | GB | % roofline | max abs diff vs ours |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    twins = {(r["batch"], r["height"], r["width"]): r for r in results if r["impl"] == "twin_eager"}
-    for r in results:
-        twin = twins.get((r["batch"], r["height"], r["width"]))
+    rows = ["| size | batch × H × W | NFE | impl | attention | ms end to end | ms on device | img/s "
+            "| × twin eager | GFLOP | GB | % roofline | max abs diff ours vs twin |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    shape = lambda r: (r["batch"], r["height"], r["width"])
+    for i, r in enumerate(results):  # the twin of the same case that ran next (the same stage)
+        twin = next((t for t in results[i:] if t["impl"] == "twin_eager" and shape(t) == shape(r)), None)
         ours = r["impl"] == "ours"
         ratio = (f"{_ratio(twin['e2e_ms'], r['e2e_ms'])} ({_ratio(twin['device_ms'], r['device_ms'])} "
                  "on device)" if ours and twin else "–")
         rows.append(
             f"| {r['size']} | {r['batch']} × {r['height']} × {r['width']} | {r['nfe']} | {r['impl']} "
-            f"| {r['e2e_ms']:.1f} | {r['device_ms']:.1f} | {r['images_per_s']:.1f} | {ratio} "
+            f"| {r.get('attention_impl', '–')} | {r['e2e_ms']:.1f} | {r['device_ms']:.1f} "
+            f"| {r['images_per_s']:.1f} | {ratio} "
             f"| {fmt(r.get('flops'), 1e9, 2)} | {fmt(r.get('bytes'), 1e9, 2)} "
             f"| {fmt(r.get('frac_roofline'), pct=True)} "
-            f"| {_sci(r.get('max_abs_diff_vs_ours'))} |")
+            f"| {_sci(r.get('max_abs_diff_vs_twin', r.get('max_abs_diff_vs_ours')))} |")
     return rows
 
 

@@ -36,6 +36,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         attention=True,          # self-attention at the lowest resolutions
         condition="mu",          # mu (paper) | mu_mask | mu_mask_fill: also the degradation mask (+ a
                                  # smooth pre-fill of the holes); x̂0 = μ outside the mask (conditioning.py)
+        attention_impl="xla",    # xla | cudnn (fused attention: GPU, dtype bfloat16/float16 only)
         dropout=0.0,
         remat=False,             # rematerialise residual blocks (saves memory, costs compute)
     ))

@@ -246,11 +246,15 @@ def test_create_model_reads_the_config_section():
             model.out_channels) == (jnp.bfloat16, jnp.float32, False, 0.1, True, 4)
     assert {s: downsample_factor({"size": s}) for s in SIZES} == {"T": 8, "S": 8, "B": 8, "L": 8}
     assert downsample_factor(cfg) == model.factor
+    assert model.attention_impl is None  # "xla", the default: jax.nn.dot_product_attention's XLA path
+    assert create_model({"size": "B", "dtype": "bfloat16", "attention_impl": "cudnn"}).attention_impl == "cudnn"
 
 
 @pytest.mark.parametrize("bad,key", [({"size": "XL"}, "model.size"), ({"dtype": "int8"}, "model.dtype"),
                                      ({"param_dtype": "f32"}, "model.param_dtype"),
-                                     ({"dropout": 1.5}, "model.dropout")])
+                                     ({"dropout": 1.5}, "model.dropout"),
+                                     ({"attention_impl": "flash"}, "model.attention_impl"),
+                                     ({"attention_impl": "cudnn"}, "model.attention_impl")])
 def test_bad_config_values_name_the_key(bad, key):
     with pytest.raises(ConfigError, match=key):
         create_model({"size": "B", **bad})

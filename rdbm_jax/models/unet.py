@@ -36,6 +36,8 @@ SIZES: dict[str, SizePreset] = {
 }
 RematResBlock = nn.remat(ResBlock, static_argnums=(3,))  # (self, x, emb, train): train is static
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# model.attention_impl → jax.nn.dot_product_attention's implementation ("cudnn": fused, GPU bf16/fp16).
+ATTENTION_IMPLS: dict[str, str | None] = {"xla": None, "cudnn": "cudnn"}
 
 
 class UNet(nn.Module):
@@ -147,11 +149,19 @@ def create_model(model_cfg: Any, out_channels: int = 3) -> UNet:
     dropout = float(_get(model_cfg, "dropout", 0.0))
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model.dropout: {dropout} is not in [0, 1)")
+    attention_impl = _get(model_cfg, "attention_impl", "xla")
+    if attention_impl not in ATTENTION_IMPLS:
+        raise ConfigError(f"model.attention_impl: unknown {attention_impl!r}; expected one of "
+                          f"{sorted(ATTENTION_IMPLS)}")
+    dtype = _dtype(model_cfg, "dtype")
+    if attention_impl == "cudnn" and dtype == jnp.float32:
+        raise ConfigError("model.attention_impl: cudnn needs model.dtype bfloat16 or float16, not float32")
     return UNet(channels=p.channels, channel_mult=p.channel_mult, num_blocks=p.num_blocks,
                 num_heads=p.num_heads, groups=p.groups,
                 attention=bool(_get(model_cfg, "attention", True)), out_channels=out_channels,
                 dropout=dropout, remat=bool(_get(model_cfg, "remat", False)),
-                dtype=_dtype(model_cfg, "dtype"), param_dtype=_dtype(model_cfg, "param_dtype"))
+                dtype=dtype, param_dtype=_dtype(model_cfg, "param_dtype"),
+                attention_impl=ATTENTION_IMPLS[attention_impl])
 
 
 def downsample_factor(model_cfg: Any) -> int:
