@@ -50,13 +50,16 @@ class Built(NamedTuple):
 
 
 def synthetic_batches(k: int, batch: int, resolution: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """K stacked batches: x0 uniform in [-1, 1], μ = x0 with a 50 % box masked white (inpainting-like)."""
+    """K stacked batches: x0 uniform in [-1, 1], μ = x0 with a 50 % box masked white (inpainting-like),
+    and that box as the degradation mask (read only by mask-conditioned configs)."""
     rng = np.random.default_rng(seed)
     x0 = rng.uniform(-1, 1, (k, batch, resolution, resolution, 3)).astype(np.float32)
     mu = x0.copy()
+    mask = np.zeros(x0.shape[:-1] + (1,), np.float32)
     h = resolution // 2
     mu[:, :, h // 2:h // 2 + h, :] = 1.0
-    return {"x0": x0, "mu": mu}
+    mask[:, :, h // 2:h // 2 + h, :] = 1.0
+    return {"x0": x0, "mu": mu, "mask": mask}
 
 
 def build(size: str, dtype: str, batch: int, resolution: int, k: int, impl: str = "auto",

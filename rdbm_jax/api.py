@@ -1,7 +1,6 @@
 """Python API: load a trained run and restore numpy / PIL images of any size (notebooks, forks)."""
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Any
 
@@ -118,9 +117,9 @@ class TrainedModel:
         """The mask as float32 [B, H, W, 1], or None; a ValueError where the restorer takes no mask."""
         if mask is None:
             return None
-        if "mask" not in inspect.signature(restorer.__call__).parameters:
-            raise ValueError("mask: this model's restorer takes no mask (only models trained with the mask "
-                             "condition do)")
+        if not restorer.uses_mask:
+            raise ValueError(f"mask: this model (model.condition={restorer.condition!r}) reads no mask; "
+                             "only models trained with a mask condition do")
         m = np.asarray(mask, np.float32)
         m = m[..., 0] if m.ndim >= 3 and m.shape[-1] == 1 else m
         if m.shape[-2:] != shape[1:3]:

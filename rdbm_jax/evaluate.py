@@ -55,8 +55,9 @@ def restore_source(restorer: Restorer, params: Any, source: Any, batch_size: int
     """Yield (index, example, restored [H, W, 3] in [-1, 1]) for every example of a source, in order."""
     for b, idx in enumerate(batches_by_shape(source, batch_size)):
         examples = [source[i] for i in idx]
+        masks = [e.get("mask") for e in examples]  # sources without masks: inferred where needed
         out = restorer(params, np.stack([e["mu"] for e in examples]), jax.random.fold_in(rng, b),
-                       mask=np.stack([e["mask"] for e in examples]))
+                       mask=None if any(m is None for m in masks) else np.stack(masks))
         yield from zip(idx, examples, out)
 
 
@@ -105,7 +106,7 @@ class Baselines:
             known = source.known_parameters(index) if hasattr(source, "known_parameters") else {}
             out = baselines.restore(np.asarray(metrics.to_unit(example["mu"])),
                                     getattr(source, "degradation", "none"),
-                                    mask=example["mask"] if self.true_mask else None, **known)
+                                    mask=example.get("mask") if self.true_mask else None, **known)
             self._cache[key] = out * 2.0 - 1.0
         return self._cache[key]
 
@@ -240,7 +241,7 @@ def score_sources(restorer: Restorer, params: Any, sources: dict[str, Any], cfg:
         grids[task] = []
         for index, ex, out in restore_source(restorer, params, source, cfg.sample.batch_size, rng):
             base = baseline(task, source, index, ex)
-            mask = ex["mask"]
+            mask = ex.get("mask")
             r = {"task": task, "name": ex["name"], **score_pair(out, ex["x0"], cfg.eval, mask)}
             r.update({f"{k}_baseline": v for k, v in score_pair(base, ex["x0"], cfg.eval, mask).items()})
             r.update({f"{k}_input": v for k, v in score_pair(ex["mu"], ex["x0"], cfg.eval, mask).items()})

@@ -12,7 +12,7 @@ import ml_collections
 
 from rdbm_jax import config as config_lib, data, distributed, progress
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.evaluate import protocol, score_sources
+from rdbm_jax.evaluate import SCORES, Baselines, protocol, score_sources, summary_line
 from rdbm_jax.inference import load_trained
 from rdbm_jax.restore import from_config
 
@@ -20,7 +20,8 @@ log = logging.getLogger("rdbm_jax")
 
 
 def figure(rows: list[dict]) -> Any:
-    """PSNR and SSIM against NFE, one line per η, ticks at the NFE values run (matplotlib, no display)."""
+    """PSNR and SSIM against NFE, one line per η, the baseline and input as flat lines, ticks at the
+    NFE values run (matplotlib, no display)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -33,6 +34,10 @@ def figure(rows: list[dict]) -> Any:
         sel = sorted((r for r in rows if r["eta"] == eta), key=lambda r: r["nfe"])
         for ax, key in zip(axes, ("psnr", "ssim")):
             ax.plot([r["nfe"] for r in sel], [r[key] for r in sel], marker="o", label=f"η = {eta:g}")
+    for ax, metric in zip(axes, ("psnr", "ssim")):  # the classical baseline and the input: flat lines
+        for sfx, style in (("_baseline", "--"), ("_input", ":")):
+            if metric + sfx in rows[0]:
+                ax.axhline(rows[0][metric + sfx], ls=style, color="gray", label=sfx[1:])
     for ax, key in zip(axes, ("PSNR (dB)", "SSIM")):
         if len(nfes) > 1 and nfes[-1] / nfes[0] >= 8:
             ax.set_xscale("log")
@@ -71,17 +76,20 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     rows: list[dict[str, Any]] = []
     pbar = progress.bar(len(etas) * len(nfes), "sweep", unit="setting")
+    baseline = None  # the classical baseline does not depend on the setting: computed once
     for eta in etas:
         for nfe in nfes:
             restorer = from_config(model, schedule, cfg, mesh, num_steps=nfe, eta=eta)
-            _, per_task, _ = score_sources(restorer, params, sources, cfg, jax.random.PRNGKey(cfg.seed))
-            row = {"step": step, "nfe": nfe, "eta": eta, "psnr": per_task["overall"]["psnr"],
-                   "ssim": per_task["overall"]["ssim"]}
+            baseline = baseline or Baselines(true_mask=restorer.uses_mask)
+            _, per_task, _ = score_sources(restorer, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
+                                           baseline=baseline)
+            row = {"step": step, "nfe": nfe, "eta": eta}
+            row.update({k: v for k, v in per_task["overall"].items() if k in SCORES})
             if len(sources) > 1:
                 row.update({f"{t}/{k}": v[k] for t, v in per_task.items() if t != "overall"
                             for k in ("psnr", "ssim")})
             rows.append(row)
-            log.info("sweep nfe=%d eta=%g: psnr=%.3f ssim=%.4f", nfe, eta, row["psnr"], row["ssim"])
+            log.info("sweep nfe=%d eta=%g: %s", nfe, eta, summary_line(per_task["overall"]))
             pbar.update(1)
     pbar.close()
     out_dir = os.path.join(workdir, "sweep")

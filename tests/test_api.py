@@ -71,8 +71,12 @@ def test_restore_kinds_and_errors(trained_workdir, model):
         model.restore(img, eta=2.0)
     with pytest.raises(ValueError, match="tile_size=12"):
         model.restore(img, tile_size=12)
-    with pytest.raises(ValueError, match="mask"):
-        model.restore(img, mask=np.zeros((20, 24)))  # this model has no mask condition
+    with pytest.raises(ValueError, match="mask: shape"):
+        model.restore(img, mask=np.zeros((20, 25)))  # the demo model reads the mask: it must fit
+    hole = np.zeros(img.shape[:2], np.float32)
+    hole[4:9, 5:12] = 1
+    kept = model.restore(img, mask=hole)  # x̂0 = μ outside the given mask
+    np.testing.assert_allclose(kept[hole == 0], np.asarray(img)[hole == 0], atol=1e-6)
     with pytest.raises(ValueError, match="step=7"):
         rdbm_jax.load(trained_workdir, step=7)
     raw = rdbm_jax.load(trained_workdir, step=2, use_ema=False)

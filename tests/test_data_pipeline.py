@@ -56,10 +56,11 @@ def test_builtin_batches_have_the_documented_layout():
     data = _data({"main": source_spec(kind="builtin", split="train", degradation="inpaint")})
     it = build_train_iterator(data, global_batch_size=4, seed=0, process_index=0, process_count=1)
     b = next(it)
-    assert set(b) == {"x0", "mu", "task"}
+    assert set(b) == {"x0", "mu", "mask", "task"}
     for k in ("x0", "mu"):
         assert b[k].shape == (4, 16, 16, 3) and b[k].dtype == np.float32
         assert b[k].min() >= -1.0 and b[k].max() <= 1.0
+    assert b["mask"].shape == (4, 16, 16, 1) and b["mask"].dtype == np.float32
     assert b["task"].dtype == np.int32 and b["task"].tolist() == [0, 0, 0, 0]
     assert not np.array_equal(b["x0"], b["mu"])
 

@@ -104,7 +104,7 @@ def test_loss_decreases_when_fitting_one_batch():
     prog = train.program(cfg, mesh)  # the same compiled step the loop uses
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
-    batch = distributed.global_batch(mesh, {"x0": x0, "mu": np.clip(x0 + 0.5, -1, 1).astype(np.float32)}, 1)
+    batch = distributed.global_batch(mesh, {"x0": x0, "mu": np.clip(x0 + 0.5, -1, 1).astype(np.float32), "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}, 1)
     state = train.init_state(cfg, mesh)
     losses = []
     for i in range(25):
@@ -132,7 +132,7 @@ def test_several_steps_per_dispatch_equal_single_steps():
     single, scanned = (train.program(config(**{"train.steps_per_dispatch": k}), mesh) for k in (1, 2))
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (2, 2, 32, 32, 3)).astype(np.float32)
-    batches = {"x0": x0, "mu": np.clip(x0 + 0.3, -1, 1).astype(np.float32)}
+    batches = {"x0": x0, "mu": np.clip(x0 + 0.3, -1, 1).astype(np.float32), "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}
     key = jax.random.PRNGKey(3)
     s2, m2, finite = scanned.step(train.init_state(config(), mesh), distributed.global_batch(mesh, batches, 1), key)
     s1 = train.init_state(config(), mesh)
