@@ -33,6 +33,7 @@ def _check_outputs(out: str, result: dict, cells: set[tuple[str, str]], nfes: tu
     return rows
 
 
+@pytest.mark.slow  # trains 2 seeds × 2 tasks: ~40 s with a cold compilation cache (CI budget)
 def test_tiny_ablation_writes_table_plot_and_command(tmp_path):
     out = str(tmp_path / "abl")
     argv = ["--out-dir", out, "--tiny", "--pi", "residual", "--objective", "x0", "--seeds", "0,1",

@@ -243,8 +243,8 @@ def test_masked_loss_ignores_the_output_outside_the_mask():
 def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     from rdbm_jax import train
     workdir = str(tmp_path / "run")
-    cfg = config(**{"train.num_steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
-                    "model.condition": "mu_mask", "bridge.parameterization": "residual"})
+    cfg = config(**{"train.num_steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2})
+    assert cfg.model.condition == "mu_mask_fill"  # the demo's mask-aware model (programs shared)
     with caplog.at_level("INFO", logger="rdbm_jax"):
         last = train.train_and_evaluate(cfg, workdir)
     for key in ("psnr", "psnr_baseline", "psnr_input", "psnr_masked", "psnr_masked_baseline",
