@@ -165,6 +165,7 @@ def test_predict_max_batch_from_the_memory_analysis():
         rl.predict_max_batch({**row, "memory": None}, 1, 1.0, 32, 64)
 
 
+@pytest.mark.slow  # the whole benchmark pipeline end to end: ~30 s with a cold compilation cache
 def test_run_all_tiny_writes_every_result(tmp_path):
     out = str(tmp_path)
     merged = run_all.main(["--tiny", "--skip-startup", "--out-dir", out])
