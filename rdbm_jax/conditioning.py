@@ -7,8 +7,8 @@ inpainting; every pixel for other degradations). Conditions:
 - `mu_mask` — a documented deviation for tasks whose degradation mask is known (inpainting):
   the network sees [x_t, μ, mask], and x̂0 is set to μ outside the mask at every step of training
   and sampling (`sde.project_known`), so known pixels come back exactly.
-- `mu_mask_fill` — as `mu_mask`, plus the holes of μ pre-filled by a smooth pull-push interpolation
-  of the known pixels (`fill_holes`) as three more channels. With the residual parameterisation the
+- `mu_mask_fill` — as `mu_mask`, plus the holes of μ pre-filled by a harmonic interpolation of the
+  known pixels (`fill_holes`, solved coarse to fine) as three more channels. With the residual parameterisation the
   network's output is also added to the pre-fill's residual (`output_offset`): a zero output restores
   the pre-fill, and the network learns the correction on top of it.
 """
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 CONDITIONS = ("mu", "mu_mask", "mu_mask_fill")
-FILL_LEVELS = 10  # pull-push pyramid levels (a 1024-px image reaches 1×1)
+FILL_LEVELS = 10  # pyramid levels of the coarse-to-fine fill (a 1024-px image reaches 1×1)
 FILL_SWEEPS = 60  # Jacobi sweeps per pyramid level
 FILL_VALUE = 1.0  # the inpainting fill in model range [-1, 1] (white; rdbm_jax.data.masks.HOLE_VALUE)
 
