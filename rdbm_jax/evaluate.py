@@ -66,13 +66,18 @@ def score_pair(restored: np.ndarray, target: np.ndarray, ev: ml_collections.Conf
     """PSNR and SSIM of one image (inputs in [-1, 1]) under the `eval` section's protocol; with a
     partial mask also inside it (`*_masked`)."""
     a, b = metrics.to_unit(restored), metrics.to_unit(target)
-    kw = dict(color=ev.color, crop_border=ev.crop_border, quantize=ev.quantize)
+    kw = _protocol_kw(ev)
     out = {"psnr": float(metrics.psnr(a, b, **kw)),
            "ssim": float(metrics.ssim(a, b, window=ev.ssim_window, **kw))}
     if is_partial(mask):
         out["psnr_masked"] = float(metrics.psnr_masked(a, b, mask, **kw))
         out["ssim_masked"] = float(metrics.ssim_masked(a, b, mask, window=ev.ssim_window, **kw))
     return out
+
+
+def _protocol_kw(ev: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The `eval` section's colour, border crop and quantisation as metric keyword arguments."""
+    return dict(color=ev.color, crop_border=ev.crop_border, quantize=ev.quantize)
 
 
 def is_partial(mask: np.ndarray | None) -> bool:
@@ -83,17 +88,19 @@ def is_partial(mask: np.ndarray | None) -> bool:
 def kept_psnr(restored: np.ndarray, mu: np.ndarray, mask: np.ndarray,
               ev: ml_collections.ConfigDict) -> float:
     """PSNR outside the mask against the input μ, capped at KEPT_CAP dB (identical pixels)."""
-    kw = dict(color=ev.color, crop_border=ev.crop_border, quantize=ev.quantize)
-    value = float(metrics.psnr_masked(metrics.to_unit(restored), metrics.to_unit(mu), 1.0 - mask, **kw))
+    value = float(metrics.psnr_masked(metrics.to_unit(restored), metrics.to_unit(mu), 1.0 - mask,
+                                      **_protocol_kw(ev)))
     return min(value, KEPT_CAP)
 
 
 class Baselines:
-    """The classical baseline of every evaluation example (rdbm_jax/baselines.py), computed once."""
+    """The classical baseline of every evaluation example (rdbm_jax/baselines.py) and the scores that
+    never change between validations (baseline's and input's), computed once per example."""
 
     def __init__(self, true_mask: bool):
         self.true_mask = true_mask  # inpainting: the true mask, or the one inferred from fill pixels
         self._cache: dict[tuple[str, int], np.ndarray] = {}
+        self._scores: dict[tuple[str, int], dict[str, float]] = {}
 
     def name(self, source: Any) -> str:
         """What the baseline of a source is, as reports print it."""
@@ -109,6 +116,19 @@ class Baselines:
                                     mask=example.get("mask") if self.true_mask else None, **known)
             self._cache[key] = out * 2.0 - 1.0
         return self._cache[key]
+
+    def reference_scores(self, task: str, source: Any, index: int, example: dict,
+                         ev: ml_collections.ConfigDict) -> dict[str, float]:
+        """`*_baseline`, `*_input` (and `psnr_kept_baseline`) of one example under the `ev` protocol."""
+        key = (task, index)
+        if key not in self._scores:
+            base, mask = self(task, source, index, example), example.get("mask")
+            out = {f"{k}_baseline": v for k, v in score_pair(base, example["x0"], ev, mask).items()}
+            out.update({f"{k}_input": v for k, v in score_pair(example["mu"], example["x0"], ev, mask).items()})
+            if is_partial(mask):
+                out["psnr_kept_baseline"] = kept_psnr(base, example["mu"], mask, ev)
+            self._scores[key] = out
+        return self._scores[key]
 
 
 def summary_line(scores: dict[str, float], prefix: str = "") -> str:
@@ -242,12 +262,10 @@ def score_sources(restorer: Restorer, params: Any, sources: dict[str, Any], cfg:
         for index, ex, out in restore_source(restorer, params, source, cfg.sample.batch_size, rng):
             base = baseline(task, source, index, ex)
             mask = ex.get("mask")
-            r = {"task": task, "name": ex["name"], **score_pair(out, ex["x0"], cfg.eval, mask)}
-            r.update({f"{k}_baseline": v for k, v in score_pair(base, ex["x0"], cfg.eval, mask).items()})
-            r.update({f"{k}_input": v for k, v in score_pair(ex["mu"], ex["x0"], cfg.eval, mask).items()})
+            r = {"task": task, "name": ex["name"], **score_pair(out, ex["x0"], cfg.eval, mask),
+                 **baseline.reference_scores(task, source, index, ex, cfg.eval)}
             if is_partial(mask):
                 r["psnr_kept"] = kept_psnr(out, ex["mu"], mask, cfg.eval)
-                r["psnr_kept_baseline"] = kept_psnr(base, ex["mu"], mask, cfg.eval)
             if perceptual and perceptual.lpips:
                 r["lpips"] = float(np.asarray(perceptual.lpips(out[None], ex["x0"][None]))[0])
             if perceptual and perceptual.inception:  # Inception takes [0, 1], as pytorch-fid
