@@ -55,14 +55,19 @@ def _input_mask(mask_dir: str, in_dir: str, path: str, img: np.ndarray) -> np.nd
     extension) in `mask_dir` (white = hole), else inferred from the input's pure-fill pixels."""
     if not mask_dir:
         return conditioning.infer_mask(img)
+    return data.load_mask(_mask_file(mask_dir, in_dir, path), img.shape[0], img.shape[1],
+                          "sample.mask_dir")[..., None].astype(np.float32)
+
+
+def _mask_file(mask_dir: str, in_dir: str, path: str) -> str:
+    """The mask file of one input in `mask_dir` (same relative name, any image extension)."""
     stem = os.path.splitext(os.path.relpath(path, in_dir))[0]
     for ext in data.IMAGE_EXTENSIONS:
         candidate = os.path.join(mask_dir, stem + ext)
         if os.path.isfile(candidate):
-            return data.load_mask(candidate, img.shape[0], img.shape[1], "sample.mask_dir")[..., None]\
-                .astype(np.float32)
+            return candidate
     raise DataError(f"no mask for {path} in {mask_dir} (sample.mask_dir): expected {stem}.png or "
-                    f"another image extension")
+                    f"another image extension (nothing was written)")
 
 
 def check_distinct_outputs(paths: list[str], out_dir: str, in_dir: str) -> None:
@@ -87,6 +92,9 @@ def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     paths = data.list_images(s.input_dir, key="sample.input_dir")
     check_distinct_outputs(paths, s.output_dir, s.input_dir)
     todo = [p for p in paths if s.overwrite or not os.path.exists(_output_path(s.output_dir, s.input_dir, p))]
+    if s.mask_dir and conditioning.uses_mask(cfg.model.condition):
+        for path in todo:  # every mask is found before anything is restored or written
+            _mask_file(s.mask_dir, s.input_dir, path)
     skipped = len(paths) - len(todo)
     if skipped:
         log.info("%d of %d outputs already exist in %s: kept (sample.overwrite=True to redo)",
