@@ -59,11 +59,12 @@ def parser() -> argparse.ArgumentParser:
 def make_config(pi: str, objective: str, seed: int, nfe: list[int], steps: int, tiny: bool
                 ) -> ml_collections.ConfigDict:
     """configs/default.py with the two built-in tasks, one grid cell and the miniature recipe."""
-    from rdbm_jax.config import shrink, sibling
+    from rdbm_jax.config_files import sibling
     from rdbm_jax.data.spec import source_spec, task_spec
     from rdbm_jax.schedules import DEFAULT_PI
 
     c = sibling(os.path.join(REPO, "configs", "default.py")).get_config()
+    shrink = sibling(os.path.join(REPO, "configs", "common.py"), "common").shrink
     degr = {"inpaint": dict(degradation="inpaint", mask_min_ratio=0.1, mask_max_ratio=0.3),
             "noise": dict(degradation="noise", noise_sigma=0.1)}
     c.data.tasks = ml_collections.ConfigDict({name: task_spec(

@@ -1,4 +1,4 @@
-"""Restoration latency: our compiled 10-step sampler (`Restorer`, one lax.scan) vs the twin's Python loop.
+"""Restoration latency: our compiled 10-step sampler (`Sampler`, one lax.scan) vs the twin's Python loop.
 
     python -m benchmarks.bench_sample --out sample.json    # GPU: B, 256² × 16 and 720×1280 × 1
     python -m benchmarks.bench_sample --tiny               # CPU smoke
@@ -11,20 +11,19 @@ host numpy in → restored numpy out (what a user calls);
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any, Callable
 
-from benchmarks import roofline as rl  # noqa: E402  (sets XLA_PYTHON_CLIENT_PREALLOCATE first)
+from benchmarks import cli, max_batch, measure, roofline as rl  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.programs import BRIDGE  # noqa: E402
-from rdbm_jax import distributed, models, sde  # noqa: E402
-from rdbm_jax.restore import Restorer, make_apply  # noqa: E402
+from benchmarks.programs import default_bridge  # noqa: E402
+from rdbm_jax import distributed, models, program  # noqa: E402
+from rdbm_jax.sampler import Sampler  # noqa: E402
 
 TINY = dict(size="T", resolution=32, batch=2, large="40x72", large_batch=1, steps=3, warmup=1,
             dtype="float32", matmul_n=256, copy_mib=16)
@@ -61,27 +60,27 @@ def degraded(batch: int, height: int, width: int, seed: int = 1) -> np.ndarray:
 
 def bench_ours(model: Any, params: Any, mu: np.ndarray, nfe: int, opts: argparse.Namespace,
                peak: dict | None) -> tuple[dict[str, Any], np.ndarray]:
-    """Restorer (compiled scan) end to end and on the device; XLA cost of the compiled sampler."""
-    schedule = sde.make_schedule(num_timesteps=BRIDGE["num_timesteps"],
-                                 theta_schedule=BRIDGE["theta_schedule"], lam=BRIDGE["lam"],
-                                 preset=BRIDGE["preset"])
+    """Sampler (compiled scan) end to end and on the device; XLA cost of the compiled sampler."""
+    bridge = default_bridge()
+    schedule = program.schedule_from_config(bridge)
     mesh = distributed.make_mesh()
-    restorer = Restorer(make_apply(model), schedule, num_steps=nfe, multiple=model.factor, mesh=mesh,
-                        parameterization=BRIDGE["parameterization"])
+    apply = lambda p, x_t, cond, t: model.apply({"params": p}, x_t, cond, t, train=False)
+    restorer = Sampler(apply, schedule, num_steps=nfe, multiple=model.factor, mesh=mesh,
+                       parameterization=bridge.parameterization)
     params = jax.device_put(params, distributed.replicated(mesh))
     rng = jax.random.PRNGKey(0)
     t0 = time.perf_counter()
     out = restorer(params, mu, rng)
     t_first = time.perf_counter() - t0
-    e2e = rl.time_windows(lambda: restorer(params, mu, rng), lambda x: x, warmup=opts.warmup,
+    e2e = measure.time_windows(lambda: restorer(params, mu, rng), lambda x: x, warmup=opts.warmup,
                           steps=opts.steps, window=1)
-    # The executable Restorer compiled for this shape (H, W are multiples of the factor already; the
-    # batch is padded to the device count as Restorer does), on a device-resident input.
+    # The executable Sampler compiled for this shape (H, W are multiples of the factor already; the
+    # batch is padded to the device count as Sampler does), on a device-resident input.
     padded = np.pad(mu, ((0, (-mu.shape[0]) % mesh.size), (0, 0), (0, 0), (0, 0)), mode="edge")
     mu_dev = jax.device_put(padded, distributed.batch_sharding(mesh))
     mask_dev = jax.device_put(np.ones(padded.shape[:3] + (1,), np.float32), distributed.batch_sharding(mesh))
-    compiled = restorer.compiled(padded.shape).lower(params, mu_dev, mask_dev, rng).compile()
-    dev = rl.time_windows(lambda: compiled(params, mu_dev, mask_dev, rng), rl.jax_sync, warmup=opts.warmup,
+    compiled = restorer.jitted.lower(params, mu_dev, mask_dev, rng).compile()
+    dev = measure.time_windows(lambda: compiled(params, mu_dev, mask_dev, rng), measure.jax_sync, warmup=opts.warmup,
                           steps=opts.steps, window=1)
     cost = rl.cost_of(compiled)
     macs = models.count_macs(model, mu.shape[1], mu.shape[2], batch=mu.shape[0])
@@ -106,7 +105,8 @@ def bench_twin(params: Any, size: str, mu: np.ndarray, nfe: int, opts: argparse.
     model = tw.load_flax_params(tw.TwinUNet(size), params).to(device).eval()
     model = model.to(memory_format=torch.channels_last)
     amp = None if opts.dtype == "float32" else getattr(torch, opts.dtype)
-    tables = tw.cosine_tables(BRIDGE["num_timesteps"], BRIDGE["lam"])
+    bridge = default_bridge()
+    tables = tw.cosine_tables(bridge.num_timesteps, bridge.lam)
 
     def sync(x):
         if device.type == "cuda":
@@ -124,9 +124,9 @@ def bench_twin(params: Any, size: str, mu: np.ndarray, nfe: int, opts: argparse.
     t0 = time.perf_counter()
     out = e2e_call()
     t_first = time.perf_counter() - t0
-    e2e = rl.time_windows(e2e_call, lambda x: x, warmup=opts.warmup, steps=opts.steps, window=1)
+    e2e = measure.time_windows(e2e_call, lambda x: x, warmup=opts.warmup, steps=opts.steps, window=1)
     mu_dev = to_device(mu)
-    dev = rl.time_windows(lambda: tw.sample(model, mu_dev, tables, num_steps=nfe, amp_dtype=amp), sync,
+    dev = measure.time_windows(lambda: tw.sample(model, mu_dev, tables, num_steps=nfe, amp_dtype=amp), sync,
                           warmup=opts.warmup, steps=opts.steps, window=1)
     return ({"impl": "twin_eager", "torch_device": str(device), "amp": str(amp),
              "first_call_s": t_first, "e2e_ms": 1e3 * e2e["median_s"], "device_ms": 1e3 * dev["median_s"],
@@ -159,14 +159,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-impl", default="xla",
                    help=f"our model.attention_impl values to time, comma-separated ({', '.join(models.ATTENTION_IMPLS)})")
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
-    rl.add_common_args(p, TINY, "case")
+    cli.add_common_args(p, TINY, "case")
     return p
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Parsed options; --tiny replaces every default that the command line does not set."""
     p = parser()
-    opts = rl.parse_with_preset(p, argv, TINY, ("batch", "resolution", "large_batch", "nfe", "steps", "matmul_n",
+    opts = cli.parse_with_preset(p, argv, TINY, ("batch", "resolution", "large_batch", "nfe", "steps", "matmul_n",
                                                 "copy_mib"))
     if opts.size not in models.SIZES:
         p.error(f"--size {opts.size!r}: expected one of {sorted(models.SIZES)}")
@@ -195,7 +195,7 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
     """
     from benchmarks.bench_train import twin_unavailable
 
-    env = env or rl.environment(opts.device_name)
+    env = env or measure.environment(opts.device_name)
     if peak is None and not opts.no_peak:
         peak = rl.measure_peak(opts.dtype, opts.matmul_n, opts.copy_mib)
     twin_off = "--twin off" if opts.twin == "off" else twin_unavailable(env["platform"] == "gpu")
@@ -220,7 +220,7 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
             if opts.deadline and time.time() > opts.deadline:
                 skipped.append(f"sample {label} ({impl}): past the run's time budget")
                 continue
-            got = rl.guarded(opts.keep_going, errors, f"ours sample {label} ({impl})",
+            got = measure.guarded(opts.keep_going, errors, f"ours sample {label} ({impl})",
                              lambda m=model: bench_ours(m, params, mu, opts.nfe, opts, peak))
             if got is not None:
                 add({**case, "attention_impl": impl, **got[0]})
@@ -233,9 +233,9 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
         if opts.deadline and time.time() > opts.deadline:
             skipped.append(f"twin sample {label}: past the run's time budget")
             continue
-        twin = rl.guarded(opts.keep_going, errors, f"twin sample {label}",
+        twin = measure.guarded(opts.keep_going, errors, f"twin sample {label}",
                           lambda: bench_twin(params, opts.size, mu, opts.nfe, opts))
-        rl.free_torch_memory()
+        max_batch.free_torch_memory()
         if twin is not None:
             for impl, (row, out) in ours.items():  # the same function: how far apart the outputs are
                 row["max_abs_diff_vs_twin"] = float(np.abs(twin[1] - out).max())
@@ -258,17 +258,18 @@ def _line(r: dict) -> str:
 def main(argv: list[str] | None = None, peak: dict | None = None, env: dict | None = None,
          on_result: Callable[[dict], None] | None = None) -> dict:
     """Command-line entry point; returns what it writes to --out."""
+    cli.share_gpu_with_torch()  # before JAX starts a backend (the twin shares the GPU)
     opts = parse(sys.argv[1:] if argv is None else argv)
 
     def save(data: dict) -> None:
         if opts.out:
-            rl.write_json(opts.out, data)
+            measure.write_json(opts.out, data)
         if on_result is not None:
             on_result(data)
 
     data = run(opts, peak, env, save)
     if opts.out:
-        rl.write_json(opts.out, data)
+        measure.write_json(opts.out, data)
     return data
 
 

@@ -3,38 +3,37 @@
     python -m benchmarks.bench_train --size B,L --steps-per-dispatch 1,4 --out train.json   # GPU
     python -m benchmarks.bench_train --tiny                                                # CPU smoke
 
-Ours is `rdbm_jax.train.program(cfg, mesh).step` (the step the training loop runs) when
-rdbm_jax.train imports; where its extra dependencies (ml_collections, clu, grain) are missing it is
-`light_program`, a copy of the same step built from rdbm_jax.models/sde/distributed only
-(tests/test_benchmarks.py checks that both give identical states). Every step reuses one batch
-already on the device: the input pipeline is not timed, on either side.
+Ours is `rdbm_jax.program.program(cfg, mesh).step`, the step the training loop runs (on a GPU image
+without ml_collections/clu/grain, install them first: benchmarks/RESULTS.md). Every step reuses one
+batch already on the device: the input pipeline is not timed, on either side.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import sys
 import time
 from typing import Any, Callable, NamedTuple
 
 _T_START = time.time()
 
-from benchmarks import roofline as rl  # noqa: E402  (sets XLA_PYTHON_CLIENT_PREALLOCATE first)
+from benchmarks import cli, max_batch, measure, roofline as rl  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.programs import (BRIDGE, LOSS, OPTIM, REPO, LightState, _cast,  # noqa: E402,F401
-                                 light_loss_fn, light_optimizer, light_program, light_train_step,
-                                 load_config, parse_overrides, real_program, real_program_available)
+from benchmarks.programs import (DEFAULT_CONFIG, REPO, default_bridge,  # noqa: E402,F401
+                                 default_learning_rate, load_config, parse_overrides, program_from_config)
 from rdbm_jax import distributed, models  # noqa: E402
 
-DEFAULT_CONFIG = "configs/default.py"
 # CPU smoke preset. configs/demo.py:tiny is the program the training tests compile too (T, 32²,
 # batch 2, float32, K = 1): with the test session's persistent cache it is compiled once.
 TINY = dict(size="T", resolution=32, batch=2, steps=4, warmup=1, window=2, steps_per_dispatch="1",
             dtype="float32", matmul_n=256, copy_mib=16, config="configs/demo.py:tiny")
+
+
+STEP_IMPL = "rdbm_jax.program.program"  # recorded with every result
 
 
 class Built(NamedTuple):
@@ -62,49 +61,26 @@ def synthetic_batches(k: int, batch: int, resolution: int, seed: int = 0) -> dic
     return {"x0": x0, "mu": mu, "mask": mask}
 
 
-def build(size: str, dtype: str, batch: int, resolution: int, k: int, impl: str = "auto",
-          config: str = DEFAULT_CONFIG, overrides: dict[str, str] | None = None) -> Built:
-    """Our train step, initial state and device batches (impl: auto | real | light).
-
-    The light step knows only configs/default.py's bridge/optim/loss (another `config` is noted as
-    not applied in `Built.impl`) and takes only `model.*` overrides.
-    """
-    overrides = overrides or {}
+def build(size: str, dtype: str, batch: int, resolution: int, k: int, config: str = DEFAULT_CONFIG,
+          overrides: dict[str, str] | None = None) -> Built:
+    """Our train step (the config's program with size, dtype, batch, K and overrides), initial state
+    and device batches."""
     mesh = distributed.make_mesh()
     if batch % mesh.size:
         raise ValueError(f"--batch {batch} is not divisible by the {mesh.size} devices")
-    if impl not in ("auto", "real", "light"):
-        raise ValueError(f"--step-impl {impl!r}: expected auto | real | light")
-    missing = real_program_available() if impl != "light" else "asked for"
-    if impl == "real" and missing:
-        raise ImportError(f"--step-impl real: rdbm_jax.train does not import ({missing})")
-    if missing:
-        if any(not key.startswith("model.") for key in overrides):
-            raise ValueError(f"overrides {sorted(overrides)}: the light step takes model.* keys only")
-        model_overrides = {key[len("model."):]: _cast(v, False) if v.lower() in ("true", "false") else v
-                           for key, v in overrides.items()}
-        model, schedule, init, step = light_program(size, dtype, k, mesh, model_overrides)
-        state, key = init(jax.random.key(0, impl="rbg")), jax.random.PRNGKey(1)
-        ignored = ("" if os.path.normpath(config) == os.path.normpath(DEFAULT_CONFIG)
-                   else f"; --config {config} not applied, the light step has {DEFAULT_CONFIG}'s values")
-        name = f"bench_train.light_program (rdbm_jax.train not used: {missing}{ignored})"
-    else:
-        prog, init_key, key = real_program(config, size, dtype, batch, k, mesh, overrides)
-        model, schedule, step, state = prog.model, prog.schedule, prog.step, prog.init(init_key)
-        name = "rdbm_jax.train.program"
+    prog, init_key, key = program_from_config(config, size, dtype, batch, k, mesh, overrides or {})
     batches = distributed.global_batch(mesh, synthetic_batches(k, batch, resolution), leading=1)
-    return Built(step, state, batches, key, model, schedule, name)
+    return Built(prog.step, prog.init(init_key), batches, key, prog.model, prog.schedule, STEP_IMPL)
 
 
-_MACS: dict[tuple, int] = {}
+@functools.cache
+def _macs(model: Any, resolution: int) -> int:
+    return models.count_macs(model, resolution, resolution)
 
 
-def analytic_train_flops(model: Any, size: str, resolution: int, batch: int) -> float:
+def analytic_train_flops(model: Any, resolution: int, batch: int) -> float:
     """≈ 3 × forward FLOPs (2 per MAC, convolutions and matmuls; backward ≈ 2 × forward) per step."""
-    key = (size, resolution)
-    if key not in _MACS:
-        _MACS[key] = models.count_macs(model, resolution, resolution)
-    return 6.0 * _MACS[key] * batch
+    return 6.0 * _macs(model, resolution) * batch
 
 
 def bench_ours(size: str, dtype: str, batch: int, resolution: int, k: int, opts: argparse.Namespace,
@@ -115,7 +91,7 @@ def bench_ours(size: str, dtype: str, batch: int, resolution: int, k: int, opts:
     scale_steps: time ~opts.steps × opts.batch / batch steps (large batches: same images, not steps).
     """
     t0 = time.perf_counter()
-    b = build(size, dtype, batch, resolution, k, opts.step_impl, opts.config, overrides)
+    b = build(size, dtype, batch, resolution, k, opts.config, overrides)
     t_build = time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled = b.step.lower(b.state, b.batches, b.key).compile()
@@ -130,20 +106,20 @@ def bench_ours(size: str, dtype: str, batch: int, resolution: int, k: int, opts:
 
     t0 = time.perf_counter()
     metrics, finite = run()
-    rl.jax_sync(finite)
+    measure.jax_sync(finite)
     t_first = time.perf_counter() - t0
     losses.append(_loss(metrics))
     shrink = max(1, batch // opts.batch) if scale_steps else 1
     steps, window = max(4, opts.steps // shrink), max(1, opts.window // shrink)
     window = max(1, window // k)
-    timing = rl.time_windows(run, rl.jax_sync, warmup=max(0, -(-opts.warmup // (k * shrink)) - 1),
+    timing = measure.time_windows(run, measure.jax_sync, warmup=max(0, -(-opts.warmup // (k * shrink)) - 1),
                              steps=max(1, steps // k), window=window)
     metrics, finite = run()
     losses.append(_loss(metrics))
     all_finite = bool(np.asarray(jax.device_get(finite)).all())
     step_s = timing["median_s"] / k
     n_params = models.count_params(holder["state"].params)
-    analytic = analytic_train_flops(b.model, size, resolution, batch)
+    analytic = analytic_train_flops(b.model, resolution, batch)
     if k > 1 and k1_cost and k1_cost.get("flops"):  # the K = 1 executable of this run: exact per step
         flops, bytes_, source = rl.loop_scaled(k1_cost, 1, analytic)
         source = f"{source} (K = 1 executable)"
@@ -191,9 +167,10 @@ def bench_twin(size: str, batch: int, resolution: int, compile_: bool,
     torch.manual_seed(0)
     model = tw.TwinUNet(size).to(device)
     amp = None if opts.dtype == "float32" else getattr(torch, opts.dtype)
-    tables = tw.cosine_tables(BRIDGE["num_timesteps"], BRIDGE["lam"])
-    step = tw.make_train_step(model, tw.make_optimizer(model, OPTIM["learning_rate"]), tables,
-                              BRIDGE["parameterization"], LOSS, amp_dtype=amp, channels_last=True,
+    bridge = default_bridge()
+    tables = tw.cosine_tables(bridge.num_timesteps, bridge.lam)
+    step = tw.make_train_step(model, tw.make_optimizer(model, default_learning_rate()), tables,
+                              bridge.parameterization, load_config(DEFAULT_CONFIG).train.loss, amp_dtype=amp, channels_last=True,
                               compile=compile_)
     data = synthetic_batches(1, batch, resolution)
     x0, mu = (torch.from_numpy(data[k][0].transpose(0, 3, 1, 2).copy()).to(device)
@@ -208,7 +185,7 @@ def bench_twin(size: str, batch: int, resolution: int, compile_: bool,
     first = float(sync(step(x0, mu)))
     t_first = time.perf_counter() - t0
     shrink = max(1, batch // opts.batch) if scale_steps else 1
-    timing = rl.time_windows(lambda: step(x0, mu), sync, warmup=max(0, opts.warmup // shrink - 1),
+    timing = measure.time_windows(lambda: step(x0, mu), sync, warmup=max(0, opts.warmup // shrink - 1),
                              steps=max(4, opts.steps // shrink), window=max(1, opts.window // shrink))
     last = float(sync(step(x0, mu)))
     step_s = timing["median_s"]
@@ -236,8 +213,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=10, help="steps between two device syncs")
     p.add_argument("--steps-per-dispatch", default="1,4", help="K values of train.steps_per_dispatch")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(rl.DTYPES), help="compute dtype")
-    p.add_argument("--step-impl", default="auto", choices=("auto", "real", "light"),
-                   help="real: rdbm_jax.train.program; light: the copy without clu/grain/ml_collections")
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="config file[:arg] of the real step (model.size/dtype, batch, K overridden)")
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
@@ -261,14 +236,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--free-memory-gb", type=float, default=0.0,
                    help="free device memory for --max-batch-model (default: asked from the device)")
     p.add_argument("--max-batch-cap", type=int, default=1024)
-    rl.add_common_args(p, TINY, "configuration")
+    cli.add_common_args(p, TINY, "configuration")
     return p
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Parsed options; --tiny replaces every default that the command line does not set."""
     p = parser()
-    opts = rl.parse_with_preset(p, argv, TINY, ("batch", "resolution", "steps", "window", "matmul_n", "copy_mib"))
+    opts = cli.parse_with_preset(p, argv, TINY, ("batch", "resolution", "steps", "window", "matmul_n", "copy_mib"))
     sizes = _split(opts.size)
     bad = [s for s in sizes if s not in models.SIZES]
     if not sizes or bad:
@@ -304,7 +279,7 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
     on_result(data so far) is called after every configuration (a run cut short keeps its results).
     With --max-batch-only, the batch-`opts.batch` rows come from `measured` (an earlier run's results).
     """
-    env = env or rl.environment(opts.device_name)
+    env = env or measure.environment(opts.device_name)
     on_gpu = env["platform"] == "gpu"
     if peak is None and not opts.no_peak:
         peak = rl.measure_peak(opts.dtype, opts.matmul_n, opts.copy_mib)
@@ -317,7 +292,7 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
     data = {"environment": env, "peak": peak, "results": results, "skipped": skipped, "errors": errors}
 
     def attempt(label: str, fn: Callable[[], dict]) -> dict | None:
-        r = rl.guarded(opts.keep_going, errors, label, fn)
+        r = measure.guarded(opts.keep_going, errors, label, fn)
         if r is not None:
             results.append(r)
             print(_line(r), flush=True)
@@ -366,18 +341,18 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
             label = f"twin_{'compiled' if compile_ else 'eager'} {size}"
             if due(label):
                 attempt(label, lambda s=size, c=compile_: bench_twin(s, opts.batch, opts.resolution, c, opts))
-                rl.free_torch_memory()
+                max_batch.free_torch_memory()
         if opts.max_batch_model and due(f"max batch (memory model) {size}"):
             max_batch_model(size, first, opts, peak, twin_off, attempt, skipped)
         if opts.find_max_batch and due(f"max batch {size}"):
-            cleanup = rl.free_torch_memory
+            cleanup = max_batch.free_torch_memory
             ours = lambda bs, s=size: bench_ours(s, opts.dtype, bs, opts.resolution, 1, opts, peak)
             twin = lambda bs, s=size: bench_twin(s, bs, opts.resolution, False, opts)
             for impl, fn in (("ours_max_batch", ours), ("twin_eager_max_batch", twin)):
                 if impl.startswith("twin") and twin_off:
                     continue
                 attempt(f"{impl} {size}", lambda i=impl, f=fn, s=size: {
-                    "impl": i, "size": s, **rl.find_max_batch(f, 2 * opts.batch, opts.max_batch_cap,
+                    "impl": i, "size": s, **max_batch.find_max_batch(f, 2 * opts.batch, opts.max_batch_cap,
                                                               cleanup)})
     return data
 
@@ -385,7 +360,7 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
 def max_batch_model(size: str, first: dict[str, dict | None], opts: argparse.Namespace,
                     peak: dict | None, twin_off: str | None, attempt: Callable, skipped: list[str]) -> None:
     """Ours (--max-batch-variant; best: the fastest measured) and the eager twin at the largest
-    power-of-two batch `rl.predict_max_batch` expects to fit, from the batch-`opts.batch` run."""
+    power-of-two batch `max_batch.predict_max_batch` expects to fit, from the batch-`opts.batch` run."""
     label = f"max batch (memory model) {size}"
     first = {name: r for name, r in first.items() if r}
     if opts.max_batch_variant == "best" and first:
@@ -397,12 +372,12 @@ def max_batch_model(size: str, first: dict[str, dict | None], opts: argparse.Nam
         skipped.append(f"{label}: variant {name} was not measured at batch {opts.batch}")
         return
     free, source = ((int(opts.free_memory_gb * 1e9), "--free-memory-gb") if opts.free_memory_gb
-                    else rl.free_device_bytes())
+                    else max_batch.free_device_bytes())
     if free is None:
         skipped.append(f"{label}: {source}")
         return
     try:
-        plan = rl.predict_max_batch(measured, free, opts.max_batch_fraction, 2 * opts.batch, opts.max_batch_cap)
+        plan = max_batch.predict_max_batch(measured, free, opts.max_batch_fraction, 2 * opts.batch, opts.max_batch_cap)
     except ValueError as e:
         skipped.append(f"{label}: {e}")
         return
@@ -416,7 +391,7 @@ def max_batch_model(size: str, first: dict[str, dict | None], opts: argparse.Nam
         attempt(f"twin_eager {size} batch {batch}", lambda: {
             **bench_twin(size, batch, opts.resolution, False, opts, scale_steps=True),
             "variant": "max batch"})
-        rl.free_torch_memory()
+        max_batch.free_torch_memory()
     k = measured["steps_per_dispatch"]
     got = attempt(f"ours {size} batch {batch} {name}", lambda: bench_ours(
         size, opts.dtype, batch, opts.resolution, k, opts, peak, None, f"{name}, max batch",
@@ -439,8 +414,7 @@ def startup_child(opts: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     t_imported = time.time()
-    b = build(opts.sizes[0], opts.dtype, opts.batch, opts.resolution, opts.ks[0], opts.step_impl,
-              opts.config)
+    b = build(opts.sizes[0], opts.dtype, opts.batch, opts.resolution, opts.ks[0], opts.config)
     jax.block_until_ready(b.state)
     t_built = time.time()
     state, _, finite = b.step(b.state, b.batches, b.key)
@@ -454,6 +428,7 @@ def startup_child(opts: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None, peak: dict | None = None, env: dict | None = None,
          measured: list[dict] = (), on_result: Callable[[dict], None] | None = None) -> dict:
     """Command-line entry point; returns what it writes to --out."""
+    cli.share_gpu_with_torch()  # before JAX starts a backend (the twin shares the GPU)
     if argv is None:
         argv = sys.argv[1:]
     if "--startup-child" in argv:  # internal: used by run_all's time-to-first-step measurement
@@ -465,13 +440,13 @@ def main(argv: list[str] | None = None, peak: dict | None = None, env: dict | No
 
     def save(data: dict) -> None:
         if opts.out:
-            rl.write_json(opts.out, data)
+            measure.write_json(opts.out, data)
         if on_result is not None:
             on_result(data)
 
     data = run(opts, peak, env, save, measured)
     if opts.out:
-        rl.write_json(opts.out, data)
+        measure.write_json(opts.out, data)
     return data
 
 

@@ -29,8 +29,8 @@ from typing import Any
 _T0 = time.time()
 
 from benchmarks import bench_sample, bench_train  # noqa: E402
-from benchmarks import roofline as rl  # noqa: E402
-from benchmarks.roofline import fmt  # noqa: E402
+from benchmarks import cli, measure, roofline as rl  # noqa: E402
+from benchmarks.measure import fmt  # noqa: E402
 
 # Stages in priority order (a stage past the time budget is skipped, config by config).
 CUDNN = ["--variant", "cudnn:model.attention_impl=cudnn"]
@@ -69,7 +69,6 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--tiny", action="store_true", help="CPU smoke run (size T, 32², batch 2)")
     p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16; tiny: float32)")
     p.add_argument("--device-name", default=None, help="label for the device (default: device_kind)")
-    p.add_argument("--step-impl", default="auto", choices=("auto", "real", "light"))
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--twin-compile", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--budget-s", type=float, default=None,
@@ -119,7 +118,7 @@ def startup(opts: argparse.Namespace, preset: dict, cache_dir: str) -> dict[str,
     if os.path.isdir(cache_dir) and os.listdir(cache_dir):
         raise ValueError(f"--cache-dir {cache_dir}: not empty, so the first run would not be cold")
     os.makedirs(cache_dir, exist_ok=True)
-    args = preset["startup"] + common_args(opts) + ["--step-impl", opts.step_impl]
+    args = preset["startup"] + common_args(opts)
     cold = startup_run(args, cache_dir, opts.startup_timeout_s)
     print(f"startup cold: step 1 after {cold['to_step1_s']:.1f} s", flush=True)
     warm = startup_run(args, cache_dir, opts.startup_timeout_s)
@@ -156,6 +155,7 @@ def xla_flags_run(flags: str, argv: list[str], peak: dict, deadline: float, out_
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run everything; returns the merged results (also written to <out-dir>/results.json)."""
+    cli.share_gpu_with_torch()  # before JAX starts a backend (the twin shares the GPU)
     start = _T0 if argv is None else time.time()  # the command line: count the imports too
     p = parser()
     opts = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def save() -> str:
         merged["wall_s"] = time.time() - start
-        rl.write_json(os.path.join(opts.out_dir, "results.json"), merged)
+        measure.write_json(os.path.join(opts.out_dir, "results.json"), merged)
         table = render(merged)
         with open(os.path.join(opts.out_dir, "table.md"), "w", encoding="utf-8") as f:
             f.write(table)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import jax  # noqa: PLC0415 — this process compiles nothing before this point
         jax.config.update("jax_compilation_cache_dir", cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    env = rl.environment(opts.device_name)
+    env = measure.environment(opts.device_name)
     tiny_cpu = bench_train.TINY if opts.tiny else {}
     dtype = opts.dtype or tiny_cpu.get("dtype", "bfloat16")
     peak = rl.measure_peak(dtype, opts.matmul_n or tiny_cpu.get("matmul_n", 8192),
@@ -204,14 +204,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         kind = "sample" if stage == "sample" else "train"
         argv_stage = common_args(opts) + args + deadline_args + ["--keep-going"]  # the stage overrides
         if kind == "train":
-            argv_stage += ["--step-impl", opts.step_impl, "--twin-compile", opts.twin_compile]
+            argv_stage += ["--twin-compile", opts.twin_compile]
         argv_stage += shlex.split(opts.train_args if kind == "train" else opts.sample_args)
         earlier = dict(merged[kind]) if merged.get(kind) else None
 
         def progress(data: dict, kind=kind, earlier=earlier) -> None:
             merged[kind] = data if earlier is None else {
                 **data, **{key: earlier[key] + data[key] for key in ("results", "skipped", "errors")}}
-            rl.write_json(os.path.join(opts.out_dir, f"bench_{kind}.json"), merged[kind])
+            measure.write_json(os.path.join(opts.out_dir, f"bench_{kind}.json"), merged[kind])
             save()
 
         try:

@@ -31,8 +31,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(dict(
         size="B",                # T | S | B | L (0.45 M … 7.73 M parameters, as in the paper)
-        dtype="float32",         # compute dtype: float32 | bfloat16
-        param_dtype="float32",
+        dtype="float32",         # compute dtype: float32 | bfloat16 | float16
+        param_dtype="float32",   # parameter dtype: float32 | bfloat16
         attention=True,          # self-attention at the lowest resolutions
         condition="mu",          # mu (paper) | mu_mask | mu_mask_fill: also the degradation mask (+ a
                                  # smooth pre-fill of the holes); x̂0 = μ outside the mask (conditioning.py)
@@ -44,10 +44,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.bridge = ml_collections.ConfigDict(dict(
         preset="rdbm",           # rdbm | goub | brownian | irsde | flow
         num_timesteps=100,       # T
-        theta_schedule="cosine", # cosine | linear | sigmoid
+        theta_schedule="cosine", # cosine | linear | sigmoid | constant
         lam=10 / 255,            # λ = σ²/(2θ), the stationary variance (paper: 10/255); native: the
                                  # peer's N (GOUB lambda_square / IR-SDE max_sigma), read as (N/255)²
-        pi="",                   # "" = the preset's default | residual | abs | one | zero
+        pi="",                   # residual | abs | one | zero, or "" = the preset's own π
         parameterization="x0",   # x0 (released code) | pi_eps (paper) | residual (x̂0 = μ + output)
         discretization="rdbm",   # rdbm | native (goub/irsde: their own repositories' schedules and λ)
     ))
@@ -101,7 +101,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         metrics="psnr,ssim",     # any of psnr, ssim, lpips, fid
         color="rgb",             # rgb | y (BT.601 luma)
         crop_border=0,
-        quantize="round",        # round | truncate (DGSolver: (x*255).astype(uint8)) | none: uint8 levels first
+        quantize="round",        # round | truncate | none: uint8 levels before scoring; truncate =
+                                 # DGSolver's x*255 cast to uint8
         ssim_window="gaussian",  # gaussian (σ 1.5, population cov.) | uniform (skimage default: 7×7,
                                  # sample covariance, as DGSolver)
         max_images=0,            # per task; 0 = all

@@ -20,7 +20,9 @@ it predicts the residual over the pre-fill (`bridge.parameterization=residual`).
 """
 import ml_collections
 
-from rdbm_jax.config import shrink, sibling
+from rdbm_jax.config_files import sibling
+
+common = sibling(__file__, "common")  # variant, shrink, dgsolver_recipe
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -48,7 +50,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.sample.batch_size = 4
     c.eval.num_grid_images = 4
     if arg == "tiny":
-        c = shrink(c)
+        c = common.shrink(c)
     elif arg:
         raise ValueError(f"configs/demo.py: unknown variant {arg!r} (use :tiny)")
     return c

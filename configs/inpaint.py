@@ -23,12 +23,14 @@ Recipe: where the paper is silent (β2, clipping, EMA, flips), MiliLab/DGSolver'
 """
 import ml_collections
 
-from rdbm_jax.config import shrink, sibling, variant
+from rdbm_jax.config_files import sibling
 from rdbm_jax.data.spec import source_spec, task_spec
+
+common = sibling(__file__, "common")  # variant, shrink, dgsolver_recipe
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-    size, tiny, _ = variant(arg, default_size="B")
+    size, tiny, _ = common.variant(arg, default_size="B")
     c = sibling(__file__, "default").get_config()
     c.data.root = "datasets"
     mask = dict(kind="clean", degradation="inpaint", mask_min_ratio=0.1, mask_max_ratio=0.4)
@@ -39,6 +41,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.model.size = size
     c.train.batch_size = 16
     c.train.num_steps = 400_000
-    sibling(__file__, "universal").dgsolver_recipe(c)
+    common.dgsolver_recipe(c)
     c.eval.metrics = "psnr,ssim,lpips,fid"
-    return shrink(c) if tiny else c
+    return common.shrink(c) if tiny else c

@@ -22,12 +22,14 @@ no border crop.
 """
 import ml_collections
 
-from rdbm_jax.config import shrink, sibling, variant
+from rdbm_jax.config_files import sibling
 from rdbm_jax.data.spec import source_spec, task_spec
+
+common = sibling(__file__, "common")  # variant, shrink, dgsolver_recipe
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-    size, tiny, options = variant(arg, default_size="B", options=("poled", "toled"))
+    size, tiny, options = common.variant(arg, default_size="B", options=("poled", "toled"))
     panel = (options or ["poled"])[-1].upper()
     c = sibling(__file__, "default").get_config()
     c.data.root = "datasets"
@@ -38,8 +40,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.model.size = size
     c.train.batch_size = 16
     c.train.num_steps = 300_000
-    sibling(__file__, "universal").dgsolver_recipe(c)
+    common.dgsolver_recipe(c)
     c.eval.metrics = "psnr,ssim"
     c.eval.ssim_window = "uniform"   # DGSolver's scorer
     c.eval.quantize = "truncate"
-    return shrink(c) if tiny else c
+    return common.shrink(c) if tiny else c

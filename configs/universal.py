@@ -10,7 +10,7 @@ Paper setup: batch 20 split evenly over the 5 tasks (4 each), 256² random crops
 500k iterations, cosine θ, λ = 10/255, T = 100; restoration with 10 sampling steps at full resolution.
 The batch must be a multiple of lcm(devices, 5 × processes): 20 runs on 1, 2, 4, 5, 10 or 20
 devices of one process; on 8 devices use --config.train.batch_size=40 (not the paper's setting).
-Where the paper is silent the recipe follows MiliLab/DGSolver (`dgsolver_recipe`, each line sourced);
+Where the paper is silent the recipe follows MiliLab/DGSolver (`configs/common.py`'s `dgsolver_recipe`, each line sourced);
 unknown and not reproduced: DGSolver resizes images smaller than the crop up, this project
 reflect-pads them.
 
@@ -36,19 +36,12 @@ For the Y-channel convention of some deraining papers: --config.eval.color=y.
 """
 import ml_collections
 
-from rdbm_jax.config import shrink, sibling, variant
+from rdbm_jax.config_files import sibling
 from rdbm_jax.data.spec import source_spec, task_spec
 
+common = sibling(__file__, "common")  # variant, shrink, dgsolver_recipe
+
 TASKS = ("derain", "lowlight", "desnow", "dehaze", "deblur")
-
-
-def dgsolver_recipe(c: ml_collections.ConfigDict) -> None:
-    """Where the paper is silent: the trainer of MiliLab/DGSolver (same first author, same 5 tasks)."""
-    c.data.flip = "none"             # paper: 256² random crops only; DGSolver: no flips
-    c.optim.b2 = 0.99                # paper: "Adam" (no betas); DGSolver: Adam(betas=(0.9, 0.99))
-    c.optim.grad_clip = 1.0          # paper: silent; DGSolver: clip_grad_norm_(max_norm=1.0)
-    c.optim.ema_decay = 0.995        # paper: silent; DGSolver: ema_pytorch EMA(beta=0.995, update_every=1)
-    c.optim.ema_warmup = "ema_pytorch"  # ... with its default warm-up (copy for 100 steps, then ramp)
 
 
 def paired_task(name: str) -> ml_collections.ConfigDict:
@@ -59,7 +52,7 @@ def paired_task(name: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-    size, tiny, _ = variant(arg, default_size="L")
+    size, tiny, _ = common.variant(arg, default_size="L")
     c = sibling(__file__, "default").get_config()
     c.data.root = "datasets"
     c.data.tasks = ml_collections.ConfigDict({name: paired_task(name) for name in TASKS})
@@ -68,7 +61,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.train.batch_size = 20          # paper: 20, 4 per task (see the docstring for 8 devices)
     c.train.num_steps = 500_000      # paper
     c.optim.learning_rate = 1e-4     # paper
-    dgsolver_recipe(c)
+    common.dgsolver_recipe(c)
     c.bridge.update(dict(preset="rdbm", theta_schedule="cosine", lam=10 / 255, num_timesteps=100))
     # Objective: the paper trains on πε, the released code (code/rdbm.py) on x0; x0 is kept until
     # benchmarks/ablation.py measures the two (--config.bridge.parameterization=pi_eps for the paper's).
@@ -77,4 +70,4 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.eval.metrics = "psnr,ssim"
     c.eval.ssim_window = "uniform"   # DGSolver's scorer (see the docstring)
     c.eval.quantize = "truncate"
-    return shrink(c) if tiny else c
+    return common.shrink(c) if tiny else c

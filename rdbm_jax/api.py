@@ -8,9 +8,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, distributed, models
-from rdbm_jax.inference import load_trained
-from rdbm_jax.restore import Restorer, from_config
+from rdbm_jax import checkpoints, data, distributed, models, program
+from rdbm_jax.sampler import Sampler
 
 
 def _is_pil(x: Any) -> bool:
@@ -37,8 +36,9 @@ def _to_mu(images: np.ndarray) -> np.ndarray:
 
 def _from_x0(x0: np.ndarray, like_dtype: np.dtype) -> np.ndarray:
     """[-1, 1] → uint8 when the input was uint8, else float32 in [0, 1]."""
-    unit = np.clip((np.asarray(x0, np.float32) + 1.0) / 2.0, 0.0, 1.0)
-    return np.rint(unit * 255.0).astype(np.uint8) if like_dtype == np.uint8 else unit
+    if like_dtype == np.uint8:
+        return data.to_uint8(x0)
+    return np.clip((np.asarray(x0, np.float32) + 1.0) / 2.0, 0.0, 1.0)
 
 
 class TrainedModel:
@@ -50,9 +50,9 @@ class TrainedModel:
         self.step, self.mesh = step, mesh
         self.multiple = models.downsample_factor(config.model)  # the UNet's downsampling factor
 
-    def restorer(self, num_steps: int | None = None, eta: float | None = None, tile_size: int | None = None,
-                 tile_overlap: int | None = None) -> Restorer:
-        """The compiled-sampler Restorer for these settings (None: the run's `sample` config)."""
+    def sampler(self, num_steps: int | None = None, eta: float | None = None, tile_size: int | None = None,
+                 tile_overlap: int | None = None) -> Sampler:
+        """The Sampler (compiled reverse loops) for these settings (None: the run's `sample` config)."""
         cfg = ml_collections.ConfigDict(self.config.to_dict())
         s, t_max = cfg.sample, cfg.bridge.num_timesteps
         s.num_steps = s.num_steps if num_steps is None else int(num_steps)
@@ -66,7 +66,7 @@ class TrainedModel:
         if s.tile_size and (s.tile_size % self.multiple or not 0 <= 2 * s.tile_overlap < s.tile_size):
             raise ValueError(f"tile_size={s.tile_size}, tile_overlap={s.tile_overlap}: the tile size must be "
                              f"a multiple of {self.multiple} and the overlap under half of it")
-        return from_config(self.model, self.schedule, cfg, self.mesh)
+        return program.sampler(cfg, self.mesh)
 
     def restore(self, images: Any, *, num_steps: int | None = None, eta: float | None = None,
                 tile_size: int | None = None, tile_overlap: int | None = None, seed: int = 0,
@@ -101,24 +101,24 @@ class TrainedModel:
         if batch.ndim != 4:
             raise ValueError(f"images: shape {np.shape(images)} is not [H, W, C] or [B, H, W, C]")
         mu = _to_mu(batch)
-        restorer = self.restorer(num_steps, eta, tile_size, tile_overlap)
-        masks = self._masks(restorer, mask, mu.shape)
+        sampler = self.sampler(num_steps, eta, tile_size, tile_overlap)
+        masks = self._masks(sampler, mask, mu.shape)
         rng = jax.random.PRNGKey(seed)
         size = batch_size or self.config.sample.batch_size
         outs = []
         for i, start in enumerate(range(0, len(mu), size)):
             extra = {} if masks is None else {"mask": masks[start:start + size]}
-            outs.append(restorer(self.params, mu[start:start + size], jax.random.fold_in(rng, i), **extra))
+            outs.append(sampler(self.params, mu[start:start + size], jax.random.fold_in(rng, i), **extra))
         out = _from_x0(np.concatenate(outs), batch.dtype)
         return out[0] if single else out
 
     @staticmethod
-    def _masks(restorer: Restorer, mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
-        """The mask as float32 [B, H, W, 1], or None; a ValueError where the restorer takes no mask."""
+    def _masks(sampler: Sampler, mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The mask as float32 [B, H, W, 1], or None; a ValueError where the sampler takes no mask."""
         if mask is None:
             return None
-        if not restorer.uses_mask:
-            raise ValueError(f"mask: this model (model.condition={restorer.condition!r}) reads no mask; "
+        if not sampler.uses_mask:
+            raise ValueError(f"mask: this model (model.condition={sampler.condition!r}) reads no mask; "
                              "only models trained with a mask condition do")
         m = np.asarray(mask, np.float32)
         m = m[..., 0] if m.ndim >= 3 and m.shape[-1] == 1 else m
@@ -133,8 +133,10 @@ def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Trai
     step = latest if step is None else int(step)
     if not os.path.isdir(os.path.join(directory, str(step))):
         raise ValueError(f"step={step}: no checkpoint {os.path.join(directory, str(step))} (latest: {latest})")
-    cfg = ml_collections.ConfigDict(checkpoints.read_config(directory, step))
+    saved = checkpoints.read_config(directory, step)
+    cfg = ml_collections.ConfigDict(saved)
     cfg.sample.use_ema = bool(use_ema)
     mesh = distributed.make_mesh()
-    model, schedule, params, step = load_trained(cfg, workdir, mesh, os.path.join(directory, str(step)))
+    model, schedule, params, step = program.load_trained(cfg, workdir, mesh, os.path.join(directory, str(step)),
+                                                         saved_config=saved)
     return TrainedModel(cfg, model, schedule, params, step, mesh)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import os
 import re
@@ -340,27 +339,34 @@ def resolve(workdir: str, explicit: str = "") -> tuple[str, int]:
     return directory, steps[0]
 
 
-def load_for_inference(directory: str, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """(train state, saved config dict) of one checkpoint, without the data-iterator state."""
+def _restore(directory: str, step: int, what: str, **items: Any) -> Any:
+    """orbax's restore of some items of one checkpoint; a damaged folder is a one-line ConfigError."""
     options = ocp.CheckpointManagerOptions(create=False)
     try:
         with _quiet_orbax(), ocp.CheckpointManager(directory, options=options) as mngr:
-            restored = mngr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
-        return restored.state, dict(restored.config)
+            return mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
         reason = _reason(e)
     _collect_leftovers()
-    raise ConfigError(f"checkpoint {os.path.join(directory, str(step))} is unreadable: {reason} "
+    raise ConfigError(f"checkpoint {os.path.join(directory, str(step))}: cannot read its {what}: {reason} "
                       "(name an older step with sample.checkpoint)")
 
 
+def load_params(directory: str, step: int, abstract_params: Any, which: str = "ema_params") -> Any:
+    """Only the `which` parameters (ema_params | params) of one checkpoint's train state, as laid out
+    by `abstract_params` (ShapeDtypeStructs with shardings): no optimizer state, no data iterator."""
+    restore_args = jax.tree_util.tree_map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract_params)
+    item = {which: abstract_params}
+    restored = _restore(directory, step, "parameters", state=ocp.args.PyTreeRestore(
+        item=item, restore_args={which: restore_args}, partial_restore=True))
+    return restored.state[which]
+
+
+def load_state(directory: str, step: int, abstract_state: Any) -> Any:
+    """The whole train state of one checkpoint (optimizer included), without the data iterator."""
+    return _restore(directory, step, "train state", state=ocp.args.StandardRestore(abstract_state)).state
+
+
 def read_config(directory: str, step: int) -> dict:
-    """The config JSON saved beside a checkpoint."""
-    path = os.path.join(directory, str(step), "config", "metadata")
-    try:
-        with epath.Path(path).open("r") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"checkpoint {os.path.join(directory, str(step))}: cannot read its config "
-                          f"({_reason(e)})") from None
+    """The config saved with one checkpoint (orbax's JSON item)."""
+    return dict(_restore(directory, step, "config", config=ocp.args.JsonRestore()).config)

@@ -5,32 +5,38 @@ from typing import Any, Callable
 
 import ml_collections
 
-from rdbm_jax import conditioning, metrics, schedules, sde
-from rdbm_jax.data.spec import FLIPS
+from rdbm_jax import conditioning, metrics, models, program, schedules, sde, train_state, writers
+from rdbm_jax.data import spec
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.train_state import EMA_WARMUPS
+from rdbm_jax.perceptual import lpips
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.size": ("T", "S", "B", "L"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "bridge.preset": ("rdbm", "goub", "brownian", "irsde", "flow"),
-    "bridge.theta_schedule": ("cosine", "linear", "sigmoid", "constant"),
-    "bridge.pi": ("", "residual", "abs", "one", "zero"),
-    "bridge.parameterization": sde.PARAMETERIZATIONS,
-    "model.condition": conditioning.CONDITIONS,
-    "bridge.discretization": schedules.DISCRETIZATIONS,
-    "optim.optimizer": ("adam", "adamw"),
-    "optim.schedule": ("constant", "cosine"),
-    "train.loss": ("l1", "l2"),
-    "train.tensorboard": ("tensorboardx", "clu", "none"),  # event-file writer (rdbm_jax/writers.py)
-    "eval.color": ("rgb", "y"),
-    "data.flip": FLIPS,
-    "optim.ema_warmup": EMA_WARMUPS,
-    "eval.ssim_window": metrics.SSIM_WINDOWS,
-    "eval.quantize": metrics.QUANTIZE_MODES,
-    "eval.lpips_net": ("alex", "vgg"),
-}
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Every key with a fixed set of values → that set, read from the module that owns it."""
+    return {
+        "model.size": tuple(models.SIZES),
+        "model.dtype": models.DTYPES,
+        "model.param_dtype": models.PARAM_DTYPES,
+        "model.attention_impl": tuple(models.ATTENTION_IMPLS),
+        "model.condition": conditioning.CONDITIONS,
+        "bridge.preset": schedules.PRESETS,
+        "bridge.theta_schedule": schedules.THETA_SCHEDULES,
+        "bridge.pi": ("",) + schedules.PI_MODES,  # "" = the preset's own π
+        "bridge.parameterization": sde.PARAMETERIZATIONS,
+        "bridge.discretization": schedules.DISCRETIZATIONS,
+        "optim.optimizer": train_state.OPTIMIZERS,
+        "optim.schedule": train_state.LR_SCHEDULES,
+        "optim.ema_warmup": train_state.EMA_WARMUPS,
+        "train.loss": program.LOSSES,
+        "train.tensorboard": writers.WRITERS,
+        "data.flip": spec.FLIPS,
+        "eval.color": metrics.COLORS,
+        "eval.ssim_window": metrics.SSIM_WINDOWS,
+        "eval.quantize": metrics.QUANTIZE_MODES,
+        "eval.lpips_net": lpips.NETS,
+    }
+
+
+CHOICES: dict[str, tuple[str, ...]] = _choices()
 
 _positive = (lambda v: v > 0, "must be > 0")
 _non_negative = (lambda v: v >= 0, "must be >= 0")
@@ -61,59 +67,6 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.crop_size": _positive,
     "data.num_workers": _non_negative,
 }
-
-
-def sibling(config_file: str, name: str = "default") -> Any:
-    """Import `<name>.py` from the folder of `config_file` (task configs build on configs/default.py)."""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"rdbm_jax_configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SIZES = ("T", "S", "B", "L")
-
-
-def variant(arg: str | None, default_size: str, options: tuple[str, ...] = ()) -> tuple[str, bool, list[str]]:
-    """Parse a config argument like "B", "L,tiny" or "toled": (model size, tiny?, other options)."""
-    size, tiny, rest = default_size, False, []
-    for token in [t.strip() for t in (arg or "").split(",") if t.strip()]:
-        if token in SIZES:
-            size = token
-        elif token == "tiny":
-            tiny = True
-        elif token in options:
-            rest.append(token)
-        else:
-            raise ConfigError(f"unknown config argument {token!r} (sizes {', '.join(SIZES)}, 'tiny'"
-                              + (f", {', '.join(options)}" if options else "") + ")")
-    return size, tiny, rest
-
-
-def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The `tiny` variant of a task config: same pipeline, seconds on a CPU (smoke tests)."""
-    c.model.size = "T"
-    c.data.crop_size = 32
-    c.train.num_steps = 2
-    c.train.batch_size = 2 * len(c.data.tasks)
-    c.train.log_every = 1
-    c.train.eval_every = 2
-    c.train.eval_num_images = 1
-    c.train.checkpoint_every = 2
-    c.optim.update(dict(optimizer="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0,
-                        grad_clip=0.0, ema_decay=0.99))
-    c.sample.num_steps = 2
-    c.sample.batch_size = 1
-    c.eval.max_images = 2
-    c.eval.metrics = "psnr,ssim"
-    for task in c.data.tasks.values():
-        task.eval.eval_size = 32
-        task.eval.eval_fit = "crop"
-    return c
 
 
 def get(cfg: ml_collections.ConfigDict, key: str) -> Any:
@@ -165,10 +118,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                           f"sample.tile_size={cfg.sample.tile_size}")
     if not cfg.data.tasks:
         raise ConfigError("data.tasks is empty: a config must define at least one task")
-    metrics = parse_list(cfg, "eval.metrics", str)
-    unknown = sorted(set(metrics) - {"psnr", "ssim", "lpips", "fid"})
+    unknown = sorted(set(parse_list(cfg, "eval.metrics", str)) - set(metrics.EVAL_METRICS))
     if unknown:
         raise ConfigError(f"eval.metrics: unknown metric(s) {', '.join(unknown)} "
-                          "(choose from psnr, ssim, lpips, fid)")
+                          f"(choose from {', '.join(metrics.EVAL_METRICS)})")
     parse_list(cfg, "sweep.nfe", int)
     parse_list(cfg, "sweep.eta", float)

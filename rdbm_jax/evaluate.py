@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import baselines, config as config_lib, data, distributed, metrics, progress
-from rdbm_jax.restore import Restorer, from_config
+from rdbm_jax import baselines, config as config_lib, data, distributed, metrics, program, progress
+from rdbm_jax.sampler import Sampler
 
 log = logging.getLogger("rdbm_jax")
 
@@ -50,7 +50,7 @@ def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[int]]:
         yield group
 
 
-def restore_source(restorer: Restorer, params: Any, source: Any, batch_size: int,
+def restore_source(restorer: Sampler, params: Any, source: Any, batch_size: int,
                    rng: jax.Array) -> Iterable[tuple[int, dict, np.ndarray]]:
     """Yield (index, example, restored [H, W, 3] in [-1, 1]) for every example of a source, in order."""
     for b, idx in enumerate(batches_by_shape(source, batch_size)):
@@ -160,7 +160,7 @@ def protocol(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def to_cell(img: np.ndarray) -> np.ndarray:
     """[-1, 1] image → uint8 resized to GRID_HEIGHT rows."""
-    u8 = np.asarray(np.rint(np.asarray(metrics.to_unit(img)) * 255), np.uint8)
+    u8 = data.to_uint8(img)
     h, w = u8.shape[:2]
     return np.asarray(Image.fromarray(u8).resize((max(1, round(w * GRID_HEIGHT / h)), GRID_HEIGHT),
                                                  Image.BICUBIC))
@@ -242,7 +242,7 @@ class Perceptual:
         return float(fid.frechet_distance(mu1, s1, mu2, s2))
 
 
-def score_sources(restorer: Restorer, params: Any, sources: dict[str, Any], cfg: ml_collections.ConfigDict,
+def score_sources(restorer: Sampler, params: Any, sources: dict[str, Any], cfg: ml_collections.ConfigDict,
                   rng: jax.Array, perceptual: Perceptual | None = None,
                   on_image: Callable[[str, dict, np.ndarray], None] | None = None,
                   baseline: Baselines | None = None
@@ -291,10 +291,9 @@ def score_sources(restorer: Restorer, params: Any, sources: dict[str, Any], cfg:
 class Validator:
     """Periodic validation during training: EMA restoration of held-out images, PSNR/SSIM, a grid."""
 
-    def __init__(self, model: Any, schedule: Any, cfg: ml_collections.ConfigDict, mesh: Any,
-                 sources: dict[str, Any]):
+    def __init__(self, cfg: ml_collections.ConfigDict, mesh: Any, sources: dict[str, Any]):
         self.cfg, self.sources = cfg, sources
-        self.restorer = from_config(model, schedule, cfg, mesh)
+        self.restorer = program.sampler(cfg, mesh)
         self.baseline = Baselines(true_mask=self.restorer.uses_mask)  # computed at the first call only
         log.info("validation protocol (val/* scores): %s", json.dumps(protocol(cfg)))
 
@@ -311,7 +310,7 @@ class Validator:
                     log.info("step %d val %s (%s; baseline: %s): %s", step, task, protocol_name(self.cfg),
                              s.get("baseline", "mean over tasks"), summary_line(s))
         rows = [r for g in grids.values() for r in g][: self.cfg.eval.num_grid_images]
-        return scores, make_grid(rows).astype(np.float32) / 255.0
+        return scores, make_grid(rows)
 
 
 def protocol_name(cfg: ml_collections.ConfigDict) -> str:
@@ -336,13 +335,11 @@ def write_report(out_dir: str, rows: list[dict], per_task: dict, info: dict) -> 
 
 def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """`--mode=eval`: restore every configured test split, write eval/metrics.json, per_image.csv, grids."""
-    from rdbm_jax.inference import load_trained
-
     config_lib.validate(cfg)
     mesh = distributed.make_mesh()
-    model, schedule, params, step = load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
+    params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
-    restorer = from_config(model, schedule, cfg, mesh)
+    restorer = program.sampler(cfg, mesh)
     with progress.bar(sum(len(s) for s in sources.values()), "eval") as pbar:
         rows, per_task, grids = score_sources(restorer, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
                                               Perceptual(cfg.eval), on_image=lambda *_: pbar.update(1))

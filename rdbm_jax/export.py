@@ -17,10 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 from jax import export
 
-from rdbm_jax import config as config_lib, distributed
+from rdbm_jax import config as config_lib, distributed, program
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.inference import load_trained
-from rdbm_jax.restore import MIN_SIDE, Restorer, from_config
+from rdbm_jax.sampler import MIN_SIDE, Sampler
 
 log = logging.getLogger("rdbm_jax")
 
@@ -31,7 +30,7 @@ ARTIFACT = "restorer.jax"
 def reflect_pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
     """Reflect-pad H, W (bottom/right) up to multiples of `multiple`; works for symbolic shapes.
 
-    The same pixels as `np.pad(mode="reflect")` in restore.Restorer (for H, W >= multiple):
+    The same pixels as `np.pad(mode="reflect")` in sampler.Sampler (for H, W >= multiple):
     padded row i < H is row i, row i >= H is row 2(H − 1) − i.
     """
     def index(n):
@@ -41,7 +40,7 @@ def reflect_pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
     return jnp.take(jnp.take(x, index(x.shape[1]), axis=1), index(x.shape[2]), axis=2)
 
 
-def restoration_fn(restorer: Restorer, params: Any) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+def restoration_fn(restorer: Sampler, params: Any) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
     """(μ [B, H, W, 3] in [-1, 1], mask [B, H, W, 1] (1 = degraded; read by mask-conditioned models only),
     key uint32 [2]) → x̂0, with the restorer's settings and `params` baked in."""
     if restorer.tile_size:
@@ -56,7 +55,7 @@ def restoration_fn(restorer: Restorer, params: Any) -> Callable[[jax.Array, jax.
     return restore
 
 
-def export_restorer(restorer: Restorer, params: Any, platforms: tuple[str, ...] = PLATFORMS) -> export.Exported:
+def export_restorer(restorer: Sampler, params: Any, platforms: tuple[str, ...] = PLATFORMS) -> export.Exported:
     """jax.export of `restoration_fn` for μ of shape (b, h, w, 3), h, w >= MIN_SIDE, on `platforms`."""
     host_params = jax.tree_util.tree_map(distributed.to_host, params)  # constants of the artifact
     b, h, w, _ = export.symbolic_shape("b, h, w, 3", constraints=(f"h >= {MIN_SIDE}", f"w >= {MIN_SIDE}"))
@@ -69,8 +68,8 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     """`--mode=export`: write workdir/export/{restorer.jax, restorer.json, export_loader.py}; returns the artifact."""
     config_lib.validate(cfg)
     mesh = distributed.make_mesh()
-    model, schedule, params, step = load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
-    restorer = from_config(model, schedule, cfg, mesh)
+    params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
+    restorer = program.sampler(cfg, mesh)
     exported = export_restorer(restorer, params)
     out_dir = os.path.join(workdir, "export")
     path = os.path.join(out_dir, ARTIFACT)

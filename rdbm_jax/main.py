@@ -139,8 +139,8 @@ def main(argv: list[str]) -> None:
             from rdbm_jax.evaluate import run_eval
             run_eval(_CONFIG.value, _WORKDIR.value)
         elif _MODE.value == "sample":
-            from rdbm_jax.inference import restore_folder
-            restore_folder(_CONFIG.value, _WORKDIR.value)
+            from rdbm_jax.sample import run_sample
+            run_sample(_CONFIG.value, _WORKDIR.value)
         elif _MODE.value == "sweep":
             from rdbm_jax.sweep import run_sweep
             run_sweep(_CONFIG.value, _WORKDIR.value)

@@ -26,7 +26,8 @@ import numpy as np
 
 from rdbm_jax.errors import ConfigError
 
-_COLORS = ("rgb", "y")
+COLORS = ("rgb", "y")  # eval.color
+EVAL_METRICS = ("psnr", "ssim", "lpips", "fid")  # eval.metrics: any of these, comma-separated
 # MATLAB rgb2ycbcr luma row (for [0, 1] inputs the output is Y/255 with offset 16/255).
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 _Y_OFFSET = 16.0
@@ -74,8 +75,8 @@ def _check(a: jax.Array, b: jax.Array, data_range: float, color: str, crop_borde
         raise ValueError(f"metric inputs differ in shape: {a.shape} vs {b.shape}")
     if a.ndim < 3 or a.shape[-1] != 3:
         raise ValueError(f"metric inputs must be [..., H, W, 3] RGB images, got shape {a.shape}")
-    if color not in _COLORS:
-        raise ConfigError(f"eval.color must be one of {_COLORS}, got {color!r}")
+    if color not in COLORS:
+        raise ConfigError(f"eval.color must be one of {COLORS}, got {color!r}")
     if crop_border < 0:
         raise ConfigError(f"eval.crop_border must be >= 0, got {crop_border}")
     if isinstance(data_range, (int, float)) and not data_range > 0:

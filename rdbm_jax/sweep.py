@@ -10,11 +10,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from rdbm_jax import config as config_lib, data, distributed, progress
+from rdbm_jax import config as config_lib, data, distributed, program, progress
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.evaluate import SCORES, Baselines, protocol, score_sources, summary_line
-from rdbm_jax.inference import load_trained
-from rdbm_jax.restore import from_config
 
 log = logging.getLogger("rdbm_jax")
 
@@ -72,14 +70,14 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
         if not 0.0 <= e <= 1.0:
             raise ConfigError(f"sweep.eta: {e} is outside [0, 1]")
     mesh = distributed.make_mesh()
-    model, schedule, params, step = load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
+    params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     rows: list[dict[str, Any]] = []
     pbar = progress.bar(len(etas) * len(nfes), "sweep", unit="setting")
     baseline = None  # the classical baseline does not depend on the setting: computed once
     for eta in etas:
         for nfe in nfes:
-            restorer = from_config(model, schedule, cfg, mesh, num_steps=nfe, eta=eta)
+            restorer = program.sampler(cfg, mesh, num_steps=nfe, eta=eta)
             baseline = baseline or Baselines(true_mask=restorer.uses_mask)
             _, per_task, _ = score_sources(restorer, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
                                            baseline=baseline)

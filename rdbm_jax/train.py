@@ -1,4 +1,4 @@
-"""The training loop: sharded jit step, EMA, clu metrics, periodic evaluation, orbax checkpoints."""
+"""The training loop: batches in, the compiled step (`program.py`), logs, validation, orbax checkpoints."""
 from __future__ import annotations
 
 import contextlib
@@ -8,152 +8,18 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from clu import metrics as clu_metrics
 
-from rdbm_jax import checkpoints, conditioning, config as config_lib, data, distributed, models, sde
-from rdbm_jax import curves, evaluate, workdir_lock, writers
+from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, evaluate, models, program
+from rdbm_jax import workdir_lock, writers
 from rdbm_jax.errors import ConfigError, TrainingError
-from rdbm_jax.train_state import TrainState, learning_rate_schedule, make_optimizer
+from rdbm_jax.train_state import TrainState, learning_rate_schedule
 
 log = logging.getLogger("rdbm_jax")
-
-
-# clu metric collection of the training loop (averaged between two log lines).
-TrainMetrics = clu_metrics.Collection.create(loss=clu_metrics.Average.from_output("loss"),
-                                             grad_norm=clu_metrics.Average.from_output("grad_norm"))
-
-
-def make_schedule(bridge: ml_collections.ConfigDict) -> Any:
-    """The bridge schedule of the `bridge` config section; bad values name their key."""
-    try:
-        return sde.make_schedule(num_timesteps=bridge.num_timesteps, theta_schedule=bridge.theta_schedule,
-                                 lam=bridge.lam, preset=bridge.preset,
-                                 discretization=bridge.discretization)
-    except ValueError as e:
-        raise ConfigError(f"bridge: {e}") from None
-
-
-def make_loss_fn(model: Any, schedule: Any, bridge: ml_collections.ConfigDict, loss: str,
-                 cond_kind: str = "mu") -> Callable:
-    """loss(params, batch, rng) = mean |net([x_t, cond], t) − target| (L1) or squared (L2).
-
-    With a mask condition the error is averaged over the masked pixels only: outside the mask x̂0 is
-    set to μ (`sde.project_known`), so the output there never reaches x̂0.
-    """
-    pi = bridge.pi or None
-    masked = conditioning.uses_mask(cond_kind)
-
-    def loss_fn(params, batch, rng):
-        x0, mu = batch["x0"], batch["mu"]
-        k_t, k_n, k_d = jax.random.split(rng, 3)
-        t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
-        noise = jax.random.normal(k_n, x0.shape, x0.dtype)
-        x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=pi)
-        target = sde.training_target(schedule, x0, mu, noise, bridge.parameterization, pi=pi, t=t)
-        cond = conditioning.condition(mu, batch.get("mask"), cond_kind)
-        out = model.apply({"params": params}, x_t, cond, t, train=True, rngs={"dropout": k_d})
-        out = out + conditioning.output_offset(cond, cond_kind, bridge.parameterization)
-        err = out.astype(jnp.float32) - target
-        err = jnp.abs(err) if loss == "l1" else jnp.square(err)
-        if not masked:
-            return jnp.mean(err)
-        weight = jnp.broadcast_to(batch["mask"], err.shape)
-        return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-
-    return loss_fn
-
-
-def make_train_step(loss_fn: Callable, steps_per_dispatch: int = 1) -> Callable:
-    """(state, batches [K, B, …], key) → (state, metrics, finite [K]): K steps in one compiled call.
-
-    K > 1 runs the steps in a lax.scan (fewer dispatches on accelerators); K = 1 calls the step
-    directly (XLA:CPU runs a backward pass inside a while loop ~10× slower). A step whose loss or
-    gradient is not finite leaves the state untouched; the host stops on it.
-    """
-
-    def one(state: TrainState, batch: dict, key: jax.Array):
-        rng = jax.random.fold_in(key, state.step)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = state.apply_gradients(grads=grads)
-        new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
-        return new, (TrainMetrics.single_from_model_output(loss=loss, grad_norm=grad_norm), finite)
-
-    def multi(state: TrainState, batches: dict, key: jax.Array):
-        if steps_per_dispatch == 1:
-            state, (metrics, finite) = one(state, jax.tree_util.tree_map(lambda b: b[0], batches), key)
-            return state, metrics, finite[None]
-        state, (per_step, finite) = jax.lax.scan(lambda s, b: one(s, b, key), state, batches)
-        return state, per_step.reduce(), finite
-
-    return multi
-
-
-def state_initializer(model: Any, cfg: ml_collections.ConfigDict) -> Callable[[jax.Array], TrainState]:
-    """init(key) → a fresh TrainState (parameter shapes do not depend on the image size)."""
-    side = models.downsample_factor(cfg.model)
-    dummy = jnp.zeros((1, side, side, 3), jnp.float32)
-    cond = jnp.zeros((1, side, side, conditioning.condition_channels(cfg.model.condition)), jnp.float32)
-    tx = make_optimizer(cfg.optim, cfg.train.num_steps)  # one object: part of the state's treedef
-
-    def init(key):
-        params = model.init(key, dummy, cond, jnp.zeros((1,), jnp.int32), train=False)["params"]
-        return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                                 ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                                 ema_decay=float(cfg.optim.ema_decay), ema_warmup=cfg.optim.ema_warmup)
-
-    return init
-
-
-class Program(NamedTuple):
-    """What one training configuration compiles: model, schedule, jitted init and train step."""
-
-    model: Any
-    schedule: Any
-    init: Callable[[jax.Array], TrainState]
-    step: Callable
-    abstract: Any  # ShapeDtypeStructs (replicated) of the TrainState, for restoring checkpoints
-
-
-_PROGRAMS: dict[tuple, Program] = {}
-
-
-def program(cfg: ml_collections.ConfigDict, mesh: Any) -> Program:
-    """The Program of `cfg` on `mesh`, built once per process (repeated runs skip tracing/compiling)."""
-    relevant = {k: cfg[k].to_dict() for k in ("model", "bridge", "optim")}
-    decay_steps = cfg.train.num_steps if cfg.optim.schedule == "cosine" else None
-    key = (json.dumps(relevant, sort_keys=True), cfg.train.loss, decay_steps, cfg.train.steps_per_dispatch, mesh)
-    if key not in _PROGRAMS:
-        model, schedule = models.create_model(cfg.model), make_schedule(cfg.bridge)
-        repl = distributed.replicated(mesh)
-        init = state_initializer(model, cfg)
-        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-                                          jax.eval_shape(init, init_key(0)))
-        step = jax.jit(make_train_step(make_loss_fn(model, schedule, cfg.bridge, cfg.train.loss,
-                                                    cfg.model.condition),
-                                       cfg.train.steps_per_dispatch),
-                       in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
-                       out_shardings=(repl, repl, repl), donate_argnums=0)
-        _PROGRAMS[key] = Program(model, schedule, jax.jit(init, out_shardings=repl), step, abstract)
-    return _PROGRAMS[key]
-
-
-def init_key(seed: int) -> jax.Array:
-    """The parameter-initialisation key ("rbg": threefry makes CPU init compile ~3× slower)."""
-    return jax.random.key(seed, impl="rbg")
-
-
-def init_state(cfg: ml_collections.ConfigDict, mesh: Any) -> TrainState:
-    """The initial TrainState of `cfg`, initialised directly on the devices, replicated."""
-    return program(cfg, mesh).init(init_key(cfg.seed))
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -259,7 +125,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
                           f"{mesh.size} devices, {len(cfg.data.tasks)} tasks x {jax.process_count()} "
                           f"processes), e.g. {unit * max(1, round(cfg.train.batch_size / unit))}")
     is_main = distributed.is_main_process()
-    prog = program(cfg, mesh)
+    prog = program.program(cfg, mesh)
     train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed)
     eval_sources = (data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
                     if cfg.train.eval_every else {})
@@ -269,7 +135,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     if start:
         log.info("resumed from %s at step %d", ckpt.directory, start)
     else:
-        state = init_state(cfg, mesh)
+        state = prog.init(program.init_key(cfg.seed))
     if is_main:
         log.info("model %s: %.3f M parameters on %d device(s) (%s)", cfg.model.size,
                  models.count_params(state.params) / 1e6, mesh.size, jax.devices()[0].platform)
@@ -278,7 +144,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     if is_main and not start:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config_json, f, indent=2)
-    validator = evaluate.Validator(prog.model, prog.schedule, cfg, mesh, eval_sources) if eval_sources else None
+    validator = evaluate.Validator(cfg, mesh, eval_sources) if eval_sources else None
     lr_schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     key = jax.random.PRNGKey(cfg.seed + 1)
     total, k = cfg.train.num_steps, cfg.train.steps_per_dispatch

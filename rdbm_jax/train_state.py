@@ -5,7 +5,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import struct
 from flax.training import train_state
@@ -13,6 +12,8 @@ from flax.training import train_state
 # optim.ema_warmup: "none" = ema_decay from the first step; "ema_pytorch" = DGSolver's EMA
 # (lucidrains ema_pytorch.EMA defaults: update_after_step=100, inv_gamma=1, power=2/3, update_every=1).
 EMA_WARMUPS = ("none", "ema_pytorch")
+OPTIMIZERS = ("adam", "adamw")          # optim.optimizer
+LR_SCHEDULES = ("constant", "cosine")   # optim.schedule
 _EMA_PYTORCH_AFTER, _EMA_PYTORCH_POWER = 100, 2.0 / 3.0
 
 
@@ -50,7 +51,7 @@ def ema_update(ema: Any, params: Any, decay: float) -> Any:
         ema, params)
 
 
-def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+def learning_rate_schedule(optim: Any, num_steps: int) -> optax.Schedule:
     """Linear warmup, then constant or cosine decay to `min_lr_ratio`·lr at `num_steps`."""
     lr, warmup = optim.learning_rate, optim.warmup_steps
     if optim.schedule == "cosine":
@@ -63,7 +64,7 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> 
     return optax.constant_schedule(lr)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+def make_optimizer(optim: Any, num_steps: int) -> optax.GradientTransformation:
     """Adam/AdamW with optional global-norm clipping, all from the `optim` config section."""
     lr = learning_rate_schedule(optim, num_steps)
     if optim.optimizer == "adamw":

@@ -11,10 +11,11 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from rdbm_jax.config import CHOICES
 from rdbm_jax.errors import ConfigError, TrainingError
 
 log = logging.getLogger("rdbm_jax")
+
+WRITERS = ("tensorboardx", "clu", "none")  # train.tensorboard: event-file writer besides metrics.jsonl
 
 
 class JsonlWriter:
@@ -138,7 +139,7 @@ def create_writer(workdir: str, is_main: bool = True, tensorboard: str = "tensor
         writers.append(_ClipImages(metric_writers.SummaryWriter(logdir)))
     elif tensorboard != "none":
         raise ConfigError(f"train.tensorboard={tensorboard!r} is not one of "
-                          + ", ".join(repr(t) for t in CHOICES["train.tensorboard"]))
+                          + ", ".join(repr(t) for t in WRITERS))
     return MultiWriter(writers)
 
 

@@ -8,7 +8,7 @@ import sys
 
 import ml_collections
 
-from rdbm_jax.config import sibling
+from rdbm_jax.config_files import sibling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import bench_sample, bench_train, roofline as rl, run_all
+from benchmarks import bench_sample, bench_train, max_batch, measure, roofline as rl, run_all
 from rdbm_jax import models, sde
 from tests.helpers import REPO, config
 
@@ -66,19 +66,19 @@ def test_roofline_fractions_and_bound():
 
 def test_time_windows_counts_calls_and_syncs_each_window():
     calls, syncs = [], []
-    t = rl.time_windows(lambda: calls.append(1) or len(calls), syncs.append, warmup=2, steps=7, window=3)
+    t = measure.time_windows(lambda: calls.append(1) or len(calls), syncs.append, warmup=2, steps=7, window=3)
     assert len(calls) == 2 + 9 and t["windows"] == 3 and t["calls"] == 9
     assert syncs == [2, 5, 8, 11]  # after the warm-up, then after each window
     assert 0 <= t["min_s"] <= t["median_s"]
     with pytest.raises(ValueError, match="window"):
-        rl.time_windows(lambda: None, lambda x: x, warmup=0, steps=1, window=0)
+        measure.time_windows(lambda: None, lambda x: x, warmup=0, steps=1, window=0)
 
 
 def test_measured_peak_and_environment_name_the_device():
     peak = rl.measure_peak("float32", matmul_n=128, copy_mib=4, calls=2, window=1)
     assert peak["matmul_flops_per_s"] > 0 and peak["copy_bytes_per_s"] > 0
     assert peak["copy_bytes"] == 2 * 4 * 2 ** 20
-    env = rl.environment("my label")
+    env = measure.environment("my label")
     assert env["device_name"] == "my label" and env["device_kind"] == jax.devices()[0].device_kind
     assert env["versions"]["jax"] == jax.__version__ and env["date_utc"]
     with pytest.raises(ValueError, match="dtype"):
@@ -92,21 +92,21 @@ def test_find_max_batch_stops_at_out_of_memory_only():
         return {"batch": batch}
 
     cleanups = []
-    r = rl.find_max_batch(fn, 2, 1024, cleanup=lambda: cleanups.append(1))
+    r = max_batch.find_max_batch(fn, 2, 1024, cleanup=lambda: cleanups.append(1))
     assert r["largest"] == {"batch": 8} and r["first_failure"]["batch"] == 16
     assert len(cleanups) == 4  # after every attempt: 2, 4, 8 and the failed 16
-    assert rl.find_max_batch(fn, 2, 4)["largest"] == {"batch": 4}
+    assert max_batch.find_max_batch(fn, 2, 4)["largest"] == {"batch": 4}
     with pytest.raises(ValueError):
-        rl.find_max_batch(lambda b: (_ for _ in ()).throw(ValueError("bug")), 2, 8)
+        max_batch.find_max_batch(lambda b: (_ for _ in ()).throw(ValueError("bug")), 2, 8)
 
 
 def test_guarded_records_failures_only_when_asked():
     errors = []
-    assert rl.guarded(True, errors, "ok", lambda: 3) == 3 and errors == []
-    assert rl.guarded(True, errors, "twin B", lambda: 1 / 0) is None
+    assert measure.guarded(True, errors, "ok", lambda: 3) == 3 and errors == []
+    assert measure.guarded(True, errors, "twin B", lambda: 1 / 0) is None
     assert errors == ["twin B: ZeroDivisionError: division by zero"]
     with pytest.raises(ZeroDivisionError):
-        rl.guarded(False, errors, "twin B", lambda: 1 / 0)
+        measure.guarded(False, errors, "twin B", lambda: 1 / 0)
 
 
 # ----------------------------------------------------------------------------- command lines
@@ -139,12 +139,12 @@ def test_variants_and_overrides_parse_and_reach_the_real_program():
         bench_sample.parse(["--attention-impl", "flash"])
     from rdbm_jax import distributed
 
-    prog, _, _ = bench_train.real_program("configs/default.py", "T", "float32", 2, 1, distributed.make_mesh(),
+    prog, _, _ = bench_train.program_from_config("configs/default.py", "T", "float32", 2, 1, distributed.make_mesh(),
                                           {"model.remat": "true", "optim.ema_decay": "0.5"})
     assert prog.model.remat is True  # (cudnn attention cannot be traced without a GPU)
     assert prog.abstract.ema_decay == 0.5  # a float key: cast to the type it replaces
     with pytest.raises(ValueError, match="model.nope"):
-        bench_train.real_program("configs/default.py", "T", "float32", 2, 1, distributed.make_mesh(),
+        bench_train.program_from_config("configs/default.py", "T", "float32", 2, 1, distributed.make_mesh(),
                                  {"model.nope": "1"})
 
 
@@ -154,15 +154,15 @@ def test_predict_max_batch_from_the_memory_analysis():
     row = {"batch": 16, "resolution": 32, "steps_per_dispatch": 1,
            "memory": {"temp_size_in_bytes": 16 * 10_000_000, "argument_size_in_bytes": 1_000_000_000 + inputs,
                       "output_size_in_bytes": 1_000_000_000, "alias_size_in_bytes": 1_000_000_000}}
-    plan = rl.predict_max_batch(row, free=11_000_000_000, fraction=1.0, floor=32, cap=1024)
+    plan = max_batch.predict_max_batch(row, free=11_000_000_000, fraction=1.0, floor=32, cap=1024)
     assert plan["fixed_bytes"] == 1_000_000_000
     assert plan["per_image_bytes"] == pytest.approx(10_000_000 + inputs / 16)
     assert plan["predicted_fit"] == int(10_000_000_000 // (10_000_000 + inputs / 16)) == 997
     assert plan["batch"] == 512  # the power of two below
-    assert rl.predict_max_batch(row, 11_000_000_000, 1.0, 32, 256)["batch"] == 256  # the cap
-    assert rl.predict_max_batch(row, 1_100_000_000, 1.0, 32, 1024)["batch"] is None  # not even 32
+    assert max_batch.predict_max_batch(row, 11_000_000_000, 1.0, 32, 256)["batch"] == 256  # the cap
+    assert max_batch.predict_max_batch(row, 1_100_000_000, 1.0, 32, 1024)["batch"] is None  # not even 32
     with pytest.raises(ValueError, match="memory analysis"):
-        rl.predict_max_batch({**row, "memory": None}, 1, 1.0, 32, 64)
+        max_batch.predict_max_batch({**row, "memory": None}, 1, 1.0, 32, 64)
 
 
 @pytest.mark.slow  # the whole benchmark pipeline end to end: ~30 s with a cold compilation cache
@@ -178,7 +178,7 @@ def test_run_all_tiny_writes_every_result(tmp_path):
     assert env["torch_device"] == "cpu" and env["date_utc"]
     rows = {r["impl"]: r for r in train["results"]}
     ours, twin = rows["ours"], rows["twin_eager"]
-    assert ours["step_impl"] == "rdbm_jax.train.program" and ours["finite"] and twin["finite"]
+    assert ours["step_impl"] == "rdbm_jax.program.program" and ours["finite"] and twin["finite"]
     for r in (ours, twin):
         assert r["images_per_s"] > 0 and r["step_ms"] > 0 and r["size"] == "T" and r["batch"] == 2
     # XLA's FLOPs agree with the independent MAC count (6 × MACs × batch) and bytes are reported.
@@ -241,81 +241,17 @@ def test_run_all_tiny_command_with_cold_and_warm_startup(tmp_path):
         startup = json.load(f)["startup"]
     for run in ("cold", "warm"):
         r = startup[run]
-        assert r["step_impl"] == "rdbm_jax.train.program"
+        assert r["step_impl"] == "rdbm_jax.program.program"
         assert 0 < r["imports_s"] < r["to_step1_s"] and r["first_step_s"] > 0
     assert os.listdir(tmp_path / "cache")  # the cold run filled the persistent cache
     assert "Time to the first train step" in proc.stdout
-
-
-# ---------------------------------------------------------------- the light step = the real step
-def test_light_constants_are_the_default_config():
-    cfg = config("default", None)
-    assert bench_train.BRIDGE == {k: cfg.bridge[k] for k in bench_train.BRIDGE}
-    assert bench_train.OPTIM == {k: cfg.optim[k] for k in bench_train.OPTIM}
-    assert bench_train.LOSS == cfg.train.loss and cfg.model.dropout == 0.0
-
-
-def _toy_loss(params, batch, rng):
-    noise = jax.random.normal(rng, batch["x0"].shape)
-    pred = batch["mu"] @ params["w"] + params["b"]
-    return jnp.mean(jnp.abs(pred - batch["x0"] - 0.1 * noise))
-
-
-@pytest.mark.parametrize("k", [1, 2])
-def test_light_train_step_equals_train_make_train_step(k):
-    from rdbm_jax import train, train_state
-
-    cfg = config("default", None)
-    rng = np.random.default_rng(0)
-    params = {"w": jnp.asarray(rng.normal(size=(3, 3)), jnp.float32), "b": jnp.zeros((3,), jnp.float32)}
-    real = train_state.TrainState.create(apply_fn=None, params=params, tx=train_state.make_optimizer(
-        cfg.optim, cfg.train.num_steps), ema_params=params, ema_decay=cfg.optim.ema_decay)
-    light = bench_train.LightState.create(apply_fn=None, params=params, tx=bench_train.light_optimizer(),
-                                          ema_params=params, ema_decay=bench_train.OPTIM["ema_decay"])
-    real_step = jax.jit(train.make_train_step(_toy_loss, k))
-    light_step = jax.jit(bench_train.light_train_step(_toy_loss, k))
-    key = jax.random.PRNGKey(1)
-    for i in range(3):
-        batches = {n: jnp.asarray(rng.uniform(-1, 1, (k, 4, 3)), jnp.float32) for n in ("x0", "mu")}
-        real, m_real, f_real = real_step(real, batches, key)
-        light, m_light, f_light = light_step(light, batches, key)
-        assert float(m_real.compute()["loss"]) == pytest.approx(float(m_light["loss"]), rel=1e-6)
-        assert float(m_real.compute()["grad_norm"]) == pytest.approx(float(m_light["grad_norm"]), rel=1e-6)
-        np.testing.assert_array_equal(f_real, f_light)
-    leaves = lambda s: jax.tree_util.tree_leaves((s.step, s.params, s.ema_params, s.opt_state))
-    for a, b in zip(leaves(real), leaves(light), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert not np.array_equal(real.params["w"], params["w"])  # it did train
-
-
-def test_light_program_has_the_real_state_and_loss():
-    from rdbm_jax import distributed, train
-
-    cfg = config("default", None)
-    cfg.model.size = "T"
-    mesh = distributed.make_mesh()
-    prog = train.program(cfg, mesh)
-    model, schedule, init, _ = bench_train.light_program("T", "float32", 1, mesh)
-    describe = lambda tree: [(jax.tree_util.keystr(p), x.shape, x.dtype)
-                             for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    assert describe(jax.eval_shape(init, train.init_key(0))) == describe(prog.abstract)
-    # The loss: same value for the same params, batch and key (x0 net; L1; rdbm bridge).
-    params = bench_sample.make_params(model, seed=3)
-    rng = np.random.default_rng(4)
-    batch = {n: jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32) for n in ("x0", "mu")}
-    key = jax.random.PRNGKey(5)
-    real_loss = train.make_loss_fn(prog.model, prog.schedule, cfg.bridge, cfg.train.loss)
-    got = jax.jit(bench_train.light_loss_fn(model, schedule))(params, batch, key)
-    want = jax.jit(real_loss)(params, batch, key)
-    assert float(want) > 0.05
-    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
 
 
 # -------------------------------------------------------------------- twin = ours, loss and grads
 def test_twin_train_step_loss_and_gradients_equal_ours(monkeypatch):
     torch = pytest.importorskip("torch")
     from benchmarks import torch_twin as tw
-    from rdbm_jax import train
+    from rdbm_jax import program
 
     torch.set_num_threads(1)
     cfg = config("default", None)
@@ -330,7 +266,7 @@ def test_twin_train_step_loss_and_gradients_equal_ours(monkeypatch):
     mu = x0.copy()
     mu[:, 2:6, 2:6] = 1.0  # a masked box: π = 0 outside it
     key = jax.random.PRNGKey(13)
-    loss_fn = train.make_loss_fn(model, schedule, cfg.bridge, cfg.train.loss)
+    loss_fn = program.make_loss_fn(model, schedule, cfg.bridge, cfg.train.loss)
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, {"x0": x0, "mu": mu}, key)
     # The t and noise that make_loss_fn draws from this key, handed to the twin's step.
     k_t, k_n, _ = jax.random.split(key, 3)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import evaluate, inference, sweep
+from rdbm_jax import evaluate, sweep
+from rdbm_jax.sample import run_sample
 from rdbm_jax.errors import ConfigError, DataError
 from tests.helpers import config
 
@@ -38,13 +39,13 @@ def test_eval_writes_metrics_per_image_csv_and_grids(trained_workdir):
 
 
 def test_eval_with_lpips_weights_and_fid_skipped(trained_workdir, tmp_path, caplog):
-    from rdbm_jax.perceptual import convert, lpips
+    from rdbm_jax.perceptual import lpips, weights as weight_files
     rng = np.random.default_rng(0)
     flat = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in lpips.variable_shapes("alex").items()}
     flat.update({k: np.abs(v) for k, v in flat.items() if "/lin" in k})  # LPIPS's linear heads are >= 0
     flat.update({"meta/kind": np.array("lpips"), "meta/net": np.array("alex")})
     weights = str(tmp_path / "lpips_alex.npz")
-    convert.save_npz(weights, flat)
+    weight_files.save_npz(weights, flat)
     cfg = config(**{"eval.metrics": "psnr,lpips,fid", "eval.lpips_weights": weights,
                     "data.tasks.main.eval.eval_size": 64})
     with caplog.at_level("WARNING"):
@@ -70,22 +71,22 @@ def test_sample_mode_restores_tree_survives_corrupt_file_and_keeps_outputs(train
         f.write(b"\x89PNG\r\n\x1a\n not really")
     cfg = config(**{"sample.input_dir": src, "sample.output_dir": dst, "sample.batch_size": 4})
     with pytest.raises(DataError, match=r"1 of 4 input\(s\).*broken\.png"):
-        inference.restore_folder(cfg, trained_workdir)
+        run_sample(cfg, trained_workdir)
     for name, shape in (("a.png", (27, 45)), ("b.png", (27, 45)), ("sub/c.png", (40, 33))):
         img = np.asarray(Image.open(os.path.join(dst, name)))
         assert img.shape == (*shape, 3)
     before = os.path.getmtime(os.path.join(dst, "a.png"))
     os.remove(os.path.join(src, "sub", "broken.png"))
-    result = inference.restore_folder(cfg, trained_workdir)
+    result = run_sample(cfg, trained_workdir)
     assert result == {"restored": 0, "skipped": 3, "failed": []}
     assert os.path.getmtime(os.path.join(dst, "a.png")) == before
     cfg.sample.overwrite = True
-    assert inference.restore_folder(cfg, trained_workdir)["restored"] == 3
+    assert run_sample(cfg, trained_workdir)["restored"] == 3
 
 
 def test_sample_mode_needs_folders(trained_workdir):
     with pytest.raises(ConfigError, match="sample.input_dir"):
-        inference.restore_folder(config(), trained_workdir)
+        run_sample(config(), trained_workdir)
 
 
 def test_sweep_writes_csv_and_plot(trained_workdir):

@@ -13,8 +13,8 @@ import pytest
 
 from rdbm_jax import distributed, export
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.inference import load_trained
-from rdbm_jax.restore import from_config
+from rdbm_jax import program
+from rdbm_jax.program import load_trained
 from tests.helpers import config
 
 # Run by the subprocess: block every package the artifact must not need, then load and run it.
@@ -74,7 +74,7 @@ def test_exported_restorer_runs_without_flax_and_matches(trained_workdir, tmp_pa
 
     mesh = distributed.make_mesh()
     model, schedule, params, _ = load_trained(cfg, workdir, mesh)
-    restorer = from_config(model, schedule, cfg, mesh)
+    restorer = program.sampler(cfg, mesh)
     for name in ("a", "b"):
         want = restorer(params, inputs[name], jax.random.PRNGKey(7), mask=inputs[name + "_mask"])
         assert got[name].shape == want.shape
@@ -90,4 +90,4 @@ def test_export_refuses_tiling(trained_workdir):
     mesh = distributed.make_mesh()
     model, schedule, params, _ = load_trained(cfg, trained_workdir, mesh)
     with pytest.raises(ConfigError, match="sample.tile_size=16"):
-        export.restoration_fn(from_config(model, schedule, cfg, mesh), params)
+        export.restoration_fn(program.sampler(cfg, mesh), params)

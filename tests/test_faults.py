@@ -18,9 +18,10 @@ import jax
 import numpy as np
 import pytest
 
-from rdbm_jax import checkpoints, distributed, inference, train, workdir_lock, writers
+from rdbm_jax import checkpoints, distributed, program, train, workdir_lock, writers
+from rdbm_jax.sample import run_sample
 from rdbm_jax.errors import ConfigError, DataError, TrainingError
-from tests.helpers import REPO, config, read_metrics, run_cli, train_argv, train_in_subprocess
+from tests.helpers import REPO, config, read_metrics, run_cli, train_argv
 
 # 6 steps, a checkpoint every 2 (kept: all three), a metrics row every step, no periodic evaluation.
 RUN = {"train.num_steps": 6, "train.checkpoint_every": 2, "train.log_every": 1, "train.eval_every": 0}
@@ -33,8 +34,8 @@ def _history(workdir: str) -> list[tuple[int, float]]:
 
 
 def _params(workdir: str, step: int):
-    abstract = train.program(config(**RUN), distributed.make_mesh()).abstract
-    state, _ = checkpoints.load_for_inference(checkpoints.checkpoint_dir(workdir), step, abstract)
+    abstract = program.program(config(**RUN), distributed.make_mesh()).abstract
+    state = checkpoints.load_state(checkpoints.checkpoint_dir(workdir), step, abstract)
     return jax.tree_util.tree_leaves((state.params, state.ema_params, state.opt_state))
 
 
@@ -222,9 +223,9 @@ def test_damaged_checkpoints_are_never_used_and_train_resumes_from_a_good_one(re
     # eval/sample naming a damaged step: one line naming it.
     for kind in ("metadata", "empty", "garbage"):
         with pytest.raises(ConfigError, match=re.escape(bad[kind])):
-            inference.load_trained(cfg, workdir, mesh, checkpoint=bad[kind])
+            program.load_trained(cfg, workdir, mesh, checkpoint=bad[kind])
     with pytest.raises(ConfigError, match="not a checkpoint step folder"):
-        inference.load_trained(cfg, workdir, mesh, checkpoint=bad["partial"])
+        program.load_trained(cfg, workdir, mesh, checkpoint=bad["partial"])
     # Without a named step they use the newest complete one (6 has all its files, but is unreadable).
     assert checkpoints.resolve(workdir) == (checkpoints.checkpoint_dir(workdir), 6)
     with caplog.at_level(logging.INFO, logger="rdbm_jax"):
@@ -285,7 +286,7 @@ def test_failed_save_stops_at_once_naming_path_and_error(tmp_path, monkeypatch, 
     _assert_no_partial_folders(workdir)
     with workdir_lock.WorkdirLock(workdir):  # released: a new run may start and resume from step 2
         ckpt = checkpoints.Checkpointer(workdir)
-        abstract = train.program(config(**RUN), distributed.make_mesh()).abstract
+        abstract = program.program(config(**RUN), distributed.make_mesh()).abstract
         assert ckpt.restore_latest(abstract)[0] == 2
         ckpt.close()
 
@@ -339,7 +340,7 @@ def test_sample_refuses_two_inputs_with_one_output_before_writing(tmp_path):
         img.save(src / name)
     cfg = config(**{"sample.input_dir": str(src), "sample.output_dir": str(out)})
     with pytest.raises(DataError) as collided:
-        inference.restore_folder(cfg, str(tmp_path / "no_workdir_needed"))
+        run_sample(cfg, str(tmp_path / "no_workdir_needed"))
     assert str(src / "dup.jpg") in str(collided.value) and str(src / "dup.png") in str(collided.value)
     assert not out.exists()
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 from PIL import Image
 
-from rdbm_jax import config as config_lib, inference, train
+from rdbm_jax import config as config_lib, program, train
 from rdbm_jax.data import build_train_iterator, source_spec, task_spec
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.train_state import TrainState, ema_decay_at
@@ -96,7 +96,7 @@ def test_native_discretisation_validated_by_key():
         config_lib.validate(config(**{"bridge.discretization": "native"}))  # preset rdbm
     with pytest.raises(ConfigError, match="bridge.discretization='euler'"):
         config_lib.validate(config(**{"bridge.discretization": "euler"}))
-    s = train.make_schedule(config(**{"bridge.preset": "goub", "bridge.discretization": "native",
+    s = program.schedule_from_config(config(**{"bridge.preset": "goub", "bridge.discretization": "native",
                                       "bridge.lam": 30.0}).bridge)
     assert s.discretization == "native" and float(jnp.sum(s.theta)) == pytest.approx(np.log(100), rel=1e-5)
 
@@ -108,8 +108,8 @@ def test_checkpoint_check_covers_lam_and_discretization(key, value):
     saved["bridge"][key.split(".")[1]] = value
     ours = config(**{"bridge.preset": "goub"})
     with pytest.raises(ConfigError, match=rf"{key}=.*trained with {value!r}"):
-        inference.check_compatible(ours, saved, "ckpt/2")
-    inference.check_compatible(config(**{"bridge.preset": "goub", key: value}), saved, "ckpt/2")
+        program.check_compatible(ours, saved, "ckpt/2")
+    program.check_compatible(config(**{"bridge.preset": "goub", key: value}), saved, "ckpt/2")
 
 
 def test_batch_must_divide_over_devices_and_tasks(tmp_path):

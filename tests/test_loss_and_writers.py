@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import sde, train, writers
+from rdbm_jax import program, sde, writers
 from rdbm_jax.train_state import learning_rate_schedule, make_optimizer
 
 
@@ -34,7 +34,7 @@ def test_loss_is_the_mean_error_to_the_sde_target(preset, parameterization, loss
     mu = jnp.asarray(np.clip(np.asarray(x0) + rng.normal(0, 0.3, x0.shape), -1, 1), jnp.float32)
     params = {"w": jnp.float32(0.3), "c": jnp.float32(0.2)}
     key = jax.random.PRNGKey(7)
-    got = train.make_loss_fn(LinearNet(), schedule, bridge, loss)(params, {"x0": x0, "mu": mu}, key)
+    got = program.make_loss_fn(LinearNet(), schedule, bridge, loss)(params, {"x0": x0, "mu": mu}, key)
     # The same draws by hand (make_loss_fn splits the key into t, noise and dropout keys).
     k_t, k_n, _ = jax.random.split(key, 3)
     t = jax.random.randint(k_t, (4,), 0, 100)

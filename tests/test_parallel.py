@@ -17,17 +17,17 @@ def probe(n_devices: int) -> dict:
     import jax
     from jax.sharding import Mesh
 
-    from rdbm_jax import distributed, evaluate, sde, train
-    from rdbm_jax.restore import Restorer
+    from rdbm_jax import distributed, evaluate, program, sde, train
+    from rdbm_jax.sampler import Sampler
     from tests.helpers import config
 
     cfg = config()
     mesh = Mesh(np.asarray(jax.devices()[:n_devices]), ("data",))
-    prog = train.program(cfg, mesh)
+    prog = program.program(cfg, mesh)
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (1, 8, 32, 32, 3)).astype(np.float32)  # global batch 8
     batch = distributed.global_batch(mesh, {"x0": x0, "mu": np.clip(x0 * 0.5 + 0.3, -1, 1).astype(np.float32), "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}, 1)
-    state, losses = train.init_state(cfg, mesh), []
+    state, losses = program.init_state(cfg, mesh), []
     for _ in range(2):
         state, m, _ = prog.step(state, batch, jax.random.PRNGKey(1))
         losses.append(float(m.compute()["loss"]))
@@ -38,7 +38,7 @@ def probe(n_devices: int) -> dict:
     images.append(rng.uniform(-1, 1, (16, 16, 3)).astype(np.float32))
     source = [{"x0": img * 0.9, "mu": img, "name": f"im{i}", "task": "t"} for i, img in enumerate(images)]
     cfg.sample.batch_size = 3
-    restorer = Restorer(apply, sde.make_schedule(100), num_steps=4, multiple=8, mesh=mesh, eta=1.0)
+    restorer = Sampler(apply, sde.make_schedule(100), num_steps=4, multiple=8, mesh=mesh, eta=1.0)
     rows, _, _ = evaluate.score_sources(restorer, 1.5, {"t": source}, cfg, jax.random.PRNGKey(0))
     out["eval"] = [(r["name"], r["psnr"]) for r in rows]
     return out

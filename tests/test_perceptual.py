@@ -18,7 +18,7 @@ torchvision = pytest.importorskip("torchvision")
 lpips_ref = pytest.importorskip("lpips")
 
 from rdbm_jax.errors import ConfigError, DataError  # noqa: E402
-from rdbm_jax.perceptual import convert, fid, make_inception, make_lpips  # noqa: E402
+from rdbm_jax.perceptual import convert, fid, make_inception, make_lpips, weights  # noqa: E402
 from rdbm_jax.perceptual.inception import resize_bilinear  # noqa: E402
 from rdbm_jax.perceptual.inception import variable_shapes as inception_shapes  # noqa: E402
 from rdbm_jax.perceptual.lpips import variable_shapes  # noqa: E402
@@ -111,7 +111,7 @@ def test_lpips_vgg_matches_torch_lpips_names(tmp_path):
     backbone = {f"net.{k}": v for k, v in ref.net.state_dict().items()}  # lpips' own key names
     lin = torch.load(os.path.join(LPIPS_WEIGHTS, "vgg.pth"), map_location="cpu", weights_only=True)
     path = str(tmp_path / "lpips_vgg.npz")
-    convert.save_npz(path, convert.convert_lpips(backbone, lin, "vgg"))
+    weights.save_npz(path, convert.convert_lpips(backbone, lin, "vgg"))
     a, b = lpips_pairs(64, 64)
     ours = np.asarray(make_lpips(path, "vgg")(a, b))
     with torch.no_grad():
@@ -281,7 +281,7 @@ def _zero_npz(path: str, kind: str, shapes: dict[str, tuple[int, ...]], net: str
     """A structurally valid converted .npz (zeros), made without torch."""
     flat = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
     flat.update({"meta/kind": np.array(kind), "meta/net": np.array(net)})
-    convert.save_npz(path, flat)
+    weights.save_npz(path, flat)
     return flat
 
 
@@ -305,7 +305,7 @@ def test_weight_file_errors(tmp_path):
     with pytest.raises(DataError, match="expected inception weights.*eval.fid_weights"):
         make_inception(good)
     flat["params/lin2/kernel"] = np.zeros((1, 1, 7, 1), np.float32)
-    convert.save_npz(str(tmp_path / "shape.npz"), flat)
+    weights.save_npz(str(tmp_path / "shape.npz"), flat)
     with pytest.raises(DataError, match=r"shape\.npz.*wrong shape, e\.g\. params/lin2/kernel"):
         make_lpips(str(tmp_path / "shape.npz"), "alex")
     (tmp_path / "junk.npz").write_bytes(b"garbage")
@@ -331,15 +331,3 @@ def test_converter_cli_errors(tmp_path, capsys):
     rc = convert.main(["lpips", "--torch-backbone", str(tmp_path / "junk.pth"),
                        "--torch-lin", os.path.join(LPIPS_WEIGHTS, "alex.pth"), "--out", out])
     assert rc == 1 and "junk.pth (--torch-backbone)" in capsys.readouterr().err
-
-
-def test_fid_image_reader_fallback_matches_data_package(tmp_path, monkeypatch):
-    Image.fromarray(data.chelsea()[:40, :50]).save(tmp_path / "x.png")
-    listing, decode = fid._image_reader()
-    monkeypatch.setitem(__import__("sys").modules, "rdbm_jax.data.image_io", None)  # import fails
-    pil_listing, pil_decode = fid._image_reader()
-    assert pil_listing is not listing
-    assert pil_listing(str(tmp_path)) == listing(str(tmp_path))
-    np.testing.assert_array_equal(pil_decode(str(tmp_path / "x.png")), decode(str(tmp_path / "x.png")))
-    with pytest.raises(DataError, match="--folder"):
-        pil_listing(str(tmp_path / "empty_or_missing"))

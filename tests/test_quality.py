@@ -110,7 +110,7 @@ def test_condition_channels_and_mask_inference():
 
 def test_fill_condition_with_residual_output_starts_from_the_prefill():
     """mu_mask_fill + residual: a zero network restores the pull-push pre-fill in the holes, μ elsewhere."""
-    from rdbm_jax.restore import Restorer
+    from rdbm_jax.sampler import Sampler
     r = np.random.default_rng(3)
     mu = r.uniform(-1, 0.9, (1, 16, 24, 3)).astype(np.float32)
     mask = np.zeros((1, 16, 24, 1), np.float32)
@@ -121,7 +121,7 @@ def test_fill_condition_with_residual_output_starts_from_the_prefill():
     fill = np.asarray(conditioning.fill_holes(mu, mask))
     for kind, param, expected in (("mu_mask_fill", "residual", fill), ("mu_mask", "residual", mu),
                                   ("mu_mask_fill", "x0", np.where(mask > 0, 0.0, mu))):
-        restorer = Restorer(zero_net, schedule, num_steps=3, multiple=8, parameterization=param, condition=kind)
+        restorer = Sampler(zero_net, schedule, num_steps=3, multiple=8, parameterization=param, condition=kind)
         out = restorer(None, mu, jax.random.PRNGKey(0), mask=mask)
         np.testing.assert_allclose(out, expected, atol=1e-6, err_msg=f"{kind} {param}")
 
@@ -214,7 +214,7 @@ def test_sources_pass_the_mask_with_each_example():
 # ----------------------------------------------------------------------------- training, validation, eval, sample
 
 def test_masked_loss_ignores_the_output_outside_the_mask():
-    from rdbm_jax import train
+    from rdbm_jax import program
 
     class Fixed:  # a "model" whose output is a fixed array, to probe the loss weighting
         def __init__(self, out):
@@ -232,8 +232,8 @@ def test_masked_loss_ignores_the_output_outside_the_mask():
     batch = {"x0": x0, "mu": mu, "mask": jnp.asarray(mask)}
     out = jnp.asarray(np.random.default_rng(7).standard_normal(x0.shape), jnp.float32)
     other = jnp.where(mask > 0, out, 5.0)  # differs only outside the mask
-    schedule = train.make_schedule(cfg.bridge)
-    loss = lambda o: float(train.make_loss_fn(Fixed(o), schedule, cfg.bridge, "l1", "mu_mask")(
+    schedule = program.schedule_from_config(cfg.bridge)
+    loss = lambda o: float(program.make_loss_fn(Fixed(o), schedule, cfg.bridge, "l1", "mu_mask")(
         {}, batch, jax.random.PRNGKey(1)))
     expected = float(jnp.sum(jnp.abs(out - (x0 - mu)) * mask) / (mask.sum() * 3))
     assert abs(loss(out) - expected) < 1e-6
@@ -274,7 +274,7 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     assert "psnr_baseline" in header and "psnr_masked" in header
 
     # sample mode: masks inferred from the white fill, or read from a folder; known pixels kept
-    from rdbm_jax import inference
+    from rdbm_jax.sample import run_sample
     from rdbm_jax.errors import DataError
     ex = data.build_eval_sources(cfg.data)["main"][0]
     in_dir, mask_dir = tmp_path / "in", tmp_path / "masks"
@@ -285,12 +285,12 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     for masks in ("", str(mask_dir)):
         out_dir = tmp_path / f"out{len(masks)}"
         cfg.sample.input_dir, cfg.sample.output_dir, cfg.sample.mask_dir = str(in_dir), str(out_dir), masks
-        assert inference.restore_folder(cfg, workdir)["restored"] == 1
+        assert run_sample(cfg, workdir)["restored"] == 1
         restored = np.asarray(Image.open(out_dir / "a.png"), np.float32) / 127.5 - 1
         np.testing.assert_allclose(restored[keep], ex["mu"][keep], atol=1 / 127.5 + 1e-6)
     # b.png (another size: its own batch, after a.png's) has no mask: refused before a.png is written
     data.save_image(str(in_dir / "b.png"), ex["mu"][:, :-8])
     cfg.sample.output_dir, cfg.sample.mask_dir = str(tmp_path / "out_bad"), str(mask_dir)
     with pytest.raises(DataError, match="b.png.*sample.mask_dir"):
-        inference.restore_folder(cfg, workdir)
+        run_sample(cfg, workdir)
     assert not (tmp_path / "out_bad").exists() or not any((tmp_path / "out_bad").iterdir())

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rdbm_jax import checkpoints, train
+from rdbm_jax import checkpoints, program, train
 from rdbm_jax.errors import TrainingError
 from rdbm_jax.train_state import TrainState, ema_update
 from tests.helpers import config, read_metrics, train_in_subprocess, train_rows
@@ -20,8 +20,8 @@ RESUME = {"train.num_steps": 4, "train.checkpoint_every": 2, "train.log_every": 
 
 def _params(workdir: str, step: int):
     from rdbm_jax import distributed
-    abstract = train.program(config(**RESUME), distributed.make_mesh()).abstract
-    state, _ = checkpoints.load_for_inference(checkpoints.checkpoint_dir(workdir), step, abstract)
+    abstract = program.program(config(**RESUME), distributed.make_mesh()).abstract
+    state = checkpoints.load_state(checkpoints.checkpoint_dir(workdir), step, abstract)
     return state
 
 
@@ -101,11 +101,11 @@ def test_loss_decreases_when_fitting_one_batch():
     from rdbm_jax import distributed
     cfg = config()
     mesh = distributed.make_mesh()
-    prog = train.program(cfg, mesh)  # the same compiled step the loop uses
+    prog = program.program(cfg, mesh)  # the same compiled step the loop uses
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
     batch = distributed.global_batch(mesh, {"x0": x0, "mu": np.clip(x0 + 0.5, -1, 1).astype(np.float32), "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}, 1)
-    state = train.init_state(cfg, mesh)
+    state = program.init_state(cfg, mesh)
     losses = []
     for i in range(25):
         state, m, finite = prog.step(state, batch, jax.random.PRNGKey(i % 2))
@@ -129,13 +129,13 @@ def test_ema_math():
 def test_several_steps_per_dispatch_equal_single_steps():
     from rdbm_jax import distributed
     mesh = distributed.make_mesh()
-    single, scanned = (train.program(config(**{"train.steps_per_dispatch": k}), mesh) for k in (1, 2))
+    single, scanned = (program.program(config(**{"train.steps_per_dispatch": k}), mesh) for k in (1, 2))
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (2, 2, 32, 32, 3)).astype(np.float32)
     batches = {"x0": x0, "mu": np.clip(x0 + 0.3, -1, 1).astype(np.float32), "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}
     key = jax.random.PRNGKey(3)
-    s2, m2, finite = scanned.step(train.init_state(config(), mesh), distributed.global_batch(mesh, batches, 1), key)
-    s1 = train.init_state(config(), mesh)
+    s2, m2, finite = scanned.step(program.init_state(config(), mesh), distributed.global_batch(mesh, batches, 1), key)
+    s1 = program.init_state(config(), mesh)
     losses = []
     for i in range(2):
         s1, m, _ = single.step(s1, distributed.global_batch(mesh, {k: v[i:i + 1] for k, v in batches.items()}, 1),

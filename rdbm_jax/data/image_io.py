@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
@@ -132,6 +132,11 @@ def load_image(path: str) -> np.ndarray:
     return to_model_range(decode_image(path))
 
 
+def to_uint8(img: Any) -> np.ndarray:
+    """[−1, 1] floats → uint8 levels round((clip(x) + 1) · 127.5): the one conversion of every output."""
+    return np.round((np.clip(np.asarray(img, np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
 def save_image(path: str, img: np.ndarray) -> None:
     """Write a [−1, 1] float image ([H, W, 3], [H, W, 1] or [H, W]) as an 8-bit PNG, atomically."""
     arr = np.asarray(img, dtype=np.float32)
@@ -141,7 +146,7 @@ def save_image(path: str, img: np.ndarray) -> None:
         raise ValueError(f"save_image expects [H, W, 3] or [H, W], got shape {arr.shape} for {path}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"save_image got non-finite values for {path}")
-    u8 = np.round((np.clip(arr, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    u8 = to_uint8(arr)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")

@@ -36,6 +36,8 @@ SIZES: dict[str, SizePreset] = {
 }
 RematResBlock = nn.remat(ResBlock, static_argnums=(3,))  # (self, x, emb, train): train is static
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = tuple(_DTYPES)                   # model.dtype: compute dtype
+PARAM_DTYPES = ("float32", "bfloat16")    # model.param_dtype (no float16 parameters: no loss scaling)
 # model.attention_impl → jax.nn.dot_product_attention's implementation ("cudnn": fused, GPU bf16/fp16).
 ATTENTION_IMPLS: dict[str, str | None] = {"xla": None, "cudnn": "cudnn"}
 
@@ -138,8 +140,9 @@ def _preset(model_cfg: Any) -> SizePreset:
 
 def _dtype(model_cfg: Any, key: str) -> Dtype:
     name = _get(model_cfg, key, "float32")
-    if name not in _DTYPES:
-        raise ConfigError(f"model.{key}: unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
+    allowed = PARAM_DTYPES if key == "param_dtype" else DTYPES
+    if name not in allowed:
+        raise ConfigError(f"model.{key}: unknown dtype {name!r}; expected one of {list(allowed)}")
     return _DTYPES[name]
 
 

@@ -1,4 +1,4 @@
-"""Convert PyTorch LPIPS / FID-Inception weights to flat .npz files, and load them back checked.
+"""Convert PyTorch LPIPS / FID-Inception weights to flat .npz files (`weights.py` reads them).
 
     python -m rdbm_jax.perceptual.convert lpips --net alex --torch-backbone alexnet.pth \
         --torch-lin .../lpips/weights/v0.1/alex.pth --out lpips_alex.npz
@@ -20,36 +20,38 @@ import re
 import sys
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 
 from rdbm_jax.errors import ConfigError, DataError, RDBMError
+from rdbm_jax.perceptual import inception as inc, lpips as lp
+from rdbm_jax.perceptual.weights import check_arrays, meta_entries, save_npz
 
-FORMAT_VERSION = 1
-LPIPS_NETS = ("alex", "vgg")
 # torchvision `features` indices of the conv layers, in order (ReLU/max-pool indices carry no weights).
+
 TORCHVISION_CONV_INDEX = {
     "alex": (0, 3, 6, 8, 10),
     "vgg": (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
 }
 # pytorch-fid's `InceptionV3.blocks[i][j]` -> torchvision Inception3 attribute (pools carry no weights).
+
 _FID_BLOCKS = (
     ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"),
     ("Conv2d_3b_1x1", "Conv2d_4a_3x3"),
     ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"),
     ("Mixed_7a", "Mixed_7b", "Mixed_7c"),
 )
-_BACKBONE_KEY = re.compile(r"^(?:module\.)?(?:features|(?:net\.)?slice\d+)\.(\d+)\.(weight|bias)$")
-_LIN_KEY = re.compile(r"^(?:module\.)?lin(\d+)\.model\.\d+\.weight$")
-_FID_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
 
+_BACKBONE_KEY = re.compile(r"^(?:module\.)?(?:features|(?:net\.)?slice\d+)\.(\d+)\.(weight|bias)$")
+
+_LIN_KEY = re.compile(r"^(?:module\.)?lin(\d+)\.model\.\d+\.weight$")
+
+_FID_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
 
 def _np(x: Any) -> np.ndarray:
     """A torch tensor or array-like as a float32 numpy array."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=np.float32)
-
 
 def _conv_kernel(w: Any) -> np.ndarray:
     """Torch conv weight [O, I, kh, kw] -> Flax kernel [kh, kw, I, O]."""
@@ -58,69 +60,11 @@ def _conv_kernel(w: Any) -> np.ndarray:
         raise DataError(f"expected a 4-d conv weight, got shape {w.shape}")
     return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
 
-
-def _meta(kind: str, net: str) -> dict[str, np.ndarray]:
-    """Metadata entries stored next to the arrays."""
-    return {"meta/kind": np.array(kind), "meta/net": np.array(net),
-            "meta/format_version": np.array(FORMAT_VERSION)}
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a/b/c": leaf}."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, name + "/"))
-        else:
-            out[name] = v
-    return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """{"a/b/c": leaf} -> nested dict."""
-    tree: dict[str, Any] = {}
-    for k, v in flat.items():
-        node = tree
-        *parents, leaf = k.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
-def expected_shapes(module: Any, sample: np.ndarray, n_inputs: int) -> dict[str, tuple[int, ...]]:
-    """Flat {name: shape} of a Flax module's variables, from `jax.eval_shape` (no compute)."""
-    args = (sample,) * n_inputs
-    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args))
-    return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
-
-
-def check_arrays(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]],
-                 what: str) -> None:
-    """DataError unless `flat` has exactly the expected names and shapes (`what` names the source)."""
-    missing = sorted(set(expected) - set(flat))
-    extra = sorted(set(flat) - set(expected))
-    wrong = [f"{k} {tuple(flat[k].shape)} (expected {expected[k]})" for k in sorted(expected)
-             if k in flat and tuple(flat[k].shape) != expected[k]]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} arrays, e.g. {missing[0]}")
-    if extra:
-        problems.append(f"{len(extra)} unexpected arrays, e.g. {extra[0]}")
-    if wrong:
-        problems.append(f"{len(wrong)} with the wrong shape, e.g. {wrong[0]}")
-    if problems:
-        raise DataError(f"{what}: " + "; ".join(problems))
-
-
 def convert_lpips(backbone_state_dict: Mapping[str, Any], lin_state_dict: Mapping[str, Any],
                   net: str) -> dict[str, np.ndarray]:
     """torchvision alexnet/vgg16 state dict + lpips v0.1 linear heads -> flat LPIPS arrays."""
-    from rdbm_jax.perceptual import lpips as lp  # local: avoids an import cycle
-
-    if net not in LPIPS_NETS:
-        raise ConfigError(f"eval.lpips_net must be one of {LPIPS_NETS}, got {net!r}")
+    if net not in lp.NETS:
+        raise ConfigError(f"eval.lpips_net must be one of {lp.NETS}, got {net!r}")
     convs: dict[int, dict[str, Any]] = {}
     for k, v in backbone_state_dict.items():
         m = _BACKBONE_KEY.match(k)
@@ -143,9 +87,8 @@ def convert_lpips(backbone_state_dict: Mapping[str, Any], lin_state_dict: Mappin
         if m:
             flat[f"params/lin{int(m.group(1))}/kernel"] = _conv_kernel(v)
     check_arrays(flat, lp.variable_shapes(net), f"LPIPS-{net} weights")
-    flat.update(_meta("lpips", net))
+    flat.update(meta_entries("lpips", net))
     return flat
-
 
 def _fid_name(key: str) -> str:
     """pytorch-fid `blocks.I.J.rest` -> torchvision `Name.rest` (other keys unchanged)."""
@@ -158,11 +101,8 @@ def _fid_name(key: str) -> str:
         raise DataError(f"unexpected pytorch-fid key {key} (no weighted layer at blocks.{i}.{j})")
     return f"{_FID_BLOCKS[i][j]}.{rest}"
 
-
 def convert_inception(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """pytorch-fid's FID InceptionV3 state dict -> flat arrays (params + BatchNorm batch_stats)."""
-    from rdbm_jax.perceptual import inception as inc  # local: avoids an import cycle
-
     flat: dict[str, np.ndarray] = {}
     for key, v in state_dict.items():
         name = _fid_name(key)
@@ -180,47 +120,8 @@ def convert_inception(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
             raise DataError(f"unexpected key {key} in the Inception state dict "
                             f"(expected pytorch-fid's pt_inception-2015-12-05 weights)")
     check_arrays(flat, inc.variable_shapes(), "FID Inception weights")
-    flat.update(_meta("inception", "inception_v3_fid"))
+    flat.update(meta_entries("inception", "inception_v3_fid"))
     return flat
-
-
-def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write flat arrays to an uncompressed .npz (no pickle)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
-
-
-def load_npz(path: str, config_key: str = "") -> dict[str, np.ndarray]:
-    """Read a flat .npz; DataError naming the file (and config key) if missing or unreadable."""
-    where = f"{path} ({config_key})" if config_key else path
-    if not os.path.isfile(path):
-        raise DataError(f"weight file not found: {where}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"not a readable .npz weight file ({msg}): {where}") from None
-
-
-def checked_variables(flat: Mapping[str, np.ndarray], kind: str,
-                      expected: Mapping[str, tuple[int, ...]], path: str,
-                      config_key: str) -> dict[str, Any]:
-    """Variables (nested) from a loaded .npz of `kind`, checked against `expected` names/shapes."""
-    where = f"{path} ({config_key})"
-    flat = dict(flat)
-    file_kind = str(flat.pop("meta/kind", ""))
-    flat.pop("meta/net", None)
-    flat.pop("meta/format_version", None)
-    if file_kind != kind:
-        found = f"{file_kind} weights" if file_kind else "no meta/kind entry"
-        raise DataError(f"expected {kind} weights from `python -m rdbm_jax.perceptual.convert "
-                        f"{kind}`, found {found}: {where}")
-    check_arrays(flat, expected, f"weights do not fit the {kind} architecture in {where}")
-    return unflatten(flat)
-
 
 def _torch_load(path: str, flag: str) -> Mapping[str, Any]:
     """Read a PyTorch state dict on CPU (weights only); DataError naming the file and flag."""
@@ -242,14 +143,13 @@ def _torch_load(path: str, flag: str) -> Mapping[str, Any]:
                         f"{path} ({flag})")
     return sd
 
-
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m rdbm_jax.perceptual.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="kind", required=True)
     pl = sub.add_parser("lpips", help="LPIPS backbone + linear heads")
-    pl.add_argument("--net", choices=LPIPS_NETS, default="alex")
+    pl.add_argument("--net", choices=lp.NETS, default="alex")
     pl.add_argument("--torch-backbone", required=True, help="torchvision alexnet/vgg16 state dict")
     pl.add_argument("--torch-lin", required=True, help="lpips weights/v0.1/{alex,vgg}.pth")
     pl.add_argument("--out", required=True)

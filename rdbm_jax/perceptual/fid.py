@@ -16,7 +16,9 @@ import warnings
 import numpy as np
 from scipy import linalg
 
+from rdbm_jax.data.image_io import decode_image, list_images
 from rdbm_jax.errors import DataError, RDBMError
+from rdbm_jax.perceptual.inception import INPUT_SIZE, make_inception, resize_matrix
 
 log = logging.getLogger(__name__)
 
@@ -87,51 +89,18 @@ def load_stats(path: str, config_key: str = "eval.fid_ref_stats") -> tuple[np.nd
     return mu, sigma
 
 
-def _image_reader():
-    """(list_images(folder), decode(path) -> float32 [H, W, 3] in [0, 1]) from rdbm_jax.data or PIL."""
-    try:
-        from rdbm_jax.data.image_io import decode_image, list_images
-        return (lambda folder: list_images(folder, "--folder")), decode_image
-    except ImportError:  # the data package is optional for this tool
-        from PIL import Image
-        exts = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-        def listing(folder: str) -> list[str]:
-            """Image files under `folder`, sorted."""
-            if not os.path.isdir(folder):
-                raise DataError(f"image folder not found: {folder} (--folder)")
-            found = sorted(os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs
-                           if f.lower().endswith(exts))
-            if not found:
-                raise DataError(f"no images in folder {folder} (--folder)")
-            return found
-
-        def decode(path: str) -> np.ndarray:
-            """An image as float32 RGB in [0, 1]."""
-            try:
-                with Image.open(path) as img:
-                    return np.asarray(img.convert("RGB"), np.float32) / 255.0
-            except OSError as e:
-                raise DataError(f"unreadable image ({e}): {path}") from None
-
-        return listing, decode
-
-
 def folder_features(weights_path: str, folder: str, batch_size: int = 50) -> np.ndarray:
     """Pool3 features [N, 2048] of every image under `folder` (each resized to 299 as pytorch-fid)."""
-    from rdbm_jax.perceptual.inception import INPUT_SIZE, make_inception, resize_matrix
-
     features = make_inception(weights_path, config_key="--weights")
     if features is None:
         raise DataError("no Inception weights given (--weights)")
-    listing, decode = _image_reader()
-    paths = listing(folder)
+    paths = list_images(folder, "--folder")
     batch_size = min(batch_size, len(paths))
     out = []
     for start in range(0, len(paths), batch_size):
         batch = []
         for p in paths[start:start + batch_size]:
-            img = decode(p)
+            img = decode_image(p)
             rh = resize_matrix(img.shape[0], INPUT_SIZE)
             rw = resize_matrix(img.shape[1], INPUT_SIZE)
             batch.append(np.einsum("oh,hwc->owc", rh, np.einsum("pw,hwc->hpc", rw, img)))

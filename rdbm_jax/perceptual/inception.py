@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rdbm_jax.perceptual import convert
+from rdbm_jax.perceptual import weights
 
 INPUT_SIZE = 299
-FEATURE_DIM = 2048
 _HIGHEST = jax.lax.Precision.HIGHEST
 Pad = Sequence[tuple[int, int]]
 
@@ -204,7 +203,7 @@ class FIDInceptionV3(nn.Module):
 @functools.lru_cache(maxsize=None)
 def variable_shapes() -> dict[str, tuple[int, ...]]:
     """Flat {name: shape} of the FID Inception variables (traced once per process)."""
-    return convert.expected_shapes(FIDInceptionV3(), np.zeros((1, 75, 75, 3), np.float32), 1)
+    return weights.expected_shapes(FIDInceptionV3(), np.zeros((1, 75, 75, 3), np.float32), 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -217,8 +216,8 @@ def load_inception(weights_path: str, *, config_key: str = "eval.fid_weights"
                    ) -> tuple[FIDInceptionV3, dict[str, Any]]:
     """The FID Inception module and its variables from a converted .npz; errors name file and key."""
     model = FIDInceptionV3()
-    flat = convert.load_npz(weights_path, config_key)
-    variables = convert.checked_variables(flat, "inception", variable_shapes(), weights_path, config_key)
+    flat = weights.load_npz(weights_path, config_key)
+    variables = weights.checked_variables(flat, "inception", variable_shapes(), weights_path, config_key)
     return model, jax.tree.map(jnp.asarray, variables)
 
 

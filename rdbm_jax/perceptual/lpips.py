@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.perceptual import convert
+from rdbm_jax.perceptual import weights
 
 NETS = ("alex", "vgg")
 BACKBONE_NAMES = {"alex": "alexnet", "vgg": "vgg16"}
@@ -102,7 +102,7 @@ class LPIPS(nn.Module):
 @functools.lru_cache(maxsize=None)
 def variable_shapes(net: str) -> dict[str, tuple[int, ...]]:
     """Flat {name: shape} of the LPIPS-`net` variables (traced once per process)."""
-    return convert.expected_shapes(LPIPS(net=net), np.zeros((1, 64, 64, 3), np.float32), 2)
+    return weights.expected_shapes(LPIPS(net=net), np.zeros((1, 64, 64, 3), np.float32), 2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,11 +118,11 @@ def load_lpips(weights_path: str, net: str = "alex", *,
         raise ConfigError(f"eval.lpips_net must be one of {NETS}, got {net!r}")
     model = LPIPS(net=net)
     other = {"alex": "vgg", "vgg": "alex"}[net]
-    flat = convert.load_npz(weights_path, config_key)
+    flat = weights.load_npz(weights_path, config_key)
     if str(flat.get("meta/net", "")) == other:
         raise ConfigError(f"eval.lpips_net={net!r} but {weights_path} ({config_key}) holds "
                           f"LPIPS-{other} weights")
-    variables = convert.checked_variables(flat, "lpips", variable_shapes(net), weights_path, config_key)
+    variables = weights.checked_variables(flat, "lpips", variable_shapes(net), weights_path, config_key)
     return model, jax.tree.map(jnp.asarray, variables)
 
 

@@ -1,4 +1,4 @@
-"""Trained models for inference: load a checkpoint's (EMA) parameters, and `--mode=sample`."""
+"""`--mode=sample`: restore every image of a folder with a trained checkpoint, into another folder."""
 from __future__ import annotations
 
 import logging
@@ -9,40 +9,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, conditioning, config as config_lib, data, distributed, progress, train
+from rdbm_jax import conditioning, config as config_lib, data, distributed, program, progress
 from rdbm_jax.errors import ConfigError, DataError, RDBMError
-from rdbm_jax.restore import check_size, from_config
+from rdbm_jax.sampler import check_size
 
 log = logging.getLogger("rdbm_jax")
-
-# Keys whose value must equal the checkpoint's: restoring with another bridge is meaningless.
-MUST_MATCH = ("bridge.preset", "bridge.parameterization", "bridge.num_timesteps",
-              "bridge.theta_schedule", "bridge.pi", "bridge.lam", "bridge.discretization", "model.size",
-              "model.condition")
-
-
-def check_compatible(cfg: ml_collections.ConfigDict, saved: dict, where: str) -> None:
-    """Refuse (ConfigError) a config whose bridge/model differs from the checkpoint's."""
-    for key in MUST_MATCH:
-        section, name = key.split(".")
-        theirs = saved.get(section, {}).get(name)
-        ours = config_lib.get(cfg, key)
-        if theirs is not None and theirs != ours:
-            raise ConfigError(f"{key}={ours!r} but the checkpoint {where} was trained with {theirs!r}; "
-                              f"restoring with a different bridge is refused (set --config.{key}={theirs!r})")
-
-
-def load_trained(cfg: ml_collections.ConfigDict, workdir: str, mesh: Any,
-                 checkpoint: str = "") -> tuple[Any, Any, Any, int]:
-    """(model, schedule, parameters — EMA unless sample.use_ema=False —, step) of a checkpoint."""
-    directory, step = checkpoints.resolve(workdir, checkpoint)
-    where = os.path.join(directory, str(step))
-    check_compatible(cfg, checkpoints.read_config(directory, step), where)
-    prog = train.program(cfg, mesh)
-    state, _ = checkpoints.load_for_inference(directory, step, prog.abstract)
-    log.info("loaded %s parameters of step %d from %s", "EMA" if cfg.sample.use_ema else "raw", step, where)
-    return prog.model, prog.schedule, state.ema_params if cfg.sample.use_ema else state.params, step
-
 
 def _output_path(out_dir: str, in_dir: str, path: str) -> str:
     """The PNG that the restoration of `path` is written to (same relative path, extension .png)."""
@@ -81,7 +52,7 @@ def check_distinct_outputs(paths: list[str], out_dir: str, in_dir: str) -> None:
         first[out] = path
 
 
-def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """`--mode=sample`: restore every image in sample.input_dir into sample.output_dir (PNG)."""
     config_lib.validate(cfg)
     s = cfg.sample
@@ -100,8 +71,8 @@ def restore_folder(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         log.info("%d of %d outputs already exist in %s: kept (sample.overwrite=True to redo)",
                  skipped, len(paths), s.output_dir)
     mesh = distributed.make_mesh()
-    model, schedule, params, _ = load_trained(cfg, workdir, mesh, s.checkpoint)
-    restorer = from_config(model, schedule, cfg, mesh)
+    params = program.load_trained(cfg, workdir, mesh, s.checkpoint).params
+    restorer = program.sampler(cfg, mesh)
     rng = jax.random.PRNGKey(cfg.seed)
     failed: list[str] = []
     written = saved = 0  # restored images / files written (by process 0)

@@ -1,4 +1,6 @@
-"""Full-resolution restoration: reflect-pad, the compiled reverse loop (`sde.sample`), crop back.
+"""The sampler: full-resolution restoration with the compiled reverse loop (`sde.sample`, Eq. 19).
+
+Reflect-pads to the UNet's factor, shards the batch over devices, runs the loop, crops back.
 
 Large images can be restored in overlapping tiles: at every reverse step the network runs on each
 tile and the predictions are blended with linear ramps over the overlaps, so seams stay consistent
@@ -6,7 +8,6 @@ through the whole trajectory (the state x_t is never split).
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 import jax
@@ -15,14 +16,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rdbm_jax import conditioning, distributed, sde
-from rdbm_jax.errors import DataError
+from rdbm_jax.errors import ConfigError, DataError
 
 MIN_SIDE = 8  # smaller images cannot be reflect-padded meaningfully
-
-
-def make_apply(model: Any) -> Callable[..., jax.Array]:
-    """apply(params, x_t, mu, t) → the network's raw output, evaluation mode."""
-    return lambda params, x_t, mu, t: model.apply({"params": params}, x_t, mu, t, train=False)
 
 
 def pad_amounts(height: int, width: int, multiple: int) -> tuple[int, int]:
@@ -93,7 +89,7 @@ def tiled(denoise_fn: Callable, height: int, width: int, tile: int, overlap: int
     return fn
 
 
-class Restorer:
+class Sampler:
     """Restores batches of degraded images μ in [-1, 1] with a trained network, sharded over devices."""
 
     def __init__(self, apply_fn: Callable[..., jax.Array], schedule: Any, *, num_steps: int,
@@ -106,9 +102,10 @@ class Restorer:
         self.multiple, self.mesh = multiple, mesh or distributed.make_mesh()
         self.eta, self.clip, self.parameterization, self.pi = eta, clip, parameterization, pi
         if tile_size and tile_size % multiple:
-            raise DataError(f"sample.tile_size={tile_size} must be a multiple of {multiple}")
+            raise ConfigError(f"sample.tile_size={tile_size} must be a multiple of {multiple} "
+                              "(the UNet's downsampling factor)")
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
-        self._compiled: dict[tuple, Callable] = {}
+        self._jitted: Callable | None = None
 
     def sample_padded(self, params: Any, mu: jax.Array, mask: jax.Array, rng: jax.Array) -> jax.Array:
         """The reverse loop on a batch whose H, W are multiples of `multiple` (traceable): the
@@ -123,15 +120,14 @@ class Restorer:
                           eta=self.eta, clip=self.clip, parameterization=self.parameterization, pi=self.pi,
                           known=known)
 
-    def compiled(self, shape: tuple[int, ...]) -> Callable:
-        """The jitted restoration for one padded batch shape (compiled once per shape)."""
-        if shape not in self._compiled:
-            sharding = distributed.batch_sharding(self.mesh)
-
-            repl = distributed.replicated(self.mesh)
-            self._compiled[shape] = jax.jit(self.sample_padded, in_shardings=(repl, sharding, sharding, repl),
-                                            out_shardings=sharding)
-        return self._compiled[shape]
+    @property
+    def jitted(self) -> Callable:
+        """`sample_padded` under jit, sharded over the mesh (jax compiles it once per batch shape)."""
+        if self._jitted is None:
+            sharding, repl = distributed.batch_sharding(self.mesh), distributed.replicated(self.mesh)
+            self._jitted = jax.jit(self.sample_padded, in_shardings=(repl, sharding, sharding, repl),
+                                   out_shardings=sharding)
+        return self._jitted
 
     def __call__(self, params: Any, mu: np.ndarray, rng: jax.Array,
                  mask: np.ndarray | None = None) -> np.ndarray:
@@ -157,31 +153,5 @@ class Restorer:
             return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
         mu_global = global_array(mu)
-        out = self.compiled(mu_global.shape)(params, mu_global, global_array(mask), rng)
+        out = self.jitted(params, mu_global, global_array(mask), rng)
         return distributed.to_host(out)[:b, :h, :w]
-
-
-_RESTORERS: dict[tuple, Restorer] = {}
-
-
-def from_config(model: Any, schedule: Any, cfg: Any, mesh: Mesh | None = None,
-                num_steps: int | None = None, eta: float | None = None) -> Restorer:
-    """A Restorer configured by the `sample`, `bridge` and `model` sections (NFE / η overridable).
-
-    Built once per process for each (model, bridge, sampling settings, mesh): its compiled
-    samplers are reused by later evaluations.
-    """
-    from rdbm_jax import models
-
-    s, mesh = cfg.sample, mesh or distributed.make_mesh()
-    num_steps, eta = num_steps or s.num_steps, s.eta if eta is None else eta
-    key = (json.dumps({k: cfg[k].to_dict() for k in ("model", "bridge")}, sort_keys=True),
-           num_steps, eta, s.clip, s.tile_size, s.tile_overlap, mesh)
-    if key not in _RESTORERS:
-        _RESTORERS[key] = Restorer(make_apply(model), schedule, num_steps=num_steps,
-                                   multiple=models.downsample_factor(cfg.model), mesh=mesh, eta=eta,
-                                   clip=s.clip, parameterization=cfg.bridge.parameterization,
-                                   pi=cfg.bridge.pi or None, tile_size=s.tile_size,
-                                   tile_overlap=s.tile_overlap, condition=cfg.model.condition)
-    return _RESTORERS[key]
-

@@ -1,0 +1,55 @@
+"""Helpers for writing task configs: the size/tiny argument, the tiny variant, DGSolver's recipe.
+
+Loaded by the task configs with `sibling(__file__, "common")` (not a config itself).
+"""
+import ml_collections
+
+from rdbm_jax import models
+from rdbm_jax.errors import ConfigError
+
+
+def variant(arg, default_size, options=()):
+    """Parse a config argument like "B", "L,tiny" or "toled": (model size, tiny?, other options)."""
+    size, tiny, rest = default_size, False, []
+    for token in [t.strip() for t in (arg or "").split(",") if t.strip()]:
+        if token in models.SIZES:
+            size = token
+        elif token == "tiny":
+            tiny = True
+        elif token in options:
+            rest.append(token)
+        else:
+            raise ConfigError(f"unknown config argument {token!r} (sizes {', '.join(models.SIZES)}, 'tiny'"
+                              + (f", {', '.join(options)}" if options else "") + ")")
+    return size, tiny, rest
+
+
+def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The `tiny` variant of a task config: same pipeline, seconds on a CPU (smoke tests)."""
+    c.model.size = "T"
+    c.data.crop_size = 32
+    c.train.num_steps = 2
+    c.train.batch_size = 2 * len(c.data.tasks)
+    c.train.log_every = 1
+    c.train.eval_every = 2
+    c.train.eval_num_images = 1
+    c.train.checkpoint_every = 2
+    c.optim.update(dict(optimizer="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0,
+                        grad_clip=0.0, ema_decay=0.99))
+    c.sample.num_steps = 2
+    c.sample.batch_size = 1
+    c.eval.max_images = 2
+    c.eval.metrics = "psnr,ssim"
+    for task in c.data.tasks.values():
+        task.eval.eval_size = 32
+        task.eval.eval_fit = "crop"
+    return c
+
+
+def dgsolver_recipe(c: ml_collections.ConfigDict) -> None:
+    """Where the paper is silent: the trainer of MiliLab/DGSolver (same first author, same 5 tasks)."""
+    c.data.flip = "none"             # paper: 256² random crops only; DGSolver: no flips
+    c.optim.b2 = 0.99                # paper: "Adam" (no betas); DGSolver: Adam(betas=(0.9, 0.99))
+    c.optim.grad_clip = 1.0          # paper: silent; DGSolver: clip_grad_norm_(max_norm=1.0)
+    c.optim.ema_decay = 0.995        # paper: silent; DGSolver: ema_pytorch EMA(beta=0.995, update_every=1)
+    c.optim.ema_warmup = "ema_pytorch"  # ... with its default warm-up (copy for 100 steps, then ramp)

@@ -1,0 +1,222 @@
+"""The house rules of ARCHITECTURE.md, checked: layers, no import circles, one list per choice."""
+from __future__ import annotations
+
+import ast
+import os
+import re
+
+import pytest
+
+from rdbm_jax import config as config_lib
+from tests.helpers import REPO, config
+
+PACKAGE = os.path.join(REPO, "rdbm_jax")
+
+
+def _module_name(path: str) -> str:
+    rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+    return rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def _modules() -> dict[str, str]:
+    """{module name: file} of every module of the package."""
+    out = {}
+    for root, _, files in os.walk(PACKAGE):
+        for f in files:
+            if f.endswith(".py"):
+                out[_module_name(os.path.join(root, f))] = os.path.join(root, f)
+    return out
+
+
+MODULES = _modules()
+
+
+def imports_of(module: str) -> set[str]:
+    """Package modules that `module` imports anywhere in its file (function-local imports included).
+
+    `from pkg import sub` counts the submodule only; `from pkg import name` counts pkg's __init__.
+    """
+    tree = ast.parse(open(MODULES[module], encoding="utf-8").read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rdbm_jax"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in MODULES else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("rdbm_jax"))
+    return {m for m in found if m in MODULES and m != module}
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def _closure(module: str) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        for dep in GRAPH[todo.pop()]:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_no_import_circle_anywhere_in_the_package():
+    circles = sorted(m for m in MODULES if m in _closure(m) and not MODULES[m].endswith("__init__.py"))
+    assert not circles, f"modules that import themselves through others: {circles}"
+
+
+def test_the_import_graph_sees_local_imports():  # the checker itself: it must be able to fail
+    assert "rdbm_jax.train" in GRAPH["rdbm_jax.main"]  # main imports the modes inside main()
+    assert "rdbm_jax.program" in _closure("rdbm_jax.evaluate")
+
+
+@pytest.mark.parametrize("module,forbidden", [
+    # The math knows nothing of Flax, models, data or the loop.
+    ("rdbm_jax.sde", {"rdbm_jax.models", "rdbm_jax.program", "rdbm_jax.train", "rdbm_jax.data"}),
+    ("rdbm_jax.schedules", {"rdbm_jax.models", "rdbm_jax.program", "rdbm_jax.train", "rdbm_jax.data"}),
+    # Models know nothing of bridges; data knows nothing of models.
+    ("rdbm_jax.models.unet", {"rdbm_jax.sde", "rdbm_jax.schedules", "rdbm_jax.conditioning", "rdbm_jax.data"}),
+    ("rdbm_jax.data.pipeline", {"rdbm_jax.models", "rdbm_jax.sde", "rdbm_jax.program", "rdbm_jax.train"}),
+    # What a config compiles never reaches into the loop or the modes.
+    ("rdbm_jax.program", {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.sample",
+                          "rdbm_jax.export", "rdbm_jax.api", "rdbm_jax.config"}),
+    # Eval, sweep, sample, export and the API never import the training loop.
+    ("rdbm_jax.evaluate", {"rdbm_jax.train"}),
+    ("rdbm_jax.sweep", {"rdbm_jax.train"}),
+    ("rdbm_jax.sample", {"rdbm_jax.train"}),
+    ("rdbm_jax.export", {"rdbm_jax.train"}),
+    ("rdbm_jax.api", {"rdbm_jax.train"}),
+    # The runtime weight loader is apart from the torch converter.
+    ("rdbm_jax.perceptual.lpips", {"rdbm_jax.perceptual.convert"}),
+    ("rdbm_jax.perceptual.inception", {"rdbm_jax.perceptual.convert"}),
+])
+def test_layers(module, forbidden):
+    reached = _closure(module) | {module}
+    assert not reached & forbidden, f"{module} reaches {sorted(reached & forbidden)}"
+
+
+def test_math_imports_no_flax():
+    for module in ("rdbm_jax.sde", "rdbm_jax.schedules"):
+        text = open(MODULES[module], encoding="utf-8").read()
+        assert not re.search(r"^\s*(import|from) flax", text, re.M), module
+
+
+def test_only_the_loop_program_and_api_open_checkpoints():
+    users = {m for m, deps in GRAPH.items() if "rdbm_jax.checkpoints" in deps}
+    assert users == {"rdbm_jax.train", "rdbm_jax.program", "rdbm_jax.api"}
+
+
+def test_main_only_dispatches():
+    assert GRAPH["rdbm_jax.main"] <= {"rdbm_jax.distributed", "rdbm_jax.errors", "rdbm_jax.train",
+                                      "rdbm_jax.evaluate", "rdbm_jax.sample", "rdbm_jax.sweep",
+                                      "rdbm_jax.export"}
+
+
+def test_no_module_over_500_lines():
+    long = {m: n for m, p in MODULES.items() if (n := sum(1 for _ in open(p, encoding="utf-8"))) > 500}
+    assert not long, long
+
+
+# ---------------------------------------------------------------------------------------- choices
+def test_choices_are_the_owning_modules_lists():
+    from rdbm_jax import metrics, models, program, schedules, sde, train_state, writers
+    from rdbm_jax.data import spec
+
+    c = config_lib.CHOICES
+    assert c["model.size"] == tuple(models.SIZES) and c["bridge.preset"] == schedules.PRESETS
+    assert c["bridge.parameterization"] is sde.PARAMETERIZATIONS and c["train.loss"] is program.LOSSES
+    assert c["optim.optimizer"] is train_state.OPTIMIZERS and c["train.tensorboard"] is writers.WRITERS
+    assert c["data.flip"] is spec.FLIPS and c["eval.color"] is metrics.COLORS
+
+
+def test_model_and_validation_agree_on_dtypes():
+    from rdbm_jax import models
+    from rdbm_jax.errors import ConfigError
+
+    for key in ("dtype", "param_dtype"):
+        for name in ("float32", "bfloat16", "float16"):
+            cfg = config(**{f"model.{key}": name})
+            accepted_by_validation = name in config_lib.CHOICES[f"model.{key}"]
+            try:
+                models.create_model(cfg.model)
+                accepted_by_model = True
+            except ConfigError:
+                accepted_by_model = False
+            assert accepted_by_model == accepted_by_validation, (key, name)
+
+
+def _default_py_comments() -> dict[str, str]:
+    """{"section.key": its end-of-line comment (continued on the next comment-only lines)} of default.py."""
+    lines = open(os.path.join(REPO, "configs", "default.py"), encoding="utf-8").read().splitlines()
+    out, section, last = {}, "", None
+    for line in lines:
+        m = re.match(r"\s*c\.(\w+) = ml_collections\.ConfigDict", line)
+        if m:
+            section = m.group(1)
+            continue
+        m = re.match(r"\s*(\w+)=.*?#(.*)$", line)
+        if m and section:
+            last = f"{section}.{m.group(1)}"
+            out[last] = m.group(2)
+        elif last and re.match(r"\s*#", line):
+            out[last] += " " + line.strip()[1:]
+        else:
+            last = None
+    return out
+
+
+def listed_choices(comment: str) -> list[str]:
+    """The values of an "a | b | c" list in a comment (parenthesised remarks dropped)."""
+    text = re.sub(r"\([^)]*\)", "", comment)
+    m = re.search(r"([\w\"'.-]+)((?:\s*\|\s*[\w\"'.-]+)+)", text)
+    if not m:
+        return []
+    return [t.strip().strip("\"'") for t in [m.group(1)] + m.group(2).split("|")[1:]]
+
+
+def test_listed_choices_parser():
+    assert listed_choices(" mu (paper) | mu_mask | mu_mask_fill: also ...") == ["mu", "mu_mask", "mu_mask_fill"]
+    assert listed_choices(" compute dtype: float32 | bfloat16") == ["float32", "bfloat16"]
+    assert listed_choices(" no list here") == []
+
+
+def test_default_py_comments_list_exactly_the_choices():
+    comments = _default_py_comments()
+    for key, allowed in config_lib.CHOICES.items():
+        assert key in comments, f"configs/default.py: {key} has no comment listing its choices"
+        listed = listed_choices(comments[key])
+        named = [v for v in allowed if v]  # "" (a preset's default) is described in words
+        assert sorted(listed) == sorted(named), f"configs/default.py comment of {key}: {listed} vs {named}"
+
+
+def _config_files() -> list[str]:
+    folder = os.path.join(REPO, "configs")
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py"))
+
+
+def _docs() -> list[str]:
+    return _config_files() + [os.path.join(REPO, f) for f in ("README.md", "ARCHITECTURE.md")] + [
+        os.path.join(REPO, "benchmarks", "RESULTS.md")] + list(MODULES.values())
+
+
+def test_every_choice_value_written_in_configs_and_docs_exists():
+    bad = []
+    for path in _docs():
+        text = open(path, encoding="utf-8").read()
+        # `--config.key=value` (docs, command lines) and `c.key = "value"` (config files)
+        for key, value in re.findall(r"--config\.([\w.]+)=([\w\"'.-]*)", text) + \
+                re.findall(r"\bc\.([\w.]+)\s*=\s*(\"[^\"]*\"|'[^']*')", text):
+            value = value.strip("\"'").rstrip(".")
+            if key in config_lib.CHOICES and value not in config_lib.CHOICES[key]:
+                bad.append(f"{os.path.relpath(path, REPO)}: {key}={value!r}")
+    assert not bad, bad
+
+
+def test_every_config_file_validates():
+    from rdbm_jax import config_files
+
+    for path in _config_files():
+        if os.path.basename(path) == "common.py":  # helpers, not a config
+            continue
+        config_lib.validate(config_files.load(path))

@@ -1,0 +1,48 @@
+"""program.py: programs cached on exactly what they read; inference loads only the parameters."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from rdbm_jax import checkpoints, distributed, program
+from tests.helpers import config
+
+
+def test_a_program_is_shared_exactly_when_what_it_reads_agrees():
+    mesh = distributed.make_mesh()
+    base = program.program(config(), mesh)
+    # Not read by the train program: evaluation, sampling, logging, data, step count of a constant LR.
+    for key, value in (("eval.ssim_window", "uniform"), ("sample.num_steps", 1), ("train.log_every", 7),
+                       ("data.crop_size", 64), ("train.num_steps", 9)):
+        assert program.program(config(**{key: value}), mesh) is base, key
+    # Read by it: anything of model/bridge/optim, the loss, K, and the decay length of a cosine LR.
+    for key, value in (("optim.b2", 0.95), ("bridge.lam", 0.05), ("model.dropout", 0.1),
+                       ("train.loss", "l2"), ("train.steps_per_dispatch", 2)):
+        assert program.program(config(**{key: value}), mesh) is not base, key
+    cosine = {"optim.schedule": "cosine"}
+    assert program.program(config(**cosine, **{"train.num_steps": 9}), mesh) is not \
+        program.program(config(**cosine), mesh)
+
+
+def test_a_sampler_is_shared_exactly_when_what_it_reads_agrees():
+    mesh = distributed.make_mesh()
+    base = program.sampler(config(), mesh)
+    assert program.sampler(config(**{"sample.batch_size": 3, "optim.b2": 0.9}), mesh) is base
+    assert program.sampler(config(), mesh, num_steps=base.num_steps) is base
+    for key, value in (("sample.eta", 1.0), ("sample.clip", False), ("sample.tile_size", 32),
+                       ("bridge.lam", 0.05), ("model.condition", "mu")):
+        assert program.sampler(config(**{key: value}), mesh) is not base, key
+    assert program.sampler(config(), mesh, eta=0.5).eta == 0.5
+
+
+def test_load_trained_restores_the_ema_or_raw_parameters_only(trained_workdir):
+    mesh = distributed.make_mesh()
+    directory, step = checkpoints.resolve(trained_workdir)
+    state = checkpoints.load_state(directory, step, program.program(config(), mesh).abstract)
+    for use_ema, want in ((True, state.ema_params), (False, state.params)):
+        got = program.load_trained(config(**{"sample.use_ema": use_ema}), trained_workdir, mesh)
+        assert got.step == step
+        for a, b in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    ema, raw = (jax.tree_util.tree_leaves(t) for t in (state.ema_params, state.params))
+    assert any(not np.array_equal(a, b) for a, b in zip(ema, raw))  # the two really differ
