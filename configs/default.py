@@ -14,12 +14,15 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict(dict(
-        # Each task: a training and an evaluation source (see rdbm_jax/data/spec.py for the keys).
+        # Each task: a training and an evaluation source, or several named ones of each (a ConfigDict
+        # name → source; named test sets are scored one by one). Keys: rdbm_jax/data/spec.py.
         tasks=ml_collections.ConfigDict(dict(
             main=task_spec(train=source_spec(kind="builtin", split="train", degradation="inpaint"),
                            eval=source_spec(kind="builtin", split="val", degradation="inpaint")),
         )),
         root="",                 # relative source folders are taken relative to this folder
+        train_mix="size",        # a task with several training sources draws from them in proportion
+                                 # to their sizes (size) or equally (equal); tasks always weigh equally
         crop_size=256,           # training random crop (padded first if an image is smaller)
         flip="both",             # training flips: none | horizontal | both (+ vertical). The paper
                                  # names none (256² crops only), DGSolver uses none; the demo's

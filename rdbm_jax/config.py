@@ -6,7 +6,7 @@ from typing import Any, Callable
 import ml_collections
 
 from rdbm_jax import conditioning, metrics, schedules, sde
-from rdbm_jax.data.spec import FLIPS
+from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.train_state import EMA_WARMUPS
 
@@ -25,7 +25,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.loss": ("l1", "l2"),
     "train.tensorboard": ("tensorboardx", "clu", "none"),  # event-file writer (rdbm_jax/writers.py)
     "eval.color": ("rgb", "y"),
-    "data.flip": FLIPS,
+    "data.flip": data_spec.FLIPS,
+    "data.train_mix": data_spec.TRAIN_MIXES,
     "optim.ema_warmup": EMA_WARMUPS,
     "eval.ssim_window": metrics.SSIM_WINDOWS,
     "eval.quantize": metrics.QUANTIZE_MODES,
@@ -110,9 +111,10 @@ def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.sample.batch_size = 1
     c.eval.max_images = 2
     c.eval.metrics = "psnr,ssim"
-    for task in c.data.tasks.values():
-        task.eval.eval_size = 32
-        task.eval.eval_fit = "crop"
+    for task in c.data.tasks:
+        for src in data_spec.named_sources(c.data, task, "eval"):
+            src.cfg.eval_size = 32
+            src.cfg.eval_fit = "crop"
     return c
 
 
@@ -165,6 +167,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                           f"sample.tile_size={cfg.sample.tile_size}")
     if not cfg.data.tasks:
         raise ConfigError("data.tasks is empty: a config must define at least one task")
+    data_spec.validate_tasks(cfg.data)
     metrics = parse_list(cfg, "eval.metrics", str)
     unknown = sorted(set(metrics) - {"psnr", "ssim", "lpips", "fid"})
     if unknown:
