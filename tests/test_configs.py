@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from rdbm_jax import checkpoints, config as config_lib, train
+from rdbm_jax.data import named_sources
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config, read_metrics
 
@@ -24,17 +25,18 @@ def _img(path: str, h: int, w: int, seed: int, dark: bool = False) -> None:
 
 def lay_out(cfg, root: str) -> None:
     """Generated images in exactly the folders the config names (relative to data.root)."""
-    for t, task in enumerate(cfg.data.tasks.values()):
-        for s, src in enumerate((task.train, task.eval)):
-            for i in range(2):
-                seed = 100 * t + 10 * s + i
-                if src.kind == "paired":
-                    _img(os.path.join(root, src.gt_dir, f"im{i}.png"), 40, 48, seed)
-                    _img(os.path.join(root, src.lq_dir, f"im{i}.png"), 40, 48, seed, dark=True)
-                elif src.kind == "side_by_side":
-                    _img(os.path.join(root, src.dir, f"pair{i}.jpg"), 40, 80, seed)
-                else:
-                    _img(os.path.join(root, src.dir, f"face{i}.png"), 40, 40, seed)
+    nodes = [src.cfg for task in cfg.data.tasks for which in ("train", "eval")
+             for src in named_sources(cfg.data, task, which)]  # every (named) source of every task
+    for n, src in enumerate(nodes):
+        for i in range(2):
+            seed = 10 * n + i
+            if src.kind == "paired":
+                _img(os.path.join(root, src.gt_dir, f"im{i}.png"), 40, 48, seed)
+                _img(os.path.join(root, src.lq_dir, f"im{i}.png"), 40, 48, seed, dark=True)
+            elif src.kind == "side_by_side":
+                _img(os.path.join(root, src.dir, f"pair{i}.jpg"), 40, 80, seed)
+            else:
+                _img(os.path.join(root, src.dir, f"face{i}.png"), 40, 40, seed)
 
 
 @pytest.mark.parametrize("name, arg", [("demo", "tiny"), ("inpaint", "tiny"), ("universal", "tiny"),
