@@ -202,3 +202,47 @@ def test_task_names_sorted():
     cfg = ml_collections.ConfigDict(dict(tasks=ml_collections.ConfigDict(dict(
         zeta=task_spec(source_spec(), source_spec()), alpha=task_spec(source_spec(), source_spec())))))
     assert task_names(cfg) == ["alpha", "zeta"]
+
+
+# ----------------------------------------------------------------------------- named sources (several per task)
+
+def test_named_test_sets_are_built_one_by_one_and_labelled(tmp_path):
+    lq, gt = _paired_dirs(tmp_path)
+    val = source_spec(kind="builtin", split="val", degradation="noise")
+    sources = build_eval_sources(_data(ml_collections.ConfigDict({"real": _paired(lq, gt), "photos": val})),
+                                 max_images=2)
+    assert list(sources) == ["t/photos", "t/real"]  # <task>/<set>, sets sorted
+    real = sources["t/real"]
+    assert (real.task, real.test_set, real.label, real.names) == ("t", "real", "t/real", ["a/x1", "b"])
+    assert real[0]["task"] == "t" and len(sources["t/photos"]) == 2  # max_images holds per set
+    np.testing.assert_allclose(real[1]["mu"], -real[1]["x0"], atol=1e-6)
+    single = build_eval_sources(_data(val))["t"]  # one eval source: a set named after its task
+    assert (single.task, single.test_set, single.label) == ("t", "t", "t")
+
+
+def test_named_source_errors_name_the_full_key(tmp_path):
+    from rdbm_jax.data.spec import validate_tasks
+    lq, gt = _paired_dirs(tmp_path)
+    good = _paired(lq, gt)
+    cases = [
+        (dict(rain100l=source_spec(kind="pairs")), r"^data\.tasks\.t\.eval\.rain100l\.kind: must be one of"),
+        (dict(rain100l=ml_collections.ConfigDict(dict(kind="paired", lq_dri=lq, gt_dir=gt))),
+         r"^data\.tasks\.t\.eval\.rain100l\.lq_dri: unknown data-source key"),
+        (dict(rain100h=good, rain100l=_paired("", gt)), r"^data\.tasks\.t\.eval\.rain100l\.lq_dir: a paired"),
+        ({"rain 100": good}, r"^data\.tasks\.t\.eval\.rain 100: a source name may hold only"),
+    ]
+    for sets, key in cases:
+        data = _data(ml_collections.ConfigDict(sets), train_src=good)
+        for check in (validate_tasks, build_eval_sources):
+            with pytest.raises(ConfigError, match=key) as e:
+                check(data)
+            assert "\n" not in str(e.value)
+    mixed = ml_collections.ConfigDict(dict(kind="paired", lq_dir=lq, gt_dir=gt, extra=dict(kind="builtin")))
+    with pytest.raises(ConfigError, match=r"^data\.tasks\.t\.eval\.extra: unknown data-source key"):
+        validate_tasks(_data(mixed, train_src=good))  # a named set beside source keys: one spec, a bad key
+    missing = ml_collections.ConfigDict(dict(rain100l=_paired(str(tmp_path / "nope"), gt)))
+    with pytest.raises(DataError, match=r"nope \(data\.tasks\.t\.eval\.rain100l\.lq_dir\)"):
+        build_eval_sources(_data(missing, train_src=good))
+    bad_train = _data(good, train_src=ml_collections.ConfigDict(dict(rain13k=_paired(lq, gt, eval_fit="zoom"))))
+    with pytest.raises(ConfigError, match=r"^data\.tasks\.t\.train\.rain13k\.eval_fit: must be one of"):
+        validate_tasks(bad_train)
