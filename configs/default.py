@@ -76,7 +76,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         loss="l1",               # l1 | l2
         log_every=100,
         eval_every=5_000,
-        eval_num_images=8,       # validation images restored at each periodic evaluation (0 = all)
+        eval_num_images=8,       # validation images per test set at each periodic evaluation (0 = all)
         checkpoint_every=5_000,
         max_to_keep=3,
         steps_per_dispatch=1,    # >1: several steps per compiled call (lax.scan)
@@ -107,7 +107,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         quantize="round",        # round | truncate (DGSolver: (x*255).astype(uint8)) | none: uint8 levels first
         ssim_window="gaussian",  # gaussian (σ 1.5, population cov.) | uniform (skimage default: 7×7,
                                  # sample covariance, as DGSolver)
-        max_images=0,            # per task; 0 = all
+        max_images=0,            # per test set; 0 = all
         num_grid_images=4,
         lpips_weights="",        # local .npz from `python -m rdbm_jax.perceptual.convert lpips …`
         lpips_net="alex",        # alex | vgg

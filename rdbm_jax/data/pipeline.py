@@ -1,4 +1,5 @@
-"""Training iterator (grain; shuffled, repeated, sharded, task-balanced) and evaluation sources."""
+"""Training iterator (grain; shuffled, repeated, sharded, task-balanced; a task's named training sources mixed
+per data.train_mix) and evaluation sources (one per test set)."""
 from __future__ import annotations
 
 import logging
