@@ -5,6 +5,7 @@ Loaded by the task configs with `sibling(__file__, "common")` (not a config itse
 import ml_collections
 
 from rdbm_jax import models
+from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError
 
 
@@ -40,9 +41,10 @@ def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.sample.batch_size = 1
     c.eval.max_images = 2
     c.eval.metrics = "psnr,ssim"
-    for task in c.data.tasks.values():
-        task.eval.eval_size = 32
-        task.eval.eval_fit = "crop"
+    for task in c.data.tasks:
+        for src in data_spec.named_sources(c.data, task, "eval"):
+            src.cfg.eval_size = 32
+            src.cfg.eval_fit = "crop"
     return c
 
 

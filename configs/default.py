@@ -14,12 +14,15 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict(dict(
-        # Each task: a training and an evaluation source (see rdbm_jax/data/spec.py for the keys).
+        # Each task: a training and an evaluation source, or several named ones of each (a ConfigDict
+        # name → source; named test sets are scored one by one). Keys: rdbm_jax/data/spec.py.
         tasks=ml_collections.ConfigDict(dict(
             main=task_spec(train=source_spec(kind="builtin", split="train", degradation="inpaint"),
                            eval=source_spec(kind="builtin", split="val", degradation="inpaint")),
         )),
         root="",                 # relative source folders are taken relative to this folder
+        train_mix="size",        # size | equal: a task with several training sources draws from them
+                                 # in proportion to their sizes, or equally; tasks always weigh equally
         crop_size=256,           # training random crop (padded first if an image is smaller)
         flip="both",             # training flips: none | horizontal | both (+ vertical). The paper
                                  # names none (256² crops only), DGSolver uses none; the demo's
@@ -73,7 +76,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         loss="l1",               # l1 | l2
         log_every=100,
         eval_every=5_000,
-        eval_num_images=8,       # validation images restored at each periodic evaluation (0 = all)
+        eval_num_images=8,       # validation images per test set at each periodic evaluation (0 = all)
         checkpoint_every=5_000,
         max_to_keep=3,
         steps_per_dispatch=1,    # >1: several steps per compiled call (lax.scan)
@@ -105,7 +108,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                                  # DGSolver's x*255 cast to uint8
         ssim_window="gaussian",  # gaussian (σ 1.5, population cov.) | uniform (skimage default: 7×7,
                                  # sample covariance, as DGSolver)
-        max_images=0,            # per task; 0 = all
+        max_images=0,            # per test set; 0 = all
         num_grid_images=4,
         lpips_weights="",        # local .npz from `python -m rdbm_jax.perceptual.convert lpips …`
         lpips_net="alex",        # alex | vgg

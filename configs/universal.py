@@ -3,7 +3,7 @@
     python -m rdbm_jax.main --config=configs/universal.py:L --workdir=runs/universal_L \
         --config.data.root=/path/to/datasets                       # train
     python -m rdbm_jax.main --config=configs/universal.py:L --workdir=runs/universal_L \
-        --config.data.root=/path/to/datasets --mode=eval           # PSNR/SSIM per task
+        --config.data.root=/path/to/datasets --mode=eval           # PSNR/SSIM per test set and task
 
 Argument: model size T | S | B | L (default L, as the paper's best); add ",tiny" for a smoke test.
 Paper setup: batch 20 split evenly over the 5 tasks (4 each), 256² random crops, Adam lr 1e-4,
@@ -14,17 +14,27 @@ Where the paper is silent the recipe follows MiliLab/DGSolver (`configs/common.p
 unknown and not reproduced: DGSolver resizes images smaller than the crop up, this project
 reflect-pads them.
 
-Expected layout under data.root (LQ = degraded input μ, GT = clean x0, matched by file name;
-the extension may differ; sub-folders are allowed and matched by relative path):
+Datasets (named sources: each test set is scored and reported on its own as <task>/<set>, its task
+as the mean over its test sets, "overall" as the mean over tasks; a task with several training sets
+draws from them per data.train_mix). Layout under data.root: <task>/<dataset>/<train|test>/{LQ,GT}
+(LQ = degraded input μ, GT = clean x0, matched by file name; the extension may differ; sub-folders
+are allowed and matched by relative path):
 
-    derain/train/{LQ,GT}    Rain13K training pairs        derain/test/{LQ,GT}    Rain100H (or Rain100L)
-    lowlight/train/{LQ,GT}  LOL our485 (low / high)       lowlight/test/{LQ,GT}  LOL eval15
-    desnow/train/{LQ,GT}    Snow100K training (or CSD)    desnow/test/{LQ,GT}    Snow100K-L test (or CSD)
-    dehaze/train/{LQ,GT}    RESIDE ITS (one hazy image per clean name: rename or link the chosen one)
-                                                          dehaze/test/{LQ,GT}    SOTS indoor
-    deblur/train/{LQ,GT}    GoPro train (blur / sharp)    deblur/test/{LQ,GT}    GoPro test
+    task      training set (name: folder)                test sets (name: folder)
+    derain    rain13k:  derain/Rain13K/train/{LQ,GT}     rain100h: derain/Rain100H/test/{LQ,GT}
+                                                         rain100l: derain/Rain100L/test/{LQ,GT}
+    lowlight  lol:      lowlight/LOL/train/{LQ,GT}       lol:      lowlight/LOL/test/{LQ,GT}
+                        (our485 low / high)                        (eval15 low / high)
+    desnow    snow100k: desnow/Snow100K/train/{LQ,GT}    snow100k_l: desnow/Snow100K-L/test/{LQ,GT}
+    dehaze    its:      dehaze/RESIDE-ITS/train/{LQ,GT}  sots_indoor: dehaze/SOTS-indoor/test/{LQ,GT}
+                        (one hazy image per clean name: rename or link the chosen one)
+    deblur    gopro:    deblur/GoPro/train/{LQ,GT}       gopro:    deblur/GoPro/test/{LQ,GT}
+                        (blur / sharp)                             (blur / sharp)
 
-Any folder can be pointed elsewhere, e.g. --config.data.tasks.derain.eval.lq_dir=/data/Rain100L/rainy.
+Any folder can be pointed elsewhere, e.g.
+--config.data.tasks.derain.eval.rain100l.lq_dir=/data/Rain100L/rainy (keys: data.tasks.<task>.
+<train|eval>.<name>.<key>). Adding or removing a set needs a config file (command-line overrides
+cannot add keys): copy DATASETS below.
 
 Evaluation protocol (written into eval/metrics.json): DGSolver's scorer, the closest public
 evidence of the authors' (the paper does not state its SSIM variant): RGB truncated to uint8
@@ -41,14 +51,28 @@ from rdbm_jax.data.spec import source_spec, task_spec
 
 common = sibling(__file__, "common")  # variant, shrink, dgsolver_recipe
 
-TASKS = ("derain", "lowlight", "desnow", "dehaze", "deblur")
+# task → (training sets, test sets), each name → folder under data.root (see the docstring)
+DATASETS = {
+    "derain": ({"rain13k": "derain/Rain13K/train"},
+               {"rain100h": "derain/Rain100H/test", "rain100l": "derain/Rain100L/test"}),
+    "lowlight": ({"lol": "lowlight/LOL/train"}, {"lol": "lowlight/LOL/test"}),
+    "desnow": ({"snow100k": "desnow/Snow100K/train"}, {"snow100k_l": "desnow/Snow100K-L/test"}),
+    "dehaze": ({"its": "dehaze/RESIDE-ITS/train"}, {"sots_indoor": "dehaze/SOTS-indoor/test"}),
+    "deblur": ({"gopro": "deblur/GoPro/train"}, {"gopro": "deblur/GoPro/test"}),
+}
+TASKS = tuple(DATASETS)
+
+
+def paired(folder: str) -> ml_collections.ConfigDict:
+    """A paired source laid out as <folder>/{LQ,GT} (relative to data.root)."""
+    return source_spec(kind="paired", lq_dir=f"{folder}/LQ", gt_dir=f"{folder}/GT")
 
 
 def paired_task(name: str) -> ml_collections.ConfigDict:
-    """A paired task laid out as <name>/{train,test}/{LQ,GT} under data.root."""
-    return task_spec(
-        train=source_spec(kind="paired", lq_dir=f"{name}/train/LQ", gt_dir=f"{name}/train/GT"),
-        eval=source_spec(kind="paired", lq_dir=f"{name}/test/LQ", gt_dir=f"{name}/test/GT"))
+    """Task `name` with its named training sets and test sets of DATASETS."""
+    train, test = DATASETS[name]
+    return task_spec(train={k: paired(v) for k, v in train.items()},
+                     eval={k: paired(v) for k, v in test.items()})
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:

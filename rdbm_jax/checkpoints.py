@@ -151,11 +151,21 @@ def _sync_processes(name: str) -> None:
 
 
 def _join_new_threads(before: set, timeout: float) -> None:
-    """Wait (at most `timeout` s in all) for the threads started since `before` was taken."""
+    """Wait (at most `timeout` s in all) for the threads started since `before` was taken.
+
+    `threading.enumerate()` also lists threads whose start() has not reached their run loop yet;
+    joining one of those raises RuntimeError, so it is retried until it runs (or the time is up).
+    """
     deadline = time.time() + timeout
     for t in set(threading.enumerate()) - before:
-        if t is not threading.current_thread():
-            t.join(max(0.0, deadline - time.time()))
+        while t is not threading.current_thread():
+            try:
+                t.join(max(0.0, deadline - time.time()))
+                break
+            except RuntimeError:  # "cannot join thread before it is started": still starting
+                if time.time() >= deadline:
+                    break
+                time.sleep(0.01)
 
 
 class Checkpointer:

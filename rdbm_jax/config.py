@@ -6,7 +6,7 @@ from typing import Any, Callable
 import ml_collections
 
 from rdbm_jax import conditioning, metrics, models, program, schedules, sde, train_state, writers
-from rdbm_jax.data import spec
+from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.perceptual import lpips
 
@@ -28,7 +28,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "optim.ema_warmup": train_state.EMA_WARMUPS,
         "train.loss": program.LOSSES,
         "train.tensorboard": writers.WRITERS,
-        "data.flip": spec.FLIPS,
+        "data.flip": data_spec.FLIPS,
+        "data.train_mix": data_spec.TRAIN_MIXES,
         "eval.color": metrics.COLORS,
         "eval.ssim_window": metrics.SSIM_WINDOWS,
         "eval.quantize": metrics.QUANTIZE_MODES,
@@ -118,6 +119,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                           f"sample.tile_size={cfg.sample.tile_size}")
     if not cfg.data.tasks:
         raise ConfigError("data.tasks is empty: a config must define at least one task")
+    data_spec.validate_tasks(cfg.data)
     unknown = sorted(set(parse_list(cfg, "eval.metrics", str)) - set(metrics.EVAL_METRICS))
     if unknown:
         raise ConfigError(f"eval.metrics: unknown metric(s) {', '.join(unknown)} "

@@ -1,4 +1,8 @@
-"""`--mode=eval` and the periodic validation: restore test splits in order and score them."""
+"""`--mode=eval` and the periodic validation: restore test splits in order and score them.
+
+Reports are keyed by label: a task with one eval source by its name, each named test set by
+`<task>/<set>` (then its task, the mean over its test sets); "overall" is the mean over tasks.
+"""
 from __future__ import annotations
 
 import csv
@@ -106,9 +110,9 @@ class Baselines:
         """What the baseline of a source is, as reports print it."""
         return baselines.describe(getattr(source, "degradation", "none"), self.true_mask)
 
-    def __call__(self, task: str, source: Any, index: int, example: dict) -> np.ndarray:
-        """The baseline restoration of example `index` of `source`, in [-1, 1]."""
-        key = (task, index)
+    def __call__(self, label: str, source: Any, index: int, example: dict) -> np.ndarray:
+        """The baseline restoration of example `index` of `source` (the test set `label`), in [-1, 1]."""
+        key = (label, index)
         if key not in self._cache:
             known = source.known_parameters(index) if hasattr(source, "known_parameters") else {}
             out = baselines.restore(np.asarray(metrics.to_unit(example["mu"])),
@@ -117,12 +121,12 @@ class Baselines:
             self._cache[key] = out * 2.0 - 1.0
         return self._cache[key]
 
-    def reference_scores(self, task: str, source: Any, index: int, example: dict,
+    def reference_scores(self, label: str, source: Any, index: int, example: dict,
                          ev: ml_collections.ConfigDict) -> dict[str, float]:
         """`*_baseline`, `*_input` (and `psnr_kept_baseline`) of one example under the `ev` protocol."""
-        key = (task, index)
+        key = (label, index)
         if key not in self._scores:
-            base, mask = self(task, source, index, example), example.get("mask")
+            base, mask = self(label, source, index, example), example.get("mask")
             out = {f"{k}_baseline": v for k, v in score_pair(base, example["x0"], ev, mask).items()}
             out.update({f"{k}_input": v for k, v in score_pair(example["mu"], example["x0"], ev, mask).items()})
             if is_partial(mask):
@@ -151,6 +155,8 @@ def protocol(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
             "ssim_window": ev.ssim_window, "ssim": SSIM_PROTOCOLS[ev.ssim_window],
             "data_range": "[0, 1]", "sample_num_steps": cfg.sample.num_steps, "eta": cfg.sample.eta,
             "clip": cfg.sample.clip, "use_ema": cfg.sample.use_ema, "condition": cfg.model.condition,
+            "test_set": "mean over the test set's images",
+            "task": PER_TASK,
             "overall": "mean over tasks of the per-task mean",
             "baseline": "a classical method per degradation on the same inputs (rdbm_jax/baselines.py); "
                         "*_input scores the degraded input itself",
@@ -210,6 +216,52 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+PER_TASK = ("mean over the task's test sets of each set's mean (sets weigh equally, whatever their size); "
+            "a task with one eval source: the mean over its images")
+_NOT_AVERAGED = ("num_images", "num_test_sets", "baseline")  # report-entry keys that are no scores
+
+
+def is_test_set(label: str) -> bool:
+    """Whether a report label names one of a task's named test sets (`<task>/<set>`)."""
+    return "/" in label
+
+
+def task_of(label: str) -> str:
+    """The task of a report label: 'derain/rain100h' → 'derain'; a task's own label is its name."""
+    return label.split("/", 1)[0]
+
+
+def _mean_over(entries: list[dict]) -> dict[str, float]:
+    """The mean of every score over report entries (each entry weighs once)."""
+    keys = sorted({k for e in entries for k in e} - set(_NOT_AVERAGED))
+    return {k: _mean(entries, k) for k in keys}
+
+
+def by_task(per_set: dict[str, dict]) -> dict[str, dict]:
+    """Per-test-set entries → report entries: each named test set, then its task (mean over its sets);
+    a task with one eval source as it is; then "overall" (mean over tasks)."""
+    out: dict[str, dict] = {}
+    for task in dict.fromkeys(task_of(label) for label in per_set):
+        labels = [label for label in per_set if task_of(label) == task]
+        if labels == [task]:
+            out[task] = per_set[task]
+            continue
+        sets = [per_set[label] for label in labels]
+        out.update({label: per_set[label] for label in labels})
+        names = {s["baseline"] for s in sets}
+        out[task] = {**_mean_over(sets), "num_images": sum(s["num_images"] for s in sets),
+                     "num_test_sets": len(sets), "baseline": names.pop() if len(names) == 1 else "per test set"}
+    tasks = [v for label, v in out.items() if not is_test_set(label)]
+    out["overall"] = {**_mean_over(tasks), "num_images": sum(t["num_images"] for t in tasks)}
+    return out
+
+
+def title(label: str, entry: dict) -> str:
+    """A report entry's name as logs and tables print it (a task with named test sets says it averages them)."""
+    n = entry.get("num_test_sets")
+    return f"{label} [mean over {n} test set{'s' if n > 1 else ''}]" if n else label
+
+
 class Perceptual:
     """LPIPS and FID when their weights are configured; skipped with a one-line notice otherwise."""
 
@@ -247,23 +299,27 @@ def score_sources(restorer: Sampler, params: Any, sources: dict[str, Any], cfg: 
                   on_image: Callable[[str, dict, np.ndarray], None] | None = None,
                   baseline: Baselines | None = None
                   ) -> tuple[list[dict], dict[str, dict[str, float]], dict[str, list]]:
-    """(per-image rows, per-task means + "overall", grid rows per task) in deterministic order.
+    """(per-image rows, report entries by label (`by_task`: test sets, tasks, "overall"), grid rows per
+    test set) in deterministic order; `sources` maps labels (`data.build_eval_sources`) to sources.
 
     Every image is scored for the model, the classical baseline (`baseline`, or a fresh `Baselines`)
     and the degraded input alike; grids show μ │ baseline │ restored │ x0.
     """
     baseline = baseline or Baselines(true_mask=restorer.uses_mask)
     rows_all: list[dict] = []
-    per_task: dict[str, dict[str, float]] = {}
+    per_set: dict[str, dict[str, float]] = {}
     grids: dict[str, list] = {}
-    for task, source in sources.items():
+    for label, source in sources.items():
         rows, feats_out, feats_gt = [], [], []
-        grids[task] = []
+        grids[label] = []
+        ids = {"task": task_of(label)}
+        if is_test_set(label):
+            ids["test_set"] = label.split("/", 1)[1]
         for index, ex, out in restore_source(restorer, params, source, cfg.sample.batch_size, rng):
-            base = baseline(task, source, index, ex)
+            base = baseline(label, source, index, ex)
             mask = ex.get("mask")
-            r = {"task": task, "name": ex["name"], **score_pair(out, ex["x0"], cfg.eval, mask),
-                 **baseline.reference_scores(task, source, index, ex, cfg.eval)}
+            r = {**ids, "name": ex["name"], **score_pair(out, ex["x0"], cfg.eval, mask),
+                 **baseline.reference_scores(label, source, index, ex, cfg.eval)}
             if is_partial(mask):
                 r["psnr_kept"] = kept_psnr(out, ex["mu"], mask, cfg.eval)
             if perceptual and perceptual.lpips:
@@ -272,20 +328,17 @@ def score_sources(restorer: Sampler, params: Any, sources: dict[str, Any], cfg: 
                 feats_out.append(np.asarray(perceptual.inception(_fid_input(out, cfg.eval.quantize))))
                 feats_gt.append(np.asarray(perceptual.inception(_fid_input(ex["x0"], cfg.eval.quantize))))
             rows.append(r)
-            if len(grids[task]) < cfg.eval.num_grid_images:
-                grids[task].append([ex["mu"], base, out, ex["x0"]])
+            if len(grids[label]) < cfg.eval.num_grid_images:
+                grids[label].append([ex["mu"], base, out, ex["x0"]])
             if on_image:
-                on_image(task, ex, out)
-        per_task[task] = {k: _mean(rows, k) for k in SCORES + ("lpips",) if any(k in r for r in rows)}
-        per_task[task]["num_images"] = len(rows)
-        per_task[task]["baseline"] = baseline.name(source)
+                on_image(label, ex, out)
+        per_set[label] = {k: _mean(rows, k) for k in SCORES + ("lpips",) if any(k in r for r in rows)}
+        per_set[label]["num_images"] = len(rows)
+        per_set[label]["baseline"] = baseline.name(source)
         if feats_out:
-            per_task[task]["fid"] = perceptual.fid(feats_out, feats_gt)
+            per_set[label]["fid"] = perceptual.fid(feats_out, feats_gt)
         rows_all.extend(rows)
-    keys = sorted({k for t in per_task.values() for k in t} - {"num_images", "baseline"})
-    per_task["overall"] = {k: _mean(list(per_task.values()), k) for k in keys}  # mean over tasks
-    per_task["overall"]["num_images"] = len(rows_all)
-    return rows_all, per_task, grids
+    return rows_all, by_task(per_set), grids
 
 
 class Validator:
@@ -301,14 +354,14 @@ class Validator:
         _, per_task, grids = score_sources(self.restorer, params, self.sources, self.cfg,
                                            jax.random.PRNGKey(self.cfg.seed + 2), baseline=self.baseline)
         scores = {f"val/{k}": v for k, v in per_task["overall"].items() if k in SCORES}
-        if len(self.sources) > 1:
+        if len(self.sources) > 1:  # val/<task>/… and val/<task>/<set>/…
             scores.update({f"val/{t}/{k}": v for t, s in per_task.items() if t != "overall"
                            for k, v in s.items() if k in SCORES})
         if distributed.is_main_process():
-            for task, s in per_task.items():
-                if task != "overall" or len(self.sources) > 1:
-                    log.info("step %d val %s (%s; baseline: %s): %s", step, task, protocol_name(self.cfg),
-                             s.get("baseline", "mean over tasks"), summary_line(s))
+            for label, s in per_task.items():
+                if label != "overall" or len(self.sources) > 1:
+                    log.info("step %d val %s (%s; baseline: %s): %s", step, title(label, s),
+                             protocol_name(self.cfg), s.get("baseline", "mean over tasks"), summary_line(s))
         rows = [r for g in grids.values() for r in g][: self.cfg.eval.num_grid_images]
         return scores, make_grid(rows)
 
@@ -320,13 +373,23 @@ def protocol_name(cfg: ml_collections.ConfigDict) -> str:
             f"NFE {cfg.sample.num_steps}")
 
 
+ID_COLUMNS = ("task", "test_set", "name")  # the first columns of per_image.csv (test_set: named sets only)
+
+
 def write_report(out_dir: str, rows: list[dict], per_task: dict, info: dict) -> None:
-    """`metrics.json` (per task + overall, with the protocol) and `per_image.csv`."""
+    """`metrics.json` (per task, per named test set as test_sets.<task>.<set>, overall; with the protocol)
+    and `per_image.csv`."""
     os.makedirs(out_dir, exist_ok=True)
+    tasks = {k: v for k, v in per_task.items() if k != "overall" and not is_test_set(k)}
+    test_sets: dict[str, dict] = {}
+    for label, v in per_task.items():
+        if is_test_set(label):
+            test_sets.setdefault(task_of(label), {})[label.split("/", 1)[1]] = v
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump({**info, "tasks": {k: v for k, v in per_task.items() if k != "overall"},
+        json.dump({**info, "tasks": tasks, **({"test_sets": test_sets} if test_sets else {}),
                    "overall": per_task["overall"]}, f, indent=2)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
+    present = {k for r in rows for k in r}
+    fields = [k for k in dict.fromkeys(ID_COLUMNS + tuple(k for r in rows for k in r)) if k in present]
     with open(os.path.join(out_dir, "per_image.csv"), "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -346,21 +409,23 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     out_dir = os.path.join(workdir, "eval")
     if distributed.is_main_process():
         write_report(out_dir, rows, per_task, {"step": step, "protocol": protocol(cfg)})
-        for task, g in grids.items():
+        for label, g in grids.items():  # grid_<task>.png, grid_<task>.<set>.png
             if g:
-                Image.fromarray(make_grid(g)).save(os.path.join(out_dir, f"grid_{task}.png"))
+                Image.fromarray(make_grid(g)).save(os.path.join(out_dir, f"grid_{label.replace('/', '.')}.png"))
         log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
     return per_task
 
 
 def comparison_table(per_task: dict[str, dict]) -> str:
-    """A plain-text table: one block per task, rows model │ baseline │ input, a column per score."""
+    """A plain-text table: one block per test set, task and overall (`by_task` order), rows model │
+    baseline │ input, a column per score."""
     lines = []
-    for task, s in per_task.items():
+    for label, s in per_task.items():
         cols = [k for k in WHOLE + MASKED + KEPT if k in s]
-        lines.append(f"{task} ({s.get('num_images', 0)} images; baseline: {s.get('baseline', 'per task')})")
+        lines.append(f"{title(label, s)} ({s.get('num_images', 0)} images; "
+                     f"baseline: {s.get('baseline', 'per task')})")
         lines.append(f"  {'':<10}" + "".join(f"{c:>14}" for c in cols))
-        for label, sfx in (("model", ""), ("baseline", "_baseline"), ("input", "_input")):
+        for row, sfx in (("model", ""), ("baseline", "_baseline"), ("input", "_input")):
             cells = [f"{s[c + sfx]:>14.4f}" if c + sfx in s else f"{'—':>14}" for c in cols]
-            lines.append(f"  {label:<10}" + "".join(cells))
+            lines.append(f"  {row:<10}" + "".join(cells))
     return "\n".join(lines)

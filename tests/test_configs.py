@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from rdbm_jax import checkpoints, config as config_lib, train
+from rdbm_jax.data import named_sources
 from rdbm_jax.errors import ConfigError
-from tests.helpers import config, read_metrics
+from tests.helpers import config, read_metrics, run_cli
 
 SIZES = {"T": 0.45e6, "B": 3.65e6, "L": 7.73e6}
 
@@ -24,17 +25,18 @@ def _img(path: str, h: int, w: int, seed: int, dark: bool = False) -> None:
 
 def lay_out(cfg, root: str) -> None:
     """Generated images in exactly the folders the config names (relative to data.root)."""
-    for t, task in enumerate(cfg.data.tasks.values()):
-        for s, src in enumerate((task.train, task.eval)):
-            for i in range(2):
-                seed = 100 * t + 10 * s + i
-                if src.kind == "paired":
-                    _img(os.path.join(root, src.gt_dir, f"im{i}.png"), 40, 48, seed)
-                    _img(os.path.join(root, src.lq_dir, f"im{i}.png"), 40, 48, seed, dark=True)
-                elif src.kind == "side_by_side":
-                    _img(os.path.join(root, src.dir, f"pair{i}.jpg"), 40, 80, seed)
-                else:
-                    _img(os.path.join(root, src.dir, f"face{i}.png"), 40, 40, seed)
+    nodes = [src.cfg for task in cfg.data.tasks for which in ("train", "eval")
+             for src in named_sources(cfg.data, task, which)]  # every (named) source of every task
+    for n, src in enumerate(nodes):
+        for i in range(2):
+            seed = 10 * n + i
+            if src.kind == "paired":
+                _img(os.path.join(root, src.gt_dir, f"im{i}.png"), 40, 48, seed)
+                _img(os.path.join(root, src.lq_dir, f"im{i}.png"), 40, 48, seed, dark=True)
+            elif src.kind == "side_by_side":
+                _img(os.path.join(root, src.dir, f"pair{i}.jpg"), 40, 80, seed)
+            else:
+                _img(os.path.join(root, src.dir, f"face{i}.png"), 40, 40, seed)
 
 
 @pytest.mark.parametrize("name, arg", [("demo", "tiny"), ("inpaint", "tiny"), ("universal", "tiny"),
@@ -52,6 +54,8 @@ def test_config_trains_two_steps_and_restores(name, arg, tmp_path):
     assert val and np.isfinite(val[-1]["val/psnr"])  # the 2-step restoration of the eval images ran
     if len(cfg.data.tasks) > 1:
         assert {f"val/{t}/psnr" for t in cfg.data.tasks} <= set(val[-1])
+    if name == "universal":  # named test sets: val/<task>/<set>/… beside val/<task>/…
+        assert {"val/derain/rain100h/psnr", "val/derain/rain100l/psnr_input", "val/deblur/gopro/psnr"} <= set(val[-1])
     assert checkpoints.Checkpointer(workdir).latest_step() == cfg.train.num_steps
     assert json.load(open(os.path.join(workdir, "config.json")))["model"]["size"] == "T"
 
@@ -74,3 +78,27 @@ def test_unknown_config_argument_rejected():
     with pytest.raises(ConfigError, match="unknown config argument 'XL'"):
         config("universal", "XL")
     assert list(config("udc", "poled").data.tasks) == ["poled"]
+
+
+def test_universal_names_the_papers_datasets_and_overrides_reach_them(tmp_path):
+    from ml_collections.config_flags import config_path  # what --config.a.b=… overrides go through
+    cfg = config("universal", "tiny")
+    config_lib.validate(cfg)
+    evals = named_sources(cfg.data, "derain", "eval")
+    assert [(s.name, s.label, s.cfg.lq_dir) for s in evals] == [
+        ("rain100h", "derain/rain100h", "derain/Rain100H/test/LQ"),
+        ("rain100l", "derain/rain100l", "derain/Rain100L/test/LQ")]
+    assert all(s.cfg.eval_size == 32 for t in cfg.data.tasks for s in named_sources(cfg.data, t, "eval"))  # tiny
+    assert [s.key for s in named_sources(cfg.data, "derain", "train")] == ["data.tasks.derain.train.rain13k"]
+    config_path.set_value("data.tasks.derain.eval.rain100l.lq_dir", cfg, "/data/Rain100L/rainy")
+    assert named_sources(cfg.data, "derain", "eval")[1].cfg.lq_dir == "/data/Rain100L/rainy"
+    config_path.set_value("data.tasks.dehaze.train.its.kind", cfg, "pairs")
+    with pytest.raises(ConfigError, match=r"^data\.tasks\.dehaze\.train\.its\.kind: must be one of"):
+        config_lib.validate(cfg)
+    with pytest.raises(ConfigError, match=r"^data\.train_mix='random' is not one of 'size', 'equal'$"):
+        config_lib.validate(config("universal", "tiny", **{"data.train_mix": "random"}))
+    proc = run_cli("--config=configs/universal.py:tiny", f"--workdir={tmp_path}",
+                   "--config.data.tasks.derain.eval.rain100l.kind=pairs")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("error:") and "data.tasks.derain.eval.rain100l.kind" in last, last

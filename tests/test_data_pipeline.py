@@ -151,21 +151,26 @@ def _rand_folder(tmp_path, name: str, n: int) -> str:
     return str(tmp_path / name)
 
 
+def _assert_resumes_identically(data, after: int, then: int) -> None:
+    """A fresh iterator given the state after `after` batches yields the next `then` batches of an
+    uninterrupted one."""
+    kw = dict(global_batch_size=4, seed=11, process_index=0, process_count=1)
+    it = build_train_iterator(data, **kw)
+    _take(it, after)
+    state = it.get_state()
+    expected = _take(it, then)
+    fresh = build_train_iterator(data, **kw)
+    fresh.set_state(state)
+    _same(_take(fresh, then), expected)
+    _same(_take(build_train_iterator(data, **kw), after + then)[after:], expected)
+
+
 def test_resume_from_saved_state_continues_identically(tmp_path):
     data = _data({"a": source_spec(kind="clean", dir=_rand_folder(tmp_path, "a", 3),
                                    degradation="motion_blur", motion_length=3),
                   "b": source_spec(kind="clean", dir=_rand_folder(tmp_path, "b", 4),
                                    degradation="inpaint")}, crop_size=8)
-    kw = dict(global_batch_size=4, seed=11, process_index=0, process_count=1)
-    it = build_train_iterator(data, **kw)
-    _take(it, 3)
-    state = it.get_state()
-    expected = _take(it, 3)
-    fresh = build_train_iterator(data, **kw)
-    fresh.set_state(state)
-    _same(_take(fresh, 3), expected)
-    uninterrupted = build_train_iterator(data, **kw)
-    _same(_take(uninterrupted, 6)[3:], expected)
+    _assert_resumes_identically(data, after=3, then=3)
 
 
 def test_resume_through_orbax_composite(tmp_path):
@@ -222,3 +227,60 @@ def test_bad_file_stops_training_or_is_counted_and_skipped(tmp_path, caplog):
     it = build_train_iterator(_data({"c": spec}, crop_size=8, skip_bad_files=True),
                               global_batch_size=2, seed=0, process_index=1, process_count=2)
     assert set(_ids(_take(it, 6))) == {1}  # shard {01, zz_bad}: refills stay inside the shard
+
+
+# ----------------------------------------------------------------------------- several training sources per task
+
+def _level_folder(tmp_path, name: str, levels) -> str:
+    """Clean images of constant gray levels: the level identifies the image (and its source)."""
+    for level in levels:
+        _write(tmp_path / name / f"{level:03d}.png", np.full((20, 24, 3), level, np.uint8))
+    return str(tmp_path / name)
+
+
+def _levels(batches, rows=slice(None)) -> list[int]:
+    return [int(v) for b in batches for v in np.round((b["x0"][rows, 0, 0, 0] + 1) * 127.5)]
+
+
+BIG, SMALL, OTHER = tuple(range(20, 140, 20)), (200, 240), (248, 252)  # 6, 2 and 2 images
+
+
+def _two_sources(tmp_path, **kw) -> ml_collections.ConfigDict:
+    """Task 'mixed' (id 0) trains on named sources big (6 images) and small (2); task 'other' (id 1) on one
+    source (2)."""
+    def clean(name, levels):
+        return source_spec(kind="clean", dir=_level_folder(tmp_path, name, levels), degradation="lowlight")
+    return _data({"mixed": {"big": clean("big", BIG), "small": clean("small", SMALL)},
+                  "other": clean("other", OTHER)}, crop_size=8, flip="none", **kw)
+
+
+@pytest.mark.parametrize("mix, small_share", [("size", 2 / 8), ("equal", 1 / 2)])
+def test_training_sources_of_a_task_mix_by_size_or_equally(tmp_path, mix, small_share):
+    data = _two_sources(tmp_path, train_mix=mix)
+    kw = dict(global_batch_size=4, seed=7, process_index=0, process_count=1)
+    batches = _take(build_train_iterator(data, **kw), 100)
+    assert all(b["task"].tolist() == [0, 0, 1, 1] for b in batches)  # tasks still weigh equally
+    levels = _levels(batches, slice(0, 2))  # the 200 examples of task 'mixed'
+    assert set(levels) == set(BIG) | set(SMALL)  # both sources, every image
+    assert abs(np.mean([lv in SMALL for lv in levels]) - small_share) < 0.03
+    assert set(_levels(batches, slice(2, 4))) == set(OTHER)
+    assert _levels(_take(build_train_iterator(data, **kw), 100), slice(0, 2)) == levels  # deterministic
+    assert _levels(_take(build_train_iterator(data, **{**kw, "seed": 8}), 100), slice(0, 2)) != levels
+    with pytest.raises(ConfigError, match=r"^data\.train_mix='random' is not one of size, equal$"):
+        build_train_iterator(_two_sources(tmp_path, train_mix="random"), **kw)
+
+
+def test_several_sources_shard_disjointly_and_resume_exactly(tmp_path):
+    data = _two_sources(tmp_path)
+    seen = []
+    for p in range(2):
+        it = build_train_iterator(data, global_batch_size=4, seed=5, process_index=p, process_count=2)
+        seen.append(set(_levels(_take(it, 30), slice(0, 1))))
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(BIG) | set(SMALL)
+    data = _data({"a": {"one": source_spec(kind="clean", dir=_rand_folder(tmp_path, "a1", 3),
+                                           degradation="motion_blur", motion_length=3),
+                        "two": source_spec(kind="clean", dir=_rand_folder(tmp_path, "a2", 2),
+                                           degradation="inpaint")},
+                  "b": source_spec(kind="clean", dir=_rand_folder(tmp_path, "b", 4), degradation="noise")},
+                 crop_size=8)
+    _assert_resumes_identically(data, after=3, then=4)

@@ -47,10 +47,10 @@ def _paired(lq, gt, **kw):
 def test_paired_folders_line_up_by_content(tmp_path):
     lq, gt = _paired_dirs(tmp_path)
     src = build_eval_sources(_data(_paired(lq, gt)))["t"]
-    assert src.names == ["a/x1", "b", "c/d/e"] and len(src) == 3
+    assert src.source.names == ["a/x1", "b", "c/d/e"] and len(src) == 3
     for i in range(3):
         ex = src[i]
-        assert ex["task"] == "t" and ex["name"] == src.names[i]
+        assert ex["task_name"] == "t" and ex["name"] == src.source.names[i]
         np.testing.assert_allclose(ex["x0"], _img(i, 10 + i, 14 + 2 * i) / 127.5 - 1, atol=1e-6)
         np.testing.assert_allclose(ex["mu"], -ex["x0"], atol=1e-6)  # μ = f(x0) pixel by pixel
 
@@ -61,7 +61,7 @@ def test_paired_strip_matches_prefixed_names(tmp_path):
         _write(tmp_path / "lq" / f"rain-{i}.png", 255 - _img(i))
     src = build_eval_sources(_data(_paired(str(tmp_path / "lq"), str(tmp_path / "gt"),
                                            lq_strip="rain-", gt_strip="norain-")))["t"]
-    assert src.names == ["1", "2"]
+    assert src.source.names == ["1", "2"]
     np.testing.assert_allclose(src[1]["mu"], -src[1]["x0"], atol=1e-6)
 
 
@@ -74,7 +74,7 @@ def test_unpaired_file_fails_at_build_or_is_skipped(tmp_path, caplog, extra, wha
         build_eval_sources(_data(_paired(lq, gt)))
     with caplog.at_level(logging.WARNING):
         src = build_eval_sources(_data(_paired(lq, gt), skip_bad_files=True))["t"]
-    assert src.names == ["a/x1", "b", "c/d/e"] and "zz" in caplog.text
+    assert src.source.names == ["a/x1", "b", "c/d/e"] and "zz" in caplog.text
 
 
 def test_pair_size_mismatch_build_time_read_time_and_skip(tmp_path):
@@ -87,7 +87,7 @@ def test_pair_size_mismatch_build_time_read_time_and_skip(tmp_path):
     with pytest.raises(DataError, match=r"size mismatch.*b\.bmp"):
         src[1]  # no header check: caught when read, never a wrong pair
     src = build_eval_sources(_data(_paired(lq, gt), skip_bad_files=True))["t"]
-    assert src.names == ["a/x1", "c/d/e"] and src.source.num_skipped == 1
+    assert src.source.names == ["a/x1", "c/d/e"] and src.source.num_skipped == 1
 
 
 def test_empty_and_missing_folders_fail_at_build(tmp_path):
@@ -124,7 +124,7 @@ def test_truncated_file_found_when_read_or_dropped_by_eval_verify(tmp_path, capl
         src[1]
     with caplog.at_level(logging.WARNING):  # skip_bad_files: eval sources are decoded at build
         src = build_eval_sources(_data(_paired(lq, gt), skip_bad_files=True))["t"]
-    assert src.names == ["a"] and "skipped 1 bad file" in caplog.text
+    assert src.source.names == ["a"] and "skipped 1 bad file" in caplog.text
 
 
 def test_ambiguous_stems_fail(tmp_path):
@@ -163,7 +163,7 @@ def test_builtin_split_is_fixed_disjoint_and_ships_with_packages():
 def test_builtin_eval_size_keeps_eval_cheap():
     spec = source_spec(kind="builtin", split="val", degradation="noise", eval_size=64)
     src = build_eval_sources(_data(spec))["t"]
-    assert src.names == ["chelsea", "flower", "rocket"]
+    assert src.source.names == ["chelsea", "flower", "rocket"]
     ex = src[0]
     assert max(ex["x0"].shape[:2]) == 64 and ex["x0"].shape == ex["mu"].shape == (43, 64, 3)
     assert ex["x0"].min() >= -1 and ex["x0"].max() <= 1
@@ -202,3 +202,47 @@ def test_task_names_sorted():
     cfg = ml_collections.ConfigDict(dict(tasks=ml_collections.ConfigDict(dict(
         zeta=task_spec(source_spec(), source_spec()), alpha=task_spec(source_spec(), source_spec())))))
     assert task_names(cfg) == ["alpha", "zeta"]
+
+
+# ----------------------------------------------------------------------------- named sources (several per task)
+
+def test_named_test_sets_are_built_one_by_one_and_labelled(tmp_path):
+    lq, gt = _paired_dirs(tmp_path)
+    val = source_spec(kind="builtin", split="val", degradation="noise")
+    sources = build_eval_sources(_data(ml_collections.ConfigDict({"real": _paired(lq, gt), "photos": val})),
+                                 max_images=2)
+    assert list(sources) == ["t/photos", "t/real"]  # <task>/<set>, sets sorted
+    real = sources["t/real"]
+    assert (real.task, real.test_set, real.label, real.source.names) == ("t", "real", "t/real", ["a/x1", "b"])
+    assert real[0]["task_name"] == "t" and len(sources["t/photos"]) == 2  # max_images holds per set
+    np.testing.assert_allclose(real[1]["mu"], -real[1]["x0"], atol=1e-6)
+    single = build_eval_sources(_data(val))["t"]  # one eval source: a set named after its task
+    assert (single.task, single.test_set, single.label) == ("t", "t", "t")
+
+
+def test_named_source_errors_name_the_full_key(tmp_path):
+    from rdbm_jax.data.spec import validate_tasks
+    lq, gt = _paired_dirs(tmp_path)
+    good = _paired(lq, gt)
+    cases = [
+        (dict(rain100l=source_spec(kind="pairs")), r"^data\.tasks\.t\.eval\.rain100l\.kind: must be one of"),
+        (dict(rain100l=ml_collections.ConfigDict(dict(kind="paired", lq_dri=lq, gt_dir=gt))),
+         r"^data\.tasks\.t\.eval\.rain100l\.lq_dri: unknown data-source key"),
+        (dict(rain100h=good, rain100l=_paired("", gt)), r"^data\.tasks\.t\.eval\.rain100l\.lq_dir: a paired"),
+        ({"rain 100": good}, r"^data\.tasks\.t\.eval\.rain 100: a source name may hold only"),
+    ]
+    for sets, key in cases:
+        data = _data(ml_collections.ConfigDict(sets), train_src=good)
+        for check in (validate_tasks, build_eval_sources):
+            with pytest.raises(ConfigError, match=key) as e:
+                check(data)
+            assert "\n" not in str(e.value)
+    mixed = ml_collections.ConfigDict(dict(kind="paired", lq_dir=lq, gt_dir=gt, extra=dict(kind="builtin")))
+    with pytest.raises(ConfigError, match=r"^data\.tasks\.t\.eval\.extra: unknown data-source key"):
+        validate_tasks(_data(mixed, train_src=good))  # a named set beside source keys: one spec, a bad key
+    missing = ml_collections.ConfigDict(dict(rain100l=_paired(str(tmp_path / "nope"), gt)))
+    with pytest.raises(DataError, match=r"nope \(data\.tasks\.t\.eval\.rain100l\.lq_dir\)"):
+        build_eval_sources(_data(missing, train_src=good))
+    bad_train = _data(good, train_src=ml_collections.ConfigDict(dict(rain13k=_paired(lq, gt, eval_fit="zoom"))))
+    with pytest.raises(ConfigError, match=r"^data\.tasks\.t\.train\.rain13k\.eval_fit: must be one of"):
+        validate_tasks(bad_train)

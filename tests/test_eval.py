@@ -98,3 +98,47 @@ def test_sweep_writes_csv_and_plot(trained_workdir):
     assert Image.open(os.path.join(out, "results.png")).size[0] > 100
     with pytest.raises(ConfigError, match="sweep.nfe"):
         sweep.run_sweep(config(**{"sweep.nfe": "500"}), trained_workdir)
+
+
+def _named_sets_config(**overrides):
+    """configs/demo.py:tiny with two named test sets in task 'main' and a second task 'other' with one."""
+    import ml_collections
+    from rdbm_jax.data import source_spec, task_spec
+    cfg = config(**{"eval.max_images": 0, **overrides})
+    kw = dict(kind="builtin", degradation="inpaint", mask_min_ratio=0.1, mask_max_ratio=0.3, eval_size=32,
+              eval_fit="crop")
+    cfg.data.tasks.main.eval = ml_collections.ConfigDict(dict(photos=source_spec(split="val", **kw),
+                                                              astronaut=source_spec(split="tune", **kw)))
+    cfg.data.tasks.other = task_spec(train=source_spec(**kw), eval=source_spec(split="val", seed=1, **kw))
+    return cfg
+
+
+def test_eval_reports_each_test_set_then_its_task_then_overall(trained_workdir):
+    per_task = evaluate.run_eval(_named_sets_config(), trained_workdir)
+    assert list(per_task) == ["main/astronaut", "main/photos", "main", "other", "overall"]
+    a, p, main, other = (per_task[k] for k in ("main/astronaut", "main/photos", "main", "other"))
+    assert (a["num_images"], p["num_images"], main["num_images"], main["num_test_sets"]) == (1, 3, 4, 2)
+    assert "num_test_sets" not in other and set(other) == set(p)  # a one-source task: today's entry
+    for key in ("psnr", "ssim", "psnr_baseline", "psnr_input", "psnr_masked_baseline", "ssim_input"):
+        assert main[key] == pytest.approx((a[key] + p[key]) / 2)  # a task: the mean over its test sets
+        assert per_task["overall"][key] == pytest.approx((main[key] + other[key]) / 2)  # mean over tasks
+    assert main["psnr"] != pytest.approx((a["psnr"] + 3 * p["psnr"]) / 4)  # not the mean over images
+    assert a["psnr_input"] != pytest.approx(p["psnr_input"])  # input scores per test set
+    out = os.path.join(trained_workdir, "eval")
+    report = json.load(open(os.path.join(out, "metrics.json")))
+    assert set(report["tasks"]) == {"main", "other"} and report["tasks"]["main"]["num_test_sets"] == 2
+    assert {t: set(s) for t, s in report["test_sets"].items()} == {"main": {"astronaut", "photos"}}
+    assert report["test_sets"]["main"]["photos"]["psnr_baseline"] == pytest.approx(p["psnr_baseline"])
+    assert report["overall"]["num_images"] == 7 and "test sets" in report["protocol"]["task"]
+    rows = list(csv.DictReader(open(os.path.join(out, "per_image.csv"))))
+    assert list(rows[0])[:3] == ["task", "test_set", "name"]
+    assert [(r["task"], r["test_set"], r["name"]) for r in rows] == [
+        ("main", "astronaut", "astronaut"), ("main", "photos", "chelsea"), ("main", "photos", "flower"),
+        ("main", "photos", "rocket"), ("other", "", "chelsea"), ("other", "", "flower"), ("other", "", "rocket")]
+    assert np.mean([float(r["psnr"]) for r in rows if r["test_set"] == "photos"]) == pytest.approx(p["psnr"])
+    for name in ("grid_main.astronaut.png", "grid_main.photos.png", "grid_other.png"):
+        assert os.path.isfile(os.path.join(out, name))
+    table = evaluate.comparison_table(per_task)
+    assert "main/photos (3 images; baseline: biharmonic" in table and "main [mean over 2 test sets] (4 images" in table
+    rows = sweep.run_sweep(_named_sets_config(**{"sweep.nfe": "1", "sweep.eta": "0"}), trained_workdir)
+    assert {"main/astronaut/psnr", "main/photos/ssim", "main/psnr", "other/psnr", "psnr_baseline"} <= set(rows[0])

@@ -36,7 +36,7 @@ def probe(n_devices: int) -> dict:
     apply = lambda p, x, m, t: jax.numpy.tanh(m * p + x * 0.1)
     images = [rng.uniform(-1, 1, (24, 40, 3)).astype(np.float32) for _ in range(3)]
     images.append(rng.uniform(-1, 1, (16, 16, 3)).astype(np.float32))
-    source = [{"x0": img * 0.9, "mu": img, "name": f"im{i}", "task": "t"} for i, img in enumerate(images)]
+    source = [{"x0": img * 0.9, "mu": img, "name": f"im{i}", "task_name": "t"} for i, img in enumerate(images)]
     cfg.sample.batch_size = 3
     restorer = Sampler(apply, sde.make_schedule(100), num_steps=4, multiple=8, mesh=mesh, eta=1.0)
     rows, _, _ = evaluate.score_sources(restorer, 1.5, {"t": source}, cfg, jax.random.PRNGKey(0))

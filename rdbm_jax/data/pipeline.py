@@ -1,4 +1,5 @@
-"""Training iterator (grain; shuffled, repeated, sharded, task-balanced) and evaluation sources."""
+"""Training iterator (grain; shuffled, repeated, sharded, task-balanced; a task's named training sources mixed
+per data.train_mix) and evaluation sources (one per test set)."""
 from __future__ import annotations
 
 import logging
@@ -11,76 +12,26 @@ import numpy as np
 from rdbm_jax.data.degradations import Degrader
 from rdbm_jax.data.image_io import center_crop, fit_size, resize_float, to_model_range
 from rdbm_jax.data.sources import ImageSource, build_source
-from rdbm_jax.data.spec import BUILTIN_SPLITS, DEGRADATIONS, EVAL_FITS, FLIPS, SOURCE_KINDS, source_spec
+from rdbm_jax.data.spec import (FLIPS, FOLDER_KEYS, SYNTHETIC_KINDS, TRAIN_MIXES, NamedSource, named_sources,
+                                resolve, task_names)
 from rdbm_jax.errors import ConfigError, DataError
 
-_SYNTHETIC_KINDS = ("builtin", "clean")
 _MAX_RETRIES = 16
 
 
-def task_names(data_cfg: ml_collections.ConfigDict) -> list[str]:
-    """Task names in sorted order; a task's int id is its index here."""
-    names = sorted(data_cfg.tasks.keys())
-    if not names:
-        raise ConfigError("data.tasks: no task configured")
-    return names
-
-
-def _validate_source(spec: ml_collections.ConfigDict, key: str) -> None:
-    """ConfigError naming the key of the first bad value of one source config."""
-    def need(cond: bool, sub: str, msg: str) -> None:
-        if not cond:
-            raise ConfigError(f"{key}.{sub}: {msg} (got {spec[sub]!r})")
-    need(spec.kind in SOURCE_KINDS, "kind", f"must be one of {SOURCE_KINDS}")
-    need(spec.degradation in DEGRADATIONS, "degradation", f"must be one of {DEGRADATIONS}")
-    if spec.kind in _SYNTHETIC_KINDS:
-        need(spec.degradation != "none", "degradation",
-             f"kind {spec.kind!r} has only clean images: pick one of {DEGRADATIONS[1:]}")
-    else:
-        need(spec.degradation == "none", "degradation",
-             f"kind {spec.kind!r} already has degraded images: use 'none'")
-    if spec.kind == "builtin":
-        need(spec.split in BUILTIN_SPLITS, "split", f"must be one of {BUILTIN_SPLITS}")
-    if spec.kind == "paired":
-        need(bool(spec.lq_dir), "lq_dir", "a paired source needs lq_dir")
-        need(bool(spec.gt_dir), "gt_dir", "a paired source needs gt_dir")
-    if spec.kind in ("clean", "side_by_side"):
-        need(bool(spec.dir), "dir", f"a {spec.kind} source needs dir")
-    if spec.kind == "side_by_side":
-        need(spec.condition in ("left", "right"), "condition", "must be left or right")
-    need(int(spec.max_images) >= 0, "max_images", "must be >= 0")
-    need(int(spec.eval_size) >= 0, "eval_size", "must be >= 0")
-    need(spec.eval_fit in EVAL_FITS, "eval_fit", f"must be one of {EVAL_FITS}")
-
-
-def _source(data_cfg, name: str, which: str, *, verify: bool = False,
-            max_images: int = 0) -> tuple[ImageSource, Degrader | None, ml_collections.ConfigDict, str]:
-    """Build (source, degrader or None, spec, key) of `data.tasks.<name>.<which>`."""
-    key = f"data.tasks.{name}.{which}"
-    task = data_cfg.tasks[name]
-    if which not in task:
-        raise ConfigError(f"{key}: missing (each task needs a train and an eval source)")
-    spec = source_spec()  # every key present, whatever the config file spelled out
-    for k, v in task[which].to_dict().items():
-        if k not in spec:
-            raise ConfigError(f"{key}.{k}: unknown data-source key; known: {sorted(spec.keys())}")
-        try:
-            spec[k] = v
-        except TypeError as e:
-            raise ConfigError(f"{key}.{k}: {e}") from None
-    _validate_source(spec, key)
+def _build(data_cfg: ml_collections.ConfigDict, src: NamedSource, *, verify: bool = False,
+           max_images: int = 0) -> tuple[ImageSource, Degrader | None, ml_collections.ConfigDict]:
+    """(source, degrader or None, resolved spec) of one named source of a task."""
+    spec = resolve(src.cfg, src.key)
     root = data_cfg.get("root", "")
     for folder in FOLDER_KEYS:  # relative folders are taken relative to data.root
         if root and spec[folder] and not os.path.isabs(spec[folder]) and "://" not in spec[folder]:
             spec[folder] = os.path.join(root, spec[folder])
     if max_images:
         spec.max_images = min(int(spec.max_images) or max_images, max_images)
-    degrader = Degrader(spec, key) if spec.kind in _SYNTHETIC_KINDS else None
-    source = build_source(spec, key, skip_bad_files=bool(data_cfg.skip_bad_files), verify=verify)
-    return source, degrader, spec, key
-
-
-FOLDER_KEYS = ("lq_dir", "gt_dir", "dir", "mask_dir")
+    degrader = Degrader(spec, src.key) if spec.kind in SYNTHETIC_KINDS else None
+    source = build_source(spec, src.key, skip_bad_files=bool(data_cfg.skip_bad_files), verify=verify)
+    return source, degrader, spec
 
 
 def _seed32(*parts: int) -> int:
@@ -152,13 +103,40 @@ def concat_batches(batches) -> dict[str, np.ndarray]:
     return {k: np.concatenate([b[k] for b in batches], axis=0) for k in batches[0]}
 
 
+def _task_stream(data_cfg: ml_collections.ConfigDict, task_id: int, name: str, *, seed: int, mix: str,
+                 shard: tuple[int, int]) -> grain.MapDataset:
+    """The endless examples of one task: each training source shuffled per epoch and this process's
+    shard only; several sources interleaved in proportion to their sizes (mix "size") or equally."""
+    process_index, process_count = shard
+    sources = named_sources(data_cfg, name, "train")
+    streams, sizes = [], []
+    for j, src in enumerate(sources):
+        source, degrader, _ = _build(data_cfg, src)
+        if len(source) < process_count:
+            raise DataError(f"{src.key}: {len(source)} image(s) cannot be sharded over {process_count} "
+                            f"processes (each needs at least one)")
+        fn = TrainExample(source, degrader, task_id, int(data_cfg.crop_size), data_cfg.flip,
+                          bool(data_cfg.skip_bad_files), src.key, shard=shard)
+        # One source keeps the seeds of one-source tasks; several draw their own from (task, source).
+        ids = (task_id,) if len(sources) == 1 else (task_id, j, 3)
+        streams.append(grain.MapDataset.range(len(source))[process_index::process_count]
+                       .shuffle(seed=_seed32(seed, *ids, 1))
+                       .repeat()
+                       .random_map(fn, seed=_seed32(seed, *ids, process_index, 2)))
+        sizes.append(len(source))
+    if len(streams) == 1:
+        return streams[0]
+    # Deterministic weighted interleaving (grain): exact proportions, resumable from the index alone.
+    return grain.MapDataset.mix(streams, sizes if mix == "size" else None)
+
+
 def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
                          process_index: int | None = None,
                          process_count: int | None = None) -> grain.DatasetIterator:
     """Checkpointable iterator of per-process batches {x0, mu: f32 [B, crop, crop, 3], mask: f32 [B, crop,
     crop, 1] (1 where μ may differ from x0: inpainting holes, else everywhere), task: i32 [B]}."""
     # B = global_batch_size // process_count, split equally over the tasks (task-major order);
-    # this process reads the files process_index::process_count of every task's training source.
+    # this process reads the files process_index::process_count of every task's training source(s).
     if process_index is None or process_count is None:
         import jax  # only for the defaults
         process_index = jax.process_index() if process_index is None else process_index
@@ -181,21 +159,12 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
         raise ConfigError(f"data.flip={data_cfg.flip!r} is not one of {', '.join(FLIPS)}")
     if int(data_cfg.num_workers) < 0 or int(data_cfg.prefetch_buffer) < 0:
         raise ConfigError("data.num_workers / data.prefetch_buffer: must be >= 0")
-    skip = bool(data_cfg.skip_bad_files)
-    per_task_ds = []
-    for task_id, name in enumerate(names):
-        source, degrader, _, key = _source(data_cfg, name, "train")
-        if len(source) < process_count:
-            raise DataError(f"{key}: {len(source)} image(s) cannot be sharded over {process_count} "
-                            f"processes (each needs at least one)")
-        fn = TrainExample(source, degrader, task_id, crop, data_cfg.flip, skip, key,
-                          shard=(process_index, process_count))
-        ds = (grain.MapDataset.range(len(source))[process_index::process_count]
-              .shuffle(seed=_seed32(seed, task_id, 1))
-              .repeat()
-              .random_map(fn, seed=_seed32(seed, task_id, process_index, 2))
-              .batch(per_task, drop_remainder=True))
-        per_task_ds.append(ds)
+    mix = data_cfg.get("train_mix", TRAIN_MIXES[0])
+    if mix not in TRAIN_MIXES:
+        raise ConfigError(f"data.train_mix={mix!r} is not one of {', '.join(TRAIN_MIXES)}")
+    per_task_ds = [_task_stream(data_cfg, task_id, name, seed=seed, mix=mix,
+                                shard=(process_index, process_count)).batch(per_task, drop_remainder=True)
+                   for task_id, name in enumerate(names)]
     if len(per_task_ds) == 1:
         ds = per_task_ds[0]
     else:  # equal weights: round-robin over tasks, then one sub-batch of each task per batch
@@ -214,21 +183,19 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
 
 
 class EvalSource:
-    """Random-access evaluation examples of one task: {x0, mu: f32 [H, W, 3] in [−1, 1], mask: f32 [H, W, 1],
-    name, task}; `degradation` names the synthetic degradation ("none" for real pairs), `spec` its parameters."""
+    """Random-access evaluation examples of one test set: {x0, mu: f32 [H, W, 3] in [−1, 1], mask: f32
+    [H, W, 1], name, task_name} (training batches carry the int `task` id instead); `degradation` names the synthetic degradation ("none" for real pairs), `spec` its
+    parameters; `test_set` is the set's name (the task's for a single eval source), `label` its report name."""
 
     def __init__(self, task: str, source: ImageSource, degrader: Degrader | None,
-                 spec: ml_collections.ConfigDict):
+                 spec: ml_collections.ConfigDict, test_set: str | None = None, label: str | None = None):
         self.task, self.source, self.degrader, self.spec = task, source, degrader, spec
+        self.test_set, self.label = test_set or task, label or task
         self.degradation = spec.degradation if degrader is not None else "none"
         self.seed, self.size, self.fit = int(spec.seed), int(spec.eval_size), spec.eval_fit
 
     def __len__(self) -> int:
         return len(self.source)
-
-    @property
-    def names(self) -> list[str]:
-        return self.source.names
 
     def _fit(self, img: np.ndarray) -> np.ndarray:
         if self.fit == "crop":
@@ -238,7 +205,7 @@ class EvalSource:
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
-            raise IndexError(f"{self.task}: index {index} out of range [0, {len(self)})")
+            raise IndexError(f"{self.label}: index {index} out of range [0, {len(self)})")
         item = self.source.read(index)
         x0 = self._fit(item.x0)
         if item.mu is not None:
@@ -247,8 +214,7 @@ class EvalSource:
             mu, mask = self.degrader.degrade(x0, np.random.default_rng([self.seed % 2**32, index]),
                                              index=index)
         return {"x0": to_model_range(x0), "mu": to_model_range(mu), "mask": mask_array(mask),
-                "name": item.name, "task": self.task}
-
+                "name": item.name, "task_name": self.task}
 
     def known_parameters(self, index: int) -> dict:
         """The synthetic degradation's known parameters of example `index` (for classical baselines)."""
@@ -260,10 +226,11 @@ class EvalSource:
 
 def build_eval_sources(data_cfg: ml_collections.ConfigDict, *,
                        max_images: int = 0) -> dict[str, EvalSource]:
-    """task name → EvalSource (sorted tasks, sorted images; the first `max_images` if > 0)."""
+    """Report label → EvalSource of every test set: `<task>/<name>` for named eval sources, the task alone
+    for a single one (sorted tasks, sorted sets, sorted images; the first `max_images` of each set if > 0)."""
     out = {}
-    for name in task_names(data_cfg):
-        source, degrader, spec, _ = _source(data_cfg, name, "eval", verify=True,
-                                            max_images=int(max_images))
-        out[name] = EvalSource(name, source, degrader, spec)
+    for task in task_names(data_cfg):
+        for src in named_sources(data_cfg, task, "eval"):
+            source, degrader, spec = _build(data_cfg, src, verify=True, max_images=int(max_images))
+            out[src.label] = EvalSource(task, source, degrader, spec, src.name, src.label)
     return out

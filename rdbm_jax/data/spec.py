@@ -1,5 +1,14 @@
-"""The config schema of one data source (`data.tasks.<name>.train|eval`)."""
+"""The config schema of the data sources: `data.tasks.<task>.train|eval`, each one source spec or a
+ConfigDict of named source specs (name → spec).
+
+One spec is one source named after its task (reports keep the task's name alone); named specs are
+several training sources (mixed per `data.train_mix`) or several test sets (scored one by one, and
+reported as `<task>/<name>`).
+"""
 from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple
 
 import ml_collections
 
@@ -9,6 +18,11 @@ SOURCE_KINDS = ("builtin", "paired", "side_by_side", "clean")
 BUILTIN_SPLITS = ("train", "val", "tune_train", "tune")  # rdbm_jax/data/builtin.py
 EVAL_FITS = ("resize", "crop")
 FLIPS = ("none", "horizontal", "both")  # data.flip: training flips (both = horizontal and vertical)
+TRAIN_MIXES = ("size", "equal")  # data.train_mix: a task's training sources in proportion to size, or equally
+SYNTHETIC_KINDS = ("builtin", "clean")  # clean images only: μ comes from a synthetic degradation
+FOLDER_KEYS = ("lq_dir", "gt_dir", "dir", "mask_dir")  # relative folders are taken relative to data.root
+TASK_NODES = ("train", "eval")  # the two nodes of a task
+_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a source name: one key of --config.data.tasks.<task>.<train|eval>.<name>.…
 DEGRADATIONS = ("none", "inpaint", "noise", "gaussian_blur", "motion_blur", "lowlight", "haze",
                 "rain", "jpeg")
 
@@ -50,6 +64,90 @@ def source_spec(**overrides) -> ml_collections.ConfigDict:
     return spec
 
 
-def task_spec(train: ml_collections.ConfigDict, eval: ml_collections.ConfigDict) -> ml_collections.ConfigDict:  # noqa: A002
-    """One task = a training source and an evaluation source."""
+def task_spec(train: Any, eval: Any) -> ml_collections.ConfigDict:  # noqa: A002
+    """One task: `train` and `eval` each one source spec or a dict name → source spec (named sources)."""
     return ml_collections.ConfigDict(dict(train=train, eval=eval))
+
+
+class NamedSource(NamedTuple):
+    """One source of a task: its name, config key, config node and report label."""
+    name: str    # the source's name (a single spec: the task's name)
+    key: str     # config key, e.g. data.tasks.derain.eval.rain100h (a single spec: data.tasks.derain.eval)
+    cfg: Any     # the config node as written (missing keys take their defaults in `resolve`)
+    label: str   # name in reports: <task>/<name>, or the task alone for a single spec
+
+
+def is_named(node: Any) -> bool:
+    """Whether a `train`/`eval` node holds named source specs (every value a dict) rather than one spec."""
+    return len(node) > 0 and all(hasattr(v, "keys") for v in node.values())
+
+
+def task_names(data_cfg: ml_collections.ConfigDict) -> list[str]:
+    """Task names in sorted order; a task's int id is its index here."""
+    names = sorted(data_cfg.tasks.keys())
+    if not names:
+        raise ConfigError("data.tasks: no task configured")
+    return names
+
+
+def named_sources(data_cfg: ml_collections.ConfigDict, task: str, which: str) -> list[NamedSource]:
+    """The sources of `data.tasks.<task>.<which>` (which: train | eval), sorted by name."""
+    key = f"data.tasks.{task}.{which}"
+    if which not in data_cfg.tasks[task]:
+        raise ConfigError(f"{key}: missing (each task needs a train and an eval source)")
+    node = data_cfg.tasks[task][which]
+    if not is_named(node):
+        return [NamedSource(task, key, node, task)]
+    for name in node.keys():
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"{key}.{name}: a source name may hold only letters, digits, _ and -")
+    return [NamedSource(name, f"{key}.{name}", node[name], f"{task}/{name}") for name in sorted(node.keys())]
+
+
+def resolve(node: Any, key: str) -> ml_collections.ConfigDict:
+    """The full source config of one node (missing keys take their defaults), validated; no file is read."""
+    spec = source_spec()  # every key present, whatever the config file spelled out
+    for k, v in node.to_dict().items():
+        if k not in spec:
+            raise ConfigError(f"{key}.{k}: unknown data-source key; known: {sorted(spec.keys())}")
+        try:
+            spec[k] = v
+        except TypeError as e:
+            raise ConfigError(f"{key}.{k}: {e}") from None
+    _validate_source(spec, key)
+    return spec
+
+
+def _validate_source(spec: ml_collections.ConfigDict, key: str) -> None:
+    """ConfigError naming the key of the first bad value of one source config."""
+    def need(cond: bool, sub: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{key}.{sub}: {msg} (got {spec[sub]!r})")
+    need(spec.kind in SOURCE_KINDS, "kind", f"must be one of {SOURCE_KINDS}")
+    need(spec.degradation in DEGRADATIONS, "degradation", f"must be one of {DEGRADATIONS}")
+    if spec.kind in SYNTHETIC_KINDS:
+        need(spec.degradation != "none", "degradation",
+             f"kind {spec.kind!r} has only clean images: pick one of {DEGRADATIONS[1:]}")
+    else:
+        need(spec.degradation == "none", "degradation",
+             f"kind {spec.kind!r} already has degraded images: use 'none'")
+    if spec.kind == "builtin":
+        need(spec.split in BUILTIN_SPLITS, "split", f"must be one of {BUILTIN_SPLITS}")
+    if spec.kind == "paired":
+        need(bool(spec.lq_dir), "lq_dir", "a paired source needs lq_dir")
+        need(bool(spec.gt_dir), "gt_dir", "a paired source needs gt_dir")
+    if spec.kind in ("clean", "side_by_side"):
+        need(bool(spec.dir), "dir", f"a {spec.kind} source needs dir")
+    if spec.kind == "side_by_side":
+        need(spec.condition in ("left", "right"), "condition", "must be left or right")
+    need(int(spec.max_images) >= 0, "max_images", "must be >= 0")
+    need(int(spec.eval_size) >= 0, "eval_size", "must be >= 0")
+    need(spec.eval_fit in EVAL_FITS, "eval_fit", f"must be one of {EVAL_FITS}")
+
+
+def validate_tasks(data_cfg: ml_collections.ConfigDict) -> None:
+    """Resolve every source of every task: a ConfigError names the first bad key (no file is read)."""
+    for task in task_names(data_cfg):
+        for which in TASK_NODES:
+            for src in named_sources(data_cfg, task, which):
+                resolve(src.cfg, src.key)
