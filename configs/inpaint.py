@@ -19,7 +19,7 @@ LPIPS/FID are skipped with a notice when their weight files are not given. SSIM:
 project's Gaussian window (eval.ssim_window), uint8 rounding (eval.quantize).
 
 Recipe: where the paper is silent (β2, clipping, EMA, flips), MiliLab/DGSolver's trainer
-(universal.dgsolver_recipe); batch 16 and 400k steps are this project's choices.
+(configs/common.py dgsolver_recipe); batch 16 and 400k steps are this project's choices.
 """
 import ml_collections
 

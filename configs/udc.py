@@ -12,7 +12,7 @@ Layout under data.root: UDC/<POLED|TOLED>/train/{LQ,GT} and UDC/<POLED|TOLED>/te
 evaluation restores the full 1024×2048 images (set --config.sample.tile_size=512 to bound memory).
 
 Recipe: the defaults of configs/default.py (the paper's universal setting: Adam lr 1e-4, 256²
-crops, cosine θ, λ = 10/255, T = 100) and, where the paper is silent, MiliLab/DGSolver's (universal.dgsolver_recipe: no flips, β2 0.99, clipping 1.0, EMA 0.995 with
+crops, cosine θ, λ = 10/255, T = 100) and, where the paper is silent, MiliLab/DGSolver's (configs/common.py dgsolver_recipe: no flips, β2 0.99, clipping 1.0, EMA 0.995 with
 ema_pytorch's warm-up). Batch 16 and 300k steps are this project's choices (not from the paper).
 Objective: x0 (the released code; the paper's is πε, see configs/universal.py).
 

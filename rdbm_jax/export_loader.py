@@ -49,6 +49,7 @@ class ExportedRestorer:
         key = np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)), np.uint32)
         out = np.clip((self.raw(unit * 2.0 - 1.0, holes[..., None].astype(np.float32), key) + 1.0) / 2.0,
                       0.0, 1.0)
+        # uint8 as rdbm_jax.data.to_uint8 gives it (this file runs with jax + numpy only, no rdbm_jax)
         out = np.rint(out * 255.0).astype(np.uint8) if batch.dtype == np.uint8 else out
         return out[0] if arr.ndim == 3 else out
 
