@@ -54,13 +54,13 @@ def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[int]]:
         yield group
 
 
-def restore_source(restorer: Sampler, params: Any, source: Any, batch_size: int,
+def restore_source(sampler: Sampler, params: Any, source: Any, batch_size: int,
                    rng: jax.Array) -> Iterable[tuple[int, dict, np.ndarray]]:
     """Yield (index, example, restored [H, W, 3] in [-1, 1]) for every example of a source, in order."""
     for b, idx in enumerate(batches_by_shape(source, batch_size)):
         examples = [source[i] for i in idx]
         masks = [e.get("mask") for e in examples]  # sources without masks: inferred where needed
-        out = restorer(params, np.stack([e["mu"] for e in examples]), jax.random.fold_in(rng, b),
+        out = sampler(params, np.stack([e["mu"] for e in examples]), jax.random.fold_in(rng, b),
                        mask=None if any(m is None for m in masks) else np.stack(masks))
         yield from zip(idx, examples, out)
 
@@ -294,7 +294,7 @@ class Perceptual:
         return float(fid.frechet_distance(mu1, s1, mu2, s2))
 
 
-def score_sources(restorer: Sampler, params: Any, sources: dict[str, Any], cfg: ml_collections.ConfigDict,
+def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any], cfg: ml_collections.ConfigDict,
                   rng: jax.Array, perceptual: Perceptual | None = None,
                   on_image: Callable[[str, dict, np.ndarray], None] | None = None,
                   baseline: Baselines | None = None
@@ -305,7 +305,7 @@ def score_sources(restorer: Sampler, params: Any, sources: dict[str, Any], cfg: 
     Every image is scored for the model, the classical baseline (`baseline`, or a fresh `Baselines`)
     and the degraded input alike; grids show μ │ baseline │ restored │ x0.
     """
-    baseline = baseline or Baselines(true_mask=restorer.uses_mask)
+    baseline = baseline or Baselines(true_mask=sampler.uses_mask)
     rows_all: list[dict] = []
     per_set: dict[str, dict[str, float]] = {}
     grids: dict[str, list] = {}
@@ -315,7 +315,7 @@ def score_sources(restorer: Sampler, params: Any, sources: dict[str, Any], cfg: 
         ids = {"task": task_of(label)}
         if is_test_set(label):
             ids["test_set"] = label.split("/", 1)[1]
-        for index, ex, out in restore_source(restorer, params, source, cfg.sample.batch_size, rng):
+        for index, ex, out in restore_source(sampler, params, source, cfg.sample.batch_size, rng):
             base = baseline(label, source, index, ex)
             mask = ex.get("mask")
             r = {**ids, "name": ex["name"], **score_pair(out, ex["x0"], cfg.eval, mask),
@@ -346,12 +346,12 @@ class Validator:
 
     def __init__(self, cfg: ml_collections.ConfigDict, mesh: Any, sources: dict[str, Any]):
         self.cfg, self.sources = cfg, sources
-        self.restorer = program.sampler(cfg, mesh)
-        self.baseline = Baselines(true_mask=self.restorer.uses_mask)  # computed at the first call only
+        self.sampler = program.sampler(cfg, mesh)
+        self.baseline = Baselines(true_mask=self.sampler.uses_mask)  # computed at the first call only
         log.info("validation protocol (val/* scores): %s", json.dumps(protocol(cfg)))
 
     def __call__(self, params: Any, step: int) -> tuple[dict[str, float], np.ndarray]:
-        _, per_task, grids = score_sources(self.restorer, params, self.sources, self.cfg,
+        _, per_task, grids = score_sources(self.sampler, params, self.sources, self.cfg,
                                            jax.random.PRNGKey(self.cfg.seed + 2), baseline=self.baseline)
         scores = {f"val/{k}": v for k, v in per_task["overall"].items() if k in SCORES}
         if len(self.sources) > 1:  # val/<task>/… and val/<task>/<set>/…
@@ -402,9 +402,9 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = distributed.make_mesh()
     params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
-    restorer = program.sampler(cfg, mesh)
+    sampler = program.sampler(cfg, mesh)
     with progress.bar(sum(len(s) for s in sources.values()), "eval") as pbar:
-        rows, per_task, grids = score_sources(restorer, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
+        rows, per_task, grids = score_sources(sampler, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
                                               Perceptual(cfg.eval), on_image=lambda *_: pbar.update(1))
     out_dir = os.path.join(workdir, "eval")
     if distributed.is_main_process():

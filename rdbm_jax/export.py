@@ -40,26 +40,26 @@ def reflect_pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
     return jnp.take(jnp.take(x, index(x.shape[1]), axis=1), index(x.shape[2]), axis=2)
 
 
-def restoration_fn(restorer: Sampler, params: Any) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+def restoration_fn(sampler: Sampler, params: Any) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
     """(μ [B, H, W, 3] in [-1, 1], mask [B, H, W, 1] (1 = degraded; read by mask-conditioned models only),
-    key uint32 [2]) → x̂0, with the restorer's settings and `params` baked in."""
-    if restorer.tile_size:
-        raise ConfigError(f"sample.tile_size={restorer.tile_size}: tiles depend on the image size, so "
+    key uint32 [2]) → x̂0, with the sampler's settings and `params` baked in."""
+    if sampler.tile_size:
+        raise ConfigError(f"sample.tile_size={sampler.tile_size}: tiles depend on the image size, so "
                           "--mode=export writes untiled restorers (set --config.sample.tile_size=0)")
 
     def restore(mu, mask, key):
         h, w = mu.shape[1], mu.shape[2]
-        pad = lambda x: reflect_pad_to_multiple(x, restorer.multiple)
-        return restorer.sample_padded(params, pad(mu), pad(mask), key)[:, :h, :w]
+        pad = lambda x: reflect_pad_to_multiple(x, sampler.multiple)
+        return sampler.sample_padded(params, pad(mu), pad(mask), key)[:, :h, :w]
 
     return restore
 
 
-def export_restorer(restorer: Sampler, params: Any, platforms: tuple[str, ...] = PLATFORMS) -> export.Exported:
+def export_restorer(sampler: Sampler, params: Any, platforms: tuple[str, ...] = PLATFORMS) -> export.Exported:
     """jax.export of `restoration_fn` for μ of shape (b, h, w, 3), h, w >= MIN_SIDE, on `platforms`."""
     host_params = jax.tree_util.tree_map(distributed.to_host, params)  # constants of the artifact
     b, h, w, _ = export.symbolic_shape("b, h, w, 3", constraints=(f"h >= {MIN_SIDE}", f"w >= {MIN_SIDE}"))
-    return export.export(jax.jit(restoration_fn(restorer, host_params)), platforms=platforms)(
+    return export.export(jax.jit(restoration_fn(sampler, host_params)), platforms=platforms)(
         jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32),
         jax.ShapeDtypeStruct((2,), jnp.uint32))
 
@@ -69,8 +69,8 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     config_lib.validate(cfg)
     mesh = distributed.make_mesh()
     params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
-    restorer = program.sampler(cfg, mesh)
-    exported = export_restorer(restorer, params)
+    sampler = program.sampler(cfg, mesh)
+    exported = export_restorer(sampler, params)
     out_dir = os.path.join(workdir, "export")
     path = os.path.join(out_dir, ARTIFACT)
     if distributed.is_main_process():
@@ -80,20 +80,20 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
         with open(tmp, "wb") as f:
             f.write(blob)
         os.replace(tmp, path)  # never a half-written artifact
-        info = {"step": step, "use_ema": cfg.sample.use_ema, "num_steps": restorer.num_steps,
-                "eta": restorer.eta, "clip": restorer.clip, "bridge": cfg.bridge.to_dict(),
+        info = {"step": step, "use_ema": cfg.sample.use_ema, "num_steps": sampler.num_steps,
+                "eta": sampler.eta, "clip": sampler.clip, "bridge": cfg.bridge.to_dict(),
                 "model": cfg.model.to_dict(), "platforms": list(exported.platforms),
                 "input": "float32 [B, H, W, 3] in [-1, 1], H, W >= 8 (padded inside to multiples of "
-                         f"{restorer.multiple} by reflection), the float32 [B, H, W, 1] degradation mask "
+                         f"{sampler.multiple} by reflection), the float32 [B, H, W, 1] degradation mask "
                          "(1 = degraded; read only by mask-conditioned models) and a uint32 [2] PRNG key",
-                "condition": restorer.condition,
+                "condition": sampler.condition,
                 "output": "float32 [B, H, W, 3] in [-1, 1]", "jax_version": jax.__version__}
         with open(os.path.join(out_dir, "restorer.json"), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2)
         shutil.copyfile(os.path.join(os.path.dirname(__file__), "export_loader.py"),
                         os.path.join(out_dir, "export_loader.py"))
         log.info("exported step %d (%s parameters, %d steps, η=%g) for %s: %s (%.1f MB)", step,
-                 "EMA" if cfg.sample.use_ema else "raw", restorer.num_steps, restorer.eta,
+                 "EMA" if cfg.sample.use_ema else "raw", sampler.num_steps, sampler.eta,
                  ", ".join(exported.platforms), path, len(blob) / 1e6)
     return path
 

@@ -72,7 +72,7 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  skipped, len(paths), s.output_dir)
     mesh = distributed.make_mesh()
     params = program.load_trained(cfg, workdir, mesh, s.checkpoint).params
-    restorer = program.sampler(cfg, mesh)
+    sampler = program.sampler(cfg, mesh)
     rng = jax.random.PRNGKey(cfg.seed)
     failed: list[str] = []
     written = saved = 0  # restored images / files written (by process 0)
@@ -84,8 +84,8 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if not pending:
             return
         masks = np.stack([_input_mask(s.mask_dir, s.input_dir, path, img) for path, img in pending]) \
-            if restorer.uses_mask else None
-        out = restorer(params, np.stack([img for _, img in pending]), jax.random.fold_in(rng, written),
+            if sampler.uses_mask else None
+        out = sampler(params, np.stack([img for _, img in pending]), jax.random.fold_in(rng, written),
                        mask=masks)
         for (path, _), img in zip(pending, out):
             if distributed.is_main_process():

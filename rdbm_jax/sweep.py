@@ -77,9 +77,9 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
     baseline = None  # the classical baseline does not depend on the setting: computed once
     for eta in etas:
         for nfe in nfes:
-            restorer = program.sampler(cfg, mesh, num_steps=nfe, eta=eta)
-            baseline = baseline or Baselines(true_mask=restorer.uses_mask)
-            _, per_task, _ = score_sources(restorer, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
+            sampler = program.sampler(cfg, mesh, num_steps=nfe, eta=eta)
+            baseline = baseline or Baselines(true_mask=sampler.uses_mask)
+            _, per_task, _ = score_sources(sampler, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
                                            baseline=baseline)
             row = {"step": step, "nfe": nfe, "eta": eta}
             row.update({k: v for k, v in per_task["overall"].items() if k in SCORES})
