@@ -90,16 +90,24 @@ def make_config(pi: str, objective: str, seed: int, nfe: list[int], steps: int, 
     return c
 
 
-def run_cell(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-    """Train (or resume) one grid cell with the real loop, then score it at every NFE with the sweep."""
-    from rdbm_jax import sweep, train
-    train.train_and_evaluate(cfg, workdir)
-    return sweep.run_sweep(cfg, workdir)
+def run_cell(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[list[dict[str, Any]], bool]:
+    """Train (or resume) one grid cell with the real loop, then score it at every NFE with the sweep;
+    returns (sweep rows, whether any training step ran in this call)."""
+    from rdbm_jax import checkpoints, sweep, train
+    done = checkpoints.Checkpointer(workdir).latest_step() == cfg.train.num_steps
+    if not done:
+        train.train_and_evaluate(cfg, workdir)
+    return sweep.run_sweep(cfg, workdir), not done
+
+
+REFERENCES = (("_baseline", "classical baseline"), ("_input", "degraded input"))  # same images, every cell
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and half-range ((max − min)/2) over seeds per (π, objective, NFE), overall and per task."""
-    keys = [k for k in rows[0] if k.endswith(METRICS) and k not in ("pi", "objective")]
+    """Mean and half-range ((max − min)/2) over seeds per (π, objective, NFE), overall and per task
+    (the model's scores, and the baseline's and input's, which every cell shares)."""
+    ends = METRICS + tuple(m + sfx for m in METRICS for sfx, _ in REFERENCES)
+    keys = [k for k in rows[0] if k.endswith(ends) and k not in ("pi", "objective")]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["pi"], r["objective"], r["nfe"]), []).append(r)
@@ -113,21 +121,32 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def table(summary: list[dict[str, Any]], refused: list[tuple[str, str]], header: str) -> str:
-    """Markdown: one PSNR and one SSIM table, rows (π, objective), columns NFE, mean ± half-range."""
-    nfes = sorted({s["nfe"] for s in summary})
-    cells = sorted({(s["pi"], s["objective"]) for s in summary})
+def _rows(summary: list[dict[str, Any]], key: str, fmt: str, nfes: list[int]) -> list[str]:
+    """Table rows (π, objective) × NFE of `key` (mean ± half-range), then the baseline and input rows."""
     by = {(s["pi"], s["objective"], s["nfe"]): s for s in summary}
+    lines = [f"| {pi} | {obj} | " + " | ".join(
+        (fmt + " ± " + fmt).format(by[(pi, obj, n)][f"{key}_mean"], by[(pi, obj, n)][f"{key}_spread"])
+        for n in nfes) + " |" for pi, obj in sorted({(s["pi"], s["objective"]) for s in summary})]
+    for sfx, label in REFERENCES:
+        if f"{key}{sfx}_mean" in summary[0]:
+            lines.append(f"| {label} | — | " + " | ".join(fmt.format(summary[0][f"{key}{sfx}_mean"])
+                                                        for _ in nfes) + " |")
+    return lines
+
+
+def table(summary: list[dict[str, Any]], refused: list[tuple[str, str]], header: str) -> str:
+    """Markdown: PSNR and SSIM tables (overall, then per task), rows (π, objective) and the classical
+    baseline and degraded input on the same images, columns NFE, mean ± half-range over seeds."""
+    nfes = sorted({s["nfe"] for s in summary})
+    tasks = sorted({k.split("/")[0] for k in (summary[0] if summary else {}) if "/" in k})
     lines = [header, "", PAPER, ""]
-    for metric, fmt in (("psnr", "{:.2f} ± {:.2f}"), ("ssim", "{:.4f} ± {:.4f}")) if summary else ():
-        lines += [f"**{metric.upper()}** (overall = mean over the two tasks; ± half the range over seeds)", "",
-                  "| π | objective | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
-                  "|---|---|" + "---|" * len(nfes)]
-        for pi, obj in cells:
-            vals = [fmt.format(by[(pi, obj, n)][f"{metric}_mean"], by[(pi, obj, n)][f"{metric}_spread"])
-                    for n in nfes]
-            lines.append(f"| {pi} | {obj} | " + " | ".join(vals) + " |")
-        lines.append("")
+    for scope in ["overall"] + tasks if summary else ():
+        for metric, fmt in (("psnr", "{:.2f}"), ("ssim", "{:.4f}")):
+            key = metric if scope == "overall" else f"{scope}/{metric}"
+            what = "mean over the tasks" if scope == "overall" else f"task {scope}"
+            lines += [f"**{metric.upper()}, {what}** (± half the range over seeds)", "",
+                      "| π | objective | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+                      "|---|---|" + "---|" * len(nfes)] + _rows(summary, key, fmt, nfes) + [""]
     for pi, obj in refused:
         lines.append(f"- π = {pi} with objective {obj}: refused by the config guard (target π⊙ε ≡ 0).")
     return "\n".join(lines) + "\n"
@@ -145,6 +164,10 @@ def plot(summary: list[dict[str, Any]], path: str) -> None:
         for ax, m in zip(axes, METRICS):
             ax.errorbar([s["nfe"] for s in sel], [s[f"{m}_mean"] for s in sel],
                         yerr=[s[f"{m}_spread"] for s in sel], marker="o", capsize=3, label=f"π={pi}, {obj}")
+    for ax, m in zip(axes, METRICS):  # the classical baseline and the input: flat lines
+        for (sfx, label), style in zip(REFERENCES, ("--", ":")):
+            if summary and f"{m}{sfx}_mean" in summary[0]:
+                ax.axhline(summary[0][f"{m}{sfx}_mean"], ls=style, color="gray", label=label)
     for ax, label in zip(axes, ("PSNR (dB)", "SSIM")):
         ax.set_xscale("log")
         ax.set_xlabel("NFE (sampling steps, η = 0)")
@@ -186,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.makedirs(args.out_dir, exist_ok=True)
     rows: list[dict[str, Any]] = []
     refused: list[tuple[str, str]] = []
+    cells = fresh = 0  # grid cells scored / trained in this invocation (the rest resumed finished)
     for pi in args.pi:
         for obj in args.objective:
             for seed in args.seeds:
@@ -198,15 +222,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     refused.append((pi, obj))
                     break
                 t0 = time.time()
-                for r in run_cell(cfg, os.path.join(args.out_dir, "runs", f"{pi}_{obj}_s{seed}")):
-                    rows.append({"pi": pi, "objective": obj, "seed": seed, **r})
+                cell_rows, trained = run_cell(cfg, os.path.join(args.out_dir, "runs", f"{pi}_{obj}_s{seed}"))
+                rows += [{"pi": pi, "objective": obj, "seed": seed, **r} for r in cell_rows]
+                cells, fresh = cells + 1, fresh + int(trained)
                 logging.getLogger("rdbm_jax").info("ablation π=%s %s seed %d: %.1f s", pi, obj, seed,
                                                    time.time() - t0)
     wall = time.time() - start
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m benchmarks.ablation " + " ".join(shlex.quote(a) for a in argv)
+    resumed = f"; {cells - fresh} of {cells} cells were trained by an earlier invocation" if cells > fresh else ""
     header = (f"Ablation in miniature ({'tiny smoke run' if args.tiny else f'{steps} steps'}), "
-              f"{machine()}, {stamp}, wall time {wall / 60:.1f} min. Command: `{command}`")
+              f"{machine()}, {stamp}, wall time {wall / 60:.1f} min{resumed} (command.txt lists every "
+              f"invocation). Command: `{command}`")
     summary = summarize(rows) if rows else []
     if rows:
         _write_csv(os.path.join(args.out_dir, "results.csv"), rows)
@@ -214,8 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot(summary, os.path.join(args.out_dir, "ablation.png"))
     with open(os.path.join(args.out_dir, "table.md"), "w", encoding="utf-8") as f:
         f.write(table(summary, refused, header))
-    with open(os.path.join(args.out_dir, "command.txt"), "w", encoding="utf-8") as f:
-        f.write(f"{command}\n# {machine()}; {stamp}; wall time {wall:.1f} s\n")
+    with open(os.path.join(args.out_dir, "command.txt"), "a", encoding="utf-8") as f:  # one line per invocation
+        f.write(f"{command}\n# {machine()}; {stamp}; wall time {wall:.1f} s; trained {fresh} of {cells} cells\n")
     return {"rows": rows, "summary": summary, "refused": refused, "wall_s": wall}
 
 

@@ -84,8 +84,8 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
             row = {"step": step, "nfe": nfe, "eta": eta}
             row.update({k: v for k, v in per_task["overall"].items() if k in SCORES})
             if len(sources) > 1:
-                row.update({f"{t}/{k}": v[k] for t, v in per_task.items() if t != "overall"
-                            for k in ("psnr", "ssim")})
+                row.update({f"{t}/{k}{sfx}": v[k + sfx] for t, v in per_task.items() if t != "overall"
+                            for k in ("psnr", "ssim") for sfx in ("", "_baseline", "_input") if k + sfx in v})
             rows.append(row)
             log.info("sweep nfe=%d eta=%g: %s", nfe, eta, summary_line(per_task["overall"]))
             pbar.update(1)

@@ -19,7 +19,7 @@ def _check_outputs(out: str, result: dict, cells: set[tuple[str, str]], nfes: tu
     rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
     assert {(r["pi"], r["objective"], r["seed"], r["nfe"]) for r in rows} == {
         (p, o, s, n) for p, o in cells for s in ("0", "1") for n in nfes}
-    assert {"inpaint/psnr", "noise/ssim"} <= set(rows[0])
+    assert {"inpaint/psnr", "noise/ssim", "inpaint/psnr_baseline", "noise/ssim_input"} <= set(rows[0])
     for s in result["summary"]:  # mean ± half-range really over the two seeds' rows
         mine = [float(r["psnr"]) for r in rows if (r["pi"], r["objective"], int(r["nfe"]))
                 == (s["pi"], s["objective"], s["nfe"])]
@@ -27,6 +27,8 @@ def _check_outputs(out: str, result: dict, cells: set[tuple[str, str]], nfes: tu
         assert s["psnr_spread"] == pytest.approx((max(mine) - min(mine)) / 2, abs=1e-9)
     md = open(os.path.join(out, "table.md")).read()
     assert all(f"| {p} | {o} |" in md for p, o in cells) and f"NFE {nfes[-1]}" in md and "31.04" in md
+    assert md.count("| classical baseline | — |") == md.count("| degraded input | — |") == 6  # 3 scopes × 2
+    assert "**PSNR, task inpaint**" in md
     assert os.path.getsize(os.path.join(out, "ablation.png")) > 10_000
     assert open(os.path.join(out, "command.txt")).read().startswith(
         "python -m benchmarks.ablation --out-dir " + out + " --tiny")
@@ -44,6 +46,8 @@ def test_tiny_ablation_writes_table_plot_and_command(tmp_path):
     # resumable: a second run trains nothing new (every workdir holds its final checkpoint)
     again = ablation.main(argv)
     assert [r["psnr"] for r in again["rows"]] == [r["psnr"] for r in result["rows"]]
+    assert "2 of 2 cells were trained by an earlier invocation" in open(os.path.join(out, "table.md")).read()
+    assert open(os.path.join(out, "command.txt")).read().count("trained 2 of 2 cells") == 1  # both runs listed
 
 
 def test_degenerate_cell_is_listed_as_refused(tmp_path):
