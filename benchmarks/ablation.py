@@ -157,6 +157,7 @@ def plot(summary: list[dict[str, Any]], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for pi, obj in sorted({(s["pi"], s["objective"]) for s in summary}):
@@ -168,8 +169,11 @@ def plot(summary: list[dict[str, Any]], path: str) -> None:
         for (sfx, label), style in zip(REFERENCES, ("--", ":")):
             if summary and f"{m}{sfx}_mean" in summary[0]:
                 ax.axhline(summary[0][f"{m}{sfx}_mean"], ls=style, color="gray", label=label)
+    nfes = sorted({s["nfe"] for s in summary})
     for ax, label in zip(axes, ("PSNR (dB)", "SSIM")):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())  # label exactly the NFE values that were run
+        ax.set_xticks(nfes, [str(n) for n in nfes])
         ax.set_xlabel("NFE (sampling steps, η = 0)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
