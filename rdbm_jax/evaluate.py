@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from rdbm_jax import baselines, config as config_lib, data, distributed, metrics, program, progress
+from rdbm_jax.perceptual import fid as fid_lib, make_inception, make_lpips
 from rdbm_jax.sampler import Sampler
 
 log = logging.getLogger("rdbm_jax")
@@ -272,26 +273,22 @@ class Perceptual:
         self.ref_stats = None
         if "lpips" in wanted:
             if ev.lpips_weights:
-                from rdbm_jax import perceptual
-                self.lpips = perceptual.make_lpips(ev.lpips_weights, ev.lpips_net)
+                self.lpips = make_lpips(ev.lpips_weights, ev.lpips_net)
             else:
                 log.warning("LPIPS skipped: no weights (set eval.lpips_weights to a converted .npz)")
         if "fid" in wanted:
             if ev.fid_weights:
-                from rdbm_jax import perceptual
-                from rdbm_jax.perceptual import fid
-                self.inception = perceptual.make_inception(ev.fid_weights)
-                self.ref_stats = fid.load_stats(ev.fid_ref_stats) if ev.fid_ref_stats else None
+                self.inception = make_inception(ev.fid_weights)
+                self.ref_stats = fid_lib.load_stats(ev.fid_ref_stats) if ev.fid_ref_stats else None
             else:
                 log.warning("FID skipped: no weights (set eval.fid_weights to a converted .npz)")
 
     def fid(self, restored_features: list[np.ndarray], target_features: list[np.ndarray]) -> float:
         """FID of restored images against the reference statistics (or the ground truths)."""
-        from rdbm_jax.perceptual import fid
-        mu1, s1 = fid.compute_statistics(np.concatenate(restored_features))
-        mu2, s2 = self.ref_stats if self.ref_stats is not None else fid.compute_statistics(
+        mu1, s1 = fid_lib.compute_statistics(np.concatenate(restored_features))
+        mu2, s2 = self.ref_stats if self.ref_stats is not None else fid_lib.compute_statistics(
             np.concatenate(target_features))
-        return float(fid.frechet_distance(mu1, s1, mu2, s2))
+        return float(fid_lib.frechet_distance(mu1, s1, mu2, s2))
 
 
 def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any], cfg: ml_collections.ConfigDict,
