@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.programs import default_bridge  # noqa: E402
+from benchmarks.programs import default_config  # noqa: E402
 from rdbm_jax import distributed, models, program  # noqa: E402
 from rdbm_jax.sampler import Sampler  # noqa: E402
 
@@ -61,7 +61,7 @@ def degraded(batch: int, height: int, width: int, seed: int = 1) -> np.ndarray:
 def bench_ours(model: Any, params: Any, mu: np.ndarray, nfe: int, opts: argparse.Namespace,
                peak: dict | None) -> tuple[dict[str, Any], np.ndarray]:
     """Sampler (compiled scan) end to end and on the device; XLA cost of the compiled sampler."""
-    bridge = default_bridge()
+    bridge = default_config().bridge
     schedule = program.schedule_from_config(bridge)
     mesh = distributed.make_mesh()
     apply = lambda p, x_t, cond, t: model.apply({"params": p}, x_t, cond, t, train=False)
@@ -105,7 +105,7 @@ def bench_twin(params: Any, size: str, mu: np.ndarray, nfe: int, opts: argparse.
     model = tw.load_flax_params(tw.TwinUNet(size), params).to(device).eval()
     model = model.to(memory_format=torch.channels_last)
     amp = None if opts.dtype == "float32" else getattr(torch, opts.dtype)
-    bridge = default_bridge()
+    bridge = default_config().bridge
     tables = tw.cosine_tables(bridge.num_timesteps, bridge.lam)
 
     def sync(x):

@@ -23,8 +23,8 @@ from benchmarks import cli, max_batch, measure, roofline as rl  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.programs import (DEFAULT_CONFIG, REPO, default_bridge,  # noqa: E402,F401
-                                 default_learning_rate, load_config, parse_overrides, program_from_config)
+from benchmarks.programs import (DEFAULT_CONFIG, REPO, default_config,  # noqa: E402,F401
+                                 load_config, parse_overrides, program_from_config)
 from rdbm_jax import distributed, models  # noqa: E402
 
 # CPU smoke preset. configs/demo.py:tiny is the program the training tests compile too (T, 32²,
@@ -167,11 +167,11 @@ def bench_twin(size: str, batch: int, resolution: int, compile_: bool,
     torch.manual_seed(0)
     model = tw.TwinUNet(size).to(device)
     amp = None if opts.dtype == "float32" else getattr(torch, opts.dtype)
-    bridge = default_bridge()
-    tables = tw.cosine_tables(bridge.num_timesteps, bridge.lam)
-    step = tw.make_train_step(model, tw.make_optimizer(model, default_learning_rate()), tables,
-                              bridge.parameterization, load_config(DEFAULT_CONFIG).train.loss, amp_dtype=amp, channels_last=True,
-                              compile=compile_)
+    default = default_config()
+    tables = tw.cosine_tables(default.bridge.num_timesteps, default.bridge.lam)
+    step = tw.make_train_step(model, tw.make_optimizer(model, default.optim.learning_rate), tables,
+                              default.bridge.parameterization, default.train.loss, amp_dtype=amp,
+                              channels_last=True, compile=compile_)
     data = synthetic_batches(1, batch, resolution)
     x0, mu = (torch.from_numpy(data[k][0].transpose(0, 3, 1, 2).copy()).to(device)
               .contiguous(memory_format=torch.channels_last) for k in ("x0", "mu"))

@@ -1,6 +1,7 @@
 """The programs the benchmarks time: the real `rdbm_jax.program` of a config file with overrides."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -10,14 +11,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = "configs/default.py"
 
 
-def default_bridge() -> Any:
-    """configs/default.py's `bridge` section (the twin's schedule and objective match it)."""
-    return load_config(DEFAULT_CONFIG).bridge
-
-
-def default_learning_rate() -> float:
-    """configs/default.py's learning rate (the twin's Adam)."""
-    return float(load_config(DEFAULT_CONFIG).optim.learning_rate)
+@functools.cache
+def default_config() -> Any:
+    """configs/default.py, loaded once (the twin's schedule, objective, loss and Adam match it; read only)."""
+    return load_config(DEFAULT_CONFIG)
 
 
 def load_config(spec: str) -> Any:

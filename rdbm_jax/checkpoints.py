@@ -17,10 +17,10 @@ import warnings
 from typing import Any, Iterator
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from rdbm_jax import distributed
 from rdbm_jax.errors import ConfigError, TrainingError
 
 log = logging.getLogger("rdbm_jax")
@@ -226,10 +226,8 @@ class Checkpointer:
             error = record.exc_info[1] if record.exc_info else RuntimeError(record.getMessage())
         if error is None and jax.process_index() == 0 and not is_complete(final):
             error = RuntimeError(f"missing {', '.join(missing_files(final))} after the save")
-        if jax.process_count() > 1:  # every process stops when the save failed on any of them
-            from jax.experimental import multihost_utils
-            ok = bool(np.all(multihost_utils.process_allgather(np.array([error is None]))))
-            error = error or (None if ok else RuntimeError("the save failed on another process"))
+        if distributed.any_process(error is not None):  # every process stops when a save failed on any
+            error = error or RuntimeError("the save failed on another process")
         if error is None:
             absl_logger.removeFilter(quiet)
         else:  # the filter stays until wait(): orbax threads may still log the same failure

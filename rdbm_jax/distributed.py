@@ -69,6 +69,14 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` holds on any process (a host collective when there are several processes)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array([bool(flag)]))))
+
+
 def to_host(x: jax.Array) -> np.ndarray:
     """The whole value of a (possibly multi-process, sharded or replicated) array, on every process."""
     if x.is_fully_addressable:

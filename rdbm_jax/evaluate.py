@@ -232,6 +232,11 @@ def task_of(label: str) -> str:
     return label.split("/", 1)[0]
 
 
+def set_of(label: str) -> str:
+    """The test set of a named-set label: 'derain/rain100h' → 'rain100h'."""
+    return label.split("/", 1)[1]
+
+
 def _mean_over(entries: list[dict]) -> dict[str, float]:
     """The mean of every score over report entries (each entry weighs once)."""
     keys = sorted({k for e in entries for k in e} - set(_NOT_AVERAGED))
@@ -311,7 +316,7 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any], cfg: m
         grids[label] = []
         ids = {"task": task_of(label)}
         if is_test_set(label):
-            ids["test_set"] = label.split("/", 1)[1]
+            ids["test_set"] = set_of(label)
         for index, ex, out in restore_source(sampler, params, source, cfg.sample.batch_size, rng):
             base = baseline(label, source, index, ex)
             mask = ex.get("mask")
@@ -381,7 +386,7 @@ def write_report(out_dir: str, rows: list[dict], per_task: dict, info: dict) -> 
     test_sets: dict[str, dict] = {}
     for label, v in per_task.items():
         if is_test_set(label):
-            test_sets.setdefault(task_of(label), {})[label.split("/", 1)[1]] = v
+            test_sets.setdefault(task_of(label), {})[set_of(label)] = v
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump({**info, "tasks": tasks, **({"test_sets": test_sets} if test_sets else {}),
                    "overall": per_task["overall"]}, f, indent=2)

@@ -61,11 +61,7 @@ class _StopFlag:
 
     def should_stop(self) -> bool:
         """Whether any process has received a stop signal (a host collective when multi-process)."""
-        stop = self.signal is not None
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            stop = bool(np.any(multihost_utils.process_allgather(np.array([stop]))))
-        return stop
+        return distributed.any_process(self.signal is not None)
 
 
 def _next_batches(it: Any, k: int) -> dict[str, np.ndarray]:
@@ -84,10 +80,8 @@ def hold_workdir(workdir: str) -> Iterator[None]:
             lock.acquire()
         except TrainingError as e:
             error = str(e)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        if bool(multihost_utils.broadcast_one_to_all(np.array(bool(error)))) and not error:
-            error = f"workdir {workdir} is in use by another training run (see process 0's error)"
+    if distributed.any_process(bool(error)) and not error:  # only process 0 takes the lock
+        error = f"workdir {workdir} is in use by another training run (see process 0's error)"
     if error:
         raise TrainingError(error)
     try:
