@@ -40,17 +40,16 @@ SSIM_PROTOCOLS = {  # eval.ssim_window → what it computes (written into every 
 }
 
 
-def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[int]]:
-    """Consecutive indices of a source, grouped into batches of equal image shape (order kept)."""
-    group: list[int] = []
-    shape = None
+def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[tuple[int, dict]]]:
+    """Consecutive (index, example) pairs of a source, grouped into batches of equal image shape
+    (order kept; every example is read once)."""
+    group: list[tuple[int, dict]] = []
     for i in range(len(source)):
-        s = source[i]["mu"].shape
-        if group and (s != shape or len(group) == batch_size):
+        example = source[i]
+        if group and (example["mu"].shape != group[0][1]["mu"].shape or len(group) == batch_size):
             yield group
             group = []
-        group.append(i)
-        shape = s
+        group.append((i, example))
     if group:
         yield group
 
@@ -58,11 +57,11 @@ def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[int]]:
 def restore_source(sampler: Sampler, params: Any, source: Any, batch_size: int,
                    rng: jax.Array) -> Iterable[tuple[int, dict, np.ndarray]]:
     """Yield (index, example, restored [H, W, 3] in [-1, 1]) for every example of a source, in order."""
-    for b, idx in enumerate(batches_by_shape(source, batch_size)):
-        examples = [source[i] for i in idx]
+    for b, group in enumerate(batches_by_shape(source, batch_size)):
+        idx, examples = zip(*group)
         masks = [e.get("mask") for e in examples]  # sources without masks: inferred where needed
         out = sampler(params, np.stack([e["mu"] for e in examples]), jax.random.fold_in(rng, b),
-                       mask=None if any(m is None for m in masks) else np.stack(masks))
+                      mask=None if any(m is None for m in masks) else np.stack(masks))
         yield from zip(idx, examples, out)
 
 
