@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import jax
 
+
 def free_device_bytes() -> tuple[int | None, str]:
     """(bytes JAX may still allocate on the first device, where the figure comes from); None on CPU."""
     free_torch_memory()  # also collects the states of earlier configurations

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import jax
 
+
 def _version(name: str) -> str | None:
     try:
         from importlib.metadata import version

@@ -13,8 +13,8 @@ Evaluation protocol: FID and LPIPS (when their converted weights are given) and 
 in [0, 1] at 256×256, uint8-quantised (rounded; Gaussian SSIM window).
 
 Recipe: where the paper is silent (β2, clipping, EMA, flips), MiliLab/DGSolver's trainer
-(configs/common.py dgsolver_recipe, no flips: a flipped edge map stays a valid pair, but neither source
-flips); batch 16 and 200k steps are this project's choices.
+(configs/common.py dgsolver_recipe, no flips: a flipped edge map stays a valid pair, but neither
+source flips); batch 16 and 200k steps are this project's choices.
 """
 import ml_collections
 

@@ -10,6 +10,7 @@ from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.perceptual import lpips
 
+
 def _choices() -> dict[str, tuple[str, ...]]:
     """Every key with a fixed set of values → that set, read from the module that owns it."""
     return {

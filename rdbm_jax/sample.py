@@ -15,6 +15,7 @@ from rdbm_jax.sampler import check_size
 
 log = logging.getLogger("rdbm_jax")
 
+
 def _output_path(out_dir: str, in_dir: str, path: str) -> str:
     """The PNG that the restoration of `path` is written to (same relative path, extension .png)."""
     rel = os.path.splitext(os.path.relpath(path, in_dir))[0]

@@ -184,8 +184,9 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
 
 class EvalSource:
     """Random-access evaluation examples of one test set: {x0, mu: f32 [H, W, 3] in [−1, 1], mask: f32
-    [H, W, 1], name, task_name} (training batches carry the int `task` id instead); `degradation` names the synthetic degradation ("none" for real pairs), `spec` its
-    parameters; `test_set` is the set's name (the task's for a single eval source), `label` its report name."""
+    [H, W, 1], name, task_name} (training batches carry the int `task` id instead); `degradation`
+    names the synthetic degradation ("none" for real pairs), `spec` its parameters; `test_set` is the
+    set's name (the task's for a single eval source), `label` its report name."""
 
     def __init__(self, task: str, source: ImageSource, degrader: Degrader | None,
                  spec: ml_collections.ConfigDict, test_set: str | None = None, label: str | None = None):

@@ -27,13 +27,11 @@ from rdbm_jax.perceptual import inception as inc, lpips as lp
 from rdbm_jax.perceptual.weights import check_arrays, meta_entries, save_npz
 
 # torchvision `features` indices of the conv layers, in order (ReLU/max-pool indices carry no weights).
-
 TORCHVISION_CONV_INDEX = {
     "alex": (0, 3, 6, 8, 10),
     "vgg": (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
 }
 # pytorch-fid's `InceptionV3.blocks[i][j]` -> torchvision Inception3 attribute (pools carry no weights).
-
 _FID_BLOCKS = (
     ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"),
     ("Conv2d_3b_1x1", "Conv2d_4a_3x3"),
@@ -42,10 +40,9 @@ _FID_BLOCKS = (
 )
 
 _BACKBONE_KEY = re.compile(r"^(?:module\.)?(?:features|(?:net\.)?slice\d+)\.(\d+)\.(weight|bias)$")
-
 _LIN_KEY = re.compile(r"^(?:module\.)?lin(\d+)\.model\.\d+\.weight$")
-
 _FID_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
+
 
 def _np(x: Any) -> np.ndarray:
     """A torch tensor or array-like as a float32 numpy array."""
@@ -53,12 +50,14 @@ def _np(x: Any) -> np.ndarray:
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=np.float32)
 
+
 def _conv_kernel(w: Any) -> np.ndarray:
     """Torch conv weight [O, I, kh, kw] -> Flax kernel [kh, kw, I, O]."""
     w = _np(w)
     if w.ndim != 4:
         raise DataError(f"expected a 4-d conv weight, got shape {w.shape}")
     return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
 
 def convert_lpips(backbone_state_dict: Mapping[str, Any], lin_state_dict: Mapping[str, Any],
                   net: str) -> dict[str, np.ndarray]:
@@ -90,6 +89,7 @@ def convert_lpips(backbone_state_dict: Mapping[str, Any], lin_state_dict: Mappin
     flat.update(meta_entries("lpips", net))
     return flat
 
+
 def _fid_name(key: str) -> str:
     """pytorch-fid `blocks.I.J.rest` -> torchvision `Name.rest` (other keys unchanged)."""
     key = key[len("module."):] if key.startswith("module.") else key
@@ -100,6 +100,7 @@ def _fid_name(key: str) -> str:
     if i >= len(_FID_BLOCKS) or j >= len(_FID_BLOCKS[i]):
         raise DataError(f"unexpected pytorch-fid key {key} (no weighted layer at blocks.{i}.{j})")
     return f"{_FID_BLOCKS[i][j]}.{rest}"
+
 
 def convert_inception(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """pytorch-fid's FID InceptionV3 state dict -> flat arrays (params + BatchNorm batch_stats)."""
@@ -123,6 +124,7 @@ def convert_inception(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     flat.update(meta_entries("inception", "inception_v3_fid"))
     return flat
 
+
 def _torch_load(path: str, flag: str) -> Mapping[str, Any]:
     """Read a PyTorch state dict on CPU (weights only); DataError naming the file and flag."""
     if not os.path.isfile(path):
@@ -142,6 +144,7 @@ def _torch_load(path: str, flag: str) -> Mapping[str, Any]:
         raise DataError(f"expected a state dict (name -> tensor), got {type(sd).__name__}: "
                         f"{path} ({flag})")
     return sd
+
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
