@@ -7,11 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import torch.nn as nn
 
-from benchmarks import torch_twin as tw
-from rdbm_jax.models import SIZES, create_model
+torch = pytest.importorskip("torch")  # the PyTorch twins: `pip install -e ".[twins]"`
+nn = torch.nn
+
+from benchmarks import torch_twin as tw  # noqa: E402
+from rdbm_jax.models import SIZES, create_model  # noqa: E402
 
 THETA_GOLD = [0, .02794, .09949, .20867, .34550, .49723, .64953, .78790, .89904, .97214, .99937]
 SIGMA_GOLD = {10 / 255: [0, .19793, .19705, .19367, .18583, .17181, .15057, .12195, .08671, .04642,
