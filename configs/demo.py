@@ -16,7 +16,8 @@ measure on astronaut; the val photos are only reported): the network also sees t
 and a smooth pre-fill of the holes (`model.condition=mu_mask_fill`), x̂0 = μ outside the mask, and
 it predicts the residual over the pre-fill (`bridge.parameterization=residual`).
 
-`configs/demo.py:tiny` is the same pipeline shrunk for tests (a few steps, 32² crops).
+`configs/demo.py:tiny` is the same pipeline shrunk for tests (a few steps, 32² crops); `:S`, `:B`
+and `:L` pick a larger model.
 """
 import ml_collections
 
@@ -26,6 +27,7 @@ common = sibling(__file__, "common")  # variant, shrink, dgsolver_recipe
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
+    size, tiny, _ = common.variant(arg, default_size="T")
     c = sibling(__file__, "default").get_config()
     for split in ("train", "eval"):
         c.data.tasks.main[split].degradation = "inpaint"
@@ -33,7 +35,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.data.tasks.main[split].mask_max_ratio = 0.3
     c.data.tasks.main.eval.eval_size = 128
     c.data.crop_size = 64
-    c.model.size = "T"
+    c.model.size = size
     c.model.condition = "mu_mask_fill"
     c.bridge.parameterization = "residual"
     c.optim.learning_rate = 1e-3
@@ -49,8 +51,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
     c.sample.batch_size = 4
     c.eval.num_grid_images = 4
-    if arg == "tiny":
+    if tiny:
         c = common.shrink(c)
-    elif arg:
-        raise ValueError(f"configs/demo.py: unknown variant {arg!r} (use :tiny)")
     return c

@@ -74,6 +74,16 @@ def test_full_configs_follow_the_paper(name):
         assert cfg.train.batch_size == 20 and cfg.train.num_steps == 500_000 and cfg.model.size == "L"
 
 
+@pytest.mark.parametrize("name", ["demo", "inpaint", "universal", "udc", "edges2handbags"])
+def test_every_task_config_takes_each_size_and_tiny(name):
+    """README: `:T|S|B|L` picks the model size of every task config, `:tiny` (alone or with a size)."""
+    for size in ("T", "S", "B", "L"):
+        assert config(name, size).model.size == size
+        assert config(name, f"{size},tiny").data.crop_size == 32
+    with pytest.raises(ConfigError, match="unknown config argument 'XL'"):
+        config(name, "XL")
+
+
 def test_unknown_config_argument_rejected():
     with pytest.raises(ConfigError, match="unknown config argument 'XL'"):
         config("universal", "XL")
