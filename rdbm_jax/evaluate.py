@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from rdbm_jax import baselines, config as config_lib, data, distributed, metrics, program, progress
+from rdbm_jax.data import spec as data_spec
 from rdbm_jax.perceptual import fid as fid_lib, make_inception, make_lpips
 from rdbm_jax.sampler import Sampler
 
@@ -400,6 +401,7 @@ def write_report(out_dir: str, rows: list[dict], per_task: dict, info: dict) -> 
 def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """`--mode=eval`: restore every configured test split, write eval/metrics.json, per_image.csv, grids."""
     config_lib.validate(cfg)
+    data_spec.check_folders(cfg.data, ("eval",))
     mesh = distributed.make_mesh()
     params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)

@@ -11,7 +11,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("train", "eval", "sample", "sweep", "export")
+MODES = ("train", "eval", "sample", "sweep", "export", "print_config")
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort")  # ours (exit 0), not absl's (exit 1)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py[:arg]).",
                                           lock_config=True)
@@ -80,6 +81,10 @@ def _config_file_error(e: BaseException, path: str) -> str | None:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with config-file and config-override problems as one-line errors."""
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        from rdbm_jax import cli_help
+        sys.stdout.write(cli_help.text(MODES))
+        sys.exit(0)
     path = _config_path(argv)
     try:
         rest = flags.FLAGS(argv)
@@ -122,13 +127,21 @@ def main(argv: list[str]) -> None:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if _CONFIG.value is None:
         _fail("--config is required (e.g. --config=configs/demo.py)")
+    if _MODE.value == "print_config":
+        from rdbm_jax import cli_help
+        from rdbm_jax.errors import ConfigError
+        try:
+            sys.stdout.write(cli_help.resolved_config(_CONFIG.value) + "\n")
+        except ConfigError as e:
+            _fail(str(e))
+        return
     if not _WORKDIR.value:
         _fail("--workdir is required")
     _drop_closed_loop_noise()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
     logging.getLogger("rdbm_jax").setLevel(logging.INFO)  # orbax/absl chatter stays at WARNING
     from rdbm_jax import distributed
-    from rdbm_jax.errors import RDBMError
+    from rdbm_jax.errors import ConfigError, RDBMError
 
     try:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -147,6 +160,8 @@ def main(argv: list[str]) -> None:
         else:
             from rdbm_jax.export import run_export
             run_export(_CONFIG.value, _WORKDIR.value)
+    except ConfigError as e:  # a bad key or a path a key names, found before anything ran
+        _fail(str(e), code=2)
     except RDBMError as e:
         _fail(str(e), code=1)
     except OSError as e:  # a full disk or a vanished folder while writing outputs

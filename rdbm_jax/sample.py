@@ -61,6 +61,9 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise ConfigError("--mode=sample needs sample.input_dir and sample.output_dir")
     if os.path.abspath(s.input_dir) == os.path.abspath(s.output_dir):
         raise ConfigError("sample.output_dir must differ from sample.input_dir")
+    for key in ("input_dir", "mask_dir"):  # a missing folder a key names: a config error (exit 2)
+        if s[key] and not os.path.isdir(s[key]):
+            raise ConfigError(f"sample.{key}: folder not found: {s[key]}")
     paths = data.list_images(s.input_dir, key="sample.input_dir")
     check_distinct_outputs(paths, s.output_dir, s.input_dir)
     todo = [p for p in paths if s.overwrite or not os.path.exists(_output_path(s.output_dir, s.input_dir, p))]

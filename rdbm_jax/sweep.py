@@ -11,6 +11,7 @@ import jax
 import ml_collections
 
 from rdbm_jax import config as config_lib, data, distributed, program, progress
+from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.evaluate import SCORES, Baselines, protocol, score_sources, summary_line
 
@@ -62,6 +63,7 @@ def plot(rows: list[dict], path: str) -> None:
 def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
     """Evaluate one checkpoint for every (NFE, η) in sweep.nfe × sweep.eta; write sweep/results.csv + plot."""
     config_lib.validate(cfg)
+    data_spec.check_folders(cfg.data, ("eval",))
     nfes, etas = config_lib.parse_list(cfg, "sweep.nfe", int), config_lib.parse_list(cfg, "sweep.eta", float)
     for n in nfes:
         if not 1 <= n <= cfg.bridge.num_timesteps:

@@ -16,6 +16,7 @@ import numpy as np
 
 from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, evaluate, models, program
 from rdbm_jax import workdir_lock, writers
+from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule
 
@@ -98,9 +99,24 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     (and after its checkpoint).
     """
     config_lib.validate(cfg)
+    check_config(cfg, distributed.make_mesh())  # a config error leaves no workdir behind
     prepare_workdir(workdir)
     with hold_workdir(workdir):
         return _train(cfg, workdir, hooks)
+
+
+def check_config(cfg: ml_collections.ConfigDict, mesh: Any) -> None:
+    """What training needs beyond `config.validate`, checked before the workdir is created: shapes
+    that fit the UNet and the devices, and the data folders (ConfigError naming the key)."""
+    if cfg.data.crop_size % models.downsample_factor(cfg.model):
+        raise ConfigError(f"data.crop_size={cfg.data.crop_size} must be a multiple of "
+                          f"{models.downsample_factor(cfg.model)} (the UNet's downsampling factor)")
+    unit = math.lcm(mesh.size, len(cfg.data.tasks) * jax.process_count())
+    if cfg.train.batch_size % unit:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be a multiple of {unit} = lcm("
+                          f"{mesh.size} devices, {len(cfg.data.tasks)} tasks x {jax.process_count()} "
+                          f"processes), e.g. {unit * max(1, round(cfg.train.batch_size / unit))}")
+    data_spec.check_folders(cfg.data, ("train", "eval") if cfg.train.eval_every else ("train",))
 
 
 def _train(cfg: ml_collections.ConfigDict, workdir: str,
@@ -110,14 +126,6 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         jax.config.update("jax_compilation_cache_dir", cfg.train.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     mesh = distributed.make_mesh()
-    if cfg.data.crop_size % models.downsample_factor(cfg.model):
-        raise ConfigError(f"data.crop_size={cfg.data.crop_size} must be a multiple of "
-                          f"{models.downsample_factor(cfg.model)} (the UNet's downsampling factor)")
-    unit = math.lcm(mesh.size, len(cfg.data.tasks) * jax.process_count())
-    if cfg.train.batch_size % unit:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be a multiple of {unit} = lcm("
-                          f"{mesh.size} devices, {len(cfg.data.tasks)} tasks x {jax.process_count()} "
-                          f"processes), e.g. {unit * max(1, round(cfg.train.batch_size / unit))}")
     is_main = distributed.is_main_process()
     prog = program.program(cfg, mesh)
     train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed)

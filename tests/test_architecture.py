@@ -108,7 +108,8 @@ def test_only_the_loop_program_and_api_open_checkpoints():
 
 
 def test_main_only_dispatches():
-    assert GRAPH["rdbm_jax.main"] <= {"rdbm_jax.distributed", "rdbm_jax.errors", "rdbm_jax.train",
+    assert GRAPH["rdbm_jax.main"] <= {"rdbm_jax.cli_help", "rdbm_jax.distributed",
+                                      "rdbm_jax.errors", "rdbm_jax.train",
                                       "rdbm_jax.evaluate", "rdbm_jax.sample", "rdbm_jax.sweep",
                                       "rdbm_jax.export"}
 

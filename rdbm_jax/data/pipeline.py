@@ -3,7 +3,6 @@ per data.train_mix) and evaluation sources (one per test set)."""
 from __future__ import annotations
 
 import logging
-import os
 
 import grain
 import ml_collections
@@ -14,6 +13,7 @@ from rdbm_jax.data.image_io import center_crop, fit_size, resize_float, to_model
 from rdbm_jax.data.sources import ImageSource, build_source
 from rdbm_jax.data.spec import (FLIPS, FOLDER_KEYS, SYNTHETIC_KINDS, TRAIN_MIXES, NamedSource, named_sources,
                                 resolve, task_names)
+from rdbm_jax.data.spec import folder as data_folder
 from rdbm_jax.errors import ConfigError, DataError
 
 _MAX_RETRIES = 16
@@ -23,10 +23,8 @@ def _build(data_cfg: ml_collections.ConfigDict, src: NamedSource, *, verify: boo
            max_images: int = 0) -> tuple[ImageSource, Degrader | None, ml_collections.ConfigDict]:
     """(source, degrader or None, resolved spec) of one named source of a task."""
     spec = resolve(src.cfg, src.key)
-    root = data_cfg.get("root", "")
-    for folder in FOLDER_KEYS:  # relative folders are taken relative to data.root
-        if root and spec[folder] and not os.path.isabs(spec[folder]) and "://" not in spec[folder]:
-            spec[folder] = os.path.join(root, spec[folder])
+    for key in FOLDER_KEYS:  # relative folders are taken relative to data.root
+        spec[key] = data_folder(data_cfg, spec[key])
     if max_images:
         spec.max_images = min(int(spec.max_images) or max_images, max_images)
     degrader = Degrader(spec, src.key) if spec.kind in SYNTHETIC_KINDS else None

@@ -7,6 +7,7 @@ reported as `<task>/<name>`).
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, NamedTuple
 
@@ -151,3 +152,24 @@ def validate_tasks(data_cfg: ml_collections.ConfigDict) -> None:
         for which in TASK_NODES:
             for src in named_sources(data_cfg, task, which):
                 resolve(src.cfg, src.key)
+
+
+def folder(data_cfg: ml_collections.ConfigDict, path: str) -> str:
+    """A source's folder as read: a relative one is taken relative to `data.root`."""
+    root = data_cfg.get("root", "")
+    if root and path and not os.path.isabs(path) and "://" not in path:
+        return os.path.join(root, path)
+    return path
+
+
+def check_folders(data_cfg: ml_collections.ConfigDict, which: tuple[str, ...] = TASK_NODES) -> None:
+    """Every local folder that the `which` sources name exists, else a ConfigError naming the key
+    (checked before a run creates or writes anything: a missing dataset is an unusable config)."""
+    for task in task_names(data_cfg):
+        for node in which:
+            for src in named_sources(data_cfg, task, node):
+                spec = resolve(src.cfg, src.key)
+                for key in FOLDER_KEYS:
+                    path = folder(data_cfg, spec[key])
+                    if path and "://" not in path and not os.path.isdir(path):
+                        raise ConfigError(f"image folder not found: {path} ({src.key}.{key})")
