@@ -412,10 +412,13 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     out_dir = os.path.join(workdir, "eval")
     if distributed.is_main_process():
         write_report(out_dir, rows, per_task, {"step": step, "protocol": protocol(cfg)})
+        written = [os.path.join(out_dir, f) for f in ("metrics.json", "per_image.csv")]
         for label, g in grids.items():  # grid_<task>.png, grid_<task>.<set>.png
             if g:
-                Image.fromarray(make_grid(g)).save(os.path.join(out_dir, f"grid_{label.replace('/', '.')}.png"))
+                written.append(os.path.join(out_dir, f"grid_{label.replace('/', '.')}.png"))
+                Image.fromarray(make_grid(g)).save(written[-1])
         log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
+        log.info("wrote %s", ", ".join(written))
     return per_task
 
 

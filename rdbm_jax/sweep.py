@@ -102,4 +102,6 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
         plot(rows, os.path.join(out_dir, "results.png"))
         with open(os.path.join(out_dir, "protocol.json"), "w", encoding="utf-8") as f:
             json.dump({"step": step, "protocol": protocol(cfg)}, f, indent=2)  # NFE/η: per row
+        log.info("wrote %s", ", ".join(os.path.join(out_dir, f)
+                                       for f in ("results.csv", "results.png", "protocol.json")))
     return rows

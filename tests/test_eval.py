@@ -21,10 +21,14 @@ def _png(path, h, w, seed=0):
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
 
 
-def test_eval_writes_metrics_per_image_csv_and_grids(trained_workdir):
+def test_eval_writes_metrics_per_image_csv_and_grids(trained_workdir, caplog):
     cfg = config(**{"eval.num_grid_images": 2, "eval.max_images": 0})
-    per_task = evaluate.run_eval(cfg, trained_workdir)
+    with caplog.at_level("INFO", logger="rdbm_jax"):
+        per_task = evaluate.run_eval(cfg, trained_workdir)
     out = os.path.join(trained_workdir, "eval")
+    # the closing line names every file written
+    assert caplog.records[-1].getMessage() == "wrote " + ", ".join(
+        os.path.join(out, f) for f in ("metrics.json", "per_image.csv", "grid_main.png"))
     report = json.load(open(os.path.join(out, "metrics.json")))
     assert report["step"] == 2 and report["protocol"]["color"] == "rgb"
     assert set(report["tasks"]) == {"main"} and report["overall"]["num_images"] == 3  # 3 built-in val photos
@@ -89,11 +93,14 @@ def test_sample_mode_needs_folders(trained_workdir):
         run_sample(config(), trained_workdir)
 
 
-def test_sweep_writes_csv_and_plot(trained_workdir):
+def test_sweep_writes_csv_and_plot(trained_workdir, caplog):
     cfg = config(**{"sweep.nfe": "1,2", "sweep.eta": "0,1", "eval.max_images": 1})
-    rows = sweep.run_sweep(cfg, trained_workdir)
+    with caplog.at_level("INFO", logger="rdbm_jax"):
+        rows = sweep.run_sweep(cfg, trained_workdir)
     assert [(r["nfe"], r["eta"]) for r in rows] == [(1, 0.0), (2, 0.0), (1, 1.0), (2, 1.0)]
     out = os.path.join(trained_workdir, "sweep")
+    assert caplog.records[-1].getMessage() == "wrote " + ", ".join(  # the closing line
+        os.path.join(out, f) for f in ("results.csv", "results.png", "protocol.json"))
     assert len(list(csv.DictReader(open(os.path.join(out, "results.csv"))))) == 4
     assert Image.open(os.path.join(out, "results.png")).size[0] > 100
     with pytest.raises(ConfigError, match="sweep.nfe"):
