@@ -1,4 +1,5 @@
-"""`workdir/curves.png`: training loss and validation PSNR against steps, from `metrics.jsonl`."""
+"""`workdir/curves.png`: training loss and validation PSNR (whole image, and inside the holes for
+inpainting) against steps, from `metrics.jsonl`."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,9 @@ import os
 
 # Validation PSNR series drawn when present in metrics.jsonl: key → legend label.
 PSNR_SERIES = {"val/psnr": "model (EMA)", "val/psnr_baseline": "baseline", "val/psnr_input": "degraded input"}
+# ... and inside the inpainting holes (the score the README leads with), in a panel of its own.
+MASKED_SERIES = {k.replace("val/psnr", "val/psnr_masked"): v for k, v in PSNR_SERIES.items()}
+STYLES = (("tab:red", "o", "-"), ("tab:green", "s", "--"), ("tab:gray", "^", ":"))  # model, baseline, input
 
 
 def read_series(metrics_path: str, keys: list[str]) -> dict[str, tuple[list[int], list[float]]]:
@@ -28,14 +32,29 @@ def read_series(metrics_path: str, keys: list[str]) -> dict[str, tuple[list[int]
 
 def plot_curves(metrics_path: str, out_path: str) -> bool:
     """Draw train/loss and the validation PSNR series into `out_path`; False when nothing is logged yet."""
-    series = read_series(metrics_path, ["train/loss", *PSNR_SERIES])
+    series = read_series(metrics_path, ["train/loss", *PSNR_SERIES, *MASKED_SERIES])
     if not series:
         return False
+    import matplotlib.pyplot as plt
+
+    fig = figure(series)
+    tmp = out_path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out_path)  # readers never see a half-written file
+    return True
+
+
+def figure(series: dict[str, tuple[list[int], list[float]]]):
+    """The loss panel, the validation PSNR panel and, when logged, the inside-the-holes panel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)  # one step axis
+    masked = any(k in series for k in MASKED_SERIES)
+    fig, axes = plt.subplots(1, 3 if masked else 2, figsize=(15 if masked else 10, 3.8),
+                             sharex=True)  # one step axis
+    ax_loss, ax_psnr = axes[:2]
     if "train/loss" in series:
         steps, values = series["train/loss"]
         ax_loss.plot(steps, values, color="tab:blue", lw=1.2, marker="." if len(steps) < 30 else None)
@@ -47,29 +66,30 @@ def plot_curves(metrics_path: str, out_path: str) -> bool:
     ax_loss.set_title("training loss")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("train/loss")
-    styles = {"val/psnr": ("tab:red", "o", "-"), "val/psnr_baseline": ("tab:green", "s", "--"),
-              "val/psnr_input": ("tab:gray", "^", ":")}
-    drawn = [k for k in PSNR_SERIES if k in series]
-    for k in drawn:
-        color, marker, ls = styles[k]
-        ax_psnr.plot(*series[k], color=color, marker=marker, ls=ls, label=PSNR_SERIES[k])
-    if drawn:
-        ax_psnr.legend(loc="best", fontsize=9)
-    else:
-        ax_psnr.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax_psnr.transAxes)
-    ax_psnr.set_title("validation PSNR")
-    ax_psnr.set_xlabel("step")
-    ax_psnr.set_ylabel("PSNR (dB)")
-    for ax in (ax_loss, ax_psnr):
+    _psnr_panel(ax_psnr, series, PSNR_SERIES, "validation PSNR")
+    if masked:
+        _psnr_panel(axes[2], series, MASKED_SERIES, "validation PSNR inside the holes (psnr_masked)")
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.ticklabel_format(axis="x", style="plain", useOffset=False)
         ax.tick_params(labelbottom=True)
     fig.tight_layout()
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_path)  # readers never see a half-written file
-    return True
+    return fig
+
+
+def _psnr_panel(ax, series: dict, keys: dict[str, str], title: str) -> None:
+    """Model, baseline and input PSNR series (those logged) in one panel."""
+    drawn = [k for k in keys if k in series]
+    for k, (color, marker, ls) in zip(keys, STYLES):
+        if k in series:
+            ax.plot(*series[k], color=color, marker=marker, ls=ls, label=keys[k])
+    if drawn:
+        ax.legend(loc="best", fontsize=9)
+    else:
+        ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel("PSNR (dB)")
 
 
 def refresh(workdir: str) -> bool:

@@ -174,18 +174,28 @@ def to_cell(img: np.ndarray) -> np.ndarray:
 
 
 GRID_COLUMNS = ("degraded input", "classical baseline", "restored", "ground truth")  # every grid row
-HEADER_HEIGHT = 24  # the white strip with the column labels
+HEADER_HEIGHT = 24  # the white strip with the column labels (and another with the title, if any)
 
 
-def make_grid(rows: list[list[np.ndarray]], gap: int = 4, labels: tuple[str, ...] = GRID_COLUMNS) -> np.ndarray:
-    """Rows of [-1, 1] images (μ │ baseline │ restored │ x0) → one uint8 grid, white gaps, column labels on top."""
+def grid_labels(baseline: str) -> tuple[str, ...]:
+    """The column titles of a grid, the baseline's named (e.g. 'biharmonic (true mask)')."""
+    return (GRID_COLUMNS[0], baseline or GRID_COLUMNS[1]) + GRID_COLUMNS[2:]
+
+
+def make_grid(rows: list[list[np.ndarray]], gap: int = 4, labels: tuple[str, ...] = GRID_COLUMNS,
+              title: str = "") -> np.ndarray:
+    """Rows of [-1, 1] images (μ │ baseline │ restored │ x0) → one uint8 grid, white gaps, column
+    labels on top, and above them `title` (e.g. the checkpoint step) when given."""
     white = np.full((GRID_HEIGHT, gap, 3), 255, np.uint8)
     cells = [[to_cell(c) for c in row] for row in rows]
     rendered = [np.concatenate([part for c in row for part in (c, white)][:-1], axis=1) for row in cells]
     width = max(r.shape[1] for r in rendered)
     padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rendered]
     grid = np.concatenate(padded, axis=0)[:-gap]
-    return np.concatenate([_header(labels, [c.shape[1] for c in cells[0]], width, gap), grid]) if labels else grid
+    strips = [_header((title,), [width], width, gap)] if title else []
+    if labels:
+        strips.append(_header(labels, [c.shape[1] for c in cells[0]], width, gap))
+    return np.concatenate(strips + [grid])
 
 
 def _header(labels: tuple[str, ...], widths: list[int], total: int, gap: int) -> np.ndarray:
@@ -365,7 +375,9 @@ class Validator:
                     log.info("step %d val %s (%s; baseline: %s): %s", step, title(label, s),
                              protocol_name(self.cfg), s.get("baseline", "mean over tasks"), summary_line(s))
         rows = [r for g in grids.values() for r in g][: self.cfg.eval.num_grid_images]
-        return scores, make_grid(rows)
+        names = {per_task[label]["baseline"] for label in grids if label in per_task}
+        labels = grid_labels(names.pop() if len(names) == 1 else "")
+        return scores, make_grid(rows, labels=labels, title=f"step {step}")
 
 
 def protocol_name(cfg: ml_collections.ConfigDict) -> str:
@@ -416,7 +428,9 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         for label, g in grids.items():  # grid_<task>.png, grid_<task>.<set>.png
             if g:
                 written.append(os.path.join(out_dir, f"grid_{label.replace('/', '.')}.png"))
-                Image.fromarray(make_grid(g)).save(written[-1])
+                grid = make_grid(g, labels=grid_labels(per_task[label]["baseline"]),
+                                 title=f"{label}, step {step}")
+                Image.fromarray(grid).save(written[-1])
         log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
         log.info("wrote %s", ", ".join(written))
     return per_task

@@ -19,8 +19,8 @@ log = logging.getLogger("rdbm_jax")
 
 
 def figure(rows: list[dict]) -> Any:
-    """PSNR and SSIM against NFE, one line per η, the baseline and input as flat lines, ticks at the
-    NFE values run (matplotlib, no display)."""
+    """PSNR, SSIM (and, for inpainting, PSNR inside the holes) against NFE, one line per η, the
+    baseline and input as flat lines, ticks at the NFE values run (matplotlib, no display)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -28,16 +28,19 @@ def figure(rows: list[dict]) -> Any:
 
     nfes = sorted({r["nfe"] for r in rows})
     step = rows[0].get("step")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = {"psnr": "PSNR (dB)", "ssim": "SSIM"}
+    if "psnr_masked" in rows[0]:
+        panels["psnr_masked"] = "PSNR inside the holes (dB)"
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
     for eta in sorted({r["eta"] for r in rows}):
         sel = sorted((r for r in rows if r["eta"] == eta), key=lambda r: r["nfe"])
-        for ax, key in zip(axes, ("psnr", "ssim")):
+        for ax, key in zip(axes, panels):
             ax.plot([r["nfe"] for r in sel], [r[key] for r in sel], marker="o", label=f"η = {eta:g}")
-    for ax, metric in zip(axes, ("psnr", "ssim")):  # the classical baseline and the input: flat lines
+    for ax, metric in zip(axes, panels):  # the classical baseline and the input: flat lines
         for sfx, style in (("_baseline", "--"), ("_input", ":")):
             if metric + sfx in rows[0]:
                 ax.axhline(rows[0][metric + sfx], ls=style, color="gray", label=sfx[1:])
-    for ax, key in zip(axes, ("PSNR (dB)", "SSIM")):
+    for ax, key in zip(axes, panels.values()):
         if len(nfes) > 1 and nfes[-1] / nfes[0] >= 8:
             ax.set_xscale("log")
         ax.xaxis.set_minor_locator(NullLocator())  # no minor-tick labels (they overlapped on log axes)

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import signal
+import textwrap
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -146,6 +147,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     if is_main and not start:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config_json, f, indent=2)
+        # The resolved config in TensorBoard's text tab (indented: Markdown shows it verbatim).
+        writer.write_texts(0, {"config": textwrap.indent(json.dumps(config_json, indent=2), "    ")})
     validator = evaluate.Validator(cfg, mesh, eval_sources) if eval_sources else None
     lr_schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     key = jax.random.PRNGKey(cfg.seed + 1)

@@ -49,6 +49,10 @@ class JsonlWriter:
             path = os.path.join(self.image_dir, stem + ".png")
             Image.fromarray(_to_uint8(arr)).save(path)
 
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        """Texts (the resolved config) go to TensorBoard only; config.json holds it here."""
+        del step, texts
+
     def flush(self) -> None:
         pass
 
@@ -69,6 +73,10 @@ class MultiWriter:
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         for w in self.writers:
             w.write_images(step, images)
+
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        for w in self.writers:
+            w.write_texts(step, texts)
 
     def flush(self) -> None:
         for w in self.writers:
@@ -155,6 +163,9 @@ class _ClipImages:
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         self.writer.write_images(step, {k: _to_uint8(np.asarray(v))[None] if np.asarray(v).ndim == 3
                                         else _to_uint8(np.asarray(v)) for k, v in images.items()})
+
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        self.writer.write_texts(step, texts)
 
     def flush(self) -> None:
         self.writer.flush()

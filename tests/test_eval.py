@@ -39,7 +39,21 @@ def test_eval_writes_metrics_per_image_csv_and_grids(trained_workdir, caplog):
     assert float(rows[0]["psnr"]) == pytest.approx(float(per_task["main"]["psnr"]) * 3
                                                    - sum(float(r["psnr"]) for r in rows[1:]), rel=1e-6)
     grid = Image.open(os.path.join(out, "grid_main.png"))
-    assert grid.size[1] == evaluate.HEADER_HEIGHT + 2 * evaluate.GRID_HEIGHT + 4  # labels, two rows, a gap
+    # title (test set, step), column labels, two rows, a gap
+    assert grid.size[1] == 2 * evaluate.HEADER_HEIGHT + 2 * evaluate.GRID_HEIGHT + 4
+
+
+def test_grid_names_the_baseline_and_shows_a_title():
+    assert evaluate.grid_labels("biharmonic (true mask)") == (
+        "degraded input", "biharmonic (true mask)", "restored", "ground truth")
+    assert evaluate.grid_labels("") == evaluate.GRID_COLUMNS
+    rows = [[np.zeros((8, 8, 3), np.float32)] * 4]
+    plain = evaluate.make_grid(rows)
+    titled = evaluate.make_grid(rows, labels=evaluate.grid_labels("biharmonic"), title="step 1500")
+    assert titled.shape[0] == plain.shape[0] + evaluate.HEADER_HEIGHT
+    assert titled[: evaluate.HEADER_HEIGHT].min() < 128  # the title is drawn
+    np.testing.assert_array_equal(titled[evaluate.HEADER_HEIGHT:][-evaluate.GRID_HEIGHT:],
+                                  plain[-evaluate.GRID_HEIGHT:])
 
 
 def test_eval_with_lpips_weights_and_fid_skipped(trained_workdir, tmp_path, caplog):

@@ -93,5 +93,10 @@ def test_sweep_plot_ticks_are_the_nfe_values_run(tmp_path):
     assert few.axes[0].get_xscale() == "linear"
     assert [t.get_text() for t in few.axes[0].get_xticklabels()] == ["5", "10"]
     plt.close(few)
+    masked = sweep.figure([{**r, "psnr_masked": 18.0 + r["nfe"] / 10, "psnr_masked_baseline": 19.0}
+                           for r in rows])
+    assert [ax.get_ylabel() for ax in masked.axes] == ["PSNR (dB)", "SSIM", "PSNR inside the holes (dB)"]
+    assert [line.get_label() for line in masked.axes[2].get_lines()] == ["η = 0", "η = 1", "baseline"]
+    plt.close(masked)
     sweep.plot(rows, str(tmp_path / "s.png"))
     assert (tmp_path / "s.png").stat().st_size > 10_000

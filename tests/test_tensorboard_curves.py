@@ -82,6 +82,9 @@ def test_training_writes_events_and_curves_and_resume_reads_once(trained_workdir
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in acc.Scalars("val/psnr")] == [4]
     assert [e.step for e in acc.Images("grid")] == [4]
+    assert "config/text_summary" in acc.Tags()["tensors"]  # the resolved config, as text
+    (text,) = acc.Tensors("config/text_summary")
+    assert '"num_steps": 2' in text.tensor_proto.string_val[0].decode()  # the fixture run's config
     curves_png = np.asarray(Image.open(os.path.join(workdir, "curves.png")))
     assert curves_png.shape[0] > 300 and curves_png.shape[1] > 800
     assert curves_png[..., :3].std() > 10  # something drawn, not a blank canvas
@@ -92,6 +95,20 @@ def test_training_writes_events_and_curves_and_resume_reads_once(trained_workdir
     acc = read_events(os.path.join(workdir, "tensorboard"))
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in acc.Scalars("val/psnr")] == []
+
+
+def test_curves_add_a_panel_inside_the_holes_when_logged(tmp_path):
+    rows = [{"step": s, "train/loss": 1.0 / s, "val/psnr": 25.0, "val/psnr_masked": 20 + s / 10,
+             "val/psnr_masked_baseline": 21.0, "val/psnr_masked_input": 3.5} for s in (10, 20)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    fig = curves.figure(curves.read_series(str(path), ["train/loss", *curves.PSNR_SERIES,
+                                                        *curves.MASKED_SERIES]))
+    assert len(fig.axes) == 3 and "inside the holes" in fig.axes[2].get_title()
+    assert [line.get_label() for line in fig.axes[2].get_lines()] == ["model (EMA)", "baseline",
+                                                                     "degraded input"]
+    assert list(fig.axes[2].get_lines()[0].get_ydata()) == [21.0, 22.0]
+    assert curves.refresh(str(tmp_path)) and Image.open(tmp_path / "curves.png").size[0] > 1200
 
 
 def test_curves_plot_every_psnr_series_present(tmp_path):
@@ -106,6 +123,7 @@ def test_curves_plot_every_psnr_series_present(tmp_path):
     assert set(series) == {"train/loss", "val/psnr", "val/psnr_baseline", "val/psnr_input"}
     assert curves.refresh(str(tmp_path))
     assert Image.open(tmp_path / "curves.png").size[0] > 800
+    assert [ax.get_title() for ax in curves.figure(series).axes] == ["training loss", "validation PSNR"]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert not curves.refresh(str(empty)) and not os.path.exists(empty / "curves.png")
