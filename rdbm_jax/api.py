@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax import checkpoints, data, distributed, models, program
+from rdbm_jax.data import image_io
 from rdbm_jax.sampler import Sampler
 
 
@@ -34,8 +35,10 @@ def _to_mu(images: np.ndarray) -> np.ndarray:
     return unit * 2.0 - 1.0
 
 
-def _from_x0(x0: np.ndarray, like_dtype: np.dtype) -> np.ndarray:
-    """[-1, 1] → uint8 when the input was uint8, else float32 in [0, 1]."""
+def _from_x0(x0: np.ndarray, like_dtype: np.dtype, gray: bool = False) -> np.ndarray:
+    """[-1, 1] → uint8 when the input was uint8, else float32 in [0, 1]; one channel when `gray`."""
+    if gray:
+        x0 = image_io.to_gray(x0)
     if like_dtype == np.uint8:
         return data.to_uint8(x0)
     return np.clip((np.asarray(x0, np.float32) + 1.0) / 2.0, 0.0, 1.0)
@@ -49,6 +52,12 @@ class TrainedModel:
         self.config, self.model, self.schedule, self.params = config, model, schedule, params
         self.step, self.mesh = step, mesh
         self.multiple = models.downsample_factor(config.model)  # the UNet's downsampling factor
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"TrainedModel(step={self.step}, size={c.model.size!r}, bridge={c.bridge.preset!r}, "
+                f"NFE={c.sample.num_steps}, eta={c.sample.eta:g}, condition={c.model.condition!r}, "
+                f"ema={bool(c.sample.use_ema)})")
 
     def sampler(self, num_steps: int | None = None, eta: float | None = None, tile_size: int | None = None,
                  tile_overlap: int | None = None) -> Sampler:
@@ -73,9 +82,11 @@ class TrainedModel:
                 batch_size: int | None = None, mask: Any = None) -> Any:
         """Restore degraded images of any size (padded to the UNet's factor inside, cropped back).
 
-        images: a PIL image, a numpy image [H, W, C] or batch [B, H, W, C] (uint8, or float in
-        [0, 1]; C = 1, 3 or 4), or a list of these (sizes may differ). Returns the same kind:
-        PIL → PIL (RGB), uint8 → uint8, float → float32 in [0, 1], list → list.
+        images: a PIL image, an image file's path (str or os.PathLike), a numpy image [H, W],
+        [H, W, C] or batch [B, H, W, C] (uint8, or float in [0, 1]; C = 1, 3 or 4: alpha is
+        dropped), or a list of these (sizes may differ). Returns the same kind: PIL → PIL, a path →
+        PIL, uint8 → uint8, float → float32 in [0, 1], list → list; gray in → gray out (PIL "L",
+        [H, W], C = 1; PIL's RGB → L weights), else RGB.
         num_steps (NFE), eta, tile_size, tile_overlap: override the run's `sample` settings.
         seed: the sampling noise (η > 0). batch_size: images per compiled call (the run's default).
         mask: the degradation mask ([H, W] or [B, H, W], 1 = degraded pixel), for models trained
@@ -86,15 +97,22 @@ class TrainedModel:
             return [self.restore(img, num_steps=num_steps, eta=eta, tile_size=tile_size,
                                  tile_overlap=tile_overlap, seed=seed + i, batch_size=batch_size, mask=m)
                     for i, (img, m) in enumerate(zip(images, masks, strict=True))]
+        if isinstance(images, (str, os.PathLike)):
+            from PIL import Image, ImageOps
+
+            with Image.open(os.fspath(images)) as img:  # a missing/unreadable file: PIL's own error
+                images = ImageOps.exif_transpose(img)  # as the camera held it (a loaded copy)
         if _is_pil(images):
             from PIL import Image
 
-            out = self.restore(np.asarray(images.convert("RGB")), num_steps=num_steps, eta=eta,
-                               tile_size=tile_size, tile_overlap=tile_overlap, seed=seed,
+            gray = images.mode in image_io.GRAY_MODES
+            out = self.restore(np.asarray(images.convert("L" if gray else "RGB")), num_steps=num_steps,
+                               eta=eta, tile_size=tile_size, tile_overlap=tile_overlap, seed=seed,
                                batch_size=batch_size, mask=mask)
             return Image.fromarray(out)
         arr = np.asarray(images)
-        if arr.ndim == 2:
+        flat = arr.ndim == 2  # [H, W]: gray, and given back as [H, W]
+        if flat:
             arr = arr[..., None]
         single = arr.ndim == 3
         batch = arr[None] if single else arr
@@ -109,7 +127,8 @@ class TrainedModel:
         for i, start in enumerate(range(0, len(mu), size)):
             extra = {} if masks is None else {"mask": masks[start:start + size]}
             outs.append(sampler(self.params, mu[start:start + size], jax.random.fold_in(rng, i), **extra))
-        out = _from_x0(np.concatenate(outs), batch.dtype)
+        out = _from_x0(np.concatenate(outs), batch.dtype, gray=batch.shape[-1] == 1)
+        out = out[..., 0] if flat else out
         return out[0] if single else out
 
     @staticmethod

@@ -2,7 +2,8 @@
 
     from export_loader import load                    # or: from rdbm_jax import load_exported
     restore = load("restorer.jax")
-    out = restore(images)                              # uint8 or [0, 1] float, [H, W, 3] or [B, H, W, 3]
+    out = restore(images)                              # uint8 or [0, 1] float, [H, W, C] or [B, H, W, C]
+    out = restore("photo.png")                         # a file (read with PIL, when installed)
 
 The artifact holds the network, its weights and the whole reverse loop, compiled by `jax.export`
 for CPU and CUDA; it takes any batch size and any H, W >= 8 (padding to the UNet's factor is done
@@ -12,11 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from jax import export
+
+# PIL's RGB → L weights (ITU-R 601), as rdbm_jax.data.image_io.LUMA: gray in → gray out.
+LUMA = (0.299, 0.587, 0.114)
+GRAY_MODES = ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class ExportedRestorer:
@@ -31,16 +36,24 @@ class ExportedRestorer:
         return np.asarray(self.exported.call(np.asarray(mu, np.float32), np.asarray(mask, np.float32),
                                              np.asarray(key, np.uint32)))
 
-    def __call__(self, images: np.ndarray, mask: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-        """uint8 or float [0, 1] RGB, [H, W, 3] or [B, H, W, 3] → the restored images, same dtype.
+    def __call__(self, images: Any, mask: np.ndarray | None = None, seed: int = 0) -> Any:
+        """uint8 or float [0, 1] images, [H, W], [H, W, C] or [B, H, W, C] with C = 1 (gray), 3
+        (RGB) or 4 (RGBA: alpha dropped) → the restored images, same dtype; gray in → gray out
+        (same shape). A file path (str or os.PathLike; needs PIL) or a PIL image → a PIL image.
 
         `mask` ([H, W] or [B, H, W], 1 = hole) is for inpainting models trained with the mask; None
         takes the pure-white pixels (the fill value) for the holes.
         """
+        if isinstance(images, (str, os.PathLike)) or type(images).__module__.startswith("PIL."):
+            return self._pil(images, mask, seed)
         arr = np.asarray(images)
-        batch = arr[None] if arr.ndim == 3 else arr
-        if batch.ndim != 4 or batch.shape[-1] != 3 or min(batch.shape[1:3]) < 8:
-            raise ValueError(f"images: shape {arr.shape} is not [H, W, 3] or [B, H, W, 3] with H, W >= 8")
+        flat = arr.ndim == 2  # [H, W]: one gray image
+        batch = arr[None, ..., None] if flat else (arr[None] if arr.ndim == 3 else arr)
+        if batch.ndim != 4 or batch.shape[-1] not in (1, 3, 4) or min(batch.shape[1:3]) < 8:
+            raise ValueError(f"images: shape {arr.shape} is not [H, W], [H, W, C] or [B, H, W, C] "
+                             "with C = 1, 3 or 4 and H, W >= 8")
+        gray = batch.shape[-1] == 1
+        batch = np.repeat(batch, 3, axis=-1) if gray else batch[..., :3]
         unit = batch.astype(np.float32) / 255.0 if batch.dtype == np.uint8 else batch.astype(np.float32)
         if mask is None:
             holes = np.all(unit >= 1.0 - 0.5 / 255.0, axis=-1)
@@ -49,9 +62,22 @@ class ExportedRestorer:
         key = np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)), np.uint32)
         out = np.clip((self.raw(unit * 2.0 - 1.0, holes[..., None].astype(np.float32), key) + 1.0) / 2.0,
                       0.0, 1.0)
+        if gray:
+            out = (out @ np.asarray(LUMA, np.float32))[..., None]
         # uint8 as rdbm_jax.data.to_uint8 gives it (this file runs with jax + numpy only, no rdbm_jax)
         out = np.rint(out * 255.0).astype(np.uint8) if batch.dtype == np.uint8 else out
-        return out[0] if arr.ndim == 3 else out
+        out = out[..., 0] if flat else out
+        return out[0] if arr.ndim in (2, 3) else out
+
+    def _pil(self, image: Any, mask: np.ndarray | None, seed: int) -> Any:
+        """A file path or PIL image → the restored PIL image (gray stays gray)."""
+        from PIL import Image, ImageOps  # only for files and PIL images: numpy inputs need no PIL
+
+        if isinstance(image, (str, os.PathLike)):
+            with Image.open(os.fspath(image)) as img:
+                image = ImageOps.exif_transpose(img)  # as the camera held it (a loaded copy)
+        gray = image.mode in GRAY_MODES
+        return Image.fromarray(self(np.asarray(image.convert("L" if gray else "RGB")), mask, seed))
 
 
 def load(path: str) -> Callable[..., np.ndarray]:

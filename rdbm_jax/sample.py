@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax import conditioning, config as config_lib, data, distributed, program, progress
+from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError, RDBMError
 from rdbm_jax.sampler import check_size
 
@@ -93,7 +94,9 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                        mask=masks)
         for (path, _), img in zip(pending, out):
             if distributed.is_main_process():
-                data.save_image(_output_path(s.output_dir, s.input_dir, path), img)
+                gray = image_io.is_gray_file(path)  # gray in → gray out
+                data.save_image(_output_path(s.output_dir, s.input_dir, path),
+                                image_io.to_gray(img) if gray else img)
                 saved += 1
             written += 1
             pbar.update(1)

@@ -57,11 +57,32 @@ def test_readme_sde_example_runs(capsys):
     assert float(capsys.readouterr().out.strip()) < 1e-6
 
 
+def test_gray_in_gray_out_file_paths_and_repr(model, tmp_path):
+    """Gray in → gray out (PIL's RGB → L weights of the restored RGB); paths give PIL images."""
+    gray = (np.random.RandomState(1).rand(20, 24) * 255).astype(np.uint8)
+    as_rgb = model.restore(np.repeat(gray[..., None], 3, -1))
+    luma = as_rgb.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
+    flat = model.restore(gray)
+    assert flat.shape == (20, 24) and flat.dtype == np.uint8 and np.abs(flat - luma).max() <= 1
+    np.testing.assert_array_equal(model.restore(gray[..., None])[..., 0], flat)  # [H, W, 1] kept
+    np.testing.assert_array_equal(model.restore(np.dstack([as_rgb, as_rgb[..., :1]])),
+                                  model.restore(as_rgb))  # RGBA: alpha dropped
+    pil = model.restore(Image.fromarray(gray))
+    assert pil.mode == "L" and np.array_equal(np.asarray(pil), flat)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    Image.fromarray(np.repeat(gray[..., None], 3, -1)).save(tmp_path / "rgb.jpg", quality=95)
+    by_path = model.restore(str(tmp_path / "gray.png"))
+    assert by_path.mode == "L" and np.array_equal(np.asarray(by_path), flat)
+    assert model.restore(tmp_path / "rgb.jpg").mode == "RGB"  # os.PathLike
+    assert repr(model) == ("TrainedModel(step=2, size='T', bridge='rdbm', NFE=2, eta=0, "
+                           "condition='mu_mask_fill', ema=True)")
+
+
 def test_restore_kinds_and_errors(trained_workdir, model):
     img = np.random.RandomState(0).rand(20, 24, 3).astype(np.float32)
     out = model.restore(img)  # float [0, 1] in → float [0, 1] out, odd size padded inside
     assert out.dtype == np.float32 and out.shape == (20, 24, 3) and 0 <= out.min() and out.max() <= 1
-    pil = model.restore(Image.fromarray((img * 255).astype(np.uint8)).convert("L"))
+    pil = model.restore(Image.fromarray((img * 255).astype(np.uint8)))
     assert isinstance(pil, Image.Image) and pil.size == (24, 20) and pil.mode == "RGB"
     both = model.restore([img, img[:18]])  # sizes may differ (both pad to 24 × 24: one compilation)
     assert [o.shape for o in both] == [(20, 24, 3), (18, 24, 3)]

@@ -102,6 +102,17 @@ def test_sample_mode_restores_tree_survives_corrupt_file_and_keeps_outputs(train
     assert run_sample(cfg, trained_workdir)["restored"] == 3
 
 
+def test_sample_mode_gray_in_gray_out(trained_workdir, tmp_path):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(src / "gray.png")
+    _png(str(src / "rgb.png"), 24, 20, 1)
+    run_sample(config(**{"sample.input_dir": str(src), "sample.output_dir": str(dst)}), trained_workdir)
+    assert Image.open(dst / "gray.png").mode == "L" and Image.open(dst / "gray.png").size == (20, 24)
+    assert Image.open(dst / "rgb.png").mode == "RGB"
+
+
 def test_sample_mode_needs_folders(trained_workdir):
     with pytest.raises(ConfigError, match="sample.input_dir"):
         run_sample(config(), trained_workdir)

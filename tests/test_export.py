@@ -39,6 +39,11 @@ LOADER_SCRIPT = textwrap.dedent('''
     key = np.asarray(data["key"], np.uint32)
     out = {name: restore.raw(data[name], data[name + "_mask"], key) for name in ("a", "b")}
     out["uint8"] = restore(data["uint8"], seed=3)
+    gray = data["uint8"][..., 0]
+    out["gray"] = restore(gray, seed=3)                                  # [H, W] in → [H, W] out
+    out["gray1"] = restore(gray[..., None], seed=3)                      # [H, W, 1] → [H, W, 1]
+    out["gray_as_rgb"] = restore(np.repeat(gray[..., None], 3, -1), seed=3)
+    out["rgba"] = restore(np.concatenate([data["uint8"], np.full_like(gray[..., None], 7)], -1), seed=3)
     loaded = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
     assert not loaded, loaded
     np.savez(outputs, num_steps=restore.info["num_steps"], **out)
@@ -83,6 +88,12 @@ def test_exported_restorer_runs_without_flax_and_matches(trained_workdir, tmp_pa
     want_u8 = restorer(params, inputs["uint8"][None].astype(np.float32) / 127.5 - 1, jax.random.PRNGKey(3))[0]
     want_u8 = np.rint(np.clip((want_u8 + 1) / 2, 0, 1) * 255)
     assert np.abs(got["uint8"].astype(np.float32) - want_u8).max() <= 1  # rounding at .5 may differ
+    # 1 and 4 channels as the API takes them: gray in → gray out (PIL's weights), alpha dropped
+    np.testing.assert_array_equal(got["rgba"], got["uint8"])
+    assert got["gray"].shape == (32, 16) and got["gray1"].shape == (32, 16, 1)
+    np.testing.assert_array_equal(got["gray1"][..., 0], got["gray"])
+    luma = got["gray_as_rgb"].astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
+    assert got["gray"].dtype == np.uint8 and np.abs(got["gray"] - luma).max() <= 1  # luma of rounded RGB
 
 
 def test_export_refuses_tiling(trained_workdir):

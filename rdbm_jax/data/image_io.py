@@ -181,3 +181,19 @@ def center_crop(img: np.ndarray, max_side: int) -> np.ndarray:
     th, tw = min(h, max_side), min(w, max_side)
     top, left = (h - th) // 2, (w - tw) // 2
     return img[top:top + th, left:left + tw]
+
+
+GRAY_MODES = ("1", "L", "LA", "La") + _SIXTEEN_BIT_MODES  # PIL modes read as grayscale
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, PIL's RGB → "L" weights
+
+
+def is_gray_file(path: str) -> bool:
+    """Whether an image file is grayscale (its header's PIL mode), so that its restoration is too."""
+    with Image.open(path) as img:
+        return img.mode in GRAY_MODES
+
+
+def to_gray(img: Any) -> np.ndarray:
+    """RGB [..., 3] float images (any range: the weights sum to 1) → gray [..., 1] (PIL's weights)."""
+    arr = np.asarray(img, np.float32)
+    return (arr @ np.asarray(LUMA, np.float32))[..., None]
