@@ -136,15 +136,21 @@ class Baselines:
         return self._scores[key]
 
 
+def score_text(key: str, value: float) -> str:
+    """One score as every report prints it (log lines and tables alike, so that quoting either
+    gives the same digits): PSNR in dB to 2 decimals, SSIM, LPIPS and the rest to 4."""
+    return f"{value:.2f}" if key.startswith("psnr") else f"{value:.4f}"
+
+
 def summary_line(scores: dict[str, float], prefix: str = "") -> str:
     """'psnr 24.10 | baseline 22.31 | input 10.59; ssim …' for the scores present (one line)."""
     parts = []
     for key in WHOLE + MASKED + KEPT:
         if f"{prefix}{key}" not in scores:
             continue
-        values = [f"{key} {scores[prefix + key]:.4g}"]
-        values += [f"{sfx} {scores[prefix + key + '_' + sfx]:.4g}" for sfx in ("baseline", "input")
-                   if f"{prefix}{key}_{sfx}" in scores]
+        values = [f"{key} {score_text(key, scores[prefix + key])}"]
+        values += [f"{sfx} {score_text(key, scores[prefix + key + '_' + sfx])}"
+                   for sfx in ("baseline", "input") if f"{prefix}{key}_{sfx}" in scores]
         parts.append(" | ".join(values))
     return "; ".join(parts)
 
@@ -446,6 +452,6 @@ def comparison_table(per_task: dict[str, dict]) -> str:
                      f"baseline: {s.get('baseline', 'per task')})")
         lines.append(f"  {'':<10}" + "".join(f"{c:>14}" for c in cols))
         for row, sfx in (("model", ""), ("baseline", "_baseline"), ("input", "_input")):
-            cells = [f"{s[c + sfx]:>14.4f}" if c + sfx in s else f"{'—':>14}" for c in cols]
+            cells = [f"{score_text(c, s[c + sfx]):>14}" if c + sfx in s else f"{'—':>14}" for c in cols]
             lines.append(f"  {row:<10}" + "".join(cells))
     return "\n".join(lines)

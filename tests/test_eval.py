@@ -43,6 +43,17 @@ def test_eval_writes_metrics_per_image_csv_and_grids(trained_workdir, caplog):
     assert grid.size[1] == 2 * evaluate.HEADER_HEIGHT + 2 * evaluate.GRID_HEIGHT + 4
 
 
+def test_log_line_and_table_print_the_same_digits():
+    """A score quoted from the log and from the eval table reads the same (22.68496 was 22.68 in the
+    log's 4 significant digits but 22.6850 in the table, which rounds on to 22.69)."""
+    scores = {"psnr": 28.99, "psnr_baseline": 29.7204, "psnr_masked": 21.9638,
+              "psnr_masked_baseline": 22.68496, "psnr_masked_input": 3.55949, "ssim": 0.902612, "num_images": 3, "baseline": "biharmonic"}
+    line = evaluate.summary_line(scores)
+    assert "psnr_masked 21.96 | baseline 22.68 | input 3.56" in line and "ssim 0.9026" in line
+    table = evaluate.comparison_table({"main": scores})
+    assert "22.68" in table and "22.6850" not in table and "3.56" in table and "0.9026" in table
+
+
 def test_grid_names_the_baseline_and_shows_a_title():
     assert evaluate.grid_labels("biharmonic (true mask)") == (
         "degraded input", "biharmonic (true mask)", "restored", "ground truth")
