@@ -452,6 +452,7 @@ def comparison_table(per_task: dict[str, dict]) -> str:
                      f"baseline: {s.get('baseline', 'per task')})")
         lines.append(f"  {'':<10}" + "".join(f"{c:>14}" for c in cols))
         for row, sfx in (("model", ""), ("baseline", "_baseline"), ("input", "_input")):
-            cells = [f"{score_text(c, s[c + sfx]):>14}" if c + sfx in s else f"{'—':>14}" for c in cols]
+            cells = [f"{score_text(c, s[c + sfx]):>14}" if c + sfx in s else f"{'—':>14}"
+                     for c in cols]
             lines.append(f"  {row:<10}" + "".join(cells))
     return "\n".join(lines)

@@ -47,7 +47,8 @@ def test_log_line_and_table_print_the_same_digits():
     """A score quoted from the log and from the eval table reads the same (22.68496 was 22.68 in the
     log's 4 significant digits but 22.6850 in the table, which rounds on to 22.69)."""
     scores = {"psnr": 28.99, "psnr_baseline": 29.7204, "psnr_masked": 21.9638,
-              "psnr_masked_baseline": 22.68496, "psnr_masked_input": 3.55949, "ssim": 0.902612, "num_images": 3, "baseline": "biharmonic"}
+              "psnr_masked_baseline": 22.68496, "psnr_masked_input": 3.55949, "ssim": 0.902612,
+              "num_images": 3, "baseline": "biharmonic"}
     line = evaluate.summary_line(scores)
     assert "psnr_masked 21.96 | baseline 22.68 | input 3.56" in line and "ssim 0.9026" in line
     table = evaluate.comparison_table({"main": scores})
