@@ -7,6 +7,9 @@ import textwrap
 
 import ml_collections
 
+from rdbm_jax import config as config_lib, models
+from rdbm_jax.config_files import sibling
+
 # --mode → what it does (main.MODES lists the modes; a test checks both name the same ones).
 MODE_HELP = {
     "train": "train, resuming from the newest checkpoint in --workdir (metrics.jsonl, samples/, "
@@ -49,8 +52,6 @@ def describe_config(path: str) -> tuple[str, str] | None:
 
 def _variants(tree: ast.Module) -> str:
     """The `:ARG` values a config's `common.variant(arg, default_size=…, options=…)` call accepts."""
-    from rdbm_jax import models  # the size list lives with the model
-
     for node in ast.walk(tree):
         name = getattr(node, "func", None)
         if isinstance(node, ast.Call) and getattr(name, "attr", getattr(name, "id", "")) == "variant":
@@ -65,8 +66,6 @@ def _variants(tree: ast.Module) -> str:
 
 def text(modes: tuple[str, ...]) -> str:
     """The whole --help text."""
-    from rdbm_jax.config_files import sibling
-
     folder = configs_folder()
     lines = ["usage: python -m rdbm_jax.main --config=configs/<file>.py[:VARIANT] --workdir=DIR "
              "[--mode=MODE] [--config.<section>.<key>=VALUE ...]", "",
@@ -103,7 +102,5 @@ def _item(name: str, what: str, indent: int) -> str:
 
 def resolved_config(cfg: ml_collections.ConfigDict) -> str:
     """The validated config as `--mode=print_config` prints it (YAML-like, every key)."""
-    from rdbm_jax import config as config_lib
-
     config_lib.validate(cfg)
     return str(cfg)
