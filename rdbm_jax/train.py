@@ -92,20 +92,6 @@ def hold_workdir(workdir: str) -> Iterator[None]:
         lock.release()
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
-                       hooks: Sequence[Callable[[int, TrainState], None]] = ()) -> dict[str, float]:
-    """Train per `cfg` in `workdir`, resuming from its newest readable checkpoint; returns the last metrics.
-
-    Holds the workdir lock throughout. `hooks` are called as hook(step, state) after every dispatch
-    (and after its checkpoint).
-    """
-    config_lib.validate(cfg)
-    check_config(cfg, distributed.make_mesh())  # a config error leaves no workdir behind
-    prepare_workdir(workdir)
-    with hold_workdir(workdir):
-        return _train(cfg, workdir, hooks)
-
-
 def check_config(cfg: ml_collections.ConfigDict, mesh: Any) -> None:
     """What training needs beyond `config.validate`, checked before the workdir is created: shapes
     that fit the UNet and the devices, and the data folders (ConfigError naming the key)."""
@@ -118,6 +104,20 @@ def check_config(cfg: ml_collections.ConfigDict, mesh: Any) -> None:
                           f"{mesh.size} devices, {len(cfg.data.tasks)} tasks x {jax.process_count()} "
                           f"processes), e.g. {unit * max(1, round(cfg.train.batch_size / unit))}")
     data_spec.check_folders(cfg.data, ("train", "eval") if cfg.train.eval_every else ("train",))
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
+                       hooks: Sequence[Callable[[int, TrainState], None]] = ()) -> dict[str, float]:
+    """Train per `cfg` in `workdir`, resuming from its newest readable checkpoint; returns the last metrics.
+
+    Holds the workdir lock throughout. `hooks` are called as hook(step, state) after every dispatch
+    (and after its checkpoint).
+    """
+    config_lib.validate(cfg)
+    check_config(cfg, distributed.make_mesh())  # a config error leaves no workdir behind
+    prepare_workdir(workdir)
+    with hold_workdir(workdir):
+        return _train(cfg, workdir, hooks)
 
 
 def _train(cfg: ml_collections.ConfigDict, workdir: str,
