@@ -1,7 +1,6 @@
 """Conditional UNet (NHWC): out = UNet([x, cond], t); size presets T/S/B/L and helpers."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -12,28 +11,9 @@ import numpy as np
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.models.layers import (AttnBlock, Downsample, ResBlock, Upsample, conv2d,
                                     group_norm, timestep_embedding)
+from rdbm_jax.models.sizes import SIZES, SizePreset
 
 Dtype = Any
-
-
-@dataclasses.dataclass(frozen=True)
-class SizePreset:
-    """Width/depth of one UNet size: base channels, per-level multipliers and residual blocks."""
-
-    channels: int
-    channel_mult: tuple[int, ...]
-    num_blocks: tuple[int, ...]
-    num_heads: int
-    groups: int = 8
-
-
-# Paper: T 0.45 M, B 3.65 M (23.97 GMAC @256²), L 7.73 M (32.93 GMAC); S sits in between.
-SIZES: dict[str, SizePreset] = {
-    "T": SizePreset(16, (1, 1, 2, 2), (1, 1, 2, 2), num_heads=1),
-    "S": SizePreset(24, (1, 2, 3, 3), (1, 1, 1, 1), num_heads=3),
-    "B": SizePreset(32, (1, 2, 3, 3), (1, 2, 1, 2), num_heads=3),
-    "L": SizePreset(48, (1, 1, 3, 4), (1, 1, 1, 1), num_heads=6),
-}
 RematResBlock = nn.remat(ResBlock, static_argnums=(3,))  # (self, x, emb, train): train is static
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DTYPES = tuple(_DTYPES)                   # model.dtype: compute dtype
