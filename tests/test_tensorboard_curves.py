@@ -20,20 +20,15 @@ def read_events(logdir: str):
     return acc
 
 
-def test_tensorboardx_writer_implements_clu_interface_and_reads_back(tmp_path):
+def test_tensorboardx_writer_reads_back(tmp_path):
     w = writers.create_writer(str(tmp_path), is_main=True)  # the default: tensorboardX, no TensorFlow
     w.write_scalars(5, {"train/loss": np.float32(0.25), "val/psnr": 21.5})
     w.write_images(5, {"grid": np.linspace(0, 1, 8 * 12 * 3, dtype=np.float32).reshape(8, 12, 3)})
-    tb = [x for x in w.writers if isinstance(x, writers.TensorBoardXWriter)]
-    tb[0].write_texts(5, {"note": "hello"})
-    tb[0].write_histograms(5, {"weights": np.arange(100.0)}, num_buckets={"weights": 5})
     w.close()
-    assert len(tb) == 1 and isinstance(tb[0], writers.MetricWriter)  # clu's ABC: every method implemented
+    assert [type(x) for x in w.writers] == [writers.JsonlWriter, writers.TensorBoardXWriter]
     acc = read_events(str(tmp_path / "tensorboard"))
     assert [(e.step, pytest.approx(e.value)) for e in acc.Scalars("train/loss")] == [(5, 0.25)]
     assert [(e.step, pytest.approx(e.value)) for e in acc.Scalars("val/psnr")] == [(5, 21.5)]
-    assert [h.step for h in acc.Histograms("weights")] == [5]
-    assert "note/text_summary" in acc.Tags()["tensors"]
     (img,) = acc.Images("grid")
     assert (img.step, img.width, img.height) == (5, 12, 8)
     decoded = np.asarray(Image.open(__import__("io").BytesIO(img.encoded_image_string)))
