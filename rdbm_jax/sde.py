@@ -50,6 +50,14 @@ def _check_parameterization(parameterization: str) -> None:
                          f"{', '.join(PARAMETERIZATIONS)}")
 
 
+def _check_eta(eta: float | jax.Array) -> float | None:
+    """η as a float when concrete (None when traced); a concrete η outside [0, 1] is refused."""
+    eta_c = _concrete(eta)
+    if eta_c is not None and not 0.0 <= eta_c <= 1.0:
+        raise ValueError(f"eta={eta_c} must be in [0, 1]")
+    return eta_c
+
+
 def _concrete(x) -> float | None:
     """float(x) when x is concrete, None when it is traced."""
     try:
@@ -205,9 +213,7 @@ def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.
     # (+ η Σ_s π̂ z). t_next = −1 returns x̂0. `noise` is z: required when η > 0 is concrete; when η is
     # traced and noise is None the z term is dropped.
     mode = _resolve_pi(schedule, pi)
-    eta_c = _concrete(eta)
-    if eta_c is not None and not 0.0 <= eta_c <= 1.0:
-        raise ValueError(f"eta={eta_c} must be in [0, 1]")
+    eta_c = _check_eta(eta)
     if noise is None and eta_c not in (None, 0.0):
         raise ValueError(f"noise: a standard normal array is needed when eta={eta_c} > 0")
     th_t, sg_t = _coefs(schedule, t)
@@ -261,9 +267,7 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
     mode = _resolve_pi(schedule, pi)
     _check_parameterization(parameterization)
     pairs = timestep_pairs(schedule.num_timesteps, num_steps)
-    eta_c = _concrete(eta)
-    if eta_c is not None and not 0.0 <= eta_c <= 1.0:
-        raise ValueError(f"eta={eta_c} must be in [0, 1]")
+    eta_c = _check_eta(eta)
     stochastic = eta_c != 0.0
     noisy_start = schedule.preset == "irsde" and mode != "zero"
     if noisy_start and mode != "one":

@@ -110,9 +110,6 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         jax.config.update("jax_compilation_cache_dir", cfg.train.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     mesh = distributed.make_mesh()
-    if cfg.data.crop_size % models.downsample_factor(cfg.model):
-        raise ConfigError(f"data.crop_size={cfg.data.crop_size} must be a multiple of "
-                          f"{models.downsample_factor(cfg.model)} (the UNet's downsampling factor)")
     unit = math.lcm(mesh.size, len(cfg.data.tasks) * jax.process_count())
     if cfg.train.batch_size % unit:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be a multiple of {unit} = lcm("

@@ -137,9 +137,6 @@ def create_writer(workdir: str, is_main: bool = True, tensorboard: str = "tensor
         if purge_step is not None and os.path.isdir(logdir):  # a resumed (or restarted) run
             write_purge_marker(logdir, purge_step)
         writers.append(_ClipImages(metric_writers.SummaryWriter(logdir)))
-    elif tensorboard != "none":
-        raise ConfigError(f"train.tensorboard={tensorboard!r} is not one of "
-                          + ", ".join(repr(t) for t in WRITERS))
     return MultiWriter(writers)
 
 

@@ -129,3 +129,19 @@ def test_loading_a_config_file_imports_no_jax_library(name):
     loaded = set(proc.stdout.split())
     assert "ml_collections" in loaded  # the check itself sees what was imported
     assert not loaded & set(HEAVY), f"configs/{name} imports {sorted(loaded & set(HEAVY))}"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # Rules that lived beside the code reading the key (pipeline, UNet, sampler, train loop, sweep).
+    ({"data.crop_size": 36}, r"^data\.crop_size=36 must be a multiple of 8 \(the UNet's"),
+    ({"data.prefetch_buffer": -1}, r"^data\.prefetch_buffer=-1 must be >= 0$"),
+    ({"model.dropout": 1.0}, r"^model\.dropout=1\.0 must be in \[0, 1\)$"),
+    ({"model.attention_impl": "cudnn"}, r"^model\.attention_impl='cudnn' needs model\.dtype bfloat16"),
+    ({"sample.eta": 1.5}, r"^sample\.eta=1\.5 must be in \[0, 1\]$"),
+    ({"sweep.eta": "0,1.5"}, r"^sweep\.eta=1\.5 must be in \[0, 1\]$"),  # the rule of sample.eta
+    ({"sweep.nfe": "2,0"}, r"^sweep\.nfe=0 must be > 0$"),
+    ({"sweep.nfe": "2,500"}, r"^sweep\.nfe=500 exceeds bridge\.num_timesteps=100$"),
+])
+def test_config_rules_are_checked_by_validate(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config_lib.validate(config(**overrides))

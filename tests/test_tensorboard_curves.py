@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import curves, writers
+from rdbm_jax import config as config_lib, curves, writers
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config
 
@@ -55,7 +55,7 @@ def test_purge_step_makes_a_resumed_history_read_once(tmp_path):
 
 def test_bad_backend_and_gating(tmp_path):
     with pytest.raises(ConfigError, match="train.tensorboard"):
-        writers.create_writer(str(tmp_path), tensorboard="tensorflow")
+        config_lib.validate(config(**{"train.tensorboard": "tensorflow"}))
     silent = writers.create_writer(str(tmp_path / "x"), is_main=False)
     silent.write_scalars(1, {"a": 1.0})
     assert not os.path.exists(tmp_path / "x")

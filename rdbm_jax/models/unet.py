@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rdbm_jax.errors import ConfigError
 from rdbm_jax.models.layers import (AttnBlock, Downsample, ResBlock, Upsample, conv2d,
                                     group_norm, timestep_embedding)
 from rdbm_jax.models.sizes import SIZES, SizePreset
@@ -113,32 +112,21 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
 
 def _preset(model_cfg: Any) -> SizePreset:
     size = model_cfg if isinstance(model_cfg, str) else _get(model_cfg, "size", "B")
-    if size not in SIZES:
-        raise ConfigError(f"model.size: unknown size {size!r}; expected one of {sorted(SIZES)}")
     return SIZES[size]
 
 
 def _dtype(model_cfg: Any, key: str) -> Dtype:
-    name = _get(model_cfg, key, "float32")
-    allowed = PARAM_DTYPES if key == "param_dtype" else DTYPES
-    if name not in allowed:
-        raise ConfigError(f"model.{key}: unknown dtype {name!r}; expected one of {list(allowed)}")
-    return _DTYPES[name]
+    return _DTYPES[_get(model_cfg, key, "float32")]
 
 
 def create_model(model_cfg: Any, out_channels: int = 3) -> UNet:
-    """Builds the UNet from the `model` config section (size, dtype, param_dtype, attention, …)."""
+    """Builds the UNet from the `model` config section (size, dtype, param_dtype, attention, …).
+
+    The values are those `config.validate` admits (it checks every model.* rule)."""
     p = _preset(model_cfg)
     dropout = float(_get(model_cfg, "dropout", 0.0))
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.dropout: {dropout} is not in [0, 1)")
     attention_impl = _get(model_cfg, "attention_impl", "xla")
-    if attention_impl not in ATTENTION_IMPLS:
-        raise ConfigError(f"model.attention_impl: unknown {attention_impl!r}; expected one of "
-                          f"{sorted(ATTENTION_IMPLS)}")
     dtype = _dtype(model_cfg, "dtype")
-    if attention_impl == "cudnn" and dtype == jnp.float32:
-        raise ConfigError("model.attention_impl: cudnn needs model.dtype bfloat16 or float16, not float32")
     return UNet(channels=p.channels, channel_mult=p.channel_mult, num_blocks=p.num_blocks,
                 num_heads=p.num_heads, groups=p.groups,
                 attention=bool(_get(model_cfg, "attention", True)), out_channels=out_channels,
