@@ -395,11 +395,6 @@ def load_params(directory: str, step: int, abstract_params: Any, which: str = "e
     return restored.state[which]
 
 
-def load_state(directory: str, step: int, abstract_state: Any) -> Any:
-    """The whole train state of one checkpoint (optimizer included), without the data iterator."""
-    return _restore(directory, step, "train state", state=ocp.args.StandardRestore(abstract_state)).state
-
-
 def read_config(directory: str, step: int) -> dict:
     """The config saved with one checkpoint (orbax's JSON item)."""
     return dict(_restore(directory, step, "config", config=ocp.args.JsonRestore()).config)

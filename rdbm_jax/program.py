@@ -183,11 +183,6 @@ def init_key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl="rbg")
 
 
-def init_state(cfg: Any, mesh: Any) -> TrainState:
-    """The initial TrainState of `cfg`, initialised directly on the devices, replicated."""
-    return program(cfg, mesh).init(init_key(cfg.seed))
-
-
 def sampler_spec(cfg: Any, num_steps: int | None = None, eta: float | None = None) -> FrozenConfigDict:
     """What a Sampler reads: the network spec and the `sample` settings (NFE and η overridable)."""
     s = cfg.sample

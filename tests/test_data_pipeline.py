@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax.data import build_train_iterator, source_spec, task_spec
+from rdbm_jax.data import build_train_iterator
+from rdbm_jax.data.spec import source_spec, task_spec
 from rdbm_jax.errors import ConfigError, DataError
 
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from rdbm_jax import config as config_lib, program, train
-from rdbm_jax.data import build_train_iterator, source_spec, task_spec
+from rdbm_jax.data import build_train_iterator
+from rdbm_jax.data.spec import source_spec, task_spec
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.train_state import TrainState, ema_decay_at
 from tests.helpers import config

@@ -8,8 +8,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.helpers import REPO
+
+pytestmark = pytest.mark.integration  # the 8-device side runs in a second process
 
 
 def probe(n_devices: int) -> dict:

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from rdbm_jax import progress, sweep
+from tests.helpers import assert_line_plot
 
 
 class _Terminal(io.StringIO):
@@ -41,4 +42,4 @@ def test_sweep_plot_ticks_are_the_nfe_values_run(tmp_path):
     assert [t.get_text() for t in few.axes[0].get_xticklabels()] == ["5", "10"]
     plt.close(few)
     sweep.plot(rows, str(tmp_path / "s.png"))
-    assert (tmp_path / "s.png").stat().st_size > 10_000
+    assert_line_plot(str(tmp_path / "s.png"), size=(1200, 456), lines=2)  # 10 × 3.8 in at 120 dpi, η 0 and 1

@@ -64,13 +64,13 @@ def test_bad_backend_and_gating(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]
 
 
-def test_training_writes_events_and_curves_and_resume_reads_once(trained_workdir, tmp_path):
+def test_training_writes_events_and_curves_and_resume_reads_once(trained_run, tmp_path):
     """Training on from a 2-step run with validation writes scalars + grids to TensorBoard and
     curves.png; after a crash past its last checkpoint, the resumed history reads each step once."""
     from rdbm_jax import train
 
     workdir = str(tmp_path / "run")
-    shutil.copytree(trained_workdir, workdir)  # checkpoint and events of steps 1–2
+    shutil.copytree(trained_run, workdir)  # checkpoint and events of steps 1–2
     cfg = config(**{"train.num_steps": 4, "train.eval_every": 4, "train.checkpoint_every": 2})
     train.train_and_evaluate(cfg, workdir)
     acc = read_events(os.path.join(workdir, "tensorboard"))

@@ -13,7 +13,6 @@ if TYPE_CHECKING:  # what the names below resolve to, for type checkers and the 
                                         to_uint8)
     from rdbm_jax.data.masks import load_mask
     from rdbm_jax.data.pipeline import EvalSource, build_eval_sources, build_train_iterator
-    from rdbm_jax.data.spec import named_sources, source_spec, task_names, task_spec
 
 _HOMES = {
     **{name: "rdbm_jax.data.image_io" for name in (
@@ -21,9 +20,7 @@ _HOMES = {
     "load_mask": "rdbm_jax.data.masks",
     **{name: "rdbm_jax.data.pipeline" for name in (
         "EvalSource", "build_eval_sources", "build_train_iterator")},
-    **{name: "rdbm_jax.data.spec" for name in (
-        "named_sources", "source_spec", "task_names", "task_spec")},
-}
+}  # the config schema (source_spec, task_spec, …) is read from rdbm_jax.data.spec itself
 __all__ = sorted(_HOMES)
 
 
