@@ -401,7 +401,8 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """`--mode=eval`: restore every configured test split, write eval/metrics.json, per_image.csv, grids."""
     config_lib.validate(cfg)
     mesh = distributed.make_mesh()
-    params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
+    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
+    params, step = trained.params, trained.step
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     sampler = program.sampler(cfg, mesh)
     with progress.bar(sum(len(s) for s in sources.values()), "eval") as pbar:

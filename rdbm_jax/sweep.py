@@ -63,7 +63,8 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
     config_lib.validate(cfg)
     nfes, etas = config_lib.parse_list(cfg, "sweep.nfe", int), config_lib.parse_list(cfg, "sweep.eta", float)
     mesh = distributed.make_mesh()
-    params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
+    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
+    params, step = trained.params, trained.step
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     rows: list[dict[str, Any]] = []
     pbar = progress.bar(len(etas) * len(nfes), "sweep", unit="setting")

@@ -206,6 +206,17 @@ def test_every_config_file_validates():
         config_lib.validate(config_files.load(path))
 
 
+def test_public_names_are_defined_where_they_are_exported():
+    """sde.__all__ is the bridge math of sde.py itself: no re-exported schedule names."""
+    from rdbm_jax import sde
+
+    for name in sde.__all__:
+        value = getattr(sde, name)
+        home = getattr(value, "__module__", "rdbm_jax.sde")  # tuples have no __module__
+        assert home == "rdbm_jax.sde", f"sde.__all__ re-exports {name} from {home}"
+    assert not {"make_schedule", "Schedule", "PRESETS", "timestep_pairs"} & set(sde.__all__)
+
+
 # ------------------------------------------------------------------- ARCHITECTURE.md's claims, checked
 def _architecture_md() -> str:
     return open(os.path.join(REPO, "ARCHITECTURE.md"), encoding="utf-8").read()
@@ -267,3 +278,15 @@ def test_uint8_conversions_are_exactly_the_documented_ones():
     documented = {a or b for a, b in documented}
     in_code = {f"{m}.{f}" for mod in MODULES for m, f, _ in _functions_with(mod, _uint8_cast)}
     assert len(documented) >= 3 and documented == in_code, (documented, in_code)
+
+
+def test_argument_rules_of_the_math_api_are_in_its_docstrings():
+    """help(sde.sample) / help(sde.reverse_step) state the rules their ValueErrors enforce."""
+    from rdbm_jax import sde
+
+    rules = {sde.sample: ("num_steps: the NFE", "rng: a PRNG key", "eta: in [0, 1]",
+                          "parameterization: one of PARAMETERIZATIONS", "pi: a mode of PI_MODES"),
+             sde.reverse_step: ("eta: in [0, 1]", "noise: z", "pi: a mode of PI_MODES")}
+    for fn, phrases in rules.items():
+        missing = [p for p in phrases if p not in fn.__doc__]
+        assert not missing, f"sde.{fn.__name__}'s docstring lacks {missing}"
