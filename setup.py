@@ -10,9 +10,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rdbm_jax", "rdbm_jax.*"]),
     install_requires=[
-        # Upper bounds on the fast-moving libraries: below the next minor release after the tested
-        # one (orbax-checkpoint 0.12.8, grain 0.2.18, jax 0.10.2, flax 0.12.8, optax 0.2.8). Raise
-        # one only after the test suite passed with it; orbax first (checkpoints.py works around it).
+        # Upper bounds on the fast-moving libraries: below the next minor release after the
+        # tested one (orbax-checkpoint 0.12.8, grain 0.2.18, jax 0.10.2, flax 0.12.8, optax 0.2.8).
+        # Raise one only after the tests pass with it; orbax first (checkpoints.py works around it).
         "orbax-checkpoint>=0.11,<0.13",
         "grain>=0.2.12,<0.3",
         "jax>=0.4.35,<0.11",

@@ -59,7 +59,8 @@ class TrainedModel:
         s.eta = s.eta if eta is None else float(eta)
         s.tile_size = s.tile_size if tile_size is None else int(tile_size)
         s.tile_overlap = s.tile_overlap if tile_overlap is None else int(tile_overlap)
-        config_lib.validate(cfg)  # the overrides obey the sample.* rules (a ConfigError is a ValueError)
+        # The overrides obey the sample.* rules (a ConfigError is a ValueError).
+        config_lib.validate(cfg)
         return program.sampler(cfg, self.mesh)
 
     def restore(self, images: Any, *, num_steps: int | None = None, eta: float | None = None,

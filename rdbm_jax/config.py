@@ -127,7 +127,8 @@ def _check_range(key: str, value: Any, rule_of: str) -> None:
 def _check_num_steps(cfg: ml_collections.ConfigDict, key: str, num_steps: int) -> None:
     """A number of sampling steps (NFE) fits in the bridge's discretisation."""
     if num_steps > cfg.bridge.num_timesteps:
-        raise ConfigError(f"{key}={num_steps} exceeds bridge.num_timesteps={cfg.bridge.num_timesteps}")
+        raise ConfigError(f"{key}={num_steps} exceeds "
+                          f"bridge.num_timesteps={cfg.bridge.num_timesteps}")
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:

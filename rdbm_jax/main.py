@@ -101,7 +101,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         try:
             cfg["seed"]
         except OSError as e:
-            _fail(_config_file_error(e, path) or f"--config={path}: {_one_line(e.__cause__ or e, last=True)}")
+            cause = _one_line(e.__cause__ or e, last=True)
+            _fail(_config_file_error(e, path) or f"--config={path}: {cause}")
         except Exception:  # noqa: BLE001 — e.g. an int has no items: reported just below
             pass
         _fail(f"{path}: get_config() returned {type(cfg).__name__}, not an ml_collections.ConfigDict")

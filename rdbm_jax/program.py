@@ -116,7 +116,8 @@ def _dummy_inputs(model_cfg: ConfigDict) -> tuple[jax.Array, jax.Array, jax.Arra
             jnp.zeros((1,), jnp.int32))
 
 
-def state_initializer(model: models.UNet, spec: FrozenConfigDict) -> Callable[[jax.Array], TrainState]:
+def state_initializer(model: models.UNet,
+                      spec: FrozenConfigDict) -> Callable[[jax.Array], TrainState]:
     """init(key) → a fresh TrainState of the `model`/`optim`/`train` spec (`program_spec`)."""
     dummy = _dummy_inputs(spec.model)
     tx = make_optimizer(spec.optim, spec.train.decay_steps)  # one object: part of the state's treedef
@@ -137,7 +138,7 @@ class Program(NamedTuple):
     schedule: Schedule
     init: Callable[[jax.Array], TrainState]
     step: Callable
-    abstract: TrainState  # ShapeDtypeStructs (replicated) of the TrainState, for restoring checkpoints
+    abstract: TrainState  # of ShapeDtypeStructs (replicated), for restoring checkpoints
 
 
 def network_spec(cfg: ConfigDict) -> FrozenConfigDict:
@@ -188,7 +189,8 @@ def init_key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl="rbg")
 
 
-def sampler_spec(cfg: ConfigDict, num_steps: int | None = None, eta: float | None = None) -> FrozenConfigDict:
+def sampler_spec(cfg: ConfigDict, num_steps: int | None = None,
+                 eta: float | None = None) -> FrozenConfigDict:
     """What a Sampler reads: the network spec and the `sample` settings (NFE and η overridable)."""
     s = cfg.sample
     return FrozenConfigDict(dict(

@@ -22,9 +22,9 @@ from rdbm_jax.schedules import (DEFAULT_PI, PI_MODES, PRESETS, THETA_SCHEDULES, 
                                 theta_profile, timestep_pairs)
 
 # The bridge math of this module; the schedules it uses are rdbm_jax.schedules' own public names.
-__all__ = ["PARAMETERIZATIONS", "pi_values", "q_sample", "transition", "posterior", "x0_from_pi_eps",
-           "pi_eps_from_x0", "x0_from_residual", "residual_from_x0", "predict_x0", "training_target",
-           "reverse_step", "project_known", "sample"]
+__all__ = ["PARAMETERIZATIONS", "pi_values", "q_sample", "transition", "posterior",
+           "x0_from_pi_eps", "pi_eps_from_x0", "x0_from_residual", "residual_from_x0",
+           "predict_x0", "training_target", "reverse_step", "project_known", "sample"]
 
 # x0: the network predicts x̂0 (released code); pi_eps: π ⊙ ε (paper, Eq. 19); residual: x̂0 − μ, so a
 # zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels with x0 = μ cost nothing).
@@ -206,7 +206,7 @@ def training_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax
 def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array, t: Time, t_next: Time,
                  eta: float | jax.Array = 0.0, noise: jax.Array | None = None,
                  pi: str | None = None) -> jax.Array:
-    """One reverse step t → t_next of the η-family (η = 0: Eq. 19 in x0 form; η = 1: posterior sample).
+    """One reverse step t → t_next of the η-family (η = 0: Eq. 19 in x0 form; η = 1: posterior).
 
     Arguments (a ValueError names the one that breaks its rule):
       t, t_next: indices with t_next < t; t_next = −1 returns x̂0.
@@ -263,7 +263,7 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
            clip: bool = True, parameterization: str = "x0", pi: str | None = None,
            return_trajectory: bool = False,
            known: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """The reverse loop over `timestep_pairs(T, num_steps)` as one lax.scan → x̂0 (, states [S+1, B, …]).
+    """The reverse loop over `timestep_pairs(T, num_steps)` as one lax.scan → x̂0 (, states).
 
     Arguments (a ValueError names the one that breaks its rule):
       denoise_fn(x_t, μ, t int32 [B]): the raw network output, read per `parameterization`.
@@ -273,8 +273,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
       parameterization: one of PARAMETERIZATIONS.
       pi: a mode of PI_MODES, or None/"" for the preset's default; the irsde preset needs "one" or
         "zero" (its start x_T ~ N(μ, Σ² π²) must not depend on x0).
-      known: broadcastable to μ, 1/True where x0 = μ is known (e.g. outside inpainting holes): x̂0 is
-        set to μ there at every step (`project_known`), so those pixels stay at μ exactly.
+      known: broadcastable to μ, 1/True where x0 = μ is known (e.g. outside inpainting holes):
+        x̂0 is set to μ there at every step (`project_known`), so those pixels stay at μ exactly.
       return_trajectory: also return the states [S+1, B, …]: the start, then the state after each
         step (at the times pairs[:, 1]; the last one is the returned x̂0).
     """

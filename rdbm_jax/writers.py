@@ -189,7 +189,7 @@ def _fmt(v: float) -> str:
 class TensorBoardXWriter:
     """Writes TensorBoard event files with tensorboardX (no TensorFlow) into `logdir`.
 
-    The interface MultiWriter fans out (scalars, images, flush, close): all the training loop writes.
+    The interface MultiWriter fans out (scalars, images, flush, close): all the loop writes.
 
     `purge_step`: a run resumed from a checkpoint passes the first step it will write again;
     TensorBoard then discards the interrupted run's events at and after that step.

@@ -93,5 +93,6 @@ def assert_line_plot(path: str, size: tuple[int, int], lines: int, panels: int =
         strip = img[:, p * width:(p + 1) * width]
         counts = [int((np.abs(strip - np.array(c)).max(axis=-1) <= 8).sum()) for c in MPL_CYCLE]
         # Gray (the 8th colour) is also the colour of grids and reference lines: not counted.
-        drawn = [n for n, count in enumerate(counts) if count >= 20 and MPL_CYCLE[n] != (127, 127, 127)]
-        assert drawn == list(range(lines)), f"{path} panel {p}: line colours {drawn}, {counts[:lines + 1]}"
+        gray = (127, 127, 127)
+        drawn = [n for n, count in enumerate(counts) if count >= 20 and MPL_CYCLE[n] != gray]
+        assert drawn == list(range(lines)), f"{path} panel {p}: colours {drawn} ({counts})"

@@ -217,7 +217,7 @@ def test_public_names_are_defined_where_they_are_exported():
     assert not {"make_schedule", "Schedule", "PRESETS", "timestep_pairs"} & set(sde.__all__)
 
 
-# ------------------------------------------------------------------- ARCHITECTURE.md's claims, checked
+# ----------------------------------------------------------- ARCHITECTURE.md's claims, checked
 def _architecture_md() -> str:
     return open(os.path.join(REPO, "ARCHITECTURE.md"), encoding="utf-8").read()
 
@@ -232,7 +232,8 @@ def _functions_with(module: str, wanted) -> set[tuple[str, str, str]]:
     def visit(node: ast.AST, scope: list[str], in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                visit(child, scope + [child.name], in_function or not isinstance(child, ast.ClassDef))
+                is_function = not isinstance(child, ast.ClassDef)
+                visit(child, scope + [child.name], in_function or is_function)
                 continue
             detail = wanted(child) if in_function else None
             for d in ([detail] if isinstance(detail, str) else detail or []):
@@ -253,7 +254,8 @@ def _local_import(node: ast.AST):
 
 def _uint8_cast(node: ast.AST):
     """"uint8" for `x.astype(np.uint8)` / `x.astype(jnp.uint8)` / `x.astype("uint8")`."""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "astype":
+    is_call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    if is_call and node.func.attr == "astype":
         arg = node.args[0] if node.args else None
         if (isinstance(arg, ast.Attribute) and arg.attr == "uint8") or \
                 (isinstance(arg, ast.Constant) and arg.value == "uint8"):
@@ -264,11 +266,12 @@ def _uint8_cast(node: ast.AST):
 def test_function_local_imports_are_exactly_the_documented_ones():
     table = re.findall(r"^\| `([\w.]+)` `([\w.]+)` \| ([^|]+) \|", _architecture_md(), re.M)
     assert len(table) > 10  # the parser read the table
-    documented = {(m, f, imp) for m, f, imports in table for imp in re.findall(r"`([\w.]+)`", imports)}
+    documented = {(m, f, imp) for m, f, imports in table
+                  for imp in re.findall(r"`([\w.]+)`", imports)}
     in_code = set().union(*(_functions_with(m, _local_import) for m in MODULES
                             if not MODULES[m].endswith("__init__.py")))
     assert in_code - documented == set(), "function-local imports missing from ARCHITECTURE.md"
-    assert documented - in_code == set(), "ARCHITECTURE.md lists function-local imports the code lacks"
+    assert documented - in_code == set(), "ARCHITECTURE.md lists local imports the code lacks"
 
 
 def test_uint8_conversions_are_exactly_the_documented_ones():

@@ -15,7 +15,8 @@ FAST_MOVING = ("orbax-checkpoint", "grain", "jax", "flax", "optax")
 
 def _install_requires() -> dict[str, Requirement]:
     tree = ast.parse(open(os.path.join(REPO, "setup.py"), encoding="utf-8").read())
-    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    call = next(n for n in ast.walk(tree)
+                if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
     (listed,) = [k.value for k in call.keywords if k.arg == "install_requires"]
     reqs = [Requirement(ast.literal_eval(element)) for element in listed.elts]
     return {r.name.lower(): r for r in reqs}
@@ -23,7 +24,8 @@ def _install_requires() -> dict[str, Requirement]:
 
 def test_fast_moving_dependencies_have_upper_bounds():
     reqs = _install_requires()
-    unbounded = [n for n in FAST_MOVING if not any(s.operator in ("<", "<=") for s in reqs[n].specifier)]
+    unbounded = [n for n in FAST_MOVING
+                 if not any(s.operator in ("<", "<=") for s in reqs[n].specifier)]
     assert not unbounded, f"setup.py: no tested upper bound for {unbounded}"
 
 

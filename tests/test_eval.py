@@ -95,7 +95,7 @@ def test_sweep_writes_csv_and_plot(trained_workdir):
     assert [(r["nfe"], r["eta"]) for r in rows] == [(1, 0.0), (2, 0.0), (1, 1.0), (2, 1.0)]
     out = os.path.join(trained_workdir, "sweep")
     assert len(list(csv.DictReader(open(os.path.join(out, "results.csv"))))) == 4
-    assert_line_plot(os.path.join(out, "results.png"), size=(1200, 456), lines=2)  # η = 0 and η = 1
+    assert_line_plot(os.path.join(out, "results.png"), size=(1200, 456), lines=2)  # η 0 and 1
     with pytest.raises(ConfigError, match="sweep.nfe"):
         sweep.run_sweep(config(**{"sweep.nfe": "500"}), trained_workdir)
 

@@ -65,8 +65,9 @@ def test_optimizer_schedule_and_clipping():
         (adam,) = [s for s in jax.tree_util.tree_leaves(state, is_leaf=is_adam) if is_adam(s)]
         return np.asarray(adam.mu["w"])
 
-    np.testing.assert_allclose(first_moment(1.0), 0.1 * 0.5, rtol=1e-6)  # clipped to norm 1: 0.5 each
-    np.testing.assert_allclose(first_moment(0.0), 0.1 * 100.0, rtol=1e-6)  # grad_clip 0: unclipped
+    # Clipped to norm 1: 0.5 each; grad_clip 0: unclipped.
+    np.testing.assert_allclose(first_moment(1.0), 0.1 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(first_moment(0.0), 0.1 * 100.0, rtol=1e-6)
     optim.schedule, optim.warmup_steps = "constant", 0
     assert float(learning_rate_schedule(optim, 110)(50)) == pytest.approx(1e-3)
 

@@ -42,4 +42,5 @@ def test_sweep_plot_ticks_are_the_nfe_values_run(tmp_path):
     assert [t.get_text() for t in few.axes[0].get_xticklabels()] == ["5", "10"]
     plt.close(few)
     sweep.plot(rows, str(tmp_path / "s.png"))
-    assert_line_plot(str(tmp_path / "s.png"), size=(1200, 456), lines=2)  # 10 × 3.8 in at 120 dpi, η 0 and 1
+    # 10 × 3.8 in at 120 dpi, lines for η = 0 and η = 1
+    assert_line_plot(str(tmp_path / "s.png"), size=(1200, 456), lines=2)

@@ -19,7 +19,7 @@ RESUME = {"train.num_steps": 4, "train.checkpoint_every": 2, "train.log_every": 
 
 
 def _params(workdir: str, step: int):
-    """The whole train state of the run's newest checkpoint (which must be `step`), as a resume reads it."""
+    """The whole train state of the newest checkpoint (it must be `step`), as a resume reads it."""
     from rdbm_jax import distributed
     abstract = program.program(config(**RESUME), distributed.make_mesh()).abstract
     reader = checkpoints.Checkpointer(workdir)
@@ -140,7 +140,8 @@ def test_several_steps_per_dispatch_equal_single_steps():
     x0 = rng.uniform(-1, 1, (2, 2, 32, 32, 3)).astype(np.float32)
     batches = {"x0": x0, "mu": np.clip(x0 + 0.3, -1, 1).astype(np.float32), "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}
     key = jax.random.PRNGKey(3)
-    s2, m2, finite = scanned.step(scanned.init(program.init_key(0)), distributed.global_batch(mesh, batches, 1), key)
+    batch = distributed.global_batch(mesh, batches, 1)
+    s2, m2, finite = scanned.step(scanned.init(program.init_key(0)), batch, key)
     s1 = single.init(program.init_key(0))
     losses = []
     for i in range(2):

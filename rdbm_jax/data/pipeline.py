@@ -12,8 +12,8 @@ import numpy as np
 from rdbm_jax.data.degradations import Degrader
 from rdbm_jax.data.image_io import center_crop, fit_size, resize_float, to_model_range
 from rdbm_jax.data.sources import ImageSource, build_source
-from rdbm_jax.data.spec import (FOLDER_KEYS, SYNTHETIC_KINDS, TRAIN_MIXES, NamedSource, named_sources,
-                                resolve, task_names)
+from rdbm_jax.data.spec import (FOLDER_KEYS, SYNTHETIC_KINDS, TRAIN_MIXES, NamedSource,
+                                named_sources, resolve, task_names)
 from rdbm_jax.errors import ConfigError, DataError
 
 _MAX_RETRIES = 16
