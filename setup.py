@@ -10,11 +10,14 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rdbm_jax", "rdbm_jax.*"]),
     install_requires=[
-        "jax>=0.4.35",
-        "flax>=0.10",
-        "optax>=0.2.3",
-        "orbax-checkpoint>=0.11",
-        "grain>=0.2.12",
+        # Upper bounds on the fast-moving libraries: below the next minor release after the
+        # tested one (orbax-checkpoint 0.12.8, grain 0.2.18, jax 0.10.2, flax 0.12.8, optax 0.2.8).
+        # Raise one only after the tests pass with it; orbax first (checkpoints.py works around it).
+        "orbax-checkpoint>=0.11,<0.13",
+        "grain>=0.2.12,<0.3",
+        "jax>=0.4.35,<0.11",
+        "flax>=0.10,<0.13",
+        "optax>=0.2.3,<0.3",
         "numpy>=1.26",
         "ml_collections>=1.0",
         "clu>=0.0.12",

@@ -4,8 +4,8 @@ Loaded by the task configs with `sibling(__file__, "common")` (not a config itse
 """
 import ml_collections
 
-from rdbm_jax import models
 from rdbm_jax.data import spec as data_spec
+from rdbm_jax.models import sizes as model_sizes
 from rdbm_jax.errors import ConfigError
 
 
@@ -13,14 +13,15 @@ def variant(arg, default_size, options=()):
     """Parse a config argument like "B", "L,tiny" or "toled": (model size, tiny?, other options)."""
     size, tiny, rest = default_size, False, []
     for token in [t.strip() for t in (arg or "").split(",") if t.strip()]:
-        if token in models.SIZES:
+        if token in model_sizes.SIZES:
             size = token
         elif token == "tiny":
             tiny = True
         elif token in options:
             rest.append(token)
         else:
-            raise ConfigError(f"unknown config argument {token!r} (sizes {', '.join(models.SIZES)}, 'tiny'"
+            sizes = ", ".join(model_sizes.SIZES)
+            raise ConfigError(f"unknown config argument {token!r} (sizes {sizes}, 'tiny'"
                               + (f", {', '.join(options)}" if options else "") + ")")
     return size, tiny, rest
 

@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, data, distributed, models, program
+from rdbm_jax import checkpoints, config as config_lib, data, distributed, models, program
 from rdbm_jax.data import image_io
 from rdbm_jax.sampler import Sampler
 
@@ -63,18 +63,13 @@ class TrainedModel:
                  tile_overlap: int | None = None) -> Sampler:
         """The Sampler (compiled reverse loops) for these settings (None: the run's `sample` config)."""
         cfg = ml_collections.ConfigDict(self.config.to_dict())
-        s, t_max = cfg.sample, cfg.bridge.num_timesteps
+        s = cfg.sample
         s.num_steps = s.num_steps if num_steps is None else int(num_steps)
         s.eta = s.eta if eta is None else float(eta)
         s.tile_size = s.tile_size if tile_size is None else int(tile_size)
         s.tile_overlap = s.tile_overlap if tile_overlap is None else int(tile_overlap)
-        if not 1 <= s.num_steps <= t_max:
-            raise ValueError(f"num_steps={s.num_steps} is outside 1..{t_max} (the bridge's num_timesteps)")
-        if not 0.0 <= s.eta <= 1.0:
-            raise ValueError(f"eta={s.eta} is outside [0, 1]")
-        if s.tile_size and (s.tile_size % self.multiple or not 0 <= 2 * s.tile_overlap < s.tile_size):
-            raise ValueError(f"tile_size={s.tile_size}, tile_overlap={s.tile_overlap}: the tile size must be "
-                             f"a multiple of {self.multiple} and the overlap under half of it")
+        # The overrides obey the sample.* rules (a ConfigError is a ValueError).
+        config_lib.validate(cfg)
         return program.sampler(cfg, self.mesh)
 
     def restore(self, images: Any, *, num_steps: int | None = None, eta: float | None = None,

@@ -86,8 +86,21 @@ def _reason(e: BaseException) -> str:
     return what + (f": {files[-1]}" if files else "")
 
 
+# ------------------------------------------------------------------------------------------------
+# Workarounds for orbax-checkpoint 0.12.8 (the tested version; setup.py bounds it below 0.13).
+# All concern how orbax *reports* a failed save or read, never what is saved or restored: orbax
+# logs background-save errors instead of raising them, prints multi-line error logs from its
+# threads, and leaves coroutines and reader threads behind after a failure. Re-check each one
+# when raising the bound; delete it once orbax behaves. (rdbm_jax.main drops one more symptom,
+# "Event loop is closed" from reader threads, for the whole command-line process.)
+# ------------------------------------------------------------------------------------------------
+
 class _Manager(ocp.CheckpointManager):
     """orbax's manager, keeping the error of a failed background save (orbax only logs it)."""
+
+    # Why: an async save that fails in orbax's thread reaches check_for_errors(), which logs and
+    # re-raises inside orbax's own machinery; the exception is kept here so that save() can report
+    # the real cause (disk full, permission) in one line instead of a generic failure.
 
     save_error: BaseException | None = None
 
@@ -101,6 +114,10 @@ class _Manager(ocp.CheckpointManager):
 
 class _QuietOrbaxErrors(logging.Filter):
     """Drops orbax's multi-line error logs while a save runs: a failure is reported in one line."""
+
+    # Why: orbax logs a failure through absl (with its traceback) from several threads, and the
+    # standard says bad input or a fault is one line; the records are kept, because a save whose
+    # only sign of failure is such a log record must still fail.
 
     def __init__(self):
         super().__init__()
@@ -130,6 +147,9 @@ def _quiet_orbax() -> Iterator[_QuietOrbaxErrors]:
 def _collect_leftovers() -> None:
     """Collect what a failed orbax call left behind (un-awaited coroutines, callbacks on a closed
     event loop) now and silently, instead of printing warnings about it later."""
+    # Why: after a failed save or read, orbax's coroutines are only garbage-collected at some later
+    # point, where they print "coroutine was never awaited" warnings and unraisable errors after
+    # our one-line message; collecting them here, with both channels muted, keeps the output clean.
     def drop(unraisable):
         del unraisable
 
@@ -143,19 +163,14 @@ def _collect_leftovers() -> None:
         sys.unraisablehook = old_hook
 
 
-def _sync_processes(name: str) -> None:
-    """A barrier across the processes of a multi-host run (nothing when there is one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
-
-
 def _join_new_threads(before: set, timeout: float) -> None:
     """Wait (at most `timeout` s in all) for the threads started since `before` was taken.
 
     `threading.enumerate()` also lists threads whose start() has not reached their run loop yet;
     joining one of those raises RuntimeError, so it is retried until it runs (or the time is up).
     """
+    # Why: when orbax's save raises, its writer threads can still be writing the failed step's
+    # files; removing the partial folders before they stop would race with them.
     deadline = time.time() + timeout
     for t in set(threading.enumerate()) - before:
         while t is not threading.current_thread():
@@ -166,6 +181,16 @@ def _join_new_threads(before: set, timeout: float) -> None:
                 if time.time() >= deadline:
                     break
                 time.sleep(0.01)
+
+
+# ------------------------------------------------------------------------------- end of workarounds
+
+
+def _sync_processes(name: str) -> None:
+    """A barrier across the processes of a multi-host run (nothing when there is one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 class Checkpointer:
@@ -368,11 +393,6 @@ def load_params(directory: str, step: int, abstract_params: Any, which: str = "e
     restored = _restore(directory, step, "parameters", state=ocp.args.PyTreeRestore(
         item=item, restore_args={which: restore_args}, partial_restore=True))
     return restored.state[which]
-
-
-def load_state(directory: str, step: int, abstract_state: Any) -> Any:
-    """The whole train state of one checkpoint (optimizer included), without the data iterator."""
-    return _restore(directory, step, "train state", state=ocp.args.StandardRestore(abstract_state)).state
 
 
 def read_config(directory: str, step: int) -> dict:

@@ -68,6 +68,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.max_images": _non_negative,
     "data.crop_size": _positive,
     "data.num_workers": _non_negative,
+    "data.prefetch_buffer": _non_negative,
+    "model.dropout": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
 }
 
 
@@ -101,20 +103,45 @@ def _validate_bridge(bridge: ml_collections.ConfigDict) -> None:
                           "would learn nothing; use bridge.parameterization='x0'")
 
 
+def _validate_model(cfg: ml_collections.ConfigDict) -> None:
+    """Rules tying the network to the rest: fused attention's dtypes, sizes the UNet can take."""
+    if cfg.model.attention_impl == "cudnn" and cfg.model.dtype == "float32":
+        raise ConfigError("model.attention_impl='cudnn' needs model.dtype bfloat16 or float16, "
+                          "not float32")
+    factor = models.downsample_factor(cfg.model)
+    if cfg.data.crop_size % factor:
+        raise ConfigError(f"data.crop_size={cfg.data.crop_size} must be a multiple of {factor} "
+                          "(the UNet's downsampling factor)")
+    if cfg.sample.tile_size % factor:
+        raise ConfigError(f"sample.tile_size={cfg.sample.tile_size} must be a multiple of {factor} "
+                          "(the UNet's downsampling factor)")
+
+
+def _check_range(key: str, value: Any, rule_of: str) -> None:
+    """`value` of `key` against the RANGES rule of the key `rule_of`."""
+    ok, what = RANGES[rule_of]
+    if not ok(value):
+        raise ConfigError(f"{key}={value!r} {what}")
+
+
+def _check_num_steps(cfg: ml_collections.ConfigDict, key: str, num_steps: int) -> None:
+    """A number of sampling steps (NFE) fits in the bridge's discretisation."""
+    if num_steps > cfg.bridge.num_timesteps:
+        raise ConfigError(f"{key}={num_steps} exceeds "
+                          f"bridge.num_timesteps={cfg.bridge.num_timesteps}")
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Check choices and ranges of every known key; raise ConfigError naming the first bad one."""
     for key, allowed in CHOICES.items():
         value = get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(repr(a) for a in allowed)}")
-    for key, (ok, what) in RANGES.items():
-        value = get(cfg, key)
-        if not ok(value):
-            raise ConfigError(f"{key}={value!r} {what}")
+    for key in RANGES:
+        _check_range(key, get(cfg, key), key)
     _validate_bridge(cfg.bridge)
-    if cfg.sample.num_steps > cfg.bridge.num_timesteps:
-        raise ConfigError(f"sample.num_steps={cfg.sample.num_steps} exceeds bridge.num_timesteps="
-                          f"{cfg.bridge.num_timesteps}")
+    _validate_model(cfg)
+    _check_num_steps(cfg, "sample.num_steps", cfg.sample.num_steps)
     if cfg.sample.tile_size and cfg.sample.tile_overlap * 2 >= cfg.sample.tile_size:
         raise ConfigError(f"sample.tile_overlap={cfg.sample.tile_overlap} must be < half of "
                           f"sample.tile_size={cfg.sample.tile_size}")
@@ -125,5 +152,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if unknown:
         raise ConfigError(f"eval.metrics: unknown metric(s) {', '.join(unknown)} "
                           f"(choose from {', '.join(metrics.EVAL_METRICS)})")
-    parse_list(cfg, "sweep.nfe", int)
-    parse_list(cfg, "sweep.eta", float)
+    # A sweep's settings obey the rules of the sample.* keys they stand in for.
+    for nfe in parse_list(cfg, "sweep.nfe", int):
+        _check_range("sweep.nfe", nfe, "sample.num_steps")
+        _check_num_steps(cfg, "sweep.nfe", nfe)
+    for eta in parse_list(cfg, "sweep.eta", float):
+        _check_range("sweep.eta", eta, "sample.eta")

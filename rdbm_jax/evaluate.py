@@ -421,7 +421,8 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     config_lib.validate(cfg)
     data_spec.check_folders(cfg.data, ("eval",))
     mesh = distributed.make_mesh()
-    params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
+    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
+    params, step = trained.params, trained.step
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     sampler = program.sampler(cfg, mesh)
     with progress.bar(sum(len(s) for s in sources.values()), "eval") as pbar:

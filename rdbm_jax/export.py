@@ -68,7 +68,8 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     """`--mode=export`: write workdir/export/{restorer.jax, restorer.json, export_loader.py}; returns the artifact."""
     config_lib.validate(cfg)
     mesh = distributed.make_mesh()
-    params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
+    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
+    params, step = trained.params, trained.step
     sampler = program.sampler(cfg, mesh)
     exported = export_restorer(sampler, params)
     out_dir = os.path.join(workdir, "export")

@@ -100,18 +100,27 @@ def parse_flags(argv: list[str]) -> list[str]:
         raise
     cfg = _CONFIG.value
     if cfg is not None and not isinstance(cfg, ml_collections.ConfigDict):
-        try:  # config_flags keeps a placeholder that raises the load error when used
+        # A file config_flags could not open becomes a placeholder that raises an OSError (its
+        # documented "Configuration is not available" error) on any access: only that error is a
+        # load failure; anything else is a get_config() that returned the wrong type.
+        try:
             cfg["seed"]
-        except Exception as e:  # noqa: BLE001
-            if type(cfg).__name__ == "_ErrorConfig":
-                _fail(_config_file_error(e, path) or f"--config={path}: {_one_line(e.__cause__ or e, last=True)}")
+        except OSError as e:
+            cause = _one_line(e.__cause__ or e, last=True)
+            _fail(_config_file_error(e, path) or f"--config={path}: {cause}")
+        except Exception:  # noqa: BLE001 — e.g. an int has no items: reported just below
+            pass
         _fail(f"{path}: get_config() returned {type(cfg).__name__}, not an ml_collections.ConfigDict")
     return rest
 
 
 def _drop_closed_loop_noise() -> None:
     """Silence "Event loop is closed" errors that orbax's reader threads can raise, after a failed
-    checkpoint read was already reported in one line, into an event loop orbax has closed."""
+    checkpoint read was already reported in one line, into an event loop orbax has closed.
+
+    An orbax-checkpoint 0.12.8 workaround (see the labelled section of checkpoints.py); installed
+    here because the threads outlive the call that failed, for the rest of the process.
+    """
     previous = sys.unraisablehook
 
     def hook(unraisable):

@@ -16,14 +16,18 @@ import jax
 import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
-from ml_collections import FrozenConfigDict
+from jax.sharding import Mesh
+from ml_collections import ConfigDict, FrozenConfigDict
 
 from rdbm_jax import checkpoints, conditioning, distributed, models, sde
 from rdbm_jax.errors import ConfigError
+from rdbm_jax.schedules import Schedule
 from rdbm_jax.sampler import Sampler
 from rdbm_jax.train_state import TrainState, make_optimizer
 
 log = logging.getLogger("rdbm_jax")
+
+Params = Any  # a Flax parameter pytree: nested dicts of arrays (or of ShapeDtypeStructs)
 
 LOSSES = ("l1", "l2")  # train.loss
 
@@ -37,7 +41,7 @@ TrainMetrics = clu_metrics.Collection.create(loss=clu_metrics.Average.from_outpu
                                              grad_norm=clu_metrics.Average.from_output("grad_norm"))
 
 
-def schedule_from_config(bridge: Any) -> Any:
+def schedule_from_config(bridge: ConfigDict) -> Schedule:
     """The bridge schedule of the `bridge` config section (Eq. 5–7); bad values name their key."""
     try:
         return sde.make_schedule(num_timesteps=bridge.num_timesteps, theta_schedule=bridge.theta_schedule,
@@ -47,7 +51,8 @@ def schedule_from_config(bridge: Any) -> Any:
         raise ConfigError(f"bridge: {e}") from None
 
 
-def make_loss_fn(model: Any, schedule: Any, bridge: Any, loss: str, cond_kind: str = "mu") -> Callable:
+def make_loss_fn(model: models.UNet, schedule: Schedule, bridge: ConfigDict, loss: str,
+                 cond_kind: str = "mu") -> Callable:
     """loss(params, batch, rng) = mean |net([x_t, cond], t) − target| (L1, Eq. 20) or squared (L2).
 
     With a mask condition the error is averaged over the masked pixels only: outside the mask x̂0 is
@@ -103,7 +108,7 @@ def make_train_step(loss_fn: Callable, steps_per_dispatch: int = 1) -> Callable:
     return multi
 
 
-def _dummy_inputs(model_cfg: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _dummy_inputs(model_cfg: ConfigDict) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(x_t, condition, t) of the smallest image the UNet takes: parameter shapes do not depend on size."""
     side = models.downsample_factor(model_cfg)
     cond_ch = conditioning.condition_channels(model_cfg.condition)
@@ -111,7 +116,8 @@ def _dummy_inputs(model_cfg: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
             jnp.zeros((1,), jnp.int32))
 
 
-def state_initializer(model: Any, spec: Any) -> Callable[[jax.Array], TrainState]:
+def state_initializer(model: models.UNet,
+                      spec: FrozenConfigDict) -> Callable[[jax.Array], TrainState]:
     """init(key) → a fresh TrainState of the `model`/`optim`/`train` spec (`program_spec`)."""
     dummy = _dummy_inputs(spec.model)
     tx = make_optimizer(spec.optim, spec.train.decay_steps)  # one object: part of the state's treedef
@@ -128,19 +134,19 @@ def state_initializer(model: Any, spec: Any) -> Callable[[jax.Array], TrainState
 class Program(NamedTuple):
     """What one training configuration compiles: model, schedule, jitted init and train step."""
 
-    model: Any
-    schedule: Any
+    model: models.UNet
+    schedule: Schedule
     init: Callable[[jax.Array], TrainState]
     step: Callable
-    abstract: Any  # ShapeDtypeStructs (replicated) of the TrainState, for restoring checkpoints
+    abstract: TrainState  # of ShapeDtypeStructs (replicated), for restoring checkpoints
 
 
-def network_spec(cfg: Any) -> FrozenConfigDict:
+def network_spec(cfg: ConfigDict) -> FrozenConfigDict:
     """What the network and the bridge schedule are built from: the `model` and `bridge` sections."""
     return FrozenConfigDict(dict(model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict()))
 
 
-def program_spec(cfg: Any) -> FrozenConfigDict:
+def program_spec(cfg: ConfigDict) -> FrozenConfigDict:
     """Everything the training program reads: network spec, `optim`, loss, LR decay length, K."""
     decay = cfg.train.num_steps if cfg.optim.schedule == "cosine" else 0  # constant LR: unused
     return FrozenConfigDict(dict(model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict(),
@@ -150,17 +156,17 @@ def program_spec(cfg: Any) -> FrozenConfigDict:
 
 
 @functools.cache
-def _network(spec: FrozenConfigDict) -> tuple[Any, Any]:
+def _network(spec: FrozenConfigDict) -> tuple[models.UNet, Schedule]:
     return models.create_model(spec.model), schedule_from_config(spec.bridge)
 
 
-def network(cfg: Any) -> tuple[Any, Any]:
+def network(cfg: ConfigDict) -> tuple[models.UNet, Schedule]:
     """(model, schedule) of `cfg` (built once per distinct `network_spec`)."""
     return _network(network_spec(cfg))
 
 
 @functools.cache
-def _program(spec: FrozenConfigDict, mesh: Any) -> Program:
+def _program(spec: FrozenConfigDict, mesh: Mesh) -> Program:
     model, schedule = _network(FrozenConfigDict(dict(model=spec.model, bridge=spec.bridge)))
     repl = distributed.replicated(mesh)
     init = state_initializer(model, spec)
@@ -173,7 +179,7 @@ def _program(spec: FrozenConfigDict, mesh: Any) -> Program:
     return Program(model, schedule, jax.jit(init, out_shardings=repl), step, abstract)
 
 
-def program(cfg: Any, mesh: Any) -> Program:
+def program(cfg: ConfigDict, mesh: Mesh) -> Program:
     """The training Program of `cfg` on `mesh` (built once per distinct `program_spec` and mesh)."""
     return _program(program_spec(cfg), mesh)
 
@@ -183,12 +189,8 @@ def init_key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl="rbg")
 
 
-def init_state(cfg: Any, mesh: Any) -> TrainState:
-    """The initial TrainState of `cfg`, initialised directly on the devices, replicated."""
-    return program(cfg, mesh).init(init_key(cfg.seed))
-
-
-def sampler_spec(cfg: Any, num_steps: int | None = None, eta: float | None = None) -> FrozenConfigDict:
+def sampler_spec(cfg: ConfigDict, num_steps: int | None = None,
+                 eta: float | None = None) -> FrozenConfigDict:
     """What a Sampler reads: the network spec and the `sample` settings (NFE and η overridable)."""
     s = cfg.sample
     return FrozenConfigDict(dict(
@@ -198,7 +200,7 @@ def sampler_spec(cfg: Any, num_steps: int | None = None, eta: float | None = Non
 
 
 @functools.cache
-def _sampler(spec: FrozenConfigDict, mesh: Any) -> Sampler:
+def _sampler(spec: FrozenConfigDict, mesh: Mesh) -> Sampler:
     model, schedule = _network(FrozenConfigDict(dict(model=spec.model, bridge=spec.bridge)))
     s = spec.sample
     return Sampler(lambda params, x_t, cond, t: model.apply({"params": params}, x_t, cond, t, train=False),
@@ -208,13 +210,14 @@ def _sampler(spec: FrozenConfigDict, mesh: Any) -> Sampler:
                    condition=spec.model.condition)
 
 
-def sampler(cfg: Any, mesh: Any = None, num_steps: int | None = None, eta: float | None = None) -> Sampler:
+def sampler(cfg: ConfigDict, mesh: Mesh | None = None, num_steps: int | None = None,
+            eta: float | None = None) -> Sampler:
     """The Sampler of `cfg`'s network and `sample` section (NFE / η overridable), built once per
     distinct `sampler_spec` and mesh: its compiled reverse loops are reused by later calls."""
     return _sampler(sampler_spec(cfg, num_steps, eta), mesh or distributed.make_mesh())
 
 
-def check_compatible(cfg: Any, saved: dict, where: str) -> None:
+def check_compatible(cfg: ConfigDict, saved: dict, where: str) -> None:
     """Refuse (ConfigError) a config whose bridge/model differs from the checkpoint's."""
     for key in MUST_MATCH:
         section, name = key.split(".")
@@ -224,7 +227,7 @@ def check_compatible(cfg: Any, saved: dict, where: str) -> None:
                               f"restoring with a different bridge is refused (set --config.{key}={theirs!r})")
 
 
-def abstract_params(cfg: Any, mesh: Any) -> Any:
+def abstract_params(cfg: ConfigDict, mesh: Mesh) -> Params:
     """ShapeDtypeStructs (replicated) of the network's parameters."""
     model, _ = network(cfg)
     repl = distributed.replicated(mesh)
@@ -236,14 +239,14 @@ def abstract_params(cfg: Any, mesh: Any) -> Any:
 class Trained(NamedTuple):
     """A checkpoint ready for inference: network, schedule, parameters (EMA by default), step."""
 
-    model: Any
-    schedule: Any
-    params: Any
+    model: models.UNet
+    schedule: Schedule
+    params: Params
     step: int
 
 
-def load_trained(cfg: Any, workdir: str, mesh: Any, checkpoint: str = "", saved_config: dict | None = None
-                 ) -> Trained:
+def load_trained(cfg: ConfigDict, workdir: str, mesh: Mesh, checkpoint: str = "",
+                 saved_config: dict | None = None) -> Trained:
     """The parameters (EMA unless sample.use_ema=False) of a checkpoint, and nothing else of its state.
 
     `saved_config`: the checkpoint's config when the caller has already read it (not read twice).

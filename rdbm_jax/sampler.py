@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rdbm_jax import conditioning, distributed, sde
-from rdbm_jax.errors import ConfigError, DataError
+from rdbm_jax.errors import DataError
 
 MIN_SIDE = 8  # smaller images cannot be reflect-padded meaningfully
 
@@ -101,9 +101,6 @@ class Sampler:
         self.condition, self.uses_mask = condition, conditioning.uses_mask(condition)
         self.multiple, self.mesh = multiple, mesh or distributed.make_mesh()
         self.eta, self.clip, self.parameterization, self.pi = eta, clip, parameterization, pi
-        if tile_size and tile_size % multiple:
-            raise ConfigError(f"sample.tile_size={tile_size} must be a multiple of {multiple} "
-                              "(the UNet's downsampling factor)")
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
         self._jitted: Callable | None = None
 

@@ -21,11 +21,10 @@ import numpy as np
 from rdbm_jax.schedules import (DEFAULT_PI, PI_MODES, PRESETS, THETA_SCHEDULES, Schedule, make_schedule,
                                 theta_profile, timestep_pairs)
 
-__all__ = ["Schedule", "make_schedule", "timestep_pairs", "theta_profile", "PRESETS", "PI_MODES",
-           "THETA_SCHEDULES", "DEFAULT_PI", "PARAMETERIZATIONS", "pi_values", "q_sample", "transition",
-           "posterior", "x0_from_pi_eps", "pi_eps_from_x0", "x0_from_residual", "residual_from_x0",
-           "predict_x0", "network_target", "training_target",
-           "reverse_step", "reverse_step_pi_eps", "project_known", "sample"]
+# The bridge math of this module; the schedules it uses are rdbm_jax.schedules' own public names.
+__all__ = ["PARAMETERIZATIONS", "pi_values", "q_sample", "transition", "posterior",
+           "x0_from_pi_eps", "pi_eps_from_x0", "x0_from_residual", "residual_from_x0",
+           "predict_x0", "training_target", "reverse_step", "project_known", "sample"]
 
 # x0: the network predicts x̂0 (released code); pi_eps: π ⊙ ε (paper, Eq. 19); residual: x̂0 − μ, so a
 # zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels with x0 = μ cost nothing).
@@ -48,6 +47,14 @@ def _check_parameterization(parameterization: str) -> None:
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization={parameterization!r} is not one of "
                          f"{', '.join(PARAMETERIZATIONS)}")
+
+
+def _check_eta(eta: float | jax.Array) -> float | None:
+    """η as a float when concrete (None when traced); a concrete η outside [0, 1] is refused."""
+    eta_c = _concrete(eta)
+    if eta_c is not None and not 0.0 <= eta_c <= 1.0:
+        raise ValueError(f"eta={eta_c} must be in [0, 1]")
+    return eta_c
 
 
 def _concrete(x) -> float | None:
@@ -199,15 +206,20 @@ def training_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax
 def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array, t: Time, t_next: Time,
                  eta: float | jax.Array = 0.0, noise: jax.Array | None = None,
                  pi: str | None = None) -> jax.Array:
-    """One reverse step t → t_next of the η-family (η = 0: Eq. 19 in x0 form; η = 1: posterior sample)."""
+    """One reverse step t → t_next of the η-family (η = 0: Eq. 19 in x0 form; η = 1: posterior).
+
+    Arguments (a ValueError names the one that breaks its rule):
+      t, t_next: indices with t_next < t; t_next = −1 returns x̂0.
+      eta: in [0, 1] (checked when concrete; a traced η is not checked).
+      noise: z, a standard normal array shaped like x_t; required when a concrete η is > 0; when η
+        is traced and noise is None the z term is dropped.
+      pi: a mode of PI_MODES, or None/"" for the preset's default.
+    """
     # x_s = μ + Θ_s (x̂0 − μ) + sqrt(Σ_s² − η² Σ̃²) n̂ + η Σ̃ π̂ z, Σ̃² = Σ_s² v/Σ_t², n̂ from x̂0, π̂ the
     # modulator of x̂0. Σ_t = 0 (the singular first step): n̂ = 0 and Σ̃ = Σ_s, i.e. x_s = μ + Θ_s (x̂0 − μ)
-    # (+ η Σ_s π̂ z). t_next = −1 returns x̂0. `noise` is z: required when η > 0 is concrete; when η is
-    # traced and noise is None the z term is dropped.
+    # (+ η Σ_s π̂ z).
     mode = _resolve_pi(schedule, pi)
-    eta_c = _concrete(eta)
-    if eta_c is not None and not 0.0 <= eta_c <= 1.0:
-        raise ValueError(f"eta={eta_c} must be in [0, 1]")
+    eta_c = _check_eta(eta)
     if noise is None and eta_c not in (None, 0.0):
         raise ValueError(f"noise: a standard normal array is needed when eta={eta_c} > 0")
     th_t, sg_t = _coefs(schedule, t)
@@ -251,19 +263,26 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
            clip: bool = True, parameterization: str = "x0", pi: str | None = None,
            return_trajectory: bool = False,
            known: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """The reverse loop over `timestep_pairs(T, num_steps)` as one lax.scan → x̂0 (, states [S+1, B, …])."""
-    # denoise_fn(x_t, μ, t int32 [B]) returns the raw network output (x̂0 or π̂ε̂ per `parameterization`).
+    """The reverse loop over `timestep_pairs(T, num_steps)` as one lax.scan → x̂0 (, states).
+
+    Arguments (a ValueError names the one that breaks its rule):
+      denoise_fn(x_t, μ, t int32 [B]): the raw network output, read per `parameterization`.
+      num_steps: the NFE, an integer in 1..schedule.num_timesteps.
+      rng: a PRNG key; may be None only when η = 0 and the preset is not irsde.
+      eta: in [0, 1] (checked when concrete; a traced η is not checked).
+      parameterization: one of PARAMETERIZATIONS.
+      pi: a mode of PI_MODES, or None/"" for the preset's default; the irsde preset needs "one" or
+        "zero" (its start x_T ~ N(μ, Σ² π²) must not depend on x0).
+      known: broadcastable to μ, 1/True where x0 = μ is known (e.g. outside inpainting holes):
+        x̂0 is set to μ there at every step (`project_known`), so those pixels stay at μ exactly.
+      return_trajectory: also return the states [S+1, B, …]: the start, then the state after each
+        step (at the times pairs[:, 1]; the last one is the returned x̂0).
+    """
     # Start: x = μ for every bridge preset (Σ_{T−1} = 0); irsde: x = μ + Σ_{T−1} z (π = "one"; "zero" → μ).
-    # return_trajectory adds the states [S+1, B, …]: the start, then the state after each step (at the
-    # times pairs[:, 1]; the last one is the returned x̂0). rng may be None only when η = 0 (not irsde).
-    # known (broadcastable to μ, 1/True where x0 = μ is known, e.g. outside inpainting holes): x̂0 is set
-    # to μ there at every step (`project_known`), so those pixels stay at μ exactly (π = x0 − μ = 0).
     mode = _resolve_pi(schedule, pi)
     _check_parameterization(parameterization)
     pairs = timestep_pairs(schedule.num_timesteps, num_steps)
-    eta_c = _concrete(eta)
-    if eta_c is not None and not 0.0 <= eta_c <= 1.0:
-        raise ValueError(f"eta={eta_c} must be in [0, 1]")
+    eta_c = _check_eta(eta)
     stochastic = eta_c != 0.0
     noisy_start = schedule.preset == "irsde" and mode != "zero"
     if noisy_start and mode != "one":

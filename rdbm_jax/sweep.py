@@ -12,7 +12,6 @@ import ml_collections
 
 from rdbm_jax import config as config_lib, data, distributed, program, progress
 from rdbm_jax.data import spec as data_spec
-from rdbm_jax.errors import ConfigError
 from rdbm_jax.evaluate import SCORES, Baselines, protocol, score_sources, summary_line
 
 log = logging.getLogger("rdbm_jax")
@@ -68,14 +67,9 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
     config_lib.validate(cfg)
     data_spec.check_folders(cfg.data, ("eval",))
     nfes, etas = config_lib.parse_list(cfg, "sweep.nfe", int), config_lib.parse_list(cfg, "sweep.eta", float)
-    for n in nfes:
-        if not 1 <= n <= cfg.bridge.num_timesteps:
-            raise ConfigError(f"sweep.nfe: {n} is outside 1..bridge.num_timesteps={cfg.bridge.num_timesteps}")
-    for e in etas:
-        if not 0.0 <= e <= 1.0:
-            raise ConfigError(f"sweep.eta: {e} is outside [0, 1]")
     mesh = distributed.make_mesh()
-    params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
+    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
+    params, step = trained.params, trained.step
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     rows: list[dict[str, Any]] = []
     pbar = progress.bar(len(etas) * len(nfes), "sweep", unit="setting")

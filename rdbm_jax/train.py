@@ -95,9 +95,6 @@ def hold_workdir(workdir: str) -> Iterator[None]:
 def check_config(cfg: ml_collections.ConfigDict, mesh: Any) -> None:
     """What training needs beyond `config.validate`, checked before the workdir is created: shapes
     that fit the UNet and the devices, and the data folders (ConfigError naming the key)."""
-    if cfg.data.crop_size % models.downsample_factor(cfg.model):
-        raise ConfigError(f"data.crop_size={cfg.data.crop_size} must be a multiple of "
-                          f"{models.downsample_factor(cfg.model)} (the UNet's downsampling factor)")
     unit = math.lcm(mesh.size, len(cfg.data.tasks) * jax.process_count())
     if cfg.train.batch_size % unit:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be a multiple of {unit} = lcm("

@@ -35,10 +35,9 @@ def ema_decay_at(update: Any, decay: float, warmup: str = "none") -> Any:
     """EMA decay of update number `update` (0-based): constant, or ema_pytorch's warm-up (DGSolver)."""
     # ema_pytorch: updates 0..100 copy the parameters (decay 0); update k > 100 uses
     # min(decay, 1 − (1 + k − 100)^(−2/3)), reaching 0.995 after ≈ 2.9k updates, 0.999 after ≈ 31.7k.
+    # `warmup` is one of EMA_WARMUPS (config.validate checks optim.ema_warmup).
     if warmup == "none":
         return decay
-    if warmup != "ema_pytorch":
-        raise ValueError(f"optim.ema_warmup={warmup!r} is not one of {', '.join(EMA_WARMUPS)}")
     epoch = jnp.asarray(update, jnp.float32) - _EMA_PYTORCH_AFTER
     value = 1.0 - (1.0 + jnp.maximum(epoch, 0.0)) ** -_EMA_PYTORCH_POWER
     return jnp.where(epoch <= 0, 0.0, jnp.minimum(value, decay))

@@ -1,7 +1,6 @@
 """Metric writers: JSONL + PNG always; TensorBoard event files through tensorboardX (no TensorFlow) or clu."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -61,7 +60,8 @@ class JsonlWriter:
 
 
 class MultiWriter:
-    """Fans every call out to several writers (same interface as clu's MetricWriter)."""
+    """Fans every call out to several writers: scalars, images, flush, close (the part of clu's
+    MetricWriter interface the training loop uses)."""
 
     def __init__(self, writers: list):
         self.writers = writers
@@ -145,9 +145,6 @@ def create_writer(workdir: str, is_main: bool = True, tensorboard: str = "tensor
         if purge_step is not None and os.path.isdir(logdir):  # a resumed (or restarted) run
             write_purge_marker(logdir, purge_step)
         writers.append(_ClipImages(metric_writers.SummaryWriter(logdir)))
-    elif tensorboard != "none":
-        raise ConfigError(f"train.tensorboard={tensorboard!r} is not one of "
-                          + ", ".join(repr(t) for t in WRITERS))
     return MultiWriter(writers)
 
 
@@ -200,26 +197,10 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
 
 
-def _metric_writer_interface() -> type:
-    """clu's MetricWriter ABC. `clu.metric_writers`' package __init__ imports TensorFlow, so without
-    TensorFlow the interface module (numpy + jax only) is loaded from its file under a private name."""
-    if importlib.util.find_spec("tensorflow") is not None:
-        from clu.metric_writers.interface import MetricWriter
-        return MetricWriter
-    import clu
-
-    path = os.path.join(os.path.dirname(clu.__file__), "metric_writers", "interface.py")
-    spec = importlib.util.spec_from_file_location("_rdbm_clu_metric_writer_interface", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MetricWriter
-
-
-MetricWriter = _metric_writer_interface()
-
-
-class TensorBoardXWriter(MetricWriter):
+class TensorBoardXWriter:
     """Writes TensorBoard event files with tensorboardX (no TensorFlow) into `logdir`.
+
+    The interface MultiWriter fans out (scalars, images, flush, close): all the loop writes.
 
     `purge_step`: a run resumed from a checkpoint passes the first step it will write again;
     TensorBoard then discards the interrupted run's events at and after that step.
@@ -233,11 +214,6 @@ class TensorBoardXWriter(MetricWriter):
         self._writer = SummaryWriter(logdir, purge_step=purge_step, flush_secs=30,
                                      filename_suffix=f".{time.time_ns()}")
 
-    def write_summaries(self, step: int, values: Mapping[str, Any],
-                        metadata: Mapping[str, Any] | None = None) -> None:
-        raise NotImplementedError("TensorBoardXWriter writes scalars, images, texts, histograms, audio, "
-                                  "video and hparams; raw tensor summaries need clu's TensorFlow writer")
-
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         for key, value in scalars.items():
             self._writer.add_scalar(key, float(np.asarray(value)), global_step=int(step))
@@ -248,34 +224,6 @@ class TensorBoardXWriter(MetricWriter):
             arr = _to_uint8(value)
             self._writer.add_images(key, arr[None] if arr.ndim == 3 else arr, global_step=int(step),
                                     dataformats="NHWC")
-
-    def write_videos(self, step: int, videos: Mapping[str, Any]) -> None:
-        """Videos [N, T, H, W, C] or [T, H, W, C] (tensorboardX needs `moviepy` for these)."""
-        for key, value in videos.items():
-            arr = _to_uint8(value)
-            arr = arr[None] if arr.ndim == 4 else arr
-            self._writer.add_video(key, np.transpose(arr, (0, 1, 4, 2, 3)), global_step=int(step))
-
-    def write_audios(self, step: int, audios: Mapping[str, Any], *, sample_rate: int) -> None:
-        """Audios [N, T, C] in [-1, 1], each clip its own tag `key/i` (tensorboardX needs `soundfile`)."""
-        for key, value in audios.items():
-            for i, clip in enumerate(np.asarray(value, np.float32)):
-                self._writer.add_audio(f"{key}/{i}", clip, global_step=int(step), sample_rate=sample_rate)
-
-    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
-        for key, text in texts.items():
-            self._writer.add_text(key, text, global_step=int(step))
-
-    def write_histograms(self, step: int, arrays: Mapping[str, Any],
-                         num_buckets: Mapping[str, int] | None = None) -> None:
-        for key, values in arrays.items():
-            bins = (num_buckets or {}).get(key)
-            self._writer.add_histogram(key, np.asarray(values), global_step=int(step),
-                                       bins="tensorflow" if bins is None else np.histogram_bin_edges(
-                                           np.asarray(values), bins))
-
-    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-        self._writer.add_hparams(dict(hparams), {})
 
     def flush(self) -> None:
         self._writer.flush()

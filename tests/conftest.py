@@ -1,5 +1,6 @@
 """Test session set-up: one persistent XLA compilation cache shared by every test and subprocess."""
 import os
+import shutil
 import sys
 import tempfile
 
@@ -15,13 +16,36 @@ if REPO not in sys.path:
 import pytest  # noqa: E402
 
 
+def _listing(folder: str) -> set[tuple[str, int, int]]:
+    """(path, size, mtime) of every file under `folder`."""
+    out = set()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            out.add((os.path.relpath(os.path.join(root, name), folder), st.st_size, st.st_mtime_ns))
+    return out
+
+
 @pytest.fixture(scope="session")
-def trained_workdir(tmp_path_factory):
-    """A workdir holding a 2-step checkpoint of configs/demo.py:tiny (for eval/sample/sweep tests)."""
+def trained_run(tmp_path_factory):
+    """A workdir holding a 2-step checkpoint of configs/demo.py:tiny, trained once per session and
+    READ-ONLY: a test that writes into it fails at the end of the session (tests that write use
+    `trained_workdir`, a private copy)."""
     from rdbm_jax import train
     from tests.helpers import config
 
     workdir = str(tmp_path_factory.mktemp("trained"))
     train.train_and_evaluate(config(**{"train.num_steps": 2, "train.checkpoint_every": 2,
                                        "train.eval_every": 0}), workdir)
+    before = _listing(workdir)
+    yield workdir
+    changed = sorted(p for p, _, _ in before ^ _listing(workdir))
+    assert not changed, f"tests wrote into the shared read-only run {workdir}: {changed[:10]}"
+
+
+@pytest.fixture
+def trained_workdir(trained_run, tmp_path):
+    """A private copy of `trained_run` for one test: eval, sample and sweep may write into it."""
+    workdir = str(tmp_path / "trained")
+    shutil.copytree(trained_run, workdir)
     return workdir

@@ -73,3 +73,26 @@ def train_in_subprocess(workdir: str, overrides: dict, hook: str, timeout: int =
     """Run `train_argv(…)` from the repo root to its end (or its kill); returns the finished process."""
     return subprocess.run(train_argv(workdir, overrides, hook), cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
+
+
+# matplotlib's default colour cycle (tab10): the n-th line of an axes is drawn in MPL_CYCLE[n].
+MPL_CYCLE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+             (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+def assert_line_plot(path: str, size: tuple[int, int], lines: int, panels: int = 2) -> None:
+    """`path` is a PNG of `size` (W, H) whose `panels` side-by-side axes each draw exactly `lines`
+    lines in the default colours (markers and line cores keep the exact colour)."""
+    import numpy as np
+    from PIL import Image
+
+    img = np.asarray(Image.open(path).convert("RGB")).astype(np.int32)
+    assert (img.shape[1], img.shape[0]) == size, (img.shape, size)
+    width = img.shape[1] // panels
+    for p in range(panels):
+        strip = img[:, p * width:(p + 1) * width]
+        counts = [int((np.abs(strip - np.array(c)).max(axis=-1) <= 8).sum()) for c in MPL_CYCLE]
+        # Gray (the 8th colour) is also the colour of grids and reference lines: not counted.
+        gray = (127, 127, 127)
+        drawn = [n for n, count in enumerate(counts) if count >= 20 and MPL_CYCLE[n] != gray]
+        assert drawn == list(range(lines)), f"{path} panel {p}: colours {drawn} ({counts})"

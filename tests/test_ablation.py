@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import ablation
+from tests.helpers import assert_line_plot
 
 
 def _check_outputs(out: str, result: dict, cells: set[tuple[str, str]], nfes: tuple[str, ...]) -> list[dict]:
@@ -29,7 +30,8 @@ def _check_outputs(out: str, result: dict, cells: set[tuple[str, str]], nfes: tu
     assert all(f"| {p} | {o} |" in md for p, o in cells) and f"NFE {nfes[-1]}" in md and "31.04" in md
     assert md.count("| classical baseline | — |") == md.count("| degraded input | — |") == 6  # 3 scopes × 2
     assert "**PSNR, task inpaint**" in md
-    assert os.path.getsize(os.path.join(out, "ablation.png")) > 10_000
+    # 10 × 3.8 in at 120 dpi, one line per cell in each panel
+    assert_line_plot(os.path.join(out, "ablation.png"), size=(1200, 456), lines=len(cells))
     assert open(os.path.join(out, "command.txt")).read().startswith(
         "python -m benchmarks.ablation --out-dir " + out + " --tiny")
     return rows

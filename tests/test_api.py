@@ -23,8 +23,8 @@ def readme_block(marker: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def model(trained_workdir):
-    return rdbm_jax.load(trained_workdir)
+def model(trained_run):
+    return rdbm_jax.load(trained_run)
 
 
 def test_import_is_light_and_names_are_public():
@@ -35,8 +35,8 @@ def test_import_is_light_and_names_are_public():
     assert all(getattr(rdbm_jax, name) is not None for name in rdbm_jax.__all__)
 
 
-def test_readme_api_example_runs_and_matches_the_restorer(trained_workdir, model, capsys):
-    code = readme_block("test:readme-api").replace('"/tmp/rdbm_demo"', repr(trained_workdir))
+def test_readme_api_example_runs_and_matches_the_restorer(trained_run, model, capsys):
+    code = readme_block("test:readme-api").replace('"/tmp/rdbm_demo"', repr(trained_run))
     ns: dict = {}
     exec(compile(code, "README.md:test:readme-api", "exec"), ns)
     photo, restored, batch = ns["photo"], ns["restored"], ns["batch"]
@@ -78,7 +78,7 @@ def test_gray_in_gray_out_file_paths_and_repr(model, tmp_path):
                            "condition='mu_mask_fill', ema=True)")
 
 
-def test_restore_kinds_and_errors(trained_workdir, model):
+def test_restore_kinds_and_errors(trained_run, model):
     img = np.random.RandomState(0).rand(20, 24, 3).astype(np.float32)
     out = model.restore(img)  # float [0, 1] in → float [0, 1] out, odd size padded inside
     assert out.dtype == np.float32 and out.shape == (20, 24, 3) and 0 <= out.min() and out.max() <= 1
@@ -99,7 +99,7 @@ def test_restore_kinds_and_errors(trained_workdir, model):
     kept = model.restore(img, mask=hole)  # x̂0 = μ outside the given mask
     np.testing.assert_allclose(kept[hole == 0], np.asarray(img)[hole == 0], atol=1e-6)
     with pytest.raises(ValueError, match="step=7"):
-        rdbm_jax.load(trained_workdir, step=7)
-    raw = rdbm_jax.load(trained_workdir, step=2, use_ema=False)
+        rdbm_jax.load(trained_run, step=7)
+    raw = rdbm_jax.load(trained_run, step=2, use_ema=False)
     assert raw.step == 2 and not np.allclose(jax.tree_util.tree_leaves(raw.params)[0],
                                              jax.tree_util.tree_leaves(model.params)[0])

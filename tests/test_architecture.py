@@ -131,22 +131,6 @@ def test_choices_are_the_owning_modules_lists():
     assert c["data.flip"] is spec.FLIPS and c["eval.color"] is metrics.COLORS
 
 
-def test_model_and_validation_agree_on_dtypes():
-    from rdbm_jax import models
-    from rdbm_jax.errors import ConfigError
-
-    for key in ("dtype", "param_dtype"):
-        for name in ("float32", "bfloat16", "float16"):
-            cfg = config(**{f"model.{key}": name})
-            accepted_by_validation = name in config_lib.CHOICES[f"model.{key}"]
-            try:
-                models.create_model(cfg.model)
-                accepted_by_model = True
-            except ConfigError:
-                accepted_by_model = False
-            assert accepted_by_model == accepted_by_validation, (key, name)
-
-
 def _default_py_comments() -> dict[str, str]:
     """{"section.key": its end-of-line comment (continued on the next comment-only lines)} of default.py."""
     lines = open(os.path.join(REPO, "configs", "default.py"), encoding="utf-8").read().splitlines()
@@ -221,3 +205,92 @@ def test_every_config_file_validates():
         if os.path.basename(path) == "common.py":  # helpers, not a config
             continue
         config_lib.validate(config_files.load(path))
+
+
+def test_public_names_are_defined_where_they_are_exported():
+    """sde.__all__ is the bridge math of sde.py itself: no re-exported schedule names."""
+    from rdbm_jax import sde
+
+    for name in sde.__all__:
+        value = getattr(sde, name)
+        home = getattr(value, "__module__", "rdbm_jax.sde")  # tuples have no __module__
+        assert home == "rdbm_jax.sde", f"sde.__all__ re-exports {name} from {home}"
+    assert not {"make_schedule", "Schedule", "PRESETS", "timestep_pairs"} & set(sde.__all__)
+
+
+# ----------------------------------------------------------- ARCHITECTURE.md's claims, checked
+def _architecture_md() -> str:
+    return open(os.path.join(REPO, "ARCHITECTURE.md"), encoding="utf-8").read()
+
+
+def _functions_with(module: str, wanted) -> set[tuple[str, str, str]]:
+    """(module without "rdbm_jax.", qualified function, detail) for every node `wanted(node)` names
+    (it returns the detail or None) inside a function of `module`."""
+    tree = ast.parse(open(MODULES[module], encoding="utf-8").read())
+    short = module[len("rdbm_jax."):]
+    found = set()
+
+    def visit(node: ast.AST, scope: list[str], in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                is_function = not isinstance(child, ast.ClassDef)
+                visit(child, scope + [child.name], in_function or is_function)
+                continue
+            detail = wanted(child) if in_function else None
+            for d in ([detail] if isinstance(detail, str) else detail or []):
+                found.add((short, ".".join(scope), d))
+            visit(child, scope, in_function)
+
+    visit(tree, [], False)
+    return found
+
+
+def _local_import(node: ast.AST):
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom):
+        return node.module
+    return None
+
+
+def _uint8_cast(node: ast.AST):
+    """"uint8" for `x.astype(np.uint8)` / `x.astype(jnp.uint8)` / `x.astype("uint8")`."""
+    is_call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    if is_call and node.func.attr == "astype":
+        arg = node.args[0] if node.args else None
+        if (isinstance(arg, ast.Attribute) and arg.attr == "uint8") or \
+                (isinstance(arg, ast.Constant) and arg.value == "uint8"):
+            return "uint8"
+    return None
+
+
+def test_function_local_imports_are_exactly_the_documented_ones():
+    table = re.findall(r"^\| `([\w.]+)` `([\w.]+)` \| ([^|]+) \|", _architecture_md(), re.M)
+    assert len(table) > 10  # the parser read the table
+    documented = {(m, f, imp) for m, f, imports in table
+                  for imp in re.findall(r"`([\w.]+)`", imports)}
+    in_code = set().union(*(_functions_with(m, _local_import) for m in MODULES
+                            if not MODULES[m].endswith("__init__.py")))
+    assert in_code - documented == set(), "function-local imports missing from ARCHITECTURE.md"
+    assert documented - in_code == set(), "ARCHITECTURE.md lists local imports the code lacks"
+
+
+def test_uint8_conversions_are_exactly_the_documented_ones():
+    text = _architecture_md()
+    bullet = text[text.index("**uint8 conversions**"):].split("\n- ")[0]
+    documented = set(re.findall(r"`([\w.]+\.[\w.]+)` \(|`([\w.]+\.[\w.]+)`, which", bullet))
+    documented = {a or b for a, b in documented}
+    in_code = {f"{m}.{f}" for mod in MODULES for m, f, _ in _functions_with(mod, _uint8_cast)}
+    assert len(documented) >= 3 and documented == in_code, (documented, in_code)
+
+
+def test_argument_rules_of_the_math_api_are_in_its_docstrings():
+    """help(sde.sample) / help(sde.reverse_step) state the rules their ValueErrors enforce."""
+    from rdbm_jax import sde
+
+    rules = {sde.sample: ("num_steps: the NFE", "rng: a PRNG key", "eta: in [0, 1]",
+                          "parameterization: one of PARAMETERIZATIONS", "pi: a mode of PI_MODES"),
+             sde.reverse_step: ("eta: in [0, 1]", "noise: z", "pi: a mode of PI_MODES")}
+    for fn, phrases in rules.items():
+        missing = [p for p in phrases if p not in fn.__doc__]
+        assert not missing, f"sde.{fn.__name__}'s docstring lacks {missing}"

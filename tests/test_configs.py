@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from rdbm_jax import checkpoints, config as config_lib, train
-from rdbm_jax.data import named_sources
+from rdbm_jax.data.spec import named_sources
 from rdbm_jax.errors import ConfigError
-from tests.helpers import config, read_metrics, run_cli
+from tests.helpers import CONFIGS, REPO, config, read_metrics, run_cli
 
 SIZES = {"T": 0.45e6, "B": 3.65e6, "L": 7.73e6}
 
@@ -112,3 +114,45 @@ def test_universal_names_the_papers_datasets_and_overrides_reach_them(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert last.startswith("error:") and "data.tasks.derain.eval.rain100l.kind" in last, last
+
+
+# Libraries a config file must never reach: it is plain data, read in well under a second.
+HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "grain", "clu", "tensorflow", "torch")
+_LOAD_AND_LIST_MODULES = """
+import sys
+from rdbm_jax import config_files
+config_files.load(sys.argv[1])
+print(" ".join(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py")))
+def test_loading_a_config_file_imports_no_jax_library(name):
+    path = os.path.join(CONFIGS, name)
+    if name == "common.py":  # helpers, not a config: importing it must be just as light
+        code = _LOAD_AND_LIST_MODULES.replace("config_files.load(sys.argv[1])",
+                                              "config_files.sibling(sys.argv[1], 'common')")
+    else:
+        code = _LOAD_AND_LIST_MODULES
+    # A fresh interpreter: nothing imported before.
+    proc = subprocess.run([sys.executable, "-c", code, path], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=True)
+    loaded = set(proc.stdout.split())
+    assert "ml_collections" in loaded  # the check itself sees what was imported
+    assert not loaded & set(HEAVY), f"configs/{name} imports {sorted(loaded & set(HEAVY))}"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # Rules that lived beside the code reading the key (pipeline, UNet, sampler, train loop, sweep).
+    ({"data.crop_size": 36}, r"^data\.crop_size=36 must be a multiple of 8 \(the UNet's"),
+    ({"data.prefetch_buffer": -1}, r"^data\.prefetch_buffer=-1 must be >= 0$"),
+    ({"model.dropout": 1.0}, r"^model\.dropout=1\.0 must be in \[0, 1\)$"),
+    ({"model.attention_impl": "cudnn"}, r"^model\.attention_impl='cudnn' needs model\.dtype"),
+    ({"sample.eta": 1.5}, r"^sample\.eta=1\.5 must be in \[0, 1\]$"),
+    ({"sweep.eta": "0,1.5"}, r"^sweep\.eta=1\.5 must be in \[0, 1\]$"),  # the rule of sample.eta
+    ({"sweep.nfe": "2,0"}, r"^sweep\.nfe=0 must be > 0$"),
+    ({"sweep.nfe": "2,500"}, r"^sweep\.nfe=500 exceeds bridge\.num_timesteps=100$"),
+])
+def test_config_rules_are_checked_by_validate(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config_lib.validate(config(**overrides))

@@ -12,7 +12,7 @@ from PIL import Image
 from rdbm_jax import evaluate, sweep
 from rdbm_jax.sample import run_sample
 from rdbm_jax.errors import ConfigError, DataError
-from tests.helpers import config
+from tests.helpers import assert_line_plot, config
 
 
 def _png(path, h, w, seed=0):
@@ -139,7 +139,7 @@ def test_sweep_writes_csv_and_plot(trained_workdir, caplog):
     assert caplog.records[-1].getMessage() == "wrote " + ", ".join(  # the closing line
         os.path.join(out, f) for f in ("results.csv", "results.png", "protocol.json"))
     assert len(list(csv.DictReader(open(os.path.join(out, "results.csv"))))) == 4
-    assert Image.open(os.path.join(out, "results.png")).size[0] > 100
+    assert_line_plot(os.path.join(out, "results.png"), size=(1200, 456), lines=2)  # η 0 and 1
     with pytest.raises(ConfigError, match="sweep.nfe"):
         sweep.run_sweep(config(**{"sweep.nfe": "500"}), trained_workdir)
 
@@ -147,7 +147,7 @@ def test_sweep_writes_csv_and_plot(trained_workdir, caplog):
 def _named_sets_config(**overrides):
     """configs/demo.py:tiny with two named test sets in task 'main' and a second task 'other' with one."""
     import ml_collections
-    from rdbm_jax.data import source_spec, task_spec
+    from rdbm_jax.data.spec import source_spec, task_spec
     cfg = config(**{"eval.max_images": 0, **overrides})
     kw = dict(kind="builtin", degradation="inpaint", mask_min_ratio=0.1, mask_max_ratio=0.3, eval_size=32,
               eval_fit="crop")

@@ -17,6 +17,8 @@ from rdbm_jax import program
 from rdbm_jax.program import load_trained
 from tests.helpers import config
 
+pytestmark = pytest.mark.integration  # export runs and a subprocess that must run without flax
+
 # Run by the subprocess: block every package the artifact must not need, then load and run it.
 LOADER_SCRIPT = textwrap.dedent('''
     import importlib.abc, sys
@@ -50,9 +52,9 @@ LOADER_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_exported_restorer_runs_without_flax_and_matches(trained_workdir, tmp_path):
+def test_exported_restorer_runs_without_flax_and_matches(trained_run, tmp_path):
     workdir = str(tmp_path / "run")
-    shutil.copytree(trained_workdir, workdir)
+    shutil.copytree(trained_run, workdir)
     cfg = config(**{"sample.eta": 0.5})  # stochastic: the key is an input of the artifact
     path = export.run_export(cfg, workdir)
     export_dir = os.path.dirname(path)
@@ -96,9 +98,9 @@ def test_exported_restorer_runs_without_flax_and_matches(trained_workdir, tmp_pa
     assert got["gray"].dtype == np.uint8 and np.abs(got["gray"] - luma).max() <= 1  # luma of rounded RGB
 
 
-def test_export_refuses_tiling(trained_workdir):
+def test_export_refuses_tiling(trained_run):
     cfg = config(**{"sample.tile_size": 16, "sample.tile_overlap": 4})
     mesh = distributed.make_mesh()
-    model, schedule, params, _ = load_trained(cfg, trained_workdir, mesh)
+    model, schedule, params, _ = load_trained(cfg, trained_run, mesh)
     with pytest.raises(ConfigError, match="sample.tile_size=16"):
         export.restoration_fn(program.sampler(cfg, mesh), params)

@@ -34,8 +34,12 @@ def _history(workdir: str) -> list[tuple[int, float]]:
 
 
 def _params(workdir: str, step: int):
+    """Every array of the run's newest checkpoint (which must be `step`), as a resume reads it."""
     abstract = program.program(config(**RUN), distributed.make_mesh()).abstract
-    state = checkpoints.load_state(checkpoints.checkpoint_dir(workdir), step, abstract)
+    reader = checkpoints.Checkpointer(workdir)
+    restored_step, state = reader.restore_latest(abstract)
+    reader.close()
+    assert restored_step == step
     return jax.tree_util.tree_leaves((state.params, state.ema_params, state.opt_state))
 
 
@@ -117,6 +121,7 @@ def _resume_matches(reference: str, workdir: str, caplog) -> None:
     _assert_no_partial_folders(workdir)
 
 
+@pytest.mark.integration
 def test_two_runs_then_kills_resume_like_an_uninterrupted_run(reference, tmp_path, caplog):
     workdir, go = str(tmp_path / "run"), str(tmp_path / "go")
     first = _kill_trial(workdir, random.Random(0), "save", hold=go)  # killed in the middle of a save
@@ -136,6 +141,7 @@ def test_two_runs_then_kills_resume_like_an_uninterrupted_run(reference, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("seed", [2, 3, 4])
 def test_many_random_kills_resume_like_an_uninterrupted_run(reference, tmp_path, caplog, seed):
     workdir, rng = str(tmp_path), random.Random(seed)

@@ -6,9 +6,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from rdbm_jax import checkpoints
 from tests.helpers import REPO, read_metrics
 
+pytestmark = pytest.mark.integration  # launch scripts and multi-process runs
 ENV = {**os.environ, "PYTHON": sys.executable}
 
 

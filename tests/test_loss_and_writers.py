@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 
@@ -53,10 +54,20 @@ def test_optimizer_schedule_and_clipping():
                                            grad_clip=1.0, ema_decay=0.9))
     lr = learning_rate_schedule(optim, 110)
     assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(1e-3) and float(lr(110)) == pytest.approx(1e-4)
-    tx = make_optimizer(optim, 110)
-    params = {"w": jnp.zeros(4)}
-    updates, _ = tx.update({"w": jnp.full(4, 100.0)}, tx.init(params), params)  # clipped to norm 1 first
-    assert np.all(np.isfinite(np.asarray(updates["w"])))
+    params, grads = {"w": jnp.zeros(4)}, {"w": jnp.full(4, 100.0)}  # global norm 200
+
+    def first_moment(grad_clip: float) -> np.ndarray:
+        """Adam's first moment after one update: (1 − b1) × the gradient Adam received."""
+        optim.grad_clip = grad_clip
+        tx = make_optimizer(optim, 110)
+        _, state = tx.update(grads, tx.init(params), params)
+        is_adam = lambda s: isinstance(s, optax.ScaleByAdamState)
+        (adam,) = [s for s in jax.tree_util.tree_leaves(state, is_leaf=is_adam) if is_adam(s)]
+        return np.asarray(adam.mu["w"])
+
+    # Clipped to norm 1: 0.5 each; grad_clip 0: unclipped.
+    np.testing.assert_allclose(first_moment(1.0), 0.1 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(first_moment(0.0), 0.1 * 100.0, rtol=1e-6)
     optim.schedule, optim.warmup_steps = "constant", 0
     assert float(learning_rate_schedule(optim, 110)(50)) == pytest.approx(1e-3)
 

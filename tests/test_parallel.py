@@ -8,8 +8,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.helpers import REPO
+
+pytestmark = pytest.mark.integration  # the 8-device side runs in a second process
 
 
 def probe(n_devices: int) -> dict:
@@ -27,7 +30,7 @@ def probe(n_devices: int) -> dict:
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (1, 8, 32, 32, 3)).astype(np.float32)  # global batch 8
     batch = distributed.global_batch(mesh, {"x0": x0, "mu": np.clip(x0 * 0.5 + 0.3, -1, 1).astype(np.float32), "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}, 1)
-    state, losses = program.init_state(cfg, mesh), []
+    state, losses = prog.init(program.init_key(cfg.seed)), []  # as train.py initialises it
     for _ in range(2):
         state, m, _ = prog.step(state, batch, jax.random.PRNGKey(1))
         losses.append(float(m.compute()["loss"]))

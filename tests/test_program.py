@@ -37,8 +37,9 @@ def test_a_sampler_is_shared_exactly_when_what_it_reads_agrees():
 
 def test_load_trained_restores_the_ema_or_raw_parameters_only(trained_workdir):
     mesh = distributed.make_mesh()
-    directory, step = checkpoints.resolve(trained_workdir)
-    state = checkpoints.load_state(directory, step, program.program(config(), mesh).abstract)
+    reader = checkpoints.Checkpointer(trained_workdir)  # what a resumed training run reads
+    step, state = reader.restore_latest(program.program(config(), mesh).abstract)
+    reader.close()
     for use_ema, want in ((True, state.ema_params), (False, state.params)):
         got = program.load_trained(config(**{"sample.use_ema": use_ema}), trained_workdir, mesh)
         assert got.step == step

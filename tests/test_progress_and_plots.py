@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from rdbm_jax import progress, sweep
+from tests.helpers import assert_line_plot
 
 
 class _Terminal(io.StringIO):
@@ -99,4 +100,5 @@ def test_sweep_plot_ticks_are_the_nfe_values_run(tmp_path):
     assert [line.get_label() for line in masked.axes[2].get_lines()] == ["η = 0", "η = 1", "baseline"]
     plt.close(masked)
     sweep.plot(rows, str(tmp_path / "s.png"))
-    assert (tmp_path / "s.png").stat().st_size > 10_000
+    # 10 × 3.8 in at 120 dpi, lines for η = 0 and η = 1
+    assert_line_plot(str(tmp_path / "s.png"), size=(1200, 456), lines=2)

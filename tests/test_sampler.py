@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rdbm_jax import sde
+from rdbm_jax import config as config_lib, sde
 from rdbm_jax.errors import ConfigError, DataError
 from rdbm_jax.sampler import Sampler, pad_amounts, tile_starts, tiled
+from tests.helpers import config
 
 SCHEDULE = sde.make_schedule(100)
 
@@ -79,5 +80,6 @@ def test_tiling_with_too_little_overlap_differs():
 
 
 def test_tile_size_must_be_multiple_of_downsampling():
-    with pytest.raises(ConfigError, match="sample.tile_size"):  # a config problem, not a data one
-        Sampler(local_apply, SCHEDULE, num_steps=2, multiple=16, tile_size=40)
+    cfg = config(**{"sample.tile_size": 36, "sample.tile_overlap": 4})  # the T UNet's factor is 8
+    with pytest.raises(ConfigError, match=r"^sample\.tile_size=36 must be a multiple of 8"):
+        config_lib.validate(cfg)  # a config problem, not a data one

@@ -345,6 +345,7 @@ _PMAP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration  # a second process with 8 host devices
 def test_pmap_on_eight_host_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")  # the PyTorch twins: `pip install -e ".[twins]"`
-nn = torch.nn
+from rdbm_jax import sde
+from rdbm_jax.models import SIZES, create_model
 
-from benchmarks import torch_twin as tw  # noqa: E402
-from rdbm_jax.models import SIZES, create_model  # noqa: E402
+torch = pytest.importorskip("torch")  # the twin is PyTorch: skipped where torch is not installed
+nn = torch.nn
+from benchmarks import torch_twin as tw  # noqa: E402 — imports torch
 
 THETA_GOLD = [0, .02794, .09949, .20867, .34550, .49723, .64953, .78790, .89904, .97214, .99937]
 SIGMA_GOLD = {10 / 255: [0, .19793, .19705, .19367, .18583, .17181, .15057, .12195, .08671, .04642,
@@ -109,7 +110,6 @@ def test_tables_match_the_spec_golden_values_and_rdbm_jax():
         # Chapman–Kolmogorov: every one-step variance v = Σ_t² − (Θ_t/Θ_s)² Σ_s² is ≥ 0.
         a = big_theta[1:] / big_theta[:-1]
         assert np.all(sigma[1:] ** 2 - a ** 2 * sigma[:-1] ** 2 >= -1e-12)
-    sde = pytest.importorskip("rdbm_jax.sde")
     schedule = sde.make_schedule(num_timesteps=100, theta_schedule="cosine", lam=10 / 255, preset="rdbm")
     big_theta, sigma = tw.cosine_tables(100, 10 / 255)
     np.testing.assert_allclose(np.asarray(schedule.Theta), big_theta, atol=1e-6)

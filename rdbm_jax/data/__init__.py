@@ -1,13 +1,34 @@
-"""Data: image sources, synthetic degradations, grain training iterator and evaluation sources."""
+"""Data: image sources, synthetic degradations, grain training iterator and evaluation sources.
+
+Names are imported on first use (PEP 562), so `rdbm_jax.data.spec` — what config files read —
+loads without jax or grain.
+"""
 from __future__ import annotations
 
-from rdbm_jax.data.image_io import IMAGE_EXTENSIONS, list_images, load_image, save_image, to_uint8
-from rdbm_jax.data.masks import load_mask
-from rdbm_jax.data.pipeline import EvalSource, build_eval_sources, build_train_iterator
-from rdbm_jax.data.spec import named_sources, source_spec, task_names, task_spec
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "IMAGE_EXTENSIONS", "EvalSource", "build_eval_sources", "build_train_iterator", "list_images",
-    "load_image", "load_mask", "named_sources", "save_image", "source_spec", "task_names", "task_spec",
-    "to_uint8",
-]
+if TYPE_CHECKING:  # what the names below resolve to, for type checkers and the architecture test
+    from rdbm_jax.data.image_io import (IMAGE_EXTENSIONS, list_images, load_image, save_image,
+                                        to_uint8)
+    from rdbm_jax.data.masks import load_mask
+    from rdbm_jax.data.pipeline import EvalSource, build_eval_sources, build_train_iterator
+
+_HOMES = {
+    **{name: "rdbm_jax.data.image_io" for name in (
+        "IMAGE_EXTENSIONS", "list_images", "load_image", "save_image", "to_uint8")},
+    "load_mask": "rdbm_jax.data.masks",
+    **{name: "rdbm_jax.data.pipeline" for name in (
+        "EvalSource", "build_eval_sources", "build_train_iterator")},
+}  # the config schema (source_spec, task_spec, …) is read from rdbm_jax.data.spec itself
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'rdbm_jax.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

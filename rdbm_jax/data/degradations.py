@@ -142,10 +142,6 @@ class Degrader:
         if self.kind == "inpaint" and s.mask_dir:
             self.mask_files = list_images(s.mask_dir, f"{key}.mask_dir")
 
-    def __call__(self, x: np.ndarray, rng: np.random.Generator, index: int | None = None) -> np.ndarray:
-        """μ for a clean [0, 1] image; `index` (eval) picks the mask file deterministically."""
-        return self.degrade(x, rng, index)[0]
-
     def degrade(self, x: np.ndarray, rng: np.random.Generator,
                 index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(μ, mask): mask is bool [H, W], true where μ may differ from x (the holes of inpainting,

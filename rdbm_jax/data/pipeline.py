@@ -11,8 +11,8 @@ import numpy as np
 from rdbm_jax.data.degradations import Degrader
 from rdbm_jax.data.image_io import center_crop, fit_size, resize_float, to_model_range
 from rdbm_jax.data.sources import ImageSource, build_source
-from rdbm_jax.data.spec import (FLIPS, FOLDER_KEYS, SYNTHETIC_KINDS, TRAIN_MIXES, NamedSource, named_sources,
-                                resolve, task_names)
+from rdbm_jax.data.spec import (FOLDER_KEYS, SYNTHETIC_KINDS, TRAIN_MIXES, NamedSource,
+                                named_sources, resolve, task_names)
 from rdbm_jax.data.spec import folder as data_folder
 from rdbm_jax.errors import ConfigError, DataError
 
@@ -142,9 +142,6 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     names = task_names(data_cfg)
-    crop = int(data_cfg.crop_size)
-    if crop <= 0:
-        raise ConfigError(f"data.crop_size: must be > 0 (got {crop})")
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise ConfigError(f"train.batch_size: {global_batch_size} is not a positive multiple of the "
                           f"process count {process_count}")
@@ -153,13 +150,7 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
         raise ConfigError(f"train.batch_size: per-process batch {local} does not split equally over "
                           f"{len(names)} tasks {names}")
     per_task = local // len(names)
-    if data_cfg.flip not in FLIPS:
-        raise ConfigError(f"data.flip={data_cfg.flip!r} is not one of {', '.join(FLIPS)}")
-    if int(data_cfg.num_workers) < 0 or int(data_cfg.prefetch_buffer) < 0:
-        raise ConfigError("data.num_workers / data.prefetch_buffer: must be >= 0")
     mix = data_cfg.get("train_mix", TRAIN_MIXES[0])
-    if mix not in TRAIN_MIXES:
-        raise ConfigError(f"data.train_mix={mix!r} is not one of {', '.join(TRAIN_MIXES)}")
     per_task_ds = [_task_stream(data_cfg, task_id, name, seed=seed, mix=mix,
                                 shard=(process_index, process_count)).batch(per_task, drop_remainder=True)
                    for task_id, name in enumerate(names)]

@@ -66,10 +66,6 @@ class ImageSource(abc.ABC):
     def __len__(self) -> int:
         return len(self.entries)
 
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self.entries]
-
     def read(self, index: int) -> RawItem:
         """Decode example `index`; DataError naming the file(s) on any problem."""
         return self._read_entry(self.entries[index])

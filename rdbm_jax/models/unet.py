@@ -1,7 +1,6 @@
 """Conditional UNet (NHWC): out = UNet([x, cond], t); size presets T/S/B/L and helpers."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -9,31 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rdbm_jax.errors import ConfigError
 from rdbm_jax.models.layers import (AttnBlock, Downsample, ResBlock, Upsample, conv2d,
                                     group_norm, timestep_embedding)
+from rdbm_jax.models.sizes import SIZES, SizePreset
 
 Dtype = Any
-
-
-@dataclasses.dataclass(frozen=True)
-class SizePreset:
-    """Width/depth of one UNet size: base channels, per-level multipliers and residual blocks."""
-
-    channels: int
-    channel_mult: tuple[int, ...]
-    num_blocks: tuple[int, ...]
-    num_heads: int
-    groups: int = 8
-
-
-# Paper: T 0.45 M, B 3.65 M (23.97 GMAC @256²), L 7.73 M (32.93 GMAC); S sits in between.
-SIZES: dict[str, SizePreset] = {
-    "T": SizePreset(16, (1, 1, 2, 2), (1, 1, 2, 2), num_heads=1),
-    "S": SizePreset(24, (1, 2, 3, 3), (1, 1, 1, 1), num_heads=3),
-    "B": SizePreset(32, (1, 2, 3, 3), (1, 2, 1, 2), num_heads=3),
-    "L": SizePreset(48, (1, 1, 3, 4), (1, 1, 1, 1), num_heads=6),
-}
 RematResBlock = nn.remat(ResBlock, static_argnums=(3,))  # (self, x, emb, train): train is static
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DTYPES = tuple(_DTYPES)                   # model.dtype: compute dtype
@@ -133,32 +112,21 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
 
 def _preset(model_cfg: Any) -> SizePreset:
     size = model_cfg if isinstance(model_cfg, str) else _get(model_cfg, "size", "B")
-    if size not in SIZES:
-        raise ConfigError(f"model.size: unknown size {size!r}; expected one of {sorted(SIZES)}")
     return SIZES[size]
 
 
 def _dtype(model_cfg: Any, key: str) -> Dtype:
-    name = _get(model_cfg, key, "float32")
-    allowed = PARAM_DTYPES if key == "param_dtype" else DTYPES
-    if name not in allowed:
-        raise ConfigError(f"model.{key}: unknown dtype {name!r}; expected one of {list(allowed)}")
-    return _DTYPES[name]
+    return _DTYPES[_get(model_cfg, key, "float32")]
 
 
 def create_model(model_cfg: Any, out_channels: int = 3) -> UNet:
-    """Builds the UNet from the `model` config section (size, dtype, param_dtype, attention, …)."""
+    """Builds the UNet from the `model` config section (size, dtype, param_dtype, attention, …).
+
+    The values are those `config.validate` admits (it checks every model.* rule)."""
     p = _preset(model_cfg)
     dropout = float(_get(model_cfg, "dropout", 0.0))
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.dropout: {dropout} is not in [0, 1)")
     attention_impl = _get(model_cfg, "attention_impl", "xla")
-    if attention_impl not in ATTENTION_IMPLS:
-        raise ConfigError(f"model.attention_impl: unknown {attention_impl!r}; expected one of "
-                          f"{sorted(ATTENTION_IMPLS)}")
     dtype = _dtype(model_cfg, "dtype")
-    if attention_impl == "cudnn" and dtype == jnp.float32:
-        raise ConfigError("model.attention_impl: cudnn needs model.dtype bfloat16 or float16, not float32")
     return UNet(channels=p.channels, channel_mult=p.channel_mult, num_blocks=p.num_blocks,
                 num_heads=p.num_heads, groups=p.groups,
                 attention=bool(_get(model_cfg, "attention", True)), out_channels=out_channels,
