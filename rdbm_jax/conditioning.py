@@ -21,6 +21,11 @@ import numpy as np
 CONDITIONS = ("mu", "mu_mask", "mu_mask_fill")
 FILL_LEVELS = 10  # pyramid levels of the coarse-to-fine fill (a 1024-px image reaches 1×1)
 FILL_SWEEPS = 60  # Jacobi sweeps per pyramid level
+# Hole inference (`infer_mask`): JPEG leaves the white fill at 250–255 inside and blurs its rims;
+# measured on strokes over the built-in photos at quality 75–95 (tests/test_faults_round3.py).
+HOLE_THRESHOLD = 0.98  # default of sample.hole_threshold: a seed pixel is >= this in every channel
+HOLE_GROW_LEVEL = 0.75  # seeds grow into pixels at least this white (compression rims) ...
+HOLE_GROW_STEPS = 4  # ... by at most this many pixels (so real bright areas beside a hole stay out)
 FILL_VALUE = 1.0  # the inpainting fill in model range [-1, 1] (white; rdbm_jax.data.masks.HOLE_VALUE)
 
 
@@ -97,12 +102,27 @@ def condition(mu: jax.Array, mask: jax.Array | None, kind: str) -> jax.Array:
     return jnp.concatenate(parts, axis=-1)
 
 
-def infer_mask(mu: np.ndarray, fill: float = FILL_VALUE, tol: float = 1.0 / 255) -> np.ndarray:
-    """Holes of a fill-masked image in [-1, 1] ([..., H, W, C] → float32 [..., H, W, 1]): the pixels
-    whose every channel is within `tol` (model units) of the fill value. Real white content is
-    taken for a hole too, which is why masks known from the data are preferred."""
-    mu = np.asarray(mu, np.float32)
-    return np.all(np.abs(mu - fill) <= tol, axis=-1, keepdims=True).astype(np.float32)
+def infer_mask(mu: np.ndarray, threshold: float = HOLE_THRESHOLD) -> np.ndarray:
+    """Holes of a white-filled image in [-1, 1] ([..., H, W, C] → float32 [..., H, W, 1]), robust to
+    JPEG: seeds are blobs (3×3 closing then opening) of pixels whose every channel is >= `threshold`
+    ([0, 1] units), grown HOLE_GROW_STEPS pixels into pixels >= HOLE_GROW_LEVEL (the blurred rims
+    compression leaves), then closed. Real white content is taken for a hole too, which is why
+    masks known from the data are preferred."""
+    from scipy import ndimage  # host-side morphology; the rest of this module is traced JAX
+
+    unit = (np.asarray(mu, np.float32) + 1.0) / 2.0
+    low = unit.min(axis=-1)  # a hole is white in every channel
+    flat = low.reshape((-1,) + low.shape[-2:])
+    out = np.empty(flat.shape, bool)
+    box = np.ones((3, 3), bool)
+    # Outside the image counts as "unknown" for both operations: a hole at the border stays whole.
+    dilate = lambda m, **kw: ndimage.binary_dilation(m, box, border_value=0, **kw)
+    erode = lambda m: ndimage.binary_erosion(m, box, border_value=1)
+    for i, img in enumerate(flat):
+        seed = dilate(erode(erode(dilate(img >= threshold))))  # closing (JPEG pinholes), opening (specks)
+        grown = dilate(seed, iterations=HOLE_GROW_STEPS, mask=img >= HOLE_GROW_LEVEL)
+        out[i] = erode(dilate(grown))
+    return out.reshape(low.shape + (1,)).astype(np.float32)
 
 
 def output_offset(cond: jax.Array, kind: str, parameterization: str) -> jax.Array | float:

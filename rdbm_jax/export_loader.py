@@ -10,6 +10,7 @@ inside, by reflection, as in the package). jax.export's reader needs the `flatbu
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Callable
@@ -55,12 +56,17 @@ class ExportedRestorer:
 
 
 def load(path: str) -> Callable[..., np.ndarray]:
-    """Deserialize `restorer.jax` (and read `restorer.json` beside it when present)."""
+    """Deserialize `restorer.jax` (and read `restorer.json` beside it when present; a json that
+    describes another artifact, e.g. after an export killed between its two writes, is refused)."""
     with open(path, "rb") as f:
-        exported = export.deserialize(bytearray(f.read()))
+        blob = f.read()
     meta = os.path.splitext(path)[0] + ".json"
     info = {}
     if os.path.exists(meta):
         with open(meta, encoding="utf-8") as f:
             info = json.load(f)
-    return ExportedRestorer(exported, info)
+    expected = info.get("artifact_sha256") if isinstance(info, dict) else None
+    if expected and expected != hashlib.sha256(blob).hexdigest():
+        raise ValueError(f"{meta} describes another artifact than {path} (an interrupted export?): "
+                         "run --mode=export again")
+    return ExportedRestorer(export.deserialize(bytearray(blob)), info)
