@@ -375,6 +375,17 @@ def load_state(directory: str, step: int, abstract_state: Any) -> Any:
     return _restore(directory, step, "train state", state=ocp.args.StandardRestore(abstract_state)).state
 
 
+# The sections of a saved config that inference reads: each must be a JSON object.
+CONFIG_SECTIONS = ("model", "bridge", "sample")
+
+
 def read_config(directory: str, step: int) -> dict:
-    """The config saved with one checkpoint (orbax's JSON item)."""
-    return dict(_restore(directory, step, "config", config=ocp.args.JsonRestore()).config)
+    """The config saved with one checkpoint (orbax's JSON item); a ConfigError naming the file when it
+    is not a run config (valid JSON of another shape)."""
+    saved = _restore(directory, step, "config", config=ocp.args.JsonRestore()).config
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(s), dict) for s in CONFIG_SECTIONS):
+        path = os.path.join(directory, str(step), "config")
+        got = type(saved).__name__ if not isinstance(saved, dict) else f"sections {sorted(saved)}"
+        raise ConfigError(f"checkpoint config {path} is not a saved run config (a JSON object with "
+                          f"{', '.join(CONFIG_SECTIONS)} sections; got {got})")
+    return dict(saved)

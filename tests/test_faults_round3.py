@@ -210,3 +210,53 @@ def test_holes_are_inferred_from_jpeg_compressed_strokes():
             assert (found & hole).sum() >= 0.95 * hole.sum(), (name, quality)
             false.append((found & ~hole).mean())
     assert np.mean(false) <= 0.01, np.round(false, 4)
+
+
+# --- 6. the checkpoint check covers every key that builds the network --------------------------------
+
+def _other(key: str, value):
+    """A valid value of `key` different from `value`."""
+    from rdbm_jax import config as config_lib
+    if key in config_lib.CHOICES:
+        return next(v for v in config_lib.CHOICES[key] if v != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    return value + "x"
+
+
+def test_every_network_key_is_checked_against_the_checkpoint():
+    from rdbm_jax import program
+    saved = config().to_dict()
+    spec = program.network_spec(config())
+    keys = [f"{section}.{name}" for section in spec for name in spec[section]]
+    assert "model.attention" in program.must_match(config())  # the key once missed
+    for key in keys:
+        ours = config(**{key: _other(key, config()[key.split(".")[0]][key.split(".")[1]])})
+        if key in program.INFERENCE_ONLY:
+            program.check_compatible(ours, saved, "ckpt/2")  # same weights, computed another way
+            continue
+        what = "bridge" if key.startswith("bridge.") else "network"
+        with pytest.raises(ConfigError, match=rf"^{key}=.*restoring with a different {what} is refused"):
+            program.check_compatible(ours, saved, "ckpt/2")
+
+
+# --- 8. a checkpoint config of the wrong shape ---------------------------------------------------------
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"model": 3, "bridge": {}, "sample": {}}'])
+def test_a_checkpoint_config_of_the_wrong_shape_is_one_line_naming_it(tmp_path, trained_workdir,
+                                                                       content):
+    import shutil
+    from rdbm_jax import api, checkpoints
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained_workdir, workdir)
+    directory, step = checkpoints.resolve(workdir)
+    with open(os.path.join(directory, str(step), "config", "metadata"), "w") as f:
+        f.write(content)
+    where = os.path.join(directory, str(step), "config")
+    with pytest.raises(ConfigError, match=rf"checkpoint config {where} is not a saved run config"):
+        api.load(workdir)
+    _png(tmp_path / "in" / "a.png")
+    with pytest.raises(ConfigError, match=rf"checkpoint config {where} is not a saved run config"):
+        run_sample(_sample_cfg(tmp_path / "in", tmp_path / "out"), workdir)
