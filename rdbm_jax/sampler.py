@@ -32,6 +32,16 @@ def check_size(height: int, width: int, name: str = "image") -> None:
         raise DataError(f"{name}: {height}x{width} is too small to restore (minimum {MIN_SIDE}x{MIN_SIDE})")
 
 
+def check_model_range(mu: np.ndarray) -> None:
+    """Refuse (DataError) μ that is not finite or outside [-1, 1]: the network would return white,
+    black, or NaN spread over the whole image, silently."""
+    if not np.all(np.isfinite(mu)):
+        raise DataError("input images hold NaN or infinite values (they must be finite)")
+    if mu.size and (mu.min() < -1.0 - 1e-5 or mu.max() > 1.0 + 1e-5):  # rounding of [0, 1] → [-1, 1]
+        raise DataError(f"input images span [{mu.min():g}, {mu.max():g}] in model units; they must lie "
+                        "in [-1, 1] (0..1 images scaled by 2x − 1)")
+
+
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of length `tile` covering [0, size) with at least `overlap` shared."""
     if size <= tile:
@@ -139,6 +149,7 @@ class Sampler:
         mu = np.asarray(mu, np.float32)
         b, h, w, _ = mu.shape
         check_size(h, w)
+        check_model_range(mu)
         if mask is None:
             mask = conditioning.infer_mask(mu) if self.uses_mask else np.ones((b, h, w, 1), np.float32)
         mask = np.asarray(mask, np.float32).reshape(b, h, w, 1)

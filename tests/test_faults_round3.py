@@ -260,3 +260,46 @@ def test_a_checkpoint_config_of_the_wrong_shape_is_one_line_naming_it(tmp_path, 
     _png(tmp_path / "in" / "a.png")
     with pytest.raises(ConfigError, match=rf"checkpoint config {where} is not a saved run config"):
         run_sample(_sample_cfg(tmp_path / "in", tmp_path / "out"), workdir)
+
+
+# --- 7. restore() refuses floats out of [0, 1] and non-finite values ----------------------------------
+
+@pytest.mark.parametrize("values, message", [
+    (np.full((16, 16, 3), 200.0, np.float32), r"span \[200, 200\].*\[0, 1\].*divide 0–255 floats by 255"),
+    (np.full((16, 16, 3), -0.5, np.float32), r"span \[-0.5, -0.5\].*must lie in \[0, 1\]"),
+    (np.where(np.eye(16)[..., None] > 0, np.nan, 0.5).repeat(3, -1).astype(np.float32),
+     r"NaN or infinite"),
+])
+def test_restore_refuses_floats_out_of_range_and_nan(trained_workdir, values, message):
+    from rdbm_jax import api, program
+    model = api.load(trained_workdir)
+    with pytest.raises(ValueError, match=message):
+        model.restore(values)
+    with pytest.raises(ValueError, match=message.split(".*")[0]):
+        export_loader.ExportedRestorer(None, {})(values)  # refused before the artifact runs
+    with pytest.raises(DataError, match="NaN|must lie in"):  # the sampler under eval and sample mode
+        program.sampler(config())(model.params, values[None] * 2 - 1, np.zeros(2, np.uint32))
+
+
+# --- 14. messages: the full unknown key; step= in the API ---------------------------------------------
+
+def test_an_unknown_override_names_the_full_key_as_unknown(tmp_path):
+    from tests.helpers import run_cli
+    proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--config.optim.lr=1")
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown config key optim.lr (--config.optim.lr): no such key "
+        "(configs/default.py lists every key)"], proc.stderr
+
+
+def test_api_errors_name_step_not_the_cli_key(tmp_path, trained_workdir):
+    from rdbm_jax import api
+    with pytest.raises(ConfigError) as err:
+        api.load(str(tmp_path))
+    assert "sample.checkpoint" not in str(err.value) and "pass step=" in str(err.value)
+
+
+def test_main_never_splits_an_error_line(capsys):
+    from rdbm_jax import main
+    with pytest.raises(SystemExit):
+        main._fail("cannot read /in/bad\nname.png")
+    assert capsys.readouterr().err == "error: cannot read /in/bad\\nname.png\n"
