@@ -8,6 +8,9 @@ through the whole trajectory (the state x_t is never split).
 """
 from __future__ import annotations
 
+import functools
+import logging
+import os
 from typing import Any, Callable
 
 import jax
@@ -17,6 +20,8 @@ from jax.sharding import Mesh
 
 from rdbm_jax import conditioning, distributed, sde
 from rdbm_jax.errors import ConfigError, DataError
+
+log = logging.getLogger("rdbm_jax")
 
 MIN_SIDE = 8  # smaller images cannot be reflect-padded meaningfully
 
@@ -30,6 +35,42 @@ def check_size(height: int, width: int, name: str = "image") -> None:
     """Reject images too small to restore with a one-line DataError naming them."""
     if min(height, width) < MIN_SIDE:
         raise DataError(f"{name}: {height}x{width} is too small to restore (minimum {MIN_SIDE}x{MIN_SIDE})")
+
+
+def needed_bytes(compiled: Any) -> int:
+    """Bytes per device a compiled program needs (XLA's memory analysis: arguments, outputs and
+    temporaries, less what outputs alias); 0 when the backend does not say."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 — not every backend implements it
+        return 0
+    if m is None:
+        return 0
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+
+
+def memory_budget(fraction: float = 0.9) -> int:
+    """Bytes a program may use on the first local device: its free memory (accelerators), or the
+    host's available memory (the CPU backend), times `fraction` (headroom for other buffers)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    else:
+        free = _host_available()
+    return int(free * fraction)
+
+
+def _host_available() -> int:
+    """MemAvailable of /proc/meminfo (free + reclaimable cache), else the free physical pages."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_model_range(mu: np.ndarray) -> None:
@@ -105,7 +146,7 @@ class Sampler:
     def __init__(self, apply_fn: Callable[..., jax.Array], schedule: Any, *, num_steps: int,
                  multiple: int, mesh: Mesh | None = None, eta: float = 0.0, clip: bool = True,
                  parameterization: str = "x0", pi: str | None = None, tile_size: int = 0,
-                 tile_overlap: int = 32, condition: str = "mu"):
+                 tile_overlap: int = 32, condition: str = "mu", auto_tile: bool = True):
         conditioning.check_condition(condition)
         self.apply_fn, self.schedule, self.num_steps = apply_fn, schedule, num_steps
         self.condition, self.uses_mask = condition, conditioning.uses_mask(condition)
@@ -114,30 +155,90 @@ class Sampler:
         if tile_size and tile_size % multiple:
             raise ConfigError(f"sample.tile_size={tile_size} must be a multiple of {multiple} "
                               "(the UNet's downsampling factor)")
-        self.tile_size, self.tile_overlap = tile_size, tile_overlap
-        self._jitted: Callable | None = None
+        self.tile_size, self.tile_overlap, self.auto_tile = tile_size, tile_overlap, auto_tile
+        self._jits: dict[int, Callable] = {}  # tile size (0 = whole image) → jitted reverse loop
+        self._compiled: dict[tuple, tuple[Any, int]] = {}  # (tile, shape) → (executable, bytes)
+        self._plan: dict[tuple, int] = {}  # batch shape → the tile size it runs with
 
-    def sample_padded(self, params: Any, mu: jax.Array, mask: jax.Array, rng: jax.Array) -> jax.Array:
+    def sample_padded(self, params: Any, mu: jax.Array, mask: jax.Array, rng: jax.Array,
+                      tile_size: int | None = None) -> jax.Array:
         """The reverse loop on a batch whose H, W are multiples of `multiple` (traceable): the
-        network's condition and output offset, tiles, and x̂0 = μ outside the mask for mask models."""
+        network's condition and output offset, tiles (`tile_size`, None: the sampler's), and
+        x̂0 = μ outside the mask for mask models."""
+        tile = self.tile_size if tile_size is None else tile_size
         cond = conditioning.condition(mu, mask, self.condition)
         denoise = lambda x_t, c, t: self.apply_fn(params, x_t, c, t) + conditioning.output_offset(
             c, self.condition, self.parameterization)
-        if self.tile_size:
-            denoise = tiled(denoise, mu.shape[1], mu.shape[2], self.tile_size, self.tile_overlap)
+        if tile:
+            denoise = tiled(denoise, mu.shape[1], mu.shape[2], tile, self.tile_overlap)
         known = 1.0 - mask if self.uses_mask else None
         return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu, self.num_steps, rng,
                           eta=self.eta, clip=self.clip, parameterization=self.parameterization, pi=self.pi,
                           known=known)
 
+    def jit(self, tile: int) -> Callable:
+        """`sample_padded` with tiles of `tile` (0: none) under jit, sharded over the mesh."""
+        if tile not in self._jits:
+            sharding, repl = distributed.batch_sharding(self.mesh), distributed.replicated(self.mesh)
+            self._jits[tile] = jax.jit(functools.partial(self.sample_padded, tile_size=tile),
+                                       in_shardings=(repl, sharding, sharding, repl),
+                                       out_shardings=sharding)
+        return self._jits[tile]
+
     @property
     def jitted(self) -> Callable:
-        """`sample_padded` under jit, sharded over the mesh (jax compiles it once per batch shape)."""
-        if self._jitted is None:
-            sharding, repl = distributed.batch_sharding(self.mesh), distributed.replicated(self.mesh)
-            self._jitted = jax.jit(self.sample_padded, in_shardings=(repl, sharding, sharding, repl),
-                                   out_shardings=sharding)
-        return self._jitted
+        """The reverse loop with the configured tiles, jitted (compiled once per batch shape)."""
+        return self.jit(self.tile_size)
+
+    def _compile(self, tile: int, args: tuple) -> tuple[Any, int]:
+        """(executable, bytes it needs per device) of the loop with tiles of `tile` for `args`."""
+        key = (tile, args[1].shape)
+        if key not in self._compiled:
+            compiled = self.jit(tile).lower(*args).compile()
+            self._compiled[key] = (compiled, needed_bytes(compiled))
+        return self._compiled[key]
+
+    def _tile_candidates(self, height: int, width: int) -> list[int]:
+        """Tile sizes to try when the whole image does not fit: halving from half the long side,
+        multiples of the UNet's factor, larger than twice the overlap."""
+        out, t = [], max(height, width) // 2
+        while True:
+            t -= t % self.multiple
+            if t <= max(2 * self.tile_overlap, self.multiple - 1):
+                return out
+            out.append(t)
+            t //= 2
+
+    def executable(self, args: tuple) -> Any:
+        """The compiled loop for `args` (params, μ, mask, key): with the configured tiles when its
+        predicted memory (XLA's analysis of the compiled program) fits the device, else with the
+        largest tiles that fit (`sample.auto_tile`, one info line), else a one-line ConfigError."""
+        shape = args[1].shape
+        if shape in self._plan:
+            return self._compile(self._plan[shape], args)[0]
+        budget = memory_budget()
+        compiled, need = self._compile(self.tile_size, args)
+        tile = self.tile_size
+        if need > budget:
+            what = (f"restoring a batch of {shape[0]} image(s) of {shape[1]}x{shape[2]} (padded) "
+                    f"{f'in tiles of {tile} ' if tile else ''}needs ~{need / 2**30:.2f} GiB, over "
+                    f"the {budget / 2**30:.2f} GiB available")
+            if not self.auto_tile:
+                raise ConfigError(f"{what}; set sample.tile_size (tile_size= in the API) to restore "
+                                  "in tiles, or sample.auto_tile=True")
+            tiles = [t for t in self._tile_candidates(shape[1], shape[2]) if t < (tile or t + 1)]
+            for tile in tiles:
+                compiled, need = self._compile(tile, args)
+                if need <= budget:
+                    break
+            else:
+                tried = f", and so do tiles down to {tiles[-1]} px" if tiles else ""
+                raise ConfigError(f"{what}{tried}; lower sample.batch_size or sample.tile_overlap, "
+                                  "or use a device with more memory")
+            log.info("%s: restoring in tiles of %d px (sample.tile_size; ~%.2f GiB)", what, tile,
+                     need / 2**30)
+        self._plan[shape] = tile
+        return compiled
 
     def __call__(self, params: Any, mu: np.ndarray, rng: jax.Array,
                  mask: np.ndarray | None = None) -> np.ndarray:
@@ -163,6 +264,14 @@ class Sampler:
             # Every process passes the same full batch; each device takes its slice of it.
             return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
-        mu_global = global_array(mu)
-        out = self.jitted(params, mu_global, global_array(mask), rng)
+        repl = distributed.replicated(self.mesh)
+        args = (jax.device_put(params, repl), global_array(mu), global_array(mask),
+                jax.device_put(rng, repl))
+        try:
+            out = self.executable(args)(*args)
+        except Exception as e:  # noqa: BLE001 — XLA's allocation failure, re-raised otherwise
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            raise DataError(f"out of memory restoring {b} image(s) of {h}x{w}: set a smaller "
+                            "sample.tile_size (tile_size= in the API) or sample.batch_size") from None
         return distributed.to_host(out)[:b, :h, :w]

@@ -303,3 +303,29 @@ def test_main_never_splits_an_error_line(capsys):
     with pytest.raises(SystemExit):
         main._fail("cannot read /in/bad\nname.png")
     assert capsys.readouterr().err == "error: cannot read /in/bad\\nname.png\n"
+
+
+# --- 2. memory predicted before running; tiles chosen automatically or one line ----------------------
+
+def test_an_image_predicted_not_to_fit_is_tiled_automatically_or_refused_in_one_line(
+        trained_workdir, monkeypatch, caplog):
+    from rdbm_jax import api, sampler as sampler_lib
+    model = api.load(trained_workdir)
+    s = sampler_lib.Sampler(model.sampler().apply_fn, model.schedule, num_steps=2,
+                            multiple=model.multiple, tile_overlap=4, condition=model.config.model.condition,
+                            auto_tile=False)
+    mu = np.zeros((1, 64, 64, 3), np.float32)
+    # The whole image's need, from XLA's analysis of its compiled loop; the budget just under it.
+    args = (model.params, mu, np.ones((1, 64, 64, 1), np.float32), np.zeros(2, np.uint32))
+    whole = s._compile(0, args)[1]
+    assert whole > 0
+    monkeypatch.setattr(sampler_lib, "memory_budget", lambda: whole - 1)
+    with pytest.raises(ConfigError, match=r"64x64 .*needs ~.* GiB, over the .* GiB available; "
+                                          r"set sample.tile_size"):
+        s(model.params, mu, np.zeros(2, np.uint32))
+    s.auto_tile = True
+    with caplog.at_level(logging.INFO, logger="rdbm_jax"):
+        out = s(model.params, mu, np.zeros(2, np.uint32))
+    assert out.shape == mu.shape and np.all(np.isfinite(out))
+    lines = [r.getMessage() for r in caplog.records if "restoring in tiles of" in r.getMessage()]
+    assert len(lines) == 1 and "tiles of 32 px (sample.tile_size" in lines[0], lines
