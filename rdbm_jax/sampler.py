@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any, Callable
 
 import jax
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rdbm_jax import conditioning, distributed, sde
+from rdbm_jax import conditioning, distributed, memory, sde
 from rdbm_jax.errors import ConfigError, DataError
 
 log = logging.getLogger("rdbm_jax")
@@ -37,40 +36,9 @@ def check_size(height: int, width: int, name: str = "image") -> None:
         raise DataError(f"{name}: {height}x{width} is too small to restore (minimum {MIN_SIDE}x{MIN_SIDE})")
 
 
-def needed_bytes(compiled: Any) -> int:
-    """Bytes per device a compiled program needs (XLA's memory analysis: arguments, outputs and
-    temporaries, less what outputs alias); 0 when the backend does not say."""
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 — not every backend implements it
-        return 0
-    if m is None:
-        return 0
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
-
-
-def memory_budget(fraction: float = 0.9) -> int:
-    """Bytes a program may use on the first local device: its free memory (accelerators), or the
-    host's available memory (the CPU backend), times `fraction` (headroom for other buffers)."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    else:
-        free = _host_available()
-    return int(free * fraction)
-
-
-def _host_available() -> int:
-    """MemAvailable of /proc/meminfo (free + reclaimable cache), else the free physical pages."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+def memory_budget() -> int:
+    """Bytes a restoration may use on a device (`memory.device_budget`; tests patch this)."""
+    return memory.device_budget()
 
 
 def check_model_range(mu: np.ndarray) -> None:
@@ -195,7 +163,7 @@ class Sampler:
         key = (tile, args[1].shape)
         if key not in self._compiled:
             compiled = self.jit(tile).lower(*args).compile()
-            self._compiled[key] = (compiled, needed_bytes(compiled))
+            self._compiled[key] = (compiled, memory.needed_bytes(compiled))
         return self._compiled[key]
 
     def _tile_candidates(self, height: int, width: int) -> list[int]:
@@ -221,8 +189,8 @@ class Sampler:
         tile = self.tile_size
         if need > budget:
             what = (f"restoring a batch of {shape[0]} image(s) of {shape[1]}x{shape[2]} (padded) "
-                    f"{f'in tiles of {tile} ' if tile else ''}needs ~{need / 2**30:.2f} GiB, over "
-                    f"the {budget / 2**30:.2f} GiB available")
+                    f"{f'in tiles of {tile} ' if tile else ''}needs ~{memory.gib(need)}, over "
+                    f"the {memory.gib(budget)} available")
             if not self.auto_tile:
                 raise ConfigError(f"{what}; set sample.tile_size (tile_size= in the API) to restore "
                                   "in tiles, or sample.auto_tile=True")
@@ -235,8 +203,8 @@ class Sampler:
                 tried = f", and so do tiles down to {tiles[-1]} px" if tiles else ""
                 raise ConfigError(f"{what}{tried}; lower sample.batch_size or sample.tile_overlap, "
                                   "or use a device with more memory")
-            log.info("%s: restoring in tiles of %d px (sample.tile_size; ~%.2f GiB)", what, tile,
-                     need / 2**30)
+            log.info("%s: restoring in tiles of %d px (sample.tile_size; ~%s)", what, tile,
+                     memory.gib(need))
         self._plan[shape] = tile
         return compiled
 

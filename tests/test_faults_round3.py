@@ -329,3 +329,36 @@ def test_an_image_predicted_not_to_fit_is_tiled_automatically_or_refused_in_one_
     assert out.shape == mu.shape and np.all(np.isfinite(out))
     lines = [r.getMessage() for r in caplog.records if "restoring in tiles of" in r.getMessage()]
     assert len(lines) == 1 and "tiles of 32 px (sample.tile_size" in lines[0], lines
+
+
+# --- 11. a huge train.batch_size is one line; SIGTERM stops a run still building its pipeline --------
+
+def test_a_batch_too_large_for_memory_is_one_line_before_anything_is_built(tmp_path, monkeypatch):
+    from rdbm_jax import memory, train
+    monkeypatch.setattr(memory, "host_available", lambda: 2**30)
+    monkeypatch.setattr(train.data, "build_train_iterator", lambda *a, **k: pytest.fail("built"))
+    cfg = config(**{"train.batch_size": 100_000})
+    with pytest.raises(ConfigError, match=r"^train.batch_size=100000: .* need ~.* GiB of host memory, "
+                                          r"1.00 GiB is available; lower train.batch_size"):
+        train.train_and_evaluate(cfg, str(tmp_path / "run"))
+
+
+def test_sigterm_stops_a_run_still_building_its_pipeline(tmp_path):
+    import time
+    from tests.helpers import train_in_subprocess
+    hook = """
+from rdbm_jax import data
+_real_build = data.build_train_iterator
+def _slow_build(*args, **kwargs):  # a pipeline build that takes minutes, signalled meanwhile
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(120)
+    return _real_build(*args, **kwargs)
+data.build_train_iterator = _slow_build
+def hook(step, state):
+    raise AssertionError("trained a step")
+"""
+    start = time.time()
+    proc = train_in_subprocess(str(tmp_path / "run"), {"train.num_steps": 2}, hook, timeout=100)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert time.time() - start < 100 and "Traceback" not in proc.stderr
+    assert "signal 15 while building the input pipeline: stopped before the first step" in proc.stderr
