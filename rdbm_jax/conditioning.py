@@ -24,8 +24,8 @@ FILL_SWEEPS = 60  # Jacobi sweeps per pyramid level
 # Hole inference (`infer_mask`): JPEG leaves the white fill at 250–255 inside and blurs its rims;
 # measured on strokes over the built-in photos at quality 75–95 (tests/test_faults_round3.py).
 HOLE_THRESHOLD = 0.98  # default of sample.hole_threshold: a seed pixel is >= this in every channel
-HOLE_GROW_LEVEL = 0.75  # seeds grow into pixels at least this white (compression rims) ...
-HOLE_GROW_STEPS = 4  # ... by at most this many pixels (so real bright areas beside a hole stay out)
+HOLE_GROW_LEVEL = 0.8  # seeds grow into pixels at least this white (compression rims) ...
+HOLE_GROW_STEPS = 3  # ... by at most this many pixels (so real bright areas beside a hole stay out)
 FILL_VALUE = 1.0  # the inpainting fill in model range [-1, 1] (white; rdbm_jax.data.masks.HOLE_VALUE)
 
 
