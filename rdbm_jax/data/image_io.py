@@ -140,11 +140,24 @@ def decode_image(path: str, key: str | None = None) -> np.ndarray:
     with _image_errors(path, key, "corrupt or truncated image"):
         with Image.open(path) as img:
             img.load()  # full decode here: truncation surfaces now, not later
-            # Pixels as viewers show them: the EXIF orientation applied (a copy when there is none).
-            out = _to_float_rgb(ImageOps.exif_transpose(img), path, key)
+            # Pixels as viewers show them: the EXIF orientation applied (as `probe_size` reads it).
+            shown_img = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+            out = _to_float_rgb(shown_img, path, key)
     if out.shape[0] == 0 or out.shape[1] == 0:
         raise DataError(f"empty image (0 pixels): {_where(path, key)}")
     return out
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image (1 = as stored). Only JPEG, TIFF and WebP headers
+    are read: a PNG's EXIF may follow its pixel data, and a header probe must not read that far (a
+    truncated file is reported when decoded, naming it)."""
+    if img.format not in ("JPEG", "MPO", "TIFF", "WEBP"):
+        return 1
+    try:
+        return int(img.getexif().get(_ORIENTATION, 1))
+    except (OSError, SyntaxError, ValueError, TypeError):  # damaged metadata: the decode says so
+        return 1
 
 
 def probe_size(path: str, key: str | None = None) -> tuple[int, int]:
@@ -152,7 +165,7 @@ def probe_size(path: str, key: str | None = None) -> tuple[int, int]:
     with _image_errors(path, key, "unreadable image header"):
         with Image.open(path) as img:
             w, h = img.size
-            if img.getexif().get(_ORIENTATION) in _TRANSPOSED:  # shown rotated by 90°
+            if _orientation(img) in _TRANSPOSED:  # shown rotated by 90°
                 w, h = h, w
     if w == 0 or h == 0:
         raise DataError(f"empty image (0 pixels): {_where(path, key)}")
