@@ -94,8 +94,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         use_ema=True,
         input_dir="",            # --mode=sample: restore every image here (recursive)
         output_dir="",           # ... into this folder, same relative names, PNG
-        mask_dir="",             # mask-conditioned models: masks (white = hole) named like the inputs,
-                                 # the inputs' size; "" = infer each mask from the white fill
+        mask_dir="",             # mask-conditioned models: masks (white = hole) named like the
+                                 # inputs, their size; "" = infer each mask from the white fill
         hole_threshold=0.98,     # inferred holes: blobs whose every channel is >= this ([0, 1]),
                                  # grown over the rims JPEG leaves (conditioning.infer_mask)
         overwrite=False,

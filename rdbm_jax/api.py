@@ -19,15 +19,16 @@ def _is_pil(x: Any) -> bool:
 
 def check_unit_range(unit: np.ndarray, what: str = "images") -> None:
     """Refuse (ValueError) float images that are not finite or not in [0, 1]: [0, 255] floats would
-    come back white, negatives black, and one NaN spreads over the whole image through the network."""
+    come back white, negatives black, and one NaN spreads over the whole image."""
     bad = int(np.size(unit) - np.count_nonzero(np.isfinite(unit)))
     if bad:
-        raise ValueError(f"{what}: {bad} value(s) are NaN or infinite; float images must be finite, "
-                         "in [0, 1]")
+        raise ValueError(f"{what}: {bad} value(s) are NaN or infinite; float images must be "
+                         "finite, in [0, 1]")
     lo, hi = (float(unit.min()), float(unit.max())) if np.size(unit) else (0.0, 0.0)
     if lo < 0.0 or hi > 1.0:
         hint = " (divide 0–255 floats by 255, or pass uint8)" if hi > 1.0 else ""
-        raise ValueError(f"{what}: float values span [{lo:g}, {hi:g}]; they must lie in [0, 1]{hint}")
+        raise ValueError(f"{what}: float values span [{lo:g}, {hi:g}]; they must lie in "
+                         f"[0, 1]{hint}")
 
 
 def _to_mu(images: np.ndarray) -> np.ndarray:
@@ -158,7 +159,8 @@ def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Trai
         cfg = ml_collections.ConfigDict(saved)
         cfg.sample.use_ema = bool(use_ema)
         mesh = distributed.make_mesh()
-        model, schedule, params, step = program.load_trained(cfg, workdir, mesh, folder, saved_config=saved)
+        model, schedule, params, step = program.load_trained(cfg, workdir, mesh, folder,
+                                                             saved_config=saved)
     except RDBMError as e:  # the messages name the CLI's key; this function takes step=
         raise type(e)(str(e).replace("set sample.checkpoint", "pass step=")
                       .replace("with sample.checkpoint", "with step=")) from None

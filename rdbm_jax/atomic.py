@@ -34,7 +34,7 @@ def replacing(path: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def open_atomic(path: str, mode: str = "w", **kwargs) -> Iterator[IO]:
-    """`open(path, mode)` whose content appears under `path` only when the block ends without error."""
+    """`open(path, mode)` whose content appears under `path` only when the block ends cleanly."""
     with replacing(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f

@@ -380,10 +380,12 @@ CONFIG_SECTIONS = ("model", "bridge", "sample")
 
 
 def read_config(directory: str, step: int) -> dict:
-    """The config saved with one checkpoint (orbax's JSON item); a ConfigError naming the file when it
-    is not a run config (valid JSON of another shape)."""
+    """The config saved with one checkpoint (orbax's JSON item); a ConfigError naming the file when
+    it is not a run config (valid JSON of another shape)."""
     saved = _restore(directory, step, "config", config=ocp.args.JsonRestore()).config
-    if not isinstance(saved, dict) or not all(isinstance(saved.get(s), dict) for s in CONFIG_SECTIONS):
+    sections_ok = isinstance(saved, dict) and all(isinstance(saved.get(s), dict)
+                                                  for s in CONFIG_SECTIONS)
+    if not sections_ok:
         path = os.path.join(directory, str(step), "config")
         got = type(saved).__name__ if not isinstance(saved, dict) else f"sections {sorted(saved)}"
         raise ConfigError(f"checkpoint config {path} is not a saved run config (a JSON object with "

@@ -119,7 +119,8 @@ def infer_mask(mu: np.ndarray, threshold: float = HOLE_THRESHOLD) -> np.ndarray:
     dilate = lambda m, **kw: ndimage.binary_dilation(m, box, border_value=0, **kw)
     erode = lambda m: ndimage.binary_erosion(m, box, border_value=1)
     for i, img in enumerate(flat):
-        seed = dilate(erode(erode(dilate(img >= threshold))))  # closing (JPEG pinholes), opening (specks)
+        # Closing (fills JPEG pinholes), then opening (drops specks and thin bright lines).
+        seed = dilate(erode(erode(dilate(img >= threshold))))
         grown = dilate(seed, iterations=HOLE_GROW_STEPS, mask=img >= HOLE_GROW_LEVEL)
         out[i] = erode(dilate(grown))
     return out.reshape(low.shape + (1,)).astype(np.float32)

@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import atomic, baselines, config as config_lib, data, distributed, metrics, program, progress
+from rdbm_jax import atomic, baselines, config as config_lib, data, distributed, metrics, program
+from rdbm_jax import progress
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.perceptual import fid as fid_lib, make_inception, make_lpips
 from rdbm_jax.sampler import Sampler
@@ -407,8 +408,8 @@ def check_fid_sizes(ev: ml_collections.ConfigDict, sources: dict[str, Any]) -> N
     for label, source in sources.items():
         if len(source) < 2:
             raise ConfigError(f"eval.metrics includes fid but test set {label!r} has {len(source)} "
-                              "image(s); FID needs at least 2 (drop fid from eval.metrics, or raise "
-                              "eval.max_images / add images)")
+                              "image(s); FID needs at least 2 (drop fid from eval.metrics, or "
+                              "raise eval.max_images / add images)")
 
 
 def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -428,7 +429,8 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         write_report(out_dir, rows, per_task, {"step": step, "protocol": protocol(cfg)})
         for label, g in grids.items():  # grid_<task>.png, grid_<task>.<set>.png
             if g:
-                with atomic.replacing(os.path.join(out_dir, f"grid_{label.replace('/', '.')}.png")) as tmp:
+                grid = os.path.join(out_dir, f"grid_{label.replace('/', '.')}.png")
+                with atomic.replacing(grid) as tmp:
                     Image.fromarray(make_grid(g)).save(tmp, format="PNG")
         log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
     return per_task

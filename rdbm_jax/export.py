@@ -68,7 +68,7 @@ def export_restorer(sampler: Sampler, params: Any, platforms: tuple[str, ...] = 
 def write_unit(out_dir: str, blob: bytes, info: dict) -> None:
     """restorer.jax, restorer.json and export_loader.py, each atomically. The metadata names the
     artifact's SHA-256, so the three act as one unit: a kill between two renames leaves a pair that
-    the loader refuses (mismatched hash), never a new artifact silently described by old metadata."""
+    the loader refuses (mismatched hash), never a new artifact described by old metadata."""
     atomic.write_bytes(os.path.join(out_dir, ARTIFACT), blob)
     atomic.write_text(os.path.join(out_dir, METADATA), json.dumps(info, indent=2))
     with open(os.path.join(os.path.dirname(__file__), "export_loader.py"), encoding="utf-8") as f:

@@ -44,10 +44,11 @@ class ExportedRestorer:
             raise ValueError(f"images: shape {arr.shape} is not [H, W, 3] or [B, H, W, 3] with H, W >= 8")
         unit = batch.astype(np.float32) / 255.0 if batch.dtype == np.uint8 else batch.astype(np.float32)
         if not np.all(np.isfinite(unit)):  # one NaN would spread over the whole image
-            raise ValueError("images: NaN or infinite values; float images must be finite, in [0, 1]")
+            raise ValueError("images: NaN or infinite values; float images must be finite, "
+                             "in [0, 1]")
         if unit.size and (unit.min() < 0.0 or unit.max() > 1.0):
-            raise ValueError(f"images: float values span [{unit.min():g}, {unit.max():g}]; they must lie "
-                             "in [0, 1] (divide 0–255 floats by 255, or pass uint8)")
+            raise ValueError(f"images: float values span [{unit.min():g}, {unit.max():g}]; they "
+                             "must lie in [0, 1] (divide 0–255 floats by 255, or pass uint8)")
         if mask is None:
             holes = np.all(unit >= 1.0 - 0.5 / 255.0, axis=-1)
         else:

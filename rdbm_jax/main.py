@@ -23,7 +23,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-process: this proces
 
 
 def _fail(message: str, code: int = 2) -> None:
-    # One line whatever the message holds (a file name with a newline, say): the break is spelled out.
+    # One line whatever the message holds (a file name with a newline, say): breaks spelled out.
     sys.stderr.write("error: " + message.replace("\r", "\\r").replace("\n", "\\n") + "\n")
     sys.exit(code)
 
@@ -80,8 +80,8 @@ def _config_file_error(e: BaseException, path: str) -> str | None:
 
 
 def _override_error(e: BaseException, argv: list[str]) -> str:
-    """One line for a failed `--config.KEY=VALUE`: the full key, and "unknown" when it does not exist
-    (ml_collections names only its last part, e.g. KeyError('lr'))."""
+    """One line for a failed `--config.KEY=VALUE`: the full key, and "unknown" when it does not
+    exist (ml_collections names only its last part, e.g. KeyError('lr'))."""
     what = _one_line(e)
     keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
     named = [k for k in keys if what.split(" ")[0].strip("'\"") in k.split(".")]

@@ -28,9 +28,10 @@ log = logging.getLogger("rdbm_jax")
 
 LOSSES = ("l1", "l2")  # train.loss
 
-# Keys of `network_spec` that may differ from the checkpoint's: they change how the same weights are
-# computed (compute dtype, attention kernel, rematerialisation, dropout, off at inference), not which
-# weights there are or what they mean. Every other key of `network_spec` must match (`must_match`).
+# Keys of `network_spec` that may differ from the checkpoint's: they change how the same weights
+# are computed (compute dtype, attention kernel, rematerialisation, dropout, off at inference), not
+# which weights there are or what they mean. Every other key of `network_spec` must match
+# (`must_match`).
 INFERENCE_ONLY = ("model.dtype", "model.attention_impl", "model.remat", "model.dropout")
 
 # clu metric collection of the training loop (averaged between two log lines).
@@ -226,8 +227,8 @@ def must_match(cfg: Any) -> tuple[str, ...]:
 
 
 def check_compatible(cfg: Any, saved: dict, where: str) -> None:
-    """Refuse (ConfigError) a config whose network or bridge differs from the checkpoint's (a key the
-    checkpoint does not name, from an older version, is not compared)."""
+    """Refuse (ConfigError) a config whose network or bridge differs from the checkpoint's (a key
+    the checkpoint does not name, from an older version, is not compared)."""
     for key in must_match(cfg):
         section, name = key.split(".")
         theirs = saved.get(section, {}).get(name)

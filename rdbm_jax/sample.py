@@ -9,7 +9,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import atomic, conditioning, config as config_lib, data, distributed, program, progress
+from rdbm_jax import atomic, conditioning, config as config_lib, data, distributed, program
+from rdbm_jax import progress
 from rdbm_jax.errors import ConfigError, DataError, RDBMError
 from rdbm_jax.sampler import check_size
 
@@ -40,8 +41,8 @@ def _input_mask(s: ml_collections.ConfigDict, path: str, img: np.ndarray) -> np.
     mask_path = _mask_file(s.mask_dir, s.input_dir, path)
     mh, mw = data.probe_size(mask_path, "sample.mask_dir")
     if (mh, mw) != (h, w):  # a stretched mask would mark the wrong pixels: refused, not resized
-        raise DataError(f"mask {data.shown(mask_path)} (sample.mask_dir) is {mh}x{mw} but its input "
-                        f"{data.shown(path)} is {h}x{w}")
+        raise DataError(f"mask {data.shown(mask_path)} (sample.mask_dir) is {mh}x{mw} but its "
+                        f"input {data.shown(path)} is {h}x{w}")
     return data.load_mask(mask_path, h, w, "sample.mask_dir")[..., None].astype(np.float32)
 
 

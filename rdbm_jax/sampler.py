@@ -46,9 +46,10 @@ def check_model_range(mu: np.ndarray) -> None:
     black, or NaN spread over the whole image, silently."""
     if not np.all(np.isfinite(mu)):
         raise DataError("input images hold NaN or infinite values (they must be finite)")
-    if mu.size and (mu.min() < -1.0 - 1e-5 or mu.max() > 1.0 + 1e-5):  # rounding of [0, 1] → [-1, 1]
-        raise DataError(f"input images span [{mu.min():g}, {mu.max():g}] in model units; they must lie "
-                        "in [-1, 1] (0..1 images scaled by 2x − 1)")
+    tol = 1e-5  # rounding of [0, 1] → [-1, 1]
+    if mu.size and (mu.min() < -1.0 - tol or mu.max() > 1.0 + tol):
+        raise DataError(f"input images span [{mu.min():g}, {mu.max():g}] in model units; they must "
+                        "lie in [-1, 1] (0..1 images scaled by 2x − 1)")
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -147,7 +148,8 @@ class Sampler:
     def jit(self, tile: int) -> Callable:
         """`sample_padded` with tiles of `tile` (0: none) under jit, sharded over the mesh."""
         if tile not in self._jits:
-            sharding, repl = distributed.batch_sharding(self.mesh), distributed.replicated(self.mesh)
+            sharding = distributed.batch_sharding(self.mesh)
+            repl = distributed.replicated(self.mesh)
             self._jits[tile] = jax.jit(functools.partial(self.sample_padded, tile_size=tile),
                                        in_shardings=(repl, sharding, sharding, repl),
                                        out_shardings=sharding)
@@ -192,8 +194,8 @@ class Sampler:
                     f"{f'in tiles of {tile} ' if tile else ''}needs ~{memory.gib(need)}, over "
                     f"the {memory.gib(budget)} available")
             if not self.auto_tile:
-                raise ConfigError(f"{what}; set sample.tile_size (tile_size= in the API) to restore "
-                                  "in tiles, or sample.auto_tile=True")
+                raise ConfigError(f"{what}; set sample.tile_size (tile_size= in the API) to "
+                                  "restore in tiles, or sample.auto_tile=True")
             tiles = [t for t in self._tile_candidates(shape[1], shape[2]) if t < (tile or t + 1)]
             for tile in tiles:
                 compiled, need = self._compile(tile, args)
@@ -241,5 +243,6 @@ class Sampler:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
             raise DataError(f"out of memory restoring {b} image(s) of {h}x{w}: set a smaller "
-                            "sample.tile_size (tile_size= in the API) or sample.batch_size") from None
+                            "sample.tile_size (tile_size= in the API) or sample.batch_size"
+                            ) from None
         return distributed.to_host(out)[:b, :h, :w]

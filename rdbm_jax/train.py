@@ -118,8 +118,8 @@ class _StoppedEarly(Exception):
 
 @contextlib.contextmanager
 def _stop_raises(during: str) -> Iterator[None]:
-    """SIGTERM/SIGINT interrupt this block at once (raising _StoppedEarly): before the loop there is
-    no step boundary to stop at, and a pipeline build may otherwise outlive the signal by minutes."""
+    """SIGTERM/SIGINT interrupt this block at once (raising _StoppedEarly): before the loop there
+    is no step boundary to stop at, and a pipeline build could outlive the signal by minutes."""
     def handle(signum, frame):
         del frame
         raise _StoppedEarly(signum, during)
@@ -138,9 +138,9 @@ def _stop_raises(during: str) -> Iterator[None]:
 
 
 def check_batch_memory(cfg: ml_collections.ConfigDict) -> None:
-    """Refuse (one line naming train.batch_size) a batch whose host buffers alone would not fit: x0,
-    μ and mask of every batch the pipeline holds at once (its prefetch buffers, the one being stacked
-    and the K of a dispatch)."""
+    """Refuse (one line naming train.batch_size) a batch whose host buffers alone would not fit:
+    x0, μ and mask of every batch the pipeline holds at once (its prefetch buffers, the one being
+    stacked and the K of a dispatch)."""
     crop, batch = cfg.data.crop_size, cfg.train.batch_size
     per_batch = batch * crop * crop * (3 + 3 + 1) * 4  # float32 x0, mu, mask
     buffered = max(1, cfg.data.prefetch_buffer) * max(1, cfg.data.num_workers)

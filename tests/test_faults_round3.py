@@ -28,7 +28,7 @@ def _sample_cfg(src, out, **overrides):
     return config(**{"sample.input_dir": str(src), "sample.output_dir": str(out), **overrides})
 
 
-# --- 1. the output folder is never the input folder (real paths) -------------------------------------
+# --- 1. the output folder is never the input folder (real paths) ----------------------------------
 
 def test_output_dir_symlinked_to_the_input_dir_is_refused_and_inputs_are_untouched(tmp_path):
     src = tmp_path / "in"
@@ -49,7 +49,7 @@ def test_output_dir_inside_the_input_dir_is_refused(tmp_path):
     assert not (src / "restored").exists()
 
 
-# --- 5. atomic reports ---------------------------------------------------------------------------------
+# --- 5. atomic reports ----------------------------------------------------------------------------
 
 def _killed_at_fsync(monkeypatch):
     """Make the next atomic write die as a kill would: its bytes written, not yet renamed."""
@@ -72,7 +72,8 @@ def test_a_killed_eval_report_keeps_the_previous_metrics_json(tmp_path, monkeypa
     assert sorted(os.listdir(out)) == ["metrics.json", "per_image.csv"]  # no temporary left
 
 
-def test_export_killed_between_artifact_and_metadata_is_refused_by_the_loader(tmp_path, monkeypatch):
+def test_export_killed_between_artifact_and_metadata_is_refused_by_the_loader(tmp_path,
+                                                                           monkeypatch):
     out = str(tmp_path / "export")
     os.makedirs(out)
     export.write_unit(out, b"old artifact", {"artifact_sha256": export_loader.hashlib.sha256(
@@ -105,7 +106,7 @@ def test_sample_removes_the_temporary_files_a_killed_run_left(tmp_path, trained_
     assert "removed 1 temporary file(s)" in caplog.text
 
 
-# --- 9. masks: one unreadable mask skips one image; a mask of another size is refused ----------------
+# --- 9. masks: one unreadable mask skips one image; a mask of another size is refused -------------
 
 def test_one_unreadable_mask_skips_only_its_image(tmp_path, trained_workdir):
     src, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
@@ -121,7 +122,7 @@ def test_one_unreadable_mask_skips_only_its_image(tmp_path, trained_workdir):
     assert sorted(os.listdir(out)) == ["a.png"]
 
 
-# --- 13. names with a newline are quoted ---------------------------------------------------------------
+# --- 13. names with a newline are quoted ----------------------------------------------------------
 
 def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path, trained_workdir):
     src, out = tmp_path / "in", tmp_path / "out"
@@ -132,7 +133,7 @@ def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path, trained_workdir)
     assert "\n" not in str(err.value) and repr(str(src / "bad\nname.png")) in str(err.value)
 
 
-# --- 3. the pixel limit is a key, and says so ----------------------------------------------------------
+# --- 3. the pixel limit is a key, and says so -----------------------------------------------------
 
 def test_the_pixel_limit_is_named_and_can_be_raised(tmp_path):
     path = str(tmp_path / "big.png")
@@ -151,7 +152,7 @@ def test_the_pixel_limit_is_named_and_can_be_raised(tmp_path):
         Image.MAX_IMAGE_PIXELS = default
 
 
-# --- 4. symlink loops are read once --------------------------------------------------------------------
+# --- 4. symlink loops are read once ---------------------------------------------------------------
 
 def test_a_symlink_loop_is_read_once_and_said_once(tmp_path, caplog):
     _png(tmp_path / "photos" / "a.png")
@@ -162,7 +163,7 @@ def test_a_symlink_loop_is_read_once_and_said_once(tmp_path, caplog):
     assert len([r for r in caplog.records if "symbolic links" in r.getMessage()]) == 1
 
 
-# --- 10. EXIF orientation ------------------------------------------------------------------------------
+# --- 10. EXIF orientation -------------------------------------------------------------------------
 
 def test_exif_orientation_is_applied_on_read(tmp_path):
     stored = np.zeros((20, 40, 3), np.uint8)
@@ -176,7 +177,7 @@ def test_exif_orientation_is_applied_on_read(tmp_path):
     assert img[:20].mean() > 0.9 and img[20:].mean() < 0.1
 
 
-# --- 12. FID on fewer than 2 images --------------------------------------------------------------------
+# --- 12. FID on fewer than 2 images ---------------------------------------------------------------
 
 def test_fid_on_one_image_is_one_line_before_anything_runs():
     ev = config(**{"eval.metrics": "psnr,fid", "eval.fid_weights": "inception.npz"}).eval
@@ -185,7 +186,7 @@ def test_fid_on_one_image_is_one_line_before_anything_runs():
         evaluate.check_fid_sizes(ev, {"main": [0]})
 
 
-# --- JPEG-robust hole inference ------------------------------------------------------------------------
+# --- JPEG-robust hole inference -------------------------------------------------------------------
 
 def _jpeg(x01: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
@@ -212,7 +213,7 @@ def test_holes_are_inferred_from_jpeg_compressed_strokes():
     assert np.mean(false) <= 0.01, np.round(false, 4)
 
 
-# --- 6. the checkpoint check covers every key that builds the network --------------------------------
+# --- 6. the checkpoint check covers every key that builds the network -----------------------------
 
 def _other(key: str, value):
     """A valid value of `key` different from `value`."""
@@ -238,11 +239,12 @@ def test_every_network_key_is_checked_against_the_checkpoint():
             program.check_compatible(ours, saved, "ckpt/2")  # same weights, computed another way
             continue
         what = "bridge" if key.startswith("bridge.") else "network"
-        with pytest.raises(ConfigError, match=rf"^{key}=.*restoring with a different {what} is refused"):
+        refused = rf"^{key}=.*restoring with a different {what} is refused"
+        with pytest.raises(ConfigError, match=refused):
             program.check_compatible(ours, saved, "ckpt/2")
 
 
-# --- 8. a checkpoint config of the wrong shape ---------------------------------------------------------
+# --- 8. a checkpoint config of the wrong shape ----------------------------------------------------
 
 @pytest.mark.parametrize("content", ["[1, 2]", '{"model": 3, "bridge": {}, "sample": {}}'])
 def test_a_checkpoint_config_of_the_wrong_shape_is_one_line_naming_it(tmp_path, trained_workdir,
@@ -262,10 +264,11 @@ def test_a_checkpoint_config_of_the_wrong_shape_is_one_line_naming_it(tmp_path, 
         run_sample(_sample_cfg(tmp_path / "in", tmp_path / "out"), workdir)
 
 
-# --- 7. restore() refuses floats out of [0, 1] and non-finite values ----------------------------------
+# --- 7. restore() refuses floats out of [0, 1] and non-finite values ------------------------------
 
 @pytest.mark.parametrize("values, message", [
-    (np.full((16, 16, 3), 200.0, np.float32), r"span \[200, 200\].*\[0, 1\].*divide 0–255 floats by 255"),
+    (np.full((16, 16, 3), 200.0, np.float32),
+     r"span \[200, 200\].*\[0, 1\].*divide 0–255 floats by 255"),
     (np.full((16, 16, 3), -0.5, np.float32), r"span \[-0.5, -0.5\].*must lie in \[0, 1\]"),
     (np.where(np.eye(16)[..., None] > 0, np.nan, 0.5).repeat(3, -1).astype(np.float32),
      r"NaN or infinite"),
@@ -277,11 +280,11 @@ def test_restore_refuses_floats_out_of_range_and_nan(trained_workdir, values, me
         model.restore(values)
     with pytest.raises(ValueError, match=message.split(".*")[0]):
         export_loader.ExportedRestorer(None, {})(values)  # refused before the artifact runs
-    with pytest.raises(DataError, match="NaN|must lie in"):  # the sampler under eval and sample mode
+    with pytest.raises(DataError, match="NaN|must lie in"):  # the sampler (eval, sample mode)
         program.sampler(config())(model.params, values[None] * 2 - 1, np.zeros(2, np.uint32))
 
 
-# --- 14. messages: the full unknown key; step= in the API ---------------------------------------------
+# --- 14. messages: the full unknown key; step= in the API -----------------------------------------
 
 def test_an_unknown_override_names_the_full_key_as_unknown(tmp_path):
     from tests.helpers import run_cli
@@ -305,14 +308,15 @@ def test_main_never_splits_an_error_line(capsys):
     assert capsys.readouterr().err == "error: cannot read /in/bad\\nname.png\n"
 
 
-# --- 2. memory predicted before running; tiles chosen automatically or one line ----------------------
+# --- 2. memory predicted before running; tiles chosen automatically or one line -------------------
 
 def test_an_image_predicted_not_to_fit_is_tiled_automatically_or_refused_in_one_line(
         trained_workdir, monkeypatch, caplog):
     from rdbm_jax import api, sampler as sampler_lib
     model = api.load(trained_workdir)
     s = sampler_lib.Sampler(model.sampler().apply_fn, model.schedule, num_steps=2,
-                            multiple=model.multiple, tile_overlap=4, condition=model.config.model.condition,
+                            multiple=model.multiple, tile_overlap=4,
+                            condition=model.config.model.condition,
                             auto_tile=False)
     mu = np.zeros((1, 64, 64, 3), np.float32)
     # The whole image's need, from XLA's analysis of its compiled loop; the budget just under it.
@@ -331,14 +335,15 @@ def test_an_image_predicted_not_to_fit_is_tiled_automatically_or_refused_in_one_
     assert len(lines) == 1 and "tiles of 32 px (sample.tile_size" in lines[0], lines
 
 
-# --- 11. a huge train.batch_size is one line; SIGTERM stops a run still building its pipeline --------
+# --- 11. a huge train.batch_size is one line; SIGTERM stops a run still building its pipeline -----
 
 def test_a_batch_too_large_for_memory_is_one_line_before_anything_is_built(tmp_path, monkeypatch):
     from rdbm_jax import memory, train
     monkeypatch.setattr(memory, "host_available", lambda: 2**30)
     monkeypatch.setattr(train.data, "build_train_iterator", lambda *a, **k: pytest.fail("built"))
     cfg = config(**{"train.batch_size": 100_000})
-    with pytest.raises(ConfigError, match=r"^train.batch_size=100000: .* need ~.* GiB of host memory, "
+    with pytest.raises(ConfigError, match=r"^train.batch_size=100000: .* need ~.* GiB of host "
+                                          r"memory, "
                                           r"1.00 GiB is available; lower train.batch_size"):
         train.train_and_evaluate(cfg, str(tmp_path / "run"))
 
@@ -361,4 +366,5 @@ def hook(step, state):
     proc = train_in_subprocess(str(tmp_path / "run"), {"train.num_steps": 2}, hook, timeout=100)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert time.time() - start < 100 and "Traceback" not in proc.stderr
-    assert "signal 15 while building the input pipeline: stopped before the first step" in proc.stderr
+    assert ("signal 15 while building the input pipeline: stopped before the first step"
+            in proc.stderr)

@@ -2,8 +2,8 @@
 
 Decoding is explicit per pixel format: grayscale/1-bit → replicated to RGB; palette → RGB;
 alpha (RGBA/LA/PA) dropped, not composited; 16-bit grayscale scaled by 1/65535; float (mode F)
-rejected. The first frame of multi-frame files is used; EXIF orientation is applied, so pixels come out
-as image viewers show them (LQ/GT pairs align as displayed).
+rejected. The first frame of multi-frame files is used; EXIF orientation is applied, so pixels
+come out as image viewers show them (LQ/GT pairs align as displayed).
 """
 from __future__ import annotations
 
@@ -65,8 +65,9 @@ def list_images(folder: str, key: str | None = None) -> list[str]:
             if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.join(root, f))
     if repeats:
-        log.warning("%s: %d folder(s) reached again through symbolic links (a loop?) were read once: "
-                    "%s", _where(folder, key), len(repeats), ", ".join(shown(r) for r in repeats[:3]))
+        log.warning("%s: %d folder(s) reached again through symbolic links (a loop?) were read "
+                    "once: %s", _where(folder, key), len(repeats),
+                    ", ".join(shown(r) for r in repeats[:3]))
     if not found:
         raise DataError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder "
                         f"{_where(folder, key)}")
@@ -128,8 +129,9 @@ def _image_errors(path: str, key: str | None, unreadable: str) -> Iterator[None]
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
         raise DataError(f"image of {size}, above the limit of {Image.MAX_IMAGE_PIXELS:,} "
-                        "(data.max_image_pixels; raise it to read this image, which is then restored "
-                        f"in tiles when it does not fit in memory): {_where(path, key)}") from None
+                        "(data.max_image_pixels; raise it to read this image, which is then "
+                        f"restored in tiles when it does not fit in memory): {_where(path, key)}"
+                        ) from None
     except (OSError, SyntaxError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{unreadable} ({msg}): {_where(path, key)}") from None
