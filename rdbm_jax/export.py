@@ -94,7 +94,7 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
                 "input": "float32 [B, H, W, 3] in [-1, 1], H, W >= 8 (padded inside to multiples of "
                          f"{sampler.multiple} by reflection), the float32 [B, H, W, 1] degradation mask "
                          "(1 = degraded; read only by mask-conditioned models) and a uint32 [2] PRNG key",
-                "condition": sampler.condition,
+                "condition": sampler.condition, "hole_threshold": cfg.sample.hole_threshold,
                 "output": "float32 [B, H, W, 3] in [-1, 1]", "jax_version": jax.__version__}
         write_unit(out_dir, blob, info)
         log.info("exported step %d (%s parameters, %d steps, η=%g) for %s: %s (%.1f MB)", step,

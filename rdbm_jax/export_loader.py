@@ -20,6 +20,36 @@ import numpy as np
 from jax import export
 
 
+# As rdbm_jax.conditioning.infer_mask (HOLE_*), in numpy alone: this file needs no rdbm_jax/scipy.
+HOLE_THRESHOLD, HOLE_GROW_LEVEL, HOLE_GROW_STEPS = 0.98, 0.8, 3
+
+
+def _dilate(m: np.ndarray) -> np.ndarray:
+    """3×3 binary dilation of [B, H, W] (outside the image: False)."""
+    p = np.pad(m, ((0, 0), (1, 1), (1, 1)), constant_values=False)
+    h, w = m.shape[1:]
+    return np.any([p[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
+
+
+def _erode(m: np.ndarray) -> np.ndarray:
+    """3×3 binary erosion of [B, H, W] (outside the image: True, so border holes stay whole)."""
+    p = np.pad(m, ((0, 0), (1, 1), (1, 1)), constant_values=True)
+    h, w = m.shape[1:]
+    return np.all([p[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
+
+
+def infer_holes(unit: np.ndarray, threshold: float = HOLE_THRESHOLD) -> np.ndarray:
+    """Holes of white-filled images [B, H, W, 3] in [0, 1] → bool [B, H, W]: blobs of pixels >=
+    `threshold` in every channel (closed, then opened), grown HOLE_GROW_STEPS pixels into pixels
+    >= HOLE_GROW_LEVEL (JPEG's rims), then closed."""
+    low = unit.min(axis=-1)
+    seed = _dilate(_erode(_erode(_dilate(low >= threshold))))
+    grow = low >= HOLE_GROW_LEVEL
+    for _ in range(HOLE_GROW_STEPS):
+        seed = np.where(grow, _dilate(seed), seed)
+    return _erode(_dilate(seed))
+
+
 class ExportedRestorer:
     """A deserialized restorer: `self(images, seed=0)` → restored images (same dtype and range)."""
 
@@ -36,7 +66,7 @@ class ExportedRestorer:
         """uint8 or float [0, 1] RGB, [H, W, 3] or [B, H, W, 3] → the restored images, same dtype.
 
         `mask` ([H, W] or [B, H, W], 1 = hole) is for inpainting models trained with the mask; None
-        takes the pure-white pixels (the fill value) for the holes.
+        infers the holes from the white fill, robustly to JPEG (`infer_holes`).
         """
         arr = np.asarray(images)
         batch = arr[None] if arr.ndim == 3 else arr
@@ -50,7 +80,7 @@ class ExportedRestorer:
             raise ValueError(f"images: float values span [{unit.min():g}, {unit.max():g}]; they "
                              "must lie in [0, 1] (divide 0–255 floats by 255, or pass uint8)")
         if mask is None:
-            holes = np.all(unit >= 1.0 - 0.5 / 255.0, axis=-1)
+            holes = infer_holes(unit, float(self.info.get("hole_threshold", HOLE_THRESHOLD)))
         else:
             holes = np.asarray(mask).reshape(batch.shape[:3]) > 0.5
         key = np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)), np.uint32)

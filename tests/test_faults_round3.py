@@ -368,3 +368,15 @@ def hook(step, state):
     assert time.time() - start < 100 and "Traceback" not in proc.stderr
     assert ("signal 15 while building the input pipeline: stopped before the first step"
             in proc.stderr)
+
+
+def test_the_exported_loader_infers_the_same_holes_without_scipy():
+    """export_loader.infer_holes (numpy shifts) against conditioning.infer_mask (scipy.ndimage)."""
+    from rdbm_jax.data.builtin import builtin_files
+    from rdbm_jax.data.masks import apply_mask, free_form_mask
+    x = image_io.decode_image(dict(builtin_files("val") + builtin_files("train"))["coffee"])
+    hole = free_form_mask(x.shape[0], x.shape[1], np.random.default_rng(3), 0.05, 0.2)
+    mu = _jpeg(apply_mask(x, hole), 80)
+    ours = export_loader.infer_holes(mu[None])[0]
+    np.testing.assert_array_equal(ours, conditioning.infer_mask(mu * 2 - 1)[..., 0] > 0)
+    assert (ours & hole).sum() >= 0.95 * hole.sum()
