@@ -22,6 +22,7 @@ from jax import export
 
 # As rdbm_jax.conditioning.infer_mask (HOLE_*), in numpy alone: this file needs no rdbm_jax/scipy.
 HOLE_THRESHOLD, HOLE_GROW_LEVEL, HOLE_GROW_STEPS = 0.98, 0.8, 3
+HOLE_RIM_LEVEL, LOSSLESS_RIM_SHARE, PURE_WHITE = 0.9, 0.5, 1.0 - 0.5 / 255
 
 
 def _dilate(m: np.ndarray) -> np.ndarray:
@@ -39,15 +40,25 @@ def _erode(m: np.ndarray) -> np.ndarray:
 
 
 def infer_holes(unit: np.ndarray, threshold: float = HOLE_THRESHOLD) -> np.ndarray:
-    """Holes of white-filled images [B, H, W, 3] in [0, 1] → bool [B, H, W]: blobs of pixels >=
-    `threshold` in every channel (closed, then opened), grown HOLE_GROW_STEPS pixels into pixels
-    >= HOLE_GROW_LEVEL (JPEG's rims), then closed."""
-    low = unit.min(axis=-1)
-    seed = _dilate(_erode(_erode(_dilate(low >= threshold))))
-    grow = low >= HOLE_GROW_LEVEL
-    for _ in range(HOLE_GROW_STEPS):
-        seed = np.where(grow, _dilate(seed), seed)
-    return _erode(_dilate(seed))
+    """Holes of white-filled images [B, H, W, 3] in [0, 1] → bool [B, H, W]: an exact fill's
+    pure-white pixels; for a compressed one, blobs of pixels >= `threshold` in every channel
+    (closed, then opened), grown HOLE_GROW_STEPS pixels into pixels >= HOLE_GROW_LEVEL (JPEG's
+    rims), then closed."""
+    out = []
+    for low in unit.min(axis=-1):
+        pure = low >= PURE_WHITE
+        rim = _dilate(pure[None])[0] & ~pure
+        exact = pure.any() and (not rim.any()
+                                or np.mean(low[rim] >= HOLE_RIM_LEVEL) < LOSSLESS_RIM_SHARE)
+        if exact:
+            out.append(pure)
+            continue
+        seed = _dilate(_erode(_erode(_dilate((low >= threshold)[None]))))
+        grow = low >= HOLE_GROW_LEVEL
+        for _ in range(HOLE_GROW_STEPS):
+            seed = np.where(grow, _dilate(seed), seed)
+        out.append(_erode(_dilate(seed))[0])
+    return np.stack(out)
 
 
 class ExportedRestorer:

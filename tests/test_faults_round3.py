@@ -380,3 +380,16 @@ def test_the_exported_loader_infers_the_same_holes_without_scipy():
     ours = export_loader.infer_holes(mu[None])[0]
     np.testing.assert_array_equal(ours, conditioning.infer_mask(mu * 2 - 1)[..., 0] > 0)
     assert (ours & hole).sum() >= 0.95 * hole.sum()
+
+
+def test_an_exact_white_fill_gives_exactly_its_holes():
+    """A lossless file: the pure-white pixels, nothing grown into bright known pixels."""
+    from rdbm_jax.data.builtin import builtin_files
+    from rdbm_jax.data.masks import apply_mask, free_form_mask
+    for i, (name, path) in enumerate(builtin_files("train") + builtin_files("val")):
+        x = image_io.decode_image(path)
+        hole = free_form_mask(x.shape[0], x.shape[1], np.random.default_rng(i), 0.05, 0.2)
+        mu = apply_mask(x, hole)
+        exact = np.all(mu >= 1 - 0.5 / 255, axis=-1)
+        np.testing.assert_array_equal(conditioning.infer_mask(mu * 2 - 1)[..., 0] > 0, exact, name)
+        np.testing.assert_array_equal(export_loader.infer_holes(mu[None])[0], exact, name)
