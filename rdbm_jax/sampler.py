@@ -189,7 +189,7 @@ class Sampler:
         budget = memory_budget()
         compiled, need = self._compile(self.tile_size, args)
         tile = self.tile_size
-        if need > budget:
+        if distributed.any_process(need > budget):  # every process picks the same tiles
             what = (f"restoring a batch of {shape[0]} image(s) of {shape[1]}x{shape[2]} (padded) "
                     f"{f'in tiles of {tile} ' if tile else ''}needs ~{memory.gib(need)}, over "
                     f"the {memory.gib(budget)} available")
@@ -199,7 +199,7 @@ class Sampler:
             tiles = [t for t in self._tile_candidates(shape[1], shape[2]) if t < (tile or t + 1)]
             for tile in tiles:
                 compiled, need = self._compile(tile, args)
-                if need <= budget:
+                if not distributed.any_process(need > budget):
                     break
             else:
                 tried = f", and so do tiles down to {tiles[-1]} px" if tiles else ""
@@ -234,9 +234,12 @@ class Sampler:
             # Every process passes the same full batch; each device takes its slice of it.
             return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
+        # The executable takes exactly its compiled shardings: the key is made a replicated global
+        # array as μ is (every process passes the same value), the params moved if they are not.
         repl = distributed.replicated(self.mesh)
+        key = np.asarray(rng)
         args = (jax.device_put(params, repl), global_array(mu), global_array(mask),
-                jax.device_put(rng, repl))
+                jax.make_array_from_callback(key.shape, repl, lambda idx: key[idx]))
         try:
             out = self.executable(args)(*args)
         except Exception as e:  # noqa: BLE001 — XLA's allocation failure, re-raised otherwise
