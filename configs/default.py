@@ -30,6 +30,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         num_workers=0,           # grain multiprocessing workers (0 = in-process)
         prefetch_buffer=2,       # batches prefetched per worker
         skip_bad_files=False,    # True: skip and count unreadable files instead of stopping
+        max_image_pixels=89_478_485,  # larger images are refused before decoding (decompression
+                                 # bombs); PIL's default. Raise it for huge photos (restored tiled)
     ))
 
     c.model = ml_collections.ConfigDict(dict(
@@ -92,11 +94,16 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         use_ema=True,
         input_dir="",            # --mode=sample: restore every image here (recursive)
         output_dir="",           # ... into this folder, same relative names, PNG
-        mask_dir="",             # mask-conditioned models: masks (white = hole) named like the inputs;
-                                 # "" = infer each mask from the pure-fill (white) pixels
+        mask_dir="",             # mask-conditioned models: masks (white = hole) named like the
+                                 # inputs, their size; "" = infer each mask from the white fill
+        hole_threshold=0.98,     # inferred holes: blobs whose every channel is >= this ([0, 1]),
+                                 # grown over the rims JPEG leaves (conditioning.infer_mask)
         overwrite=False,
         checkpoint="",           # explicit checkpoint step dir; "" = latest in --workdir
-        tile_size=0,             # >0: restore in overlapping tiles of this size
+        tile_size=0,             # >0: restore in overlapping tiles of this size; 0 = whole images,
+                                 # tiled automatically when predicted not to fit in memory
+        auto_tile=True,          # False: refuse (one line naming sample.tile_size) an image
+                                 # predicted not to fit in memory, instead of tiling it
         tile_overlap=32,
     ))
 

@@ -10,11 +10,26 @@ import numpy as np
 
 from rdbm_jax import checkpoints, config as config_lib, data, distributed, models, program
 from rdbm_jax.data import image_io
+from rdbm_jax.errors import RDBMError
 from rdbm_jax.sampler import Sampler
 
 
 def _is_pil(x: Any) -> bool:
     return type(x).__module__.startswith("PIL.")
+
+
+def check_unit_range(unit: np.ndarray, what: str = "images") -> None:
+    """Refuse (ValueError) float images that are not finite or not in [0, 1]: [0, 255] floats would
+    come back white, negatives black, and one NaN spreads over the whole image."""
+    bad = int(np.size(unit) - np.count_nonzero(np.isfinite(unit)))
+    if bad:
+        raise ValueError(f"{what}: {bad} value(s) are NaN or infinite; float images must be "
+                         "finite, in [0, 1]")
+    lo, hi = (float(unit.min()), float(unit.max())) if np.size(unit) else (0.0, 0.0)
+    if lo < 0.0 or hi > 1.0:
+        hint = " (divide 0–255 floats by 255, or pass uint8)" if hi > 1.0 else ""
+        raise ValueError(f"{what}: float values span [{lo:g}, {hi:g}]; they must lie in "
+                         f"[0, 1]{hint}")
 
 
 def _to_mu(images: np.ndarray) -> np.ndarray:
@@ -24,6 +39,7 @@ def _to_mu(images: np.ndarray) -> np.ndarray:
         unit = arr.astype(np.float32) / 255.0
     elif np.issubdtype(arr.dtype, np.floating):
         unit = arr.astype(np.float32)
+        check_unit_range(unit)
     else:
         raise ValueError(f"images: dtype {arr.dtype} is not supported (uint8, or float in [0, 1])")
     if unit.shape[-1] == 1:
@@ -143,14 +159,23 @@ class TrainedModel:
 
 def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> TrainedModel:
     """Load a trained run from `workdir`: the latest checkpoint (or `step`), EMA parameters by default."""
-    directory, latest = checkpoints.resolve(workdir)
-    step = latest if step is None else int(step)
-    if not os.path.isdir(os.path.join(directory, str(step))):
-        raise ValueError(f"step={step}: no checkpoint {os.path.join(directory, str(step))} (latest: {latest})")
-    saved = checkpoints.read_config(directory, step)
-    cfg = ml_collections.ConfigDict(saved)
-    cfg.sample.use_ema = bool(use_ema)
-    mesh = distributed.make_mesh()
-    model, schedule, params, step = program.load_trained(cfg, workdir, mesh, os.path.join(directory, str(step)),
-                                                         saved_config=saved)
+    try:
+        directory, latest = checkpoints.resolve(workdir)
+        step = latest if step is None else int(step)
+        folder = os.path.join(directory, str(step))
+        if not os.path.isdir(folder):
+            raise ValueError(f"step={step}: no checkpoint {folder} (latest: {latest})")
+        missing = checkpoints.missing_files(folder)
+        if missing:
+            raise ValueError(f"step={step}: {folder} is not a complete checkpoint (missing "
+                             f"{', '.join(missing)}; latest complete: {latest})")
+        saved = checkpoints.read_config(directory, step)
+        cfg = ml_collections.ConfigDict(saved)
+        cfg.sample.use_ema = bool(use_ema)
+        mesh = distributed.make_mesh()
+        model, schedule, params, step = program.load_trained(cfg, workdir, mesh, folder,
+                                                             saved_config=saved)
+    except RDBMError as e:  # the messages name the CLI's key; this function takes step=
+        raise type(e)(str(e).replace("set sample.checkpoint", "pass step=")
+                      .replace("with sample.checkpoint", "with step=")) from None
     return TrainedModel(cfg, model, schedule, params, step, mesh)

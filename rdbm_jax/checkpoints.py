@@ -395,6 +395,19 @@ def load_params(directory: str, step: int, abstract_params: Any, which: str = "e
     return restored.state[which]
 
 
+# The sections of a saved config that inference reads: each must be a JSON object.
+CONFIG_SECTIONS = ("model", "bridge", "sample")
+
+
 def read_config(directory: str, step: int) -> dict:
-    """The config saved with one checkpoint (orbax's JSON item)."""
-    return dict(_restore(directory, step, "config", config=ocp.args.JsonRestore()).config)
+    """The config saved with one checkpoint (orbax's JSON item); a ConfigError naming the file when
+    it is not a run config (valid JSON of another shape)."""
+    saved = _restore(directory, step, "config", config=ocp.args.JsonRestore()).config
+    sections_ok = isinstance(saved, dict) and all(isinstance(saved.get(s), dict)
+                                                  for s in CONFIG_SECTIONS)
+    if not sections_ok:
+        path = os.path.join(directory, str(step), "config")
+        got = type(saved).__name__ if not isinstance(saved, dict) else f"sections {sorted(saved)}"
+        raise ConfigError(f"checkpoint config {path} is not a saved run config (a JSON object with "
+                          f"{', '.join(CONFIG_SECTIONS)} sections; got {got})")
+    return dict(saved)

@@ -21,6 +21,16 @@ import numpy as np
 CONDITIONS = ("mu", "mu_mask", "mu_mask_fill")
 FILL_LEVELS = 10  # pyramid levels of the coarse-to-fine fill (a 1024-px image reaches 1×1)
 FILL_SWEEPS = 60  # Jacobi sweeps per pyramid level
+# Hole inference (`infer_mask`): JPEG leaves the white fill at 250–255 inside and blurs its rims;
+# measured on strokes over the built-in photos at quality 75–95 (tests/test_faults_round3.py).
+HOLE_THRESHOLD = 0.98  # default of sample.hole_threshold: a seed pixel is >= this in every channel
+HOLE_GROW_LEVEL = 0.8  # seeds grow into pixels at least this white (compression rims) ...
+HOLE_GROW_STEPS = 3  # ... by at most this many pixels (so real bright areas beside a hole stay out)
+# An exact (lossless) fill is taken as is: pixels at 255 in every channel, nothing grown. It is told
+# from a compressed one by the pixels bordering the pure-white ones: photo content (measured: <= 25
+# % at least 0.9 white on the built-in photos) or compression rims (>= 85 %).
+HOLE_RIM_LEVEL, LOSSLESS_RIM_SHARE = 0.9, 0.5
+PURE_WHITE = 1.0 - 0.5 / 255  # [0, 1] units: rounds to 255
 FILL_VALUE = 1.0  # the inpainting fill in model range [-1, 1] (white; rdbm_jax.data.masks.HOLE_VALUE)
 
 
@@ -97,12 +107,35 @@ def condition(mu: jax.Array, mask: jax.Array | None, kind: str) -> jax.Array:
     return jnp.concatenate(parts, axis=-1)
 
 
-def infer_mask(mu: np.ndarray, fill: float = FILL_VALUE, tol: float = 1.0 / 255) -> np.ndarray:
-    """Holes of a fill-masked image in [-1, 1] ([..., H, W, C] → float32 [..., H, W, 1]): the pixels
-    whose every channel is within `tol` (model units) of the fill value. Real white content is
-    taken for a hole too, which is why masks known from the data are preferred."""
-    mu = np.asarray(mu, np.float32)
-    return np.all(np.abs(mu - fill) <= tol, axis=-1, keepdims=True).astype(np.float32)
+def infer_mask(mu: np.ndarray, threshold: float = HOLE_THRESHOLD) -> np.ndarray:
+    """Holes of a white-filled image in [-1, 1] ([..., H, W, C] → float32 [..., H, W, 1]). An exact
+    fill (lossless file) gives exactly its pure-white pixels. A compressed one (JPEG): seeds are
+    blobs (3×3 closing then opening) of pixels whose every channel is >= `threshold` ([0, 1]
+    units), grown HOLE_GROW_STEPS pixels into pixels >= HOLE_GROW_LEVEL (the blurred rims), then
+    closed. Real white content is taken for a hole too, which is why known masks are preferred."""
+    from scipy import ndimage  # host-side morphology; the rest of this module is traced JAX
+
+    unit = (np.asarray(mu, np.float32) + 1.0) / 2.0
+    low = unit.min(axis=-1)  # a hole is white in every channel
+    flat = low.reshape((-1,) + low.shape[-2:])
+    out = np.empty(flat.shape, bool)
+    box = np.ones((3, 3), bool)
+    # Outside the image counts as "unknown" for both operations: a hole at the border stays whole.
+    dilate = lambda m, **kw: ndimage.binary_dilation(m, box, border_value=0, **kw)
+    erode = lambda m: ndimage.binary_erosion(m, box, border_value=1)
+    for i, img in enumerate(flat):
+        pure = img >= PURE_WHITE
+        rim = dilate(pure) & ~pure
+        exact = pure.any() and (not rim.any()
+                                or np.mean(img[rim] >= HOLE_RIM_LEVEL) < LOSSLESS_RIM_SHARE)
+        if exact:
+            out[i] = pure  # an exact fill: known pixels stay known, however bright
+            continue
+        # Closing (fills JPEG pinholes), then opening (drops specks and thin bright lines).
+        seed = dilate(erode(erode(dilate(img >= threshold))))
+        grown = dilate(seed, iterations=HOLE_GROW_STEPS, mask=img >= HOLE_GROW_LEVEL)
+        out[i] = erode(dilate(grown))
+    return out.reshape(low.shape + (1,)).astype(np.float32)
 
 
 def output_offset(cond: jax.Array, kind: str, parameterization: str) -> jax.Array | float:

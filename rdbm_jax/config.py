@@ -64,6 +64,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sample.batch_size": _positive,
     "sample.tile_size": _non_negative,
     "sample.tile_overlap": _non_negative,
+    "sample.hole_threshold": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
+    "data.max_image_pixels": _positive,
     "eval.crop_border": _non_negative,
     "eval.max_images": _non_negative,
     "data.crop_size": _positive,

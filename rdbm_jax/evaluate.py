@@ -16,8 +16,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import baselines, config as config_lib, data, distributed, metrics, program, progress
+from rdbm_jax import atomic, baselines, config as config_lib, data, distributed, metrics, program
+from rdbm_jax import progress
 from rdbm_jax.data import spec as data_spec
+from rdbm_jax.errors import ConfigError
 from rdbm_jax.perceptual import fid as fid_lib, make_inception, make_lpips
 from rdbm_jax.sampler import Sampler
 
@@ -405,15 +407,28 @@ def write_report(out_dir: str, rows: list[dict], per_task: dict, info: dict) -> 
     for label, v in per_task.items():
         if is_test_set(label):
             test_sets.setdefault(task_of(label), {})[set_of(label)] = v
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump({**info, "tasks": tasks, **({"test_sets": test_sets} if test_sets else {}),
-                   "overall": per_task["overall"]}, f, indent=2)
     present = {k for r in rows for k in r}
     fields = [k for k in dict.fromkeys(ID_COLUMNS + tuple(k for r in rows for k in r)) if k in present]
-    with open(os.path.join(out_dir, "per_image.csv"), "w", newline="", encoding="utf-8") as f:
+    # Each file atomically (a kill keeps the previous one whole); the rows first, the summary last.
+    with atomic.open_atomic(os.path.join(out_dir, "per_image.csv"), "w", newline="",
+                            encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
+    atomic.write_text(os.path.join(out_dir, "metrics.json"), json.dumps(
+        {**info, "tasks": tasks, **({"test_sets": test_sets} if test_sets else {}),
+         "overall": per_task["overall"]}, indent=2))
+
+
+def check_fid_sizes(ev: ml_collections.ConfigDict, sources: dict[str, Any]) -> None:
+    """Refuse (one line) FID on a test set of fewer than 2 images: its covariance is undefined."""
+    if "fid" not in config_lib.parse_list(ev, "metrics", str) or not ev.fid_weights:
+        return
+    for label, source in sources.items():
+        if len(source) < 2:
+            raise ConfigError(f"eval.metrics includes fid but test set {label!r} has {len(source)} "
+                              "image(s); FID needs at least 2 (drop fid from eval.metrics, or "
+                              "raise eval.max_images / add images)")
 
 
 def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -423,7 +438,9 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = distributed.make_mesh()
     trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
     params, step = trained.params, trained.step
+    data.set_max_pixels(cfg.data.max_image_pixels)
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
+    check_fid_sizes(cfg.eval, sources)
     sampler = program.sampler(cfg, mesh)
     with progress.bar(sum(len(s) for s in sources.values()), "eval") as pbar:
         rows, per_task, grids = score_sources(sampler, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
@@ -437,7 +454,8 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 written.append(os.path.join(out_dir, f"grid_{label.replace('/', '.')}.png"))
                 grid = make_grid(g, labels=grid_labels(per_task[label]["baseline"]),
                                  title=f"{label}, step {step}")
-                Image.fromarray(grid).save(written[-1])
+                with atomic.replacing(written[-1]) as tmp:
+                    Image.fromarray(grid).save(tmp, format="PNG")
         log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
         log.info("wrote %s", ", ".join(written))
     return per_task

@@ -6,10 +6,10 @@ Writes `workdir/export/restorer.jax` (serialized StableHLO), `restorer.json` (wh
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import shutil
 from typing import Any, Callable
 
 import jax
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import export
 
-from rdbm_jax import config as config_lib, distributed, program
+from rdbm_jax import atomic, config as config_lib, distributed, program
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.sampler import MIN_SIDE, Sampler
 
@@ -25,6 +25,7 @@ log = logging.getLogger("rdbm_jax")
 
 PLATFORMS = ("cpu", "cuda")
 ARTIFACT = "restorer.jax"
+METADATA = "restorer.json"  # what the artifact is; `artifact_sha256` ties the two together
 
 
 def reflect_pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
@@ -64,6 +65,16 @@ def export_restorer(sampler: Sampler, params: Any, platforms: tuple[str, ...] = 
         jax.ShapeDtypeStruct((2,), jnp.uint32))
 
 
+def write_unit(out_dir: str, blob: bytes, info: dict) -> None:
+    """restorer.jax, restorer.json and export_loader.py, each atomically. The metadata names the
+    artifact's SHA-256, so the three act as one unit: a kill between two renames leaves a pair that
+    the loader refuses (mismatched hash), never a new artifact described by old metadata."""
+    atomic.write_bytes(os.path.join(out_dir, ARTIFACT), blob)
+    atomic.write_text(os.path.join(out_dir, METADATA), json.dumps(info, indent=2))
+    with open(os.path.join(os.path.dirname(__file__), "export_loader.py"), encoding="utf-8") as f:
+        atomic.write_text(os.path.join(out_dir, "export_loader.py"), f.read())
+
+
 def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     """`--mode=export`: write workdir/export/{restorer.jax, restorer.json, export_loader.py}; returns the artifact."""
     config_lib.validate(cfg)
@@ -77,22 +88,16 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     if distributed.is_main_process():
         os.makedirs(out_dir, exist_ok=True)
         blob = exported.serialize()
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)  # never a half-written artifact
-        info = {"step": step, "use_ema": cfg.sample.use_ema, "num_steps": sampler.num_steps,
+        info = {"artifact_sha256": hashlib.sha256(blob).hexdigest(),
+                "step": step, "use_ema": cfg.sample.use_ema, "num_steps": sampler.num_steps,
                 "eta": sampler.eta, "clip": sampler.clip, "bridge": cfg.bridge.to_dict(),
                 "model": cfg.model.to_dict(), "platforms": list(exported.platforms),
                 "input": "float32 [B, H, W, 3] in [-1, 1], H, W >= 8 (padded inside to multiples of "
                          f"{sampler.multiple} by reflection), the float32 [B, H, W, 1] degradation mask "
                          "(1 = degraded; read only by mask-conditioned models) and a uint32 [2] PRNG key",
-                "condition": sampler.condition,
+                "condition": sampler.condition, "hole_threshold": cfg.sample.hole_threshold,
                 "output": "float32 [B, H, W, 3] in [-1, 1]", "jax_version": jax.__version__}
-        with open(os.path.join(out_dir, "restorer.json"), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
-        shutil.copyfile(os.path.join(os.path.dirname(__file__), "export_loader.py"),
-                        os.path.join(out_dir, "export_loader.py"))
+        write_unit(out_dir, blob, info)
         log.info("exported step %d (%s parameters, %d steps, η=%g) for %s: %s (%.1f MB)", step,
                  "EMA" if cfg.sample.use_ema else "raw", sampler.num_steps, sampler.eta,
                  ", ".join(exported.platforms), path, len(blob) / 1e6)

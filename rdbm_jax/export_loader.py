@@ -11,6 +11,7 @@ inside, by reflection, as in the package). jax.export's reader needs the `flatbu
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Callable
@@ -22,6 +23,47 @@ from jax import export
 # PIL's RGB → L weights (ITU-R 601), as rdbm_jax.data.image_io.LUMA: gray in → gray out.
 LUMA = (0.299, 0.587, 0.114)
 GRAY_MODES = ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+# As rdbm_jax.conditioning.infer_mask (HOLE_*), in numpy alone: this file needs no rdbm_jax/scipy.
+HOLE_THRESHOLD, HOLE_GROW_LEVEL, HOLE_GROW_STEPS = 0.98, 0.8, 3
+HOLE_RIM_LEVEL, LOSSLESS_RIM_SHARE, PURE_WHITE = 0.9, 0.5, 1.0 - 0.5 / 255
+
+
+def _dilate(m: np.ndarray) -> np.ndarray:
+    """3×3 binary dilation of [B, H, W] (outside the image: False)."""
+    p = np.pad(m, ((0, 0), (1, 1), (1, 1)), constant_values=False)
+    h, w = m.shape[1:]
+    return np.any([p[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
+
+
+def _erode(m: np.ndarray) -> np.ndarray:
+    """3×3 binary erosion of [B, H, W] (outside the image: True, so border holes stay whole)."""
+    p = np.pad(m, ((0, 0), (1, 1), (1, 1)), constant_values=True)
+    h, w = m.shape[1:]
+    return np.all([p[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
+
+
+def infer_holes(unit: np.ndarray, threshold: float = HOLE_THRESHOLD) -> np.ndarray:
+    """Holes of white-filled images [B, H, W, 3] in [0, 1] → bool [B, H, W]: an exact fill's
+    pure-white pixels; for a compressed one, blobs of pixels >= `threshold` in every channel
+    (closed, then opened), grown HOLE_GROW_STEPS pixels into pixels >= HOLE_GROW_LEVEL (JPEG's
+    rims), then closed."""
+    out = []
+    for low in unit.min(axis=-1):
+        pure = low >= PURE_WHITE
+        rim = _dilate(pure[None])[0] & ~pure
+        exact = pure.any() and (not rim.any()
+                                or np.mean(low[rim] >= HOLE_RIM_LEVEL) < LOSSLESS_RIM_SHARE)
+        if exact:
+            out.append(pure)
+            continue
+        seed = _dilate(_erode(_erode(_dilate((low >= threshold)[None]))))
+        grow = low >= HOLE_GROW_LEVEL
+        for _ in range(HOLE_GROW_STEPS):
+            seed = np.where(grow, _dilate(seed), seed)
+        out.append(_erode(_dilate(seed))[0])
+    return np.stack(out)
 
 
 class ExportedRestorer:
@@ -42,7 +84,7 @@ class ExportedRestorer:
         (same shape). A file path (str or os.PathLike; needs PIL) or a PIL image → a PIL image.
 
         `mask` ([H, W] or [B, H, W], 1 = hole) is for inpainting models trained with the mask; None
-        takes the pure-white pixels (the fill value) for the holes.
+        infers the holes from the white fill, robustly to JPEG (`infer_holes`).
         """
         if isinstance(images, (str, os.PathLike)) or type(images).__module__.startswith("PIL."):
             return self._pil(images, mask, seed)
@@ -55,8 +97,14 @@ class ExportedRestorer:
         gray = batch.shape[-1] == 1
         batch = np.repeat(batch, 3, axis=-1) if gray else batch[..., :3]
         unit = batch.astype(np.float32) / 255.0 if batch.dtype == np.uint8 else batch.astype(np.float32)
+        if not np.all(np.isfinite(unit)):  # one NaN would spread over the whole image
+            raise ValueError("images: NaN or infinite values; float images must be finite, "
+                             "in [0, 1]")
+        if unit.size and (unit.min() < 0.0 or unit.max() > 1.0):
+            raise ValueError(f"images: float values span [{unit.min():g}, {unit.max():g}]; they "
+                             "must lie in [0, 1] (divide 0–255 floats by 255, or pass uint8)")
         if mask is None:
-            holes = np.all(unit >= 1.0 - 0.5 / 255.0, axis=-1)
+            holes = infer_holes(unit, float(self.info.get("hole_threshold", HOLE_THRESHOLD)))
         else:
             holes = np.asarray(mask).reshape(batch.shape[:3]) > 0.5
         key = np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)), np.uint32)
@@ -81,12 +129,17 @@ class ExportedRestorer:
 
 
 def load(path: str) -> Callable[..., np.ndarray]:
-    """Deserialize `restorer.jax` (and read `restorer.json` beside it when present)."""
+    """Deserialize `restorer.jax` (and read `restorer.json` beside it when present; a json that
+    describes another artifact, e.g. after an export killed between its two writes, is refused)."""
     with open(path, "rb") as f:
-        exported = export.deserialize(bytearray(f.read()))
+        blob = f.read()
     meta = os.path.splitext(path)[0] + ".json"
     info = {}
     if os.path.exists(meta):
         with open(meta, encoding="utf-8") as f:
             info = json.load(f)
-    return ExportedRestorer(exported, info)
+    expected = info.get("artifact_sha256") if isinstance(info, dict) else None
+    if expected and expected != hashlib.sha256(blob).hexdigest():
+        raise ValueError(f"{meta} describes another artifact than {path} (an interrupted export?): "
+                         "run --mode=export again")
+    return ExportedRestorer(export.deserialize(bytearray(blob)), info)

@@ -24,7 +24,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-process: this proces
 
 
 def _fail(message: str, code: int = 2) -> None:
-    sys.stderr.write(f"error: {message}\n")
+    # One line whatever the message holds (a file name with a newline, say): breaks spelled out.
+    sys.stderr.write("error: " + message.replace("\r", "\\r").replace("\n", "\\n") + "\n")
     sys.exit(code)
 
 
@@ -79,6 +80,18 @@ def _config_file_error(e: BaseException, path: str) -> str | None:
     return None
 
 
+def _override_error(e: BaseException, argv: list[str]) -> str:
+    """One line for a failed `--config.KEY=VALUE`: the full key, and "unknown" when it does not
+    exist (ml_collections names only its last part, e.g. KeyError('lr'))."""
+    what = _one_line(e)
+    keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    named = [k for k in keys if what.split(" ")[0].strip("'\"") in k.split(".")]
+    if isinstance(e, (KeyError, AttributeError)) and named:
+        return (f"unknown config key {named[0]} (--config.{named[0]}): no such key "
+                "(configs/default.py lists every key)")
+    return f"bad --config override{f' --config.{named[0]}' if named else ''}: {what}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with config-file and config-override problems as one-line errors."""
     if any(arg in HELP_FLAGS for arg in argv[1:]):
@@ -96,7 +109,7 @@ def parse_flags(argv: list[str]) -> list[str]:
             message = _one_line(e)
             _fail(_one_line(e, last=True) if "Traceback" in message else message)
         if isinstance(e, (AttributeError, KeyError, TypeError, ValueError)):  # unknown/locked config keys
-            _fail(f"bad --config override: {_one_line(e)}")
+            _fail(_override_error(e, argv))
         raise
     cfg = _CONFIG.value
     if cfg is not None and not isinstance(cfg, ml_collections.ConfigDict):

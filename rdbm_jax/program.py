@@ -8,6 +8,7 @@ sweep, sample mode, export and the Python API all get their programs from here.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from typing import Any, Callable, NamedTuple
@@ -31,10 +32,11 @@ Params = Any  # a Flax parameter pytree: nested dicts of arrays (or of ShapeDtyp
 
 LOSSES = ("l1", "l2")  # train.loss
 
-# Keys whose value must equal the checkpoint's: restoring with another bridge is meaningless.
-MUST_MATCH = ("bridge.preset", "bridge.parameterization", "bridge.num_timesteps",
-              "bridge.theta_schedule", "bridge.pi", "bridge.lam", "bridge.discretization", "model.size",
-              "model.condition")
+# Keys of `network_spec` that may differ from the checkpoint's: they change how the same weights
+# are computed (compute dtype, attention kernel, rematerialisation, dropout, off at inference), not
+# which weights there are or what they mean. Every other key of `network_spec` must match
+# (`must_match`).
+INFERENCE_ONLY = ("model.dtype", "model.attention_impl", "model.remat", "model.dropout")
 
 # clu metric collection of the training loop (averaged between two log lines).
 TrainMetrics = clu_metrics.Collection.create(loss=clu_metrics.Average.from_output("loss"),
@@ -196,7 +198,8 @@ def sampler_spec(cfg: ConfigDict, num_steps: int | None = None,
     return FrozenConfigDict(dict(
         model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict(),
         sample=dict(num_steps=int(num_steps or s.num_steps), eta=float(s.eta if eta is None else eta),
-                    clip=bool(s.clip), tile_size=int(s.tile_size), tile_overlap=int(s.tile_overlap))))
+                    clip=bool(s.clip), tile_size=int(s.tile_size), tile_overlap=int(s.tile_overlap),
+                    auto_tile=bool(s.get("auto_tile", True)))))  # absent from older runs
 
 
 @functools.cache
@@ -207,6 +210,7 @@ def _sampler(spec: FrozenConfigDict, mesh: Mesh) -> Sampler:
                    schedule, num_steps=s.num_steps, multiple=models.downsample_factor(spec.model), mesh=mesh,
                    eta=s.eta, clip=s.clip, parameterization=spec.bridge.parameterization,
                    pi=spec.bridge.pi or None, tile_size=s.tile_size, tile_overlap=s.tile_overlap,
+                   auto_tile=s.auto_tile,
                    condition=spec.model.condition)
 
 
@@ -217,14 +221,26 @@ def sampler(cfg: ConfigDict, mesh: Mesh | None = None, num_steps: int | None = N
     return _sampler(sampler_spec(cfg, num_steps, eta), mesh or distributed.make_mesh())
 
 
+def must_match(cfg: ConfigDict) -> tuple[str, ...]:
+    """The dotted keys whose value must equal a checkpoint's: every key that builds the network or
+    the bridge (`network_spec`), bar INFERENCE_ONLY."""
+    spec = network_spec(cfg)
+    keys = (f"{section}.{name}" for section in spec for name in spec[section])
+    return tuple(k for k in keys if k not in INFERENCE_ONLY)
+
+
 def check_compatible(cfg: ConfigDict, saved: dict, where: str) -> None:
-    """Refuse (ConfigError) a config whose bridge/model differs from the checkpoint's."""
-    for key in MUST_MATCH:
+    """Refuse (ConfigError) a config whose network or bridge differs from the checkpoint's (a key
+    the checkpoint does not name, from an older version, is not compared)."""
+    for key in must_match(cfg):
         section, name = key.split(".")
-        theirs, ours = saved.get(section, {}).get(name), cfg[section][name]
+        theirs = saved.get(section, {}).get(name)
+        ours = json.loads(json.dumps(cfg[section][name]))  # as saved: tuples are lists in JSON
         if theirs is not None and theirs != ours:
+            what = "bridge" if section == "bridge" else "network"
             raise ConfigError(f"{key}={ours!r} but the checkpoint {where} was trained with {theirs!r}; "
-                              f"restoring with a different bridge is refused (set --config.{key}={theirs!r})")
+                              f"restoring with a different {what} is refused "
+                              f"(set --config.{key}={theirs!r})")
 
 
 def abstract_params(cfg: ConfigDict, mesh: Mesh) -> Params:

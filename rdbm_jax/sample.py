@@ -9,7 +9,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import conditioning, config as config_lib, data, distributed, program, progress
+from rdbm_jax import atomic, conditioning, config as config_lib, data, distributed, program
+from rdbm_jax import progress
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError, RDBMError
 from rdbm_jax.sampler import check_size
@@ -23,13 +24,27 @@ def _output_path(out_dir: str, in_dir: str, path: str) -> str:
     return os.path.join(out_dir, rel + ".png")
 
 
-def _input_mask(mask_dir: str, in_dir: str, path: str, img: np.ndarray) -> np.ndarray:
+def _input_mask(s: ml_collections.ConfigDict, path: str, img: np.ndarray) -> np.ndarray:
     """The degradation mask [H, W, 1] of one input: the file of the same relative name (any image
-    extension) in `mask_dir` (white = hole), else inferred from the input's pure-fill pixels."""
-    if not mask_dir:
-        return conditioning.infer_mask(img)
-    return data.load_mask(_mask_file(mask_dir, in_dir, path), img.shape[0], img.shape[1],
-                          "sample.mask_dir")[..., None].astype(np.float32)
+    extension) in `sample.mask_dir` (white = hole; the input's size, else refused), else inferred
+    from the input's near-white pixels (`conditioning.infer_mask`), its coverage logged."""
+    h, w = img.shape[:2]
+    if not s.mask_dir:
+        mask = conditioning.infer_mask(img, s.hole_threshold)
+        share = float(mask.mean())
+        if share == 0.0:
+            log.warning("%s: no holes found (no near-white blobs at sample.hole_threshold=%g): the "
+                        "output will be the input; lower the threshold or give sample.mask_dir",
+                        data.shown(path), s.hole_threshold)
+        else:
+            log.info("%s: inferred holes cover %.2f %% of the image", data.shown(path), 100 * share)
+        return mask
+    mask_path = _mask_file(s.mask_dir, s.input_dir, path)
+    mh, mw = data.probe_size(mask_path, "sample.mask_dir")
+    if (mh, mw) != (h, w):  # a stretched mask would mark the wrong pixels: refused, not resized
+        raise DataError(f"mask {data.shown(mask_path)} (sample.mask_dir) is {mh}x{mw} but its "
+                        f"input {data.shown(path)} is {h}x{w}")
+    return data.load_mask(mask_path, h, w, "sample.mask_dir")[..., None].astype(np.float32)
 
 
 def _mask_file(mask_dir: str, in_dir: str, path: str) -> str:
@@ -39,8 +54,23 @@ def _mask_file(mask_dir: str, in_dir: str, path: str) -> str:
         candidate = os.path.join(mask_dir, stem + ext)
         if os.path.isfile(candidate):
             return candidate
-    raise DataError(f"no mask for {path} in {mask_dir} (sample.mask_dir): expected {stem}.png or "
-                    f"another image extension (nothing was written)")
+    raise DataError(f"no mask for {data.shown(path)} in {data.shown(mask_dir)} (sample.mask_dir): "
+                    f"expected {data.shown(stem + '.png')} or another image extension "
+                    "(nothing was written)")
+
+
+def check_folders(in_dir: str, out_dir: str) -> None:
+    """Refuse an output folder that is the input folder or inside it, by real path (a symlink to the
+    input folder would otherwise overwrite the inputs; a re-run would restore its own outputs)."""
+    real_in, real_out = os.path.realpath(in_dir), os.path.realpath(out_dir)
+    if real_out == real_in:
+        raise ConfigError(f"sample.output_dir={out_dir!r} is the input folder sample.input_dir="
+                          f"{in_dir!r} (real path {real_in}): choose another folder (nothing was "
+                          "written)")
+    if os.path.commonpath([real_in, real_out]) == real_in:
+        raise ConfigError(f"sample.output_dir={out_dir!r} is inside sample.input_dir={in_dir!r} "
+                          f"(real path {real_out}): a later run would restore its own outputs; "
+                          "choose a folder outside it (nothing was written)")
 
 
 def check_distinct_outputs(paths: list[str], out_dir: str, in_dir: str) -> None:
@@ -60,11 +90,11 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     s = cfg.sample
     if not s.input_dir or not s.output_dir:
         raise ConfigError("--mode=sample needs sample.input_dir and sample.output_dir")
-    if os.path.abspath(s.input_dir) == os.path.abspath(s.output_dir):
-        raise ConfigError("sample.output_dir must differ from sample.input_dir")
     for key in ("input_dir", "mask_dir"):  # a missing folder a key names: a config error (exit 2)
         if s[key] and not os.path.isdir(s[key]):
             raise ConfigError(f"sample.{key}: folder not found: {s[key]}")
+    check_folders(s.input_dir, s.output_dir)
+    data.set_max_pixels(cfg.data.max_image_pixels)
     paths = data.list_images(s.input_dir, key="sample.input_dir")
     check_distinct_outputs(paths, s.output_dir, s.input_dir)
     todo = [p for p in paths if s.overwrite or not os.path.exists(_output_path(s.output_dir, s.input_dir, p))]
@@ -72,6 +102,10 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         for path in todo:  # every mask is found before anything is restored or written
             _mask_file(s.mask_dir, s.input_dir, path)
     skipped = len(paths) - len(todo)
+    if os.path.isdir(s.output_dir) and distributed.is_main_process():
+        stale = atomic.remove_stale(s.output_dir)
+        if stale:
+            log.info("removed %d temporary file(s) a killed run left in %s", stale, s.output_dir)
     if skipped:
         log.info("%d of %d outputs already exist in %s: kept (sample.overwrite=True to redo)",
                  skipped, len(paths), s.output_dir)
@@ -81,18 +115,17 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rng = jax.random.PRNGKey(cfg.seed)
     failed: list[str] = []
     written = saved = 0  # restored images / files written (by process 0)
-    pending: list[tuple[str, np.ndarray]] = []
+    pending: list[tuple[str, np.ndarray, np.ndarray | None]] = []
     pbar = progress.bar(len(todo), "restore")
 
     def flush():
         nonlocal written, saved
         if not pending:
             return
-        masks = np.stack([_input_mask(s.mask_dir, s.input_dir, path, img) for path, img in pending]) \
-            if sampler.uses_mask else None
-        out = sampler(params, np.stack([img for _, img in pending]), jax.random.fold_in(rng, written),
-                       mask=masks)
-        for (path, _), img in zip(pending, out):
+        masks = np.stack([m for _, _, m in pending]) if sampler.uses_mask else None
+        out = sampler(params, np.stack([img for _, img, _ in pending]),
+                      jax.random.fold_in(rng, written), mask=masks)
+        for (path, _, _), img in zip(pending, out):
             if distributed.is_main_process():
                 gray = image_io.is_gray_file(path)  # gray in → gray out
                 data.save_image(_output_path(s.output_dir, s.input_dir, path),
@@ -103,9 +136,10 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         pending.clear()
 
     for path in todo:
-        try:
+        try:  # a bad input or mask skips that image (one error line); the rest are restored
             img = data.load_image(path)
-            check_size(img.shape[0], img.shape[1], path)
+            check_size(img.shape[0], img.shape[1], data.shown(path))
+            mask = _input_mask(s, path, img) if sampler.uses_mask else None
         except RDBMError as e:
             log.error("skipped: %s", e)
             failed.append(str(e))  # names the file
@@ -113,7 +147,7 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             continue
         if pending and (pending[0][1].shape != img.shape or len(pending) == s.batch_size):
             flush()
-        pending.append((path, img))
+        pending.append((path, img, mask))
     flush()
     pbar.close()
     if distributed.is_main_process():

@@ -8,6 +8,8 @@ through the whole trajectory (the state x_t is never split).
 """
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any, Callable
 
 import jax
@@ -15,8 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rdbm_jax import conditioning, distributed, sde
-from rdbm_jax.errors import DataError
+from rdbm_jax import conditioning, distributed, memory, sde
+from rdbm_jax.errors import ConfigError, DataError
+
+log = logging.getLogger("rdbm_jax")
 
 MIN_SIDE = 8  # smaller images cannot be reflect-padded meaningfully
 
@@ -30,6 +34,22 @@ def check_size(height: int, width: int, name: str = "image") -> None:
     """Reject images too small to restore with a one-line DataError naming them."""
     if min(height, width) < MIN_SIDE:
         raise DataError(f"{name}: {height}x{width} is too small to restore (minimum {MIN_SIDE}x{MIN_SIDE})")
+
+
+def memory_budget() -> int:
+    """Bytes a restoration may use on a device (`memory.device_budget`; tests patch this)."""
+    return memory.device_budget()
+
+
+def check_model_range(mu: np.ndarray) -> None:
+    """Refuse (DataError) μ that is not finite or outside [-1, 1]: the network would return white,
+    black, or NaN spread over the whole image, silently."""
+    if not np.all(np.isfinite(mu)):
+        raise DataError("input images hold NaN or infinite values (they must be finite)")
+    tol = 1e-5  # rounding of [0, 1] → [-1, 1]
+    if mu.size and (mu.min() < -1.0 - tol or mu.max() > 1.0 + tol):
+        raise DataError(f"input images span [{mu.min():g}, {mu.max():g}] in model units; they must "
+                        "lie in [-1, 1] (0..1 images scaled by 2x − 1)")
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -95,36 +115,97 @@ class Sampler:
     def __init__(self, apply_fn: Callable[..., jax.Array], schedule: Any, *, num_steps: int,
                  multiple: int, mesh: Mesh | None = None, eta: float = 0.0, clip: bool = True,
                  parameterization: str = "x0", pi: str | None = None, tile_size: int = 0,
-                 tile_overlap: int = 32, condition: str = "mu"):
+                 tile_overlap: int = 32, condition: str = "mu", auto_tile: bool = True):
         conditioning.check_condition(condition)
         self.apply_fn, self.schedule, self.num_steps = apply_fn, schedule, num_steps
         self.condition, self.uses_mask = condition, conditioning.uses_mask(condition)
         self.multiple, self.mesh = multiple, mesh or distributed.make_mesh()
         self.eta, self.clip, self.parameterization, self.pi = eta, clip, parameterization, pi
-        self.tile_size, self.tile_overlap = tile_size, tile_overlap
-        self._jitted: Callable | None = None
+        self.tile_size, self.tile_overlap, self.auto_tile = tile_size, tile_overlap, auto_tile
+        self._jits: dict[int, Callable] = {}  # tile size (0 = whole image) → jitted reverse loop
+        self._compiled: dict[tuple, tuple[Any, int]] = {}  # (tile, shape) → (executable, bytes)
+        self._plan: dict[tuple, int] = {}  # batch shape → the tile size it runs with
 
-    def sample_padded(self, params: Any, mu: jax.Array, mask: jax.Array, rng: jax.Array) -> jax.Array:
+    def sample_padded(self, params: Any, mu: jax.Array, mask: jax.Array, rng: jax.Array,
+                      tile_size: int | None = None) -> jax.Array:
         """The reverse loop on a batch whose H, W are multiples of `multiple` (traceable): the
-        network's condition and output offset, tiles, and x̂0 = μ outside the mask for mask models."""
+        network's condition and output offset, tiles (`tile_size`, None: the sampler's), and
+        x̂0 = μ outside the mask for mask models."""
+        tile = self.tile_size if tile_size is None else tile_size
         cond = conditioning.condition(mu, mask, self.condition)
         denoise = lambda x_t, c, t: self.apply_fn(params, x_t, c, t) + conditioning.output_offset(
             c, self.condition, self.parameterization)
-        if self.tile_size:
-            denoise = tiled(denoise, mu.shape[1], mu.shape[2], self.tile_size, self.tile_overlap)
+        if tile:
+            denoise = tiled(denoise, mu.shape[1], mu.shape[2], tile, self.tile_overlap)
         known = 1.0 - mask if self.uses_mask else None
         return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu, self.num_steps, rng,
                           eta=self.eta, clip=self.clip, parameterization=self.parameterization, pi=self.pi,
                           known=known)
 
+    def jit(self, tile: int) -> Callable:
+        """`sample_padded` with tiles of `tile` (0: none) under jit, sharded over the mesh."""
+        if tile not in self._jits:
+            sharding = distributed.batch_sharding(self.mesh)
+            repl = distributed.replicated(self.mesh)
+            self._jits[tile] = jax.jit(functools.partial(self.sample_padded, tile_size=tile),
+                                       in_shardings=(repl, sharding, sharding, repl),
+                                       out_shardings=sharding)
+        return self._jits[tile]
+
     @property
     def jitted(self) -> Callable:
-        """`sample_padded` under jit, sharded over the mesh (jax compiles it once per batch shape)."""
-        if self._jitted is None:
-            sharding, repl = distributed.batch_sharding(self.mesh), distributed.replicated(self.mesh)
-            self._jitted = jax.jit(self.sample_padded, in_shardings=(repl, sharding, sharding, repl),
-                                   out_shardings=sharding)
-        return self._jitted
+        """The reverse loop with the configured tiles, jitted (compiled once per batch shape)."""
+        return self.jit(self.tile_size)
+
+    def _compile(self, tile: int, args: tuple) -> tuple[Any, int]:
+        """(executable, bytes it needs per device) of the loop with tiles of `tile` for `args`."""
+        key = (tile, args[1].shape)
+        if key not in self._compiled:
+            compiled = self.jit(tile).lower(*args).compile()
+            self._compiled[key] = (compiled, memory.needed_bytes(compiled))
+        return self._compiled[key]
+
+    def _tile_candidates(self, height: int, width: int) -> list[int]:
+        """Tile sizes to try when the whole image does not fit: halving from half the long side,
+        multiples of the UNet's factor, larger than twice the overlap."""
+        out, t = [], max(height, width) // 2
+        while True:
+            t -= t % self.multiple
+            if t <= max(2 * self.tile_overlap, self.multiple - 1):
+                return out
+            out.append(t)
+            t //= 2
+
+    def executable(self, args: tuple) -> Any:
+        """The compiled loop for `args` (params, μ, mask, key): with the configured tiles when its
+        predicted memory (XLA's analysis of the compiled program) fits the device, else with the
+        largest tiles that fit (`sample.auto_tile`, one info line), else a one-line ConfigError."""
+        shape = args[1].shape
+        if shape in self._plan:
+            return self._compile(self._plan[shape], args)[0]
+        budget = memory_budget()
+        compiled, need = self._compile(self.tile_size, args)
+        tile = self.tile_size
+        if distributed.any_process(need > budget):  # every process picks the same tiles
+            what = (f"restoring a batch of {shape[0]} image(s) of {shape[1]}x{shape[2]} (padded) "
+                    f"{f'in tiles of {tile} ' if tile else ''}needs ~{memory.gib(need)}, over "
+                    f"the {memory.gib(budget)} available")
+            if not self.auto_tile:
+                raise ConfigError(f"{what}; set sample.tile_size (tile_size= in the API) to "
+                                  "restore in tiles, or sample.auto_tile=True")
+            tiles = [t for t in self._tile_candidates(shape[1], shape[2]) if t < (tile or t + 1)]
+            for tile in tiles:
+                compiled, need = self._compile(tile, args)
+                if not distributed.any_process(need > budget):
+                    break
+            else:
+                tried = f", and so do tiles down to {tiles[-1]} px" if tiles else ""
+                raise ConfigError(f"{what}{tried}; lower sample.batch_size or sample.tile_overlap, "
+                                  "or use a device with more memory")
+            log.info("%s: restoring in tiles of %d px (sample.tile_size; ~%s)", what, tile,
+                     memory.gib(need))
+        self._plan[shape] = tile
+        return compiled
 
     def __call__(self, params: Any, mu: np.ndarray, rng: jax.Array,
                  mask: np.ndarray | None = None) -> np.ndarray:
@@ -136,6 +217,7 @@ class Sampler:
         mu = np.asarray(mu, np.float32)
         b, h, w, _ = mu.shape
         check_size(h, w)
+        check_model_range(mu)
         if mask is None:
             mask = conditioning.infer_mask(mu) if self.uses_mask else np.ones((b, h, w, 1), np.float32)
         mask = np.asarray(mask, np.float32).reshape(b, h, w, 1)
@@ -149,6 +231,18 @@ class Sampler:
             # Every process passes the same full batch; each device takes its slice of it.
             return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
-        mu_global = global_array(mu)
-        out = self.jitted(params, mu_global, global_array(mask), rng)
+        # The executable takes exactly its compiled shardings: the key is made a replicated global
+        # array as μ is (every process passes the same value), the params moved if they are not.
+        repl = distributed.replicated(self.mesh)
+        key = np.asarray(rng)
+        args = (jax.device_put(params, repl), global_array(mu), global_array(mask),
+                jax.make_array_from_callback(key.shape, repl, lambda idx: key[idx]))
+        try:
+            out = self.executable(args)(*args)
+        except Exception as e:  # noqa: BLE001 — XLA's allocation failure, re-raised otherwise
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            raise DataError(f"out of memory restoring {b} image(s) of {h}x{w}: set a smaller "
+                            "sample.tile_size (tile_size= in the API) or sample.batch_size"
+                            ) from None
         return distributed.to_host(out)[:b, :h, :w]

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, evaluate, models, program
-from rdbm_jax import workdir_lock, writers
+from rdbm_jax import memory, workdir_lock, writers
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule
@@ -101,6 +101,7 @@ def check_config(cfg: ml_collections.ConfigDict, mesh: Any) -> None:
                           f"{mesh.size} devices, {len(cfg.data.tasks)} tasks x {jax.process_count()} "
                           f"processes), e.g. {unit * max(1, round(cfg.train.batch_size / unit))}")
     data_spec.check_folders(cfg.data, ("train", "eval") if cfg.train.eval_every else ("train",))
+    check_batch_memory(cfg)
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
@@ -114,7 +115,56 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     check_config(cfg, distributed.make_mesh())  # a config error leaves no workdir behind
     prepare_workdir(workdir)
     with hold_workdir(workdir):
-        return _train(cfg, workdir, hooks)
+        try:
+            return _train(cfg, workdir, hooks)
+        except _StoppedEarly as e:  # nothing trained yet, so nothing to save
+            log.info("signal %d while %s: stopped before the first step (nothing to save)",
+                     e.signum, e.during)
+            return {}
+
+
+class _StoppedEarly(Exception):
+    """A stop signal before training started."""
+
+    def __init__(self, signum: int, during: str):
+        super().__init__(signum, during)
+        self.signum, self.during = signum, during
+
+
+@contextlib.contextmanager
+def _stop_raises(during: str) -> Iterator[None]:
+    """SIGTERM/SIGINT interrupt this block at once (raising _StoppedEarly): before the loop there
+    is no step boundary to stop at, and a pipeline build could outlive the signal by minutes."""
+    def handle(signum, frame):
+        del frame
+        raise _StoppedEarly(signum, during)
+
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            old[sig] = signal.signal(sig, handle)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def check_batch_memory(cfg: ml_collections.ConfigDict) -> None:
+    """Refuse (one line naming train.batch_size) a batch whose host buffers alone would not fit:
+    x0, μ and mask of every batch the pipeline holds at once (its prefetch buffers, the one being
+    stacked and the K of a dispatch)."""
+    crop, batch = cfg.data.crop_size, cfg.train.batch_size
+    per_batch = batch * crop * crop * (3 + 3 + 1) * 4  # float32 x0, mu, mask
+    buffered = max(1, cfg.data.prefetch_buffer) * max(1, cfg.data.num_workers)
+    held = buffered + 1 + cfg.train.steps_per_dispatch
+    need, have = per_batch * held, memory.host_available()
+    if need > have:
+        raise ConfigError(f"train.batch_size={batch}: {held} batches of {crop}x{crop} crops need "
+                          f"~{memory.gib(need)} of host memory, {memory.gib(have)} is available; "
+                          f"lower train.batch_size (at most ~{max(1, batch * have // need)})")
 
 
 def _train(cfg: ml_collections.ConfigDict, workdir: str,
@@ -126,9 +176,12 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     mesh = distributed.make_mesh()
     is_main = distributed.is_main_process()
     prog = program.program(cfg, mesh)
-    train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed)
-    eval_sources = (data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
-                    if cfg.train.eval_every else {})
+    data.set_max_pixels(cfg.data.max_image_pixels)
+    with _stop_raises("building the input pipeline"):  # can take minutes on a large data set
+        train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size,
+                                               seed=cfg.seed)
+        eval_sources = (data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
+                        if cfg.train.eval_every else {})
     ckpt = checkpoints.Checkpointer(workdir, cfg.train.max_to_keep)
     config_json = json.loads(cfg.to_json_best_effort())
     start, state = ckpt.restore_latest(prog.abstract, train_iter)

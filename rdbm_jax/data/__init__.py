@@ -9,14 +9,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names below resolve to, for type checkers and the architecture test
-    from rdbm_jax.data.image_io import (IMAGE_EXTENSIONS, list_images, load_image, save_image,
-                                        to_uint8)
+    from rdbm_jax.data.image_io import (IMAGE_EXTENSIONS, list_images, load_image, probe_size,
+                                        save_image, set_max_pixels, shown, to_uint8)
     from rdbm_jax.data.masks import load_mask
     from rdbm_jax.data.pipeline import EvalSource, build_eval_sources, build_train_iterator
 
 _HOMES = {
     **{name: "rdbm_jax.data.image_io" for name in (
-        "IMAGE_EXTENSIONS", "list_images", "load_image", "save_image", "to_uint8")},
+        "IMAGE_EXTENSIONS", "list_images", "load_image", "probe_size", "save_image",
+        "set_max_pixels", "shown", "to_uint8")},
     "load_mask": "rdbm_jax.data.masks",
     **{name: "rdbm_jax.data.pipeline" for name in (
         "EvalSource", "build_eval_sources", "build_train_iterator")},

@@ -2,28 +2,47 @@
 
 Decoding is explicit per pixel format: grayscale/1-bit → replicated to RGB; palette → RGB;
 alpha (RGBA/LA/PA) dropped, not composited; 16-bit grayscale scaled by 1/65535; float (mode F)
-rejected. The first frame of multi-frame files is used; EXIF orientation is not applied (pixels
-are kept in stored order so that LQ/GT pairs stay aligned whatever their metadata).
+rejected. The first frame of multi-frame files is used; EXIF orientation is applied, so pixels
+come out as image viewers show them (LQ/GT pairs align as displayed).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import warnings
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
+from rdbm_jax import atomic
 from rdbm_jax.errors import DataError
 
+log = logging.getLogger("rdbm_jax")
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_ORIENTATION = 0x0112  # the EXIF orientation tag
+_TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def shown(path: str) -> str:
+    """A file name for a one-line message: as is, or quoted (repr) when it holds a newline or other
+    unprintable character that would split or garble the line."""
+    return path if path.isprintable() else repr(path)
 
 
 def _where(path: str, key: str | None) -> str:
     """`path` or `path (config key)` for error messages."""
-    return f"{path} ({key})" if key else path
+    return f"{shown(path)} ({key})" if key else shown(path)
+
+
+def set_max_pixels(limit: int) -> None:
+    """The pixel count above which images are refused unread (data.max_image_pixels): PIL's
+    decompression-bomb limit, process-wide (the modes set it from the config before reading)."""
+    Image.MAX_IMAGE_PIXELS = int(limit)
 
 
 def list_images(folder: str, key: str | None = None) -> list[str]:
@@ -33,11 +52,22 @@ def list_images(folder: str, key: str | None = None) -> list[str]:
     if not os.path.isdir(folder):
         raise DataError(f"image folder not found: {_where(folder, key)}")
     found = []
+    seen, repeats = set(), []
     for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a symlink loop, or two links to one folder: each real folder once
+            repeats.append(root)
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for f in files:
             if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.join(root, f))
+    if repeats:
+        log.warning("%s: %d folder(s) reached again through symbolic links (a loop?) were read "
+                    "once: %s", _where(folder, key), len(repeats),
+                    ", ".join(shown(r) for r in repeats[:3]))
     if not found:
         raise DataError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder "
                         f"{_where(folder, key)}")
@@ -95,8 +125,14 @@ def _image_errors(path: str, key: str | None, unreadable: str) -> Iterator[None]
         raise DataError(f"image file not readable (permission denied): {_where(path, key)}") from None
     except Image.UnidentifiedImageError:
         raise DataError(f"not an image file (cannot identify format): {_where(path, key)}") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as e:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+        raise DataError(f"image of {size}, above the limit of {Image.MAX_IMAGE_PIXELS:,} "
+                        "(data.max_image_pixels; raise it to read this image, which is then "
+                        f"restored in tiles when it does not fit in memory): {_where(path, key)}"
+                        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{unreadable} ({msg}): {_where(path, key)}") from None
 
@@ -106,10 +142,24 @@ def decode_image(path: str, key: str | None = None) -> np.ndarray:
     with _image_errors(path, key, "corrupt or truncated image"):
         with Image.open(path) as img:
             img.load()  # full decode here: truncation surfaces now, not later
-            out = _to_float_rgb(img, path, key)
+            # Pixels as viewers show them: the EXIF orientation applied (as `probe_size` reads it).
+            shown_img = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+            out = _to_float_rgb(shown_img, path, key)
     if out.shape[0] == 0 or out.shape[1] == 0:
         raise DataError(f"empty image (0 pixels): {_where(path, key)}")
     return out
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image (1 = as stored). Only JPEG, TIFF and WebP headers
+    are read: a PNG's EXIF may follow its pixel data, and a header probe must not read that far (a
+    truncated file is reported when decoded, naming it)."""
+    if img.format not in ("JPEG", "MPO", "TIFF", "WEBP"):
+        return 1
+    try:
+        return int(img.getexif().get(_ORIENTATION, 1))
+    except (OSError, SyntaxError, ValueError, TypeError):  # damaged metadata: the decode says so
+        return 1
 
 
 def probe_size(path: str, key: str | None = None) -> tuple[int, int]:
@@ -117,6 +167,8 @@ def probe_size(path: str, key: str | None = None) -> tuple[int, int]:
     with _image_errors(path, key, "unreadable image header"):
         with Image.open(path) as img:
             w, h = img.size
+            if _orientation(img) in _TRANSPOSED:  # shown rotated by 90°
+                w, h = h, w
     if w == 0 or h == 0:
         raise DataError(f"empty image (0 pixels): {_where(path, key)}")
     return h, w
@@ -147,15 +199,8 @@ def save_image(path: str, img: np.ndarray) -> None:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"save_image got non-finite values for {path}")
     u8 = to_uint8(arr)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:  # an interrupted write never leaves a half-written PNG under the final name
+    with atomic.replacing(path) as tmp:  # never a half-written PNG under the final name
         Image.fromarray(u8).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def resize_float(img: np.ndarray, height: int, width: int, resample: int = Image.LANCZOS) -> np.ndarray:
