@@ -225,6 +225,10 @@ class TensorBoardXWriter:
             self._writer.add_images(key, arr[None] if arr.ndim == 3 else arr, global_step=int(step),
                                     dataformats="NHWC")
 
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        for key, text in texts.items():
+            self._writer.add_text(key, text, global_step=int(step))
+
     def flush(self) -> None:
         self._writer.flush()
 
