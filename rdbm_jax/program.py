@@ -199,7 +199,8 @@ def sampler_spec(cfg: ConfigDict, num_steps: int | None = None,
         model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict(),
         sample=dict(num_steps=int(num_steps or s.num_steps), eta=float(s.eta if eta is None else eta),
                     clip=bool(s.clip), tile_size=int(s.tile_size), tile_overlap=int(s.tile_overlap),
-                    auto_tile=bool(s.get("auto_tile", True)))))  # absent from older runs
+                    auto_tile=bool(s.get("auto_tile", True)),  # absent from older runs' configs
+                    hole_threshold=float(s.get("hole_threshold", conditioning.HOLE_THRESHOLD)))))
 
 
 @functools.cache
@@ -210,7 +211,7 @@ def _sampler(spec: FrozenConfigDict, mesh: Mesh) -> Sampler:
                    schedule, num_steps=s.num_steps, multiple=models.downsample_factor(spec.model), mesh=mesh,
                    eta=s.eta, clip=s.clip, parameterization=spec.bridge.parameterization,
                    pi=spec.bridge.pi or None, tile_size=s.tile_size, tile_overlap=s.tile_overlap,
-                   auto_tile=s.auto_tile,
+                   auto_tile=s.auto_tile, hole_threshold=s.hole_threshold,
                    condition=spec.model.condition)
 
 

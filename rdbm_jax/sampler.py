@@ -115,13 +115,15 @@ class Sampler:
     def __init__(self, apply_fn: Callable[..., jax.Array], schedule: Any, *, num_steps: int,
                  multiple: int, mesh: Mesh | None = None, eta: float = 0.0, clip: bool = True,
                  parameterization: str = "x0", pi: str | None = None, tile_size: int = 0,
-                 tile_overlap: int = 32, condition: str = "mu", auto_tile: bool = True):
+                 tile_overlap: int = 32, condition: str = "mu", auto_tile: bool = True,
+                 hole_threshold: float = conditioning.HOLE_THRESHOLD):
         conditioning.check_condition(condition)
         self.apply_fn, self.schedule, self.num_steps = apply_fn, schedule, num_steps
         self.condition, self.uses_mask = condition, conditioning.uses_mask(condition)
         self.multiple, self.mesh = multiple, mesh or distributed.make_mesh()
         self.eta, self.clip, self.parameterization, self.pi = eta, clip, parameterization, pi
         self.tile_size, self.tile_overlap, self.auto_tile = tile_size, tile_overlap, auto_tile
+        self.hole_threshold = hole_threshold  # holes inferred when no mask is given
         self._jits: dict[int, Callable] = {}  # tile size (0 = whole image) → jitted reverse loop
         self._compiled: dict[tuple, tuple[Any, int]] = {}  # (tile, shape) → (executable, bytes)
         self._plan: dict[tuple, int] = {}  # batch shape → the tile size it runs with
@@ -212,14 +214,15 @@ class Sampler:
         """Restore a batch [B, H, W, 3] of one size; returns x̂0 [B, H, W, 3] in [-1, 1] (numpy).
 
         `mask` [B, H, W, 1] (1 where μ may differ from x0) is read by mask-conditioned models only;
-        when they get none it is inferred from the pure-fill pixels (`conditioning.infer_mask`).
+        when they get none it is inferred from the white fill (`conditioning.infer_mask`).
         """
         mu = np.asarray(mu, np.float32)
         b, h, w, _ = mu.shape
         check_size(h, w)
         check_model_range(mu)
         if mask is None:
-            mask = conditioning.infer_mask(mu) if self.uses_mask else np.ones((b, h, w, 1), np.float32)
+            mask = (conditioning.infer_mask(mu, self.hole_threshold) if self.uses_mask
+                    else np.ones((b, h, w, 1), np.float32))
         mask = np.asarray(mask, np.float32).reshape(b, h, w, 1)
         sharding = distributed.batch_sharding(self.mesh)
         ph, pw = pad_amounts(h, w, self.multiple)
