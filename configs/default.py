@@ -35,7 +35,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         size="B",                # T | S | B | L (0.45 M … 7.73 M parameters, as in the paper)
         dtype="float32",         # compute dtype: float32 | bfloat16 | float16
-        param_dtype="float32",   # parameter dtype: float32 | bfloat16
+        param_dtype="float32",   # weights the network computes with: float32 | bfloat16 (a rounded
+                                 # copy; parameters, EMA and Adam moments always train in float32)
         attention=True,          # self-attention at the lowest resolutions
         condition="mu",          # mu (paper) | mu_mask | mu_mask_fill: also the degradation mask (+ a
                                  # smooth pre-fill of the holes); x̂0 = μ outside the mask (conditioning.py)

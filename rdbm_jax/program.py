@@ -47,11 +47,13 @@ def schedule_from_config(bridge: Any) -> Any:
         raise ConfigError(f"bridge: {e}") from None
 
 
-def make_loss_fn(model: Any, schedule: Any, bridge: Any, loss: str, cond_kind: str = "mu") -> Callable:
+def make_loss_fn(model: Any, schedule: Any, bridge: Any, loss: str, cond_kind: str = "mu",
+                 model_cfg: Any = None) -> Callable:
     """loss(params, batch, rng) = mean |net([x_t, cond], t) − target| (L1, Eq. 20) or squared (L2).
 
     With a mask condition the error is averaged over the masked pixels only: outside the mask x̂0 is
-    set to μ (`sde.project_known`), so the output there never reaches x̂0.
+    set to μ (`sde.project_known`), so the output there never reaches x̂0. `model_cfg`: the network
+    computes with `models.compute_params` of the float32 parameters (model.param_dtype).
     """
     pi = bridge.pi or None
     masked = conditioning.uses_mask(cond_kind)
@@ -64,7 +66,8 @@ def make_loss_fn(model: Any, schedule: Any, bridge: Any, loss: str, cond_kind: s
         x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=pi)
         target = sde.training_target(schedule, x0, mu, noise, bridge.parameterization, pi=pi, t=t)
         cond = conditioning.condition(mu, batch.get("mask"), cond_kind)
-        out = model.apply({"params": params}, x_t, cond, t, train=True, rngs={"dropout": k_d})
+        weights = params if model_cfg is None else models.compute_params(params, model_cfg)
+        out = model.apply({"params": weights}, x_t, cond, t, train=True, rngs={"dropout": k_d})
         out = out + conditioning.output_offset(cond, cond_kind, bridge.parameterization)
         err = out.astype(jnp.float32) - target
         err = jnp.abs(err) if loss == "l1" else jnp.square(err)
@@ -166,7 +169,7 @@ def _program(spec: FrozenConfigDict, mesh: Any) -> Program:
     init = state_initializer(model, spec)
     abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                                       jax.eval_shape(init, init_key(0)))
-    loss_fn = make_loss_fn(model, schedule, spec.bridge, spec.train.loss, spec.model.condition)
+    loss_fn = make_loss_fn(model, schedule, spec.bridge, spec.train.loss, spec.model.condition, spec.model)
     step = jax.jit(make_train_step(loss_fn, spec.train.steps_per_dispatch),
                    in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
                    out_shardings=(repl, repl, repl), donate_argnums=0)
@@ -201,7 +204,9 @@ def sampler_spec(cfg: Any, num_steps: int | None = None, eta: float | None = Non
 def _sampler(spec: FrozenConfigDict, mesh: Any) -> Sampler:
     model, schedule = _network(FrozenConfigDict(dict(model=spec.model, bridge=spec.bridge)))
     s = spec.sample
-    return Sampler(lambda params, x_t, cond, t: model.apply({"params": params}, x_t, cond, t, train=False),
+    weights = functools.partial(models.compute_params, model_cfg=spec.model)  # model.param_dtype
+    return Sampler(lambda params, x_t, cond, t: model.apply({"params": weights(params)}, x_t, cond, t,
+                                                            train=False),
                    schedule, num_steps=s.num_steps, multiple=models.downsample_factor(spec.model), mesh=mesh,
                    eta=s.eta, clip=s.clip, parameterization=spec.bridge.parameterization,
                    pi=spec.bridge.pi or None, tile_size=s.tile_size, tile_overlap=s.tile_overlap,
