@@ -54,6 +54,12 @@ def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[tuple[int, d
         yield group
 
 
+def sampling_key(seed: int) -> jax.Array:
+    """The one seed rule of every evaluation (validation, --mode=eval, sweep): the sampling noise of
+    batch b of a test set is fold_in(PRNGKey(seed), b), so the three agree image for image at any η."""
+    return jax.random.PRNGKey(seed)
+
+
 def restore_source(sampler: Sampler, params: Any, source: Any, batch_size: int,
                    rng: jax.Array) -> Iterable[tuple[int, dict, np.ndarray]]:
     """Yield (index, example, restored [H, W, 3] in [-1, 1]) for every example of a source, in order."""
@@ -353,7 +359,7 @@ class Validator:
 
     def __call__(self, params: Any, step: int) -> tuple[dict[str, float], np.ndarray]:
         _, per_task, grids = score_sources(self.sampler, params, self.sources, self.cfg,
-                                           jax.random.PRNGKey(self.cfg.seed + 2), baseline=self.baseline)
+                                           sampling_key(self.cfg.seed), baseline=self.baseline)
         scores = {f"val/{k}": v for k, v in per_task["overall"].items() if k in SCORES}
         if len(self.sources) > 1:  # val/<task>/… and val/<task>/<set>/…
             scores.update({f"val/{t}/{k}": v for t, s in per_task.items() if t != "overall"
@@ -405,7 +411,7 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     sampler = program.sampler(cfg, mesh)
     with progress.bar(sum(len(s) for s in sources.values()), "eval") as pbar:
-        rows, per_task, grids = score_sources(sampler, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
+        rows, per_task, grids = score_sources(sampler, params, sources, cfg, sampling_key(cfg.seed),
                                               Perceptual(cfg.eval), on_image=lambda *_: pbar.update(1))
     out_dir = os.path.join(workdir, "eval")
     if distributed.is_main_process():

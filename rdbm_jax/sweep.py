@@ -7,12 +7,11 @@ import logging
 import os
 from typing import Any
 
-import jax
 import ml_collections
 
 from rdbm_jax import config as config_lib, data, distributed, program, progress
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.evaluate import SCORES, Baselines, protocol, score_sources, summary_line
+from rdbm_jax.evaluate import SCORES, Baselines, protocol, sampling_key, score_sources, summary_line
 
 log = logging.getLogger("rdbm_jax")
 
@@ -79,7 +78,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
         for nfe in nfes:
             sampler = program.sampler(cfg, mesh, num_steps=nfe, eta=eta)
             baseline = baseline or Baselines(true_mask=sampler.uses_mask)
-            _, per_task, _ = score_sources(sampler, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
+            _, per_task, _ = score_sources(sampler, params, sources, cfg, sampling_key(cfg.seed),
                                            baseline=baseline)
             row = {"step": step, "nfe": nfe, "eta": eta}
             row.update({k: v for k, v in per_task["overall"].items() if k in SCORES})

@@ -142,3 +142,23 @@ def test_eval_reports_each_test_set_then_its_task_then_overall(trained_workdir):
     assert "main/photos (3 images; baseline: biharmonic" in table and "main [mean over 2 test sets] (4 images" in table
     rows = sweep.run_sweep(_named_sets_config(**{"sweep.nfe": "1", "sweep.eta": "0"}), trained_workdir)
     assert {"main/astronaut/psnr", "main/photos/ssim", "main/psnr", "other/psnr", "psnr_baseline"} <= set(rows[0])
+
+
+def test_validation_eval_and_sweep_share_one_seed_rule_at_eta_1(trained_workdir):
+    """Validation used PRNGKey(seed + 2), eval and sweep PRNGKey(seed): equal only at η = 0."""
+    from rdbm_jax import data, distributed, program
+    cfg = config(**{"sample.eta": 1.0, "eval.max_images": 2, "train.eval_num_images": 2,
+                    "sweep.eta": "1"})
+    cfg.sweep.nfe = str(cfg.sample.num_steps)
+    mesh = distributed.make_mesh()
+    params, step = program.load_trained(cfg, trained_workdir, mesh)[2:]
+    sources = data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
+    val, _ = evaluate.Validator(cfg, mesh, sources)(params, step)
+    ev = evaluate.run_eval(cfg, trained_workdir)["overall"]
+    sw = sweep.run_sweep(cfg, trained_workdir)[0]
+    assert val["val/psnr"] == ev["psnr"] == sw["psnr"]
+    assert val["val/ssim"] == ev["ssim"] == sw["ssim"]
+    # η = 1 draws noise: another seed gives other numbers (the rule is not vacuous).
+    other = evaluate.run_eval(config(**{**{"sample.eta": 1.0, "eval.max_images": 2}, "seed": 5}),
+                              trained_workdir)["overall"]
+    assert other["psnr"] != ev["psnr"]
