@@ -81,7 +81,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         checkpoint_every=5_000,
         max_to_keep=3,
         steps_per_dispatch=1,    # >1: several steps per compiled call (lax.scan)
-        compilation_cache_dir="",  # persistent XLA cache ("" = off)
+        compilation_cache_dir="auto",  # persistent XLA cache of every mode and the API: "auto" =
+                                 # $JAX_COMPILATION_CACHE_DIR, else ~/.cache/rdbm_jax/xla (per user,
+                                 # $XDG_CACHE_HOME honoured); a folder (gs:// too); "" = off
         tensorboard="tensorboardx",  # event files in <workdir>/tensorboard: tensorboardx | clu (TensorFlow) | none
     ))
 

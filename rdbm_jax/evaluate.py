@@ -105,34 +105,45 @@ def kept_psnr(restored: np.ndarray, mu: np.ndarray, mask: np.ndarray,
 
 class Baselines:
     """The classical baseline of every evaluation example (rdbm_jax/baselines.py) and the scores that
-    never change between validations (baseline's and input's), computed once per example."""
+    never change between validations (baseline's and input's), computed once per example.
+
+    Only the scores (a few floats per example) and the baseline images a grid shows are kept: a
+    full-resolution image per example would grow with the test set (GoPro's 1 111 test frames at
+    1280x720: ~12 GB of float32).
+    """
 
     def __init__(self, true_mask: bool):
         self.true_mask = true_mask  # inpainting: the true mask, or the one inferred from fill pixels
-        self._cache: dict[tuple[str, int], np.ndarray] = {}
+        self._cache: dict[tuple[str, int], np.ndarray] = {}  # grid examples only (`keep=True`)
         self._scores: dict[tuple[str, int], dict[str, float]] = {}
 
     def name(self, source: Any) -> str:
         """What the baseline of a source is, as reports print it."""
         return baselines.describe(getattr(source, "degradation", "none"), self.true_mask)
 
-    def __call__(self, label: str, source: Any, index: int, example: dict) -> np.ndarray:
-        """The baseline restoration of example `index` of `source` (the test set `label`), in [-1, 1]."""
+    def __call__(self, label: str, source: Any, index: int, example: dict, keep: bool = False) -> np.ndarray:
+        """The baseline restoration of example `index` of `source` (the test set `label`), in [-1, 1];
+        `keep`: remember it for later calls (the examples a grid shows at every validation)."""
         key = (label, index)
-        if key not in self._cache:
-            known = source.known_parameters(index) if hasattr(source, "known_parameters") else {}
-            out = baselines.restore(np.asarray(metrics.to_unit(example["mu"])),
-                                    getattr(source, "degradation", "none"),
-                                    mask=example.get("mask") if self.true_mask else None, **known)
-            self._cache[key] = out * 2.0 - 1.0
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        known = source.known_parameters(index) if hasattr(source, "known_parameters") else {}
+        out = baselines.restore(np.asarray(metrics.to_unit(example["mu"])),
+                                getattr(source, "degradation", "none"),
+                                mask=example.get("mask") if self.true_mask else None, **known)
+        out = out * 2.0 - 1.0
+        if keep:
+            self._cache[key] = out
+        return out
 
     def reference_scores(self, label: str, source: Any, index: int, example: dict,
-                         ev: ml_collections.ConfigDict) -> dict[str, float]:
-        """`*_baseline`, `*_input` (and `psnr_kept_baseline`) of one example under the `ev` protocol."""
+                         ev: ml_collections.ConfigDict, base: np.ndarray | None = None) -> dict[str, float]:
+        """`*_baseline`, `*_input` (and `psnr_kept_baseline`) of one example under the `ev` protocol
+        (`base`: its baseline when the caller has it already)."""
         key = (label, index)
         if key not in self._scores:
-            base, mask = self(label, source, index, example), example.get("mask")
+            base = self(label, source, index, example) if base is None else base
+            mask = example.get("mask")
             out = {f"{k}_baseline": v for k, v in score_pair(base, example["x0"], ev, mask).items()}
             out.update({f"{k}_input": v for k, v in score_pair(example["mu"], example["x0"], ev, mask).items()})
             if is_partial(mask):
@@ -323,10 +334,11 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any], cfg: m
         if is_test_set(label):
             ids["test_set"] = set_of(label)
         for index, ex, out in restore_source(sampler, params, source, cfg.sample.batch_size, rng):
-            base = baseline(label, source, index, ex)
+            in_grid = len(grids[label]) < cfg.eval.num_grid_images
+            base = baseline(label, source, index, ex, keep=True) if in_grid else None
             mask = ex.get("mask")
             r = {**ids, "name": ex["name"], **score_pair(out, ex["x0"], cfg.eval, mask),
-                 **baseline.reference_scores(label, source, index, ex, cfg.eval)}
+                 **baseline.reference_scores(label, source, index, ex, cfg.eval, base)}
             if is_partial(mask):
                 r["psnr_kept"] = kept_psnr(out, ex["mu"], mask, cfg.eval)
             if perceptual and perceptual.lpips:
@@ -335,7 +347,7 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any], cfg: m
                 feats_out.append(np.asarray(perceptual.inception(_fid_input(out, cfg.eval.quantize))))
                 feats_gt.append(np.asarray(perceptual.inception(_fid_input(ex["x0"], cfg.eval.quantize))))
             rows.append(r)
-            if len(grids[label]) < cfg.eval.num_grid_images:
+            if in_grid:
                 grids[label].append([ex["mu"], base, out, ex["x0"]])
             if on_image:
                 on_image(label, ex, out)

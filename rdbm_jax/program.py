@@ -181,6 +181,39 @@ def program(cfg: Any, mesh: Any) -> Program:
     return _program(program_spec(cfg), mesh)
 
 
+def compilation_cache_dir(setting: str) -> str:
+    """The folder of train.compilation_cache_dir: "auto" = $JAX_COMPILATION_CACHE_DIR if set, else
+    $XDG_CACHE_HOME (or ~/.cache)/rdbm_jax/xla, per user; "" = off (returned as "")."""
+    if setting != "auto":
+        return os.path.expanduser(setting)
+    env = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rdbm_jax", "xla")
+
+
+def use_compilation_cache(setting: str) -> None:
+    """Turn JAX's persistent compilation cache on in `compilation_cache_dir(setting)`, or off for "".
+
+    Every mode and the API come through here (training, `load_trained`), so a restart, an eval or a
+    sample run of an already-compiled shape loads the executable instead of compiling it again.
+    """
+    from jax._src import compilation_cache as cache  # reset: a changed folder takes effect at once
+
+    folder = compilation_cache_dir(setting)
+    if folder == (jax.config.jax_compilation_cache_dir or "") and (
+            bool(folder) == jax.config.jax_enable_compilation_cache):
+        return
+    if jax.config.jax_compilation_cache_dir:
+        cache.reset_cache()
+    jax.config.update("jax_enable_compilation_cache", bool(folder))
+    jax.config.update("jax_compilation_cache_dir", folder or None)
+    if folder and "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        # Cache only programs that took >= 1 s to compile: tiny jits cost more to store than to rebuild.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def init_key(seed: int) -> jax.Array:
     """The parameter-initialisation key ("rbg": threefry makes CPU init compile ~3× slower)."""
     return jax.random.key(seed, impl="rbg")
@@ -253,6 +286,7 @@ def load_trained(cfg: Any, workdir: str, mesh: Any, checkpoint: str = "", saved_
 
     `saved_config`: the checkpoint's config when the caller has already read it (not read twice).
     """
+    use_compilation_cache(cfg.train.compilation_cache_dir)
     directory, step = checkpoints.resolve(workdir, checkpoint)
     where = os.path.join(directory, str(step))
     saved = checkpoints.read_config(directory, step) if saved_config is None else saved_config

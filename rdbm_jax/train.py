@@ -106,9 +106,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
 def _train(cfg: ml_collections.ConfigDict, workdir: str,
            hooks: Sequence[Callable[[int, TrainState], None]]) -> dict[str, float]:
     """The body of `train_and_evaluate`, run while the workdir lock is held."""
-    if cfg.train.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", cfg.train.compilation_cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    program.use_compilation_cache(cfg.train.compilation_cache_dir)
     mesh = distributed.make_mesh()
     if cfg.data.crop_size % models.downsample_factor(cfg.model):
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} must be a multiple of "
