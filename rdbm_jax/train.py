@@ -118,7 +118,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
                           f"processes), e.g. {unit * max(1, round(cfg.train.batch_size / unit))}")
     is_main = distributed.is_main_process()
     prog = program.program(cfg, mesh)
-    train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed)
+    train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed,
+                                           accelerator=jax.default_backend() != "cpu")
     eval_sources = (data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
                     if cfg.train.eval_every else {})
     ckpt = checkpoints.Checkpointer(workdir, cfg.train.max_to_keep)
@@ -143,6 +144,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     step, last = start, {}
     acc, pending = None, []
     t_log, s_log = time.time(), step
+    waited = 0.0  # seconds spent waiting for the input pipeline since the last log line
 
     def check_finite():
         _raise_if_nonfinite(pending, ckpt)
@@ -157,7 +159,10 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         try:
             while step < total:
                 n = min(k, total - step)
-                batches = distributed.global_batch(mesh, _next_batches(train_iter, n), leading=1)
+                t_wait = time.perf_counter()
+                local = _next_batches(train_iter, n)
+                waited += time.perf_counter() - t_wait
+                batches = distributed.global_batch(mesh, local, leading=1)
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
                     state, m, finite = prog.step(state, batches, key)
                 pending.append((step, finite))
@@ -173,9 +178,11 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
                     last = {f"train/{k_}": float(v) for k_, v in acc.compute().items()}
                     last.update({"steps_per_sec": rate, "images_per_sec": rate * cfg.train.batch_size,
                                  "eta_minutes": (total - step) / max(rate, 1e-9) / 60.0,
-                                 "learning_rate": float(lr_schedule(step))})
+                                 "learning_rate": float(lr_schedule(step)),
+                                 # Near 1: input-bound (more data.num_workers, crops_per_image, cache).
+                                 "data_wait_fraction": min(1.0, waited / max(now - t_log, 1e-9))})
                     writer.write_scalars(step, last)
-                    acc, t_log, s_log = None, now, step
+                    acc, t_log, s_log, waited = None, now, step, 0.0
                 if validator and (step % cfg.train.eval_every < n or step == total):
                     check_finite()
                     scores, grid = validator(state.ema_params, step)

@@ -47,6 +47,11 @@ def test_uninterrupted_run_writes_metrics_config_and_checkpoints(uninterrupted):
     assert {"steps_per_sec", "images_per_sec", "eta_minutes"} <= set(read_metrics(uninterrupted)[0])
 
 
+def test_log_says_how_much_of_the_step_time_waits_for_data(uninterrupted):
+    rows = [r for r in read_metrics(uninterrupted) if "train/loss" in r]
+    assert rows and all(0.0 <= r["data_wait_fraction"] <= 1.0 for r in rows)
+
+
 def test_sigterm_saves_and_resume_matches_uninterrupted(uninterrupted, tmp_path):
     workdir = str(tmp_path)
 
