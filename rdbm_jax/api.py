@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, data, distributed, models, program
+from rdbm_jax import checkpoints, data, distributed, models, paths, program
 from rdbm_jax.sampler import Sampler
 
 
@@ -131,7 +131,7 @@ def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Trai
     """Load a trained run from `workdir`: the latest checkpoint (or `step`), EMA parameters by default."""
     directory, latest = checkpoints.resolve(workdir)
     step = latest if step is None else int(step)
-    if not os.path.isdir(os.path.join(directory, str(step))):
+    if not paths.as_path(directory).joinpath(str(step)).is_dir():  # local or gs://…
         raise ValueError(f"step={step}: no checkpoint {os.path.join(directory, str(step))} (latest: {latest})")
     saved = checkpoints.read_config(directory, step)
     cfg = ml_collections.ConfigDict(saved)

@@ -6,9 +6,9 @@ Reports are keyed by label: a task with one eval source by its name, each named 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-import os
 from typing import Any, Callable, Iterable
 
 import jax
@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import baselines, config as config_lib, data, distributed, metrics, program, progress
+from rdbm_jax import baselines, config as config_lib, data, distributed, metrics, paths, program, progress
 from rdbm_jax.perceptual import fid as fid_lib, make_inception, make_lpips
 from rdbm_jax.sampler import Sampler
 
@@ -397,22 +397,22 @@ ID_COLUMNS = ("task", "test_set", "name")  # the first columns of per_image.csv 
 
 def write_report(out_dir: str, rows: list[dict], per_task: dict, info: dict) -> None:
     """`metrics.json` (per task, per named test set as test_sets.<task>.<set>, overall; with the protocol)
-    and `per_image.csv`."""
-    os.makedirs(out_dir, exist_ok=True)
+    and `per_image.csv`, each written whole (`paths`: a local folder or an object store)."""
     tasks = {k: v for k, v in per_task.items() if k != "overall" and not is_test_set(k)}
     test_sets: dict[str, dict] = {}
     for label, v in per_task.items():
         if is_test_set(label):
             test_sets.setdefault(task_of(label), {})[set_of(label)] = v
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump({**info, "tasks": tasks, **({"test_sets": test_sets} if test_sets else {}),
-                   "overall": per_task["overall"]}, f, indent=2)
+    paths.write_text(paths.join(out_dir, "metrics.json"), json.dumps(
+        {**info, "tasks": tasks, **({"test_sets": test_sets} if test_sets else {}),
+         "overall": per_task["overall"]}, indent=2))
     present = {k for r in rows for k in r}
     fields = [k for k in dict.fromkeys(ID_COLUMNS + tuple(k for r in rows for k in r)) if k in present]
-    with open(os.path.join(out_dir, "per_image.csv"), "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    paths.write_text(paths.join(out_dir, "per_image.csv"), table.getvalue())
 
 
 def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -425,12 +425,12 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     with progress.bar(sum(len(s) for s in sources.values()), "eval") as pbar:
         rows, per_task, grids = score_sources(sampler, params, sources, cfg, sampling_key(cfg.seed),
                                               Perceptual(cfg.eval), on_image=lambda *_: pbar.update(1))
-    out_dir = os.path.join(workdir, "eval")
+    out_dir = paths.join(workdir, "eval")
     if distributed.is_main_process():
         write_report(out_dir, rows, per_task, {"step": step, "protocol": protocol(cfg)})
         for label, g in grids.items():  # grid_<task>.png, grid_<task>.<set>.png
             if g:
-                Image.fromarray(make_grid(g)).save(os.path.join(out_dir, f"grid_{label.replace('/', '.')}.png"))
+                paths.save_png(paths.join(out_dir, f"grid_{label.replace('/', '.')}.png"), make_grid(g))
         log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
     return per_task
 

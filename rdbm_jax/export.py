@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from typing import Any, Callable
 
 import jax
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import export
 
-from rdbm_jax import config as config_lib, distributed, program
+from rdbm_jax import config as config_lib, distributed, paths, program
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.sampler import MIN_SIDE, Sampler
 
@@ -71,15 +70,11 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     params, step = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)[2:]
     sampler = program.sampler(cfg, mesh)
     exported = export_restorer(sampler, params)
-    out_dir = os.path.join(workdir, "export")
-    path = os.path.join(out_dir, ARTIFACT)
+    out_dir = paths.join(workdir, "export")  # a local folder or an object store
+    path = paths.join(out_dir, ARTIFACT)
     if distributed.is_main_process():
-        os.makedirs(out_dir, exist_ok=True)
         blob = exported.serialize()
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)  # never a half-written artifact
+        paths.write_bytes(path, blob)  # never a half-written artifact
         info = {"step": step, "use_ema": cfg.sample.use_ema, "num_steps": sampler.num_steps,
                 "eta": sampler.eta, "clip": sampler.clip, "bridge": cfg.bridge.to_dict(),
                 "model": cfg.model.to_dict(), "platforms": list(exported.platforms),
@@ -88,10 +83,9 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
                          "(1 = degraded; read only by mask-conditioned models) and a uint32 [2] PRNG key",
                 "condition": sampler.condition,
                 "output": "float32 [B, H, W, 3] in [-1, 1]", "jax_version": jax.__version__}
-        with open(os.path.join(out_dir, "restorer.json"), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
-        shutil.copyfile(os.path.join(os.path.dirname(__file__), "export_loader.py"),
-                        os.path.join(out_dir, "export_loader.py"))
+        paths.write_text(paths.join(out_dir, "restorer.json"), json.dumps(info, indent=2))
+        with open(os.path.join(os.path.dirname(__file__), "export_loader.py"), "rb") as f:
+            paths.write_bytes(paths.join(out_dir, "export_loader.py"), f.read())
         log.info("exported step %d (%s parameters, %d steps, η=%g) for %s: %s (%.1f MB)", step,
                  "EMA" if cfg.sample.use_ema else "raw", sampler.num_steps, sampler.eta,
                  ", ".join(exported.platforms), path, len(blob) / 1e6)

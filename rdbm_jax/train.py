@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, evaluate, models, program
-from rdbm_jax import workdir_lock, writers
+from rdbm_jax import paths, workdir_lock, writers
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule
 
@@ -24,7 +24,7 @@ log = logging.getLogger("rdbm_jax")
 
 def prepare_workdir(workdir: str) -> None:
     """Create `workdir` and check that it is writable (one-line TrainingError otherwise)."""
-    if "://" in workdir:  # gs:// and friends: orbax writes there directly
+    if paths.is_remote(workdir):  # gs:// and friends: no folders to create, written through epath
         return
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -135,8 +135,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
 
     writer = writers.create_writer(workdir, is_main, cfg.train.tensorboard, resume_step=start)
     if is_main and not start:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config_json, f, indent=2)
+        paths.write_text(paths.join(workdir, "config.json"), json.dumps(config_json, indent=2))
     validator = evaluate.Validator(cfg, mesh, eval_sources) if eval_sources else None
     lr_schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     key = jax.random.PRNGKey(cfg.seed + 1)
