@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Iterator
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 
@@ -47,11 +47,9 @@ def fake_gcs(root: str, monkeypatch) -> Iterator[None]:
     from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
     monkeypatch.setattr(_LocalGCS, "root", root)
+    registry = sys.modules["fsspec.registry"]._registry  # `fsspec.registry` is a read-only view
     for name in ("gs", "gcs"):
-        old = fsspec.registry.get(name)
-        fsspec.register_implementation(name, _LocalGCS, clobber=True)
-        if old is not None:
-            monkeypatch.setitem(fsspec.registry._registry, name, old)  # restored at the end
+        monkeypatch.setitem(registry, name, _LocalGCS)  # the real one (if any) comes back at the end
     normalize = ts_utils._normalize_path
     monkeypatch.setattr(ts_utils, "_normalize_path", lambda p: normalize(
         _LocalGCS._strip_protocol(p) if str(p).startswith("gs://") else p))
