@@ -42,7 +42,8 @@ def write_files(folder: str, count: int) -> dict[str, str]:
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
     for i in range(count):
-        Image.fromarray(_photo_like(rng, 1024, 1024)).save(os.path.join(dirs["png"], f"{i:03d}.png"))
+        png = Image.fromarray(_photo_like(rng, 1024, 1024))
+        png.save(os.path.join(dirs["png"], f"{i:03d}.png"))
         gt = Image.fromarray(_photo_like(rng, 720, 1280))
         gt.save(os.path.join(dirs["gt"], f"{i:03d}.jpg"), quality=90)
         gt.reduce(2).resize(gt.size).save(os.path.join(dirs["lq"], f"{i:03d}.jpg"), quality=90)
@@ -50,7 +51,7 @@ def write_files(folder: str, count: int) -> dict[str, str]:
 
 
 def data_config(workload: str, dirs: dict[str, str], **keys) -> ml_collections.ConfigDict:
-    """The `data` section of one workload (num_workers, crops_per_image, decode_cache_mib in `keys`)."""
+    """The `data` section of one workload (num_workers, crops_per_image, decode_cache_mib: `keys`)."""
     if workload == "inpaint_png":
         train = source_spec(kind="clean", dir=dirs["png"], degradation="inpaint")
     else:
@@ -75,7 +76,7 @@ def _cpu(workers: list[psutil.Process]) -> float:
 
 
 def iterator_rate(data_cfg: ml_collections.ConfigDict, batches: int) -> dict[str, float]:
-    """Images per CPU-second (and per wall second) of the training iterator after two warm-up batches."""
+    """Images per CPU-second (and per wall second) of the training iterator after 2 warm-up batches."""
     it = pipeline.build_train_iterator(data_cfg, global_batch_size=BATCH, seed=0, process_index=0,
                                        process_count=1)
     for _ in range(2):
@@ -93,7 +94,7 @@ def iterator_rate(data_cfg: ml_collections.ConfigDict, batches: int) -> dict[str
 
 
 def split(data_cfg: ml_collections.ConfigDict, samples: int) -> dict[str, float]:
-    """Milliseconds of CPU per crop in decode, crop (+ float conversion) and degrade, one at a time."""
+    """CPU milliseconds per crop in decode, crop (+ float conversion) and degrade, one at a time."""
     src = pipeline.named_sources(data_cfg, "main", "train")[0]
     source, degrader, _ = pipeline._build(data_cfg, src)
     fn = pipeline.TrainExample(source, degrader, 0, CROP, "both", False, src.key)
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name, keys in SETTINGS.items():
             for w in (int(x) for x in opts.workers.split(",")):
                 label = f"{name}, num_workers={w}"
-                res[label] = iterator_rate(data_config(workload, dirs, num_workers=w, **keys), opts.batches)
+                cfg = data_config(workload, dirs, num_workers=w, **keys)
+                res[label] = iterator_rate(cfg, opts.batches)
                 print(workload, label, json.dumps(res[label]), flush=True)
         results["workloads"][workload] = res
     if opts.out:

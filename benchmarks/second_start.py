@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     env.update(JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), PYTHONPATH=REPO)
     tmp = tempfile.mkdtemp(prefix="rdbm_second_start_")
-    steps = ["--config.train.num_steps=2", "--config.train.checkpoint_every=2", "--config.train.eval_every=0"]
+    steps = ["--config.train.num_steps=2", "--config.train.checkpoint_every=2",
+             "--config.train.eval_every=0"]
     trained = os.path.join(tmp, "trained")
     timed_run([f"--config={opts.config}", f"--workdir={trained}", *steps,
                "--config.train.compilation_cache_dir="], env)
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"eval": timed_run([f"--config={opts.config}", f"--workdir={trained}", "--mode=eval",
                                   cache], env)}
         workdir = os.path.join(tmp, f"train_{label}")
-        row["train"] = timed_run([f"--config={opts.config}", f"--workdir={workdir}", *steps, cache], env)
+        row["train"] = timed_run([f"--config={opts.config}", f"--workdir={workdir}", *steps, cache],
+                                 env)
         results[label] = row
         print(label, json.dumps(row), flush=True)
     out = {"config": opts.config, "machine": os.environ.get("BENCH_MACHINE", ""), "runs": results}

@@ -27,15 +27,15 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         flip="both",             # training flips: none | horizontal | both (+ vertical). The paper
                                  # names none (256² crops only), DGSolver uses none; the demo's
                                  # figures were measured with both
-        num_workers=-1,          # grain worker processes; 0 = in-process; -1 = auto: CPUs − 1 (at most 32)
-                                 # when a GPU/TPU runs the step and a source reads files, else 0
+        num_workers=-1,          # grain worker processes; 0 = in-process; -1 = auto: CPUs − 1 (at
+                                 # most 32) when a GPU/TPU runs the step and a source reads files
         prefetch_buffer=2,       # batches prefetched per worker
-        crops_per_image=1,       # training crops cut from each decoded image (must divide the per-task
-                                 # batch): k > 1 divides decoding per crop by k, but a batch then holds
-                                 # B/k distinct images, k crops each (correlated), and an epoch
-                                 # (each image decoded once) yields k crops per image
-        decode_cache_mib=0,      # keep decoded training images in RAM up to this many MiB per worker
-                                 # process (filled in reading order, never evicted); 0 = off
+        crops_per_image=1,       # training crops cut from each decoded image (must divide the
+                                 # per-task batch): k > 1 divides decoding per crop by k, but a batch
+                                 # then holds B/k distinct images, k crops each (correlated), and
+                                 # an epoch (each image decoded once) yields k crops per image
+        decode_cache_mib=0,      # keep decoded training images in RAM, up to this many MiB per
+                                 # worker process (filled in reading order, never evicted); 0 = off
         skip_bad_files=False,    # True: skip and count unreadable files instead of stopping
     ))
 

@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import baselines, config as config_lib, data, distributed, metrics, paths, program, progress
+from rdbm_jax import (baselines, config as config_lib, data, distributed, metrics, paths, program,
+                      progress)
 from rdbm_jax.perceptual import fid as fid_lib, make_inception, make_lpips
 from rdbm_jax.sampler import Sampler
 
@@ -56,7 +57,7 @@ def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[tuple[int, d
 
 def sampling_key(seed: int) -> jax.Array:
     """The one seed rule of every evaluation (validation, --mode=eval, sweep): the sampling noise of
-    batch b of a test set is fold_in(PRNGKey(seed), b), so the three agree image for image at any η."""
+    batch b of a test set is fold_in(PRNGKey(seed), b): the three agree image for image at any η."""
     return jax.random.PRNGKey(seed)
 
 
@@ -121,8 +122,9 @@ class Baselines:
         """What the baseline of a source is, as reports print it."""
         return baselines.describe(getattr(source, "degradation", "none"), self.true_mask)
 
-    def __call__(self, label: str, source: Any, index: int, example: dict, keep: bool = False) -> np.ndarray:
-        """The baseline restoration of example `index` of `source` (the test set `label`), in [-1, 1];
+    def __call__(self, label: str, source: Any, index: int, example: dict,
+                 keep: bool = False) -> np.ndarray:
+        """The baseline restoration of example `index` of `source` (test set `label`), in [-1, 1];
         `keep`: remember it for later calls (the examples a grid shows at every validation)."""
         key = (label, index)
         if key in self._cache:
@@ -137,7 +139,8 @@ class Baselines:
         return out
 
     def reference_scores(self, label: str, source: Any, index: int, example: dict,
-                         ev: ml_collections.ConfigDict, base: np.ndarray | None = None) -> dict[str, float]:
+                         ev: ml_collections.ConfigDict,
+                         base: np.ndarray | None = None) -> dict[str, float]:
         """`*_baseline`, `*_input` (and `psnr_kept_baseline`) of one example under the `ev` protocol
         (`base`: its baseline when the caller has it already)."""
         key = (label, index)
@@ -430,7 +433,8 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         write_report(out_dir, rows, per_task, {"step": step, "protocol": protocol(cfg)})
         for label, g in grids.items():  # grid_<task>.png, grid_<task>.<set>.png
             if g:
-                paths.save_png(paths.join(out_dir, f"grid_{label.replace('/', '.')}.png"), make_grid(g))
+                name = f"grid_{label.replace('/', '.')}.png"
+                paths.save_png(paths.join(out_dir, name), make_grid(g))
         log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
     return per_task
 

@@ -1,8 +1,8 @@
-"""Workdir files of every mode and the API through one path type, etils.epath (which orbax uses too):
-local folders and object stores (gs://, s3://) alike.
+"""Workdir files of every mode and the API through one path type, etils.epath (as orbax): local
+folders and object stores (gs://, s3://) alike.
 
-Every write lands whole: a local file is written beside its final name and renamed; an object store
-publishes an object only when its upload completes, so a plain write is already all-or-nothing there.
+Every write lands whole: a local file is written beside its final name and renamed; an object
+store publishes an object only when its upload completes, so a plain write is all-or-nothing.
 """
 from __future__ import annotations
 

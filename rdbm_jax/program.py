@@ -169,7 +169,8 @@ def _program(spec: FrozenConfigDict, mesh: Any) -> Program:
     init = state_initializer(model, spec)
     abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                                       jax.eval_shape(init, init_key(0)))
-    loss_fn = make_loss_fn(model, schedule, spec.bridge, spec.train.loss, spec.model.condition, spec.model)
+    loss_fn = make_loss_fn(model, schedule, spec.bridge, spec.train.loss, spec.model.condition,
+                           spec.model)
     step = jax.jit(make_train_step(loss_fn, spec.train.steps_per_dispatch),
                    in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
                    out_shardings=(repl, repl, repl), donate_argnums=0)
@@ -194,7 +195,7 @@ def compilation_cache_dir(setting: str) -> str:
 
 
 def use_compilation_cache(setting: str) -> None:
-    """Turn JAX's persistent compilation cache on in `compilation_cache_dir(setting)`, or off for "".
+    """Turn JAX's persistent compilation cache on in `compilation_cache_dir(setting)` ("": off).
 
     Every mode and the API come through here (training, `load_trained`), so a restart, an eval or a
     sample run of an already-compiled shape loads the executable instead of compiling it again.
@@ -210,7 +211,7 @@ def use_compilation_cache(setting: str) -> None:
     jax.config.update("jax_enable_compilation_cache", bool(folder))
     jax.config.update("jax_compilation_cache_dir", folder or None)
     if folder and "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-        # Cache only programs that took >= 1 s to compile: tiny jits cost more to store than to rebuild.
+        # Cache programs that took >= 1 s to compile: tiny jits cost more to store than to rebuild.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
@@ -238,8 +239,8 @@ def _sampler(spec: FrozenConfigDict, mesh: Any) -> Sampler:
     model, schedule = _network(FrozenConfigDict(dict(model=spec.model, bridge=spec.bridge)))
     s = spec.sample
     weights = functools.partial(models.compute_params, model_cfg=spec.model)  # model.param_dtype
-    return Sampler(lambda params, x_t, cond, t: model.apply({"params": weights(params)}, x_t, cond, t,
-                                                            train=False),
+    return Sampler(lambda params, x_t, cond, t: model.apply({"params": weights(params)}, x_t, cond,
+                                                            t, train=False),
                    schedule, num_steps=s.num_steps, multiple=models.downsample_factor(spec.model), mesh=mesh,
                    eta=s.eta, clip=s.clip, parameterization=spec.bridge.parameterization,
                    pi=spec.bridge.pi or None, tile_size=s.tile_size, tile_overlap=s.tile_overlap,

@@ -118,8 +118,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
                           f"processes), e.g. {unit * max(1, round(cfg.train.batch_size / unit))}")
     is_main = distributed.is_main_process()
     prog = program.program(cfg, mesh)
-    train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed,
-                                           accelerator=jax.default_backend() != "cpu")
+    train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size,
+                                           seed=cfg.seed, accelerator=jax.default_backend() != "cpu")
     eval_sources = (data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
                     if cfg.train.eval_every else {})
     ckpt = checkpoints.Checkpointer(workdir, cfg.train.max_to_keep)
@@ -178,7 +178,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
                     last.update({"steps_per_sec": rate, "images_per_sec": rate * cfg.train.batch_size,
                                  "eta_minutes": (total - step) / max(rate, 1e-9) / 60.0,
                                  "learning_rate": float(lr_schedule(step)),
-                                 # Near 1: input-bound (more data.num_workers, crops_per_image, cache).
+                                 # Near 1: input-bound (data.num_workers, crops_per_image, cache).
                                  "data_wait_fraction": min(1.0, waited / max(now - t_log, 1e-9))})
                     writer.write_scalars(step, last)
                     acc, t_log, s_log, waited = None, now, step, 0.0

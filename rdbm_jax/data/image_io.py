@@ -122,7 +122,7 @@ def decode_pixels(path: str, key: str | None = None) -> np.ndarray:
 
 
 def decode_image(path: str, key: str | None = None) -> np.ndarray:
-    """Decode an image file (first frame) to float32 [H, W, 3] in [0, 1]; DataError naming the file."""
+    """Decode an image file (first frame) to float32 [H, W, 3] in [0, 1]; DataError naming it."""
     return pixels_to_unit(decode_pixels(path, key))
 
 

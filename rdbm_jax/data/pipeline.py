@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax.data.degradations import Degrader
-from rdbm_jax.data.image_io import center_crop, fit_size, pixels_to_unit, resize_float, to_model_range
+from rdbm_jax.data.image_io import (center_crop, fit_size, pixels_to_unit, resize_float,
+                                    to_model_range)
 from rdbm_jax.data.sources import ImageSource, RawItem, build_source
 from rdbm_jax.data.spec import (FLIPS, FOLDER_KEYS, SYNTHETIC_KINDS, TRAIN_MIXES, NamedSource, named_sources,
                                 resolve, task_names)
@@ -94,7 +95,8 @@ class TrainExample:
             self._cached_bytes += size
         return item
 
-    def crop_window(self, item: RawItem, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    def crop_window(self, item: RawItem,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
         """One random crop (padded first if the image is smaller) and flips of x0 and μ alike, as
         float32 in [0, 1]: the same draws, in the same order, as cropping the two stacked."""
         x0, mu = pad_to(item.x0, self.crop), None if item.mu is None else pad_to(item.mu, self.crop)
@@ -109,7 +111,8 @@ class TrainExample:
         return pixels_to_unit(np.ascontiguousarray(x0)), None if mu is None else pixels_to_unit(
             np.ascontiguousarray(mu))
 
-    def finish(self, x0: np.ndarray, mu: np.ndarray | None, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def finish(self, x0: np.ndarray, mu: np.ndarray | None,
+               rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A cropped example → model inputs; clean-only sources are degraded here."""
         if mu is not None:
             mask = np.ones(x0.shape[:2], bool)
@@ -130,7 +133,7 @@ def mask_array(mask: np.ndarray) -> np.ndarray:
 
 
 def concat_batches(batches) -> dict[str, np.ndarray]:
-    """Concatenate sub-batches along the batch axis (tasks in id order; a decode's crops in order)."""
+    """Concatenate sub-batches along the batch axis (tasks in id order; a decode's crops in turn)."""
     return {k: np.concatenate([b[k] for b in batches], axis=0) for k in batches[0]}
 
 
@@ -215,8 +218,8 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
         raise ConfigError(f"data.train_mix={mix!r} is not one of {', '.join(TRAIN_MIXES)}")
     crops = int(data_cfg.get("crops_per_image", 1))
     if crops < 1 or per_task % crops:
-        raise ConfigError(f"data.crops_per_image={crops} must be >= 1 and divide the per-task batch "
-                          f"{per_task}")
+        raise ConfigError(f"data.crops_per_image={crops} must be >= 1 and divide the per-task "
+                          f"batch {per_task}")
     # Each element holds `crops` crops of one decoded image: per_task / crops decodes per batch.
     per_task_ds = [_task_stream(data_cfg, task_id, name, seed=seed, mix=mix,
                                 shard=(process_index, process_count))

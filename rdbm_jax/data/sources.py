@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax.data import builtin
-from rdbm_jax.data.image_io import decode_pixels, list_images, pixels_to_unit, probe_size, relative_stem
+from rdbm_jax.data.image_io import (decode_pixels, list_images, pixels_to_unit, probe_size,
+                                    relative_stem)
 from rdbm_jax.errors import ConfigError, DataError
 
 _MAX_LISTED = 3
@@ -72,13 +73,13 @@ class ImageSource(abc.ABC):
         return [name for name, _ in self.entries]
 
     def read(self, index: int) -> RawItem:
-        """Decode example `index` to float32 in [0, 1]; DataError naming the file(s) on any problem."""
+        """Decode example `index` to float32 in [0, 1]; DataError naming the file(s) on a problem."""
         item = self.read_pixels(index)
         mu = None if item.mu is None else pixels_to_unit(item.mu)
         return RawItem(pixels_to_unit(item.x0), mu, item.name)
 
     def read_pixels(self, index: int) -> RawItem:
-        """Decode example `index` to pixels as stored (`image_io.decode_pixels`): crop, then convert."""
+        """Example `index` as stored pixels (`image_io.decode_pixels`): crop, then convert."""
         return self._read_entry(self.entries[index])
 
     @abc.abstractmethod
@@ -126,7 +127,8 @@ class PairedSource(ImageSource):
 
     def _read_entry(self, entry):
         name, (lq_path, gt_path) = entry
-        mu, x0 = decode_pixels(lq_path, self.file_keys[0]), decode_pixels(gt_path, self.file_keys[1])
+        mu = decode_pixels(lq_path, self.file_keys[0])
+        x0 = decode_pixels(gt_path, self.file_keys[1])
         if mu.shape != x0.shape:
             raise DataError(f"pair size mismatch: LQ {lq_path} is {mu.shape[1]}x{mu.shape[0]} but GT "
                             f"{gt_path} is {x0.shape[1]}x{x0.shape[0]} ({self.key})")

@@ -37,10 +37,10 @@ SIZES: dict[str, SizePreset] = {
 RematResBlock = nn.remat(ResBlock, static_argnums=(3,))  # (self, x, emb, train): train is static
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DTYPES = tuple(_DTYPES)                   # model.dtype: compute dtype
-# model.param_dtype: the dtype of the weights the network computes with. The trained state (parameters,
-# EMA, optimizer moments) is always float32: bf16 master weights lose every Adam update smaller than
-# 2^-8 of the weight (at lr 1e-4 a 0.5 weight never moves). bfloat16 = a rounded copy made per step
-# and for inference (`compute_params`). No float16 weights: there is no loss scaling.
+# model.param_dtype: the dtype of the weights the network computes with. The trained state
+# (parameters, EMA, optimizer moments) is always float32: bf16 master weights lose every Adam update
+# below 2^-8 of the weight (at lr 1e-4 a 0.5 weight never moves). bfloat16 = a rounded copy made
+# per step and for inference (`compute_params`). No float16 weights: there is no loss scaling.
 PARAM_DTYPES = ("float32", "bfloat16")
 # model.attention_impl → jax.nn.dot_product_attention's implementation ("cudnn": fused, GPU bf16/fp16).
 ATTENTION_IMPLS: dict[str, str | None] = {"xla": None, "cudnn": "cudnn"}
