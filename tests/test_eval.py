@@ -182,6 +182,8 @@ def test_compilation_cache_is_on_by_default_for_every_mode(trained_workdir, tmp_
         assert not jax.config.jax_enable_compilation_cache
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         folder = tmp_path / "cache"
+        jax.clear_caches()  # compiled in this process before: compile again, into the new folder
+        program._sampler.cache_clear()
         evaluate.run_eval(config(**{"train.compilation_cache_dir": str(folder), "eval.max_images": 1}),
                           trained_workdir)
         assert jax.config.jax_enable_compilation_cache

@@ -161,6 +161,7 @@ def create_model(model_cfg: Any, out_channels: int = 3) -> UNet:
         raise ConfigError(f"model.attention_impl: unknown {attention_impl!r}; expected one of "
                           f"{sorted(ATTENTION_IMPLS)}")
     dtype = _dtype(model_cfg, "dtype")
+    _dtype(model_cfg, "param_dtype")  # checked here; the parameters themselves stay float32
     if attention_impl == "cudnn" and dtype == jnp.float32:
         raise ConfigError("model.attention_impl: cudnn needs model.dtype bfloat16 or float16, not float32")
     return UNet(channels=p.channels, channel_mult=p.channel_mult, num_blocks=p.num_blocks,
