@@ -27,8 +27,15 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         flip="both",             # training flips: none | horizontal | both (+ vertical). The paper
                                  # names none (256² crops only), DGSolver uses none; the demo's
                                  # figures were measured with both
-        num_workers=0,           # grain multiprocessing workers (0 = in-process)
+        num_workers=-1,          # grain worker processes; 0 = in-process; -1 = auto: CPUs − 1 (at
+                                 # most 32) when a GPU/TPU runs the step and a source reads files
         prefetch_buffer=2,       # batches prefetched per worker
+        crops_per_image=1,       # training crops cut from each decoded image (must divide the
+                                 # per-task batch): k > 1 divides decoding per crop by k, but a batch
+                                 # then holds B/k distinct images, k crops each (correlated), and
+                                 # an epoch (each image decoded once) yields k crops per image
+        decode_cache_mib=0,      # keep decoded training images in RAM, up to this many MiB per
+                                 # worker process (filled in reading order, never evicted); 0 = off
         skip_bad_files=False,    # True: skip and count unreadable files instead of stopping
         max_image_pixels=89_478_485,  # larger images are refused before decoding (decompression
                                  # bombs); PIL's default. Raise it for huge photos (restored tiled)
@@ -37,7 +44,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         size="B",                # T | S | B | L (0.45 M … 7.73 M parameters, as in the paper)
         dtype="float32",         # compute dtype: float32 | bfloat16 | float16
-        param_dtype="float32",   # parameter dtype: float32 | bfloat16
+        param_dtype="float32",   # weights the network computes with: float32 | bfloat16 (a rounded
+                                 # copy; parameters, EMA and Adam moments always train in float32)
         attention=True,          # self-attention at the lowest resolutions
         condition="mu",          # mu (paper) | mu_mask | mu_mask_fill: also the degradation mask (+ a
                                  # smooth pre-fill of the holes); x̂0 = μ outside the mask (conditioning.py)
@@ -82,7 +90,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         checkpoint_every=5_000,
         max_to_keep=3,
         steps_per_dispatch=1,    # >1: several steps per compiled call (lax.scan)
-        compilation_cache_dir="",  # persistent XLA cache ("" = off)
+        compilation_cache_dir="auto",  # persistent XLA cache of every mode and the API: "auto" =
+                                 # $JAX_COMPILATION_CACHE_DIR, else ~/.cache/rdbm_jax/xla (per user,
+                                 # $XDG_CACHE_HOME honoured); a folder (gs:// too); "" = off
         tensorboard="tensorboardx",  # event files in <workdir>/tensorboard: tensorboardx | clu (TensorFlow) | none
     ))
 

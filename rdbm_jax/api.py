@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, config as config_lib, data, distributed, models, program
+from rdbm_jax import checkpoints, config as config_lib, data, distributed, models, paths, program
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import RDBMError
 from rdbm_jax.sampler import Sampler
@@ -163,7 +163,7 @@ def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Trai
         directory, latest = checkpoints.resolve(workdir)
         step = latest if step is None else int(step)
         folder = os.path.join(directory, str(step))
-        if not os.path.isdir(folder):
+        if not paths.as_path(folder).is_dir():  # local or gs://…
             raise ValueError(f"step={step}: no checkpoint {folder} (latest: {latest})")
         missing = checkpoints.missing_files(folder)
         if missing:

@@ -20,7 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from rdbm_jax import distributed
+from rdbm_jax import distributed, paths
 from rdbm_jax.errors import ConfigError, TrainingError
 
 log = logging.getLogger("rdbm_jax")
@@ -355,9 +355,9 @@ class Checkpointer:
 def resolve(workdir: str, explicit: str = "") -> tuple[str, int]:
     """(checkpoints directory, step) of an explicit step folder or of the newest complete one in `workdir`."""
     if explicit:
-        path = os.path.abspath(explicit.rstrip("/"))
-        parent, name = os.path.dirname(path), os.path.basename(path)
-        if not name.isdigit() or not os.path.isdir(path):
+        step_dir = paths.as_path(explicit.rstrip("/"))  # a local folder or an object-store URL
+        path, parent, name = os.fspath(step_dir), os.fspath(step_dir.parent), step_dir.name
+        if not name.isdigit() or not step_dir.is_dir():
             raise ConfigError(f"sample.checkpoint={explicit!r} is not a checkpoint step folder "
                               "(expected …/checkpoints/<step>)")
         missing = missing_files(path)

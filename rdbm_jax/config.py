@@ -69,9 +69,11 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.crop_border": _non_negative,
     "eval.max_images": _non_negative,
     "data.crop_size": _positive,
-    "data.num_workers": _non_negative,
+    "data.num_workers": (lambda v: v >= -1, "must be >= 0, or -1 (auto)"),
     "data.prefetch_buffer": _non_negative,
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    "data.crops_per_image": _positive,
+    "data.decode_cache_mib": _non_negative,
 }
 
 

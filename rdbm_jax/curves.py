@@ -2,8 +2,10 @@
 inpainting) against steps, from `metrics.jsonl`."""
 from __future__ import annotations
 
+import io
 import json
-import os
+
+from rdbm_jax import paths
 
 # Validation PSNR series drawn when present in metrics.jsonl: key → legend label.
 PSNR_SERIES = {"val/psnr": "model (EMA)", "val/psnr_baseline": "baseline", "val/psnr_input": "degraded input"}
@@ -15,7 +17,7 @@ STYLES = (("tab:red", "o", "-"), ("tab:green", "s", "--"), ("tab:gray", "^", ":"
 def read_series(metrics_path: str, keys: list[str]) -> dict[str, tuple[list[int], list[float]]]:
     """key → (steps, values) from a metrics.jsonl; a step logged twice (a resume) keeps its last row."""
     latest: dict[str, dict[int, float]] = {k: {} for k in keys}
-    with open(metrics_path, encoding="utf-8") as f:
+    with paths.as_path(metrics_path).open(encoding="utf-8") as f:
         for line in f:
             line = line.strip()
             if not line:
@@ -38,10 +40,10 @@ def plot_curves(metrics_path: str, out_path: str) -> bool:
     import matplotlib.pyplot as plt
 
     fig = figure(series)
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, out_path)  # readers never see a half-written file
+    paths.write_bytes(out_path, buffer.getvalue())  # readers never see a half-written file
     return True
 
 
@@ -94,5 +96,5 @@ def _psnr_panel(ax, series: dict, keys: dict[str, str], title: str) -> None:
 
 def refresh(workdir: str) -> bool:
     """Redraw `workdir/curves.png` from `workdir/metrics.jsonl` (called after every validation)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    return os.path.exists(path) and plot_curves(path, os.path.join(workdir, "curves.png"))
+    path = paths.join(workdir, "metrics.jsonl")
+    return paths.as_path(path).exists() and plot_curves(path, paths.join(workdir, "curves.png"))

@@ -6,9 +6,9 @@ Reports are keyed by label: a task with one eval source by its name, each named 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-import os
 from typing import Any, Callable, Iterable
 
 import jax
@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import atomic, baselines, config as config_lib, data, distributed, metrics, program
-from rdbm_jax import progress
+from rdbm_jax import (baselines, config as config_lib, data, distributed, metrics, paths,
+                      program, progress)
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.perceptual import fid as fid_lib, make_inception, make_lpips
@@ -55,6 +55,12 @@ def batches_by_shape(source: Any, batch_size: int) -> Iterable[list[tuple[int, d
         group.append((i, example))
     if group:
         yield group
+
+
+def sampling_key(seed: int) -> jax.Array:
+    """The one seed rule of every evaluation (validation, --mode=eval, sweep): the sampling noise of
+    batch b of a test set is fold_in(PRNGKey(seed), b): the three agree image for image at any η."""
+    return jax.random.PRNGKey(seed)
 
 
 def restore_source(sampler: Sampler, params: Any, source: Any, batch_size: int,
@@ -102,34 +108,47 @@ def kept_psnr(restored: np.ndarray, mu: np.ndarray, mask: np.ndarray,
 
 class Baselines:
     """The classical baseline of every evaluation example (rdbm_jax/baselines.py) and the scores that
-    never change between validations (baseline's and input's), computed once per example."""
+    never change between validations (baseline's and input's), computed once per example.
+
+    Only the scores (a few floats per example) and the baseline images a grid shows are kept: a
+    full-resolution image per example would grow with the test set (GoPro's 1 111 test frames at
+    1280x720: ~12 GB of float32).
+    """
 
     def __init__(self, true_mask: bool):
         self.true_mask = true_mask  # inpainting: the true mask, or the one inferred from fill pixels
-        self._cache: dict[tuple[str, int], np.ndarray] = {}
+        self._cache: dict[tuple[str, int], np.ndarray] = {}  # grid examples only (`keep=True`)
         self._scores: dict[tuple[str, int], dict[str, float]] = {}
 
     def name(self, source: Any) -> str:
         """What the baseline of a source is, as reports print it."""
         return baselines.describe(getattr(source, "degradation", "none"), self.true_mask)
 
-    def __call__(self, label: str, source: Any, index: int, example: dict) -> np.ndarray:
-        """The baseline restoration of example `index` of `source` (the test set `label`), in [-1, 1]."""
+    def __call__(self, label: str, source: Any, index: int, example: dict,
+                 keep: bool = False) -> np.ndarray:
+        """The baseline restoration of example `index` of `source` (test set `label`), in [-1, 1];
+        `keep`: remember it for later calls (the examples a grid shows at every validation)."""
         key = (label, index)
-        if key not in self._cache:
-            known = source.known_parameters(index) if hasattr(source, "known_parameters") else {}
-            out = baselines.restore(np.asarray(metrics.to_unit(example["mu"])),
-                                    getattr(source, "degradation", "none"),
-                                    mask=example.get("mask") if self.true_mask else None, **known)
-            self._cache[key] = out * 2.0 - 1.0
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        known = source.known_parameters(index) if hasattr(source, "known_parameters") else {}
+        out = baselines.restore(np.asarray(metrics.to_unit(example["mu"])),
+                                getattr(source, "degradation", "none"),
+                                mask=example.get("mask") if self.true_mask else None, **known)
+        out = out * 2.0 - 1.0
+        if keep:
+            self._cache[key] = out
+        return out
 
     def reference_scores(self, label: str, source: Any, index: int, example: dict,
-                         ev: ml_collections.ConfigDict) -> dict[str, float]:
-        """`*_baseline`, `*_input` (and `psnr_kept_baseline`) of one example under the `ev` protocol."""
+                         ev: ml_collections.ConfigDict,
+                         base: np.ndarray | None = None) -> dict[str, float]:
+        """`*_baseline`, `*_input` (and `psnr_kept_baseline`) of one example under the `ev` protocol
+        (`base`: its baseline when the caller has it already)."""
         key = (label, index)
         if key not in self._scores:
-            base, mask = self(label, source, index, example), example.get("mask")
+            base = self(label, source, index, example) if base is None else base
+            mask = example.get("mask")
             out = {f"{k}_baseline": v for k, v in score_pair(base, example["x0"], ev, mask).items()}
             out.update({f"{k}_input": v for k, v in score_pair(example["mu"], example["x0"], ev, mask).items()})
             if is_partial(mask):
@@ -336,10 +355,11 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any], cfg: m
         if is_test_set(label):
             ids["test_set"] = set_of(label)
         for index, ex, out in restore_source(sampler, params, source, cfg.sample.batch_size, rng):
-            base = baseline(label, source, index, ex)
+            in_grid = len(grids[label]) < cfg.eval.num_grid_images
+            base = baseline(label, source, index, ex, keep=True) if in_grid else None
             mask = ex.get("mask")
             r = {**ids, "name": ex["name"], **score_pair(out, ex["x0"], cfg.eval, mask),
-                 **baseline.reference_scores(label, source, index, ex, cfg.eval)}
+                 **baseline.reference_scores(label, source, index, ex, cfg.eval, base)}
             if is_partial(mask):
                 r["psnr_kept"] = kept_psnr(out, ex["mu"], mask, cfg.eval)
             if perceptual and perceptual.lpips:
@@ -348,7 +368,7 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any], cfg: m
                 feats_out.append(np.asarray(perceptual.inception(_fid_input(out, cfg.eval.quantize))))
                 feats_gt.append(np.asarray(perceptual.inception(_fid_input(ex["x0"], cfg.eval.quantize))))
             rows.append(r)
-            if len(grids[label]) < cfg.eval.num_grid_images:
+            if in_grid:
                 grids[label].append([ex["mu"], base, out, ex["x0"]])
             if on_image:
                 on_image(label, ex, out)
@@ -372,7 +392,7 @@ class Validator:
 
     def __call__(self, params: Any, step: int) -> tuple[dict[str, float], np.ndarray]:
         _, per_task, grids = score_sources(self.sampler, params, self.sources, self.cfg,
-                                           jax.random.PRNGKey(self.cfg.seed + 2), baseline=self.baseline)
+                                           sampling_key(self.cfg.seed), baseline=self.baseline)
         scores = {f"val/{k}": v for k, v in per_task["overall"].items() if k in SCORES}
         if len(self.sources) > 1:  # val/<task>/… and val/<task>/<set>/…
             scores.update({f"val/{t}/{k}": v for t, s in per_task.items() if t != "overall"
@@ -400,24 +420,22 @@ ID_COLUMNS = ("task", "test_set", "name")  # the first columns of per_image.csv 
 
 def write_report(out_dir: str, rows: list[dict], per_task: dict, info: dict) -> None:
     """`metrics.json` (per task, per named test set as test_sets.<task>.<set>, overall; with the protocol)
-    and `per_image.csv`."""
-    os.makedirs(out_dir, exist_ok=True)
+    and `per_image.csv`, each written whole (`paths`: a local folder or an object store)."""
     tasks = {k: v for k, v in per_task.items() if k != "overall" and not is_test_set(k)}
     test_sets: dict[str, dict] = {}
     for label, v in per_task.items():
         if is_test_set(label):
             test_sets.setdefault(task_of(label), {})[set_of(label)] = v
-    present = {k for r in rows for k in r}
-    fields = [k for k in dict.fromkeys(ID_COLUMNS + tuple(k for r in rows for k in r)) if k in present]
-    # Each file atomically (a kill keeps the previous one whole); the rows first, the summary last.
-    with atomic.open_atomic(os.path.join(out_dir, "per_image.csv"), "w", newline="",
-                            encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    atomic.write_text(os.path.join(out_dir, "metrics.json"), json.dumps(
+    paths.write_text(paths.join(out_dir, "metrics.json"), json.dumps(
         {**info, "tasks": tasks, **({"test_sets": test_sets} if test_sets else {}),
          "overall": per_task["overall"]}, indent=2))
+    present = {k for r in rows for k in r}
+    fields = [k for k in dict.fromkeys(ID_COLUMNS + tuple(k for r in rows for k in r)) if k in present]
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    paths.write_text(paths.join(out_dir, "per_image.csv"), table.getvalue())
 
 
 def check_fid_sizes(ev: ml_collections.ConfigDict, sources: dict[str, Any]) -> None:
@@ -443,19 +461,18 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     check_fid_sizes(cfg.eval, sources)
     sampler = program.sampler(cfg, mesh)
     with progress.bar(sum(len(s) for s in sources.values()), "eval") as pbar:
-        rows, per_task, grids = score_sources(sampler, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
+        rows, per_task, grids = score_sources(sampler, params, sources, cfg, sampling_key(cfg.seed),
                                               Perceptual(cfg.eval), on_image=lambda *_: pbar.update(1))
-    out_dir = os.path.join(workdir, "eval")
+    out_dir = paths.join(workdir, "eval")
     if distributed.is_main_process():
         write_report(out_dir, rows, per_task, {"step": step, "protocol": protocol(cfg)})
-        written = [os.path.join(out_dir, f) for f in ("metrics.json", "per_image.csv")]
+        written = [paths.join(out_dir, f) for f in ("metrics.json", "per_image.csv")]
         for label, g in grids.items():  # grid_<task>.png, grid_<task>.<set>.png
             if g:
-                written.append(os.path.join(out_dir, f"grid_{label.replace('/', '.')}.png"))
+                written.append(paths.join(out_dir, f"grid_{label.replace('/', '.')}.png"))
                 grid = make_grid(g, labels=grid_labels(per_task[label]["baseline"]),
                                  title=f"{label}, step {step}")
-                with atomic.replacing(written[-1]) as tmp:
-                    Image.fromarray(grid).save(tmp, format="PNG")
+                paths.save_png(written[-1], grid)
         log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
         log.info("wrote %s", ", ".join(written))
     return per_task

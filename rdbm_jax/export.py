@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import export
 
-from rdbm_jax import atomic, config as config_lib, distributed, program
+from rdbm_jax import config as config_lib, distributed, paths, program
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.sampler import MIN_SIDE, Sampler
 
@@ -69,10 +69,10 @@ def write_unit(out_dir: str, blob: bytes, info: dict) -> None:
     """restorer.jax, restorer.json and export_loader.py, each atomically. The metadata names the
     artifact's SHA-256, so the three act as one unit: a kill between two renames leaves a pair that
     the loader refuses (mismatched hash), never a new artifact described by old metadata."""
-    atomic.write_bytes(os.path.join(out_dir, ARTIFACT), blob)
-    atomic.write_text(os.path.join(out_dir, METADATA), json.dumps(info, indent=2))
+    paths.write_bytes(paths.join(out_dir, ARTIFACT), blob)
+    paths.write_text(paths.join(out_dir, METADATA), json.dumps(info, indent=2))
     with open(os.path.join(os.path.dirname(__file__), "export_loader.py"), encoding="utf-8") as f:
-        atomic.write_text(os.path.join(out_dir, "export_loader.py"), f.read())
+        paths.write_text(paths.join(out_dir, "export_loader.py"), f.read())
 
 
 def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
@@ -83,10 +83,9 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     params, step = trained.params, trained.step
     sampler = program.sampler(cfg, mesh)
     exported = export_restorer(sampler, params)
-    out_dir = os.path.join(workdir, "export")
-    path = os.path.join(out_dir, ARTIFACT)
+    out_dir = paths.join(workdir, "export")  # a local folder or an object store
+    path = paths.join(out_dir, ARTIFACT)
     if distributed.is_main_process():
-        os.makedirs(out_dir, exist_ok=True)
         blob = exported.serialize()
         info = {"artifact_sha256": hashlib.sha256(blob).hexdigest(),
                 "step": step, "use_ema": cfg.sample.use_ema, "num_steps": sampler.num_steps,

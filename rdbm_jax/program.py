@@ -54,11 +54,12 @@ def schedule_from_config(bridge: ConfigDict) -> Schedule:
 
 
 def make_loss_fn(model: models.UNet, schedule: Schedule, bridge: ConfigDict, loss: str,
-                 cond_kind: str = "mu") -> Callable:
+                 cond_kind: str = "mu", model_cfg: ConfigDict | None = None) -> Callable:
     """loss(params, batch, rng) = mean |net([x_t, cond], t) − target| (L1, Eq. 20) or squared (L2).
 
     With a mask condition the error is averaged over the masked pixels only: outside the mask x̂0 is
-    set to μ (`sde.project_known`), so the output there never reaches x̂0.
+    set to μ (`sde.project_known`), so the output there never reaches x̂0. `model_cfg`: the network
+    computes with `models.compute_params` of the float32 parameters (model.param_dtype).
     """
     pi = bridge.pi or None
     masked = conditioning.uses_mask(cond_kind)
@@ -71,7 +72,8 @@ def make_loss_fn(model: models.UNet, schedule: Schedule, bridge: ConfigDict, los
         x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=pi)
         target = sde.training_target(schedule, x0, mu, noise, bridge.parameterization, pi=pi, t=t)
         cond = conditioning.condition(mu, batch.get("mask"), cond_kind)
-        out = model.apply({"params": params}, x_t, cond, t, train=True, rngs={"dropout": k_d})
+        weights = params if model_cfg is None else models.compute_params(params, model_cfg)
+        out = model.apply({"params": weights}, x_t, cond, t, train=True, rngs={"dropout": k_d})
         out = out + conditioning.output_offset(cond, cond_kind, bridge.parameterization)
         err = out.astype(jnp.float32) - target
         err = jnp.abs(err) if loss == "l1" else jnp.square(err)
@@ -174,7 +176,8 @@ def _program(spec: FrozenConfigDict, mesh: Mesh) -> Program:
     init = state_initializer(model, spec)
     abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                                       jax.eval_shape(init, init_key(0)))
-    loss_fn = make_loss_fn(model, schedule, spec.bridge, spec.train.loss, spec.model.condition)
+    loss_fn = make_loss_fn(model, schedule, spec.bridge, spec.train.loss, spec.model.condition,
+                           spec.model)
     step = jax.jit(make_train_step(loss_fn, spec.train.steps_per_dispatch),
                    in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
                    out_shardings=(repl, repl, repl), donate_argnums=0)
@@ -184,6 +187,39 @@ def _program(spec: FrozenConfigDict, mesh: Mesh) -> Program:
 def program(cfg: ConfigDict, mesh: Mesh) -> Program:
     """The training Program of `cfg` on `mesh` (built once per distinct `program_spec` and mesh)."""
     return _program(program_spec(cfg), mesh)
+
+
+def compilation_cache_dir(setting: str) -> str:
+    """The folder of train.compilation_cache_dir: "auto" = $JAX_COMPILATION_CACHE_DIR if set, else
+    $XDG_CACHE_HOME (or ~/.cache)/rdbm_jax/xla, per user; "" = off (returned as "")."""
+    if setting != "auto":
+        return os.path.expanduser(setting)
+    env = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rdbm_jax", "xla")
+
+
+def use_compilation_cache(setting: str) -> None:
+    """Turn JAX's persistent compilation cache on in `compilation_cache_dir(setting)` ("": off).
+
+    Every mode and the API come through here (training, `load_trained`), so a restart, an eval or a
+    sample run of an already-compiled shape loads the executable instead of compiling it again.
+    """
+    from jax._src import compilation_cache as cache  # reset: a changed folder takes effect at once
+
+    folder = compilation_cache_dir(setting)
+    if folder == (jax.config.jax_compilation_cache_dir or "") and (
+            bool(folder) == jax.config.jax_enable_compilation_cache):
+        return
+    if jax.config.jax_compilation_cache_dir:
+        cache.reset_cache()
+    jax.config.update("jax_enable_compilation_cache", bool(folder))
+    jax.config.update("jax_compilation_cache_dir", folder or None)
+    if folder and "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        # Cache programs that took >= 1 s to compile: tiny jits cost more to store than to rebuild.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def init_key(seed: int) -> jax.Array:
@@ -207,7 +243,9 @@ def sampler_spec(cfg: ConfigDict, num_steps: int | None = None,
 def _sampler(spec: FrozenConfigDict, mesh: Mesh) -> Sampler:
     model, schedule = _network(FrozenConfigDict(dict(model=spec.model, bridge=spec.bridge)))
     s = spec.sample
-    return Sampler(lambda params, x_t, cond, t: model.apply({"params": params}, x_t, cond, t, train=False),
+    weights = functools.partial(models.compute_params, model_cfg=spec.model)  # model.param_dtype
+    return Sampler(lambda params, x_t, cond, t: model.apply({"params": weights(params)}, x_t, cond,
+                                                            t, train=False),
                    schedule, num_steps=s.num_steps, multiple=models.downsample_factor(spec.model), mesh=mesh,
                    eta=s.eta, clip=s.clip, parameterization=spec.bridge.parameterization,
                    pi=spec.bridge.pi or None, tile_size=s.tile_size, tile_overlap=s.tile_overlap,
@@ -268,6 +306,7 @@ def load_trained(cfg: ConfigDict, workdir: str, mesh: Mesh, checkpoint: str = ""
 
     `saved_config`: the checkpoint's config when the caller has already read it (not read twice).
     """
+    use_compilation_cache(cfg.train.compilation_cache_dir)
     directory, step = checkpoints.resolve(workdir, checkpoint)
     where = os.path.join(directory, str(step))
     saved = checkpoints.read_config(directory, step) if saved_config is None else saved_config

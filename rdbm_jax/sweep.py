@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-import os
 from typing import Any
 
-import jax
 import ml_collections
 
-from rdbm_jax import config as config_lib, data, distributed, program, progress
+from rdbm_jax import config as config_lib, data, distributed, paths, program, progress
 from rdbm_jax.data import spec as data_spec
-from rdbm_jax.evaluate import SCORES, Baselines, protocol, score_sources, summary_line
+from rdbm_jax.evaluate import SCORES, Baselines, protocol, sampling_key, score_sources, summary_line
 
 log = logging.getLogger("rdbm_jax")
 
@@ -58,8 +57,10 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig = figure(rows)
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
+    paths.write_bytes(path, buffer.getvalue())
 
 
 def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
@@ -78,7 +79,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
         for nfe in nfes:
             sampler = program.sampler(cfg, mesh, num_steps=nfe, eta=eta)
             baseline = baseline or Baselines(true_mask=sampler.uses_mask)
-            _, per_task, _ = score_sources(sampler, params, sources, cfg, jax.random.PRNGKey(cfg.seed),
+            _, per_task, _ = score_sources(sampler, params, sources, cfg, sampling_key(cfg.seed),
                                            baseline=baseline)
             row = {"step": step, "nfe": nfe, "eta": eta}
             row.update({k: v for k, v in per_task["overall"].items() if k in SCORES})
@@ -89,16 +90,16 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
             log.info("sweep nfe=%d eta=%g: %s", nfe, eta, summary_line(per_task["overall"]))
             pbar.update(1)
     pbar.close()
-    out_dir = os.path.join(workdir, "sweep")
-    if distributed.is_main_process():
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "results.csv"), "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        plot(rows, os.path.join(out_dir, "results.png"))
-        with open(os.path.join(out_dir, "protocol.json"), "w", encoding="utf-8") as f:
-            json.dump({"step": step, "protocol": protocol(cfg)}, f, indent=2)  # NFE/η: per row
-        log.info("wrote %s", ", ".join(os.path.join(out_dir, f)
+    out_dir = paths.join(workdir, "sweep")
+    if distributed.is_main_process():  # each file written whole, locally or to an object store
+        table = io.StringIO(newline="")
+        w = csv.DictWriter(table, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        paths.write_text(paths.join(out_dir, "results.csv"), table.getvalue())
+        plot(rows, paths.join(out_dir, "results.png"))
+        paths.write_text(paths.join(out_dir, "protocol.json"),  # NFE/η: per row
+                         json.dumps({"step": step, "protocol": protocol(cfg)}, indent=2))
+        log.info("wrote %s", ", ".join(paths.join(out_dir, f)
                                        for f in ("results.csv", "results.png", "protocol.json")))
     return rows

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, evaluate, models, program
-from rdbm_jax import memory, workdir_lock, writers
+from rdbm_jax import memory, paths, workdir_lock, writers
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule
@@ -26,7 +26,7 @@ log = logging.getLogger("rdbm_jax")
 
 def prepare_workdir(workdir: str) -> None:
     """Create `workdir` and check that it is writable (one-line TrainingError otherwise)."""
-    if "://" in workdir:  # gs:// and friends: orbax writes there directly
+    if paths.is_remote(workdir):  # gs:// and friends: no folders to create, written through epath
         return
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -170,16 +170,15 @@ def check_batch_memory(cfg: ml_collections.ConfigDict) -> None:
 def _train(cfg: ml_collections.ConfigDict, workdir: str,
            hooks: Sequence[Callable[[int, TrainState], None]]) -> dict[str, float]:
     """The body of `train_and_evaluate`, run while the workdir lock is held."""
-    if cfg.train.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", cfg.train.compilation_cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    program.use_compilation_cache(cfg.train.compilation_cache_dir)
     mesh = distributed.make_mesh()
     is_main = distributed.is_main_process()
     prog = program.program(cfg, mesh)
     data.set_max_pixels(cfg.data.max_image_pixels)
     with _stop_raises("building the input pipeline"):  # can take minutes on a large data set
         train_iter = data.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size,
-                                               seed=cfg.seed)
+                                               seed=cfg.seed,
+                                               accelerator=jax.default_backend() != "cpu")
         eval_sources = (data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
                         if cfg.train.eval_every else {})
     ckpt = checkpoints.Checkpointer(workdir, cfg.train.max_to_keep)
@@ -195,8 +194,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
 
     writer = writers.create_writer(workdir, is_main, cfg.train.tensorboard, resume_step=start)
     if is_main and not start:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config_json, f, indent=2)
+        paths.write_text(paths.join(workdir, "config.json"), json.dumps(config_json, indent=2))
         # The resolved config in TensorBoard's text tab (indented: Markdown shows it verbatim).
         writer.write_texts(0, {"config": textwrap.indent(json.dumps(config_json, indent=2), "    ")})
     validator = evaluate.Validator(cfg, mesh, eval_sources) if eval_sources else None
@@ -206,6 +204,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     step, last = start, {}
     acc, pending = None, []
     t_log, s_log = time.time(), step
+    waited = 0.0  # seconds spent waiting for the input pipeline since the last log line
 
     def check_finite():
         _raise_if_nonfinite(pending, ckpt)
@@ -220,7 +219,10 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         try:
             while step < total:
                 n = min(k, total - step)
-                batches = distributed.global_batch(mesh, _next_batches(train_iter, n), leading=1)
+                t_wait = time.perf_counter()
+                local = _next_batches(train_iter, n)
+                waited += time.perf_counter() - t_wait
+                batches = distributed.global_batch(mesh, local, leading=1)
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
                     state, m, finite = prog.step(state, batches, key)
                 pending.append((step, finite))
@@ -236,9 +238,11 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
                     last = {f"train/{k_}": float(v) for k_, v in acc.compute().items()}
                     last.update({"steps_per_sec": rate, "images_per_sec": rate * cfg.train.batch_size,
                                  "eta_minutes": (total - step) / max(rate, 1e-9) / 60.0,
-                                 "learning_rate": float(lr_schedule(step))})
+                                 "learning_rate": float(lr_schedule(step)),
+                                 # Near 1: input-bound (data.num_workers, crops_per_image, cache).
+                                 "data_wait_fraction": min(1.0, waited / max(now - t_log, 1e-9))})
                     writer.write_scalars(step, last)
-                    acc, t_log, s_log = None, now, step
+                    acc, t_log, s_log, waited = None, now, step, 0.0
                 if validator and (step % cfg.train.eval_every < n or step == total):
                     check_finite()
                     scores, grid = validator(state.ema_params, step)

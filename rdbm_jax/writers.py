@@ -8,8 +8,8 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
-from PIL import Image
 
+from rdbm_jax import paths
 from rdbm_jax.errors import ConfigError, TrainingError
 
 log = logging.getLogger("rdbm_jax")
@@ -25,28 +25,25 @@ class JsonlWriter:
     """
 
     def __init__(self, workdir: str, resume_step: int = 0):
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.image_dir = os.path.join(workdir, "samples")
+        self.path = paths.join(workdir, "metrics.jsonl")
+        self.image_dir = paths.join(workdir, "samples")
         truncate_jsonl(self.path, resume_step)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         try:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            paths.append_text(self.path, json.dumps(row) + "\n")
         except OSError as e:
             raise TrainingError(f"cannot write {self.path}: {e.strerror or e}") from None
         log.info("step %d: %s", step, "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "step"))
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """[0, 1] images → `samples/step_N.png` (key "grid") or `samples/<key>_step_N.png`."""
-        os.makedirs(self.image_dir, exist_ok=True)
         for name, img in images.items():
             arr = np.asarray(img)
             arr = arr[0] if arr.ndim == 4 else arr
             stem = f"step_{int(step)}" if name == "grid" else f"{name}_step_{int(step)}"
-            path = os.path.join(self.image_dir, stem + ".png")
-            Image.fromarray(_to_uint8(arr)).save(path)
+            paths.save_png(paths.join(self.image_dir, stem + ".png"), _to_uint8(arr))
 
     def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
         """Texts (the resolved config) go to TensorBoard only; config.json holds it here."""
@@ -96,28 +93,22 @@ class NullWriter(MultiWriter):
 
 def truncate_jsonl(path: str, resume_step: int) -> None:
     """Keep only the rows of a JSONL log with step ≤ `resume_step` (atomic rewrite; torn lines dropped)."""
-    if not os.path.exists(path):
+    if not paths.as_path(path).exists():
         return
     kept, dropped = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-                keep = int(row["step"]) <= resume_step
-            except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
-                keep = False
-            if keep:
-                kept.append(line if line.endswith("\n") else line + "\n")
-            else:
-                dropped += 1
+    for line in paths.as_path(path).read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+            keep = int(row["step"]) <= resume_step
+        except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
+            keep = False
+        if keep:
+            kept.append(line if line.endswith("\n") else line + "\n")
+        else:
+            dropped += 1
     if not dropped:
         return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    paths.write_text(path, "".join(kept))
     log.info("%s: dropped %d row(s) logged after step %d (resuming there)", path, dropped, resume_step)
 
 

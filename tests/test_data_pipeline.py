@@ -283,3 +283,91 @@ def test_several_sources_shard_disjointly_and_resume_exactly(tmp_path):
                   "b": source_spec(kind="clean", dir=_rand_folder(tmp_path, "b", 4), degradation="noise")},
                  crop_size=8)
     _assert_resumes_identically(data, after=3, then=4)
+
+
+def _old_crop(item, crop, flip, rng):
+    """The former TrainExample crop: both images as float32, stacked, padded, cropped, flipped."""
+    from rdbm_jax.data.pipeline import pad_to
+    x0 = item.x0.astype(np.float32) / 255.0
+    mu = item.mu.astype(np.float32) / 255.0
+    stack = pad_to(np.concatenate([x0, mu], axis=-1), crop)
+    h, w = stack.shape[:2]
+    top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    stack = stack[top:top + crop, left:left + crop]
+    if flip != "none" and rng.uniform() < 0.5:
+        stack = stack[:, ::-1]
+    if flip == "both" and rng.uniform() < 0.5:
+        stack = stack[::-1]
+    return stack[..., :3], stack[..., 3:]
+
+
+@pytest.mark.parametrize("size", [(40, 56), (10, 12)])  # larger than the crop, and padded
+def test_pairs_cropped_as_uint8_then_converted_are_bit_identical(tmp_path, size):
+    """Pairs are decoded to uint8, cut with one window and converted after the crop: the same floats
+    as converting and stacking the two full frames first (the former, 4x slower way)."""
+    from rdbm_jax.data.pipeline import TrainExample, _build, named_sources
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        _write(tmp_path / "gt" / f"{i}.png", rng.integers(0, 256, size + (3,), np.uint8))
+        _write(tmp_path / "lq" / f"{i}.png", rng.integers(0, 256, size + (3,), np.uint8))
+    data = _data({"p": source_spec(kind="paired", lq_dir=str(tmp_path / "lq"), gt_dir=str(tmp_path / "gt"))})
+    src = named_sources(data, "p", "train")[0]
+    source, degrader, _ = _build(data, src)
+    fn = TrainExample(source, degrader, 0, 16, "both", False, src.key)
+    for i in range(3):
+        item = source.read_pixels(i)
+        assert item.x0.dtype == np.uint8
+        for seed in range(6):
+            got = fn(i, np.random.default_rng(seed))
+            x0, mu = _old_crop(item, 16, "both", np.random.default_rng(seed))
+            np.testing.assert_array_equal(got["x0"][0], x0 * 2.0 - 1.0)
+            np.testing.assert_array_equal(got["mu"][0], mu * 2.0 - 1.0)
+
+
+def test_several_crops_per_decoded_image(tmp_path, monkeypatch):
+    """data.crops_per_image=k: a batch holds B/k images, k consecutive crops of each, one decode each."""
+    from rdbm_jax.data import sources
+    spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 4, size=(24, 24)), degradation="noise")
+    reads = []
+    real = sources.CleanSource.read_pixels
+    monkeypatch.setattr(sources.CleanSource, "read_pixels", lambda self, i: reads.append(i) or real(self, i))
+    kw = dict(global_batch_size=4, seed=0, process_index=0, process_count=1)
+    batches = _take(build_train_iterator(_data({"c": spec}, crop_size=8, crops_per_image=2,
+                                               prefetch_buffer=0), **kw), 3)
+    ids = _ids(batches)
+    assert all(b["x0"].shape == (4, 8, 8, 3) for b in batches)
+    assert ids[0::2] == ids[1::2]  # crops 2j and 2j+1 come from one image
+    assert len(reads) == 6  # 12 crops, 6 decodes
+    with pytest.raises(ConfigError, match="data.crops_per_image=3"):
+        build_train_iterator(_data({"c": spec}, crop_size=8, crops_per_image=3), **kw)
+
+
+def test_decoded_image_cache_decodes_each_file_once_within_its_budget(tmp_path, monkeypatch):
+    from rdbm_jax.data import sources
+    spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 3, size=(24, 24)), degradation="noise")
+    kw = dict(global_batch_size=3, seed=0, process_index=0, process_count=1)
+    ref = _take(build_train_iterator(_data({"c": spec}, crop_size=8, prefetch_buffer=0), **kw), 4)
+    reads = []
+    real = sources.CleanSource.read_pixels
+    monkeypatch.setattr(sources.CleanSource, "read_pixels", lambda self, i: reads.append(i) or real(self, i))
+    got = _take(build_train_iterator(_data({"c": spec}, crop_size=8, prefetch_buffer=0,
+                                           decode_cache_mib=1), **kw), 4)
+    _same(got, ref)  # the cache changes no pixel
+    assert sorted(reads) == [0, 1, 2]  # 12 crops, 3 decodes
+    reads.clear()
+    _take(build_train_iterator(_data({"c": spec}, crop_size=8, prefetch_buffer=0), **kw), 4)
+    assert len(reads) == 12  # no cache: a decode per crop
+
+
+def test_auto_workers_only_where_they_help(tmp_path):
+    from rdbm_jax.data.pipeline import num_workers
+    files = _data({"c": source_spec(kind="clean", dir=_const_folder(tmp_path, 2), degradation="noise")},
+                  num_workers=-1)
+    builtin = _data({"b": source_spec(kind="builtin", split="train", degradation="inpaint")}, num_workers=-1)
+    assert num_workers(files, accelerator=False) == 0  # a CPU run: the step needs the cores
+    assert num_workers(builtin, accelerator=True) == 0  # decoded once, kept in RAM
+    import os
+    cpus = os.cpu_count() or 1
+    assert num_workers(files, accelerator=True) == (min(cpus - 1, 32) if cpus > 2 else 0)
+    files.num_workers = 3
+    assert num_workers(files, accelerator=False) == 3

@@ -186,3 +186,81 @@ def test_eval_reports_each_test_set_then_its_task_then_overall(trained_workdir):
     assert "main/photos (3 images; baseline: biharmonic" in table and "main [mean over 2 test sets] (4 images" in table
     rows = sweep.run_sweep(_named_sets_config(**{"sweep.nfe": "1", "sweep.eta": "0"}), trained_workdir)
     assert {"main/astronaut/psnr", "main/photos/ssim", "main/psnr", "other/psnr", "psnr_baseline"} <= set(rows[0])
+
+
+def test_validation_eval_and_sweep_share_one_seed_rule_at_eta_1(trained_workdir):
+    """Validation used PRNGKey(seed + 2), eval and sweep PRNGKey(seed): equal only at η = 0."""
+    from rdbm_jax import data, distributed, program
+    cfg = config(**{"sample.eta": 1.0, "eval.max_images": 2, "train.eval_num_images": 2,
+                    "sweep.eta": "1"})
+    cfg.sweep.nfe = str(cfg.sample.num_steps)
+    mesh = distributed.make_mesh()
+    params, step = program.load_trained(cfg, trained_workdir, mesh)[2:]
+    sources = data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
+    val, _ = evaluate.Validator(cfg, mesh, sources)(params, step)
+    ev = evaluate.run_eval(cfg, trained_workdir)["overall"]
+    sw = sweep.run_sweep(cfg, trained_workdir)[0]
+    assert val["val/psnr"] == ev["psnr"] == sw["psnr"]
+    assert val["val/ssim"] == ev["ssim"] == sw["ssim"]
+    # η = 1 draws noise: another seed gives other numbers (the rule is not vacuous).
+    other = evaluate.run_eval(config(**{**{"sample.eta": 1.0, "eval.max_images": 2}, "seed": 5}),
+                              trained_workdir)["overall"]
+    assert other["psnr"] != ev["psnr"]
+
+
+def test_compilation_cache_is_on_by_default_for_every_mode(trained_workdir, tmp_path, monkeypatch):
+    """train.compilation_cache_dir: "auto" = $JAX_COMPILATION_CACHE_DIR or a per-user folder; "" = off;
+    eval (and every mode: they all load through program.load_trained) compiles into it."""
+    import jax
+
+    from rdbm_jax import program
+    from configs import default
+    assert default.get_config().train.compilation_cache_dir == "auto"
+    before = program.compilation_cache_dir("auto")
+    min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    try:
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert program.compilation_cache_dir("auto") == str(tmp_path / "xdg" / "rdbm_jax" / "xla")
+        program.use_compilation_cache("")
+        assert not jax.config.jax_enable_compilation_cache
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        folder = tmp_path / "cache"
+        jax.clear_caches()  # compiled in this process before: compile again, into the new folder
+        program._sampler.cache_clear()
+        evaluate.run_eval(config(**{"train.compilation_cache_dir": str(folder), "eval.max_images": 1}),
+                          trained_workdir)
+        assert jax.config.jax_enable_compilation_cache
+        assert jax.config.jax_compilation_cache_dir == str(folder)
+        assert any(folder.iterdir())  # the sampler's executables were written there
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
+        monkeypatch.undo()
+        program.use_compilation_cache(before)
+
+
+def test_evaluation_keeps_only_the_grid_baselines(monkeypatch):
+    """Baselines kept a full-resolution image per example for the whole run: memory grew with the
+    test set. Only the grid's images stay; the scores (a few floats) are remembered for every example."""
+    from rdbm_jax import data
+
+    class Identity:  # a stand-in sampler: the restored image is the input
+        uses_mask = False
+
+        def __call__(self, params, mu, rng, mask=None):
+            return np.asarray(mu)
+
+    cfg = config(**{"eval.num_grid_images": 1})
+    sources = data.build_eval_sources(cfg.data)
+    n = sum(len(s) for s in sources.values())
+    assert n >= 2
+    calls = []
+    real = evaluate.baselines.restore
+    monkeypatch.setattr(evaluate.baselines, "restore", lambda *a, **k: calls.append(1) or real(*a, **k))
+    baseline = evaluate.Baselines(true_mask=False)
+    first = evaluate.score_sources(Identity(), None, sources, cfg, evaluate.sampling_key(0), baseline=baseline)
+    assert len(baseline._cache) == len(sources)  # one grid image per test set
+    assert len(baseline._scores) == n and len(calls) == n
+    again = evaluate.score_sources(Identity(), None, sources, cfg, evaluate.sampling_key(0), baseline=baseline)
+    assert len(calls) == n  # a second validation computes no baseline again
+    assert first[1] == again[1]

@@ -2,6 +2,7 @@
 per data.train_mix) and evaluation sources (one per test set)."""
 from __future__ import annotations
 
+import os
 import logging
 
 import grain
@@ -9,8 +10,9 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax.data.degradations import Degrader
-from rdbm_jax.data.image_io import center_crop, fit_size, resize_float, to_model_range
-from rdbm_jax.data.sources import ImageSource, build_source
+from rdbm_jax.data.image_io import (center_crop, fit_size, pixels_to_unit, resize_float,
+                                    to_model_range)
+from rdbm_jax.data.sources import ImageSource, RawItem, build_source
 from rdbm_jax.data.spec import (FOLDER_KEYS, SYNTHETIC_KINDS, TRAIN_MIXES, NamedSource,
                                 named_sources, resolve, task_names)
 from rdbm_jax.data.spec import folder as data_folder
@@ -47,19 +49,35 @@ def pad_to(img: np.ndarray, size: int) -> np.ndarray:
 
 
 class TrainExample:
-    """index → a cropped, flipped, degraded training example of one task (grain random_map)."""
+    """index → `crops` cropped, flipped, degraded training examples of one task (grain random_map),
+    stacked on a leading axis; the decoded pixels are cropped first and converted to float after."""
 
     def __init__(self, source: ImageSource, degrader: Degrader | None, task_id: int, crop: int,
-                 flip: str, skip_bad_files: bool, key: str, shard: tuple[int, int] = (0, 1)):
+                 flip: str, skip_bad_files: bool, key: str, shard: tuple[int, int] = (0, 1),
+                 crops: int = 1, cache_bytes: int = 0):
         self.source, self.degrader, self.task_id = source, degrader, task_id
         self.crop, self.flip, self.skip, self.key = crop, flip, skip_bad_files, key
         self.shard = shard  # (process_index, process_count): replacements stay in this shard
+        self.crops = crops  # data.crops_per_image
+        self.cache_bytes = cache_bytes  # data.decode_cache_mib, in bytes (per process)
         self.num_skipped = 0
+        self._cache: dict[int, RawItem] = {}
+        self._cached_bytes = 0
 
-    def _read(self, index: int, rng: np.random.Generator):
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cache"], state["_cached_bytes"] = {}, 0  # each worker process fills its own cache
+        return state
+
+    def read(self, index: int, rng: np.random.Generator) -> RawItem:
+        """The decoded pixels of example `index` (from the RAM cache when it holds them); with
+        skip_bad_files a bad file is replaced by a random one of this shard."""
+        if index in self._cache:
+            return self._cache[index]
         for _ in range(_MAX_RETRIES):
             try:
-                return self.source.read(index)
+                item = self.source.read_pixels(index)
+                break
             except DataError as e:
                 if not self.skip:
                     raise
@@ -68,27 +86,44 @@ class TrainExample:
                                 self.key, self.num_skipped, e)
                 first, step = self.shard
                 index = first + step * int(rng.integers(len(range(first, len(self.source), step))))
-        raise DataError(f"{self.key}: {_MAX_RETRIES} bad files in a row, giving up")
+        else:
+            raise DataError(f"{self.key}: {_MAX_RETRIES} bad files in a row, giving up")
+        size = item.x0.nbytes + (0 if item.mu is None else item.mu.nbytes)
+        if self._cached_bytes + size <= self.cache_bytes:  # fill until the budget; never evict
+            self._cache[index] = item
+            self._cached_bytes += size
+        return item
 
-    def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        item = self._read(int(index), rng)
-        stack = item.x0 if item.mu is None else np.concatenate([item.x0, item.mu], axis=-1)
-        stack = pad_to(stack, self.crop)
-        h, w = stack.shape[:2]
+    def crop_window(self, item: RawItem,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """One random crop (padded first if the image is smaller) and flips of x0 and μ alike, as
+        float32 in [0, 1]: the same draws, in the same order, as cropping the two stacked."""
+        x0, mu = pad_to(item.x0, self.crop), None if item.mu is None else pad_to(item.mu, self.crop)
+        h, w = x0.shape[:2]
         top, left = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
-        stack = stack[top:top + self.crop, left:left + self.crop]
+        window = (slice(top, top + self.crop), slice(left, left + self.crop))
+        x0, mu = x0[window], None if mu is None else mu[window]
         if self.flip != "none" and rng.uniform() < 0.5:
-            stack = stack[:, ::-1]
+            x0, mu = x0[:, ::-1], None if mu is None else mu[:, ::-1]
         if self.flip == "both" and rng.uniform() < 0.5:
-            stack = stack[::-1]
-        stack = np.ascontiguousarray(stack)
-        x0 = stack[..., :3]
-        if item.mu is not None:
-            mu, mask = stack[..., 3:], np.ones(x0.shape[:2], bool)
+            x0, mu = x0[::-1], None if mu is None else mu[::-1]
+        return pixels_to_unit(np.ascontiguousarray(x0)), None if mu is None else pixels_to_unit(
+            np.ascontiguousarray(mu))
+
+    def finish(self, x0: np.ndarray, mu: np.ndarray | None,
+               rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """A cropped example → model inputs; clean-only sources are degraded here."""
+        if mu is not None:
+            mask = np.ones(x0.shape[:2], bool)
         else:
             mu, mask = self.degrader.degrade(x0, rng)
         return {"x0": to_model_range(x0), "mu": to_model_range(mu), "mask": mask_array(mask),
                 "task": np.int32(self.task_id)}
+
+    def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        item = self.read(int(index), rng)
+        out = [self.finish(*self.crop_window(item, rng), rng) for _ in range(self.crops)]
+        return {k: np.stack([o[k] for o in out]) for k in out[0]}
 
 
 def mask_array(mask: np.ndarray) -> np.ndarray:
@@ -97,7 +132,7 @@ def mask_array(mask: np.ndarray) -> np.ndarray:
 
 
 def concat_batches(batches) -> dict[str, np.ndarray]:
-    """Concatenate per-task sub-batches along the batch axis (tasks in id order)."""
+    """Concatenate sub-batches along the batch axis (tasks in id order; a decode's crops in turn)."""
     return {k: np.concatenate([b[k] for b in batches], axis=0) for k in batches[0]}
 
 
@@ -114,7 +149,9 @@ def _task_stream(data_cfg: ml_collections.ConfigDict, task_id: int, name: str, *
             raise DataError(f"{src.key}: {len(source)} image(s) cannot be sharded over {process_count} "
                             f"processes (each needs at least one)")
         fn = TrainExample(source, degrader, task_id, int(data_cfg.crop_size), data_cfg.flip,
-                          bool(data_cfg.skip_bad_files), src.key, shard=shard)
+                          bool(data_cfg.skip_bad_files), src.key, shard=shard,
+                          crops=int(data_cfg.get("crops_per_image", 1)),
+                          cache_bytes=int(data_cfg.get("decode_cache_mib", 0)) * 2**20)
         # One source keeps the seeds of one-source tasks; several draw their own from (task, source).
         ids = (task_id,) if len(sources) == 1 else (task_id, j, 3)
         streams.append(grain.MapDataset.range(len(source))[process_index::process_count]
@@ -128,11 +165,29 @@ def _task_stream(data_cfg: ml_collections.ConfigDict, task_id: int, name: str, *
     return grain.MapDataset.mix(streams, sizes if mix == "size" else None)
 
 
+AUTO_WORKERS = -1  # data.num_workers: choose per host (`num_workers`)
+MAX_AUTO_WORKERS = 32
+
+
+def num_workers(data_cfg: ml_collections.ConfigDict, *, accelerator: bool) -> int:
+    """data.num_workers, with -1 (auto) resolved: one worker per CPU but one (at most 32) when an
+    accelerator runs the step and a training source reads files; in-process otherwise — on a CPU
+    run the step needs the same cores, and the built-in photos are decoded once and kept in RAM."""
+    workers = int(data_cfg.num_workers)
+    if workers != AUTO_WORKERS:
+        return workers
+    reads_files = any(resolve(src.cfg, src.key).kind != "builtin" for name in task_names(data_cfg)
+                      for src in named_sources(data_cfg, name, "train"))
+    cpus = os.cpu_count() or 1
+    return min(cpus - 1, MAX_AUTO_WORKERS) if accelerator and reads_files and cpus > 2 else 0
+
+
 def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
-                         process_index: int | None = None,
-                         process_count: int | None = None) -> grain.DatasetIterator:
+                         process_index: int | None = None, process_count: int | None = None,
+                         accelerator: bool = False) -> grain.DatasetIterator:
     """Checkpointable iterator of per-process batches {x0, mu: f32 [B, crop, crop, 3], mask: f32 [B, crop,
-    crop, 1] (1 where μ may differ from x0: inpainting holes, else everywhere), task: i32 [B]}."""
+    crop, 1] (1 where μ may differ from x0: inpainting holes, else everywhere), task: i32 [B]}.
+    `accelerator`: the step runs on a GPU/TPU, so data.num_workers=-1 starts worker processes."""
     # B = global_batch_size // process_count, split equally over the tasks (task-major order);
     # this process reads the files process_index::process_count of every task's training source(s).
     if process_index is None or process_count is None:
@@ -151,8 +206,11 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
                           f"{len(names)} tasks {names}")
     per_task = local // len(names)
     mix = data_cfg.get("train_mix", TRAIN_MIXES[0])
+    crops = int(data_cfg.get("crops_per_image", 1))  # config.validate checks it divides the batch
+    # Each element holds `crops` crops of one decoded image: per_task / crops decodes per batch.
     per_task_ds = [_task_stream(data_cfg, task_id, name, seed=seed, mix=mix,
-                                shard=(process_index, process_count)).batch(per_task, drop_remainder=True)
+                                shard=(process_index, process_count))
+                   .batch(per_task // crops, drop_remainder=True, batch_fn=concat_batches)
                    for task_id, name in enumerate(names)]
     if len(per_task_ds) == 1:
         ds = per_task_ds[0]
@@ -161,7 +219,7 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
                                                       batch_fn=concat_batches)
     buffer = int(data_cfg.prefetch_buffer)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=buffer, prefetch_buffer_size=buffer))
-    workers = int(data_cfg.num_workers)
+    workers = num_workers(data_cfg, accelerator=accelerator)
     if workers > 0:
         from absl import flags  # grain's workers read absl flags: use their defaults if unparsed
         if not flags.FLAGS.is_parsed():

@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax.data import builtin
-from rdbm_jax.data.image_io import decode_image, list_images, probe_size, relative_stem
+from rdbm_jax.data.image_io import (decode_pixels, list_images, pixels_to_unit, probe_size,
+                                    relative_stem)
 from rdbm_jax.errors import ConfigError, DataError
 
 _MAX_LISTED = 3
@@ -23,7 +24,8 @@ _MAX_LISTED = 3
 
 @dataclasses.dataclass
 class RawItem:
-    """One example before cropping: clean x0 and (if the source has one) condition μ, in [0, 1]."""
+    """One example before cropping: clean x0 and (if the source has one) condition μ, in [0, 1]
+    (`read`) or as decoded pixels, uint8 or float32 in [0, 1] (`read_pixels`)."""
     x0: np.ndarray
     mu: np.ndarray | None
     name: str
@@ -67,7 +69,13 @@ class ImageSource(abc.ABC):
         return len(self.entries)
 
     def read(self, index: int) -> RawItem:
-        """Decode example `index`; DataError naming the file(s) on any problem."""
+        """Decode example `index` to float32 in [0, 1]; DataError naming the file(s) on a problem."""
+        item = self.read_pixels(index)
+        mu = None if item.mu is None else pixels_to_unit(item.mu)
+        return RawItem(pixels_to_unit(item.x0), mu, item.name)
+
+    def read_pixels(self, index: int) -> RawItem:
+        """Example `index` as stored pixels (`image_io.decode_pixels`): crop, then convert."""
         return self._read_entry(self.entries[index])
 
     @abc.abstractmethod
@@ -84,11 +92,11 @@ class CleanSource(ImageSource):
 
     def _read_entry(self, entry):
         name, (path,) = entry
-        return RawItem(decode_image(path, self.file_keys[0]), None, name)
+        return RawItem(decode_pixels(path, self.file_keys[0]), None, name)
 
 
 class BuiltinSource(CleanSource):
-    """The built-in photos of one split; decoded images are kept in memory (11 small files)."""
+    """The built-in photos of one split; decoded pixels are kept in memory (11 small files)."""
 
     FILE_KEYS = ("split",)
 
@@ -99,7 +107,7 @@ class BuiltinSource(CleanSource):
     def _read_entry(self, entry):
         name, (path,) = entry
         if path not in self._cache:
-            self._cache[path] = decode_image(path, self.file_keys[0])
+            self._cache[path] = decode_pixels(path, self.file_keys[0])
         return RawItem(self._cache[path], None, name)
 
     def __getstate__(self):
@@ -115,7 +123,8 @@ class PairedSource(ImageSource):
 
     def _read_entry(self, entry):
         name, (lq_path, gt_path) = entry
-        mu, x0 = decode_image(lq_path, self.file_keys[0]), decode_image(gt_path, self.file_keys[1])
+        mu = decode_pixels(lq_path, self.file_keys[0])
+        x0 = decode_pixels(gt_path, self.file_keys[1])
         if mu.shape != x0.shape:
             raise DataError(f"pair size mismatch: LQ {lq_path} is {mu.shape[1]}x{mu.shape[0]} but GT "
                             f"{gt_path} is {x0.shape[1]}x{x0.shape[0]} ({self.key})")
@@ -144,7 +153,7 @@ class SideBySideSource(ImageSource):
 
     def _read_entry(self, entry):
         name, (path,) = entry
-        img = decode_image(path, self.file_keys[0])
+        img = decode_pixels(path, self.file_keys[0])
         self._split(path, img.shape[1])
         half = img.shape[1] // 2
         left, right = img[:, :half], img[:, half:]

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names below resolve to, for type checkers and the architecture test
     from rdbm_jax.models.sizes import SIZES, SizePreset
-    from rdbm_jax.models.unet import (ATTENTION_IMPLS, DTYPES, PARAM_DTYPES, UNet, count_macs,
-                                      count_params, create_model, downsample_factor)
+    from rdbm_jax.models.unet import (ATTENTION_IMPLS, DTYPES, PARAM_DTYPES, UNet, compute_params,
+                                      count_macs, count_params, create_model, downsample_factor)
 
 _HOMES = {
     "SIZES": "rdbm_jax.models.sizes", "SizePreset": "rdbm_jax.models.sizes",
     **{name: "rdbm_jax.models.unet" for name in (
-        "ATTENTION_IMPLS", "DTYPES", "PARAM_DTYPES", "UNet", "count_macs", "count_params",
-        "create_model", "downsample_factor")},
+        "ATTENTION_IMPLS", "DTYPES", "PARAM_DTYPES", "UNet", "compute_params", "count_macs",
+        "count_params", "create_model", "downsample_factor")},
 }
 __all__ = sorted(_HOMES)
 
