@@ -14,6 +14,7 @@ import os
 from typing import Any, Callable, NamedTuple
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
@@ -36,7 +37,10 @@ LOSSES = ("l1", "l2")  # train.loss
 # are computed (compute dtype, attention kernel, rematerialisation, dropout, off at inference), not
 # which weights there are or what they mean. Every other key of `network_spec` must match
 # (`must_match`).
-INFERENCE_ONLY = ("model.dtype", "model.attention_impl", "model.remat", "model.dropout")
+# model.param_dtype is one of them: checkpoints always hold float32 master weights, and the key only
+# picks the rounded copy the network computes with (`models.compute_params`).
+INFERENCE_ONLY = ("model.dtype", "model.param_dtype", "model.attention_impl", "model.remat",
+                  "model.dropout")
 
 # clu metric collection of the training loop (averaged between two log lines).
 TrainMetrics = clu_metrics.Collection.create(loss=clu_metrics.Average.from_output("loss"),
@@ -207,14 +211,12 @@ def use_compilation_cache(setting: str) -> None:
     Every mode and the API come through here (training, `load_trained`), so a restart, an eval or a
     sample run of an already-compiled shape loads the executable instead of compiling it again.
     """
-    from jax._src import compilation_cache as cache  # reset: a changed folder takes effect at once
-
     folder = compilation_cache_dir(setting)
     if folder == (jax.config.jax_compilation_cache_dir or "") and (
             bool(folder) == jax.config.jax_enable_compilation_cache):
         return
-    if jax.config.jax_compilation_cache_dir:
-        cache.reset_cache()
+    if jax.config.jax_compilation_cache_dir:  # reset: a changed folder takes effect at once
+        compilation_cache.reset_cache()
     jax.config.update("jax_enable_compilation_cache", bool(folder))
     jax.config.update("jax_compilation_cache_dir", folder or None)
     if folder and "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:

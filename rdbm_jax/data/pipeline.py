@@ -2,8 +2,8 @@
 per data.train_mix) and evaluation sources (one per test set)."""
 from __future__ import annotations
 
-import os
 import logging
+import os
 
 import grain
 import ml_collections
