@@ -324,39 +324,51 @@ def test_pairs_cropped_as_uint8_then_converted_are_bit_identical(tmp_path, size)
             np.testing.assert_array_equal(got["mu"][0], mu * 2.0 - 1.0)
 
 
-def test_several_crops_per_decoded_image(tmp_path, monkeypatch):
-    """data.crops_per_image=k: a batch holds B/k images, k consecutive crops of each, one decode each."""
+def _example_fn(spec, monkeypatch, **kw):
+    """(TrainExample of a one-source task, list of the indices its source decoded)."""
     from rdbm_jax.data import sources
-    spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 4, size=(24, 24)), degradation="noise")
+    from rdbm_jax.data.pipeline import TrainExample, _build, named_sources
+    data = _data({"c": spec}, crop_size=8)
+    src = named_sources(data, "c", "train")[0]
+    source, degrader, _ = _build(data, src)
     reads = []
     real = sources.CleanSource.read_pixels
     monkeypatch.setattr(sources.CleanSource, "read_pixels", lambda self, i: reads.append(i) or real(self, i))
+    return TrainExample(source, degrader, 0, 8, "both", False, src.key, **kw), reads
+
+
+def test_several_crops_per_decoded_image(tmp_path, monkeypatch):
+    """data.crops_per_image=k: a batch holds B/k images, k consecutive crops of each, one decode each."""
+    spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 4, size=(24, 24)), degradation="noise")
     kw = dict(global_batch_size=4, seed=0, process_index=0, process_count=1)
-    batches = _take(build_train_iterator(_data({"c": spec}, crop_size=8, crops_per_image=2,
-                                               prefetch_buffer=0), **kw), 3)
+    batches = _take(build_train_iterator(_data({"c": spec}, crop_size=8, crops_per_image=2), **kw), 3)
     ids = _ids(batches)
     assert all(b["x0"].shape == (4, 8, 8, 3) for b in batches)
     assert ids[0::2] == ids[1::2]  # crops 2j and 2j+1 come from one image
-    assert len(reads) == 6  # 12 crops, 6 decodes
+    fn, reads = _example_fn(spec, monkeypatch, crops=2)
+    out = fn(1, np.random.default_rng(0))
+    assert reads == [1] and out["x0"].shape == (2, 8, 8, 3)  # one decode, two crops
+    assert not np.array_equal(out["mu"][0], out["mu"][1])  # own windows and own degradations
     with pytest.raises(ConfigError, match="data.crops_per_image=3"):
         build_train_iterator(_data({"c": spec}, crop_size=8, crops_per_image=3), **kw)
 
 
 def test_decoded_image_cache_decodes_each_file_once_within_its_budget(tmp_path, monkeypatch):
-    from rdbm_jax.data import sources
     spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 3, size=(24, 24)), degradation="noise")
     kw = dict(global_batch_size=3, seed=0, process_index=0, process_count=1)
-    ref = _take(build_train_iterator(_data({"c": spec}, crop_size=8, prefetch_buffer=0), **kw), 4)
-    reads = []
-    real = sources.CleanSource.read_pixels
-    monkeypatch.setattr(sources.CleanSource, "read_pixels", lambda self, i: reads.append(i) or real(self, i))
-    got = _take(build_train_iterator(_data({"c": spec}, crop_size=8, prefetch_buffer=0,
-                                           decode_cache_mib=1), **kw), 4)
+    ref = _take(build_train_iterator(_data({"c": spec}, crop_size=8), **kw), 4)
+    got = _take(build_train_iterator(_data({"c": spec}, crop_size=8, decode_cache_mib=1), **kw), 4)
     _same(got, ref)  # the cache changes no pixel
-    assert sorted(reads) == [0, 1, 2]  # 12 crops, 3 decodes
-    reads.clear()
-    _take(build_train_iterator(_data({"c": spec}, crop_size=8, prefetch_buffer=0), **kw), 4)
-    assert len(reads) == 12  # no cache: a decode per crop
+    fn, reads = _example_fn(spec, monkeypatch, cache_bytes=2**20)
+    for i in [0, 1, 2, 0, 1, 2, 2]:
+        fn(i, np.random.default_rng(i))
+    assert reads == [0, 1, 2]  # each file decoded once
+    small, reads_small = _example_fn(spec, monkeypatch, cache_bytes=24 * 24 * 3 * 2)  # two images
+    for i in [0, 1, 2, 0, 1, 2]:
+        small(i, np.random.default_rng(i))
+    assert reads_small == [0, 1, 2, 2]  # the budget held two: the third is decoded every time
+    import pickle
+    assert pickle.loads(pickle.dumps(fn))._cache == {}  # workers start with their own, empty cache
 
 
 def test_auto_workers_only_where_they_help(tmp_path):
