@@ -139,7 +139,8 @@ def test_sweep_writes_csv_and_plot(trained_workdir, caplog):
     assert caplog.records[-1].getMessage() == "wrote " + ", ".join(  # the closing line
         os.path.join(out, f) for f in ("results.csv", "results.png", "protocol.json"))
     assert len(list(csv.DictReader(open(os.path.join(out, "results.csv"))))) == 4
-    assert_line_plot(os.path.join(out, "results.png"), size=(1200, 456), lines=2)  # η 0 and 1
+    assert_line_plot(os.path.join(out, "results.png"), size=(1800, 456), lines=2,  # η 0 and 1
+                     panels=3)  # whole image, SSIM and inside the holes (psnr_masked)
     with pytest.raises(ConfigError, match="sweep.nfe"):
         sweep.run_sweep(config(**{"sweep.nfe": "500"}), trained_workdir)
 

@@ -4,7 +4,6 @@ without its fix."""
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import atomic, conditioning, evaluate, export, export_loader
+from rdbm_jax import atomic, conditioning, evaluate, export, export_loader, paths
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError
 from rdbm_jax.sample import run_sample
@@ -78,14 +77,14 @@ def test_export_killed_between_artifact_and_metadata_is_refused_by_the_loader(tm
     os.makedirs(out)
     export.write_unit(out, b"old artifact", {"artifact_sha256": export_loader.hashlib.sha256(
         b"old artifact").hexdigest(), "step": 1})
-    real_write_text = atomic.write_text
+    real_write_text = paths.write_text
 
     def write_text(path, text):
         if path.endswith(export.METADATA):
             raise KeyboardInterrupt("killed after the artifact's rename")
         real_write_text(path, text)
 
-    monkeypatch.setattr(atomic, "write_text", write_text)
+    monkeypatch.setattr(paths, "write_text", write_text)
     with pytest.raises(KeyboardInterrupt):
         export.write_unit(out, b"new artifact", {"artifact_sha256": export_loader.hashlib.sha256(
             b"new artifact").hexdigest(), "step": 2})

@@ -173,7 +173,7 @@ def test_params_and_ema_move_for_every_param_dtype(param_dtype):
     x0 = rng.uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
     batch = distributed.global_batch(mesh, {"x0": x0, "mu": np.clip(x0 + 0.5, -1, 1).astype(np.float32),
                                             "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}, 1)
-    start = program.init_state(cfg, mesh)
+    start = prog.init(program.init_key(cfg.seed))  # as train.py initialises it
     first = jax.tree_util.tree_map(np.asarray, (start.params, start.ema_params))
     state = start
     for i in range(3):

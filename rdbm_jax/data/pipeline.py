@@ -206,7 +206,9 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
                           f"{len(names)} tasks {names}")
     per_task = local // len(names)
     mix = data_cfg.get("train_mix", TRAIN_MIXES[0])
-    crops = int(data_cfg.get("crops_per_image", 1))  # config.validate checks it divides the batch
+    crops = int(data_cfg.get("crops_per_image", 1))
+    if per_task % crops:  # depends on the process count: checked here, not in config.validate
+        raise ConfigError(f"data.crops_per_image={crops} must divide the per-task batch {per_task}")
     # Each element holds `crops` crops of one decoded image: per_task / crops decodes per batch.
     per_task_ds = [_task_stream(data_cfg, task_id, name, seed=seed, mix=mix,
                                 shard=(process_index, process_count))
