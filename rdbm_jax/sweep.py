@@ -11,7 +11,8 @@ import ml_collections
 
 from rdbm_jax import config as config_lib, data, distributed, paths, program, progress
 from rdbm_jax.data import spec as data_spec
-from rdbm_jax.evaluate import SCORES, Baselines, protocol, sampling_key, score_sources, summary_line
+from rdbm_jax.reports import summary_line
+from rdbm_jax.scoring import SCORES, Baselines, protocol, sampling_key, score_sources
 
 log = logging.getLogger("rdbm_jax")
 

@@ -15,11 +15,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, evaluate, models, program
+from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, models, program
 from rdbm_jax import memory, paths, workdir_lock, writers
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule
+from rdbm_jax.validation import Validator
 
 log = logging.getLogger("rdbm_jax")
 
@@ -197,7 +198,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         paths.write_text(paths.join(workdir, "config.json"), json.dumps(config_json, indent=2))
         # The resolved config in TensorBoard's text tab (indented: Markdown shows it verbatim).
         writer.write_texts(0, {"config": textwrap.indent(json.dumps(config_json, indent=2), "    ")})
-    validator = evaluate.Validator(cfg, mesh, eval_sources) if eval_sources else None
+    validator = Validator(cfg, mesh, eval_sources) if eval_sources else None
     lr_schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
     key = jax.random.PRNGKey(cfg.seed + 1)
     total, k = cfg.train.num_steps, cfg.train.steps_per_dispatch

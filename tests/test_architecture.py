@@ -69,6 +69,11 @@ def test_no_import_circle_anywhere_in_the_package():
 def test_the_import_graph_sees_local_imports():  # the checker itself: it must be able to fail
     assert "rdbm_jax.train" in GRAPH["rdbm_jax.main"]  # main imports the modes inside main()
     assert "rdbm_jax.program" in _closure("rdbm_jax.evaluate")
+    assert "rdbm_jax.scoring" in _closure("rdbm_jax.train")  # through validation
+
+
+MODES = {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.sample",
+         "rdbm_jax.export", "rdbm_jax.api"}
 
 
 @pytest.mark.parametrize("module,forbidden", [
@@ -81,9 +86,14 @@ def test_the_import_graph_sees_local_imports():  # the checker itself: it must b
     # What a config compiles never reaches into the loop or the modes.
     ("rdbm_jax.program", {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.sample",
                           "rdbm_jax.export", "rdbm_jax.api", "rdbm_jax.config"}),
-    # Eval, sweep, sample, export and the API never import the training loop.
+    # The evaluation layer serves the modes and never reaches one.
+    ("rdbm_jax.scoring", MODES | {"rdbm_jax.reports", "rdbm_jax.validation"}),
+    ("rdbm_jax.reports", MODES | {"rdbm_jax.validation"}),
+    ("rdbm_jax.validation", MODES),
+    # Training, sweep and the other modes never import a mode (they share the evaluation layer).
+    ("rdbm_jax.train", MODES - {"rdbm_jax.train"}),
     ("rdbm_jax.evaluate", {"rdbm_jax.train"}),
-    ("rdbm_jax.sweep", {"rdbm_jax.train"}),
+    ("rdbm_jax.sweep", MODES - {"rdbm_jax.sweep"}),
     ("rdbm_jax.sample", {"rdbm_jax.train"}),
     ("rdbm_jax.export", {"rdbm_jax.train"}),
     ("rdbm_jax.api", {"rdbm_jax.train"}),

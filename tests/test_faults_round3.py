@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import atomic, conditioning, evaluate, export, export_loader
+from rdbm_jax import atomic, conditioning, export, export_loader, reports, scoring
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError
 from rdbm_jax.sample import run_sample
@@ -61,11 +61,11 @@ def _killed_at_fsync(monkeypatch):
 def test_a_killed_eval_report_keeps_the_previous_metrics_json(tmp_path, monkeypatch):
     out = str(tmp_path / "eval")
     per_task = {"main": {"psnr": 20.0}, "overall": {"psnr": 20.0}}
-    evaluate.write_report(out, [{"task": "main", "name": "a", "psnr": 20.0}], per_task, {"step": 1})
+    reports.write_report(out, [{"task": "main", "name": "a", "psnr": 20.0}], per_task, {"step": 1})
     before = {f: open(os.path.join(out, f), "rb").read() for f in ("metrics.json", "per_image.csv")}
     _killed_at_fsync(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        evaluate.write_report(out, [{"task": "main", "name": "a", "psnr": 30.0}],
+        reports.write_report(out, [{"task": "main", "name": "a", "psnr": 30.0}],
                               {"main": {"psnr": 30.0}, "overall": {"psnr": 30.0}}, {"step": 2})
     after = {f: open(os.path.join(out, f), "rb").read() for f in ("metrics.json", "per_image.csv")}
     assert after == before  # whole, and the previous results
@@ -181,9 +181,9 @@ def test_exif_orientation_is_applied_on_read(tmp_path):
 
 def test_fid_on_one_image_is_one_line_before_anything_runs():
     ev = config(**{"eval.metrics": "psnr,fid", "eval.fid_weights": "inception.npz"}).eval
-    evaluate.check_fid_sizes(ev, {"main": [0, 1]})
+    scoring.check_fid_sizes(ev, {"main": [0, 1]})
     with pytest.raises(ConfigError, match="test set 'main' has 1 image.*FID needs at least 2"):
-        evaluate.check_fid_sizes(ev, {"main": [0]})
+        scoring.check_fid_sizes(ev, {"main": [0]})
 
 
 # --- JPEG-robust hole inference -------------------------------------------------------------------

@@ -15,12 +15,19 @@ from tests.helpers import REPO
 pytestmark = pytest.mark.integration  # the 8-device side runs in a second process
 
 
+class OneTestSet(list):
+    """Examples of task "t"'s only test set, read as score_sources reads a data.EvalSource."""
+    task = "t"
+    test_set = "t"
+    label = "t"
+
+
 def probe(n_devices: int) -> dict:
     """Train 2 dispatches and evaluate 4 images on a mesh of the first `n_devices` devices."""
     import jax
     from jax.sharding import Mesh
 
-    from rdbm_jax import distributed, evaluate, program, sde, train
+    from rdbm_jax import distributed, program, scoring, sde, train
     from rdbm_jax.sampler import Sampler
     from tests.helpers import config
 
@@ -39,10 +46,11 @@ def probe(n_devices: int) -> dict:
     apply = lambda p, x, m, t: jax.numpy.tanh(m * p + x * 0.1)
     images = [rng.uniform(-1, 1, (24, 40, 3)).astype(np.float32) for _ in range(3)]
     images.append(rng.uniform(-1, 1, (16, 16, 3)).astype(np.float32))
-    source = [{"x0": img * 0.9, "mu": img, "name": f"im{i}", "task_name": "t"} for i, img in enumerate(images)]
+    source = OneTestSet({"x0": img * 0.9, "mu": img, "name": f"im{i}", "task_name": "t"}
+                        for i, img in enumerate(images))
     cfg.sample.batch_size = 3
     restorer = Sampler(apply, sde.make_schedule(100), num_steps=4, multiple=8, mesh=mesh, eta=1.0)
-    rows, _, _ = evaluate.score_sources(restorer, 1.5, {"t": source}, cfg, jax.random.PRNGKey(0))
+    rows, _, _ = scoring.score_sources(restorer, 1.5, {"t": source}, cfg, jax.random.PRNGKey(0))
     out["eval"] = [(r["name"], r["psnr"]) for r in rows]
     return out
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from rdbm_jax import baselines, conditioning, data, evaluate, metrics, sde
+from rdbm_jax import baselines, conditioning, data, evaluate, metrics, reports, scoring, sde
 from rdbm_jax.data import degradations
 from rdbm_jax.data.spec import source_spec
 from tests.helpers import config, read_metrics
@@ -250,7 +250,7 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     for key in ("psnr", "psnr_baseline", "psnr_input", "psnr_masked", "psnr_masked_baseline",
                 "psnr_masked_input", "psnr_kept", "ssim_masked_baseline"):
         assert f"val/{key}" in last, key
-    assert last["val/psnr_kept"] == evaluate.KEPT_CAP  # known pixels come back exactly
+    assert last["val/psnr_kept"] == scoring.KEPT_CAP  # known pixels come back exactly
     assert last["val/psnr_baseline"] > last["val/psnr_input"] + 5
     line = [r.getMessage() for r in caplog.records if " val main " in r.getMessage()][0]
     assert "baseline: biharmonic (true mask)" in line and "| baseline " in line and "| input " in line
@@ -258,7 +258,7 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     assert rows and rows[-1]["val/psnr_masked_baseline"] == last["val/psnr_masked_baseline"]
     grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_2.png")))
     # four columns (μ │ baseline │ ours │ x0) of equal aspect: the grid is ≥ 4 cells wide
-    assert grid.shape[1] > 3.5 * evaluate.GRID_HEIGHT * 0.6
+    assert grid.shape[1] > 3.5 * reports.GRID_HEIGHT * 0.6
 
     with caplog.at_level("INFO", logger="rdbm_jax"):
         per_task = evaluate.run_eval(cfg, workdir)

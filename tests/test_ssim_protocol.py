@@ -9,7 +9,7 @@ from skimage import data
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
-from rdbm_jax import config as config_lib, evaluate, metrics
+from rdbm_jax import config as config_lib, metrics, scoring
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config
 
@@ -82,7 +82,7 @@ def test_bad_protocol_values_are_one_line_config_errors(pair):
 
 def test_protocol_record_names_window_and_quantisation():
     cfg = config("universal", None)
-    record = evaluate.protocol(cfg)
+    record = scoring.protocol(cfg)
     assert record["ssim_window"] == "uniform" and record["quantize"] == "truncate"
     assert "7x7 uniform" in record["ssim"]
     json.dumps(record)  # written into metrics.json as is
