@@ -86,7 +86,7 @@ class TrainedModel:
         s.tile_overlap = s.tile_overlap if tile_overlap is None else int(tile_overlap)
         # The overrides obey the sample.* rules (a ConfigError is a ValueError).
         config_lib.validate(cfg)
-        return program.sampler(cfg, self.mesh)
+        return program.build_sampler(cfg, self.mesh)
 
     def restore(self, images: Any, *, num_steps: int | None = None, eta: float | None = None,
                 tile_size: int | None = None, tile_overlap: int | None = None, seed: int = 0,

@@ -27,7 +27,7 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data.set_max_pixels(cfg.data.max_image_pixels)
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     check_fid_sizes(cfg.eval, sources)
-    sampler = program.sampler(cfg, mesh)
+    sampler = program.build_sampler(cfg, mesh)
     with progress.bar(sum(len(s) for s in sources.values()), "eval") as pbar:
         rows, per_task, grids = score_sources(sampler, params, sources, cfg, sampling_key(cfg.seed),
                                               Perceptual(cfg.eval),

@@ -81,7 +81,7 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     mesh = distributed.make_mesh()
     trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
     params, step = trained.params, trained.step
-    sampler = program.sampler(cfg, mesh)
+    sampler = program.build_sampler(cfg, mesh)
     exported = export_restorer(sampler, params)
     out_dir = paths.join(workdir, "export")  # a local folder or an object store
     path = paths.join(out_dir, ARTIFACT)

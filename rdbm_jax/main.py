@@ -174,8 +174,8 @@ def main(argv: list[str]) -> None:
             from rdbm_jax.evaluate import run_eval
             run_eval(_CONFIG.value, _WORKDIR.value)
         elif _MODE.value == "sample":
-            from rdbm_jax.sample import run_sample
-            run_sample(_CONFIG.value, _WORKDIR.value)
+            from rdbm_jax.restore_files import run_restore_files
+            run_restore_files(_CONFIG.value, _WORKDIR.value)
         elif _MODE.value == "sweep":
             from rdbm_jax.sweep import run_sweep
             run_sweep(_CONFIG.value, _WORKDIR.value)

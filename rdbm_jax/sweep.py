@@ -78,7 +78,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
     baseline = None  # the classical baseline does not depend on the setting: computed once
     for eta in etas:
         for nfe in nfes:
-            sampler = program.sampler(cfg, mesh, num_steps=nfe, eta=eta)
+            sampler = program.build_sampler(cfg, mesh, num_steps=nfe, eta=eta)
             baseline = baseline or Baselines(true_mask=sampler.uses_mask)
             _, per_task, _ = score_sources(sampler, params, sources, cfg, sampling_key(cfg.seed),
                                            baseline=baseline)

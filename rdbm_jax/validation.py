@@ -24,7 +24,7 @@ class Validator:
     def __init__(self, cfg: ml_collections.ConfigDict, mesh: Mesh, sources: dict[str, Any]):
         self.cfg = cfg
         self.sources = sources
-        self.sampler = program.sampler(cfg, mesh)
+        self.sampler = program.build_sampler(cfg, mesh)
         # The baselines never change between validations: computed at the first call only.
         self.baseline = Baselines(true_mask=self.sampler.uses_mask)
         log.info("validation protocol (val/* scores): %s", json.dumps(protocol(cfg)))

@@ -45,7 +45,7 @@ def test_readme_api_example_runs_and_matches_the_restorer(trained_run, model, ca
     assert ns["other"].shape == photo.shape and not np.array_equal(ns["other"], restored)
     assert capsys.readouterr().out.split()[0] == "2"  # model.step
     # The API is the package's restorer with [0, 255] ↔ [-1, 1] around it.
-    r = program.sampler(model.config, model.mesh)
+    r = program.build_sampler(model.config, model.mesh)
     want = r(model.params, photo[None].astype(np.float32) / 127.5 - 1.0, jax.random.fold_in(jax.random.PRNGKey(0), 0))
     want = np.rint(np.clip((want[0] + 1) / 2, 0, 1) * 255)
     assert np.abs(restored.astype(np.float32) - want).max() <= 1

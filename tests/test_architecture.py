@@ -72,7 +72,7 @@ def test_the_import_graph_sees_local_imports():  # the checker itself: it must b
     assert "rdbm_jax.scoring" in _closure("rdbm_jax.train")  # through validation
 
 
-MODES = {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.sample",
+MODES = {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.restore_files",
          "rdbm_jax.export", "rdbm_jax.api"}
 
 
@@ -84,7 +84,7 @@ MODES = {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.samp
     ("rdbm_jax.models.unet", {"rdbm_jax.sde", "rdbm_jax.schedules", "rdbm_jax.conditioning", "rdbm_jax.data"}),
     ("rdbm_jax.data.pipeline", {"rdbm_jax.models", "rdbm_jax.sde", "rdbm_jax.program", "rdbm_jax.train"}),
     # What a config compiles never reaches into the loop or the modes.
-    ("rdbm_jax.program", {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.sample",
+    ("rdbm_jax.program", {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.restore_files",
                           "rdbm_jax.export", "rdbm_jax.api", "rdbm_jax.config"}),
     # The evaluation layer serves the modes and never reaches one.
     ("rdbm_jax.scoring", MODES | {"rdbm_jax.reports", "rdbm_jax.validation"}),
@@ -94,7 +94,7 @@ MODES = {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.samp
     ("rdbm_jax.train", MODES - {"rdbm_jax.train"}),
     ("rdbm_jax.evaluate", {"rdbm_jax.train"}),
     ("rdbm_jax.sweep", MODES - {"rdbm_jax.sweep"}),
-    ("rdbm_jax.sample", {"rdbm_jax.train"}),
+    ("rdbm_jax.restore_files", {"rdbm_jax.train"}),
     ("rdbm_jax.export", {"rdbm_jax.train"}),
     ("rdbm_jax.api", {"rdbm_jax.train"}),
     # The runtime weight loader is apart from the torch converter.
@@ -120,7 +120,7 @@ def test_only_the_loop_program_and_api_open_checkpoints():
 def test_main_only_dispatches():
     assert GRAPH["rdbm_jax.main"] <= {"rdbm_jax.cli_help", "rdbm_jax.distributed",
                                       "rdbm_jax.errors", "rdbm_jax.train",
-                                      "rdbm_jax.evaluate", "rdbm_jax.sample", "rdbm_jax.sweep",
+                                      "rdbm_jax.evaluate", "rdbm_jax.restore_files", "rdbm_jax.sweep",
                                       "rdbm_jax.export"}
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from rdbm_jax import evaluate, reports, scoring, sweep, validation
-from rdbm_jax.sample import run_sample
+from rdbm_jax.restore_files import run_restore_files
 from rdbm_jax.errors import ConfigError, DataError
 from tests.helpers import assert_line_plot, config
 
@@ -101,17 +101,17 @@ def test_sample_mode_restores_tree_survives_corrupt_file_and_keeps_outputs(train
         f.write(b"\x89PNG\r\n\x1a\n not really")
     cfg = config(**{"sample.input_dir": src, "sample.output_dir": dst, "sample.batch_size": 4})
     with pytest.raises(DataError, match=r"1 of 4 input\(s\).*broken\.png"):
-        run_sample(cfg, trained_workdir)
+        run_restore_files(cfg, trained_workdir)
     for name, shape in (("a.png", (27, 45)), ("b.png", (27, 45)), ("sub/c.png", (40, 33))):
         img = np.asarray(Image.open(os.path.join(dst, name)))
         assert img.shape == (*shape, 3)
     before = os.path.getmtime(os.path.join(dst, "a.png"))
     os.remove(os.path.join(src, "sub", "broken.png"))
-    result = run_sample(cfg, trained_workdir)
+    result = run_restore_files(cfg, trained_workdir)
     assert result == {"restored": 0, "skipped": 3, "failed": []}
     assert os.path.getmtime(os.path.join(dst, "a.png")) == before
     cfg.sample.overwrite = True
-    assert run_sample(cfg, trained_workdir)["restored"] == 3
+    assert run_restore_files(cfg, trained_workdir)["restored"] == 3
 
 
 def test_sample_mode_gray_in_gray_out(trained_workdir, tmp_path):
@@ -120,14 +120,14 @@ def test_sample_mode_gray_in_gray_out(trained_workdir, tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(src / "gray.png")
     _png(str(src / "rgb.png"), 24, 20, 1)
-    run_sample(config(**{"sample.input_dir": str(src), "sample.output_dir": str(dst)}), trained_workdir)
+    run_restore_files(config(**{"sample.input_dir": str(src), "sample.output_dir": str(dst)}), trained_workdir)
     assert Image.open(dst / "gray.png").mode == "L" and Image.open(dst / "gray.png").size == (20, 24)
     assert Image.open(dst / "rgb.png").mode == "RGB"
 
 
 def test_sample_mode_needs_folders(trained_workdir):
     with pytest.raises(ConfigError, match="sample.input_dir"):
-        run_sample(config(), trained_workdir)
+        run_restore_files(config(), trained_workdir)
 
 
 def test_sweep_writes_csv_and_plot(trained_workdir, caplog):

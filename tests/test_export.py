@@ -81,7 +81,7 @@ def test_exported_restorer_runs_without_flax_and_matches(trained_run, tmp_path):
 
     mesh = distributed.make_mesh()
     model, schedule, params, _ = load_trained(cfg, workdir, mesh)
-    restorer = program.sampler(cfg, mesh)
+    restorer = program.build_sampler(cfg, mesh)
     for name in ("a", "b"):
         want = restorer(params, inputs[name], jax.random.PRNGKey(7), mask=inputs[name + "_mask"])
         assert got[name].shape == want.shape
@@ -103,4 +103,4 @@ def test_export_refuses_tiling(trained_run):
     mesh = distributed.make_mesh()
     model, schedule, params, _ = load_trained(cfg, trained_run, mesh)
     with pytest.raises(ConfigError, match="sample.tile_size=16"):
-        export.restoration_fn(program.sampler(cfg, mesh), params)
+        export.restoration_fn(program.build_sampler(cfg, mesh), params)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from rdbm_jax import checkpoints, distributed, program, train, workdir_lock, writers
-from rdbm_jax.sample import run_sample
+from rdbm_jax.restore_files import run_restore_files
 from rdbm_jax.errors import ConfigError, DataError, TrainingError
 from tests.helpers import REPO, config, read_metrics, run_cli, train_argv
 
@@ -346,7 +346,7 @@ def test_sample_refuses_two_inputs_with_one_output_before_writing(tmp_path):
         img.save(src / name)
     cfg = config(**{"sample.input_dir": str(src), "sample.output_dir": str(out)})
     with pytest.raises(DataError) as collided:
-        run_sample(cfg, str(tmp_path / "no_workdir_needed"))
+        run_restore_files(cfg, str(tmp_path / "no_workdir_needed"))
     assert str(src / "dup.jpg") in str(collided.value) and str(src / "dup.png") in str(collided.value)
     assert not out.exists()
 

@@ -15,7 +15,7 @@ from PIL import Image
 from rdbm_jax import atomic, conditioning, export, export_loader, reports, scoring
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError
-from rdbm_jax.sample import run_sample
+from rdbm_jax.restore_files import run_restore_files
 from tests.helpers import config
 
 
@@ -37,7 +37,7 @@ def test_output_dir_symlinked_to_the_input_dir_is_refused_and_inputs_are_untouch
     os.symlink(src, tmp_path / "link")
     cfg = _sample_cfg(src, tmp_path / "link", **{"sample.overwrite": True})
     with pytest.raises(ConfigError, match="sample.output_dir.*is the input folder"):
-        run_sample(cfg, str(tmp_path / "no_workdir_needed"))
+        run_restore_files(cfg, str(tmp_path / "no_workdir_needed"))
     assert (src / "a.png").read_bytes() == before and os.listdir(src) == ["a.png"]
 
 
@@ -45,7 +45,7 @@ def test_output_dir_inside_the_input_dir_is_refused(tmp_path):
     src = tmp_path / "in"
     _png(src / "a.png")
     with pytest.raises(ConfigError, match="inside sample.input_dir"):
-        run_sample(_sample_cfg(src, src / "restored"), str(tmp_path / "no_workdir_needed"))
+        run_restore_files(_sample_cfg(src, src / "restored"), str(tmp_path / "no_workdir_needed"))
     assert not (src / "restored").exists()
 
 
@@ -101,7 +101,7 @@ def test_sample_removes_the_temporary_files_a_killed_run_left(tmp_path, trained_
     stale.write_bytes(b"half a png")
     (out / "notes.tmp").write_text("the user's own")
     with caplog.at_level(logging.INFO, logger="rdbm_jax"):
-        run_sample(_sample_cfg(src, out), trained_workdir)
+        run_restore_files(_sample_cfg(src, out), trained_workdir)
     assert not stale.exists() and (out / "notes.tmp").exists() and (out / "a.png").exists()
     assert "removed 1 temporary file(s)" in caplog.text
 
@@ -116,7 +116,7 @@ def test_one_unreadable_mask_skips_only_its_image(tmp_path, trained_workdir):
     (masks / "b.png").write_bytes(b"not a png")
     _png(masks / "c.png", 8, 8, value=255)  # another size
     with pytest.raises(DataError) as err:
-        run_sample(_sample_cfg(src, out, **{"sample.mask_dir": str(masks)}), trained_workdir)
+        run_restore_files(_sample_cfg(src, out, **{"sample.mask_dir": str(masks)}), trained_workdir)
     assert str(masks / "b.png") in str(err.value) and "2 of 3" in str(err.value)
     assert f"mask {masks / 'c.png'} (sample.mask_dir) is 8x8 but its input" in str(err.value)
     assert sorted(os.listdir(out)) == ["a.png"]
@@ -129,7 +129,7 @@ def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path, trained_workdir)
     _png(src / "a.png")
     (src / "bad\nname.png").write_bytes(b"not a png")
     with pytest.raises(DataError) as err:
-        run_sample(_sample_cfg(src, out), trained_workdir)
+        run_restore_files(_sample_cfg(src, out), trained_workdir)
     assert "\n" not in str(err.value) and repr(str(src / "bad\nname.png")) in str(err.value)
 
 
@@ -261,7 +261,7 @@ def test_a_checkpoint_config_of_the_wrong_shape_is_one_line_naming_it(tmp_path, 
         api.load(workdir)
     _png(tmp_path / "in" / "a.png")
     with pytest.raises(ConfigError, match=rf"checkpoint config {where} is not a saved run config"):
-        run_sample(_sample_cfg(tmp_path / "in", tmp_path / "out"), workdir)
+        run_restore_files(_sample_cfg(tmp_path / "in", tmp_path / "out"), workdir)
 
 
 # --- 7. restore() refuses floats out of [0, 1] and non-finite values ------------------------------
@@ -281,7 +281,7 @@ def test_restore_refuses_floats_out_of_range_and_nan(trained_workdir, values, me
     with pytest.raises(ValueError, match=message.split(".*")[0]):
         export_loader.ExportedRestorer(None, {})(values)  # refused before the artifact runs
     with pytest.raises(DataError, match="NaN|must lie in"):  # the sampler (eval, sample mode)
-        program.sampler(config())(model.params, values[None] * 2 - 1, np.zeros(2, np.uint32))
+        program.build_sampler(config())(model.params, values[None] * 2 - 1, np.zeros(2, np.uint32))
 
 
 # --- 14. messages: the full unknown key; step= in the API -----------------------------------------

@@ -274,7 +274,7 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     assert "psnr_baseline" in header and "psnr_masked" in header
 
     # sample mode: masks inferred from the white fill, or read from a folder; known pixels kept
-    from rdbm_jax.sample import run_sample
+    from rdbm_jax.restore_files import run_restore_files
     from rdbm_jax.errors import DataError
     ex = data.build_eval_sources(cfg.data)["main"][0]
     in_dir, mask_dir = tmp_path / "in", tmp_path / "masks"
@@ -285,12 +285,12 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     for masks in ("", str(mask_dir)):
         out_dir = tmp_path / f"out{len(masks)}"
         cfg.sample.input_dir, cfg.sample.output_dir, cfg.sample.mask_dir = str(in_dir), str(out_dir), masks
-        assert run_sample(cfg, workdir)["restored"] == 1
+        assert run_restore_files(cfg, workdir)["restored"] == 1
         restored = np.asarray(Image.open(out_dir / "a.png"), np.float32) / 127.5 - 1
         np.testing.assert_allclose(restored[keep], ex["mu"][keep], atol=1 / 127.5 + 1e-6)
     # b.png (another size: its own batch, after a.png's) has no mask: refused before a.png is written
     data.save_image(str(in_dir / "b.png"), ex["mu"][:, :-8])
     cfg.sample.output_dir, cfg.sample.mask_dir = str(tmp_path / "out_bad"), str(mask_dir)
     with pytest.raises(DataError, match="b.png.*sample.mask_dir"):
-        run_sample(cfg, workdir)
+        run_restore_files(cfg, workdir)
     assert not (tmp_path / "out_bad").exists() or not any((tmp_path / "out_bad").iterdir())

@@ -1,4 +1,8 @@
-"""`--mode=sample`: restore every image of a folder with a trained checkpoint, into another folder."""
+"""`--mode=sample`: restore every image of a folder with a trained checkpoint, into another folder.
+
+Named for its job, not its mode: "sample" also names `sde.sample` (the reverse loop), the
+`Sampler` (sampler.py) that runs it at full resolution and `program.build_sampler` that builds one.
+"""
 from __future__ import annotations
 
 import logging
@@ -84,7 +88,7 @@ def check_distinct_outputs(paths: list[str], out_dir: str, in_dir: str) -> None:
         first[out] = path
 
 
-def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run_restore_files(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """`--mode=sample`: restore every image in sample.input_dir into sample.output_dir (PNG)."""
     config_lib.validate(cfg)
     s = cfg.sample
@@ -111,7 +115,7 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  skipped, len(paths), s.output_dir)
     mesh = distributed.make_mesh()
     params = program.load_trained(cfg, workdir, mesh, s.checkpoint).params
-    sampler = program.sampler(cfg, mesh)
+    sampler = program.build_sampler(cfg, mesh)
     rng = jax.random.PRNGKey(cfg.seed)
     failed: list[str] = []
     written = saved = 0  # restored images / files written (by process 0)
