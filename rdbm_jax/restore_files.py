@@ -101,7 +101,10 @@ def run_restore_files(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str,
     data.set_max_pixels(cfg.data.max_image_pixels)
     paths = data.list_images(s.input_dir, key="sample.input_dir")
     check_distinct_outputs(paths, s.output_dir, s.input_dir)
-    todo = [p for p in paths if s.overwrite or not os.path.exists(_output_path(s.output_dir, s.input_dir, p))]
+    todo = [
+        p for p in paths
+        if s.overwrite or not os.path.exists(_output_path(s.output_dir, s.input_dir, p))
+    ]
     if s.mask_dir and conditioning.uses_mask(cfg.model.condition):
         for path in todo:  # every mask is found before anything is restored or written
             _mask_file(s.mask_dir, s.input_dir, path)
@@ -151,8 +154,10 @@ def run_restore_files(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str,
             pbar.update(1)
     pbar.close()
     if distributed.is_main_process():
-        log.info("restored %d image(s) into %s; %d kept, %d failed", saved, s.output_dir, skipped, len(failed))
+        log.info("restored %d image(s) into %s; %d kept, %d failed", saved, s.output_dir, skipped,
+                 len(failed))
     if failed:
-        raise DataError(f"{len(failed)} of {len(todo)} input(s) could not be restored (the rest were): "
-                        + "; ".join(failed))
+        raise DataError(
+            f"{len(failed)} of {len(todo)} input(s) could not be restored (the rest were): " +
+            "; ".join(failed))
     return {"restored": saved, "skipped": skipped, "failed": failed}
