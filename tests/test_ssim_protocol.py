@@ -1,4 +1,5 @@
-"""eval.ssim_window × eval.quantize: parity with scikit-image for every protocol, DGSolver's included."""
+"""eval.ssim_window × eval.quantize: parity with scikit-image for every protocol, DGSolver's
+included."""
 from __future__ import annotations
 
 import json
@@ -28,17 +29,20 @@ def ref_levels(x: np.ndarray, mode: str) -> np.ndarray:
     if mode == "none":
         return x.astype(np.float64)
     clipped = np.clip(x, 0, 1)
-    u8 = np.round(clipped * 255).astype(np.uint8) if mode == "round" else (clipped * 255).astype(np.uint8)
+    u8 = np.round(clipped * 255).astype(np.uint8) if mode == "round" else (clipped *
+                                                                           255).astype(np.uint8)
     return u8
 
 
 def ref_ssim(a: np.ndarray, b: np.ndarray, window: str) -> float:
     """scikit-image, called as each protocol calls it, channel by channel, averaged."""
     data_range = 255 if a.dtype == np.uint8 else 1.0
-    if window == "uniform":  # DGSolver's cal_ssim: structural_similarity(ref[:,:,i], gen[:,:,i]), defaults
+    # DGSolver's cal_ssim: structural_similarity(ref[:,:,i], gen[:,:,i]), defaults
+    if window == "uniform":
         kw = {} if a.dtype == np.uint8 else dict(data_range=1.0)
     else:
-        kw = dict(data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        kw = dict(data_range=data_range, gaussian_weights=True, sigma=1.5,
+                  use_sample_covariance=False)
     return float(np.mean([sk_ssim(a[..., c], b[..., c], **kw) for c in range(a.shape[-1])]))
 
 
@@ -56,7 +60,8 @@ def test_ssim_and_psnr_match_skimage_for_every_protocol(pair, window, mode):
 
 def test_protocols_really_differ(pair):
     a, b = pair
-    g, u = (float(metrics.ssim(a, b, quantize="truncate", window=w)) for w in ("gaussian", "uniform"))
+    g, u = (float(metrics.ssim(a, b, quantize="truncate", window=w))
+            for w in ("gaussian", "uniform"))
     assert abs(g - u) > 1e-3
     r, t = (float(metrics.psnr(a, b, quantize=m)) for m in ("round", "truncate"))
     assert abs(r - t) > 1e-3
