@@ -1,4 +1,5 @@
-"""Restoration latency: our compiled 10-step sampler (`Sampler`, one lax.scan) vs the twin's Python loop.
+"""Restoration latency: our compiled 10-step sampler (`Sampler`, one lax.scan) vs the twin's Python
+loop.
 
     python -m benchmarks.bench_sample --out sample.json    # GPU: B, 256² × 16 and 720×1280 × 1
     python -m benchmarks.bench_sample --tiny               # CPU smoke
@@ -30,8 +31,9 @@ TINY = dict(size="T", resolution=32, batch=2, large="40x72", large_batch=1, step
 
 
 def make_params(model: Any, seed: int = 0) -> dict:
-    """Random float32 parameters of the model's shapes (kernels N(0, 1/fan_in), GroupNorm scales ≈ 1,
-    biases ≈ 0, the output conv non-zero): an init costs seconds of compile, this costs a trace."""
+    """Random float32 parameters of the model's shapes (kernels N(0, 1/fan_in), GroupNorm scales ≈
+    1, biases ≈ 0, the output conv non-zero): an init costs seconds of compile, this costs a
+    trace."""
     side = model.factor
     x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, x,
@@ -78,10 +80,11 @@ def bench_ours(model: Any, params: Any, mu: np.ndarray, nfe: int, opts: argparse
     # batch is padded to the device count as Sampler does), on a device-resident input.
     padded = np.pad(mu, ((0, (-mu.shape[0]) % mesh.size), (0, 0), (0, 0), (0, 0)), mode="edge")
     mu_dev = jax.device_put(padded, distributed.batch_sharding(mesh))
-    mask_dev = jax.device_put(np.ones(padded.shape[:3] + (1,), np.float32), distributed.batch_sharding(mesh))
+    mask_dev = jax.device_put(np.ones(padded.shape[:3] + (1,), np.float32),
+                              distributed.batch_sharding(mesh))
     compiled = restorer.jitted.lower(params, mu_dev, mask_dev, rng).compile()
-    dev = measure.time_windows(lambda: compiled(params, mu_dev, mask_dev, rng), measure.jax_sync, warmup=opts.warmup,
-                          steps=opts.steps, window=1)
+    dev = measure.time_windows(lambda: compiled(params, mu_dev, mask_dev, rng), measure.jax_sync,
+                               warmup=opts.warmup, steps=opts.steps, window=1)
     cost = rl.cost_of(compiled)
     macs = models.count_macs(model, mu.shape[1], mu.shape[2], batch=mu.shape[0])
     analytic = 2.0 * macs * nfe
@@ -124,13 +127,17 @@ def bench_twin(params: Any, size: str, mu: np.ndarray, nfe: int, opts: argparse.
     t0 = time.perf_counter()
     out = e2e_call()
     t_first = time.perf_counter() - t0
-    e2e = measure.time_windows(e2e_call, lambda x: x, warmup=opts.warmup, steps=opts.steps, window=1)
+    e2e = measure.time_windows(e2e_call, lambda x: x, warmup=opts.warmup, steps=opts.steps,
+                               window=1)
     mu_dev = to_device(mu)
-    dev = measure.time_windows(lambda: tw.sample(model, mu_dev, tables, num_steps=nfe, amp_dtype=amp), sync,
-                          warmup=opts.warmup, steps=opts.steps, window=1)
-    return ({"impl": "twin_eager", "torch_device": str(device), "amp": str(amp),
-             "first_call_s": t_first, "e2e_ms": 1e3 * e2e["median_s"], "device_ms": 1e3 * dev["median_s"],
-             "images_per_s": mu.shape[0] / e2e["median_s"]}, out)
+    dev = measure.time_windows(
+        lambda: tw.sample(model, mu_dev, tables, num_steps=nfe, amp_dtype=amp), sync,
+        warmup=opts.warmup, steps=opts.steps, window=1)
+    return ({
+        "impl": "twin_eager", "torch_device": str(device), "amp": str(amp), "first_call_s": t_first,
+        "e2e_ms": 1e3 * e2e["median_s"], "device_ms": 1e3 * dev["median_s"],
+        "images_per_s": mu.shape[0] / e2e["median_s"]
+    }, out)
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -156,8 +163,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="timed restorations per case and side")
     p.add_argument("--warmup", type=int, default=3, help="untimed restorations after the first")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(rl.DTYPES), help="compute dtype")
-    p.add_argument("--attention-impl", default="xla",
-                   help=f"our model.attention_impl values to time, comma-separated ({', '.join(models.ATTENTION_IMPLS)})")
+    p.add_argument(
+        "--attention-impl", default="xla", help=
+        f"our model.attention_impl values to time, comma-separated ({', '.join(models.ATTENTION_IMPLS)})"
+    )
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
     cli.add_common_args(p, TINY, "case")
     return p
@@ -166,8 +175,9 @@ def parser() -> argparse.ArgumentParser:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Parsed options; --tiny replaces every default that the command line does not set."""
     p = parser()
-    opts = cli.parse_with_preset(p, argv, TINY, ("batch", "resolution", "large_batch", "nfe", "steps", "matmul_n",
-                                                "copy_mib"))
+    opts = cli.parse_with_preset(
+        p, argv, TINY,
+        ("batch", "resolution", "large_batch", "nfe", "steps", "matmul_n", "copy_mib"))
     if opts.size not in models.SIZES:
         p.error(f"--size {opts.size!r}: expected one of {sorted(models.SIZES)}")
     factor = models.downsample_factor({"size": opts.size})
@@ -182,7 +192,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"shape {h}x{w}: H and W must be multiples of {factor} for size {opts.size}")
     impls = [v.strip() for v in opts.attention_impl.split(",") if v.strip()]
     if not impls or set(impls) - set(models.ATTENTION_IMPLS):
-        p.error(f"--attention-impl {opts.attention_impl!r}: expected values from {sorted(models.ATTENTION_IMPLS)}")
+        p.error(
+            f"--attention-impl {opts.attention_impl!r}: expected values from {sorted(models.ATTENTION_IMPLS)}"
+        )
     opts.cases, opts.impls = cases, impls
     return opts
 
@@ -201,11 +213,15 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
     twin_off = "--twin off" if opts.twin == "off" else twin_unavailable(env["platform"] == "gpu")
     if opts.twin == "on" and twin_off:
         raise RuntimeError(f"--twin on: {twin_off}")
-    models_ = {impl: models.create_model({"size": opts.size, "dtype": opts.dtype, "attention_impl": impl})
-               for impl in opts.impls}
+    models_ = {
+        impl: models.create_model({"size": opts.size, "dtype": opts.dtype, "attention_impl": impl})
+        for impl in opts.impls
+    }
     params = make_params(models_[opts.impls[0]])
     results, skipped, errors = [], [], []
-    data = {"environment": env, "peak": peak, "results": results, "skipped": skipped, "errors": errors}
+    data = {
+        "environment": env, "peak": peak, "results": results, "skipped": skipped, "errors": errors
+    }
 
     def add(row: dict) -> None:
         results.append(row)
@@ -237,7 +253,8 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
                           lambda: bench_twin(params, opts.size, mu, opts.nfe, opts))
         max_batch.free_torch_memory()
         if twin is not None:
-            for impl, (row, out) in ours.items():  # the same function: how far apart the outputs are
+            # the same function: how far apart the outputs are
+            for impl, (row, out) in ours.items():
                 row["max_abs_diff_vs_twin"] = float(np.abs(twin[1] - out).max())
                 row["mean_abs_diff_vs_twin"] = float(np.abs(twin[1] - out).mean())
             first = next(iter(ours.values()), None)
@@ -250,9 +267,10 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
 
 def _line(r: dict) -> str:
     impl = f" [{r['attention_impl']} attention]" if r.get("attention_impl", "xla") != "xla" else ""
-    return (f"sample {r['impl']}{impl} size={r['size']} {r['batch']}×{r['height']}×{r['width']} NFE={r['nfe']}: "
-            f"{r['e2e_ms']:.1f} ms end to end ({r['device_ms']:.1f} on device), "
-            f"{r['images_per_s']:.1f} img/s")
+    return (
+        f"sample {r['impl']}{impl} size={r['size']} {r['batch']}×{r['height']}×{r['width']} NFE={r['nfe']}: "
+        f"{r['e2e_ms']:.1f} ms end to end ({r['device_ms']:.1f} on device), "
+        f"{r['images_per_s']:.1f} img/s")
 
 
 def main(argv: list[str] | None = None, peak: dict | None = None, env: dict | None = None,

@@ -1,7 +1,8 @@
 """Train-step throughput: our compiled RDBM step vs the PyTorch twin (eager AMP and torch.compile).
 
     python -m benchmarks.bench_train --size B,L --steps-per-dispatch 1,4 --out train.json   # GPU
-    python -m benchmarks.bench_train --tiny                                                # CPU smoke
+    python -m benchmarks.bench_train --tiny                                                # CPU
+    smoke
 
 Ours is `rdbm_jax.program.program(cfg, mesh).step`, the step the training loop runs (on a GPU image
 without ml_collections/clu/grain, install them first: benchmarks/RESULTS.md). Every step reuses one
@@ -49,8 +50,9 @@ class Built(NamedTuple):
 
 
 def synthetic_batches(k: int, batch: int, resolution: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """K stacked batches: x0 uniform in [-1, 1], μ = x0 with a 50 % box masked white (inpainting-like),
-    and that box as the degradation mask (read only by mask-conditioned configs)."""
+    """K stacked batches: x0 uniform in [-1, 1], μ = x0 with a 50 % box masked white
+    (inpainting-like), and that box as the degradation mask (read only by mask-conditioned
+    configs)."""
     rng = np.random.default_rng(seed)
     x0 = rng.uniform(-1, 1, (k, batch, resolution, resolution, 3)).astype(np.float32)
     mu = x0.copy()
@@ -79,16 +81,19 @@ def _macs(model: Any, resolution: int) -> int:
 
 
 def analytic_train_flops(model: Any, resolution: int, batch: int) -> float:
-    """≈ 3 × forward FLOPs (2 per MAC, convolutions and matmuls; backward ≈ 2 × forward) per step."""
+    """≈ 3 × forward FLOPs (2 per MAC, convolutions and matmuls; backward ≈ 2 × forward) per
+    step."""
     return 6.0 * _macs(model, resolution) * batch
 
 
 def bench_ours(size: str, dtype: str, batch: int, resolution: int, k: int, opts: argparse.Namespace,
                peak: dict | None, k1_cost: dict | None = None, variant: str = "base",
-               overrides: dict[str, str] | None = None, scale_steps: bool = False) -> dict[str, Any]:
+               overrides: dict[str, str] | None = None,
+               scale_steps: bool = False) -> dict[str, Any]:
     """Compile, warm up and time our step; FLOPs/bytes from XLA's cost analysis of the executable.
 
-    scale_steps: time ~opts.steps × opts.batch / batch steps (large batches: same images, not steps).
+    scale_steps: time ~opts.steps × opts.batch / batch steps (large batches: same images, not
+    steps).
     """
     t0 = time.perf_counter()
     b = build(size, dtype, batch, resolution, k, opts.config, overrides)
@@ -112,15 +117,17 @@ def bench_ours(size: str, dtype: str, batch: int, resolution: int, k: int, opts:
     shrink = max(1, batch // opts.batch) if scale_steps else 1
     steps, window = max(4, opts.steps // shrink), max(1, opts.window // shrink)
     window = max(1, window // k)
-    timing = measure.time_windows(run, measure.jax_sync, warmup=max(0, -(-opts.warmup // (k * shrink)) - 1),
-                             steps=max(1, steps // k), window=window)
+    timing = measure.time_windows(run, measure.jax_sync,
+                                  warmup=max(0, -(-opts.warmup // (k * shrink)) - 1),
+                                  steps=max(1, steps // k), window=window)
     metrics, finite = run()
     losses.append(_loss(metrics))
     all_finite = bool(np.asarray(jax.device_get(finite)).all())
     step_s = timing["median_s"] / k
     n_params = models.count_params(holder["state"].params)
     analytic = analytic_train_flops(b.model, resolution, batch)
-    if k > 1 and k1_cost and k1_cost.get("flops"):  # the K = 1 executable of this run: exact per step
+    # the K = 1 executable of this run: exact per step
+    if k > 1 and k1_cost and k1_cost.get("flops"):
         flops, bytes_, source = rl.loop_scaled(k1_cost, 1, analytic)
         source = f"{source} (K = 1 executable)"
     else:
@@ -185,8 +192,10 @@ def bench_twin(size: str, batch: int, resolution: int, compile_: bool,
     first = float(sync(step(x0, mu)))
     t_first = time.perf_counter() - t0
     shrink = max(1, batch // opts.batch) if scale_steps else 1
-    timing = measure.time_windows(lambda: step(x0, mu), sync, warmup=max(0, opts.warmup // shrink - 1),
-                             steps=max(4, opts.steps // shrink), window=max(1, opts.window // shrink))
+    timing = measure.time_windows(lambda: step(x0, mu), sync,
+                                  warmup=max(0, opts.warmup // shrink - 1),
+                                  steps=max(4, opts.steps // shrink),
+                                  window=max(1, opts.window // shrink))
     last = float(sync(step(x0, mu)))
     step_s = timing["median_s"]
     out = {"impl": "twin_compiled" if compile_ else "twin_eager", "variant": "base", "size": size,
@@ -211,10 +220,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=60, help="timed train steps per configuration")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first call")
     p.add_argument("--window", type=int, default=10, help="steps between two device syncs")
-    p.add_argument("--steps-per-dispatch", default="1,4", help="K values of train.steps_per_dispatch")
+    p.add_argument("--steps-per-dispatch", default="1,4",
+                   help="K values of train.steps_per_dispatch")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(rl.DTYPES), help="compute dtype")
-    p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help="config file[:arg] of the real step (model.size/dtype, batch, K overridden)")
+    p.add_argument(
+        "--config", default=DEFAULT_CONFIG,
+        help="config file[:arg] of the real step (model.size/dtype, batch, K overridden)")
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--twin-compile", default="auto", choices=("auto", "on", "off"),
                    help="torch.compile variant (auto: only on CUDA)")
@@ -222,15 +233,18 @@ def parser() -> argparse.ArgumentParser:
                    help="also time our step (first K) with these config overrides, e.g. "
                    "cudnn:model.attention_impl=cudnn (repeatable)")
     p.add_argument("--find-max-batch", action="store_true", help="also double the batch until OOM")
-    p.add_argument("--max-batch-model", action="store_true",
-                   help="also time ours and the eager twin at the largest power-of-two batch that the "
-                   "first K's XLA memory analysis predicts to fit in the free device memory")
+    p.add_argument(
+        "--max-batch-model", action="store_true",
+        help="also time ours and the eager twin at the largest power-of-two batch that the "
+        "first K's XLA memory analysis predicts to fit in the free device memory")
     p.add_argument("--max-batch-variant", default="best",
                    help="variant timed at that batch (best: the fastest at --batch)")
-    p.add_argument("--max-batch-only", action="store_true",
-                   help="only the --max-batch-model runs (run_all: from the rows of an earlier stage)")
-    p.add_argument("--skip-base", action="store_true",
-                   help="time only the --variant steps (no base step, no twin), e.g. in a later stage")
+    p.add_argument(
+        "--max-batch-only", action="store_true",
+        help="only the --max-batch-model runs (run_all: from the rows of an earlier stage)")
+    p.add_argument(
+        "--skip-base", action="store_true",
+        help="time only the --variant steps (no base step, no twin), e.g. in a later stage")
     p.add_argument("--max-batch-fraction", type=float, default=0.8,
                    help="share of the free device memory the predicted batch may use")
     p.add_argument("--free-memory-gb", type=float, default=0.0,
@@ -243,7 +257,8 @@ def parser() -> argparse.ArgumentParser:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Parsed options; --tiny replaces every default that the command line does not set."""
     p = parser()
-    opts = cli.parse_with_preset(p, argv, TINY, ("batch", "resolution", "steps", "window", "matmul_n", "copy_mib"))
+    opts = cli.parse_with_preset(p, argv, TINY,
+                                 ("batch", "resolution", "steps", "window", "matmul_n", "copy_mib"))
     sizes = _split(opts.size)
     bad = [s for s in sizes if s not in models.SIZES]
     if not sizes or bad:
@@ -272,12 +287,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return opts
 
 
-def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = None,
-        on_result: Callable[[dict], None] | None = None, measured: list[dict] = ()) -> dict[str, Any]:
+def run(
+    opts: argparse.Namespace, peak: dict | None = None, env: dict | None = None,
+    on_result: Callable[[dict], None] | None = None, measured: list[dict] = ()) -> dict[str, Any]:
     """Every configuration of `opts`; returns {"environment", "peak", "results", "skipped"}.
 
     on_result(data so far) is called after every configuration (a run cut short keeps its results).
-    With --max-batch-only, the batch-`opts.batch` rows come from `measured` (an earlier run's results).
+    With --max-batch-only, the batch-`opts.batch` rows come from `measured` (an earlier run's
+    results).
     """
     env = env or measure.environment(opts.device_name)
     on_gpu = env["platform"] == "gpu"
@@ -289,7 +306,9 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
     compile_on = opts.twin_compile == "on" or (opts.twin_compile == "auto" and env["torch_device"]
                                                not in (None, "cpu"))
     results, skipped, errors = [], [], []
-    data = {"environment": env, "peak": peak, "results": results, "skipped": skipped, "errors": errors}
+    data = {
+        "environment": env, "peak": peak, "results": results, "skipped": skipped, "errors": errors
+    }
 
     def attempt(label: str, fn: Callable[[], dict]) -> dict | None:
         r = measure.guarded(opts.keep_going, errors, label, fn)
@@ -325,9 +344,11 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
         for name, overrides in opts.variants.items():
             k = opts.ks[0]
             if due(f"ours {size} {name}"):
-                first[name] = attempt(f"ours {size} K={k} {name}", lambda s=size, k=k, n=name, o=overrides:
-                                      bench_ours(s, opts.dtype, opts.batch, opts.resolution, k, opts, peak,
-                                                 k1 if k > 1 else None, n, o))
+                first[name] = attempt(
+                    f"ours {size} K={k} {name}",
+                    lambda s=size, k=k, n=name, o=overrides: bench_ours(
+                        s, opts.dtype, opts.batch, opts.resolution, k, opts, peak, k1
+                        if k > 1 else None, n, o))
         if opts.skip_base:
             continue
         if twin_off:
@@ -335,12 +356,15 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
             continue
         for compile_ in (False, True):
             if compile_ and not compile_on:
-                skipped.append(f"twin_compiled {size}: torch.compile variant off "
-                               f"(--twin-compile {opts.twin_compile}, torch device {env['torch_device']})")
+                skipped.append(
+                    f"twin_compiled {size}: torch.compile variant off "
+                    f"(--twin-compile {opts.twin_compile}, torch device {env['torch_device']})")
                 continue
             label = f"twin_{'compiled' if compile_ else 'eager'} {size}"
             if due(label):
-                attempt(label, lambda s=size, c=compile_: bench_twin(s, opts.batch, opts.resolution, c, opts))
+                attempt(
+                    label,
+                    lambda s=size, c=compile_: bench_twin(s, opts.batch, opts.resolution, c, opts))
                 max_batch.free_torch_memory()
         if opts.max_batch_model and due(f"max batch (memory model) {size}"):
             max_batch_model(size, first, opts, peak, twin_off, attempt, skipped)
@@ -351,16 +375,20 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
             for impl, fn in (("ours_max_batch", ours), ("twin_eager_max_batch", twin)):
                 if impl.startswith("twin") and twin_off:
                     continue
-                attempt(f"{impl} {size}", lambda i=impl, f=fn, s=size: {
-                    "impl": i, "size": s, **max_batch.find_max_batch(f, 2 * opts.batch, opts.max_batch_cap,
-                                                              cleanup)})
+                attempt(
+                    f"{impl} {size}", lambda i=impl, f=fn, s=size: {
+                        "impl": i, "size": s, **max_batch.find_max_batch(
+                            f, 2 * opts.batch, opts.max_batch_cap, cleanup)
+                    })
     return data
 
 
 def max_batch_model(size: str, first: dict[str, dict | None], opts: argparse.Namespace,
-                    peak: dict | None, twin_off: str | None, attempt: Callable, skipped: list[str]) -> None:
+                    peak: dict | None, twin_off: str | None, attempt: Callable,
+                    skipped: list[str]) -> None:
     """Ours (--max-batch-variant; best: the fastest measured) and the eager twin at the largest
-    power-of-two batch `max_batch.predict_max_batch` expects to fit, from the batch-`opts.batch` run."""
+    power-of-two batch `max_batch.predict_max_batch` expects to fit, from the batch-`opts.batch`
+    run."""
     label = f"max batch (memory model) {size}"
     first = {name: r for name, r in first.items() if r}
     if opts.max_batch_variant == "best" and first:
@@ -377,7 +405,8 @@ def max_batch_model(size: str, first: dict[str, dict | None], opts: argparse.Nam
         skipped.append(f"{label}: {source}")
         return
     try:
-        plan = max_batch.predict_max_batch(measured, free, opts.max_batch_fraction, 2 * opts.batch, opts.max_batch_cap)
+        plan = max_batch.predict_max_batch(measured, free, opts.max_batch_fraction, 2 * opts.batch,
+                                           opts.max_batch_cap)
     except ValueError as e:
         skipped.append(f"{label}: {e}")
         return

@@ -51,7 +51,8 @@ def write_files(folder: str, count: int) -> dict[str, str]:
 
 
 def data_config(workload: str, dirs: dict[str, str], **keys) -> ml_collections.ConfigDict:
-    """The `data` section of one workload (num_workers, crops_per_image, decode_cache_mib: `keys`)."""
+    """The `data` section of one workload (num_workers, crops_per_image, decode_cache_mib:
+    `keys`)."""
     if workload == "inpaint_png":
         train = source_spec(kind="clean", dir=dirs["png"], degradation="inpaint")
     else:
@@ -76,7 +77,8 @@ def _cpu(workers: list[psutil.Process]) -> float:
 
 
 def iterator_rate(data_cfg: ml_collections.ConfigDict, batches: int) -> dict[str, float]:
-    """Images per CPU-second (and per wall second) of the training iterator after 2 warm-up batches."""
+    """Images per CPU-second (and per wall second) of the training iterator after 2 warm-up
+    batches."""
     it = pipeline.build_train_iterator(data_cfg, global_batch_size=BATCH, seed=0, process_index=0,
                                        process_count=1)
     for _ in range(2):

@@ -7,7 +7,8 @@ import jax
 
 
 def free_device_bytes() -> tuple[int | None, str]:
-    """(bytes JAX may still allocate on the first device, where the figure comes from); None on CPU."""
+    """(bytes JAX may still allocate on the first device, where the figure comes from); None on
+    CPU."""
     free_torch_memory()  # also collects the states of earlier configurations
     stats = jax.devices()[0].memory_stats() or {}
     if stats.get("bytes_limit"):
@@ -21,7 +22,8 @@ def free_device_bytes() -> tuple[int | None, str]:
     return None, "no device memory figure"
 
 
-def predict_max_batch(result: dict, free: int, fraction: float, floor: int, cap: int) -> dict[str, Any]:
+def predict_max_batch(result: dict, free: int, fraction: float, floor: int,
+                      cap: int) -> dict[str, Any]:
     """Largest power-of-two batch in [floor, cap] whose predicted footprint ≤ fraction × free.
 
     Footprint(batch) = fixed + batch × per-image, both from XLA's memory analysis of one executable:
@@ -39,8 +41,10 @@ def predict_max_batch(result: dict, free: int, fraction: float, floor: int, cap:
     chosen = floor
     while chosen * 2 <= min(fits, cap):
         chosen *= 2
-    return {"from_batch": batch, "free_bytes": free, "fraction": fraction, "per_image_bytes": per_image, "fixed_bytes": fixed,
-            "predicted_fit": fits, "batch": chosen if fits >= floor else None}
+    return {
+        "from_batch": batch, "free_bytes": free, "fraction": fraction, "per_image_bytes": per_image,
+        "fixed_bytes": fixed, "predicted_fit": fits, "batch": chosen if fits >= floor else None
+    }
 
 
 def free_torch_memory() -> None:
@@ -58,7 +62,8 @@ def free_torch_memory() -> None:
 
 def find_max_batch(fn: Callable[[int], dict], start: int, cap: int,
                    cleanup: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """Double the batch from `start` until `fn(batch)` fails with out-of-memory or `cap` is passed."""
+    """Double the batch from `start` until `fn(batch)` fails with out-of-memory or `cap` is
+    passed."""
     best, batch, error = None, start, None
     while batch <= cap:
         try:
@@ -72,4 +77,7 @@ def find_max_batch(fn: Callable[[int], dict], start: int, cap: int,
         finally:
             cleanup()
         batch *= 2
-    return {"largest": best, "first_failure": None if error is None else {"batch": batch, "error": error}}
+    return {
+        "largest": best,
+        "first_failure": None if error is None else {"batch": batch, "error": error}
+    }

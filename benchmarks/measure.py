@@ -32,7 +32,8 @@ def torch_device_name() -> str | None:
 
 
 def environment(device_name: str | None = None) -> dict[str, Any]:
-    """Device (jax device_kind, platform, count; torch device), versions and UTC date of this run."""
+    """Device (jax device_kind, platform, count; torch device), versions and UTC date of this
+    run."""
     dev = jax.devices()[0]
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -50,9 +51,11 @@ def environment(device_name: str | None = None) -> dict[str, Any]:
 
 def time_windows(run: Callable[[], Any], sync: Callable[[Any], Any], *, warmup: int, steps: int,
                  window: int) -> dict[str, Any]:
-    """Seconds per call: `warmup` calls, then windows of `window` calls, each window between two syncs.
+    """Seconds per call: `warmup` calls, then windows of `window` calls, each window between two
+    syncs.
 
-    The window's time / `window` is one sample; the median over ⌈steps / window⌉ windows is reported.
+    The window's time / `window` is one sample; the median over ⌈steps / window⌉ windows is
+    reported.
     """
     if warmup < 0 or steps < 1 or window < 1:
         raise ValueError(f"time_windows: warmup={warmup}, steps={steps}, window={window}: need "
@@ -99,7 +102,8 @@ def write_json(path: str, data: Any) -> None:
 
 
 def fmt(value: float | None, scale: float = 1.0, digits: int = 1, pct: bool = False) -> str:
-    """A table cell: value/scale with `digits` decimals (or a percentage); "–" for missing values."""
+    """A table cell: value/scale with `digits` decimals (or a percentage); "–" for missing
+    values."""
     if value is None:
         return "–"
     if pct:

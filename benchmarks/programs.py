@@ -13,7 +13,8 @@ DEFAULT_CONFIG = "configs/default.py"
 
 @functools.cache
 def default_config() -> Any:
-    """configs/default.py, loaded once (the twin's schedule, objective, loss and Adam match it; read only)."""
+    """configs/default.py, loaded once (the twin's schedule, objective, loss and Adam match it; read
+    only)."""
     return load_config(DEFAULT_CONFIG)
 
 
@@ -47,7 +48,8 @@ def _cast(text: str, like: Any) -> Any:
 
 def program_from_config(config: str, size: str, dtype: str, batch: int, k: int, mesh: Any,
                  overrides: dict[str, str] | None = None) -> tuple[Any, jax.Array, jax.Array]:
-    """(Program, init key, step key) of `config` with model.size/dtype, batch, K and `overrides` set."""
+    """(Program, init key, step key) of `config` with model.size/dtype, batch, K and `overrides`
+    set."""
     from rdbm_jax import program
     from rdbm_jax.config import get
 

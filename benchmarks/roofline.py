@@ -18,7 +18,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 def normalize_cost(raw: Any) -> dict[str, float | None]:
-    """FLOPs / bytes accessed / transcendentals from a cost_analysis() result (dict, [dict] or None)."""
+    """FLOPs / bytes accessed / transcendentals from a cost_analysis() result (dict, [dict] or
+    None)."""
     if isinstance(raw, (list, tuple)):
         raw = raw[0] if raw else None
     if not isinstance(raw, Mapping):
@@ -37,7 +38,8 @@ def normalize_cost(raw: Any) -> dict[str, float | None]:
 
 
 def cost_of(compiled: Any) -> dict[str, float | None]:
-    """XLA's cost analysis of a compiled executable (`jitted.lower(...).compile()`); None where absent."""
+    """XLA's cost analysis of a compiled executable (`jitted.lower(...).compile()`); None where
+    absent."""
     try:
         raw = compiled.cost_analysis()
     except Exception:  # noqa: BLE001 — some backends do not implement it
@@ -59,18 +61,21 @@ def loop_scaled(cost: Mapping[str, float | None], trips: int,
     if not flops or analytic_flops <= 0:
         return analytic_flops, None, "analytic (MAC count)"
     source = "xla"
-    if trips > 1 and abs(np.log(flops * trips / analytic_flops)) < abs(np.log(flops / analytic_flops)):
+    if trips > 1 and abs(np.log(flops * trips / analytic_flops)) < abs(
+            np.log(flops / analytic_flops)):
         flops, bytes_, source = flops * trips, bytes_ * trips if bytes_ else None, \
             f"xla × {trips} (loop body counted once)"
     if flops < 0.5 * analytic_flops:
-        return analytic_flops, bytes_, (f"analytic FLOPs (XLA counted {flops / analytic_flops:.0%}: library "
-                                        f"calls left out); bytes: {source}, a lower bound")
+        return analytic_flops, bytes_, (
+            f"analytic FLOPs (XLA counted {flops / analytic_flops:.0%}: library "
+            f"calls left out); bytes: {source}, a lower bound")
     return flops, bytes_, source
 
 
 def measure_peak(dtype: str = "bfloat16", matmul_n: int = 8192, copy_mib: int = 1024,
                  calls: int = 20, window: int = 5) -> dict[str, Any]:
-    """Measured peak matrix rate (n×n×n matmul, FLOP/s) and copy bandwidth (x + 1, bytes read + written)."""
+    """Measured peak matrix rate (n×n×n matmul, FLOP/s) and copy bandwidth (x + 1, bytes read +
+    written)."""
     if dtype not in DTYPES:
         raise ValueError(f"measure_peak: dtype {dtype!r} not in {sorted(DTYPES)}")
     dt = DTYPES[dtype]
@@ -86,16 +91,19 @@ def measure_peak(dtype: str = "bfloat16", matmul_n: int = 8192, copy_mib: int = 
     jax_sync(copy(x))
     cp = time_windows(lambda: copy(x), jax_sync, warmup=2, steps=calls, window=window)
     flops, moved = 2.0 * matmul_n ** 3, 2.0 * n_copy * 4
-    return {"matmul_flops_per_s": flops / mm["median_s"], "matmul_n": matmul_n, "matmul_dtype": dtype,
-            "copy_bytes_per_s": moved / cp["median_s"], "copy_bytes": moved,
-            "method": f"median of {mm['windows']} windows × {window} calls; matmul {matmul_n}³ {dtype} "
-                      f"(2n³ FLOPs); copy v+1 over {n_copy * 4 / 2 ** 20:.0f} MiB float32 "
-                      "(bytes read + written)"}
+    return {
+        "matmul_flops_per_s": flops / mm["median_s"], "matmul_n": matmul_n, "matmul_dtype": dtype,
+        "copy_bytes_per_s": moved / cp["median_s"], "copy_bytes": moved,
+        "method": f"median of {mm['windows']} windows × {window} calls; matmul {matmul_n}³ {dtype} "
+        f"(2n³ FLOPs); copy v+1 over {n_copy * 4 / 2 ** 20:.0f} MiB float32 "
+        "(bytes read + written)"
+    }
 
 
 def roofline(flops: float | None, bytes_moved: float | None, seconds: float,
              peak: Mapping[str, Any] | None) -> dict[str, float | None]:
-    """Achieved FLOP/s and bytes/s, their fractions of the measured peaks, and the roofline fraction."""
+    """Achieved FLOP/s and bytes/s, their fractions of the measured peaks, and the roofline
+    fraction."""
     out: dict[str, float | None] = {"achieved_flops_per_s": None, "frac_peak_matmul": None,
                                     "achieved_bytes_per_s": None, "frac_peak_bandwidth": None,
                                     "frac_roofline": None, "bound": None}
@@ -118,7 +126,8 @@ def roofline(flops: float | None, bytes_moved: float | None, seconds: float,
 
 
 def memory_of(compiled: Any) -> dict[str, int] | None:
-    """XLA's memory analysis of an executable (argument, output, alias, temp bytes), None if absent."""
+    """XLA's memory analysis of an executable (argument, output, alias, temp bytes), None if
+    absent."""
     try:
         m = compiled.memory_analysis()
     except Exception:  # noqa: BLE001 — some backends do not implement it

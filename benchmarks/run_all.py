@@ -1,4 +1,5 @@
-"""Every benchmark of issues 7/14 in one run: startup (cold/warm cache), peaks, train, sampling, variants.
+"""Every benchmark of issues 7/14 in one run: startup (cold/warm cache), peaks, train, sampling,
+variants.
 
     python -m benchmarks.run_all --out-dir "$OUT"            # GPU, ~7 min (budget-guarded)
     python -m benchmarks.run_all --out-dir "$OUT" --quick    # GPU, size B only, ~3-4 min
@@ -8,11 +9,12 @@ Order: (1) time to the first train step in two fresh processes sharing a new per
 cache — cold, then warm; (2) this process adopts that cache (so the K = 1 step of the first size is
 not compiled twice) and measures the device peaks; (3) the preset's stages in priority order (full:
 train B batch 16 with the twin eager and compiled; sampling B (256² × 16, 720×1280 × 1) with the
-twin's loop; train L like B; then the variants: cuDNN attention for train B, sampling and train L;
-B and L at the largest batch the memory model predicts (the faster attention; twin eager at the same
-batch); B with K = 4 steps per dispatch; B in a fresh process with other XLA flags). No configuration starts
-after --budget-s. Writes bench_train.json, bench_sample.json, results.json and table.md to --out-dir
-after every configuration (a run cut short keeps what it measured) and prints the table.
+twin's loop; train L like B; then the variants: cuDNN attention for train B, sampling and train L; B
+and L at the largest batch the memory model predicts (the faster attention; twin eager at the same
+batch); B with K = 4 steps per dispatch; B in a fresh process with other XLA flags). No
+configuration starts after --budget-s. Writes bench_train.json, bench_sample.json, results.json and
+table.md to --out-dir after every configuration (a run cut short keeps what it measured) and prints
+the table.
 """
 from __future__ import annotations
 
@@ -37,30 +39,35 @@ CUDNN = ["--variant", "cudnn:model.attention_impl=cudnn"]
 TIMED = ["--steps", "40", "--warmup", "5"]
 SAMPLE = ["--size", "B", "--steps", "10", "--warmup", "2"]
 PRESETS = {
-    "full": dict(stages=[("train", ["--size", "B", "--steps-per-dispatch", "1", *TIMED]),
-                         ("sample", [*SAMPLE, "--attention-impl", "xla"]),
-                         ("train", ["--size", "L", "--steps-per-dispatch", "1", *TIMED]),
-                         ("train", ["--size", "B", "--steps-per-dispatch", "1", "--skip-base", *TIMED, *CUDNN]),
-                         ("sample", [*SAMPLE, "--attention-impl", "cudnn"]),
-                         ("train", ["--size", "L", "--steps-per-dispatch", "1", "--skip-base", *TIMED, *CUDNN]),
-                         ("train", ["--size", "B", "--max-batch-only", *TIMED]),
-                         ("train", ["--size", "B", "--steps-per-dispatch", "4", "--twin", "off", *TIMED]),
-                         ("train", ["--size", "L", "--max-batch-only", *TIMED]),
-                         ("xla", ["--size", "B", "--steps-per-dispatch", "1", "--twin", "off", *TIMED],
-                          "--xla_gpu_enable_latency_hiding_scheduler=true")],
-                 startup=["--size", "B"], budget=450.0),
-    "quick": dict(stages=[("train", ["--size", "B", "--steps-per-dispatch", "1,4", "--steps", "30",
-                                     "--warmup", "3"]),
-                          ("sample", ["--size", "B", "--steps", "10", "--warmup", "2"])],
-                  startup=["--size", "B"], budget=300.0),
-    "tiny": dict(stages=[("train", ["--tiny"]), ("sample", ["--tiny"])], startup=["--tiny"], budget=0.0),
+    "full": dict(
+        stages=[
+            ("train", ["--size", "B", "--steps-per-dispatch", "1", *TIMED]),
+            ("sample", [*SAMPLE, "--attention-impl", "xla"]),
+            ("train", ["--size", "L", "--steps-per-dispatch", "1", *TIMED]),
+            ("train", ["--size", "B", "--steps-per-dispatch", "1", "--skip-base", *TIMED, *CUDNN]),
+            ("sample", [*SAMPLE, "--attention-impl", "cudnn"]),
+            ("train", ["--size", "L", "--steps-per-dispatch", "1", "--skip-base", *TIMED, *CUDNN]),
+            ("train", ["--size", "B", "--max-batch-only", *TIMED]),
+            ("train", ["--size", "B", "--steps-per-dispatch", "4", "--twin", "off", *TIMED]),
+            ("train", ["--size", "L", "--max-batch-only", *TIMED]),
+            ("xla", ["--size", "B", "--steps-per-dispatch", "1", "--twin", "off",
+                     *TIMED], "--xla_gpu_enable_latency_hiding_scheduler=true")
+        ], startup=["--size", "B"], budget=450.0),
+    "quick": dict(
+        stages=[("train",
+                 ["--size", "B", "--steps-per-dispatch", "1,4", "--steps", "30", "--warmup", "3"]),
+                ("sample", ["--size", "B", "--steps", "10", "--warmup", "2"])],
+        startup=["--size", "B"], budget=300.0),
+    "tiny": dict(stages=[("train", ["--tiny"]), ("sample", ["--tiny"])], startup=["--tiny"],
+                 budget=0.0),
 }
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out-dir", default="", help="where the JSON files and table.md go (required to run)")
+    p.add_argument("--out-dir", default="",
+                   help="where the JSON files and table.md go (required to run)")
     p.add_argument("--render", nargs="+", default=None, metavar="JSON",
                    help="only print the table of saved results: a results.json, then bench_train/"
                    "bench_sample JSON files of later runs on the same device (rows appended)")
@@ -68,7 +75,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--quick", action="store_true", help="size B only, fewer timed steps")
     g.add_argument("--tiny", action="store_true", help="CPU smoke run (size T, 32², batch 2)")
     p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16; tiny: float32)")
-    p.add_argument("--device-name", default=None, help="label for the device (default: device_kind)")
+    p.add_argument("--device-name", default=None,
+                   help="label for the device (default: device_kind)")
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--twin-compile", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--budget-s", type=float, default=None,
@@ -77,8 +85,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default="", help="persistent cache of the startup runs (must be "
                    "empty or absent; default: a new temporary folder)")
     p.add_argument("--startup-timeout-s", type=float, default=300.0)
-    p.add_argument("--matmul-n", type=int, default=None, help="peak matmul size (default 8192; tiny 256)")
-    p.add_argument("--copy-mib", type=int, default=None, help="peak copy size (default 1024; tiny 16)")
+    p.add_argument("--matmul-n", type=int, default=None,
+                   help="peak matmul size (default 8192; tiny 256)")
+    p.add_argument("--copy-mib", type=int, default=None,
+                   help="peak copy size (default 1024; tiny 16)")
     p.add_argument("--train-args", default="", help="extra bench_train arguments (one string)")
     p.add_argument("--sample-args", default="", help="extra bench_sample arguments (one string)")
     return p
@@ -95,7 +105,8 @@ def common_args(opts: argparse.Namespace) -> list[str]:
 
 
 def startup_run(args: list[str], cache_dir: str, timeout: float) -> dict[str, Any]:
-    """One fresh `bench_train --startup-child` process; its breakdown plus spawn → step-1 wall time."""
+    """One fresh `bench_train --startup-child` process; its breakdown plus spawn → step-1 wall
+    time."""
     cmd = [sys.executable, "-m", "benchmarks.bench_train", *args, "--startup-child", cache_dir]
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["PYTHONUNBUFFERED"] = "1"
@@ -126,30 +137,37 @@ def startup(opts: argparse.Namespace, preset: dict, cache_dir: str) -> dict[str,
     return {"cache_dir": cache_dir, "args": args, "cold": cold, "warm": warm}
 
 
-def xla_flags_run(flags: str, argv: list[str], peak: dict, deadline: float, out_dir: str) -> dict[str, Any]:
+def xla_flags_run(flags: str, argv: list[str], peak: dict, deadline: float,
+                  out_dir: str) -> dict[str, Any]:
     """bench_train in a fresh process with XLA_FLAGS += `flags` (XLA reads them once per process);
     its rows are labelled with the flags and their roofline recomputed against this run's peaks."""
     if deadline and time.time() > deadline:
-        return {"results": [], "errors": [], "skipped": [f"XLA_FLAGS={flags}: past the run's time budget"]}
+        return {
+            "results": [], "errors": [],
+            "skipped": [f"XLA_FLAGS={flags}: past the run's time budget"]
+        }
     out = os.path.join(tempfile.mkdtemp(prefix="rdbm_bench_xla_"), "train.json")
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip())
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     log = os.path.join(out_dir, "xla_flags_run.log")
     with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_train", *argv, "--no-peak",
-                               "--out", out], cwd=bench_train.REPO, env=env, stdout=f,
-                              stderr=subprocess.STDOUT, timeout=max(60.0, deadline - time.time() + 120)
-                              if deadline else None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_train", *argv, "--no-peak", "--out", out],
+            cwd=bench_train.REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+            timeout=max(60.0, deadline - time.time() + 120) if deadline else None)
     if not os.path.isfile(out):
-        raise RuntimeError(f"XLA_FLAGS={flags}: bench_train exited {proc.returncode} without results "
-                           f"(see {os.path.basename(log)})")
+        raise RuntimeError(
+            f"XLA_FLAGS={flags}: bench_train exited {proc.returncode} without results "
+            f"(see {os.path.basename(log)})")
     with open(out, encoding="utf-8") as f:
         data = json.load(f)
     for r in data["results"]:
         r["variant"] = f"{r.get('variant', 'base')}, XLA_FLAGS={flags}"
         if "step_ms" in r:
-            r.update(rl.roofline(r.get("flops_per_step"), r.get("bytes_per_step"), r["step_ms"] / 1e3, peak))
+            r.update(
+                rl.roofline(r.get("flops_per_step"), r.get("bytes_per_step"), r["step_ms"] / 1e3,
+                            peak))
     return data
 
 
@@ -202,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     deadline_args = ["--deadline", str(deadline)] if deadline else []
     for stage, args, *flags in preset["stages"]:
         kind = "sample" if stage == "sample" else "train"
-        argv_stage = common_args(opts) + args + deadline_args + ["--keep-going"]  # the stage overrides
+        # the stage overrides
+        argv_stage = common_args(opts) + args + deadline_args + ["--keep-going"]
         if kind == "train":
             argv_stage += ["--twin-compile", opts.twin_compile]
         argv_stage += shlex.split(opts.train_args if kind == "train" else opts.sample_args)
@@ -210,7 +229,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         def progress(data: dict, kind=kind, earlier=earlier) -> None:
             merged[kind] = data if earlier is None else {
-                **data, **{key: earlier[key] + data[key] for key in ("results", "skipped", "errors")}}
+                **data,
+                **{key: earlier[key] + data[key]
+                   for key in ("results", "skipped", "errors")}
+            }
             measure.write_json(os.path.join(opts.out_dir, f"bench_{kind}.json"), merged[kind])
             save()
 
@@ -225,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 — one broken stage must not lose the others
             import traceback  # noqa: PLC0415
             traceback.print_exc()
-            merged["skipped"].append(f"stage {stage} {' '.join(args)}: {type(e).__name__}: {e}"[:300])
+            merged["skipped"].append(
+                f"stage {stage} {' '.join(args)}: {type(e).__name__}: {e}"[:300])
             save()
             continue
         progress(data)
@@ -251,10 +274,12 @@ def merge_saved(paths: list[str]) -> dict[str, Any]:
             base[key] = base[key] + data[key]
     peak = merged.get("peak")
     for r in (merged.get("train") or {}).get("results", []):
-        if r.get("impl") == "ours" and r.get("flops_per_step_analytic") and r.get("steps_per_dispatch") == 1:
+        if r.get("impl") == "ours" and r.get("flops_per_step_analytic") and r.get(
+                "steps_per_dispatch") == 1:
             r["flops_per_step"], r["bytes_per_step"], r["cost_source"] = rl.loop_scaled(
                 r["xla_cost_per_dispatch"], 1, r["flops_per_step_analytic"])
-            r.update(rl.roofline(r["flops_per_step"], r["bytes_per_step"], r["step_ms"] / 1e3, peak))
+            r.update(rl.roofline(r["flops_per_step"], r["bytes_per_step"], r["step_ms"] / 1e3,
+                                 peak))
     for r in (merged.get("sample") or {}).get("results", []):
         if r.get("impl") == "ours" and r.get("flops_analytic"):
             r["flops"], r["bytes"], r["cost_source"] = rl.loop_scaled(
@@ -281,9 +306,11 @@ def _rate(value: float | None, frac: float | None, scale: float) -> str:
 
 def train_table(results: list[dict]) -> list[str]:
     """Markdown rows: every train configuration, ours vs the twin of the same size."""
-    rows = ["| size | params | batch | res | impl | variant | K | ms/step | img/s | × twin eager "
-            "| × twin compiled | GFLOP/step | GB/step | TFLOP/s (% peak) | GB/s (% peak) | % roofline |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| size | params | batch | res | impl | variant | K | ms/step | img/s | × twin eager "
+        "| × twin compiled | GFLOP/step | GB/step | TFLOP/s (% peak) | GB/s (% peak) | % roofline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    ]
     twins = {(r["size"], r["batch"], r["impl"]): r["images_per_s"] for r in results
              if r["impl"].startswith("twin") and "images_per_s" in r}
     for r in results:
@@ -305,11 +332,12 @@ def train_table(results: list[dict]) -> list[str]:
     for r in results:
         plan = r.get("max_batch_plan")
         if plan:
-            rows.append(f"\nlargest batch, memory model (size {r['size']}, {r['variant']}): XLA's memory "
-                        f"analysis at batch {plan['from_batch']} gives {plan['per_image_bytes'] / 1e6:.0f} MB "
-                        f"per image + {plan['fixed_bytes'] / 1e9:.2f} GB fixed; {plan['free_bytes'] / 1e9:.1f} GB "
-                        f"free ({plan['free_source']}) × {plan['fraction']:.0%} fits {plan['predicted_fit']} "
-                        f"images; timed at the power of two below: {r['batch']}")
+            rows.append(
+                f"\nlargest batch, memory model (size {r['size']}, {r['variant']}): XLA's memory "
+                f"analysis at batch {plan['from_batch']} gives {plan['per_image_bytes'] / 1e6:.0f} MB "
+                f"per image + {plan['fixed_bytes'] / 1e9:.2f} GB fixed; {plan['free_bytes'] / 1e9:.1f} GB "
+                f"free ({plan['free_source']}) × {plan['fraction']:.0%} fits {plan['predicted_fit']} "
+                f"images; timed at the power of two below: {r['batch']}")
         if r["impl"].endswith("max_batch"):
             best = r.get("largest") or {}
             rows.append(f"\nlargest batch that fit ({r['impl']}, size {r['size']}): "
@@ -320,15 +348,19 @@ def train_table(results: list[dict]) -> list[str]:
 
 def sample_table(results: list[dict]) -> list[str]:
     """Markdown rows: every sampling case, ours vs the twin's Python loop."""
-    rows = ["| size | batch × H × W | NFE | impl | attention | ms end to end | ms on device | img/s "
-            "| × twin eager | GFLOP | GB | % roofline | max abs diff ours vs twin |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| size | batch × H × W | NFE | impl | attention | ms end to end | ms on device | img/s "
+        "| × twin eager | GFLOP | GB | % roofline | max abs diff ours vs twin |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    ]
     shape = lambda r: (r["batch"], r["height"], r["width"])
     for i, r in enumerate(results):  # the twin of the same case that ran next (the same stage)
-        twin = next((t for t in results[i:] if t["impl"] == "twin_eager" and shape(t) == shape(r)), None)
+        twin = next((t for t in results[i:] if t["impl"] == "twin_eager" and shape(t) == shape(r)),
+                    None)
         ours = r["impl"] == "ours"
-        ratio = (f"{_ratio(twin['e2e_ms'], r['e2e_ms'])} ({_ratio(twin['device_ms'], r['device_ms'])} "
-                 "on device)" if ours and twin else "–")
+        ratio = (
+            f"{_ratio(twin['e2e_ms'], r['e2e_ms'])} ({_ratio(twin['device_ms'], r['device_ms'])} "
+            "on device)" if ours and twin else "–")
         rows.append(
             f"| {r['size']} | {r['batch']} × {r['height']} × {r['width']} | {r['nfe']} | {r['impl']} "
             f"| {r.get('attention_impl', '–')} | {r['e2e_ms']:.1f} | {r['device_ms']:.1f} "
@@ -369,7 +401,9 @@ def render(merged: dict[str, Any]) -> str:
             lines.append(f"| {run} | {label} | {r['to_step1_s']:.1f} | {r['imports_s']:.1f} "
                          f"| {r['build_and_init_s']:.1f} | {r['first_step_s']:.1f} |")
     if train:
-        lines += ["", "**Train step** (median over timing windows; ratios: our img/s ÷ the twin's)", ""]
+        lines += [
+            "", "**Train step** (median over timing windows; ratios: our img/s ÷ the twin's)", ""
+        ]
         lines += train_table(train)
     sample = (merged.get("sample") or {}).get("results", [])
     if sample:
@@ -379,7 +413,8 @@ def render(merged: dict[str, Any]) -> str:
                + (merged.get("sample") or {}).get("skipped", []))
     if skipped:
         lines += ["", "Skipped:"] + [f"- {x}" for x in skipped]
-    errors = (merged.get("train") or {}).get("errors", []) + (merged.get("sample") or {}).get("errors", [])
+    errors = (merged.get("train") or {}).get("errors", []) + (merged.get("sample") or {}).get(
+        "errors", [])
     if errors:
         lines += ["", "**Errors** (the configuration failed; traceback in the log):"]
         lines += [f"- {x}" for x in errors]

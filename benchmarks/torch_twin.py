@@ -36,7 +36,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv, time scale-shift after the 2nd norm, dropout, conv; 1×1 skip if needed."""
+    """GroupNorm-SiLU-conv, time scale-shift after the 2nd norm, dropout, conv; 1×1 skip if
+    needed."""
 
     def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float = 0.0):
         super().__init__()
@@ -68,7 +69,8 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)  # free for channels_last
-        q, k, v = self.qkv(tokens).view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(tokens).view(b, h * w, 3, self.heads,
+                                        c // self.heads).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
         return x + self.proj(o).view(b, h, w, c).permute(0, 3, 1, 2)
 
@@ -173,7 +175,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _flat(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], np.ndarray]:
+def _flat(
+    tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], np.ndarray]:
     out: dict[tuple[str, ...], np.ndarray] = {}
     for k, v in tree.items():
         if isinstance(v, Mapping):
@@ -236,7 +239,8 @@ def timestep_pairs(num_timesteps: int, num_steps: int) -> list[tuple[int, int]]:
 
 def _tables(schedule_tables: Any) -> tuple[np.ndarray, np.ndarray]:
     if hasattr(schedule_tables, "Theta"):
-        return np.asarray(schedule_tables.Theta, np.float64), np.asarray(schedule_tables.Sigma, np.float64)
+        return np.asarray(schedule_tables.Theta,
+                          np.float64), np.asarray(schedule_tables.Sigma, np.float64)
     theta, sigma = schedule_tables
     return np.asarray(theta, np.float64), np.asarray(sigma, np.float64)
 
@@ -265,10 +269,12 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt).train()
 
-    def loss_fn(x0: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def loss_fn(x0: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
+                eps: torch.Tensor) -> torch.Tensor:
         pi = x0 - mu
         x_t = mu + big_theta[t].view(-1, 1, 1, 1) * pi + sigma[t].view(-1, 1, 1, 1) * pi * eps
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype
+                            is not None):
             out = model(x_t, mu, t)
         target = x0 if parameterization == "x0" else pi * eps
         diff = out.float() - target
@@ -300,9 +306,10 @@ def sampler_step(x: torch.Tensor, mu: torch.Tensor, x0_hat: torch.Tensor, theta_
 
 
 @torch.no_grad()
-def sample(model: Callable[..., torch.Tensor], mu: torch.Tensor, schedule_tables: Any,
-           num_steps: int = 10, clip: bool = True, amp_dtype: torch.dtype | None = None,
-           return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+def sample(
+        model: Callable[..., torch.Tensor], mu: torch.Tensor, schedule_tables: Any,
+        num_steps: int = 10, clip: bool = True, amp_dtype: torch.dtype | None = None,
+        return_trajectory: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Deterministic RDBM sampler (x0-parameterised net): x_{T−1} = μ → … → x̂0 (last step)."""
     big_theta, sigma = _tables(schedule_tables)
     x, traj = mu.clone(), []

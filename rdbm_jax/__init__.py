@@ -1,9 +1,9 @@
 """rdbm_jax: Residual Diffusion Bridge Models for image restoration in JAX/Flax.
 
-The public API (imported on first use, so `import rdbm_jax` stays light):
-`load(workdir, step=None, use_ema=True)` → `TrainedModel` with `.restore(images, num_steps=…, eta=…)`;
-`load_exported(path)` runs a `--mode=export` artifact; `sde` and `schedules` are the bridge math,
-usable with any denoiser.
+The public API (imported on first use, so `import rdbm_jax` stays light): `load(workdir, step=None,
+use_ema=True)` → `TrainedModel` with `.restore(images, num_steps=…, eta=…)`; `load_exported(path)`
+runs a `--mode=export` artifact; `sde` and `schedules` are the bridge math, usable with any
+denoiser.
 """
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ def _to_mu(images: np.ndarray) -> np.ndarray:
     elif unit.shape[-1] == 4:
         unit = unit[..., :3]  # drop alpha
     elif unit.shape[-1] != 3:
-        raise ValueError(f"images: shape {arr.shape} has {unit.shape[-1]} channels (1, 3 or 4 expected)")
+        raise ValueError(
+            f"images: shape {arr.shape} has {unit.shape[-1]} channels (1, 3 or 4 expected)")
     return unit * 2.0 - 1.0
 
 
@@ -61,23 +62,30 @@ def _from_x0(x0: np.ndarray, like_dtype: np.dtype, gray: bool = False) -> np.nda
 
 
 class TrainedModel:
-    """A trained run's config, network, bridge schedule and (EMA) parameters, ready to restore images."""
+    """A trained run's config, network, bridge schedule and (EMA) parameters, ready to restore
+    images."""
 
     def __init__(self, config: ml_collections.ConfigDict, model: Any, schedule: Any, params: Any,
                  step: int, mesh: Any):
-        self.config, self.model, self.schedule, self.params = config, model, schedule, params
-        self.step, self.mesh = step, mesh
+        self.config = config
+        self.model = model
+        self.schedule = schedule
+        self.params = params
+        self.step = step
+        self.mesh = mesh
         self.multiple = models.downsample_factor(config.model)  # the UNet's downsampling factor
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"TrainedModel(step={self.step}, size={c.model.size!r}, bridge={c.bridge.preset!r}, "
-                f"NFE={c.sample.num_steps}, eta={c.sample.eta:g}, condition={c.model.condition!r}, "
-                f"ema={bool(c.sample.use_ema)})")
+        return (
+            f"TrainedModel(step={self.step}, size={c.model.size!r}, bridge={c.bridge.preset!r}, "
+            f"NFE={c.sample.num_steps}, eta={c.sample.eta:g}, condition={c.model.condition!r}, "
+            f"ema={bool(c.sample.use_ema)})")
 
-    def sampler(self, num_steps: int | None = None, eta: float | None = None, tile_size: int | None = None,
-                 tile_overlap: int | None = None) -> Sampler:
-        """The Sampler (compiled reverse loops) for these settings (None: the run's `sample` config)."""
+    def sampler(self, num_steps: int | None = None, eta: float | None = None,
+                tile_size: int | None = None, tile_overlap: int | None = None) -> Sampler:
+        """The Sampler (compiled reverse loops) for these settings (None: the run's `sample`
+        config)."""
         cfg = ml_collections.ConfigDict(self.config.to_dict())
         s = cfg.sample
         s.num_steps = s.num_steps if num_steps is None else int(num_steps)
@@ -86,7 +94,7 @@ class TrainedModel:
         s.tile_overlap = s.tile_overlap if tile_overlap is None else int(tile_overlap)
         # The overrides obey the sample.* rules (a ConfigError is a ValueError).
         config_lib.validate(cfg)
-        return program.sampler(cfg, self.mesh)
+        return program.build_sampler(cfg, self.mesh)
 
     def restore(self, images: Any, *, num_steps: int | None = None, eta: float | None = None,
                 tile_size: int | None = None, tile_overlap: int | None = None, seed: int = 0,
@@ -105,9 +113,11 @@ class TrainedModel:
         """
         if isinstance(images, (list, tuple)):
             masks = [None] * len(images) if mask is None else list(mask)
-            return [self.restore(img, num_steps=num_steps, eta=eta, tile_size=tile_size,
-                                 tile_overlap=tile_overlap, seed=seed + i, batch_size=batch_size, mask=m)
-                    for i, (img, m) in enumerate(zip(images, masks, strict=True))]
+            return [
+                self.restore(img, num_steps=num_steps, eta=eta, tile_size=tile_size,
+                             tile_overlap=tile_overlap, seed=seed + i, batch_size=batch_size,
+                             mask=m) for i, (img, m) in enumerate(zip(images, masks, strict=True))
+            ]
         if isinstance(images, (str, os.PathLike)):
             from PIL import Image, ImageOps
 
@@ -117,9 +127,10 @@ class TrainedModel:
             from PIL import Image
 
             gray = images.mode in image_io.GRAY_MODES
-            out = self.restore(np.asarray(images.convert("L" if gray else "RGB")), num_steps=num_steps,
-                               eta=eta, tile_size=tile_size, tile_overlap=tile_overlap, seed=seed,
-                               batch_size=batch_size, mask=mask)
+            out = self.restore(np.asarray(images.convert("L" if gray else "RGB")),
+                               num_steps=num_steps, eta=eta, tile_size=tile_size,
+                               tile_overlap=tile_overlap, seed=seed, batch_size=batch_size,
+                               mask=mask)
             return Image.fromarray(out)
         arr = np.asarray(images)
         flat = arr.ndim == 2  # [H, W]: gray, and given back as [H, W]
@@ -137,28 +148,33 @@ class TrainedModel:
         outs = []
         for i, start in enumerate(range(0, len(mu), size)):
             extra = {} if masks is None else {"mask": masks[start:start + size]}
-            outs.append(sampler(self.params, mu[start:start + size], jax.random.fold_in(rng, i), **extra))
+            outs.append(
+                sampler(self.params, mu[start:start + size], jax.random.fold_in(rng, i), **extra))
         out = _from_x0(np.concatenate(outs), batch.dtype, gray=batch.shape[-1] == 1)
         out = out[..., 0] if flat else out
         return out[0] if single else out
 
     @staticmethod
     def _masks(sampler: Sampler, mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
-        """The mask as float32 [B, H, W, 1], or None; a ValueError where the sampler takes no mask."""
+        """The mask as float32 [B, H, W, 1], or None; a ValueError where the sampler takes no
+        mask."""
         if mask is None:
             return None
         if not sampler.uses_mask:
-            raise ValueError(f"mask: this model (model.condition={sampler.condition!r}) reads no mask; "
-                             "only models trained with a mask condition do")
+            raise ValueError(
+                f"mask: this model (model.condition={sampler.condition!r}) reads no mask; "
+                "only models trained with a mask condition do")
         m = np.asarray(mask, np.float32)
         m = m[..., 0] if m.ndim >= 3 and m.shape[-1] == 1 else m
         if m.shape[-2:] != shape[1:3]:
-            raise ValueError(f"mask: shape {np.shape(mask)} does not match the images' {shape[1:3]}")
+            raise ValueError(
+                f"mask: shape {np.shape(mask)} does not match the images' {shape[1:3]}")
         return np.broadcast_to(m.reshape((-1,) + shape[1:3]), shape[:3])[..., None]
 
 
 def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> TrainedModel:
-    """Load a trained run from `workdir`: the latest checkpoint (or `step`), EMA parameters by default."""
+    """Load a trained run from `workdir`: the latest checkpoint (or `step`), EMA parameters by
+    default."""
     try:
         directory, latest = checkpoints.resolve(workdir)
         step = latest if step is None else int(step)

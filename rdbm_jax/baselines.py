@@ -3,13 +3,16 @@
 One well-kept library method per synthetic degradation, given the degradation's known parameters
 (never the clean image):
 
-| degradation | baseline |
-|---|---|
-| inpaint | `skimage.restoration.inpaint_biharmonic` with the true mask (mask-conditioned models) or the mask inferred from the pure-fill pixels (μ-only models: the same information the model has) |
-| noise | `skimage.restoration.denoise_nl_means` with the known σ (h = 0.8 σ, fast mode: scikit-image's documented setting) |
-| gaussian_blur, motion_blur | `skimage.restoration.richardson_lucy` with the known kernel, 30 iterations |
-| lowlight | CLAHE, `skimage.exposure.equalize_adapthist` (blind: inverting the known gamma would be cheating) |
-| haze, rain, jpeg, real pairs | none fits: the input itself is the baseline, and reports say so |
+- inpaint: `skimage.restoration.inpaint_biharmonic` with the true mask (mask-conditioned models)
+  or the mask inferred from the pure-fill pixels (mu-only models: the same information the model
+  has).
+- noise: `skimage.restoration.denoise_nl_means` with the known sigma (h = 0.8 sigma, fast mode:
+  scikit-image's documented setting).
+- gaussian_blur, motion_blur: `skimage.restoration.richardson_lucy` with the known kernel, 30
+  iterations.
+- lowlight: CLAHE, `skimage.exposure.equalize_adapthist` (blind: inverting the known gamma would be
+  cheating).
+- haze, rain, jpeg, real pairs: none fits; the input itself is the baseline, and reports say so.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ NLM_H_FACTOR = 0.8  # scikit-image's example: h = 0.8 σ with fast_mode=True
 def describe(degradation: str, true_mask: bool) -> str:
     """The baseline's name as reports print it."""
     if degradation == "inpaint":
-        return "biharmonic (" + ("true mask" if true_mask else "mask inferred from fill pixels") + ")"
+        which = "true mask" if true_mask else "mask inferred from fill pixels"
+        return f"biharmonic ({which})"
     return {"noise": "nl_means (known sigma)",
             "gaussian_blur": f"richardson_lucy (known kernel, {RL_ITERATIONS} it.)",
             "motion_blur": f"richardson_lucy (known kernel, {RL_ITERATIONS} it.)",
@@ -60,8 +64,10 @@ def restore(mu01: np.ndarray, degradation: str, *, mask: np.ndarray | None = Non
         kernel = np.asarray(kernel, np.float64)
         pad = max(kernel.shape)  # reflect-pad as the blur did: no dark frame from zero padding
         padded = np.pad(mu01, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-        out = np.stack([restoration.richardson_lucy(padded[..., c], kernel, num_iter=RL_ITERATIONS, clip=True)
-                        for c in range(mu01.shape[-1])], axis=-1)[pad:-pad, pad:-pad]
+        out = np.stack([
+            restoration.richardson_lucy(padded[..., c], kernel, num_iter=RL_ITERATIONS, clip=True)
+            for c in range(mu01.shape[-1])
+        ], axis=-1)[pad:-pad, pad:-pad]
     elif degradation == "lowlight":
         out = exposure.equalize_adapthist(mu01)
     else:

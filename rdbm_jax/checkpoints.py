@@ -26,14 +26,17 @@ from rdbm_jax.errors import ConfigError, TrainingError
 log = logging.getLogger("rdbm_jax")
 
 # Files every finished step folder holds (orbax writes `_CHECKPOINT_METADATA` when it finalizes).
-REQUIRED_FILES = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt", "config/metadata")
+REQUIRED_FILES = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt",
+                  "config/metadata")
 TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix for a step folder still being written
-SET_ASIDE = "unreadable_checkpoints"  # train moves unreadable step folders here (never deletes them)
+# train moves unreadable step folders here (never deletes them)
+SET_ASIDE = "unreadable_checkpoints"
 
 
 def checkpoint_dir(workdir: str) -> str:
     """Where the checkpoints of a run live."""
-    return os.path.join(os.path.abspath(workdir) if "://" not in workdir else workdir, "checkpoints")
+    return os.path.join(
+        os.path.abspath(workdir) if "://" not in workdir else workdir, "checkpoints")
 
 
 def missing_files(step_dir: str) -> list[str]:
@@ -53,9 +56,11 @@ def step_folders(directory: str) -> list[int]:
     try:
         if not path.exists():
             return []
-        return sorted((int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True)
+        return sorted((int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir()),
+                      reverse=True)
     except OSError as e:
-        raise TrainingError(f"cannot read the checkpoints folder {directory}: {e.strerror or e}") from None
+        raise TrainingError(
+            f"cannot read the checkpoints folder {directory}: {e.strerror or e}") from None
 
 
 def complete_steps(directory: str) -> list[int]:
@@ -135,7 +140,8 @@ class _QuietOrbaxErrors(logging.Filter):
 
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[_QuietOrbaxErrors]:
-    """Hide orbax's multi-line error logs in this block (the caller reports the failure in one line)."""
+    """Hide orbax's multi-line error logs in this block (the caller reports the failure in one
+    line)."""
     quiet = _QuietOrbaxErrors()
     logging.getLogger("absl").addFilter(quiet)
     try:
@@ -205,10 +211,12 @@ class Checkpointer:
 
     @property
     def manager(self) -> _Manager:
-        """The orbax manager, created on first use (after `restore_latest` set bad folders aside)."""
+        """The orbax manager, created on first use (after `restore_latest` set bad folders
+        aside)."""
         if self._manager is None:
-            # cleanup_tmp_directories: half-written `<step>.orbax-checkpoint-tmp-*` folders of a killed
-            # run are removed at start (the workdir lock makes sure no other run is writing them).
+            # cleanup_tmp_directories: half-written `<step>.orbax-checkpoint-tmp-*` folders of a
+            # killed run are removed at start (the workdir lock makes sure no other run is writing
+            # them).
             self._manager = _Manager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True,
@@ -251,7 +259,8 @@ class Checkpointer:
             error = record.exc_info[1] if record.exc_info else RuntimeError(record.getMessage())
         if error is None and jax.process_index() == 0 and not is_complete(final):
             error = RuntimeError(f"missing {', '.join(missing_files(final))} after the save")
-        if distributed.any_process(error is not None):  # every process stops when a save failed on any
+        # every process stops when a save failed on any
+        if distributed.any_process(error is not None):
             error = error or RuntimeError("the save failed on another process")
         if error is None:
             absl_logger.removeFilter(quiet)
@@ -263,13 +272,14 @@ class Checkpointer:
             _collect_leftovers()
             if jax.process_index() == 0:
                 self._remove_partial(step, keep_final=existed)
-            raise TrainingError(f"saving checkpoint step {step} to {final} failed: {reason}; "
-                                f"stopped (last good checkpoint: step {self.latest_step() or 'none'})")
+            raise TrainingError(
+                f"saving checkpoint step {step} to {final} failed: {reason}; "
+                f"stopped (last good checkpoint: step {self.latest_step() or 'none'})")
         log.info("checkpoint step %d saved in %.1f s (%s)", step, time.time() - start, final)
 
     def _remove_partial(self, step: int, keep_final: bool) -> None:
-        """Remove what a failed save of `step` left: its temporary folders (and its final folder when
-        that did not exist before and is incomplete)."""
+        """Remove what a failed save of `step` left: its temporary folders (and its final folder
+        when that did not exist before and is incomplete)."""
         directory = epath.Path(self.directory)
         if not directory.exists():
             return
@@ -280,18 +290,20 @@ class Checkpointer:
                 try:
                     p.rmtree() if p.is_dir() else p.unlink()
                 except OSError as e:
-                    log.warning("could not remove the partial checkpoint %s: %s", p, e.strerror or e)
+                    log.warning("could not remove the partial checkpoint %s: %s", p,
+                                e.strerror or e)
         try:
             self.manager.reload()
         except Exception:  # noqa: BLE001 — the folder may be gone (a vanished workdir)
             pass
 
-    def restore_latest(self, abstract_state: Any, data_iterator: Any | None = None) -> tuple[int, Any]:
+    def restore_latest(self, abstract_state: Any,
+                       data_iterator: Any | None = None) -> tuple[int, Any]:
         """(step, state) of the newest readable checkpoint, or (0, None) when there is none.
 
         Incomplete step folders, and unreadable ones newer than that checkpoint, are reported in one
-        warning line each and moved to `workdir/unreadable_checkpoints/` (never deleted), so that later
-        saves do not trip over them.
+        warning line each and moved to `workdir/unreadable_checkpoints/` (never deleted), so that
+        later saves do not trip over them.
         """
         import grain
         # Incomplete folders first (orbax's manager trips on them); every process lists them before
@@ -317,8 +329,8 @@ class Checkpointer:
 
     def _warn_set_aside(self, step: int, reason: str) -> None:
         """One warning line naming a bad step folder, which is moved aside."""
-        log.warning("checkpoint %s is %s; not used, %s", os.path.join(self.directory, str(step)), reason,
-                    self._set_aside(step))
+        log.warning("checkpoint %s is %s; not used, %s", os.path.join(self.directory, str(step)),
+                    reason, self._set_aside(step))
 
     def _set_aside(self, step: int) -> str:
         """Move a bad step folder out of the checkpoints folder (process 0); says where it went."""
@@ -341,7 +353,8 @@ class Checkpointer:
         return f"moved to {target}"
 
     def wait(self) -> None:
-        """Wait for orbax's background work (after a failed save, also stop hiding orbax's errors)."""
+        """Wait for orbax's background work (after a failed save, also stop hiding orbax's
+        errors)."""
         self.manager.wait_until_finished()
         if self._quiet is not None:
             logging.getLogger("absl").removeFilter(self._quiet)
@@ -353,7 +366,8 @@ class Checkpointer:
 
 
 def resolve(workdir: str, explicit: str = "") -> tuple[str, int]:
-    """(checkpoints directory, step) of an explicit step folder or of the newest complete one in `workdir`."""
+    """(checkpoints directory, step) of an explicit step folder or of the newest complete one in
+    `workdir`."""
     if explicit:
         step_dir = paths.as_path(explicit.rstrip("/"))  # a local folder or an object-store URL
         path, parent, name = os.fspath(step_dir), os.fspath(step_dir.parent), step_dir.name
@@ -362,18 +376,21 @@ def resolve(workdir: str, explicit: str = "") -> tuple[str, int]:
                               "(expected …/checkpoints/<step>)")
         missing = missing_files(path)
         if missing:
-            raise ConfigError(f"sample.checkpoint={explicit!r}: {path} is not a complete checkpoint "
-                              f"(missing {', '.join(missing)})")
+            raise ConfigError(
+                f"sample.checkpoint={explicit!r}: {path} is not a complete checkpoint "
+                f"(missing {', '.join(missing)})")
         return parent, int(name)
     directory = checkpoint_dir(workdir)
     steps = complete_steps(directory)
     if not steps:
-        raise ConfigError(f"no checkpoint found in {directory} (train first, or set sample.checkpoint)")
+        raise ConfigError(
+            f"no checkpoint found in {directory} (train first, or set sample.checkpoint)")
     return directory, steps[0]
 
 
 def _restore(directory: str, step: int, what: str, **items: Any) -> Any:
-    """orbax's restore of some items of one checkpoint; a damaged folder is a one-line ConfigError."""
+    """orbax's restore of some items of one checkpoint; a damaged folder is a one-line
+    ConfigError."""
     options = ocp.CheckpointManagerOptions(create=False)
     try:
         with _quiet_orbax(), ocp.CheckpointManager(directory, options=options) as mngr:
@@ -381,14 +398,17 @@ def _restore(directory: str, step: int, what: str, **items: Any) -> Any:
     except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
         reason = _reason(e)
     _collect_leftovers()
-    raise ConfigError(f"checkpoint {os.path.join(directory, str(step))}: cannot read its {what}: {reason} "
-                      "(name an older step with sample.checkpoint)")
+    raise ConfigError(
+        f"checkpoint {os.path.join(directory, str(step))}: cannot read its {what}: {reason} "
+        "(name an older step with sample.checkpoint)")
 
 
 def load_params(directory: str, step: int, abstract_params: Any, which: str = "ema_params") -> Any:
-    """Only the `which` parameters (ema_params | params) of one checkpoint's train state, as laid out
-    by `abstract_params` (ShapeDtypeStructs with shardings): no optimizer state, no data iterator."""
-    restore_args = jax.tree_util.tree_map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract_params)
+    """Only the `which` parameters (ema_params | params) of one checkpoint's train state, as laid
+    out by `abstract_params` (ShapeDtypeStructs with shardings): no optimizer state, no data
+    iterator."""
+    restore_args = jax.tree_util.tree_map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
+                                          abstract_params)
     item = {which: abstract_params}
     restored = _restore(directory, step, "parameters", state=ocp.args.PyTreeRestore(
         item=item, restore_args={which: restore_args}, partial_restore=True))

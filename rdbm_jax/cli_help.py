@@ -27,12 +27,14 @@ EXAMPLES = (
     "python -m rdbm_jax.main --config=configs/demo.py --workdir=/tmp/rdbm_demo --mode=eval",
     "python -m rdbm_jax.main --config=configs/inpaint.py:S --mode=print_config "
     "--config.data.root=/data/celeba",
-    "python -m rdbm_jax.main --config=configs/demo.py:tiny --workdir=/tmp/smoke --config.train.num_steps=4",
+    "python -m rdbm_jax.main --config=configs/demo.py:tiny --workdir=/tmp/smoke "
+    "--config.train.num_steps=4",
 )
 
 
 def configs_folder() -> str:
-    """configs/ of the current folder when there is one (a clone's root), else the one beside the package."""
+    """configs/ of the current folder when there is one (a clone's root), else the one beside the
+    package."""
     here = os.path.join(os.getcwd(), "configs")
     if os.path.isfile(os.path.join(here, "default.py")):
         return here
@@ -51,10 +53,12 @@ def describe_config(path: str) -> tuple[str, str] | None:
 
 
 def _variants(tree: ast.Module) -> str:
-    """The `:ARG` values a config's `common.variant(arg, default_size=…, options=…)` call accepts."""
+    """The `:ARG` values a config's `common.variant(arg, default_size=…, options=…)` call
+    accepts."""
     for node in ast.walk(tree):
         name = getattr(node, "func", None)
-        if isinstance(node, ast.Call) and getattr(name, "attr", getattr(name, "id", "")) == "variant":
+        called = getattr(name, "attr", getattr(name, "id", ""))
+        if isinstance(node, ast.Call) and called == "variant":
             kw = {k.arg: k.value for k in node.keywords}
             default = ast.literal_eval(kw["default_size"]) if "default_size" in kw else None
             options = list(ast.literal_eval(kw["options"])) if "options" in kw else []

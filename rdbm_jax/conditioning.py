@@ -1,4 +1,5 @@
-"""What the network is conditioned on besides x_t and t: μ alone (the paper) or μ with the degradation mask.
+"""What the network is conditioned on besides x_t and t: μ alone (the paper) or μ with the
+degradation mask.
 
 Pure JAX (no Flax). The mask is float [..., H, W, 1], 1 where μ may differ from x0 (the holes of
 inpainting; every pixel for other degradations). Conditions:
@@ -8,9 +9,9 @@ inpainting; every pixel for other degradations). Conditions:
   the network sees [x_t, μ, mask], and x̂0 is set to μ outside the mask at every step of training
   and sampling (`sde.project_known`), so known pixels come back exactly.
 - `mu_mask_fill` — as `mu_mask`, plus the holes of μ pre-filled by a harmonic interpolation of the
-  known pixels (`fill_holes`, solved coarse to fine) as three more channels. With the residual parameterisation the
-  network's output is also added to the pre-fill's residual (`output_offset`): a zero output restores
-  the pre-fill, and the network learns the correction on top of it.
+  known pixels (`fill_holes`, solved coarse to fine) as three more channels. With the residual
+  parameterisation the network's output is also added to the pre-fill's residual (`output_offset`):
+  a zero output restores the pre-fill, and the network learns the correction on top of it.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ HOLE_GROW_STEPS = 3  # ... by at most this many pixels (so real bright areas bes
 # % at least 0.9 white on the built-in photos) or compression rims (>= 85 %).
 HOLE_RIM_LEVEL, LOSSLESS_RIM_SHARE = 0.9, 0.5
 PURE_WHITE = 1.0 - 0.5 / 255  # [0, 1] units: rounds to 255
-FILL_VALUE = 1.0  # the inpainting fill in model range [-1, 1] (white; rdbm_jax.data.masks.HOLE_VALUE)
+# the inpainting fill in model range [-1, 1] (white; rdbm_jax.data.masks.HOLE_VALUE)
+FILL_VALUE = 1.0
 
 
 def check_condition(kind: str) -> None:
@@ -49,11 +51,14 @@ def uses_mask(kind: str) -> bool:
 def condition_channels(kind: str, image_channels: int = 3) -> int:
     """Channels of the condition tensor built by `condition`."""
     check_condition(kind)
-    return {"mu": image_channels, "mu_mask": image_channels + 1, "mu_mask_fill": 2 * image_channels + 1}[kind]
+    return {
+        "mu": image_channels, "mu_mask": image_channels + 1, "mu_mask_fill": 2 * image_channels + 1
+    }[kind]
 
 
 def _pool2(x: jax.Array) -> jax.Array:
-    """2×2 sum pooling of [B, H, W, C]; an odd side gets one zero row/column (symbolic shapes work)."""
+    """2×2 sum pooling of [B, H, W, C]; an odd side gets one zero row/column (symbolic shapes
+    work)."""
     return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
 
 
@@ -89,7 +94,8 @@ def fill_holes(mu: jax.Array, mask: jax.Array) -> jax.Array:
         num, den = nums[level], dens[level]
         up = jnp.repeat(jnp.repeat(value, 2, axis=1), 2, axis=2)[:, :num.shape[1], :num.shape[2]]
         cover = jnp.clip(den * (4.0 ** -level), 0.0, 1.0)  # known fraction of the block
-        value = _relax(cover * num / jnp.maximum(den, 1e-8) + (1.0 - cover) * up, den <= 0, FILL_SWEEPS)
+        value = _relax(cover * num / jnp.maximum(den, 1e-8) + (1.0 - cover) * up, den <= 0,
+                       FILL_SWEEPS)
     return jnp.where(known > 0, mu, value)
 
 
@@ -139,8 +145,8 @@ def infer_mask(mu: np.ndarray, threshold: float = HOLE_THRESHOLD) -> np.ndarray:
 
 
 def output_offset(cond: jax.Array, kind: str, parameterization: str) -> jax.Array | float:
-    """What is added to the network's raw output: the pre-fill's residual (fill − μ, zero outside the
-    holes) for `mu_mask_fill` with the residual parameterisation, else 0."""
+    """What is added to the network's raw output: the pre-fill's residual (fill − μ, zero outside
+    the holes) for `mu_mask_fill` with the residual parameterisation, else 0."""
     check_condition(kind)
     if kind != "mu_mask_fill" or parameterization != "residual":
         return 0.0

@@ -1,4 +1,5 @@
-"""Loading config files by path: `configs/<task>.py[:arg]`, and configs building on their siblings."""
+"""Loading config files by path: `configs/<task>.py[:arg]`, and configs building on their
+siblings."""
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +20,8 @@ def sibling(config_file: str, name: str = "default") -> Any:
 
 
 def load(spec: str, root: str = "") -> Any:
-    """The ConfigDict of "path/to/config.py[:arg]" (a relative path is taken from `root` when given)."""
+    """The ConfigDict of "path/to/config.py[:arg]" (a relative path is taken from `root` when
+    given)."""
     path, _, arg = spec.partition(":")
     if root and not os.path.isabs(path):
         path = os.path.join(root, path)

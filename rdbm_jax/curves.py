@@ -8,14 +8,18 @@ import json
 from rdbm_jax import paths
 
 # Validation PSNR series drawn when present in metrics.jsonl: key → legend label.
-PSNR_SERIES = {"val/psnr": "model (EMA)", "val/psnr_baseline": "baseline", "val/psnr_input": "degraded input"}
+PSNR_SERIES = {
+    "val/psnr": "model (EMA)", "val/psnr_baseline": "baseline", "val/psnr_input": "degraded input"
+}
 # ... and inside the inpainting holes (the score the README leads with), in a panel of its own.
 MASKED_SERIES = {k.replace("val/psnr", "val/psnr_masked"): v for k, v in PSNR_SERIES.items()}
-STYLES = (("tab:red", "o", "-"), ("tab:green", "s", "--"), ("tab:gray", "^", ":"))  # model, baseline, input
+# model, baseline, input
+STYLES = (("tab:red", "o", "-"), ("tab:green", "s", "--"), ("tab:gray", "^", ":"))
 
 
 def read_series(metrics_path: str, keys: list[str]) -> dict[str, tuple[list[int], list[float]]]:
-    """key → (steps, values) from a metrics.jsonl; a step logged twice (a resume) keeps its last row."""
+    """key → (steps, values) from a metrics.jsonl; a step logged twice (a resume) keeps its last
+    row."""
     latest: dict[str, dict[int, float]] = {k: {} for k in keys}
     with paths.as_path(metrics_path).open(encoding="utf-8") as f:
         for line in f:
@@ -33,7 +37,8 @@ def read_series(metrics_path: str, keys: list[str]) -> dict[str, tuple[list[int]
 
 
 def plot_curves(metrics_path: str, out_path: str) -> bool:
-    """Draw train/loss and the validation PSNR series into `out_path`; False when nothing is logged yet."""
+    """Draw train/loss and the validation PSNR series into `out_path`; False when nothing is logged
+    yet."""
     series = read_series(metrics_path, ["train/loss", *PSNR_SERIES, *MASKED_SERIES])
     if not series:
         return False
@@ -59,7 +64,8 @@ def figure(series: dict[str, tuple[list[int], list[float]]]):
     ax_loss, ax_psnr = axes[:2]
     if "train/loss" in series:
         steps, values = series["train/loss"]
-        ax_loss.plot(steps, values, color="tab:blue", lw=1.2, marker="." if len(steps) < 30 else None)
+        ax_loss.plot(steps, values, color="tab:blue", lw=1.2,
+                     marker="." if len(steps) < 30 else None)
         if min(values) > 0 and max(values) / min(values) > 10:
             ax_loss.set_yscale("log")
     else:
@@ -70,7 +76,8 @@ def figure(series: dict[str, tuple[list[int], list[float]]]):
     ax_loss.set_ylabel("train/loss")
     _psnr_panel(ax_psnr, series, PSNR_SERIES, "validation PSNR")
     if masked:
-        _psnr_panel(axes[2], series, MASKED_SERIES, "validation PSNR inside the holes (psnr_masked)")
+        _psnr_panel(axes[2], series, MASKED_SERIES,
+                    "validation PSNR inside the holes (psnr_masked)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.ticklabel_format(axis="x", style="plain", useOffset=False)

@@ -34,7 +34,8 @@ def initialize(coordinator: str = "", num_processes: int = 0, process_id: int = 
     auto = os.environ.get("RDBM_DISTRIBUTED", "") == "auto"
     if not auto and (not coordinator or num_processes <= 1):
         return False
-    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    on_cpu = os.environ.get("JAX_PLATFORMS", "") == "cpu"
+    if jax.config.jax_platforms in (None, "", "cpu") or on_cpu:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     if auto:
         jax.distributed.initialize()
@@ -58,10 +59,15 @@ def batch_sharding(mesh: Mesh, leading: int = 0) -> NamedSharding:
     return NamedSharding(mesh, P(*([None] * leading), DATA_AXIS))
 
 
-def global_batch(mesh: Mesh, local: dict[str, np.ndarray], leading: int = 0) -> dict[str, jax.Array]:
-    """Global arrays from this process's slice of the batch (`jax.make_array_from_process_local_data`)."""
+def global_batch(mesh: Mesh, local: dict[str, np.ndarray],
+                 leading: int = 0) -> dict[str, jax.Array]:
+    """Global arrays from this process's slice of the batch
+    (`jax.make_array_from_process_local_data`)."""
     sharding = batch_sharding(mesh, leading)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local.items()
+    }
 
 
 def is_main_process() -> bool:
@@ -78,7 +84,8 @@ def any_process(flag: bool) -> bool:
 
 
 def to_host(x: jax.Array) -> np.ndarray:
-    """The whole value of a (possibly multi-process, sharded or replicated) array, on every process."""
+    """The whole value of a (possibly multi-process, sharded or replicated) array, on every
+    process."""
     if x.is_fully_addressable:
         return np.asarray(jax.device_get(x))
     if x.is_fully_replicated:

@@ -41,12 +41,14 @@ def reflect_pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
     return jnp.take(jnp.take(x, index(x.shape[1]), axis=1), index(x.shape[2]), axis=2)
 
 
-def restoration_fn(sampler: Sampler, params: Any) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
-    """(μ [B, H, W, 3] in [-1, 1], mask [B, H, W, 1] (1 = degraded; read by mask-conditioned models only),
-    key uint32 [2]) → x̂0, with the sampler's settings and `params` baked in."""
+def restoration_fn(sampler: Sampler,
+                   params: Any) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """(μ [B, H, W, 3] in [-1, 1], mask [B, H, W, 1] (1 = degraded; read by mask-conditioned models
+    only), key uint32 [2]) → x̂0, with the sampler's settings and `params` baked in."""
     if sampler.tile_size:
-        raise ConfigError(f"sample.tile_size={sampler.tile_size}: tiles depend on the image size, so "
-                          "--mode=export writes untiled restorers (set --config.sample.tile_size=0)")
+        raise ConfigError(
+            f"sample.tile_size={sampler.tile_size}: tiles depend on the image size, so "
+            "--mode=export writes untiled restorers (set --config.sample.tile_size=0)")
 
     def restore(mu, mask, key):
         h, w = mu.shape[1], mu.shape[2]
@@ -56,13 +58,17 @@ def restoration_fn(sampler: Sampler, params: Any) -> Callable[[jax.Array, jax.Ar
     return restore
 
 
-def export_restorer(sampler: Sampler, params: Any, platforms: tuple[str, ...] = PLATFORMS) -> export.Exported:
-    """jax.export of `restoration_fn` for μ of shape (b, h, w, 3), h, w >= MIN_SIDE, on `platforms`."""
+def export_restorer(sampler: Sampler, params: Any,
+                    platforms: tuple[str, ...] = PLATFORMS) -> export.Exported:
+    """jax.export of `restoration_fn` for μ of shape (b, h, w, 3), h, w >= MIN_SIDE, on
+    `platforms`."""
     host_params = jax.tree_util.tree_map(distributed.to_host, params)  # constants of the artifact
-    b, h, w, _ = export.symbolic_shape("b, h, w, 3", constraints=(f"h >= {MIN_SIDE}", f"w >= {MIN_SIDE}"))
-    return export.export(jax.jit(restoration_fn(sampler, host_params)), platforms=platforms)(
-        jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32),
-        jax.ShapeDtypeStruct((2,), jnp.uint32))
+    b, h, w, _ = export.symbolic_shape(
+        "b, h, w, 3", constraints=(f"h >= {MIN_SIDE}", f"w >= {MIN_SIDE}"))
+    exporter = export.export(jax.jit(restoration_fn(sampler, host_params)), platforms=platforms)
+    return exporter(jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32),
+                    jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32),
+                    jax.ShapeDtypeStruct((2,), jnp.uint32))
 
 
 def write_unit(out_dir: str, blob: bytes, info: dict) -> None:
@@ -76,12 +82,13 @@ def write_unit(out_dir: str, blob: bytes, info: dict) -> None:
 
 
 def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
-    """`--mode=export`: write workdir/export/{restorer.jax, restorer.json, export_loader.py}; returns the artifact."""
+    """`--mode=export`: write workdir/export/{restorer.jax, restorer.json, export_loader.py};
+    returns the artifact."""
     config_lib.validate(cfg)
     mesh = distributed.make_mesh()
     trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
     params, step = trained.params, trained.step
-    sampler = program.sampler(cfg, mesh)
+    sampler = program.build_sampler(cfg, mesh)
     exported = export_restorer(sampler, params)
     out_dir = paths.join(workdir, "export")  # a local folder or an object store
     path = paths.join(out_dir, ARTIFACT)
@@ -91,9 +98,10 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
                 "step": step, "use_ema": cfg.sample.use_ema, "num_steps": sampler.num_steps,
                 "eta": sampler.eta, "clip": sampler.clip, "bridge": cfg.bridge.to_dict(),
                 "model": cfg.model.to_dict(), "platforms": list(exported.platforms),
-                "input": "float32 [B, H, W, 3] in [-1, 1], H, W >= 8 (padded inside to multiples of "
-                         f"{sampler.multiple} by reflection), the float32 [B, H, W, 1] degradation mask "
-                         "(1 = degraded; read only by mask-conditioned models) and a uint32 [2] PRNG key",
+                "input": "float32 [B, H, W, 3] in [-1, 1], H, W >= 8 (padded inside to multiples "
+                         f"of {sampler.multiple} by reflection), the float32 [B, H, W, 1] "
+                         "degradation mask (1 = degraded; read only by mask-conditioned models) "
+                         "and a uint32 [2] PRNG key",
                 "condition": sampler.condition, "hole_threshold": cfg.sample.hole_threshold,
                 "output": "float32 [B, H, W, 3] in [-1, 1]", "jax_version": jax.__version__}
         write_unit(out_dir, blob, info)
@@ -101,4 +109,3 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
                  "EMA" if cfg.sample.use_ema else "raw", sampler.num_steps, sampler.eta,
                  ", ".join(exported.platforms), path, len(blob) / 1e6)
     return path
-

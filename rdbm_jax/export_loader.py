@@ -2,8 +2,8 @@
 
     from export_loader import load                    # or: from rdbm_jax import load_exported
     restore = load("restorer.jax")
-    out = restore(images)                              # uint8 or [0, 1] float, [H, W, C] or [B, H, W, C]
-    out = restore("photo.png")                         # a file (read with PIL, when installed)
+    out = restore(images)          # uint8 or [0, 1] float, [H, W, C] or [B, H, W, C]
+    out = restore("photo.png")     # a file (read with PIL, when installed)
 
 The artifact holds the network, its weights and the whole reverse loop, compiled by `jax.export`
 for CPU and CUDA; it takes any batch size and any H, W >= 8 (padding to the UNet's factor is done
@@ -26,8 +26,12 @@ GRAY_MODES = ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 # As rdbm_jax.conditioning.infer_mask (HOLE_*), in numpy alone: this file needs no rdbm_jax/scipy.
-HOLE_THRESHOLD, HOLE_GROW_LEVEL, HOLE_GROW_STEPS = 0.98, 0.8, 3
-HOLE_RIM_LEVEL, LOSSLESS_RIM_SHARE, PURE_WHITE = 0.9, 0.5, 1.0 - 0.5 / 255
+HOLE_THRESHOLD = 0.98
+HOLE_GROW_LEVEL = 0.8
+HOLE_GROW_STEPS = 3
+HOLE_RIM_LEVEL = 0.9
+LOSSLESS_RIM_SHARE = 0.5
+PURE_WHITE = 1.0 - 0.5 / 255  # [0, 1] units: rounds to 255
 
 
 def _dilate(m: np.ndarray) -> np.ndarray:
@@ -70,13 +74,15 @@ class ExportedRestorer:
     """A deserialized restorer: `self(images, seed=0)` → restored images (same dtype and range)."""
 
     def __init__(self, exported: export.Exported, info: dict):
-        self.exported, self.info = exported, info
+        self.exported = exported
+        self.info = info
 
     def raw(self, mu: np.ndarray, mask: np.ndarray, key: np.ndarray) -> np.ndarray:
         """The exported function: μ float32 [B, H, W, 3] in [-1, 1], mask float32 [B, H, W, 1] (1 =
         degraded pixel; read only by mask-conditioned models), key uint32 [2] → x̂0 in [-1, 1]."""
-        return np.asarray(self.exported.call(np.asarray(mu, np.float32), np.asarray(mask, np.float32),
-                                             np.asarray(key, np.uint32)))
+        return np.asarray(
+            self.exported.call(np.asarray(mu, np.float32), np.asarray(mask, np.float32),
+                               np.asarray(key, np.uint32)))
 
     def __call__(self, images: Any, mask: np.ndarray | None = None, seed: int = 0) -> Any:
         """uint8 or float [0, 1] images, [H, W], [H, W, C] or [B, H, W, C] with C = 1 (gray), 3
@@ -96,7 +102,9 @@ class ExportedRestorer:
                              "with C = 1, 3 or 4 and H, W >= 8")
         gray = batch.shape[-1] == 1
         batch = np.repeat(batch, 3, axis=-1) if gray else batch[..., :3]
-        unit = batch.astype(np.float32) / 255.0 if batch.dtype == np.uint8 else batch.astype(np.float32)
+        unit = batch.astype(np.float32)
+        if batch.dtype == np.uint8:
+            unit = unit / 255.0
         if not np.all(np.isfinite(unit)):  # one NaN would spread over the whole image
             raise ValueError("images: NaN or infinite values; float images must be finite, "
                              "in [0, 1]")
@@ -108,11 +116,12 @@ class ExportedRestorer:
         else:
             holes = np.asarray(mask).reshape(batch.shape[:3]) > 0.5
         key = np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)), np.uint32)
-        out = np.clip((self.raw(unit * 2.0 - 1.0, holes[..., None].astype(np.float32), key) + 1.0) / 2.0,
-                      0.0, 1.0)
+        raw = self.raw(unit * 2.0 - 1.0, holes[..., None].astype(np.float32), key)
+        out = np.clip((raw + 1.0) / 2.0, 0.0, 1.0)
         if gray:
             out = (out @ np.asarray(LUMA, np.float32))[..., None]
-        # uint8 as rdbm_jax.data.to_uint8 gives it (this file runs with jax + numpy only, no rdbm_jax)
+        # uint8 as rdbm_jax.data.to_uint8 gives it (this file runs with jax + numpy only, no
+        # rdbm_jax)
         out = np.rint(out * 255.0).astype(np.uint8) if batch.dtype == np.uint8 else out
         out = out[..., 0] if flat else out
         return out[0] if arr.ndim in (2, 3) else out

@@ -70,8 +70,10 @@ def _config_file_error(e: BaseException, path: str) -> str | None:
             return f"{err.filename}:{err.lineno}: syntax error: {err.msg}"
         if isinstance(err, AttributeError) and "get_config" in str(err):
             return f"{path}: the config file defines no get_config(arg=None) function"
-        frames = [f for f in traceback.extract_tb(err.__traceback__)
-                  if os.path.dirname(os.path.abspath(f.filename)) == folder and f.filename.endswith(".py")]
+        frames = [
+            f for f in traceback.extract_tb(err.__traceback__)
+            if os.path.dirname(os.path.abspath(f.filename)) == folder and f.filename.endswith(".py")
+        ]
         if frames:
             where = f"{frames[-1].filename}:{frames[-1].lineno}"
             return f"{where}: {type(err).__name__} in get_config: {_one_line(err)}"
@@ -108,7 +110,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         if isinstance(e, flags.Error):
             message = _one_line(e)
             _fail(_one_line(e, last=True) if "Traceback" in message else message)
-        if isinstance(e, (AttributeError, KeyError, TypeError, ValueError)):  # unknown/locked config keys
+        # unknown/locked config keys
+        if isinstance(e, (AttributeError, KeyError, TypeError, ValueError)):
             _fail(_override_error(e, argv))
         raise
     cfg = _CONFIG.value
@@ -123,7 +126,8 @@ def parse_flags(argv: list[str]) -> list[str]:
             _fail(_config_file_error(e, path) or f"--config={path}: {cause}")
         except Exception:  # noqa: BLE001 — e.g. an int has no items: reported just below
             pass
-        _fail(f"{path}: get_config() returned {type(cfg).__name__}, not an ml_collections.ConfigDict")
+        _fail(
+            f"{path}: get_config() returned {type(cfg).__name__}, not an ml_collections.ConfigDict")
     return rest
 
 
@@ -160,7 +164,8 @@ def main(argv: list[str]) -> None:
     if not _WORKDIR.value:
         _fail("--workdir is required")
     _drop_closed_loop_noise()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
     logging.getLogger("rdbm_jax").setLevel(logging.INFO)  # orbax/absl chatter stays at WARNING
     from rdbm_jax import distributed
     from rdbm_jax.errors import ConfigError, RDBMError
@@ -174,8 +179,8 @@ def main(argv: list[str]) -> None:
             from rdbm_jax.evaluate import run_eval
             run_eval(_CONFIG.value, _WORKDIR.value)
         elif _MODE.value == "sample":
-            from rdbm_jax.sample import run_sample
-            run_sample(_CONFIG.value, _WORKDIR.value)
+            from rdbm_jax.restore_files import run_restore_files
+            run_restore_files(_CONFIG.value, _WORKDIR.value)
         elif _MODE.value == "sweep":
             from rdbm_jax.sweep import run_sweep
             run_sweep(_CONFIG.value, _WORKDIR.value)

@@ -1,4 +1,5 @@
-"""PSNR and SSIM in JAX, matching scikit-image and the restoration protocol (RGB or BT.601 Y, border crop).
+"""PSNR and SSIM in JAX, matching scikit-image and the restoration protocol (RGB or BT.601 Y, border
+crop).
 
 Conventions (write them into every report):
 - inputs are float images in [0, data_range], shape [H, W, 3] or batched [..., H, W, 3];
@@ -34,7 +35,9 @@ _Y_OFFSET = 16.0
 # SSIM window: Gaussian, sigma 1.5, truncated at 3.5 sigma (scipy.ndimage radius 5, 11 taps).
 _SSIM_SIGMA = 1.5
 _SSIM_RADIUS = int(3.5 * _SSIM_SIGMA + 0.5)
-_SSIM_K1, _SSIM_K2 = 0.01, 0.03
+# SSIM's stabilising constants C1 = (K1 L)^2, C2 = (K2 L)^2 (Wang et al. 2004, as scikit-image).
+_SSIM_K1 = 0.01
+_SSIM_K2 = 0.03
 _UNIFORM_SIZE = 7  # scikit-image's default win_size
 SSIM_WINDOWS = ("gaussian", "uniform")
 QUANTIZE_MODES = ("round", "truncate", "none")
@@ -55,7 +58,8 @@ def quantize_mode(quantize: str | bool) -> str:
 
 
 def quantize_levels(x: jax.Array, data_range: float = 1.0, mode: str = "round") -> jax.Array:
-    """Clip to [0, data_range] and map to one of 256 uint8 levels, rounding or truncating (as float)."""
+    """Clip to [0, data_range] and map to one of 256 uint8 levels, rounding or truncating (as
+    float)."""
     x = jnp.clip(jnp.asarray(x, jnp.float32), 0.0, data_range)
     levels = x * (255.0 / data_range)
     return (jnp.floor(levels) if mode == "truncate" else jnp.round(levels)) * (data_range / 255.0)
@@ -149,12 +153,15 @@ def _check_mask(a: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def psnr_masked(a: jax.Array, b: jax.Array, mask: jax.Array, *, data_range: float = 1.0,
-                color: str = "rgb", crop_border: int = 0, quantize: str | bool = False) -> jax.Array:
-    """PSNR over the pixels where mask > 0 ([..., H, W] or [..., H, W, 1]); nan where the mask is empty."""
+                color: str = "rgb", crop_border: int = 0,
+                quantize: str | bool = False) -> jax.Array:
+    """PSNR over the pixels where mask > 0 ([..., H, W] or [..., H, W, 1]); nan where the mask is
+    empty."""
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     _check(a, b, data_range, color, crop_border, min_size=1)
     m = (_check_mask(a, mask) > 0).astype(jnp.float32)
-    return _psnr_masked(a, b, m, jnp.float32(data_range), color, crop_border, quantize_mode(quantize))
+    return _psnr_masked(a, b, m, jnp.float32(data_range), color, crop_border,
+                        quantize_mode(quantize))
 
 
 def _gaussian_taps() -> np.ndarray:
@@ -177,7 +184,8 @@ def _filter_valid(x: jax.Array, window: str = "gaussian") -> jax.Array:
     n = taps.shape[0]
 
     def along(axis: int, y: jax.Array) -> jax.Array:
-        """Valid correlation with the taps along one axis (a loop keeps the compiled graph small)."""
+        """Valid correlation with the taps along one axis (a loop keeps the compiled graph
+        small)."""
         size = y.shape[axis] - n + 1
         out_shape = y.shape[:axis] + (size,) + y.shape[axis + 1:]
 
@@ -202,7 +210,8 @@ def _ssim_masked(a: jax.Array, b: jax.Array, mask: jax.Array, data_range: jax.Ar
                  crop_border: int, quantize: str, window: str) -> jax.Array:
     """Mean SSIM map over the masked window centres (channel mean)."""
     s, batch_shape = _ssim_map(a, b, data_range, color, crop_border, quantize, window)
-    m = _crop(_crop(mask, crop_border), len(_window_taps(window)) // 2).reshape((-1,) + s.shape[1:3] + (1,))
+    m = _crop(_crop(mask, crop_border),
+              len(_window_taps(window)) // 2).reshape((-1,) + s.shape[1:3] + (1,))
     weight = jnp.sum(m, axis=(1, 2, 3)) * s.shape[-1]
     return (jnp.sum(s * m, axis=(1, 2, 3)) / weight).reshape(batch_shape)
 
@@ -225,7 +234,9 @@ def _ssim_map(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, cro
         _filter_valid(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1), window), 5, axis=-1)
     n = _UNIFORM_SIZE ** 2  # uniform: scikit-image's sample covariance, NP / (NP − 1)
     cov_norm = n / (n - 1.0) if window == "uniform" else 1.0
-    vx, vy, vxy = (cov_norm * (uaa - ua * ua), cov_norm * (ubb - ub * ub), cov_norm * (uab - ua * ub))
+    vx = cov_norm * (uaa - ua * ua)
+    vy = cov_norm * (ubb - ub * ub)
+    vxy = cov_norm * (uab - ua * ub)
     c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return s, batch_shape
@@ -233,7 +244,8 @@ def _ssim_map(a: jax.Array, b: jax.Array, data_range: jax.Array, color: str, cro
 
 def ssim(a: jax.Array, b: jax.Array, *, data_range: float = 1.0, color: str = "rgb",
          crop_border: int = 0, quantize: str | bool = False, window: str = "gaussian") -> jax.Array:
-    """Structural similarity (Wang et al. 2004; skimage's Gaussian or default uniform window) per image."""
+    """Structural similarity (Wang et al. 2004; skimage's Gaussian or default uniform window) per
+    image."""
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     _check_window(window)
     _check(a, b, data_range, color, crop_border, min_size=len(_window_taps(window)))
@@ -254,4 +266,5 @@ def ssim_masked(a: jax.Array, b: jax.Array, mask: jax.Array, *, data_range: floa
     _check_window(window)
     _check(a, b, data_range, color, crop_border, min_size=len(_window_taps(window)))
     m = (_check_mask(a, mask) > 0).astype(jnp.float32)
-    return _ssim_masked(a, b, m, jnp.float32(data_range), color, crop_border, quantize_mode(quantize), window)
+    return _ssim_masked(a, b, m, jnp.float32(data_range), color, crop_border,
+                        quantize_mode(quantize), window)

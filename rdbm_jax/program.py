@@ -255,8 +255,8 @@ def _sampler(spec: FrozenConfigDict, mesh: Mesh) -> Sampler:
                    condition=spec.model.condition)
 
 
-def sampler(cfg: ConfigDict, mesh: Mesh | None = None, num_steps: int | None = None,
-            eta: float | None = None) -> Sampler:
+def build_sampler(cfg: ConfigDict, mesh: Mesh | None = None, num_steps: int | None = None,
+                  eta: float | None = None) -> Sampler:
     """The Sampler of `cfg`'s network and `sample` section (NFE / η overridable), built once per
     distinct `sampler_spec` and mesh: its compiled reverse loops are reused by later calls."""
     return _sampler(sampler_spec(cfg, num_steps, eta), mesh or distributed.make_mesh())

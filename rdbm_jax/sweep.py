@@ -1,4 +1,5 @@
-"""`--mode=sweep`: one checkpoint across NFE × η (the paper's sampling ablation) → CSV + PNG plot."""
+"""`--mode=sweep`: one checkpoint across NFE × η (the paper's sampling ablation) → CSV + PNG
+plot."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,8 @@ import ml_collections
 
 from rdbm_jax import config as config_lib, data, distributed, paths, program, progress
 from rdbm_jax.data import spec as data_spec
-from rdbm_jax.evaluate import SCORES, Baselines, protocol, sampling_key, score_sources, summary_line
+from rdbm_jax.reports import summary_line
+from rdbm_jax.scoring import SCORES, Baselines, protocol, sampling_key, score_sources
 
 log = logging.getLogger("rdbm_jax")
 
@@ -33,7 +35,8 @@ def figure(rows: list[dict]) -> Any:
     for eta in sorted({r["eta"] for r in rows}):
         sel = sorted((r for r in rows if r["eta"] == eta), key=lambda r: r["nfe"])
         for ax, key in zip(axes, panels):
-            ax.plot([r["nfe"] for r in sel], [r[key] for r in sel], marker="o", label=f"η = {eta:g}")
+            ax.plot([r["nfe"] for r in sel], [r[key] for r in sel], marker="o",
+                    label=f"η = {eta:g}")
     for ax, metric in zip(axes, panels):  # the classical baseline and the input: flat lines
         for sfx, style in (("_baseline", "--"), ("_input", ":")):
             if metric + sfx in rows[0]:
@@ -41,13 +44,15 @@ def figure(rows: list[dict]) -> Any:
     for ax, key in zip(axes, panels.values()):
         if len(nfes) > 1 and nfes[-1] / nfes[0] >= 8:
             ax.set_xscale("log")
-        ax.xaxis.set_minor_locator(NullLocator())  # no minor-tick labels (they overlapped on log axes)
+        # no minor-tick labels (they overlapped on log axes)
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticks(nfes, [str(n) for n in nfes])  # label exactly the NFE values that were run
         ax.set_xlabel("NFE (sampling steps)")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"sampling sweep{f' (checkpoint step {step})' if step is not None else ''}", fontsize=10)
+    fig.suptitle(f"sampling sweep{f' (checkpoint step {step})' if step is not None else ''}",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -64,10 +69,12 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-    """Evaluate one checkpoint for every (NFE, η) in sweep.nfe × sweep.eta; write sweep/results.csv + plot."""
+    """Evaluate one checkpoint for every (NFE, η) in sweep.nfe × sweep.eta; write sweep/results.csv
+    + plot."""
     config_lib.validate(cfg)
     data_spec.check_folders(cfg.data, ("eval",))
-    nfes, etas = config_lib.parse_list(cfg, "sweep.nfe", int), config_lib.parse_list(cfg, "sweep.eta", float)
+    nfes = config_lib.parse_list(cfg, "sweep.nfe", int)
+    etas = config_lib.parse_list(cfg, "sweep.eta", float)
     mesh = distributed.make_mesh()
     trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
     params, step = trained.params, trained.step
@@ -77,15 +84,18 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
     baseline = None  # the classical baseline does not depend on the setting: computed once
     for eta in etas:
         for nfe in nfes:
-            sampler = program.sampler(cfg, mesh, num_steps=nfe, eta=eta)
+            sampler = program.build_sampler(cfg, mesh, num_steps=nfe, eta=eta)
             baseline = baseline or Baselines(true_mask=sampler.uses_mask)
             _, per_task, _ = score_sources(sampler, params, sources, cfg, sampling_key(cfg.seed),
                                            baseline=baseline)
             row = {"step": step, "nfe": nfe, "eta": eta}
             row.update({k: v for k, v in per_task["overall"].items() if k in SCORES})
             if len(sources) > 1:
-                row.update({f"{t}/{k}{sfx}": v[k + sfx] for t, v in per_task.items() if t != "overall"
-                            for k in ("psnr", "ssim") for sfx in ("", "_baseline", "_input") if k + sfx in v})
+                row.update({
+                    f"{t}/{k}{sfx}": v[k + sfx]
+                    for t, v in per_task.items() if t != "overall" for k in ("psnr", "ssim")
+                    for sfx in ("", "_baseline", "_input") if k + sfx in v
+                })
             rows.append(row)
             log.info("sweep nfe=%d eta=%g: %s", nfe, eta, summary_line(per_task["overall"]))
             pbar.update(1)

@@ -1,4 +1,5 @@
-"""The training loop: batches in, the compiled step (`program.py`), logs, validation, orbax checkpoints."""
+"""The training loop: batches in, the compiled step (`program.py`), logs, validation, orbax
+checkpoints."""
 from __future__ import annotations
 
 import contextlib
@@ -15,11 +16,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, evaluate, models, program
+from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, models, program
 from rdbm_jax import memory, paths, workdir_lock, writers
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule
+from rdbm_jax.validation import Validator
 
 log = logging.getLogger("rdbm_jax")
 
@@ -67,7 +69,8 @@ class _StopFlag:
 
 
 def _next_batches(it: Any, k: int) -> dict[str, np.ndarray]:
-    """Stack k consecutive local batches along a new leading axis (one compiled call runs k steps)."""
+    """Stack k consecutive local batches along a new leading axis (one compiled call runs k
+    steps)."""
     batches = [next(it) for _ in range(k)]
     return {name: np.stack([b[name] for b in batches]) for name in ("x0", "mu", "mask")}
 
@@ -97,16 +100,18 @@ def check_config(cfg: ml_collections.ConfigDict, mesh: Any) -> None:
     that fit the UNet and the devices, and the data folders (ConfigError naming the key)."""
     unit = math.lcm(mesh.size, len(cfg.data.tasks) * jax.process_count())
     if cfg.train.batch_size % unit:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be a multiple of {unit} = lcm("
-                          f"{mesh.size} devices, {len(cfg.data.tasks)} tasks x {jax.process_count()} "
-                          f"processes), e.g. {unit * max(1, round(cfg.train.batch_size / unit))}")
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} must be a multiple of {unit} = lcm("
+            f"{mesh.size} devices, {len(cfg.data.tasks)} tasks x {jax.process_count()} "
+            f"processes), e.g. {unit * max(1, round(cfg.train.batch_size / unit))}")
     data_spec.check_folders(cfg.data, ("train", "eval") if cfg.train.eval_every else ("train",))
     check_batch_memory(cfg)
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                        hooks: Sequence[Callable[[int, TrainState], None]] = ()) -> dict[str, float]:
-    """Train per `cfg` in `workdir`, resuming from its newest readable checkpoint; returns the last metrics.
+    """Train per `cfg` in `workdir`, resuming from its newest readable checkpoint; returns the last
+    metrics.
 
     Holds the workdir lock throughout. `hooks` are called as hook(step, state) after every dispatch
     (and after its checkpoint).
@@ -128,7 +133,8 @@ class _StoppedEarly(Exception):
 
     def __init__(self, signum: int, during: str):
         super().__init__(signum, during)
-        self.signum, self.during = signum, during
+        self.signum = signum
+        self.during = during
 
 
 @contextlib.contextmanager
@@ -196,14 +202,21 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     if is_main and not start:
         paths.write_text(paths.join(workdir, "config.json"), json.dumps(config_json, indent=2))
         # The resolved config in TensorBoard's text tab (indented: Markdown shows it verbatim).
-        writer.write_texts(0, {"config": textwrap.indent(json.dumps(config_json, indent=2), "    ")})
-    validator = evaluate.Validator(cfg, mesh, eval_sources) if eval_sources else None
+        writer.write_texts(0,
+                           {"config": textwrap.indent(json.dumps(config_json, indent=2), "    ")})
+    validator = Validator(cfg, mesh, eval_sources) if eval_sources else None
     lr_schedule = learning_rate_schedule(cfg.optim, cfg.train.num_steps)
+    # seed + 1: the training noise is a stream of its own (seed itself keys the parameter
+    # initialisation and every evaluation's sampling noise).
     key = jax.random.PRNGKey(cfg.seed + 1)
-    total, k = cfg.train.num_steps, cfg.train.steps_per_dispatch
-    step, last = start, {}
-    acc, pending = None, []
-    t_log, s_log = time.time(), step
+    total = cfg.train.num_steps
+    k = cfg.train.steps_per_dispatch
+    step = start
+    last = {}
+    acc = None  # the metrics accumulated since the last log line (on device)
+    pending = []  # dispatched steps whose finiteness flags are not read yet
+    t_log = time.time()
+    s_log = step
     waited = 0.0  # seconds spent waiting for the input pipeline since the last log line
 
     def check_finite():
@@ -236,28 +249,38 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
                     now = time.time()
                     rate = (step - s_log) / max(now - t_log, 1e-9)
                     last = {f"train/{k_}": float(v) for k_, v in acc.compute().items()}
-                    last.update({"steps_per_sec": rate, "images_per_sec": rate * cfg.train.batch_size,
-                                 "eta_minutes": (total - step) / max(rate, 1e-9) / 60.0,
-                                 "learning_rate": float(lr_schedule(step)),
-                                 # Near 1: input-bound (data.num_workers, crops_per_image, cache).
-                                 "data_wait_fraction": min(1.0, waited / max(now - t_log, 1e-9))})
+                    last.update({
+                        "steps_per_sec": rate,
+                        "images_per_sec": rate * cfg.train.batch_size,
+                        "eta_minutes": (total - step) / max(rate, 1e-9) / 60.0,
+                        "learning_rate": float(lr_schedule(step)),
+                        # Near 1: input-bound (data.num_workers, crops_per_image, cache).
+                        "data_wait_fraction": min(1.0, waited / max(now - t_log, 1e-9))
+                    })
                     writer.write_scalars(step, last)
-                    acc, t_log, s_log, waited = None, now, step, 0.0
+                    acc = None
+                    t_log = now
+                    s_log = step
+                    waited = 0.0
                 if validator and (step % cfg.train.eval_every < n or step == total):
                     check_finite()
                     scores, grid = validator(state.ema_params, step)
                     writer.write_scalars(step, scores)
                     writer.write_images(step, {"grid": grid})
                     if is_main:
-                        curves.refresh(workdir)  # workdir/curves.png: loss and validation PSNR so far
+                        # workdir/curves.png: loss and validation PSNR so far
+                        curves.refresh(workdir)
                     last.update(scores)
                 if step % cfg.train.checkpoint_every < n or step == total:
                     save(step)
                 for hook in hooks:
                     hook(step, state)
-                # Multi-process: agree on stopping at log steps only (one host collective, not every step).
-                if (jax.process_count() == 1 or step % cfg.train.log_every < n) and stop.should_stop():
-                    log.info("signal %s: saving a checkpoint at step %d and exiting", stop.signal, step)
+                # Multi-process: agree on stopping at log steps only (one host collective, not every
+                # step).
+                at_log_step = step % cfg.train.log_every < n
+                if (jax.process_count() == 1 or at_log_step) and stop.should_stop():
+                    log.info("signal %s: saving a checkpoint at step %d and exiting",
+                             stop.signal, step)
                     save(step)
                     break
         finally:
@@ -276,10 +299,12 @@ def param_checksum(params: Any) -> float:
 
 
 def _raise_if_nonfinite(pending: list, ckpt: checkpoints.Checkpointer) -> None:
-    """Raise a TrainingError naming the first non-finite step among dispatched (start, flags) pairs."""
+    """Raise a TrainingError naming the first non-finite step among dispatched (start, flags)
+    pairs."""
     for first_step, flags in pending:
         flags = np.asarray(jax.device_get(flags))
         if not flags.all():
             bad = first_step + int(np.argmin(flags)) + 1
-            raise TrainingError(f"non-finite loss or gradient at step {bad}; stopped (last good "
-                                f"checkpoint: step {ckpt.latest_step() or 'none'} in {ckpt.directory})")
+            raise TrainingError(
+                f"non-finite loss or gradient at step {bad}; stopped (last good "
+                f"checkpoint: step {ckpt.latest_step() or 'none'} in {ckpt.directory})")

@@ -10,7 +10,8 @@ from flax import struct
 from flax.training import train_state
 
 # optim.ema_warmup: "none" = ema_decay from the first step; "ema_pytorch" = DGSolver's EMA
-# (lucidrains ema_pytorch.EMA defaults: update_after_step=100, inv_gamma=1, power=2/3, update_every=1).
+# (lucidrains ema_pytorch.EMA defaults: update_after_step=100, inv_gamma=1, power=2/3,
+# update_every=1).
 EMA_WARMUPS = ("none", "ema_pytorch")
 OPTIMIZERS = ("adam", "adamw")          # optim.optimizer
 LR_SCHEDULES = ("constant", "cosine")   # optim.schedule
@@ -25,17 +26,19 @@ class TrainState(train_state.TrainState):
     ema_warmup: str = struct.field(pytree_node=False, default="none")
 
     def apply_gradients(self, *, grads: Any, **kwargs) -> "TrainState":
-        """One optimizer step, then ema ← decay·ema + (1 − decay)·params (decay per `ema_decay_at`)."""
+        """One optimizer step, then ema ← decay·ema + (1 − decay)·params (decay per
+        `ema_decay_at`)."""
         new = super().apply_gradients(grads=grads, **kwargs)
         decay = ema_decay_at(self.step, self.ema_decay, self.ema_warmup)
         return new.replace(ema_params=ema_update(self.ema_params, new.params, decay))
 
 
 def ema_decay_at(update: Any, decay: float, warmup: str = "none") -> Any:
-    """EMA decay of update number `update` (0-based): constant, or ema_pytorch's warm-up (DGSolver)."""
-    # ema_pytorch: updates 0..100 copy the parameters (decay 0); update k > 100 uses
-    # min(decay, 1 − (1 + k − 100)^(−2/3)), reaching 0.995 after ≈ 2.9k updates, 0.999 after ≈ 31.7k.
-    # `warmup` is one of EMA_WARMUPS (config.validate checks optim.ema_warmup).
+    """EMA decay of update number `update` (0-based): constant, or ema_pytorch's warm-up
+    (DGSolver)."""
+    # ema_pytorch: updates 0..100 copy the parameters (decay 0); update k > 100 uses min(decay, 1 −
+    # (1 + k − 100)^(−2/3)), reaching 0.995 after ≈ 2.9k updates, 0.999 after ≈ 31.7k. `warmup` is
+    # one of EMA_WARMUPS (config.validate checks optim.ema_warmup).
     if warmup == "none":
         return decay
     epoch = jnp.asarray(update, jnp.float32) - _EMA_PYTORCH_AFTER
@@ -46,8 +49,8 @@ def ema_decay_at(update: Any, decay: float, warmup: str = "none") -> Any:
 def ema_update(ema: Any, params: Any, decay: float) -> Any:
     """ema ← decay·ema + (1 − decay)·params, leaf by leaf in the parameter dtype."""
     return jax.tree_util.tree_map(
-        lambda e, p: (decay * e.astype(jnp.float32) + (1.0 - decay) * p.astype(jnp.float32)).astype(e.dtype),
-        ema, params)
+        lambda e, p: (decay * e.astype(jnp.float32) +
+                      (1.0 - decay) * p.astype(jnp.float32)).astype(e.dtype), ema, params)
 
 
 def learning_rate_schedule(optim: Any, num_steps: int) -> optax.Schedule:
@@ -58,8 +61,9 @@ def learning_rate_schedule(optim: Any, num_steps: int) -> optax.Schedule:
             init_value=0.0 if warmup else lr, peak_value=lr, warmup_steps=warmup,
             decay_steps=max(num_steps, warmup + 1), end_value=lr * optim.min_lr_ratio)
     if warmup:
-        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
-                                    [warmup])
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup),
+             optax.constant_schedule(lr)], [warmup])
     return optax.constant_schedule(lr)
 
 

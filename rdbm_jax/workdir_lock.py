@@ -49,13 +49,15 @@ class WorkdirLock:
     def acquire(self) -> None:
         """Take the lock, or raise a one-line TrainingError naming the run that holds it."""
         if "://" in self.workdir:
-            log.info("workdir %s is on an object store: no lock is taken (do not start two runs on it)",
-                     self.workdir)
+            log.info(
+                "workdir %s is on an object store: no lock is taken (do not start two runs on it)",
+                self.workdir)
             return
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise TrainingError(f"cannot create the workdir lock {self.path}: {e.strerror or e}") from None
+            raise TrainingError(
+                f"cannot create the workdir lock {self.path}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -1,4 +1,5 @@
-"""Metric writers: JSONL + PNG always; TensorBoard event files through tensorboardX (no TensorFlow) or clu."""
+"""Metric writers: JSONL + PNG always; TensorBoard event files through tensorboardX (no TensorFlow)
+or clu."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ from rdbm_jax.errors import ConfigError, TrainingError
 
 log = logging.getLogger("rdbm_jax")
 
-WRITERS = ("tensorboardx", "clu", "none")  # train.tensorboard: event-file writer besides metrics.jsonl
+# train.tensorboard: event-file writer besides metrics.jsonl
+WRITERS = ("tensorboardx", "clu", "none")
 
 
 class JsonlWriter:
@@ -35,7 +37,8 @@ class JsonlWriter:
             paths.append_text(self.path, json.dumps(row) + "\n")
         except OSError as e:
             raise TrainingError(f"cannot write {self.path}: {e.strerror or e}") from None
-        log.info("step %d: %s", step, "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "step"))
+        log.info("step %d: %s", step,
+                 "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "step"))
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """[0, 1] images → `samples/step_N.png` (key "grid") or `samples/<key>_step_N.png`."""
@@ -92,7 +95,8 @@ class NullWriter(MultiWriter):
 
 
 def truncate_jsonl(path: str, resume_step: int) -> None:
-    """Keep only the rows of a JSONL log with step ≤ `resume_step` (atomic rewrite; torn lines dropped)."""
+    """Keep only the rows of a JSONL log with step ≤ `resume_step` (atomic rewrite; torn lines
+    dropped)."""
     if not paths.as_path(path).exists():
         return
     kept, dropped = [], 0
@@ -109,7 +113,8 @@ def truncate_jsonl(path: str, resume_step: int) -> None:
     if not dropped:
         return
     paths.write_text(path, "".join(kept))
-    log.info("%s: dropped %d row(s) logged after step %d (resuming there)", path, dropped, resume_step)
+    log.info("%s: dropped %d row(s) logged after step %d (resuming there)", path, dropped,
+             resume_step)
 
 
 def create_writer(workdir: str, is_main: bool = True, tensorboard: str = "tensorboardx",
@@ -131,8 +136,9 @@ def create_writer(workdir: str, is_main: bool = True, tensorboard: str = "tensor
         try:  # clu.metric_writers imports TensorFlow at package import.
             from clu import metric_writers  # type: ignore
         except ImportError:
-            raise ConfigError("train.tensorboard='clu' needs TensorFlow (pip install .[tensorboard]); "
-                              "'tensorboardx' needs none") from None
+            raise ConfigError(
+                "train.tensorboard='clu' needs TensorFlow (pip install .[tensorboard]); "
+                "'tensorboardx' needs none") from None
         if purge_step is not None and os.path.isdir(logdir):  # a resumed (or restarted) run
             write_purge_marker(logdir, purge_step)
         writers.append(_ClipImages(metric_writers.SummaryWriter(logdir)))
@@ -163,14 +169,16 @@ class _ClipImages:
 
 
 def write_purge_marker(logdir: str, step: int) -> None:
-    """An event file holding a SessionLog START at `step`: TensorBoard then drops the events of `logdir`
-    at steps ≥ `step` from earlier files (the marker tensorboardX writes for `purge_step`)."""
+    """An event file holding a SessionLog START at `step`: TensorBoard then drops the events of
+    `logdir` at steps ≥ `step` from earlier files (the marker tensorboardX writes for
+    `purge_step`)."""
     from tensorboard.compat.proto import event_pb2  # installed with TensorFlow
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     writer = EventFileWriter(logdir)
-    writer.add_event(event_pb2.Event(step=step, wall_time=time.time(),
-                                     session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    writer.add_event(
+        event_pb2.Event(step=step, wall_time=time.time(),
+                        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
     writer.close()
     # Event files are read in name order, and names start with the creation second: let the files of
     # the resumed run sort after the marker.
@@ -201,7 +209,8 @@ class TensorBoardXWriter:
         from tensorboardX import SummaryWriter
 
         self.logdir = logdir
-        # A nanosecond suffix: two writers opened within one second get distinct files, read in order.
+        # A nanosecond suffix: two writers opened within one second get distinct files, read in
+        # order.
         self._writer = SummaryWriter(logdir, purge_step=purge_step, flush_secs=30,
                                      filename_suffix=f".{time.time_ns()}")
 

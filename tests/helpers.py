@@ -28,8 +28,9 @@ def config(name: str = "demo", arg: str | None = "tiny", **overrides) -> ml_coll
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """python -m rdbm_jax.main ARGS… from the repo root; returns the finished process."""
-    return subprocess.run([sys.executable, "-m", "rdbm_jax.main", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run([sys.executable, "-m", "rdbm_jax.main", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -43,9 +44,9 @@ def train_rows(workdir: str) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
 
 
-# A training run in a child process, with a hook (Python source defining `hook(step, state)`, run after
-# every dispatch) that can kill it (`os.kill(os.getpid(), signal.SIGKILL)`) at a chosen moment. Logs
-# like the CLI; an RDBMError exits 1 with one `error:` line.
+# A training run in a child process, with a hook (Python source defining `hook(step, state)`, run
+# after every dispatch) that can kill it (`os.kill(os.getpid(), signal.SIGKILL)`) at a chosen
+# moment. Logs like the CLI; an RDBMError exits 1 with one `error:` line.
 _TRAIN_SCRIPT = """
 import logging, os, random, signal, sys, threading, time
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)
@@ -64,15 +65,18 @@ except RDBMError as e:
 
 
 def train_argv(workdir: str, overrides: dict, hook: str) -> list[str]:
-    """argv of a child training run of configs/demo.py:tiny + `overrides` in `workdir` with `hook`."""
+    """argv of a child training run of configs/demo.py:tiny + `overrides` in `workdir` with
+    `hook`."""
     script = _TRAIN_SCRIPT.format(workdir=workdir, overrides=overrides, hook=hook)
     return [sys.executable, "-c", script]
 
 
-def train_in_subprocess(workdir: str, overrides: dict, hook: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `train_argv(…)` from the repo root to its end (or its kill); returns the finished process."""
-    return subprocess.run(train_argv(workdir, overrides, hook), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+def train_in_subprocess(workdir: str, overrides: dict, hook: str,
+                        timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `train_argv(…)` from the repo root to its end (or its kill); returns the finished
+    process."""
+    return subprocess.run(train_argv(workdir, overrides, hook), cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 # matplotlib's default colour cycle (tab10): the n-th line of an axes is drawn in MPL_CYCLE[n].

@@ -28,7 +28,9 @@ class _LocalGCS(LocalFileSystem):
 
     def glob(self, path, **kwargs):
         prefix = self.root.rstrip("/") + "/"  # GCS lists "bucket/key" (epath puts gs:// back)
-        return [p[len(prefix):] if p.startswith(prefix) else p for p in super().glob(path, **kwargs)]
+        return [
+            p[len(prefix):] if p.startswith(prefix) else p for p in super().glob(path, **kwargs)
+        ]
 
     def __init__(self, *args, finalize_on_close=None, **kwargs):
         del finalize_on_close  # a GCS option
@@ -49,7 +51,8 @@ def fake_gcs(root: str, monkeypatch) -> Iterator[None]:
     monkeypatch.setattr(_LocalGCS, "root", root)
     registry = sys.modules["fsspec.registry"]._registry  # `fsspec.registry` is a read-only view
     for name in ("gs", "gcs"):
-        monkeypatch.setitem(registry, name, _LocalGCS)  # the real one (if any) comes back at the end
+        # the real one (if any) comes back at the end
+        monkeypatch.setitem(registry, name, _LocalGCS)
     normalize = ts_utils._normalize_path
     monkeypatch.setattr(ts_utils, "_normalize_path", lambda p: normalize(
         _LocalGCS._strip_protocol(p) if str(p).startswith("gs://") else p))

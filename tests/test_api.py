@@ -1,4 +1,5 @@
-"""The Python API (rdbm_jax.load → TrainedModel.restore) and the README's examples, run as written."""
+"""The Python API (rdbm_jax.load → TrainedModel.restore) and the README's examples, run as
+written."""
 import os
 import re
 import subprocess
@@ -28,8 +29,10 @@ def model(trained_run):
 
 
 def test_import_is_light_and_names_are_public():
-    code = "import sys, rdbm_jax; print(sorted(m for m in ('jax', 'flax', 'numpy') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    code = ("import sys, rdbm_jax; "
+            "print(sorted(m for m in ('jax', 'flax', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         check=True)
     assert out.stdout.strip() == "[]"
     assert set(rdbm_jax.__all__) == {"TrainedModel", "load", "load_exported", "schedules", "sde"}
     assert all(getattr(rdbm_jax, name) is not None for name in rdbm_jax.__all__)
@@ -45,11 +48,13 @@ def test_readme_api_example_runs_and_matches_the_restorer(trained_run, model, ca
     assert ns["other"].shape == photo.shape and not np.array_equal(ns["other"], restored)
     assert capsys.readouterr().out.split()[0] == "2"  # model.step
     # The API is the package's restorer with [0, 255] ↔ [-1, 1] around it.
-    r = program.sampler(model.config, model.mesh)
-    want = r(model.params, photo[None].astype(np.float32) / 127.5 - 1.0, jax.random.fold_in(jax.random.PRNGKey(0), 0))
+    r = program.build_sampler(model.config, model.mesh)
+    want = r(model.params, photo[None].astype(np.float32) / 127.5 - 1.0,
+             jax.random.fold_in(jax.random.PRNGKey(0), 0))
     want = np.rint(np.clip((want[0] + 1) / 2, 0, 1) * 255)
     assert np.abs(restored.astype(np.float32) - want).max() <= 1
-    np.testing.assert_array_equal(batch[0], restored)  # same image, same key (chunks of sample.batch_size=1)
+    # same image, same key (chunks of sample.batch_size=1)
+    np.testing.assert_array_equal(batch[0], restored)
 
 
 def test_readme_sde_example_runs(capsys):
@@ -81,7 +86,8 @@ def test_gray_in_gray_out_file_paths_and_repr(model, tmp_path):
 def test_restore_kinds_and_errors(trained_run, model):
     img = np.random.RandomState(0).rand(20, 24, 3).astype(np.float32)
     out = model.restore(img)  # float [0, 1] in → float [0, 1] out, odd size padded inside
-    assert out.dtype == np.float32 and out.shape == (20, 24, 3) and 0 <= out.min() and out.max() <= 1
+    assert out.dtype == np.float32 and out.shape == (20, 24,
+                                                     3) and 0 <= out.min() and out.max() <= 1
     pil = model.restore(Image.fromarray((img * 255).astype(np.uint8)))
     assert isinstance(pil, Image.Image) and pil.size == (24, 20) and pil.mode == "RGB"
     both = model.restore([img, img[:18]])  # sizes may differ (both pad to 24 × 24: one compilation)

@@ -1,4 +1,5 @@
-"""Benchmark tooling (benchmarks/): CPU smoke runs, JSON fields, roofline helpers, step/loss parity."""
+"""Benchmark tooling (benchmarks/): CPU smoke runs, JSON fields, roofline helpers, step/loss
+parity."""
 from __future__ import annotations
 
 import json
@@ -45,11 +46,13 @@ def test_loop_scaled_picks_the_reading_closest_to_the_mac_count():
     assert rl.loop_scaled(body, 10, 1000.0) == (1000.0, 80.0, "xla × 10 (loop body counted once)")
     whole = {"flops": 990.0, "bytes_accessed": 80.0}
     assert rl.loop_scaled(whole, 10, 1000.0) == (990.0, 80.0, "xla")
-    assert rl.loop_scaled({"flops": None, "bytes_accessed": 5.0}, 3, 7.0) == (7.0, None, "analytic (MAC count)")
+    assert rl.loop_scaled({"flops": None, "bytes_accessed": 5.0}, 3,
+                          7.0) == (7.0, None, "analytic (MAC count)")
     assert rl.loop_scaled(body, 1, 50.0)[2] == "xla"
     # XLA:GPU leaves cuDNN convolutions out: the MAC count replaces FLOPs that are far too low.
     flops, bytes_, source = rl.loop_scaled(body, 10, 13_000.0)
-    assert (flops, bytes_) == (13_000.0, 80.0) and source.startswith("analytic FLOPs (XLA counted 8%")
+    assert (flops, bytes_) == (13_000.0,
+                               80.0) and source.startswith("analytic FLOPs (XLA counted 8%")
 
 
 def test_roofline_fractions_and_bound():
@@ -66,7 +69,8 @@ def test_roofline_fractions_and_bound():
 
 def test_time_windows_counts_calls_and_syncs_each_window():
     calls, syncs = [], []
-    t = measure.time_windows(lambda: calls.append(1) or len(calls), syncs.append, warmup=2, steps=7, window=3)
+    t = measure.time_windows(lambda: calls.append(1) or len(calls), syncs.append, warmup=2, steps=7,
+                             window=3)
     assert len(calls) == 2 + 9 and t["windows"] == 3 and t["calls"] == 9
     assert syncs == [2, 5, 8, 11]  # after the warm-up, then after each window
     assert 0 <= t["min_s"] <= t["median_s"]
@@ -112,13 +116,16 @@ def test_guarded_records_failures_only_when_asked():
 # ----------------------------------------------------------------------------- command lines
 def test_command_lines_presets_and_errors():
     o = bench_train.parse(["--tiny", "--steps", "7"])
-    assert (o.sizes, o.ks, o.batch, o.resolution, o.steps, o.dtype) == (["T"], [1], 2, 32, 7, "float32")
+    assert (o.sizes, o.ks, o.batch, o.resolution, o.steps, o.dtype) == (["T"], [1], 2, 32, 7,
+                                                                        "float32")
     o = bench_train.parse([])
-    assert (o.sizes, o.ks, o.batch, o.resolution, o.dtype) == (["B", "L"], [1, 4], 16, 256, "bfloat16")
+    assert (o.sizes, o.ks, o.batch, o.resolution, o.dtype) == (["B", "L"], [1,
+                                                                            4], 16, 256, "bfloat16")
     o = bench_sample.parse([])
     assert o.cases == [(16, 256, 256), (1, 720, 1280)] and o.nfe == 10
     assert bench_sample.parse(["--tiny", "--large", ""]).cases == [(2, 32, 32)]
-    for bad in (["--size", "X"], ["--resolution", "100"], ["--steps-per-dispatch", "0"], ["--batch", "0"]):
+    for bad in (["--size", "X"], ["--resolution", "100"], ["--steps-per-dispatch",
+                                                           "0"], ["--batch", "0"]):
         with pytest.raises(SystemExit):
             bench_train.parse(bad)
     for bad in (["--large", "720by1280"], ["--large", "721x1280"], ["--nfe", "0"]):
@@ -139,28 +146,33 @@ def test_variants_and_overrides_parse_and_reach_the_real_program():
         bench_sample.parse(["--attention-impl", "flash"])
     from rdbm_jax import distributed
 
-    prog, _, _ = bench_train.program_from_config("configs/default.py", "T", "float32", 2, 1, distributed.make_mesh(),
-                                          {"model.remat": "true", "optim.ema_decay": "0.5"})
+    prog, _, _ = bench_train.program_from_config("configs/default.py", "T", "float32", 2, 1,
+                                                 distributed.make_mesh(),
+                                                 {"model.remat": "true", "optim.ema_decay": "0.5"})
     assert prog.model.remat is True  # (cudnn attention cannot be traced without a GPU)
     assert prog.abstract.ema_decay == 0.5  # a float key: cast to the type it replaces
     with pytest.raises(ValueError, match="model.nope"):
-        bench_train.program_from_config("configs/default.py", "T", "float32", 2, 1, distributed.make_mesh(),
-                                 {"model.nope": "1"})
+        bench_train.program_from_config("configs/default.py", "T", "float32", 2, 1,
+                                        distributed.make_mesh(), {"model.nope": "1"})
 
 
 def test_predict_max_batch_from_the_memory_analysis():
     # batch 16 at 32²: inputs 2·16·32²·3·4 B; temp 16 × 10 MB; state 1 GB in, aliased out.
     inputs = 2 * 16 * 32 * 32 * 3 * 4
-    row = {"batch": 16, "resolution": 32, "steps_per_dispatch": 1,
-           "memory": {"temp_size_in_bytes": 16 * 10_000_000, "argument_size_in_bytes": 1_000_000_000 + inputs,
-                      "output_size_in_bytes": 1_000_000_000, "alias_size_in_bytes": 1_000_000_000}}
+    row = {
+        "batch": 16, "resolution": 32, "steps_per_dispatch": 1, "memory": {
+            "temp_size_in_bytes": 16 * 10_000_000, "argument_size_in_bytes": 1_000_000_000 + inputs,
+            "output_size_in_bytes": 1_000_000_000, "alias_size_in_bytes": 1_000_000_000
+        }
+    }
     plan = max_batch.predict_max_batch(row, free=11_000_000_000, fraction=1.0, floor=32, cap=1024)
     assert plan["fixed_bytes"] == 1_000_000_000
     assert plan["per_image_bytes"] == pytest.approx(10_000_000 + inputs / 16)
     assert plan["predicted_fit"] == int(10_000_000_000 // (10_000_000 + inputs / 16)) == 997
     assert plan["batch"] == 512  # the power of two below
     assert max_batch.predict_max_batch(row, 11_000_000_000, 1.0, 32, 256)["batch"] == 256  # the cap
-    assert max_batch.predict_max_batch(row, 1_100_000_000, 1.0, 32, 1024)["batch"] is None  # not even 32
+    # not even 32
+    assert max_batch.predict_max_batch(row, 1_100_000_000, 1.0, 32, 1024)["batch"] is None
     with pytest.raises(ValueError, match="memory analysis"):
         max_batch.predict_max_batch({**row, "memory": None}, 1, 1.0, 32, 64)
 
@@ -200,7 +212,8 @@ def test_run_all_tiny_writes_every_result(tmp_path):
     for r in sample["results"]:
         assert r["e2e_ms"] > 0 and r["device_ms"] > 0 and r["images_per_s"] > 0 and r["nfe"] == 10
         if r["impl"] == "ours":
-            assert r["cost_source"].startswith("xla") and 0.8 < r["flops"] / r["flops_analytic"] < 1.2
+            assert r["cost_source"].startswith(
+                "xla") and 0.8 < r["flops"] / r["flops_analytic"] < 1.2
         else:  # the same function: float32 outputs agree like the twin's parity test
             assert r["max_abs_diff_vs_ours"] < 1e-4
 
@@ -210,21 +223,26 @@ def test_run_all_tiny_writes_every_result(tmp_path):
     with open(os.path.join(out, "table.md"), encoding="utf-8") as f:
         table = f.read()
     assert table == run_all.render(merged)
-    assert "| T | 0.45 M | 2 | 32² | ours | base | 1 |" in table and "| T | 2 × 32 × 32 | 10 | ours |" in table
+    assert "| T | 0.45 M | 2 | 32² | ours | base | 1 |" in table
+    assert "| T | 2 × 32 × 32 | 10 | ours |" in table
 
 
 def test_render_of_the_saved_h200_results(capsys):
     d = os.path.join(REPO, "benchmarks", "results", "h200-2026-11-27")
-    merged = run_all.main(["--render", *(os.path.join(d, f) for f in
-                                         ("run1_results.json", "run2_train.json", "run2_sample.json"))])
+    merged = run_all.main([
+        "--render",
+        *(os.path.join(d, f) for f in ("run1_results.json", "run2_train.json", "run2_sample.json"))
+    ])
     b = next(r for r in merged["train"]["results"] if r["impl"] == "ours" and r["size"] == "B")
     # XLA:GPU counted 8 % of the MAC count (cuDNN convolutions left out): the MAC count is used.
-    assert b["flops_per_step"] == b["flops_per_step_analytic"] and "XLA counted 8%" in b["cost_source"]
-    assert b["frac_peak_matmul"] == pytest.approx(b["flops_per_step"] / (b["step_ms"] / 1e3) / 769.87e12,
-                                                  rel=1e-3)
+    assert b["flops_per_step"] == b["flops_per_step_analytic"] and "XLA counted 8%" in b[
+        "cost_source"]
+    assert b["frac_peak_matmul"] == pytest.approx(
+        b["flops_per_step"] / (b["step_ms"] / 1e3) / 769.87e12, rel=1e-3)
     table = capsys.readouterr().out
     assert table == run_all.render(merged)
-    # Each of our sampling rows against the twin row of its own run (run 1: 281.6 ms; run 2: 284.7 ms).
+    # Each of our sampling rows against the twin row of its own run (run 1: 281.6 ms; run 2: 284.7
+    # ms).
     assert "| ours | xla | 77.3 | 68.5 | 206.9 | 3.64× (4.02× on device) |" in table
     assert "| ours | cudnn | 68.0 | 59.3 | 235.2 | 4.19× (4.79× on device) |" in table
     assert "| B | 3.63 M | 16 | 256² | ours | cudnn | 1 | 25.54 | 626.4 | 2.65× | 1.58× |" in table
@@ -233,9 +251,11 @@ def test_render_of_the_saved_h200_results(capsys):
 @pytest.mark.slow
 def test_run_all_tiny_command_with_cold_and_warm_startup(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--tiny", "--out-dir",
-                           str(tmp_path), "--cache-dir", str(tmp_path / "cache")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([
+        sys.executable, "-m", "benchmarks.run_all", "--tiny", "--out-dir",
+        str(tmp_path), "--cache-dir",
+        str(tmp_path / "cache")
+    ], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "results.json", encoding="utf-8") as f:
         startup = json.load(f)["startup"]

@@ -32,18 +32,21 @@ def test_bad_config_rejected_with_one_line(tmp_path, override, fragments):
 
 
 def test_missing_config_file(tmp_path):
-    _one_line_error(run_cli("--config=configs/nope.py", f"--workdir={tmp_path}"), "configs/nope.py", "no such config file")
+    _one_line_error(run_cli("--config=configs/nope.py", f"--workdir={tmp_path}"), "configs/nope.py",
+                    "no such config file")
 
 
 def test_unwritable_workdir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    _one_line_error(run_cli("--config=configs/demo.py:tiny", f"--workdir={blocker}/run"), "workdir", str(blocker))
+    _one_line_error(run_cli("--config=configs/demo.py:tiny", f"--workdir={blocker}/run"), "workdir",
+                    str(blocker))
 
 
 def test_eval_without_checkpoint(tmp_path):
-    _one_line_error(run_cli("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--mode=eval"),
-                    "no checkpoint")
+    _one_line_error(
+        run_cli("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--mode=eval"),
+        "no checkpoint")
 
 
 def test_help_exits_0_with_modes_configs_variants_and_print_config():

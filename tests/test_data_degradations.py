@@ -1,4 +1,5 @@
-"""Synthetic degradations and inpainting masks: each degrades, is deterministic for eval, in range."""
+"""Synthetic degradations and inpainting masks: each degrades, is deterministic for eval, in
+range."""
 from __future__ import annotations
 
 import math
@@ -67,10 +68,12 @@ def test_haze_follows_atmospheric_scattering():
     np.testing.assert_allclose(deg.haze(white, 1.2, 1.0, np.random.default_rng(0)), 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("lo,hi,shape", [(0.1, 0.4, (64, 64)), (0.3, 0.32, (40, 56)), (0.0, 0.05, (32, 32)),
-                                         (0.5, 0.9, (48, 48))])
+@pytest.mark.parametrize("lo,hi,shape", [(0.1, 0.4, (64, 64)), (0.3, 0.32, (40, 56)),
+                                         (0.0, 0.05, (32, 32)), (0.5, 0.9, (48, 48))])
 def test_mask_ratio_within_configured_range(lo, hi, shape):
-    ratios = [free_form_mask(*shape, np.random.default_rng([7, i]), lo, hi).mean() for i in range(40)]
+    ratios = [
+        free_form_mask(*shape, np.random.default_rng([7, i]), lo, hi).mean() for i in range(40)
+    ]
     assert min(ratios) >= lo - 1e-9 and max(ratios) <= hi + 1e-9
     if hi - lo > 0.1:
         assert max(ratios) - min(ratios) > 0.05  # targets are spread over the range

@@ -38,7 +38,8 @@ def test_grayscale_rgba_palette_and_16bit_are_converted(tmp_path):
     rgb = _ramp()
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], -1)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    np.testing.assert_allclose(decode_image(str(tmp_path / "a.png")), rgb / 255.0, atol=1e-6)  # alpha dropped
+    # alpha dropped
+    np.testing.assert_allclose(decode_image(str(tmp_path / "a.png")), rgb / 255.0, atol=1e-6)
 
     pal = Image.fromarray(rgb).quantize(colors=16)
     pal.save(tmp_path / "p.png")
@@ -48,7 +49,8 @@ def test_grayscale_rgba_palette_and_16bit_are_converted(tmp_path):
     g16 = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 1300).astype(np.uint16)
     Image.fromarray(g16).save(tmp_path / "d.png")  # 16-bit grayscale PNG
     out16 = decode_image(str(tmp_path / "d.png"))
-    np.testing.assert_allclose(out16[..., 1], g16 / 65535.0, atol=1e-6)  # scaled, not clipped at 255
+    # scaled, not clipped at 255
+    np.testing.assert_allclose(out16[..., 1], g16 / 65535.0, atol=1e-6)
     assert out16.max() > 0.9
 
 
@@ -62,7 +64,11 @@ def test_list_images_recursive_sorted_filtered(tmp_path):
             Image.fromarray(_ramp()).save(p, format={"jpg": "JPEG", "tif": "TIFF", "webp": "WEBP"}
                                           .get(p.suffix.lower()[1:], "PNG"))
     got = [os.path.relpath(p, tmp_path) for p in list_images(str(tmp_path))]
-    assert got == ["a.JPG", "b.png", os.path.join("sub", "c.tif"), os.path.join("sub", "deeper", "d.webp")]
+    assert got == [
+        "a.JPG", "b.png",
+        os.path.join("sub", "c.tif"),
+        os.path.join("sub", "deeper", "d.webp")
+    ]
 
 
 def test_list_images_missing_and_empty_folder_name_key(tmp_path):
@@ -75,7 +81,8 @@ def test_list_images_missing_and_empty_folder_name_key(tmp_path):
 
 
 def test_truncated_image_raises_naming_file(tmp_path):
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(tmp_path / "t.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3),
+                                                      np.uint8)).save(tmp_path / "t.png")
     data = (tmp_path / "t.png").read_bytes()
     (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
     probe_size(str(tmp_path / "t.png"))  # the header is intact: only a full decode notices
@@ -91,7 +98,9 @@ def test_non_image_missing_and_directory_raise_naming_file(tmp_path):
     with pytest.raises(DataError, match=r"not found.*gone\.png"):
         load_image(str(tmp_path / "gone.png"))
     os.symlink(tmp_path / "nowhere.png", tmp_path / "dangling.png")  # listed, but unreadable
-    assert list_images(str(tmp_path)) == [str(tmp_path / "dangling.png"), str(tmp_path / "fake.png")]
+    assert list_images(
+        str(tmp_path)) == [str(tmp_path / "dangling.png"),
+                           str(tmp_path / "fake.png")]
     with pytest.raises(DataError, match=r"dangling\.png"):
         load_image(str(tmp_path / "dangling.png"))
     (tmp_path / "dir.png").mkdir()

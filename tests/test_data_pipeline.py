@@ -1,4 +1,5 @@
-"""Training iterator: shapes, crop/flip alignment, padding, task mixture, sharding, resume, skips."""
+"""Training iterator: shapes, crop/flip alignment, padding, task mixture, sharding, resume,
+skips."""
 from __future__ import annotations
 
 import logging
@@ -69,7 +70,8 @@ def test_builtin_batches_have_the_documented_layout():
 def test_paired_crops_and_flips_stay_aligned(tmp_path):
     y, x = np.mgrid[:30, :40]
     for i in range(3):
-        gt = np.stack([(x * 6 + i * 20) % 256, (y * 8) % 256, (x * y + i) % 256], -1).astype(np.uint8)
+        gt = np.stack([(x * 6 + i * 20) % 256, (y * 8) % 256, (x * y + i) % 256],
+                      -1).astype(np.uint8)
         _write(tmp_path / "gt" / f"{i}.png", gt)
         _write(tmp_path / "lq" / f"{i}.png", 255 - gt)  # known f: μ = −x0 in model range
     spec = source_spec(kind="paired", lq_dir=str(tmp_path / "lq"), gt_dir=str(tmp_path / "gt"))
@@ -105,9 +107,11 @@ def test_training_degradation_is_random_per_epoch(tmp_path):
 
 
 def test_mixture_gives_equal_task_shares(tmp_path):
-    tasks = {"noise": source_spec(kind="builtin", degradation="noise"),
-             "blur": source_spec(kind="builtin", degradation="gaussian_blur"),
-             "dark": source_spec(kind="clean", dir=_const_folder(tmp_path, 3), degradation="lowlight")}
+    tasks = {
+        "noise": source_spec(kind="builtin", degradation="noise"),
+        "blur": source_spec(kind="builtin", degradation="gaussian_blur"),
+        "dark": source_spec(kind="clean", dir=_const_folder(tmp_path, 3), degradation="lowlight")
+    }
     data = _data(tasks, crop_size=8)
     it = build_train_iterator(data, global_batch_size=12, seed=0, process_index=1, process_count=2)
     for b in _take(it, 3):  # task ids = sorted names: blur 0, dark 1, noise 2
@@ -126,10 +130,12 @@ def test_process_shards_are_disjoint_cover_and_deterministic(tmp_path):
     data = _data({"c": spec}, crop_size=8)
     seen = []
     for p in range(2):
-        it = build_train_iterator(data, global_batch_size=2, seed=5, process_index=p, process_count=2)
+        it = build_train_iterator(data, global_batch_size=2, seed=5, process_index=p,
+                                  process_count=2)
         ids = _ids(_take(it, 8))
         seen.append(set(ids))
-        again = build_train_iterator(data, global_batch_size=2, seed=5, process_index=p, process_count=2)
+        again = build_train_iterator(data, global_batch_size=2, seed=5, process_index=p,
+                                     process_count=2)
         assert _ids(_take(again, 8)) == ids
     assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(7))
     assert {len(s) for s in seen} == {3, 4}
@@ -148,7 +154,8 @@ def test_epoch_covers_every_image_once(tmp_path):
 
 def _rand_folder(tmp_path, name: str, n: int) -> str:
     for i in range(n):
-        _write(tmp_path / name / f"{i}.png", np.random.default_rng(i).integers(0, 256, (20, 24, 3), np.uint8))
+        _write(tmp_path / name / f"{i}.png",
+               np.random.default_rng(i).integers(0, 256, (20, 24, 3), np.uint8))
     return str(tmp_path / name)
 
 
@@ -230,7 +237,8 @@ def test_bad_file_stops_training_or_is_counted_and_skipped(tmp_path, caplog):
     assert set(_ids(_take(it, 6))) == {1}  # shard {01, zz_bad}: refills stay inside the shard
 
 
-# ----------------------------------------------------------------------------- several training sources per task
+# ----------------------------------------------------------------------------- several training
+# sources per task
 
 def _level_folder(tmp_path, name: str, levels) -> str:
     """Clean images of constant gray levels: the level identifies the image (and its source)."""
@@ -247,10 +255,11 @@ BIG, SMALL, OTHER = tuple(range(20, 140, 20)), (200, 240), (248, 252)  # 6, 2 an
 
 
 def _two_sources(tmp_path, **kw) -> ml_collections.ConfigDict:
-    """Task 'mixed' (id 0) trains on named sources big (6 images) and small (2); task 'other' (id 1) on one
-    source (2)."""
+    """Task 'mixed' (id 0) trains on named sources big (6 images) and small (2); task 'other' (id 1)
+    on one source (2)."""
     def clean(name, levels):
-        return source_spec(kind="clean", dir=_level_folder(tmp_path, name, levels), degradation="lowlight")
+        return source_spec(kind="clean", dir=_level_folder(tmp_path, name, levels),
+                           degradation="lowlight")
     return _data({"mixed": {"big": clean("big", BIG), "small": clean("small", SMALL)},
                   "other": clean("other", OTHER)}, crop_size=8, flip="none", **kw)
 
@@ -265,23 +274,30 @@ def test_training_sources_of_a_task_mix_by_size_or_equally(tmp_path, mix, small_
     assert set(levels) == set(BIG) | set(SMALL)  # both sources, every image
     assert abs(np.mean([lv in SMALL for lv in levels]) - small_share) < 0.03
     assert set(_levels(batches, slice(2, 4))) == set(OTHER)
-    assert _levels(_take(build_train_iterator(data, **kw), 100), slice(0, 2)) == levels  # deterministic
-    assert _levels(_take(build_train_iterator(data, **{**kw, "seed": 8}), 100), slice(0, 2)) != levels
+    # deterministic
+    assert _levels(_take(build_train_iterator(data, **kw), 100), slice(0, 2)) == levels
+    assert _levels(_take(build_train_iterator(data, **{**kw, "seed": 8}), 100), slice(0,
+                                                                                      2)) != levels
 
 
 def test_several_sources_shard_disjointly_and_resume_exactly(tmp_path):
     data = _two_sources(tmp_path)
     seen = []
     for p in range(2):
-        it = build_train_iterator(data, global_batch_size=4, seed=5, process_index=p, process_count=2)
+        it = build_train_iterator(data, global_batch_size=4, seed=5, process_index=p,
+                                  process_count=2)
         seen.append(set(_levels(_take(it, 30), slice(0, 1))))
     assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(BIG) | set(SMALL)
-    data = _data({"a": {"one": source_spec(kind="clean", dir=_rand_folder(tmp_path, "a1", 3),
-                                           degradation="motion_blur", motion_length=3),
-                        "two": source_spec(kind="clean", dir=_rand_folder(tmp_path, "a2", 2),
-                                           degradation="inpaint")},
-                  "b": source_spec(kind="clean", dir=_rand_folder(tmp_path, "b", 4), degradation="noise")},
-                 crop_size=8)
+    data = _data(
+        {
+            "a": {
+                "one": source_spec(kind="clean", dir=_rand_folder(tmp_path, "a1", 3),
+                                   degradation="motion_blur", motion_length=3), "two": source_spec(
+                                       kind="clean", dir=_rand_folder(tmp_path, "a2", 2),
+                                       degradation="inpaint")
+            }, "b": source_spec(kind="clean", dir=_rand_folder(tmp_path, "b", 4),
+                                degradation="noise")
+        }, crop_size=8)
     _assert_resumes_identically(data, after=3, then=4)
 
 
@@ -310,7 +326,8 @@ def test_pairs_cropped_as_uint8_then_converted_are_bit_identical(tmp_path, size)
     for i in range(3):
         _write(tmp_path / "gt" / f"{i}.png", rng.integers(0, 256, size + (3,), np.uint8))
         _write(tmp_path / "lq" / f"{i}.png", rng.integers(0, 256, size + (3,), np.uint8))
-    data = _data({"p": source_spec(kind="paired", lq_dir=str(tmp_path / "lq"), gt_dir=str(tmp_path / "gt"))})
+    data = _data(
+        {"p": source_spec(kind="paired", lq_dir=str(tmp_path / "lq"), gt_dir=str(tmp_path / "gt"))})
     src = named_sources(data, "p", "train")[0]
     source, degrader, _ = _build(data, src)
     fn = TrainExample(source, degrader, 0, 16, "both", False, src.key)
@@ -373,9 +390,11 @@ def test_decoded_image_cache_decodes_each_file_once_within_its_budget(tmp_path, 
 
 def test_auto_workers_only_where_they_help(tmp_path):
     from rdbm_jax.data.pipeline import num_workers
-    files = _data({"c": source_spec(kind="clean", dir=_const_folder(tmp_path, 2), degradation="noise")},
-                  num_workers=-1)
-    builtin = _data({"b": source_spec(kind="builtin", split="train", degradation="inpaint")}, num_workers=-1)
+    files = _data(
+        {"c": source_spec(kind="clean", dir=_const_folder(tmp_path, 2), degradation="noise")},
+        num_workers=-1)
+    builtin = _data({"b": source_spec(kind="builtin", split="train", degradation="inpaint")},
+                    num_workers=-1)
     assert num_workers(files, accelerator=False) == 0  # a CPU run: the step needs the cores
     assert num_workers(builtin, accelerator=True) == 0  # decoded once, kept in RAM
     import os

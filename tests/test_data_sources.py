@@ -32,9 +32,10 @@ def _write(path, arr) -> None:
 def _data(eval_src, train_src=None, **kw) -> ml_collections.ConfigDict:
     base = dict(crop_size=8, flip="both", num_workers=0, prefetch_buffer=2, skip_bad_files=False)
     base.update(kw)
-    return ml_collections.ConfigDict(dict(
-        tasks=ml_collections.ConfigDict(dict(t=task_spec(train=train_src or eval_src, eval=eval_src))),
-        **base))
+    return ml_collections.ConfigDict(
+        dict(
+            tasks=ml_collections.ConfigDict(
+                dict(t=task_spec(train=train_src or eval_src, eval=eval_src))), **base))
 
 
 def _paired_dirs(tmp_path, stems=("a/x1", "b", "c/d/e"), lq_ext=".bmp"):
@@ -75,8 +76,9 @@ def test_paired_strip_matches_prefixed_names(tmp_path):
 def test_unpaired_file_fails_at_build_or_is_skipped(tmp_path, caplog, extra, what):
     lq, gt = _paired_dirs(tmp_path)
     _write(tmp_path / extra, _img(9))
-    with pytest.raises(DataError, match=rf"1 {what} file\(s\) without a partner .*data\.tasks\.t\.eval\."
-                                        rf"(lq|gt)_dir.*zz\.(png|bmp)"):
+    with pytest.raises(
+            DataError, match=rf"1 {what} file\(s\) without a partner .*data\.tasks\.t\.eval\."
+            rf"(lq|gt)_dir.*zz\.(png|bmp)"):
         build_eval_sources(_data(_paired(lq, gt)))
     with caplog.at_level(logging.WARNING):
         src = build_eval_sources(_data(_paired(lq, gt), skip_bad_files=True))["t"]
@@ -86,7 +88,8 @@ def test_unpaired_file_fails_at_build_or_is_skipped(tmp_path, caplog, extra, wha
 def test_pair_size_mismatch_build_time_read_time_and_skip(tmp_path):
     lq, gt = _paired_dirs(tmp_path)
     _write(tmp_path / "lq" / "b.bmp", _img(1, 9, 9))
-    with pytest.raises(DataError, match=r"size mismatch: LQ .*b\.bmp is 9x9 but GT .*b\.png is 16x11"):
+    with pytest.raises(DataError,
+                       match=r"size mismatch: LQ .*b\.bmp is 9x9 but GT .*b\.png is 16x11"):
         build_eval_sources(_data(_paired(lq, gt)))
     src = build_eval_sources(_data(_paired(lq, gt, check_headers=False)))["t"]
     src[0]
@@ -111,7 +114,8 @@ def test_empty_and_missing_folders_fail_at_build(tmp_path):
 def test_non_image_file_found_at_build_by_header_probe(tmp_path):
     lq, gt = _paired_dirs(tmp_path)
     (tmp_path / "gt" / "b.png").write_text("not an image")
-    with pytest.raises(DataError, match=r"not an image.*gt/b\.png \(data\.tasks\.t\.eval\.gt_dir\)"):
+    with pytest.raises(DataError,
+                       match=r"not an image.*gt/b\.png \(data\.tasks\.t\.eval\.gt_dir\)"):
         build_eval_sources(_data(_paired(lq, gt)))
     src = build_eval_sources(_data(_paired(lq, gt, check_headers=False)))["t"]
     with pytest.raises(DataError, match=r"not an image.*gt/b\.png"):
@@ -205,18 +209,21 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_task_names_sorted():
-    cfg = ml_collections.ConfigDict(dict(tasks=ml_collections.ConfigDict(dict(
-        zeta=task_spec(source_spec(), source_spec()), alpha=task_spec(source_spec(), source_spec())))))
+    cfg = ml_collections.ConfigDict(
+        dict(tasks=ml_collections.ConfigDict(
+            dict(zeta=task_spec(source_spec(), source_spec()), alpha=task_spec(
+                source_spec(), source_spec())))))
     assert task_names(cfg) == ["alpha", "zeta"]
 
 
-# ----------------------------------------------------------------------------- named sources (several per task)
+# ----------------------------------------------------------------------------- named sources
+# (several per task)
 
 def test_named_test_sets_are_built_one_by_one_and_labelled(tmp_path):
     lq, gt = _paired_dirs(tmp_path)
     val = source_spec(kind="builtin", split="val", degradation="noise")
-    sources = build_eval_sources(_data(ml_collections.ConfigDict({"real": _paired(lq, gt), "photos": val})),
-                                 max_images=2)
+    sources = build_eval_sources(
+        _data(ml_collections.ConfigDict({"real": _paired(lq, gt), "photos": val})), max_images=2)
     assert list(sources) == ["t/photos", "t/real"]  # <task>/<set>, sets sorted
     real = sources["t/real"]
     assert (real.task, real.test_set, real.label) == ("t", "real", "t/real")
@@ -232,10 +239,12 @@ def test_named_source_errors_name_the_full_key(tmp_path):
     lq, gt = _paired_dirs(tmp_path)
     good = _paired(lq, gt)
     cases = [
-        (dict(rain100l=source_spec(kind="pairs")), r"^data\.tasks\.t\.eval\.rain100l\.kind: must be one of"),
+        (dict(rain100l=source_spec(kind="pairs")),
+         r"^data\.tasks\.t\.eval\.rain100l\.kind: must be one of"),
         (dict(rain100l=ml_collections.ConfigDict(dict(kind="paired", lq_dri=lq, gt_dir=gt))),
          r"^data\.tasks\.t\.eval\.rain100l\.lq_dri: unknown data-source key"),
-        (dict(rain100h=good, rain100l=_paired("", gt)), r"^data\.tasks\.t\.eval\.rain100l\.lq_dir: a paired"),
+        (dict(rain100h=good,
+              rain100l=_paired("", gt)), r"^data\.tasks\.t\.eval\.rain100l\.lq_dir: a paired"),
         ({"rain 100": good}, r"^data\.tasks\.t\.eval\.rain 100: a source name may hold only"),
     ]
     for sets, key in cases:
@@ -244,12 +253,16 @@ def test_named_source_errors_name_the_full_key(tmp_path):
             with pytest.raises(ConfigError, match=key) as e:
                 check(data)
             assert "\n" not in str(e.value)
-    mixed = ml_collections.ConfigDict(dict(kind="paired", lq_dir=lq, gt_dir=gt, extra=dict(kind="builtin")))
+    mixed = ml_collections.ConfigDict(
+        dict(kind="paired", lq_dir=lq, gt_dir=gt, extra=dict(kind="builtin")))
     with pytest.raises(ConfigError, match=r"^data\.tasks\.t\.eval\.extra: unknown data-source key"):
-        validate_tasks(_data(mixed, train_src=good))  # a named set beside source keys: one spec, a bad key
+        # a named set beside source keys: one spec, a bad key
+        validate_tasks(_data(mixed, train_src=good))
     missing = ml_collections.ConfigDict(dict(rain100l=_paired(str(tmp_path / "nope"), gt)))
     with pytest.raises(DataError, match=r"nope \(data\.tasks\.t\.eval\.rain100l\.lq_dir\)"):
         build_eval_sources(_data(missing, train_src=good))
-    bad_train = _data(good, train_src=ml_collections.ConfigDict(dict(rain13k=_paired(lq, gt, eval_fit="zoom"))))
-    with pytest.raises(ConfigError, match=r"^data\.tasks\.t\.train\.rain13k\.eval_fit: must be one of"):
+    bad_train = _data(
+        good, train_src=ml_collections.ConfigDict(dict(rain13k=_paired(lq, gt, eval_fit="zoom"))))
+    with pytest.raises(ConfigError,
+                       match=r"^data\.tasks\.t\.train\.rain13k\.eval_fit: must be one of"):
         validate_tasks(bad_train)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import evaluate, sweep
-from rdbm_jax.sample import run_sample
+from rdbm_jax import evaluate, reports, scoring, sweep, validation
+from rdbm_jax.restore_files import run_restore_files
 from rdbm_jax.errors import ConfigError, DataError
 from tests.helpers import assert_line_plot, config
 
@@ -40,7 +40,7 @@ def test_eval_writes_metrics_per_image_csv_and_grids(trained_workdir, caplog):
                                                    - sum(float(r["psnr"]) for r in rows[1:]), rel=1e-6)
     grid = Image.open(os.path.join(out, "grid_main.png"))
     # title (test set, step), column labels, two rows, a gap
-    assert grid.size[1] == 2 * evaluate.HEADER_HEIGHT + 2 * evaluate.GRID_HEIGHT + 4
+    assert grid.size[1] == 2 * reports.HEADER_HEIGHT + 2 * reports.GRID_HEIGHT + 4
 
 
 def test_log_line_and_table_print_the_same_digits():
@@ -49,23 +49,23 @@ def test_log_line_and_table_print_the_same_digits():
     scores = {"psnr": 28.99, "psnr_baseline": 29.7204, "psnr_masked": 21.9638,
               "psnr_masked_baseline": 22.68496, "psnr_masked_input": 3.55949, "ssim": 0.902612,
               "num_images": 3, "baseline": "biharmonic"}
-    line = evaluate.summary_line(scores)
+    line = reports.summary_line(scores)
     assert "psnr_masked 21.96 | baseline 22.68 | input 3.56" in line and "ssim 0.9026" in line
-    table = evaluate.comparison_table({"main": scores})
+    table = reports.comparison_table({"main": scores})
     assert "22.68" in table and "22.6850" not in table and "3.56" in table and "0.9026" in table
 
 
 def test_grid_names_the_baseline_and_shows_a_title():
-    assert evaluate.grid_labels("biharmonic (true mask)") == (
+    assert reports.grid_labels("biharmonic (true mask)") == (
         "degraded input", "biharmonic (true mask)", "restored", "ground truth")
-    assert evaluate.grid_labels("") == evaluate.GRID_COLUMNS
+    assert reports.grid_labels("") == reports.GRID_COLUMNS
     rows = [[np.zeros((8, 8, 3), np.float32)] * 4]
-    plain = evaluate.make_grid(rows)
-    titled = evaluate.make_grid(rows, labels=evaluate.grid_labels("biharmonic"), title="step 1500")
-    assert titled.shape[0] == plain.shape[0] + evaluate.HEADER_HEIGHT
-    assert titled[: evaluate.HEADER_HEIGHT].min() < 128  # the title is drawn
-    np.testing.assert_array_equal(titled[evaluate.HEADER_HEIGHT:][-evaluate.GRID_HEIGHT:],
-                                  plain[-evaluate.GRID_HEIGHT:])
+    plain = reports.make_grid(rows)
+    titled = reports.make_grid(rows, labels=reports.grid_labels("biharmonic"), title="step 1500")
+    assert titled.shape[0] == plain.shape[0] + reports.HEADER_HEIGHT
+    assert titled[: reports.HEADER_HEIGHT].min() < 128  # the title is drawn
+    np.testing.assert_array_equal(titled[reports.HEADER_HEIGHT:][-reports.GRID_HEIGHT:],
+                                  plain[-reports.GRID_HEIGHT:])
 
 
 def test_eval_with_lpips_weights_and_fid_skipped(trained_workdir, tmp_path, caplog):
@@ -101,17 +101,17 @@ def test_sample_mode_restores_tree_survives_corrupt_file_and_keeps_outputs(train
         f.write(b"\x89PNG\r\n\x1a\n not really")
     cfg = config(**{"sample.input_dir": src, "sample.output_dir": dst, "sample.batch_size": 4})
     with pytest.raises(DataError, match=r"1 of 4 input\(s\).*broken\.png"):
-        run_sample(cfg, trained_workdir)
+        run_restore_files(cfg, trained_workdir)
     for name, shape in (("a.png", (27, 45)), ("b.png", (27, 45)), ("sub/c.png", (40, 33))):
         img = np.asarray(Image.open(os.path.join(dst, name)))
         assert img.shape == (*shape, 3)
     before = os.path.getmtime(os.path.join(dst, "a.png"))
     os.remove(os.path.join(src, "sub", "broken.png"))
-    result = run_sample(cfg, trained_workdir)
+    result = run_restore_files(cfg, trained_workdir)
     assert result == {"restored": 0, "skipped": 3, "failed": []}
     assert os.path.getmtime(os.path.join(dst, "a.png")) == before
     cfg.sample.overwrite = True
-    assert run_sample(cfg, trained_workdir)["restored"] == 3
+    assert run_restore_files(cfg, trained_workdir)["restored"] == 3
 
 
 def test_sample_mode_gray_in_gray_out(trained_workdir, tmp_path):
@@ -120,14 +120,14 @@ def test_sample_mode_gray_in_gray_out(trained_workdir, tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(src / "gray.png")
     _png(str(src / "rgb.png"), 24, 20, 1)
-    run_sample(config(**{"sample.input_dir": str(src), "sample.output_dir": str(dst)}), trained_workdir)
+    run_restore_files(config(**{"sample.input_dir": str(src), "sample.output_dir": str(dst)}), trained_workdir)
     assert Image.open(dst / "gray.png").mode == "L" and Image.open(dst / "gray.png").size == (20, 24)
     assert Image.open(dst / "rgb.png").mode == "RGB"
 
 
 def test_sample_mode_needs_folders(trained_workdir):
     with pytest.raises(ConfigError, match="sample.input_dir"):
-        run_sample(config(), trained_workdir)
+        run_restore_files(config(), trained_workdir)
 
 
 def test_sweep_writes_csv_and_plot(trained_workdir, caplog):
@@ -139,8 +139,8 @@ def test_sweep_writes_csv_and_plot(trained_workdir, caplog):
     assert caplog.records[-1].getMessage() == "wrote " + ", ".join(  # the closing line
         os.path.join(out, f) for f in ("results.csv", "results.png", "protocol.json"))
     assert len(list(csv.DictReader(open(os.path.join(out, "results.csv"))))) == 4
-    assert_line_plot(os.path.join(out, "results.png"), size=(1800, 456), lines=2,  # η 0 and 1
-                     panels=3)  # whole image, SSIM and inside the holes (psnr_masked)
+    # η 0 and 1 in each of 3 panels: the demo inpaints, so PSNR inside the holes is the third
+    assert_line_plot(os.path.join(out, "results.png"), size=(1800, 456), lines=2, panels=3)
     with pytest.raises(ConfigError, match="sweep.nfe"):
         sweep.run_sweep(config(**{"sweep.nfe": "500"}), trained_workdir)
 
@@ -183,7 +183,7 @@ def test_eval_reports_each_test_set_then_its_task_then_overall(trained_workdir):
     assert np.mean([float(r["psnr"]) for r in rows if r["test_set"] == "photos"]) == pytest.approx(p["psnr"])
     for name in ("grid_main.astronaut.png", "grid_main.photos.png", "grid_other.png"):
         assert os.path.isfile(os.path.join(out, name))
-    table = evaluate.comparison_table(per_task)
+    table = reports.comparison_table(per_task)
     assert "main/photos (3 images; baseline: biharmonic" in table and "main [mean over 2 test sets] (4 images" in table
     rows = sweep.run_sweep(_named_sets_config(**{"sweep.nfe": "1", "sweep.eta": "0"}), trained_workdir)
     assert {"main/astronaut/psnr", "main/photos/ssim", "main/psnr", "other/psnr", "psnr_baseline"} <= set(rows[0])
@@ -198,7 +198,7 @@ def test_validation_eval_and_sweep_share_one_seed_rule_at_eta_1(trained_workdir)
     mesh = distributed.make_mesh()
     params, step = program.load_trained(cfg, trained_workdir, mesh)[2:]
     sources = data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
-    val, _ = evaluate.Validator(cfg, mesh, sources)(params, step)
+    val, _ = validation.Validator(cfg, mesh, sources)(params, step)
     ev = evaluate.run_eval(cfg, trained_workdir)["overall"]
     sw = sweep.run_sweep(cfg, trained_workdir)[0]
     assert val["val/psnr"] == ev["psnr"] == sw["psnr"]
@@ -256,12 +256,12 @@ def test_evaluation_keeps_only_the_grid_baselines(monkeypatch):
     n = sum(len(s) for s in sources.values())
     assert n >= 2
     calls = []
-    real = evaluate.baselines.restore
-    monkeypatch.setattr(evaluate.baselines, "restore", lambda *a, **k: calls.append(1) or real(*a, **k))
-    baseline = evaluate.Baselines(true_mask=False)
-    first = evaluate.score_sources(Identity(), None, sources, cfg, evaluate.sampling_key(0), baseline=baseline)
+    real = scoring.baselines.restore
+    monkeypatch.setattr(scoring.baselines, "restore", lambda *a, **k: calls.append(1) or real(*a, **k))
+    baseline = scoring.Baselines(true_mask=False)
+    first = scoring.score_sources(Identity(), None, sources, cfg, scoring.sampling_key(0), baseline=baseline)
     assert len(baseline._cache) == len(sources)  # one grid image per test set
     assert len(baseline._scores) == n and len(calls) == n
-    again = evaluate.score_sources(Identity(), None, sources, cfg, evaluate.sampling_key(0), baseline=baseline)
+    again = scoring.score_sources(Identity(), None, sources, cfg, scoring.sampling_key(0), baseline=baseline)
     assert len(calls) == n  # a second validation computes no baseline again
     assert first[1] == again[1]

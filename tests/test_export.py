@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration  # export runs and a subprocess that must r
 # Run by the subprocess: block every package the artifact must not need, then load and run it.
 LOADER_SCRIPT = textwrap.dedent('''
     import importlib.abc, sys
-    BLOCKED = {"flax", "rdbm_jax", "ml_collections", "grain", "orbax", "optax", "clu", "tensorflow", "torch"}
+    BLOCKED = {"flax", "rdbm_jax", "ml_collections", "grain", "orbax", "optax", "clu", "tensorflow",
+               "torch"}
 
     class Blocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -45,7 +46,8 @@ LOADER_SCRIPT = textwrap.dedent('''
     out["gray"] = restore(gray, seed=3)                                  # [H, W] in → [H, W] out
     out["gray1"] = restore(gray[..., None], seed=3)                      # [H, W, 1] → [H, W, 1]
     out["gray_as_rgb"] = restore(np.repeat(gray[..., None], 3, -1), seed=3)
-    out["rgba"] = restore(np.concatenate([data["uint8"], np.full_like(gray[..., None], 7)], -1), seed=3)
+    rgba = np.concatenate([data["uint8"], np.full_like(gray[..., None], 7)], -1)
+    out["rgba"] = restore(rgba, seed=3)
     loaded = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
     assert not loaded, loaded
     np.savez(outputs, num_steps=restore.info["num_steps"], **out)
@@ -68,7 +70,8 @@ def test_exported_restorer_runs_without_flax_and_matches(trained_run, tmp_path):
               "uint8": rs.randint(0, 256, (32, 16, 3)).astype(np.uint8),  # b's shape: compiled once
               "key": np.asarray(jax.random.PRNGKey(7))}
     for name in ("a", "b"):  # the demo model reads the inpainting mask: a random one per image
-        inputs[name + "_mask"] = (rs.uniform(size=inputs[name].shape[:3] + (1,)) < 0.3).astype(np.float32)
+        inputs[name + "_mask"] = (rs.uniform(size=inputs[name].shape[:3] + (1,))
+                                  < 0.3).astype(np.float32)
     np.savez(tmp_path / "in.npz", **inputs)
     script = tmp_path / "run_exported.py"
     script.write_text(LOADER_SCRIPT)
@@ -81,13 +84,14 @@ def test_exported_restorer_runs_without_flax_and_matches(trained_run, tmp_path):
 
     mesh = distributed.make_mesh()
     model, schedule, params, _ = load_trained(cfg, workdir, mesh)
-    restorer = program.sampler(cfg, mesh)
+    restorer = program.build_sampler(cfg, mesh)
     for name in ("a", "b"):
         want = restorer(params, inputs[name], jax.random.PRNGKey(7), mask=inputs[name + "_mask"])
         assert got[name].shape == want.shape
         np.testing.assert_allclose(got[name], want, atol=1e-5)
         assert np.abs(got[name] - inputs[name]).max() > 1e-3  # it did restore something
-    want_u8 = restorer(params, inputs["uint8"][None].astype(np.float32) / 127.5 - 1, jax.random.PRNGKey(3))[0]
+    want_u8 = restorer(params, inputs["uint8"][None].astype(np.float32) / 127.5 - 1,
+                       jax.random.PRNGKey(3))[0]
     want_u8 = np.rint(np.clip((want_u8 + 1) / 2, 0, 1) * 255)
     assert np.abs(got["uint8"].astype(np.float32) - want_u8).max() <= 1  # rounding at .5 may differ
     # 1 and 4 channels as the API takes them: gray in → gray out (PIL's weights), alpha dropped
@@ -95,7 +99,8 @@ def test_exported_restorer_runs_without_flax_and_matches(trained_run, tmp_path):
     assert got["gray"].shape == (32, 16) and got["gray1"].shape == (32, 16, 1)
     np.testing.assert_array_equal(got["gray1"][..., 0], got["gray"])
     luma = got["gray_as_rgb"].astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
-    assert got["gray"].dtype == np.uint8 and np.abs(got["gray"] - luma).max() <= 1  # luma of rounded RGB
+    # luma of rounded RGB
+    assert got["gray"].dtype == np.uint8 and np.abs(got["gray"] - luma).max() <= 1
 
 
 def test_export_refuses_tiling(trained_run):
@@ -103,4 +108,4 @@ def test_export_refuses_tiling(trained_run):
     mesh = distributed.make_mesh()
     model, schedule, params, _ = load_trained(cfg, trained_run, mesh)
     with pytest.raises(ConfigError, match="sample.tile_size=16"):
-        export.restoration_fn(program.sampler(cfg, mesh), params)
+        export.restoration_fn(program.build_sampler(cfg, mesh), params)

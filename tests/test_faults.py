@@ -19,12 +19,14 @@ import numpy as np
 import pytest
 
 from rdbm_jax import checkpoints, distributed, program, train, workdir_lock, writers
-from rdbm_jax.sample import run_sample
+from rdbm_jax.restore_files import run_restore_files
 from rdbm_jax.errors import ConfigError, DataError, TrainingError
 from tests.helpers import REPO, config, read_metrics, run_cli, train_argv
 
 # 6 steps, a checkpoint every 2 (kept: all three), a metrics row every step, no periodic evaluation.
-RUN = {"train.num_steps": 6, "train.checkpoint_every": 2, "train.log_every": 1, "train.eval_every": 0}
+RUN = {
+    "train.num_steps": 6, "train.checkpoint_every": 2, "train.log_every": 1, "train.eval_every": 0
+}
 INTERVAL = RUN["train.checkpoint_every"]
 
 
@@ -44,14 +46,17 @@ def _params(workdir: str, step: int):
 
 
 def _assert_same_final_state(workdir: str, reference: str) -> None:
-    for a, b in zip(_params(workdir, RUN["train.num_steps"]), _params(reference, RUN["train.num_steps"])):
+    for a, b in zip(_params(workdir, RUN["train.num_steps"]),
+                    _params(reference, RUN["train.num_steps"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def _assert_no_partial_folders(workdir: str) -> None:
     names = os.listdir(checkpoints.checkpoint_dir(workdir))
     assert not [n for n in names if checkpoints.TMP_MARK in n], names
-    assert all(checkpoints.is_complete(os.path.join(checkpoints.checkpoint_dir(workdir), n)) for n in names), names
+    assert all(
+        checkpoints.is_complete(os.path.join(checkpoints.checkpoint_dir(workdir), n))
+        for n in names), names
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +67,8 @@ def reference(tmp_path_factory):
     return workdir
 
 
-# --- kill -9 at seeded random moments, between steps and in the middle of a save ---------------------
+# --- kill -9 at seeded random moments, between steps and in the middle of a save
+# ---------------------
 
 _KILL_HOOK = """
 KILL_AT, PHASE, DELAY, HOLD = {kill_at!r}, {phase!r}, {delay!r}, {hold!r}
@@ -87,8 +93,8 @@ def _newest(workdir: str) -> int:
 
 
 def _kill_trial(workdir: str, rng: random.Random, phase: str, hold: str = "") -> subprocess.Popen:
-    """Start a run that SIGKILLs itself at a random step after the newest checkpoint ("step") or at a
-    random moment of a random save ("save")."""
+    """Start a run that SIGKILLs itself at a random step after the newest checkpoint ("step") or at
+    a random moment of a random save ("save")."""
     done = _newest(workdir)
     if phase == "save":
         kill_at = rng.choice(range(done + INTERVAL, RUN["train.num_steps"] + 1, INTERVAL))
@@ -100,7 +106,8 @@ def _kill_trial(workdir: str, rng: random.Random, phase: str, hold: str = "") ->
 
 
 def _check_kill(workdir: str, proc: subprocess.Popen) -> None:
-    """A kill loses only the steps after the newest checkpoint logged as saved, at most one interval."""
+    """A kill loses only the steps after the newest checkpoint logged as saved, at most one
+    interval."""
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
@@ -116,7 +123,8 @@ def _resume_matches(reference: str, workdir: str, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="rdbm_jax"):
         train.train_and_evaluate(config(**RUN), workdir)  # resume to the end
     assert "taking over the lock" in caplog.text  # the killed run never released it
-    assert _history(workdir) == _history(reference)  # same steps, in order, no duplicates, same losses
+    # same steps, in order, no duplicates, same losses
+    assert _history(workdir) == _history(reference)
     _assert_same_final_state(workdir, reference)
     _assert_no_partial_folders(workdir)
 
@@ -124,7 +132,8 @@ def _resume_matches(reference: str, workdir: str, caplog) -> None:
 @pytest.mark.integration
 def test_two_runs_then_kills_resume_like_an_uninterrupted_run(reference, tmp_path, caplog):
     workdir, go = str(tmp_path / "run"), str(tmp_path / "go")
-    first = _kill_trial(workdir, random.Random(0), "save", hold=go)  # killed in the middle of a save
+    # killed in the middle of a save
+    first = _kill_trial(workdir, random.Random(0), "save", hold=go)
     lock = os.path.join(workdir, workdir_lock.LOCK_NAME)
     for _ in range(1200):  # until the first run holds the workdir
         if os.path.exists(lock) and os.path.getsize(lock):
@@ -136,7 +145,8 @@ def test_two_runs_then_kills_resume_like_an_uninterrupted_run(reference, tmp_pat
     assert f"pid {first.pid}" in message and "since 20" in message and workdir in message, message
     assert f"host {socket.gethostname()}" in message
     open(go, "w").close()
-    _check_kill(workdir, first)  # (kills between two steps: tests/test_train.py and the slow trials below)
+    # (kills between two steps: tests/test_train.py and the slow trials below)
+    _check_kill(workdir, first)
     _resume_matches(reference, workdir, caplog)
 
 
@@ -151,27 +161,35 @@ def test_many_random_kills_resume_like_an_uninterrupted_run(reference, tmp_path,
     _resume_matches(reference, workdir, caplog)
 
 
-# --- the workdir lock --------------------------------------------------------------------------------
+# --- the workdir lock
+# --------------------------------------------------------------------------------
 
 def test_lock_names_its_holder_and_stale_locks_are_taken_over(tmp_path, caplog):
     with workdir_lock.WorkdirLock(str(tmp_path)):
-        with pytest.raises(TrainingError, match=rf"in use by another training run \(host .+, pid {os.getpid()}, "
-                                                r"since \d{4}-"):
+        with pytest.raises(
+                TrainingError,
+                match=rf"in use by another training run \(host .+, pid {os.getpid()}, "
+                r"since \d{4}-"):
             workdir_lock.WorkdirLock(str(tmp_path)).acquire()
-    assert os.path.getsize(tmp_path / workdir_lock.LOCK_NAME) == 0  # released cleanly: no holder named
-    (tmp_path / workdir_lock.LOCK_NAME).write_text(json.dumps({"host": "gone", "pid": 999999, "since": 0}))
+    # released cleanly: no holder named
+    assert os.path.getsize(tmp_path / workdir_lock.LOCK_NAME) == 0
+    (tmp_path / workdir_lock.LOCK_NAME).write_text(
+        json.dumps({"host": "gone", "pid": 999999, "since": 0}))
     with caplog.at_level(logging.WARNING, logger="rdbm_jax"):
         with workdir_lock.WorkdirLock(str(tmp_path)):
             pass
     assert "taking over the lock" in caplog.text and "host gone, pid 999999" in caplog.text
 
 
-# --- metrics history after a resume ------------------------------------------------------------------
+# --- metrics history after a resume
+# ------------------------------------------------------------------
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    rows = [{"step": s, "train/loss": s / 10} for s in range(1, 7)] + [{"step": 4, "val/psnr": 20.0}]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 7, "train/lo')  # torn by a kill
+    rows = [{"step": s, "train/loss": s / 10}
+            for s in range(1, 7)] + [{"step": 4, "val/psnr": 20.0}]
+    # torn by a kill
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 7, "train/lo')
     w = writers.create_writer(str(tmp_path), resume_step=4)
     w.write_scalars(5, {"train/loss": 0.55})
     assert [(r["step"], r.get("train/loss")) for r in read_metrics(str(tmp_path))] == [
@@ -201,7 +219,8 @@ def test_tensorboard_purge_marker_drops_events_after_the_resume_step(tmp_path):
         (1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0), (5, 2.0), (6, 2.0)]
 
 
-# --- damaged checkpoints -----------------------------------------------------------------------------
+# --- damaged checkpoints
+# -----------------------------------------------------------------------------
 
 def _damage(workdir: str) -> dict[str, str]:
     """Newest folders damaged four ways on top of the reference's complete 2, 4 and 6."""
@@ -218,10 +237,11 @@ def _damage(workdir: str) -> dict[str, str]:
             "garbage": os.path.join(ckpt, "6"), "partial": partial}
 
 
-# A failed orbax read can leave a reader thread calling into orbax's closed event loop; the CLI drops that
-# late "Event loop is closed" (rdbm_jax.main), pytest reports it as a warning.
+# A failed orbax read can leave a reader thread calling into orbax's closed event loop; the CLI
+# drops that late "Event loop is closed" (rdbm_jax.main), pytest reports it as a warning.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_damaged_checkpoints_are_never_used_and_train_resumes_from_a_good_one(reference, tmp_path, caplog):
+def test_damaged_checkpoints_are_never_used_and_train_resumes_from_a_good_one(
+        reference, tmp_path, caplog):
     workdir = str(tmp_path / "run")
     shutil.copytree(reference, workdir)
     bad = _damage(workdir)
@@ -232,7 +252,8 @@ def test_damaged_checkpoints_are_never_used_and_train_resumes_from_a_good_one(re
             program.load_trained(cfg, workdir, mesh, checkpoint=bad[kind])
     with pytest.raises(ConfigError, match="not a checkpoint step folder"):
         program.load_trained(cfg, workdir, mesh, checkpoint=bad["partial"])
-    # Without a named step they use the newest complete one (6 has all its files, but is unreadable).
+    # Without a named step they use the newest complete one (6 has all its files, but is
+    # unreadable).
     assert checkpoints.resolve(workdir) == (checkpoints.checkpoint_dir(workdir), 6)
     with caplog.at_level(logging.INFO, logger="rdbm_jax"):
         train.train_and_evaluate(cfg, workdir)
@@ -248,7 +269,8 @@ def test_damaged_checkpoints_are_never_used_and_train_resumes_from_a_good_one(re
     assert os.path.exists(os.path.join(aside, "8", "state", "_sharding"))
 
 
-# --- failed saves ------------------------------------------------------------------------------------
+# --- failed saves
+# ------------------------------------------------------------------------------------
 
 def _fail_grain_save(monkeypatch, at_step: int, err: int) -> None:
     """The data-iterator item of the save of `at_step` raises OSError(err) (synchronous part)."""
@@ -276,13 +298,15 @@ def _fail_json_save(monkeypatch, at_step: int, err: int) -> None:
     monkeypatch.setattr(jh.JsonCheckpointHandler, "_save_fn", save_fn)
 
 
-@pytest.mark.parametrize("inject, err", [(_fail_grain_save, errno.ENOSPC), (_fail_json_save, errno.EACCES)])
+@pytest.mark.parametrize("inject, err", [(_fail_grain_save, errno.ENOSPC),
+                                         (_fail_json_save, errno.EACCES)])
 def test_failed_save_stops_at_once_naming_path_and_error(tmp_path, monkeypatch, capfd, inject, err):
     workdir = str(tmp_path)
     inject(monkeypatch, 4, err)
     reached = []
     with pytest.raises(TrainingError) as failed:
-        train.train_and_evaluate(config(**RUN), workdir, hooks=[lambda step, state: reached.append(step)])
+        train.train_and_evaluate(config(**RUN), workdir,
+                                 hooks=[lambda step, state: reached.append(step)])
     message = str(failed.value)
     assert "\n" not in message and os.path.join(checkpoints.checkpoint_dir(workdir), "4") in message
     assert os.strerror(err) in message and "last good checkpoint: step 2" in message
@@ -307,12 +331,14 @@ def test_vanished_checkpoints_folder_stops_naming_it(tmp_path):
             open(ckpt, "w").close()
 
     with pytest.raises(TrainingError, match=rf"{re.escape(ckpt)}: Not a directory"):
-        train.train_and_evaluate(config(**{**RUN, "train.num_steps": 4}), workdir, hooks=[replace_with_file])
+        train.train_and_evaluate(config(**{**RUN, "train.num_steps": 4}), workdir,
+                                 hooks=[replace_with_file])
 
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
-    """A 12 MB tmpfs (one checkpoint of the tiny model fits, two do not); skipped where mounting fails."""
+    """A 12 MB tmpfs (one checkpoint of the tiny model fits, two do not); skipped where mounting
+    fails."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)],
@@ -325,17 +351,20 @@ def tiny_tmpfs(tmp_path):
 @pytest.mark.slow
 def test_disk_full_during_a_save_is_one_line_and_leaves_the_last_checkpoint(tiny_tmpfs):
     workdir = os.path.join(tiny_tmpfs, "run")
-    proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={workdir}", "--config.train.num_steps=4",
-                   "--config.train.eval_every=0")
+    proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={workdir}",
+                   "--config.train.num_steps=4", "--config.train.eval_every=0")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: saving checkpoint step 4 to {workdir}/checkpoints/4 failed: No space left on device")
+    assert last.startswith(
+        f"error: saving checkpoint step 4 to {workdir}/checkpoints/4 failed: No space left on device"
+    )
     assert _newest(workdir) == 2
     _assert_no_partial_folders(workdir)
 
 
-# --- sample mode: colliding outputs ------------------------------------------------------------------
+# --- sample mode: colliding outputs
+# ------------------------------------------------------------------
 
 def test_sample_refuses_two_inputs_with_one_output_before_writing(tmp_path):
     from PIL import Image
@@ -346,16 +375,19 @@ def test_sample_refuses_two_inputs_with_one_output_before_writing(tmp_path):
         img.save(src / name)
     cfg = config(**{"sample.input_dir": str(src), "sample.output_dir": str(out)})
     with pytest.raises(DataError) as collided:
-        run_sample(cfg, str(tmp_path / "no_workdir_needed"))
-    assert str(src / "dup.jpg") in str(collided.value) and str(src / "dup.png") in str(collided.value)
+        run_restore_files(cfg, str(tmp_path / "no_workdir_needed"))
+    assert str(src / "dup.jpg") in str(collided.value) and str(src / "dup.png") in str(
+        collided.value)
     assert not out.exists()
 
 
-# --- broken config files -----------------------------------------------------------------------------
+# --- broken config files
+# -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source, expected", [
     ("def get_config(arg=None)\n    return None\n", r"{path}:1: syntax error"),
-    ("def get_config(arg=None):\n    return undefined_name\n", r"{path}:2: NameError in get_config: .*undefined_name"),
+    ("def get_config(arg=None):\n    return undefined_name\n",
+     r"{path}:2: NameError in get_config: .*undefined_name"),
     ("CONFIG = 1\n", r"{path}: the config file defines no get_config"),
     ("def get_config(arg=None):\n    return 3\n", r"{path}: get_config\(\) returned int"),
     (None, r"{path}: no such config file"),
@@ -368,9 +400,11 @@ def test_broken_config_file_is_one_line_naming_it(tmp_path, source, expected):
     proc = run_cli(f"--config={path}", f"--workdir={tmp_path / 'w'}")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and re.fullmatch("error: " + expected.format(path=re.escape(path)) + ".*", lines[0]), lines
+    assert len(lines) == 1 and re.fullmatch(
+        "error: " + expected.format(path=re.escape(path)) + ".*", lines[0]), lines
 
 
 def test_wrong_type_message_quotes_the_value_whole(tmp_path):
-    proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--config.train.num_steps=abc")
+    proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={tmp_path}",
+                   "--config.train.num_steps=abc")
     assert proc.stderr.strip().splitlines()[-1].endswith("'abc'"), proc.stderr

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import atomic, conditioning, evaluate, export, export_loader, paths
+from rdbm_jax import atomic, conditioning, export, export_loader, paths, reports, scoring
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError
-from rdbm_jax.sample import run_sample
+from rdbm_jax.restore_files import run_restore_files
 from tests.helpers import config
 
 
@@ -36,7 +36,7 @@ def test_output_dir_symlinked_to_the_input_dir_is_refused_and_inputs_are_untouch
     os.symlink(src, tmp_path / "link")
     cfg = _sample_cfg(src, tmp_path / "link", **{"sample.overwrite": True})
     with pytest.raises(ConfigError, match="sample.output_dir.*is the input folder"):
-        run_sample(cfg, str(tmp_path / "no_workdir_needed"))
+        run_restore_files(cfg, str(tmp_path / "no_workdir_needed"))
     assert (src / "a.png").read_bytes() == before and os.listdir(src) == ["a.png"]
 
 
@@ -44,7 +44,7 @@ def test_output_dir_inside_the_input_dir_is_refused(tmp_path):
     src = tmp_path / "in"
     _png(src / "a.png")
     with pytest.raises(ConfigError, match="inside sample.input_dir"):
-        run_sample(_sample_cfg(src, src / "restored"), str(tmp_path / "no_workdir_needed"))
+        run_restore_files(_sample_cfg(src, src / "restored"), str(tmp_path / "no_workdir_needed"))
     assert not (src / "restored").exists()
 
 
@@ -60,11 +60,11 @@ def _killed_at_fsync(monkeypatch):
 def test_a_killed_eval_report_keeps_the_previous_metrics_json(tmp_path, monkeypatch):
     out = str(tmp_path / "eval")
     per_task = {"main": {"psnr": 20.0}, "overall": {"psnr": 20.0}}
-    evaluate.write_report(out, [{"task": "main", "name": "a", "psnr": 20.0}], per_task, {"step": 1})
+    reports.write_report(out, [{"task": "main", "name": "a", "psnr": 20.0}], per_task, {"step": 1})
     before = {f: open(os.path.join(out, f), "rb").read() for f in ("metrics.json", "per_image.csv")}
     _killed_at_fsync(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        evaluate.write_report(out, [{"task": "main", "name": "a", "psnr": 30.0}],
+        reports.write_report(out, [{"task": "main", "name": "a", "psnr": 30.0}],
                               {"main": {"psnr": 30.0}, "overall": {"psnr": 30.0}}, {"step": 2})
     after = {f: open(os.path.join(out, f), "rb").read() for f in ("metrics.json", "per_image.csv")}
     assert after == before  # whole, and the previous results
@@ -100,7 +100,7 @@ def test_sample_removes_the_temporary_files_a_killed_run_left(tmp_path, trained_
     stale.write_bytes(b"half a png")
     (out / "notes.tmp").write_text("the user's own")
     with caplog.at_level(logging.INFO, logger="rdbm_jax"):
-        run_sample(_sample_cfg(src, out), trained_workdir)
+        run_restore_files(_sample_cfg(src, out), trained_workdir)
     assert not stale.exists() and (out / "notes.tmp").exists() and (out / "a.png").exists()
     assert "removed 1 temporary file(s)" in caplog.text
 
@@ -115,7 +115,7 @@ def test_one_unreadable_mask_skips_only_its_image(tmp_path, trained_workdir):
     (masks / "b.png").write_bytes(b"not a png")
     _png(masks / "c.png", 8, 8, value=255)  # another size
     with pytest.raises(DataError) as err:
-        run_sample(_sample_cfg(src, out, **{"sample.mask_dir": str(masks)}), trained_workdir)
+        run_restore_files(_sample_cfg(src, out, **{"sample.mask_dir": str(masks)}), trained_workdir)
     assert str(masks / "b.png") in str(err.value) and "2 of 3" in str(err.value)
     assert f"mask {masks / 'c.png'} (sample.mask_dir) is 8x8 but its input" in str(err.value)
     assert sorted(os.listdir(out)) == ["a.png"]
@@ -128,7 +128,7 @@ def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path, trained_workdir)
     _png(src / "a.png")
     (src / "bad\nname.png").write_bytes(b"not a png")
     with pytest.raises(DataError) as err:
-        run_sample(_sample_cfg(src, out), trained_workdir)
+        run_restore_files(_sample_cfg(src, out), trained_workdir)
     assert "\n" not in str(err.value) and repr(str(src / "bad\nname.png")) in str(err.value)
 
 
@@ -180,9 +180,9 @@ def test_exif_orientation_is_applied_on_read(tmp_path):
 
 def test_fid_on_one_image_is_one_line_before_anything_runs():
     ev = config(**{"eval.metrics": "psnr,fid", "eval.fid_weights": "inception.npz"}).eval
-    evaluate.check_fid_sizes(ev, {"main": [0, 1]})
+    scoring.check_fid_sizes(ev, {"main": [0, 1]})
     with pytest.raises(ConfigError, match="test set 'main' has 1 image.*FID needs at least 2"):
-        evaluate.check_fid_sizes(ev, {"main": [0]})
+        scoring.check_fid_sizes(ev, {"main": [0]})
 
 
 # --- JPEG-robust hole inference -------------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_a_checkpoint_config_of_the_wrong_shape_is_one_line_naming_it(tmp_path, 
         api.load(workdir)
     _png(tmp_path / "in" / "a.png")
     with pytest.raises(ConfigError, match=rf"checkpoint config {where} is not a saved run config"):
-        run_sample(_sample_cfg(tmp_path / "in", tmp_path / "out"), workdir)
+        run_restore_files(_sample_cfg(tmp_path / "in", tmp_path / "out"), workdir)
 
 
 # --- 7. restore() refuses floats out of [0, 1] and non-finite values ------------------------------
@@ -280,7 +280,7 @@ def test_restore_refuses_floats_out_of_range_and_nan(trained_workdir, values, me
     with pytest.raises(ValueError, match=message.split(".*")[0]):
         export_loader.ExportedRestorer(None, {})(values)  # refused before the artifact runs
     with pytest.raises(DataError, match="NaN|must lie in"):  # the sampler (eval, sample mode)
-        program.sampler(config())(model.params, values[None] * 2 - 1, np.zeros(2, np.uint32))
+        program.build_sampler(config())(model.params, values[None] * 2 - 1, np.zeros(2, np.uint32))
 
 
 # --- 14. messages: the full unknown key; step= in the API -----------------------------------------

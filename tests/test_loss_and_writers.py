@@ -1,4 +1,5 @@
-"""The training loss for every preset × π mode × parameterisation, the optimizer, and the writers."""
+"""The training loss for every preset × π mode × parameterisation, the optimizer, and the
+writers."""
 from __future__ import annotations
 
 import json
@@ -35,7 +36,8 @@ def test_loss_is_the_mean_error_to_the_sde_target(preset, parameterization, loss
     mu = jnp.asarray(np.clip(np.asarray(x0) + rng.normal(0, 0.3, x0.shape), -1, 1), jnp.float32)
     params = {"w": jnp.float32(0.3), "c": jnp.float32(0.2)}
     key = jax.random.PRNGKey(7)
-    got = program.make_loss_fn(LinearNet(), schedule, bridge, loss)(params, {"x0": x0, "mu": mu}, key)
+    got = program.make_loss_fn(LinearNet(), schedule, bridge, loss)(params, {"x0": x0, "mu": mu},
+                                                                    key)
     # The same draws by hand (make_loss_fn splits the key into t, noise and dropout keys).
     k_t, k_n, _ = jax.random.split(key, 3)
     t = jax.random.randint(k_t, (4,), 0, 100)
@@ -49,11 +51,12 @@ def test_loss_is_the_mean_error_to_the_sde_target(preset, parameterization, loss
 
 
 def test_optimizer_schedule_and_clipping():
-    optim = ml_collections.ConfigDict(dict(optimizer="adamw", learning_rate=1e-3, weight_decay=0.1, b1=0.9,
-                                           b2=0.999, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1,
-                                           grad_clip=1.0, ema_decay=0.9))
+    optim = ml_collections.ConfigDict(
+        dict(optimizer="adamw", learning_rate=1e-3, weight_decay=0.1, b1=0.9, b2=0.999,
+             warmup_steps=10, schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, ema_decay=0.9))
     lr = learning_rate_schedule(optim, 110)
-    assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(1e-3) and float(lr(110)) == pytest.approx(1e-4)
+    assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(1e-3) and float(
+        lr(110)) == pytest.approx(1e-4)
     params, grads = {"w": jnp.zeros(4)}, {"w": jnp.full(4, 100.0)}  # global norm 200
 
     def first_moment(grad_clip: float) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""PSNR / SSIM: parity with scikit-image, golden values, the Y / crop / quantise protocol, errors."""
+"""PSNR / SSIM: parity with scikit-image, golden values, the Y / crop / quantise protocol,
+errors."""
 from __future__ import annotations
 
 import jax
@@ -84,14 +85,17 @@ def test_quantize_equals_uint8_measurement(astronaut_pair, color):
     assert float(metrics.ssim(a, b, **kw)) == pytest.approx(
         sk_ssim_ref(crop(ra, 2).astype(np.float64), crop(rb, 2).astype(np.float64), 255), abs=1e-4)
     # quantisation really changes the numbers (the flag is not ignored)
-    assert abs(float(metrics.psnr(a, b, **kw)) - float(metrics.psnr(a, b, color=color, crop_border=2))) > 1e-3
+    assert abs(
+        float(metrics.psnr(a, b, **kw)) -
+        float(metrics.psnr(a, b, color=color, crop_border=2))) > 1e-3
 
 
 def test_data_range_scales_consistently(astronaut_pair):
     a, b = astronaut_pair
     for fn in (metrics.psnr, metrics.ssim):
-        assert float(fn(a * 255, b * 255, data_range=255.0, color="y", quantize=True)) == pytest.approx(
-            float(fn(a, b, color="y", quantize=True)), abs=1e-4)
+        assert float(fn(a * 255, b * 255, data_range=255.0, color="y",
+                        quantize=True)) == pytest.approx(float(fn(a, b, color="y", quantize=True)),
+                                                         abs=1e-4)
 
 
 def test_golden_values():
@@ -102,7 +106,8 @@ def test_golden_values():
     assert float(metrics.ssim(a, a)) == pytest.approx(1.0, abs=1e-6)
     # constant images: SSIM = luminance term (2 mu_a mu_b + C1) / (mu_a² + mu_b² + C1), C1 = 1e-4
     c1 = 0.01 ** 2
-    assert float(metrics.ssim(a, b)) == pytest.approx((2 * .5 * .6 + c1) / (.25 + .36 + c1), abs=1e-6)
+    assert float(metrics.ssim(a, b)) == pytest.approx((2 * .5 * .6 + c1) / (.25 + .36 + c1),
+                                                      abs=1e-6)
     white, black = np.ones((1, 1, 3), np.float32), np.zeros((1, 1, 3), np.float32)
     assert float(metrics.rgb_to_y(white)[0, 0, 0]) == pytest.approx(235 / 255, abs=1e-6)
     assert float(metrics.rgb_to_y(black)[0, 0, 0]) == pytest.approx(16 / 255, abs=1e-7)

@@ -19,7 +19,8 @@ PAPER_GMACS = {"B": 23.97, "L": 32.93}  # at 256×256
 
 def abstract_params(model: UNet, shape: tuple[int, ...]):
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), x, x, jax.ShapeDtypeStruct(shape[:1], jnp.int32))
+    return jax.eval_shape(model.init, jax.random.key(0), x, x,
+                          jax.ShapeDtypeStruct(shape[:1], jnp.int32))
 
 
 def random_params(model: UNet, shape: tuple[int, ...], seed: int = 0):
@@ -137,12 +138,13 @@ def test_out_channels():
 
 def tiny_unet(**kw) -> UNet:
     """A two-level UNet: the same code as the presets, cheap to compile."""
-    return UNet(**{**dict(channels=8, channel_mult=(1, 2), num_blocks=(1, 1), num_heads=2, groups=4),
-                   **kw})
+    return UNet(
+        **{**dict(channels=8, channel_mult=(1, 2), num_blocks=(1, 1), num_heads=2, groups=4), **kw})
 
 
 def test_zero_init_output_and_float32_params_in_bf16_mode():
-    model = tiny_unet(channel_mult=(1,), num_blocks=(1,), dtype=jnp.bfloat16)  # one level: fast init
+    # one level: fast init
+    model = tiny_unet(channel_mult=(1,), num_blocks=(1,), dtype=jnp.bfloat16)
     x = jax.random.uniform(jax.random.key(1), (1, 8, 16, 3), minval=-1, maxval=1)
     # An rbg key: the same init, three times faster to compile on CPU than threefry.
     out, variables = jax.jit(model.init_with_output)(jax.random.key(0, impl="unsafe_rbg"), x, -x,
@@ -200,8 +202,9 @@ def test_remat_and_dropout():
     params = random_params(plain, shape, seed=2)
     x, t = jnp.linspace(-1, 1, np.prod(shape)).reshape(shape), jnp.array([40, 41])
     ref = jax.jit(plain.apply)(params, x, -x, t)
-    run = jax.jit(lambda key, train: remat.apply(params, x, -x, t, train=train, rngs={"dropout": key}),
-                  static_argnums=1)
+    run = jax.jit(
+        lambda key, train: remat.apply(params, x, -x, t, train=train, rngs={"dropout": key}),
+        static_argnums=1)
     np.testing.assert_allclose(run(jax.random.key(0), False), ref, rtol=1e-5, atol=1e-5)
     a, b = run(jax.random.key(0), True), run(jax.random.key(1), True)
     assert float(jnp.abs(a - b).max()) > 1e-4 and float(jnp.abs(a - ref).max()) > 1e-4
@@ -248,11 +251,14 @@ def test_create_model_reads_the_config_section():
             model.out_channels) == (jnp.bfloat16, jnp.float32, False, 0.1, True, 4)
     assert {s: downsample_factor({"size": s}) for s in SIZES} == {"T": 8, "S": 8, "B": 8, "L": 8}
     assert downsample_factor(cfg) == model.factor
-    assert model.attention_impl is None  # "xla", the default: jax.nn.dot_product_attention's XLA path
-    assert create_model({"size": "B", "dtype": "bfloat16", "attention_impl": "cudnn"}).attention_impl == "cudnn"
+    # "xla", the default: jax.nn.dot_product_attention's XLA path
+    assert model.attention_impl is None
+    assert create_model({"size": "B", "dtype": "bfloat16",
+                         "attention_impl": "cudnn"}).attention_impl == "cudnn"
 
 
-@pytest.mark.parametrize("bad,key", [({"size": "XL"}, "model.size"), ({"dtype": "int8"}, "model.dtype"),
+@pytest.mark.parametrize("bad,key", [({"size": "XL"}, "model.size"),
+                                     ({"dtype": "int8"}, "model.dtype"),
                                      ({"param_dtype": "f32"}, "model.param_dtype"),
                                      ({"dropout": 1.5}, "model.dropout"),
                                      ({"attention_impl": "flash"}, "model.attention_impl"),

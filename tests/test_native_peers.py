@@ -34,8 +34,10 @@ def _peer_thetas(T: int, schedule: str, dtype) -> "torch.Tensor":
     return torch.ones(T + 1, dtype=dtype)
 
 
-def peer_tables(preset: str, lam: float, T: int = 100, schedule: str = "cosine", dtype=torch.float32):
-    """(coefficient of x0 − μ, marginal std) on their timesteps 0..T, as their code computes them."""
+def peer_tables(preset: str, lam: float, T: int = 100, schedule: str = "cosine",
+                dtype=torch.float32):
+    """(coefficient of x0 − μ, marginal std) on their timesteps 0..T, as their code computes
+    them."""
     if preset == "goub":
         lambda_square = lam / 255 if lam >= 1 else lam
     else:
@@ -46,11 +48,13 @@ def peer_tables(preset: str, lam: float, T: int = 100, schedule: str = "cosine",
     sigma_bars = torch.sqrt(lambda_square ** 2 * (1 - torch.exp(-2 * thetas_cumsum * dt)))
     if preset == "irsde":
         return torch.exp(-thetas_cumsum * dt), sigma_bars
-    sigma_t_T = torch.sqrt(lambda_square ** 2 * (1 - torch.exp(-2 * (thetas_cumsum[-1] - thetas_cumsum) * dt)))
+    sigma_t_T = torch.sqrt(lambda_square**2 *
+                           (1 - torch.exp(-2 * (thetas_cumsum[-1] - thetas_cumsum) * dt)))
     f_sigmas = sigma_bars * sigma_t_T / sigma_bars[-1]
     m = torch.exp(-thetas_cumsum * dt) * sigma_t_T ** 2 / sigma_bars[-1] ** 2
-    n = ((1 - torch.exp(-thetas_cumsum * dt)) * sigma_t_T ** 2
-         + torch.exp(-2 * (thetas_cumsum[-1] - thetas_cumsum) * dt) * sigma_bars ** 2) / sigma_bars[-1] ** 2
+    n = ((1 - torch.exp(-thetas_cumsum * dt)) * sigma_t_T**2 +
+         torch.exp(-2 *
+                   (thetas_cumsum[-1] - thetas_cumsum) * dt) * sigma_bars**2) / sigma_bars[-1]**2
     np.testing.assert_allclose((m + n).numpy(), 1.0, atol=1e-5)  # f_mean = μ + m (x0 − μ)
     return m, f_sigmas
 
@@ -62,7 +66,8 @@ def _project(preset: str, lam: float, T: int = 100, schedule: str = "cosine"):
 
 
 # GOUB's configs use lambda_square = 30 (→ (30/255)²); IR-SDE's max_sigma = 10 / 50 and < 1 values.
-CASES = [("goub", 30.0), ("goub", 1.0), ("goub", 0.5), ("irsde", 10.0), ("irsde", 50.0), ("irsde", 1.0)]
+CASES = [("goub", 30.0), ("goub", 1.0), ("goub", 0.5), ("irsde", 10.0), ("irsde", 50.0),
+         ("irsde", 1.0)]
 
 
 @pytest.mark.parametrize("preset,lam", CASES)
@@ -70,15 +75,19 @@ CASES = [("goub", 30.0), ("goub", 1.0), ("goub", 0.5), ("irsde", 10.0), ("irsde"
 def test_native_tables_match_peer_code(preset, lam, schedule):
     theta, sigma, s = _project(preset, lam, schedule=schedule)
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
-        ref_theta, ref_sigma = (t.double().numpy() for t in peer_tables(preset, lam, 100, schedule, dtype))
-        np.testing.assert_allclose(theta, ref_theta[1:], atol=tol, rtol=0)   # index i ↔ timestep i + 1
+        ref_theta, ref_sigma = (t.double().numpy()
+                                for t in peer_tables(preset, lam, 100, schedule, dtype))
+        # index i ↔ timestep i + 1
+        np.testing.assert_allclose(theta, ref_theta[1:], atol=tol, rtol=0)
         np.testing.assert_allclose(sigma, ref_sigma[1:], atol=tol, rtol=0)
-        assert ref_theta[0] == pytest.approx(1.0, abs=tol) and ref_sigma[0] == pytest.approx(0.0, abs=tol)
+        assert ref_theta[0] == pytest.approx(1.0, abs=tol) and ref_sigma[0] == pytest.approx(
+            0.0, abs=tol)
     assert math.isclose(float(np.sum(np.asarray(s.theta))), -math.log(0.01), rel_tol=1e-12)
     assert s.discretization == "native" and s.lam == lam
 
 
-# Printed by the transcription of the peers' code above (float32, T = 100, cosine) at their timesteps 1, 25, 50, 75, 100.
+# Printed by the transcription of the peers' code above (float32, T = 100, cosine) at their
+# timesteps 1, 25, 50, 75, 100.
 GOLDEN_STEPS = [1, 25, 50, 75, 100]
 GOLDEN = {
     ("goub", 30.0): ([0.99984670, 0.87097973, 0.41209489, 0.08457829, 0.0],
@@ -99,7 +108,8 @@ def test_native_golden_values(preset, lam):
 def test_native_differs_from_rdbm_discretisation():
     native, _, _ = _project("goub", 10 / 255)
     with jax.enable_x64(True):
-        rdbm = np.asarray(sde.make_schedule(100, "cosine", 10 / 255, "goub", dtype=jnp.float64).Theta)
+        rdbm = np.asarray(
+            sde.make_schedule(100, "cosine", 10 / 255, "goub", dtype=jnp.float64).Theta)
     assert np.max(np.abs(native - rdbm)) > 0.05
 
 

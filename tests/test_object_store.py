@@ -14,9 +14,11 @@ from rdbm_jax import checkpoints, evaluate, export, sweep, train
 from tests.helpers import config, read_metrics
 from tests.object_store import fake_gcs, local_of
 
-STEPS = {"train.num_steps": 2, "train.checkpoint_every": 1, "train.log_every": 1, "train.eval_every": 2,
-         "train.eval_num_images": 1, "train.tensorboard": "none", "eval.max_images": 1,
-         "sweep.nfe": "1", "sweep.eta": "0"}
+STEPS = {
+    "train.num_steps": 2, "train.checkpoint_every": 1, "train.log_every": 1, "train.eval_every": 2,
+    "train.eval_num_images": 1, "train.tensorboard": "none", "eval.max_images": 1, "sweep.nfe": "1",
+    "sweep.eta": "0"
+}
 
 
 @pytest.mark.slow  # ~2 min on 2 shared cores: two training runs, eval, sweep, export, the API
@@ -54,7 +56,8 @@ def test_gs_workdir_trains_resumes_evaluates_exports_and_loads(tmp_path, monkeyp
 def test_gs_checkpoint_loads_in_the_api_sample_and_eval(trained_workdir, tmp_path, monkeypatch):
     """rdbm_jax.load used os.path.isdir and checkpoints.resolve made the URL a local path."""
     root = tmp_path / "bucket_root"
-    shutil.copytree(trained_workdir, root / "bucket" / "run", ignore=shutil.ignore_patterns("eval", "sweep"))
+    shutil.copytree(trained_workdir, root / "bucket" / "run",
+                    ignore=shutil.ignore_patterns("eval", "sweep"))
     with fake_gcs(str(root), monkeypatch):
         url = "gs://bucket/run"
         assert checkpoints.resolve(url, f"{url}/checkpoints/2") == (f"{url}/checkpoints", 2)

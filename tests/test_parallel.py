@@ -15,12 +15,19 @@ from tests.helpers import REPO
 pytestmark = pytest.mark.integration  # the 8-device side runs in a second process
 
 
+class OneTestSet(list):
+    """Examples of task "t"'s only test set, read as score_sources reads a data.EvalSource."""
+    task = "t"
+    test_set = "t"
+    label = "t"
+
+
 def probe(n_devices: int) -> dict:
     """Train 2 dispatches and evaluate 4 images on a mesh of the first `n_devices` devices."""
     import jax
     from jax.sharding import Mesh
 
-    from rdbm_jax import distributed, evaluate, program, sde, train
+    from rdbm_jax import distributed, program, scoring, sde, train
     from rdbm_jax.sampler import Sampler
     from tests.helpers import config
 
@@ -29,7 +36,11 @@ def probe(n_devices: int) -> dict:
     prog = program.program(cfg, mesh)
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (1, 8, 32, 32, 3)).astype(np.float32)  # global batch 8
-    batch = distributed.global_batch(mesh, {"x0": x0, "mu": np.clip(x0 * 0.5 + 0.3, -1, 1).astype(np.float32), "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}, 1)
+    batch = distributed.global_batch(
+        mesh, {
+            "x0": x0, "mu": np.clip(x0 * 0.5 + 0.3, -1, 1).astype(np.float32), "mask": np.ones(
+                x0.shape[:-1] + (1,), np.float32)
+        }, 1)
     state, losses = prog.init(program.init_key(cfg.seed)), []  # as train.py initialises it
     for _ in range(2):
         state, m, _ = prog.step(state, batch, jax.random.PRNGKey(1))
@@ -39,10 +50,11 @@ def probe(n_devices: int) -> dict:
     apply = lambda p, x, m, t: jax.numpy.tanh(m * p + x * 0.1)
     images = [rng.uniform(-1, 1, (24, 40, 3)).astype(np.float32) for _ in range(3)]
     images.append(rng.uniform(-1, 1, (16, 16, 3)).astype(np.float32))
-    source = [{"x0": img * 0.9, "mu": img, "name": f"im{i}", "task_name": "t"} for i, img in enumerate(images)]
+    source = OneTestSet({"x0": img * 0.9, "mu": img, "name": f"im{i}", "task_name": "t"}
+                        for i, img in enumerate(images))
     cfg.sample.batch_size = 3
     restorer = Sampler(apply, sde.make_schedule(100), num_steps=4, multiple=8, mesh=mesh, eta=1.0)
-    rows, _, _ = evaluate.score_sources(restorer, 1.5, {"t": source}, cfg, jax.random.PRNGKey(0))
+    rows, _, _ = scoring.score_sources(restorer, 1.5, {"t": source}, cfg, jax.random.PRNGKey(0))
     out["eval"] = [(r["name"], r["psnr"]) for r in rows]
     return out
 
@@ -51,10 +63,11 @@ def probe(n_devices: int) -> dict:
 def results() -> tuple[dict, dict]:
     """(1 device in this process, 8 host CPU devices in a subprocess)."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    code = ("import json, jax; from tests.test_parallel import probe; assert len(jax.devices()) == 8; "
-            "print('RESULT' + json.dumps(probe(8)))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    code = (
+        "import json, jax; from tests.test_parallel import probe; assert len(jax.devices()) == 8; "
+        "print('RESULT' + json.dumps(probe(8)))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return probe(1), json.loads(proc.stdout.split("RESULT")[1])
 
@@ -69,4 +82,5 @@ def test_eight_devices_match_one_device():
 def test_eval_order_and_values_same_on_eight_devices():
     one, eight = results()
     assert [n for n, _ in eight["eval"]] == ["im0", "im1", "im2", "im3"]
-    np.testing.assert_allclose([p for _, p in one["eval"]], [p for _, p in eight["eval"]], atol=1e-4)
+    np.testing.assert_allclose([p for _, p in one["eval"]], [p for _, p in eight["eval"]],
+                               atol=1e-4)

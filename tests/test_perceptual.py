@@ -1,4 +1,5 @@
-"""LPIPS / FID-Inception: parity with the PyTorch references on random weights, converters, FID, errors.
+"""LPIPS / FID-Inception: parity with the PyTorch references on random weights, converters, FID,
+errors.
 
 Everything torch runs on CPU; nothing is downloaded (TORCH_HOME is a temporary folder and the
 download function is replaced by one that fails the test).
@@ -27,8 +28,10 @@ LPIPS_WEIGHTS = os.path.join(os.path.dirname(lpips_ref.__file__), "weights", "v0
 
 
 def pytorch_fid():
-    """(pytorch_fid.inception, pytorch_fid.fid_score), or skip the FID references (`pip install pytorch-fid`)."""
-    return (pytest.importorskip("pytorch_fid.inception"), pytest.importorskip("pytorch_fid.fid_score"))
+    """(pytorch_fid.inception, pytorch_fid.fid_score), or skip the FID references (`pip install
+    pytorch-fid`)."""
+    return (pytest.importorskip("pytorch_fid.inception"),
+            pytest.importorskip("pytorch_fid.fid_score"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,7 +57,8 @@ def to_nchw(x: np.ndarray) -> "torch.Tensor":
 
 
 def lpips_pairs(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Three image pairs in [-1, 1]: photo vs. light noise, photo vs. heavy noise, random vs. random."""
+    """Three image pairs in [-1, 1]: photo vs. light noise, photo vs. heavy noise, random vs.
+    random."""
     rng = np.random.default_rng(1)
     photo = data.astronaut()[100:100 + h, 150:150 + w].astype(np.float32) / 127.5 - 1
     a = np.stack([photo, photo, rng.uniform(-1, 1, photo.shape)])
@@ -159,7 +163,8 @@ def fid_setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("inception")
     torch.save(inc.state_dict(), folder / "pt_inception.pth")
     out = str(folder / "inception_fid.npz")
-    assert convert.main(["inception", "--torch", str(folder / "pt_inception.pth"), "--out", out]) == 0
+    assert convert.main(["inception", "--torch",
+                         str(folder / "pt_inception.pth"), "--out", out]) == 0
     return ref, out, inc
 
 
@@ -250,8 +255,10 @@ def test_fid_golden_values_and_fallback(monkeypatch):
 
     monkeypatch.setattr(fid, "_sqrtm", flaky)
     s = np.diag([1.0, 2.0])
-    # after the fallback sqrt((S + eps I)²) = S + eps I, so FID = 2 tr S - 2 tr(S + eps I) = -2 d eps
-    assert fid.frechet_distance(np.zeros(2), s, np.zeros(2), s, eps=1e-3) == pytest.approx(-4e-3, abs=1e-12)
+    # after the fallback sqrt((S + eps I)²) = S + eps I, so FID = 2 tr S - 2 tr(S + eps I) = -2 d
+    # eps
+    assert fid.frechet_distance(np.zeros(2), s, np.zeros(2), s,
+                                eps=1e-3) == pytest.approx(-4e-3, abs=1e-12)
     np.testing.assert_allclose(calls[1], (s + 1e-3 * np.eye(2)) @ (s + 1e-3 * np.eye(2)))
     with pytest.raises(ValueError, match="need features"):
         fid.compute_statistics(np.zeros((1, 4)))
@@ -277,7 +284,8 @@ def test_stats_roundtrip_and_errors(tmp_path):
         fid.load_stats(str(tmp_path / "junk.npz"))
 
 
-def _zero_npz(path: str, kind: str, shapes: dict[str, tuple[int, ...]], net: str) -> dict[str, np.ndarray]:
+def _zero_npz(path: str, kind: str, shapes: dict[str, tuple[int, ...]],
+              net: str) -> dict[str, np.ndarray]:
     """A structurally valid converted .npz (zeros), made without torch."""
     flat = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
     flat.update({"meta/kind": np.array(kind), "meta/net": np.array(net)})
@@ -295,7 +303,8 @@ def test_weight_file_errors(tmp_path):
         make_lpips(missing, "alex")
     with pytest.raises(DataError, match=r"nope\.npz \(eval\.fid_weights\)"):
         make_inception(missing)
-    with pytest.raises(DataError, match="expected lpips weights.*found inception.*eval.lpips_weights"):
+    with pytest.raises(DataError,
+                       match="expected lpips weights.*found inception.*eval.lpips_weights"):
         make_lpips(inception_npz, "alex")
     with pytest.raises(ConfigError, match="eval.lpips_net"):
         make_lpips(inception_npz, "squeeze")

@@ -26,13 +26,13 @@ def test_a_program_is_shared_exactly_when_what_it_reads_agrees():
 
 def test_a_sampler_is_shared_exactly_when_what_it_reads_agrees():
     mesh = distributed.make_mesh()
-    base = program.sampler(config(), mesh)
-    assert program.sampler(config(**{"sample.batch_size": 3, "optim.b2": 0.9}), mesh) is base
-    assert program.sampler(config(), mesh, num_steps=base.num_steps) is base
+    base = program.build_sampler(config(), mesh)
+    assert program.build_sampler(config(**{"sample.batch_size": 3, "optim.b2": 0.9}), mesh) is base
+    assert program.build_sampler(config(), mesh, num_steps=base.num_steps) is base
     for key, value in (("sample.eta", 1.0), ("sample.clip", False), ("sample.tile_size", 32),
                        ("bridge.lam", 0.05), ("model.condition", "mu")):
-        assert program.sampler(config(**{key: value}), mesh) is not base, key
-    assert program.sampler(config(), mesh, eta=0.5).eta == 0.5
+        assert program.build_sampler(config(**{key: value}), mesh) is not base, key
+    assert program.build_sampler(config(), mesh, eta=0.5).eta == 0.5
 
 
 def test_load_trained_restores_the_ema_or_raw_parameters_only(trained_workdir):

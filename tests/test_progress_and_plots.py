@@ -1,4 +1,5 @@
-"""Progress bars stay quiet off a terminal and keep log lines apart; the plots label what was run."""
+"""Progress bars stay quiet off a terminal and keep log lines apart; the plots label what was
+run."""
 import io
 import logging
 import sys
@@ -96,8 +97,10 @@ def test_sweep_plot_ticks_are_the_nfe_values_run(tmp_path):
     plt.close(few)
     masked = sweep.figure([{**r, "psnr_masked": 18.0 + r["nfe"] / 10, "psnr_masked_baseline": 19.0}
                            for r in rows])
-    assert [ax.get_ylabel() for ax in masked.axes] == ["PSNR (dB)", "SSIM", "PSNR inside the holes (dB)"]
-    assert [line.get_label() for line in masked.axes[2].get_lines()] == ["η = 0", "η = 1", "baseline"]
+    assert [ax.get_ylabel()
+            for ax in masked.axes] == ["PSNR (dB)", "SSIM", "PSNR inside the holes (dB)"]
+    assert [line.get_label()
+            for line in masked.axes[2].get_lines()] == ["η = 0", "η = 1", "baseline"]
     plt.close(masked)
     sweep.plot(rows, str(tmp_path / "s.png"))
     # 10 × 3.8 in at 120 dpi, lines for η = 0 and η = 1

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from rdbm_jax import baselines, conditioning, data, evaluate, metrics, sde
+from rdbm_jax import baselines, conditioning, data, evaluate, metrics, reports, scoring, sde
 from rdbm_jax.data import degradations
 from rdbm_jax.data.spec import source_spec
 from tests.helpers import config, read_metrics
@@ -250,7 +250,7 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     for key in ("psnr", "psnr_baseline", "psnr_input", "psnr_masked", "psnr_masked_baseline",
                 "psnr_masked_input", "psnr_kept", "ssim_masked_baseline"):
         assert f"val/{key}" in last, key
-    assert last["val/psnr_kept"] == evaluate.KEPT_CAP  # known pixels come back exactly
+    assert last["val/psnr_kept"] == scoring.KEPT_CAP  # known pixels come back exactly
     assert last["val/psnr_baseline"] > last["val/psnr_input"] + 5
     line = [r.getMessage() for r in caplog.records if " val main " in r.getMessage()][0]
     assert "baseline: biharmonic (true mask)" in line and "| baseline " in line and "| input " in line
@@ -258,7 +258,7 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     assert rows and rows[-1]["val/psnr_masked_baseline"] == last["val/psnr_masked_baseline"]
     grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_2.png")))
     # four columns (μ │ baseline │ ours │ x0) of equal aspect: the grid is ≥ 4 cells wide
-    assert grid.shape[1] > 3.5 * evaluate.GRID_HEIGHT * 0.6
+    assert grid.shape[1] > 3.5 * reports.GRID_HEIGHT * 0.6
 
     with caplog.at_level("INFO", logger="rdbm_jax"):
         per_task = evaluate.run_eval(cfg, workdir)
@@ -274,7 +274,7 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     assert "psnr_baseline" in header and "psnr_masked" in header
 
     # sample mode: masks inferred from the white fill, or read from a folder; known pixels kept
-    from rdbm_jax.sample import run_sample
+    from rdbm_jax.restore_files import run_restore_files
     from rdbm_jax.errors import DataError
     ex = data.build_eval_sources(cfg.data)["main"][0]
     in_dir, mask_dir = tmp_path / "in", tmp_path / "masks"
@@ -285,12 +285,12 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     for masks in ("", str(mask_dir)):
         out_dir = tmp_path / f"out{len(masks)}"
         cfg.sample.input_dir, cfg.sample.output_dir, cfg.sample.mask_dir = str(in_dir), str(out_dir), masks
-        assert run_sample(cfg, workdir)["restored"] == 1
+        assert run_restore_files(cfg, workdir)["restored"] == 1
         restored = np.asarray(Image.open(out_dir / "a.png"), np.float32) / 127.5 - 1
         np.testing.assert_allclose(restored[keep], ex["mu"][keep], atol=1 / 127.5 + 1e-6)
     # b.png (another size: its own batch, after a.png's) has no mask: refused before a.png is written
     data.save_image(str(in_dir / "b.png"), ex["mu"][:, :-8])
     cfg.sample.output_dir, cfg.sample.mask_dir = str(tmp_path / "out_bad"), str(mask_dir)
     with pytest.raises(DataError, match="b.png.*sample.mask_dir"):
-        run_sample(cfg, workdir)
+        run_restore_files(cfg, workdir)
     assert not (tmp_path / "out_bad").exists() or not any((tmp_path / "out_bad").iterdir())

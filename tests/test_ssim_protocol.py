@@ -1,4 +1,5 @@
-"""eval.ssim_window × eval.quantize: parity with scikit-image for every protocol, DGSolver's included."""
+"""eval.ssim_window × eval.quantize: parity with scikit-image for every protocol, DGSolver's
+included."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from skimage import data
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
-from rdbm_jax import config as config_lib, evaluate, metrics
+from rdbm_jax import config as config_lib, metrics, scoring
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config
 
@@ -28,17 +29,20 @@ def ref_levels(x: np.ndarray, mode: str) -> np.ndarray:
     if mode == "none":
         return x.astype(np.float64)
     clipped = np.clip(x, 0, 1)
-    u8 = np.round(clipped * 255).astype(np.uint8) if mode == "round" else (clipped * 255).astype(np.uint8)
+    u8 = np.round(clipped * 255).astype(np.uint8) if mode == "round" else (clipped *
+                                                                           255).astype(np.uint8)
     return u8
 
 
 def ref_ssim(a: np.ndarray, b: np.ndarray, window: str) -> float:
     """scikit-image, called as each protocol calls it, channel by channel, averaged."""
     data_range = 255 if a.dtype == np.uint8 else 1.0
-    if window == "uniform":  # DGSolver's cal_ssim: structural_similarity(ref[:,:,i], gen[:,:,i]), defaults
+    # DGSolver's cal_ssim: structural_similarity(ref[:,:,i], gen[:,:,i]), defaults
+    if window == "uniform":
         kw = {} if a.dtype == np.uint8 else dict(data_range=1.0)
     else:
-        kw = dict(data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        kw = dict(data_range=data_range, gaussian_weights=True, sigma=1.5,
+                  use_sample_covariance=False)
     return float(np.mean([sk_ssim(a[..., c], b[..., c], **kw) for c in range(a.shape[-1])]))
 
 
@@ -56,7 +60,8 @@ def test_ssim_and_psnr_match_skimage_for_every_protocol(pair, window, mode):
 
 def test_protocols_really_differ(pair):
     a, b = pair
-    g, u = (float(metrics.ssim(a, b, quantize="truncate", window=w)) for w in ("gaussian", "uniform"))
+    g, u = (float(metrics.ssim(a, b, quantize="truncate", window=w))
+            for w in ("gaussian", "uniform"))
     assert abs(g - u) > 1e-3
     r, t = (float(metrics.psnr(a, b, quantize=m)) for m in ("round", "truncate"))
     assert abs(r - t) > 1e-3
@@ -82,7 +87,7 @@ def test_bad_protocol_values_are_one_line_config_errors(pair):
 
 def test_protocol_record_names_window_and_quantisation():
     cfg = config("universal", None)
-    record = evaluate.protocol(cfg)
+    record = scoring.protocol(cfg)
     assert record["ssim_window"] == "uniform" and record["quantize"] == "truncate"
     assert "7x7 uniform" in record["ssim"]
     json.dumps(record)  # written into metrics.json as is

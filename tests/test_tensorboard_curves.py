@@ -1,4 +1,5 @@
-"""TensorBoard event files without TensorFlow (read back with TensorBoard's own reader), and curves.png."""
+"""TensorBoard event files without TensorFlow (read back with TensorBoard's own reader), and
+curves.png."""
 import json
 import os
 import shutil
@@ -21,7 +22,8 @@ def read_events(logdir: str):
 
 
 def test_tensorboardx_writer_reads_back(tmp_path):
-    w = writers.create_writer(str(tmp_path), is_main=True)  # the default: tensorboardX, no TensorFlow
+    # the default: tensorboardX, no TensorFlow
+    w = writers.create_writer(str(tmp_path), is_main=True)
     w.write_scalars(5, {"train/loss": np.float32(0.25), "val/psnr": 21.5})
     w.write_images(5, {"grid": np.linspace(0, 1, 8 * 12 * 3, dtype=np.float32).reshape(8, 12, 3)})
     w.close()
@@ -42,14 +44,15 @@ def test_purge_step_makes_a_resumed_history_read_once(tmp_path):
     for step in range(10, 51, 10):
         first.write_scalars(step, {"loss": 1.0, "grad_norm": 1.0})
     first.close()
-    resumed = writers.TensorBoardXWriter(logdir, purge_step=30)  # resumed from a checkpoint at step 30
+    # resumed from a checkpoint at step 30
+    resumed = writers.TensorBoardXWriter(logdir, purge_step=30)
     for step in range(30, 51, 10):
         resumed.write_scalars(step, {"loss": 2.0})  # e.g. no longer logs grad_norm
     resumed.close()
     assert len([f for f in os.listdir(logdir) if "tfevents" in f]) == 2
     acc = read_events(logdir)
-    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(10, 1.0), (20, 1.0), (30, 2.0), (40, 2.0),
-                                                                (50, 2.0)]
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(10, 1.0), (20, 1.0), (30, 2.0),
+                                                                (40, 2.0), (50, 2.0)]
     assert [e.step for e in acc.Scalars("grad_norm")] == [10, 20]  # stale 30–50 gone too
 
 
@@ -84,7 +87,8 @@ def test_training_writes_events_and_curves_and_resume_reads_once(trained_run, tm
     assert curves_png.shape[0] > 300 and curves_png.shape[1] > 800
     assert curves_png[..., :3].std() > 10  # something drawn, not a blank canvas
 
-    shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))  # crash after logging 3–4, before saving 4
+    # crash after logging 3–4, before saving 4
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
     cfg.train.eval_every = 0  # the resumed run validates no more: its history has no val/psnr at 4
     train.train_and_evaluate(cfg, workdir)  # resumes from step 2 again
     acc = read_events(os.path.join(workdir, "tensorboard"))
@@ -108,17 +112,20 @@ def test_curves_add_a_panel_inside_the_holes_when_logged(tmp_path):
 
 def test_curves_plot_every_psnr_series_present(tmp_path):
     rows = [{"step": s, "train/loss": 1.0 / s} for s in range(1, 41)]
-    rows += [{"step": s, "val/psnr": 20 + s / 10, "val/psnr_baseline": 19 + s / 20, "val/psnr_input": 10.0}
-             for s in (10, 20, 30, 40)]
+    rows += [{
+        "step": s, "val/psnr": 20 + s / 10, "val/psnr_baseline": 19 + s / 20, "val/psnr_input": 10.0
+    } for s in (10, 20, 30, 40)]
     rows += [{"step": 40, "val/psnr": 30.0}]  # a step logged twice (resume): the last row counts
     path = tmp_path / "metrics.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{\"step\": 41, \"tra")  # cut-short line
+    # cut-short line
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{\"step\": 41, \"tra")
     series = curves.read_series(str(path), ["train/loss", *curves.PSNR_SERIES])
     assert series["val/psnr"] == ([10, 20, 30, 40], [21.0, 22.0, 23.0, 30.0])
     assert set(series) == {"train/loss", "val/psnr", "val/psnr_baseline", "val/psnr_input"}
     assert curves.refresh(str(tmp_path))
     assert Image.open(tmp_path / "curves.png").size[0] > 800
-    assert [ax.get_title() for ax in curves.figure(series).axes] == ["training loss", "validation PSNR"]
+    assert [ax.get_title()
+            for ax in curves.figure(series).axes] == ["training loss", "validation PSNR"]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert not curves.refresh(str(empty)) and not os.path.exists(empty / "curves.png")

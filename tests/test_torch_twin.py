@@ -16,9 +16,10 @@ nn = torch.nn
 from benchmarks import torch_twin as tw  # noqa: E402 — imports torch
 
 THETA_GOLD = [0, .02794, .09949, .20867, .34550, .49723, .64953, .78790, .89904, .97214, .99937]
-SIGMA_GOLD = {10 / 255: [0, .19793, .19705, .19367, .18583, .17181, .15057, .12195, .08671, .04642,
-                         .00703],
-              1e-4: [0, .01000, .00995, .00978, .00938, .00868, .00760, .00616, .00438, .00234, .00036]}
+SIGMA_GOLD = {
+    10 / 255: [0, .19793, .19705, .19367, .18583, .17181, .15057, .12195, .08671, .04642, .00703],
+    1e-4: [0, .01000, .00995, .00978, .00938, .00868, .00760, .00616, .00438, .00234, .00036]
+}
 GOLD_T = [99, 89, 79, 69, 59, 49, 39, 29, 19, 9, 0]
 
 
@@ -40,7 +41,8 @@ def random_flax_params(model, shape, seed=0):
 
     def fill(path, leaf):
         if path[-1].key == "kernel":
-            return rng.normal(0.0, 1.0 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
+            return rng.normal(0.0, 1.0 / np.sqrt(np.prod(leaf.shape[:-1])),
+                              leaf.shape).astype(np.float32)
         base = 1.0 if path[-1].key == "scale" else 0.0
         return (base + 0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
 
@@ -110,7 +112,8 @@ def test_tables_match_the_spec_golden_values_and_rdbm_jax():
         # Chapman–Kolmogorov: every one-step variance v = Σ_t² − (Θ_t/Θ_s)² Σ_s² is ≥ 0.
         a = big_theta[1:] / big_theta[:-1]
         assert np.all(sigma[1:] ** 2 - a ** 2 * sigma[:-1] ** 2 >= -1e-12)
-    schedule = sde.make_schedule(num_timesteps=100, theta_schedule="cosine", lam=10 / 255, preset="rdbm")
+    schedule = sde.make_schedule(num_timesteps=100, theta_schedule="cosine", lam=10 / 255,
+                                 preset="rdbm")
     big_theta, sigma = tw.cosine_tables(100, 10 / 255)
     np.testing.assert_allclose(np.asarray(schedule.Theta), big_theta, atol=1e-6)
     np.testing.assert_allclose(np.asarray(schedule.Sigma), sigma, atol=1e-6)
@@ -228,10 +231,12 @@ def test_sampler_step_maps_marginal_points_onto_marginal_points():
 def test_sampler_clips_x0_and_runs_the_twin():
     mu = torch.zeros(1, 3, 8, 8)
     oracle = Oracle(torch.full((1, 3, 8, 8), 3.0))
-    assert torch.equal(tw.sample(oracle, mu, tw.cosine_tables(), num_steps=2), torch.ones(1, 3, 8, 8))
+    assert torch.equal(tw.sample(oracle, mu, tw.cosine_tables(), num_steps=2),
+                       torch.ones(1, 3, 8, 8))
     assert torch.equal(tw.sample(oracle, mu, tw.cosine_tables(), num_steps=2, clip=False),
                        torch.full((1, 3, 8, 8), 3.0))
-    out = tw.sample(tw.TwinUNet("T").eval(), torch.rand(1, 3, 8, 8), tw.cosine_tables(), num_steps=3)
+    out = tw.sample(
+        tw.TwinUNet("T").eval(), torch.rand(1, 3, 8, 8), tw.cosine_tables(), num_steps=3)
     assert out.shape == (1, 3, 8, 8) and torch.equal(out, torch.zeros_like(out))  # zero-init net
 
 
@@ -243,8 +248,8 @@ def test_compiled_train_step_matches_eager():
     for compile_ in (False, True):
         torch.manual_seed(1)
         model = tw.TwinUNet("T")
-        step = tw.make_train_step(model, torch.optim.Adam(model.parameters(), 1e-3), tw.cosine_tables(),
-                                  compile=compile_)
+        step = tw.make_train_step(model, torch.optim.Adam(model.parameters(), 1e-3),
+                                  tw.cosine_tables(), compile=compile_)
         torch.manual_seed(2)
         losses.append([float(step(x0, x0 * 0.5)) for _ in range(3)])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)

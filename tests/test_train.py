@@ -1,4 +1,5 @@
-"""Training loop: learning, exact resume after SIGTERM and after a hard kill, EMA, non-finite loss."""
+"""Training loop: learning, exact resume after SIGTERM and after a hard kill, EMA, non-finite
+loss."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,9 @@ from rdbm_jax.train_state import TrainState, ema_update
 from tests.helpers import config, read_metrics, train_in_subprocess, train_rows
 
 # Short runs: 4 steps, a checkpoint every 2, a log line every step, no periodic evaluation.
-RESUME = {"train.num_steps": 4, "train.checkpoint_every": 2, "train.log_every": 1, "train.eval_every": 0}
+RESUME = {
+    "train.num_steps": 4, "train.checkpoint_every": 2, "train.log_every": 1, "train.eval_every": 0
+}
 
 
 def _params(workdir: str, step: int):
@@ -76,13 +79,16 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(uninterrupted, tmp_path)
 @pytest.mark.integration
 def test_hard_kill_after_checkpoint_then_resume_matches(uninterrupted, tmp_path):
     workdir = str(tmp_path)
-    # Step 2's checkpoint is final before the hook of step 2 returns (saves are waited for); step 3 is lost.
-    proc = train_in_subprocess(workdir, RESUME, "def hook(step, state):\n    if step == 3:\n        os._exit(9)")
+    # Step 2's checkpoint is final before the hook of step 2 returns (saves are waited for); step 3
+    # is lost.
+    proc = train_in_subprocess(workdir, RESUME,
+                               "def hook(step, state):\n    if step == 3:\n        os._exit(9)")
     assert proc.returncode == 9, proc.stderr[-2000:]
     assert checkpoints.Checkpointer(workdir).latest_step() == 2
     reference = train_rows(uninterrupted)
     killed = [(r["step"], r["train/loss"]) for r in read_metrics(workdir)]
-    assert killed == [(s, reference[s]) for s in (1, 2, 3)]  # same seed and config → same loss curve
+    # same seed and config → same loss curve
+    assert killed == [(s, reference[s]) for s in (1, 2, 3)]
     train.train_and_evaluate(config(**RESUME), workdir)
     rows = train_rows(workdir)  # steps 1-3 of the killed run, then 3-4 again after the resume
     assert rows == reference
@@ -101,7 +107,9 @@ def test_non_finite_loss_stops_naming_step_and_keeps_last_good_checkpoint(tmp_pa
         return batch
 
     monkeypatch.setattr(train, "_next_batches", poisoned)
-    with pytest.raises(TrainingError, match=r"non-finite loss or gradient at step 3.*last good checkpoint: step 2"):
+    with pytest.raises(
+            TrainingError,
+            match=r"non-finite loss or gradient at step 3.*last good checkpoint: step 2"):
         train.train_and_evaluate(config(**RESUME), str(tmp_path))
     assert checkpoints.Checkpointer(str(tmp_path)).latest_step() == 2
     state = _params(str(tmp_path), 2)
@@ -115,7 +123,11 @@ def test_loss_decreases_when_fitting_one_batch():
     prog = program.program(cfg, mesh)  # the same compiled step the loop uses
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
-    batch = distributed.global_batch(mesh, {"x0": x0, "mu": np.clip(x0 + 0.5, -1, 1).astype(np.float32), "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}, 1)
+    batch = distributed.global_batch(
+        mesh, {
+            "x0": x0, "mu": np.clip(x0 + 0.5, -1, 1).astype(np.float32), "mask": np.ones(
+                x0.shape[:-1] + (1,), np.float32)
+        }, 1)
     state = prog.init(program.init_key(cfg.seed))  # as train.py initialises it
     losses = []
     for i in range(25):
@@ -131,7 +143,8 @@ def test_ema_math():
     np.testing.assert_allclose(new["w"], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * 6], rtol=1e-6)
     import optax
     params = {"w": jnp.array([1.0, -1.0])}
-    state = TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.5), ema_params=params, ema_decay=0.75)
+    state = TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.5), ema_params=params,
+                              ema_decay=0.75)
     state = state.apply_gradients(grads={"w": jnp.array([2.0, 2.0])})  # params → [0, -2]
     np.testing.assert_allclose(state.params["w"], [0.0, -2.0])
     np.testing.assert_allclose(state.ema_params["w"], [0.75 * 1 + 0.25 * 0, 0.75 * -1 + 0.25 * -2])
@@ -140,18 +153,23 @@ def test_ema_math():
 def test_several_steps_per_dispatch_equal_single_steps():
     from rdbm_jax import distributed
     mesh = distributed.make_mesh()
-    single, scanned = (program.program(config(**{"train.steps_per_dispatch": k}), mesh) for k in (1, 2))
+    single, scanned = (program.program(config(**{"train.steps_per_dispatch": k}), mesh)
+                       for k in (1, 2))
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (2, 2, 32, 32, 3)).astype(np.float32)
-    batches = {"x0": x0, "mu": np.clip(x0 + 0.3, -1, 1).astype(np.float32), "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}
+    batches = {
+        "x0": x0, "mu": np.clip(x0 + 0.3, -1, 1).astype(np.float32),
+        "mask": np.ones(x0.shape[:-1] + (1,), np.float32)
+    }
     key = jax.random.PRNGKey(3)
     batch = distributed.global_batch(mesh, batches, 1)
     s2, m2, finite = scanned.step(scanned.init(program.init_key(0)), batch, key)
     s1 = single.init(program.init_key(0))
     losses = []
     for i in range(2):
-        s1, m, _ = single.step(s1, distributed.global_batch(mesh, {k: v[i:i + 1] for k, v in batches.items()}, 1),
-                               key)
+        s1, m, _ = single.step(
+            s1, distributed.global_batch(mesh, {k: v[i:i + 1]
+                                                for k, v in batches.items()}, 1), key)
         losses.append(float(m.compute()["loss"]))
     assert np.asarray(finite).shape == (2,) and int(s2.step) == int(s1.step) == 2
     np.testing.assert_allclose(float(m2.compute()["loss"]), np.mean(losses), rtol=1e-5)
@@ -161,18 +179,25 @@ def test_several_steps_per_dispatch_equal_single_steps():
 
 @pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
 def test_params_and_ema_move_for_every_param_dtype(param_dtype):
-    """model.param_dtype=bfloat16 used to store and update bf16 parameters: Adam steps of lr·1 below a
-    weight's bf16 spacing were lost, and the EMA at decay 0.999 never moved. Masters stay float32."""
+    """model.param_dtype=bfloat16 used to store and update bf16 parameters: Adam steps of lr·1 below
+    a weight's bf16 spacing were lost, and the EMA at decay 0.999 never moved. Masters stay
+    float32."""
     from rdbm_jax import distributed, models
     assert param_dtype in models.PARAM_DTYPES
-    cfg = config(**{"model.param_dtype": param_dtype, "optim.learning_rate": 1e-4,
-                    "optim.warmup_steps": 0, "optim.schedule": "constant", "optim.ema_decay": 0.999})
+    cfg = config(
+        **{
+            "model.param_dtype": param_dtype, "optim.learning_rate": 1e-4, "optim.warmup_steps": 0,
+            "optim.schedule": "constant", "optim.ema_decay": 0.999
+        })
     mesh = distributed.make_mesh()
     prog = program.program(cfg, mesh)
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
-    batch = distributed.global_batch(mesh, {"x0": x0, "mu": np.clip(x0 + 0.5, -1, 1).astype(np.float32),
-                                            "mask": np.ones(x0.shape[:-1] + (1,), np.float32)}, 1)
+    batch = distributed.global_batch(
+        mesh, {
+            "x0": x0, "mu": np.clip(x0 + 0.5, -1, 1).astype(np.float32), "mask": np.ones(
+                x0.shape[:-1] + (1,), np.float32)
+        }, 1)
     start = prog.init(program.init_key(cfg.seed))  # as train.py initialises it
     first = jax.tree_util.tree_map(np.asarray, (start.params, start.ema_params))
     state = start
@@ -181,11 +206,13 @@ def test_params_and_ema_move_for_every_param_dtype(param_dtype):
         assert bool(np.all(np.asarray(finite)))
     for after in jax.tree_util.tree_leaves((state.params, state.ema_params)):
         assert after.dtype == jnp.float32
-    # Every kernel (the layers that hold almost all weights) moved, in the parameters and in the EMA.
+    # Every kernel (the layers that hold almost all weights) moved, in the parameters and in the
+    # EMA.
     for tree_before, tree_after in zip(first, (state.params, state.ema_params)):
         flat_b = jax.tree_util.tree_leaves_with_path(tree_before)
         flat_a = jax.tree_util.tree_leaves(tree_after)
-        kernels = [(p, b, a) for (p, b), a in zip(flat_b, flat_a) if "kernel" in jax.tree_util.keystr(p)]
+        kernels = [(p, b, a) for (p, b), a in zip(flat_b, flat_a)
+                   if "kernel" in jax.tree_util.keystr(p)]
         assert kernels
         for path, b, a in kernels:  # Adam moves every weight with a gradient by ~lr per step
             moved = np.mean(np.asarray(a, np.float32) != np.asarray(b, np.float32))

@@ -9,12 +9,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names below resolve to, for type checkers and the architecture test
+    from rdbm_jax.data.batching import same_size_batches
     from rdbm_jax.data.image_io import (IMAGE_EXTENSIONS, list_images, load_image, probe_size,
                                         save_image, set_max_pixels, shown, to_uint8)
     from rdbm_jax.data.masks import load_mask
     from rdbm_jax.data.pipeline import EvalSource, build_eval_sources, build_train_iterator
 
 _HOMES = {
+    "same_size_batches": "rdbm_jax.data.batching",
     **{name: "rdbm_jax.data.image_io" for name in (
         "IMAGE_EXTENSIONS", "list_images", "load_image", "probe_size", "save_image",
         "set_max_pixels", "shown", "to_uint8")},

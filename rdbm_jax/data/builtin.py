@@ -41,8 +41,8 @@ SPLITS = {
               "motorcycle_left", "motorcycle_right", "retina"),
     "val": ("chelsea", "flower", "rocket"),
     # For choosing recipes without touching val: train on tune_train, measure on tune (astronaut).
-    "tune_train": ("china", "coffee", "hubble_deep_field", "immunohistochemistry", "motorcycle_left",
-                   "motorcycle_right", "retina"),
+    "tune_train": ("china", "coffee", "hubble_deep_field", "immunohistochemistry",
+                   "motorcycle_left", "motorcycle_right", "retina"),
     "tune": ("astronaut",),
 }
 

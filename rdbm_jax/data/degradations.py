@@ -1,4 +1,5 @@
-"""Synthetic degradations of a clean [0, 1] RGB image (the condition μ for clean/builtin sources)."""
+"""Synthetic degradations of a clean [0, 1] RGB image (the condition μ for clean/builtin
+sources)."""
 from __future__ import annotations
 
 import io

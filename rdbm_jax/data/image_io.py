@@ -46,7 +46,8 @@ def set_max_pixels(limit: int) -> None:
 
 
 def list_images(folder: str, key: str | None = None) -> list[str]:
-    """Image files under `folder` (recursive), sorted by relative path; DataError if missing or empty."""
+    """Image files under `folder` (recursive), sorted by relative path; DataError if missing or
+    empty."""
     if not folder:
         raise DataError(f"no folder given{f' for {key}' if key else ''}")
     if not os.path.isdir(folder):
@@ -87,7 +88,8 @@ def _to_rgb(img: Image.Image, path: str, key: str | None) -> np.ndarray:
     if mode in _SIXTEEN_BIT_MODES:
         arr = np.asarray(img).astype(np.float32)
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise DataError(f"32-bit integer image with values outside 0..65535: {_where(path, key)}")
+            raise DataError(
+                f"32-bit integer image with values outside 0..65535: {_where(path, key)}")
         gray = arr / 65535.0
         return np.repeat(gray[..., None], 3, axis=-1)
     if mode == "F":
@@ -129,9 +131,11 @@ def _image_errors(path: str, key: str | None, unreadable: str) -> Iterator[None]
     except IsADirectoryError:
         raise DataError(f"expected an image file, found a folder: {_where(path, key)}") from None
     except PermissionError:
-        raise DataError(f"image file not readable (permission denied): {_where(path, key)}") from None
+        raise DataError(
+            f"image file not readable (permission denied): {_where(path, key)}") from None
     except Image.UnidentifiedImageError:
-        raise DataError(f"not an image file (cannot identify format): {_where(path, key)}") from None
+        raise DataError(
+            f"not an image file (cannot identify format): {_where(path, key)}") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
@@ -177,7 +181,8 @@ def decode_image(path: str, key: str | None = None) -> np.ndarray:
 
 
 def probe_size(path: str, key: str | None = None) -> tuple[int, int]:
-    """(height, width) from the file header only (cheap build-time check); DataError naming the file."""
+    """(height, width) from the file header only (cheap build-time check); DataError naming the
+    file."""
     with _image_errors(path, key, "unreadable image header"):
         with Image.open(path) as img:
             w, h = img.size
@@ -199,8 +204,10 @@ def load_image(path: str) -> np.ndarray:
 
 
 def to_uint8(img: Any) -> np.ndarray:
-    """[−1, 1] floats → uint8 levels round((clip(x) + 1) · 127.5): the one conversion of every output."""
-    return np.round((np.clip(np.asarray(img, np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    """[−1, 1] floats → uint8 levels round((clip(x) + 1) · 127.5): the one conversion of every
+    output."""
+    return np.round(
+        (np.clip(np.asarray(img, np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
 def save_image(path: str, img: np.ndarray) -> None:
@@ -209,7 +216,8 @@ def save_image(path: str, img: np.ndarray) -> None:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
-        raise ValueError(f"save_image expects [H, W, 3] or [H, W], got shape {arr.shape} for {path}")
+        raise ValueError(
+            f"save_image expects [H, W, 3] or [H, W], got shape {arr.shape} for {path}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"save_image got non-finite values for {path}")
     u8 = to_uint8(arr)
@@ -217,7 +225,8 @@ def save_image(path: str, img: np.ndarray) -> None:
         Image.fromarray(u8).save(tmp, format="PNG")
 
 
-def resize_float(img: np.ndarray, height: int, width: int, resample: int = Image.LANCZOS) -> np.ndarray:
+def resize_float(img: np.ndarray, height: int, width: int,
+                 resample: int = Image.LANCZOS) -> np.ndarray:
     """Resize a float [H, W, C] image channel by channel (PIL float mode), clipped to [0, 1]."""
     chans = [np.asarray(Image.fromarray(np.ascontiguousarray(img[..., c]), mode="F")
                         .resize((width, height), resample=resample)) for c in range(img.shape[-1])]
@@ -247,12 +256,14 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, PIL's RGB → "L" weights
 
 
 def is_gray_file(path: str) -> bool:
-    """Whether an image file is grayscale (its header's PIL mode), so that its restoration is too."""
+    """Whether an image file is grayscale (its header's PIL mode), so that its restoration is
+    too."""
     with Image.open(path) as img:
         return img.mode in GRAY_MODES
 
 
 def to_gray(img: Any) -> np.ndarray:
-    """RGB [..., 3] float images (any range: the weights sum to 1) → gray [..., 1] (PIL's weights)."""
+    """RGB [..., 3] float images (any range: the weights sum to 1) → gray [..., 1] (PIL's
+    weights)."""
     arr = np.asarray(img, np.float32)
     return (arr @ np.asarray(LUMA, np.float32))[..., None]

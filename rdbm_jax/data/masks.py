@@ -9,7 +9,8 @@ from PIL import Image, ImageDraw
 
 from rdbm_jax.data.image_io import decode_image
 
-HOLE_VALUE = 1.0  # the hole is filled white (1 in [0, 1], i.e. +1 in model range), as in the paper's figure
+# the hole is filled white (1 in [0, 1], i.e. +1 in model range), as in the paper's figure
+HOLE_VALUE = 1.0
 _MAX_SHAPES = 400
 
 

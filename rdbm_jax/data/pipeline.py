@@ -1,5 +1,5 @@
-"""Training iterator (grain; shuffled, repeated, sharded, task-balanced; a task's named training sources mixed
-per data.train_mix) and evaluation sources (one per test set)."""
+"""Training iterator (grain; shuffled, repeated, sharded, task-balanced; a task's named training
+sources mixed per data.train_mix) and evaluation sources (one per test set)."""
 from __future__ import annotations
 
 import logging
@@ -30,7 +30,8 @@ def _build(data_cfg: ml_collections.ConfigDict, src: NamedSource, *, verify: boo
     if max_images:
         spec.max_images = min(int(spec.max_images) or max_images, max_images)
     degrader = Degrader(spec, src.key) if spec.kind in SYNTHETIC_KINDS else None
-    source = build_source(spec, src.key, skip_bad_files=bool(data_cfg.skip_bad_files), verify=verify)
+    source = build_source(spec, src.key, skip_bad_files=bool(data_cfg.skip_bad_files),
+                          verify=verify)
     return source, degrader, spec
 
 
@@ -55,8 +56,13 @@ class TrainExample:
     def __init__(self, source: ImageSource, degrader: Degrader | None, task_id: int, crop: int,
                  flip: str, skip_bad_files: bool, key: str, shard: tuple[int, int] = (0, 1),
                  crops: int = 1, cache_bytes: int = 0):
-        self.source, self.degrader, self.task_id = source, degrader, task_id
-        self.crop, self.flip, self.skip, self.key = crop, flip, skip_bad_files, key
+        self.source = source
+        self.degrader = degrader
+        self.task_id = task_id
+        self.crop = crop
+        self.flip = flip
+        self.skip = skip_bad_files
+        self.key = key
         self.shard = shard  # (process_index, process_count): replacements stay in this shard
         self.crops = crops  # data.crops_per_image
         self.cache_bytes = cache_bytes  # data.decode_cache_mib, in bytes (per process)
@@ -132,12 +138,13 @@ def mask_array(mask: np.ndarray) -> np.ndarray:
 
 
 def concat_batches(batches) -> dict[str, np.ndarray]:
-    """Concatenate sub-batches along the batch axis (tasks in id order; a decode's crops in turn)."""
+    """Concatenate sub-batches along the batch axis (tasks in id order; a decode's crops in
+    turn)."""
     return {k: np.concatenate([b[k] for b in batches], axis=0) for k in batches[0]}
 
 
-def _task_stream(data_cfg: ml_collections.ConfigDict, task_id: int, name: str, *, seed: int, mix: str,
-                 shard: tuple[int, int]) -> grain.MapDataset:
+def _task_stream(data_cfg: ml_collections.ConfigDict, task_id: int, name: str, *, seed: int,
+                 mix: str, shard: tuple[int, int]) -> grain.MapDataset:
     """The endless examples of one task: each training source shuffled per epoch and this process's
     shard only; several sources interleaved in proportion to their sizes (mix "size") or equally."""
     process_index, process_count = shard
@@ -146,13 +153,15 @@ def _task_stream(data_cfg: ml_collections.ConfigDict, task_id: int, name: str, *
     for j, src in enumerate(sources):
         source, degrader, _ = _build(data_cfg, src)
         if len(source) < process_count:
-            raise DataError(f"{src.key}: {len(source)} image(s) cannot be sharded over {process_count} "
-                            f"processes (each needs at least one)")
+            raise DataError(
+                f"{src.key}: {len(source)} image(s) cannot be sharded over {process_count} "
+                f"processes (each needs at least one)")
         fn = TrainExample(source, degrader, task_id, int(data_cfg.crop_size), data_cfg.flip,
                           bool(data_cfg.skip_bad_files), src.key, shard=shard,
                           crops=int(data_cfg.get("crops_per_image", 1)),
                           cache_bytes=int(data_cfg.get("decode_cache_mib", 0)) * 2**20)
-        # One source keeps the seeds of one-source tasks; several draw their own from (task, source).
+        # One source keeps the seeds of one-source tasks; several draw their own from (task,
+        # source).
         ids = (task_id,) if len(sources) == 1 else (task_id, j, 3)
         streams.append(grain.MapDataset.range(len(source))[process_index::process_count]
                        .shuffle(seed=_seed32(seed, *ids, 1))
@@ -161,7 +170,8 @@ def _task_stream(data_cfg: ml_collections.ConfigDict, task_id: int, name: str, *
         sizes.append(len(source))
     if len(streams) == 1:
         return streams[0]
-    # Deterministic weighted interleaving (grain): exact proportions, resumable from the index alone.
+    # Deterministic weighted interleaving (grain): exact proportions, resumable from the index
+    # alone.
     return grain.MapDataset.mix(streams, sizes if mix == "size" else None)
 
 
@@ -185,9 +195,10 @@ def num_workers(data_cfg: ml_collections.ConfigDict, *, accelerator: bool) -> in
 def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
                          process_index: int | None = None, process_count: int | None = None,
                          accelerator: bool = False) -> grain.DatasetIterator:
-    """Checkpointable iterator of per-process batches {x0, mu: f32 [B, crop, crop, 3], mask: f32 [B, crop,
-    crop, 1] (1 where μ may differ from x0: inpainting holes, else everywhere), task: i32 [B]}.
-    `accelerator`: the step runs on a GPU/TPU, so data.num_workers=-1 starts worker processes."""
+    """Checkpointable iterator of per-process batches {x0, mu: f32 [B, crop, crop, 3], mask: f32 [B,
+    crop, crop, 1] (1 where μ may differ from x0: inpainting holes, else everywhere), task: i32
+    [B]}. `accelerator`: the step runs on a GPU/TPU, so data.num_workers=-1 starts worker
+    processes."""
     # B = global_batch_size // process_count, split equally over the tasks (task-major order);
     # this process reads the files process_index::process_count of every task's training source(s).
     if process_index is None or process_count is None:
@@ -198,12 +209,14 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     names = task_names(data_cfg)
     if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ConfigError(f"train.batch_size: {global_batch_size} is not a positive multiple of the "
-                          f"process count {process_count}")
+        raise ConfigError(
+            f"train.batch_size: {global_batch_size} is not a positive multiple of the "
+            f"process count {process_count}")
     local = global_batch_size // process_count
     if local % len(names):
-        raise ConfigError(f"train.batch_size: per-process batch {local} does not split equally over "
-                          f"{len(names)} tasks {names}")
+        raise ConfigError(
+            f"train.batch_size: per-process batch {local} does not split equally over "
+            f"{len(names)} tasks {names}")
     per_task = local // len(names)
     mix = data_cfg.get("train_mix", TRAIN_MIXES[0])
     crops = int(data_cfg.get("crops_per_image", 1))
@@ -232,17 +245,24 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
 
 
 class EvalSource:
-    """Random-access evaluation examples of one test set: {x0, mu: f32 [H, W, 3] in [−1, 1], mask: f32
-    [H, W, 1], name, task_name} (training batches carry the int `task` id instead); `degradation`
-    names the synthetic degradation ("none" for real pairs), `spec` its parameters; `test_set` is the
-    set's name (the task's for a single eval source), `label` its report name."""
+    """Random-access evaluation examples of one test set: {x0, mu: f32 [H, W, 3] in [−1, 1], mask:
+    f32 [H, W, 1], name, task_name} (training batches carry the int `task` id instead);
+    `degradation` names the synthetic degradation ("none" for real pairs), `spec` its parameters;
+    `test_set` is the set's name (the task's for a single eval source), `label` its report name."""
 
     def __init__(self, task: str, source: ImageSource, degrader: Degrader | None,
-                 spec: ml_collections.ConfigDict, test_set: str | None = None, label: str | None = None):
-        self.task, self.source, self.degrader, self.spec = task, source, degrader, spec
-        self.test_set, self.label = test_set or task, label or task
+                 spec: ml_collections.ConfigDict, test_set: str | None = None,
+                 label: str | None = None):
+        self.task = task
+        self.source = source
+        self.degrader = degrader
+        self.spec = spec
+        self.test_set = test_set or task  # a task's single eval source is named by the task
+        self.label = label or task
         self.degradation = spec.degradation if degrader is not None else "none"
-        self.seed, self.size, self.fit = int(spec.seed), int(spec.eval_size), spec.eval_fit
+        self.seed = int(spec.seed)
+        self.size = int(spec.eval_size)
+        self.fit = spec.eval_fit
 
     def __len__(self) -> int:
         return len(self.source)
@@ -267,7 +287,8 @@ class EvalSource:
                 "name": item.name, "task_name": self.task}
 
     def known_parameters(self, index: int) -> dict:
-        """The synthetic degradation's known parameters of example `index` (for classical baselines)."""
+        """The synthetic degradation's known parameters of example `index` (for classical
+        baselines)."""
         if self.degrader is None:
             return {}
         rng = np.random.default_rng([self.seed % 2**32, index])  # the same draws as __getitem__
@@ -276,8 +297,9 @@ class EvalSource:
 
 def build_eval_sources(data_cfg: ml_collections.ConfigDict, *,
                        max_images: int = 0) -> dict[str, EvalSource]:
-    """Report label → EvalSource of every test set: `<task>/<name>` for named eval sources, the task alone
-    for a single one (sorted tasks, sorted sets, sorted images; the first `max_images` of each set if > 0)."""
+    """Report label → EvalSource of every test set: `<task>/<name>` for named eval sources, the task
+    alone for a single one (sorted tasks, sorted sets, sorted images; the first `max_images` of each
+    set if > 0)."""
     out = {}
     for task in task_names(data_cfg):
         for src in named_sources(data_cfg, task, "eval"):

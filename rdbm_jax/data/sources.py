@@ -1,4 +1,5 @@
-"""Random-access image sources (`__len__` / `read(i)`): paired folders, side-by-side, clean, built-in.
+"""Random-access image sources (`__len__` / `read(i)`): paired folders, side-by-side, clean,
+built-in.
 
 Folder-level problems (missing or empty folder, unpaired files) raise DataError when a source is
 built; per-file problems raise DataError when read (and at build time by a header probe when
@@ -69,7 +70,8 @@ class ImageSource(abc.ABC):
         return len(self.entries)
 
     def read(self, index: int) -> RawItem:
-        """Decode example `index` to float32 in [0, 1]; DataError naming the file(s) on a problem."""
+        """Decode example `index` to float32 in [0, 1]; DataError naming the file(s) on a
+        problem."""
         item = self.read_pixels(index)
         mu = None if item.mu is None else pixels_to_unit(item.mu)
         return RawItem(pixels_to_unit(item.x0), mu, item.name)
@@ -126,8 +128,9 @@ class PairedSource(ImageSource):
         mu = decode_pixels(lq_path, self.file_keys[0])
         x0 = decode_pixels(gt_path, self.file_keys[1])
         if mu.shape != x0.shape:
-            raise DataError(f"pair size mismatch: LQ {lq_path} is {mu.shape[1]}x{mu.shape[0]} but GT "
-                            f"{gt_path} is {x0.shape[1]}x{x0.shape[0]} ({self.key})")
+            raise DataError(
+                f"pair size mismatch: LQ {lq_path} is {mu.shape[1]}x{mu.shape[0]} but GT "
+                f"{gt_path} is {x0.shape[1]}x{x0.shape[0]} ({self.key})")
         return RawItem(x0, mu, name)
 
     def _probe(self, entry):
@@ -166,7 +169,8 @@ class SideBySideSource(ImageSource):
 
 
 def _by_stem(folder: str, key: str, strip: str) -> dict[str, str]:
-    """Matching key (relative stem, `strip` removed from the file name) → path; DataError if ambiguous."""
+    """Matching key (relative stem, `strip` removed from the file name) → path; DataError if
+    ambiguous."""
     out: dict[str, str] = {}
     for path in list_images(folder, key):
         stem = relative_stem(path, folder)
@@ -174,7 +178,8 @@ def _by_stem(folder: str, key: str, strip: str) -> dict[str, str]:
             head, _, base = stem.rpartition("/")
             stem = (head + "/" if head else "") + base.replace(strip, "", 1)
         if stem in out:
-            raise DataError(f"two files match the same name {stem!r}: {out[stem]} and {path} ({key})")
+            raise DataError(
+                f"two files match the same name {stem!r}: {out[stem]} and {path} ({key})")
         out[stem] = path
     return out
 
@@ -206,7 +211,10 @@ def _pair_entries(spec: ml_collections.ConfigDict, key: str,
 def build_source(spec: ml_collections.ConfigDict, key: str, *, skip_bad_files: bool,
                  verify: bool = False) -> ImageSource:
     """The source of one config (`key` = its config path); `verify` decodes every file at build."""
-    check = "decode" if (verify and skip_bad_files) else ("header" if spec.check_headers else "none")
+    if verify and skip_bad_files:
+        check = "decode"
+    else:
+        check = "header" if spec.check_headers else "none"
     common = dict(max_images=int(spec.max_images), skip_bad_files=skip_bad_files, check=check)
     kind = spec.kind
     if kind == "builtin":
@@ -220,4 +228,3 @@ def build_source(spec: ml_collections.ConfigDict, key: str, *, skip_bad_files: b
             return CleanSource(entries, key, **common)
         return SideBySideSource(entries, key, condition=spec.condition, **common)
     raise ConfigError(f"{key}.kind: unknown source kind {kind!r}")
-

@@ -19,11 +19,14 @@ SOURCE_KINDS = ("builtin", "paired", "side_by_side", "clean")
 BUILTIN_SPLITS = ("train", "val", "tune_train", "tune")  # rdbm_jax/data/builtin.py
 EVAL_FITS = ("resize", "crop")
 FLIPS = ("none", "horizontal", "both")  # data.flip: training flips (both = horizontal and vertical)
-TRAIN_MIXES = ("size", "equal")  # data.train_mix: a task's training sources in proportion to size, or equally
+# data.train_mix: a task's training sources in proportion to size, or equally
+TRAIN_MIXES = ("size", "equal")
 SYNTHETIC_KINDS = ("builtin", "clean")  # clean images only: μ comes from a synthetic degradation
-FOLDER_KEYS = ("lq_dir", "gt_dir", "dir", "mask_dir")  # relative folders are taken relative to data.root
+# relative folders are taken relative to data.root
+FOLDER_KEYS = ("lq_dir", "gt_dir", "dir", "mask_dir")
 TASK_NODES = ("train", "eval")  # the two nodes of a task
-_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a source name: one key of --config.data.tasks.<task>.<train|eval>.<name>.…
+# a source name: one key of --config.data.tasks.<task>.<train|eval>.<name>.…
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 DEGRADATIONS = ("none", "inpaint", "noise", "gaussian_blur", "motion_blur", "lowlight", "haze",
                 "rain", "jpeg")
 
@@ -32,15 +35,16 @@ def source_spec(**overrides) -> ml_collections.ConfigDict:
     """A data-source config with every key present (so a locked config accepts overrides)."""
     spec = ml_collections.ConfigDict(dict(
         kind="builtin",          # builtin | paired | side_by_side | clean
-        split="train",           # builtin only: train | val | tune_train | tune (by image: rdbm_jax/data/builtin.py)
+        split="train",           # builtin only: train | val | tune_train | tune (data/builtin.py)
         lq_dir="",               # paired: degraded images (μ)
         gt_dir="",               # paired: clean images (x0), matched by file stem
-        lq_strip="",             # paired: text removed from LQ file names before matching (e.g. "rain-")
+        # paired: text cut from LQ file names before matching (e.g. "rain-")
+        lq_strip="",
         gt_strip="",             # paired: ... from GT file names (e.g. "norain-" for Rain100H)
         dir="",                  # side_by_side: A|B files; clean: clean images
         condition="left",        # side_by_side: which half is the condition μ (left | right)
         degradation="none",      # builtin/clean: synthetic degradation applied to the clean image
-        mask_dir="",             # inpaint: optional folder of masks (white = hole) instead of generated
+        mask_dir="",             # inpaint: optional folder of masks (white = hole), else generated
         mask_min_ratio=0.1,      # inpaint: hole fraction range of generated masks
         mask_max_ratio=0.4,
         noise_sigma=0.1,         # noise: std in [0, 1] units
@@ -53,9 +57,9 @@ def source_spec(**overrides) -> ml_collections.ConfigDict:
         rain_density=0.02,       # rain: streak seeds per pixel
         jpeg_quality=15,         # jpeg: PIL quality
         max_images=0,            # 0 = all; else the first N (sorted) images
-        seed=0,                  # eval: image i's synthetic degradation / mask is drawn from (seed, i)
-        eval_size=0,             # eval: long side at most N px (0 = full resolution); keeps CPU eval cheap
-        eval_fit="resize",       # eval_size by: resize (whole image, before degrading) | crop (center)
+        seed=0,                  # eval: image i's degradation / mask is drawn from (seed, i)
+        eval_size=0,             # eval: long side at most N px (0 = full size); cheap CPU eval
+        eval_fit="resize",       # eval_size by: resize (whole, before degrading) | crop (center)
         check_headers=True,      # read every file header when the source is built (fail fast)
     ))
     unknown = sorted(set(overrides) - set(spec.keys()))
@@ -66,20 +70,23 @@ def source_spec(**overrides) -> ml_collections.ConfigDict:
 
 
 def task_spec(train: Any, eval: Any) -> ml_collections.ConfigDict:  # noqa: A002
-    """One task: `train` and `eval` each one source spec or a dict name → source spec (named sources)."""
+    """One task: `train` and `eval` each one source spec or a dict name → source spec (named
+    sources)."""
     return ml_collections.ConfigDict(dict(train=train, eval=eval))
 
 
 class NamedSource(NamedTuple):
     """One source of a task: its name, config key, config node and report label."""
     name: str    # the source's name (a single spec: the task's name)
-    key: str     # config key, e.g. data.tasks.derain.eval.rain100h (a single spec: data.tasks.derain.eval)
+    # config key, e.g. data.tasks.derain.eval.rain100h (a single spec: data.tasks.derain.eval)
+    key: str
     cfg: Any     # the config node as written (missing keys take their defaults in `resolve`)
     label: str   # name in reports: <task>/<name>, or the task alone for a single spec
 
 
 def is_named(node: Any) -> bool:
-    """Whether a `train`/`eval` node holds named source specs (every value a dict) rather than one spec."""
+    """Whether a `train`/`eval` node holds named source specs (every value a dict) rather than one
+    spec."""
     return len(node) > 0 and all(hasattr(v, "keys") for v in node.values())
 
 
@@ -102,11 +109,15 @@ def named_sources(data_cfg: ml_collections.ConfigDict, task: str, which: str) ->
     for name in node.keys():
         if not _NAME.fullmatch(name):
             raise ConfigError(f"{key}.{name}: a source name may hold only letters, digits, _ and -")
-    return [NamedSource(name, f"{key}.{name}", node[name], f"{task}/{name}") for name in sorted(node.keys())]
+    return [
+        NamedSource(name, f"{key}.{name}", node[name], f"{task}/{name}")
+        for name in sorted(node.keys())
+    ]
 
 
 def resolve(node: Any, key: str) -> ml_collections.ConfigDict:
-    """The full source config of one node (missing keys take their defaults), validated; no file is read."""
+    """The full source config of one node (missing keys take their defaults), validated; no file is
+    read."""
     spec = source_spec()  # every key present, whatever the config file spelled out
     for k, v in node.to_dict().items():
         if k not in spec:
@@ -147,7 +158,8 @@ def _validate_source(spec: ml_collections.ConfigDict, key: str) -> None:
 
 
 def validate_tasks(data_cfg: ml_collections.ConfigDict) -> None:
-    """Resolve every source of every task: a ConfigError names the first bad key (no file is read)."""
+    """Resolve every source of every task: a ConfigError names the first bad key (no file is
+    read)."""
     for task in task_names(data_cfg):
         for which in TASK_NODES:
             for src in named_sources(data_cfg, task, which):

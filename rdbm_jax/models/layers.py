@@ -111,5 +111,6 @@ class Upsample(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
-        x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+        x = jnp.broadcast_to(x[:, :, None, :, None, :],
+                             (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
         return conv2d(self.features, 3, self.dtype, self.param_dtype, "conv")(x)

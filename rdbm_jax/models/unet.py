@@ -21,12 +21,14 @@ DTYPES = tuple(_DTYPES)                   # model.dtype: compute dtype
 # below 2^-8 of the weight (at lr 1e-4 a 0.5 weight never moves). bfloat16 = a rounded copy made
 # per step and for inference (`compute_params`). No float16 weights: there is no loss scaling.
 PARAM_DTYPES = ("float32", "bfloat16")
-# model.attention_impl → jax.nn.dot_product_attention's implementation ("cudnn": fused, GPU bf16/fp16).
+# model.attention_impl → jax.nn.dot_product_attention's implementation ("cudnn": fused, GPU
+# bf16/fp16).
 ATTENTION_IMPLS: dict[str, str | None] = {"xla": None, "cudnn": "cudnn"}
 
 
 class UNet(nn.Module):
-    """Conditional UNet: input concat(x, cond), sinusoidal t + MLP, attention at the lowest level."""
+    """Conditional UNet: input concat(x, cond), sinusoidal t + MLP, attention at the lowest
+    level."""
 
     channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 3, 3)
@@ -48,9 +50,11 @@ class UNet(nn.Module):
 
     def _check(self, x: jax.Array, cond: jax.Array, t: jax.Array) -> jax.Array:
         if x.ndim != 4 or cond.ndim != 4 or x.shape[:3] != cond.shape[:3]:
-            raise ValueError(f"UNet: x {x.shape} and cond {cond.shape} must be NHWC with equal N, H, W")
+            raise ValueError(
+                f"UNet: x {x.shape} and cond {cond.shape} must be NHWC with equal N, H, W")
         if x.shape[1] % self.factor or x.shape[2] % self.factor:
-            raise ValueError(f"UNet: input shape {x.shape}: H and W must be multiples of {self.factor}")
+            raise ValueError(
+                f"UNet: input shape {x.shape}: H and W must be multiples of {self.factor}")
         t = jnp.asarray(t)
         if t.ndim == 0:
             t = jnp.broadcast_to(t, x.shape[:1])
@@ -59,7 +63,8 @@ class UNet(nn.Module):
         return t
 
     @nn.compact
-    def __call__(self, x: jax.Array, cond: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, cond: jax.Array, t: jax.Array,
+                 train: bool = False) -> jax.Array:
         t = self._check(x, cond, t)
         dt, pdt, c0 = self.dtype, self.param_dtype, self.channels
         block_cls = RematResBlock if self.remat else ResBlock
@@ -154,7 +159,8 @@ def downsample_factor(model_cfg: Any) -> int:
 
 def count_params(params: Any) -> int:
     """Total number of scalars in a parameter pytree (arrays or ShapeDtypeStructs)."""
-    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree_util.tree_leaves(params)))
+    return int(
+        sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree_util.tree_leaves(params)))
 
 
 def _jaxpr_macs(jaxpr: Any) -> int:

@@ -26,16 +26,19 @@ from rdbm_jax.errors import ConfigError, DataError, RDBMError
 from rdbm_jax.perceptual import inception as inc, lpips as lp
 from rdbm_jax.perceptual.weights import check_arrays, meta_entries, save_npz
 
-# torchvision `features` indices of the conv layers, in order (ReLU/max-pool indices carry no weights).
+# torchvision `features` indices of the conv layers, in order (ReLU/max-pool indices carry no
+# weights).
 TORCHVISION_CONV_INDEX = {
     "alex": (0, 3, 6, 8, 10),
     "vgg": (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
 }
-# pytorch-fid's `InceptionV3.blocks[i][j]` -> torchvision Inception3 attribute (pools carry no weights).
+# pytorch-fid's `InceptionV3.blocks[i][j]` -> torchvision Inception3 attribute (pools carry no
+# weights).
 _FID_BLOCKS = (
     ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"),
     ("Conv2d_3b_1x1", "Conv2d_4a_3x3"),
-    ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"),
+    ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+     "Mixed_6e"),
     ("Mixed_7a", "Mixed_7b", "Mixed_7c"),
 )
 

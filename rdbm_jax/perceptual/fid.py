@@ -1,4 +1,5 @@
-"""Fréchet Inception Distance (Heusel et al. 2017) as pytorch-fid computes it, and reference statistics.
+"""Fréchet Inception Distance (Heusel et al. 2017) as pytorch-fid computes it, and reference
+statistics.
 
     python -m rdbm_jax.perceptual.fid --weights inception_fid.npz --folder DIR --out stats.npz
 
@@ -32,7 +33,8 @@ def compute_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sqrtm(a: np.ndarray) -> np.ndarray:
-    """scipy's matrix square root without its ill-conditioning warning (pytorch-fid passes disp=False)."""
+    """scipy's matrix square root without its ill-conditioning warning (pytorch-fid passes
+    disp=False)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -55,7 +57,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in sqrt(S1 S2)")
+            raise ValueError(
+                f"FID: imaginary component {np.max(np.abs(covmean.imag))} in sqrt(S1 S2)")
         covmean = covmean.real
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
@@ -69,14 +72,16 @@ def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
 
 
 def load_stats(path: str, config_key: str = "eval.fid_ref_stats") -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) from an .npz; DataError naming the file and config key if missing or malformed."""
+    """(mu, sigma) from an .npz; DataError naming the file and config key if missing or
+    malformed."""
     where = f"{path} ({config_key})" if config_key else path
     if not os.path.isfile(path):
         raise DataError(f"FID reference statistics not found: {where}")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "mu" not in z.files or "sigma" not in z.files:
-                raise DataError(f"FID statistics file lacks 'mu'/'sigma' arrays (has {z.files}): {where}")
+                raise DataError(
+                    f"FID statistics file lacks 'mu'/'sigma' arrays (has {z.files}): {where}")
             mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
     except (OSError, ValueError, EOFError) as e:
         if isinstance(e, DataError):
@@ -84,13 +89,15 @@ def load_stats(path: str, config_key: str = "eval.fid_ref_stats") -> tuple[np.nd
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"not a readable FID statistics .npz ({msg}): {where}") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise DataError(f"FID statistics have mu {mu.shape} and sigma {sigma.shape}, expected [D] and "
-                        f"[D, D]: {where}")
+        raise DataError(
+            f"FID statistics have mu {mu.shape} and sigma {sigma.shape}, expected [D] and "
+            f"[D, D]: {where}")
     return mu, sigma
 
 
 def folder_features(weights_path: str, folder: str, batch_size: int = 50) -> np.ndarray:
-    """Pool3 features [N, 2048] of every image under `folder` (each resized to 299 as pytorch-fid)."""
+    """Pool3 features [N, 2048] of every image under `folder` (each resized to 299 as
+    pytorch-fid)."""
     features = make_inception(weights_path, config_key="--weights")
     if features is None:
         raise DataError("no Inception weights given (--weights)")
@@ -115,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: precompute FID reference statistics of an image folder."""
     p = argparse.ArgumentParser(prog="python -m rdbm_jax.perceptual.fid", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="inception_fid.npz from rdbm_jax.perceptual.convert")
+    p.add_argument("--weights", required=True,
+                   help="inception_fid.npz from rdbm_jax.perceptual.convert")
     p.add_argument("--folder", required=True, help="reference images (searched recursively)")
     p.add_argument("--out", required=True, help="output statistics .npz (mu, sigma)")
     p.add_argument("--batch-size", type=int, default=50)

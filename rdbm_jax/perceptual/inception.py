@@ -120,7 +120,8 @@ class InceptionD(nn.Module):
 
 
 class FIDInceptionE(nn.Module):
-    """InceptionE: Mixed_7b (`max_pool=False`: FID average pool) / Mixed_7c (max pool, FID quirk)."""
+    """InceptionE: Mixed_7b (`max_pool=False`: FID average pool) / Mixed_7c (max pool, FID
+    quirk)."""
 
     max_pool: bool = False
 
@@ -159,7 +160,8 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def resize_bilinear(x: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
-    """Resize [B, H, W, C] to [B, size, size, C] as `F.interpolate(mode="bilinear")` (identity if equal)."""
+    """Resize [B, H, W, C] to [B, size, size, C] as `F.interpolate(mode="bilinear")` (identity if
+    equal)."""
     h, w = x.shape[1], x.shape[2]
     if h != size:
         x = jnp.einsum("oh,bhwc->bowc", jnp.asarray(resize_matrix(h, size)), x, precision=_HIGHEST)
@@ -214,16 +216,19 @@ def _jitted_apply() -> Callable[..., jax.Array]:
 
 def load_inception(weights_path: str, *, config_key: str = "eval.fid_weights"
                    ) -> tuple[FIDInceptionV3, dict[str, Any]]:
-    """The FID Inception module and its variables from a converted .npz; errors name file and key."""
+    """The FID Inception module and its variables from a converted .npz; errors name file and
+    key."""
     model = FIDInceptionV3()
     flat = weights.load_npz(weights_path, config_key)
-    variables = weights.checked_variables(flat, "inception", variable_shapes(), weights_path, config_key)
+    variables = weights.checked_variables(flat, "inception", variable_shapes(), weights_path,
+                                          config_key)
     return model, jax.tree.map(jnp.asarray, variables)
 
 
 def make_inception(weights_path: str, *, config_key: str = "eval.fid_weights"
                    ) -> Callable[[jax.Array], jax.Array] | None:
-    """A jitted `images -> [B, 2048]` pool3 feature map for [B, H, W, 3] images in [0, 1] (not [-1, 1]).
+    """A jitted `images -> [B, 2048]` pool3 feature map for [B, H, W, 3] images in [0, 1]
+    (not [-1, 1]).
 
     Returns None when `weights_path` is "" (FID unavailable). Quantise images to uint8 levels first
     to match pytorch-fid on PNG files.

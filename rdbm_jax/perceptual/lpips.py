@@ -1,4 +1,5 @@
-"""LPIPS v0.1 (Zhang et al. 2018) in Flax: AlexNet / VGG16 features, unit-normalised, 1x1 linear heads.
+"""LPIPS v0.1 (Zhang et al. 2018) in Flax: AlexNet / VGG16 features, unit-normalised, 1x1 linear
+heads.
 
 Same computation as `lpips.LPIPS(net=..., version="0.1", spatial=False)`: the input scaling layer,
 channel-normalised features f / (||f||_2 + 1e-10), squared differences, 1x1 linear heads, spatial
@@ -122,12 +123,15 @@ def load_lpips(weights_path: str, net: str = "alex", *,
     if str(flat.get("meta/net", "")) == other:
         raise ConfigError(f"eval.lpips_net={net!r} but {weights_path} ({config_key}) holds "
                           f"LPIPS-{other} weights")
-    variables = weights.checked_variables(flat, "lpips", variable_shapes(net), weights_path, config_key)
+    variables = weights.checked_variables(flat, "lpips", variable_shapes(net), weights_path,
+                                          config_key)
     return model, jax.tree.map(jnp.asarray, variables)
 
 
-def make_lpips(weights_path: str, net: str = "alex") -> Callable[[jax.Array, jax.Array], jax.Array] | None:
-    """A jitted `(a, b) -> [B]` LPIPS distance for [B, H, W, 3] images in [-1, 1]; None if path is ""."""
+def make_lpips(weights_path: str,
+               net: str = "alex") -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+    """A jitted `(a, b) -> [B]` LPIPS distance for [B, H, W, 3] images in [-1, 1]; None if the
+    path is ""."""
     if not weights_path:
         return None
     _, variables = load_lpips(weights_path, net)
@@ -137,7 +141,8 @@ def make_lpips(weights_path: str, net: str = "alex") -> Callable[[jax.Array, jax
         """LPIPS per image pair ([B, H, W, 3] each, in [-1, 1])."""
         a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
         if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != 3:
-            raise ValueError(f"LPIPS needs two [B, H, W, 3] batches of one shape, got {a.shape}, {b.shape}")
+            raise ValueError(
+                f"LPIPS needs two [B, H, W, 3] batches of one shape, got {a.shape}, {b.shape}")
         return apply(variables, a, b)
 
     return distance

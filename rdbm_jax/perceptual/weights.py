@@ -56,7 +56,8 @@ def expected_shapes(module: Any, sample: np.ndarray, n_inputs: int) -> dict[str,
 
 def check_arrays(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]],
                  what: str) -> None:
-    """DataError unless `flat` has exactly the expected names and shapes (`what` names the source)."""
+    """DataError unless `flat` has exactly the expected names and shapes (`what` names the
+    source)."""
     missing = sorted(set(expected) - set(flat))
     extra = sorted(set(flat) - set(expected))
     wrong = [f"{k} {tuple(flat[k].shape)} (expected {expected[k]})" for k in sorted(expected)

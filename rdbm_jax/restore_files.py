@@ -1,9 +1,13 @@
-"""`--mode=sample`: restore every image of a folder with a trained checkpoint, into another folder."""
+"""`--mode=sample`: restore every image of a folder with a trained checkpoint, into another folder.
+
+Named for its job, not its mode: "sample" also names `sde.sample` (the reverse loop), the
+`Sampler` (sampler.py) that runs it at full resolution and `program.build_sampler` that builds one.
+"""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -84,7 +88,7 @@ def check_distinct_outputs(paths: list[str], out_dir: str, in_dir: str) -> None:
         first[out] = path
 
 
-def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run_restore_files(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """`--mode=sample`: restore every image in sample.input_dir into sample.output_dir (PNG)."""
     config_lib.validate(cfg)
     s = cfg.sample
@@ -97,7 +101,10 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data.set_max_pixels(cfg.data.max_image_pixels)
     paths = data.list_images(s.input_dir, key="sample.input_dir")
     check_distinct_outputs(paths, s.output_dir, s.input_dir)
-    todo = [p for p in paths if s.overwrite or not os.path.exists(_output_path(s.output_dir, s.input_dir, p))]
+    todo = [
+        p for p in paths
+        if s.overwrite or not os.path.exists(_output_path(s.output_dir, s.input_dir, p))
+    ]
     if s.mask_dir and conditioning.uses_mask(cfg.model.condition):
         for path in todo:  # every mask is found before anything is restored or written
             _mask_file(s.mask_dir, s.input_dir, path)
@@ -111,48 +118,46 @@ def run_sample(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  skipped, len(paths), s.output_dir)
     mesh = distributed.make_mesh()
     params = program.load_trained(cfg, workdir, mesh, s.checkpoint).params
-    sampler = program.sampler(cfg, mesh)
+    sampler = program.build_sampler(cfg, mesh)
     rng = jax.random.PRNGKey(cfg.seed)
     failed: list[str] = []
     written = saved = 0  # restored images / files written (by process 0)
-    pending: list[tuple[str, np.ndarray, np.ndarray | None]] = []
     pbar = progress.bar(len(todo), "restore")
 
-    def flush():
-        nonlocal written, saved
-        if not pending:
-            return
-        masks = np.stack([m for _, _, m in pending]) if sampler.uses_mask else None
-        out = sampler(params, np.stack([img for _, img, _ in pending]),
+    def loaded() -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
+        """(path, image, mask) of every input, read one at a time: a bad input or mask skips that
+        image (one error line naming the file); the rest are restored."""
+        for path in todo:
+            try:
+                img = data.load_image(path)
+                check_size(img.shape[0], img.shape[1], data.shown(path))
+                mask = _input_mask(s, path, img) if sampler.uses_mask else None
+            except RDBMError as e:
+                log.error("skipped: %s", e)
+                failed.append(str(e))  # names the file
+                pbar.update(1)
+                continue
+            yield path, img, mask
+
+    for batch in data.same_size_batches(loaded(), s.batch_size, lambda item: item[1].shape):
+        masks = np.stack([m for _, _, m in batch]) if sampler.uses_mask else None
+        # The noise key counts the images restored before this batch (not the batch index).
+        out = sampler(params, np.stack([img for _, img, _ in batch]),
                       jax.random.fold_in(rng, written), mask=masks)
-        for (path, _, _), img in zip(pending, out):
+        for (path, _, _), img in zip(batch, out):
             if distributed.is_main_process():
-                gray = image_io.is_gray_file(path)  # gray in → gray out
+                gray = image_io.is_gray_file(path)  # gray in -> gray out
                 data.save_image(_output_path(s.output_dir, s.input_dir, path),
                                 image_io.to_gray(img) if gray else img)
                 saved += 1
             written += 1
             pbar.update(1)
-        pending.clear()
-
-    for path in todo:
-        try:  # a bad input or mask skips that image (one error line); the rest are restored
-            img = data.load_image(path)
-            check_size(img.shape[0], img.shape[1], data.shown(path))
-            mask = _input_mask(s, path, img) if sampler.uses_mask else None
-        except RDBMError as e:
-            log.error("skipped: %s", e)
-            failed.append(str(e))  # names the file
-            pbar.update(1)
-            continue
-        if pending and (pending[0][1].shape != img.shape or len(pending) == s.batch_size):
-            flush()
-        pending.append((path, img, mask))
-    flush()
     pbar.close()
     if distributed.is_main_process():
-        log.info("restored %d image(s) into %s; %d kept, %d failed", saved, s.output_dir, skipped, len(failed))
+        log.info("restored %d image(s) into %s; %d kept, %d failed", saved, s.output_dir, skipped,
+                 len(failed))
     if failed:
-        raise DataError(f"{len(failed)} of {len(todo)} input(s) could not be restored (the rest were): "
-                        + "; ".join(failed))
+        raise DataError(
+            f"{len(failed)} of {len(todo)} input(s) could not be restored (the rest were): " +
+            "; ".join(failed))
     return {"restored": saved, "skipped": skipped, "failed": failed}
