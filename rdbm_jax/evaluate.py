@@ -325,11 +325,10 @@ class Perceptual:
             else:
                 log.warning("FID skipped: no weights (set eval.fid_weights to a converted .npz)")
 
-    def fid(self, restored_features: list[np.ndarray], target_features: list[np.ndarray]) -> float:
+    def fid(self, restored: fid_lib.RunningStats, targets: fid_lib.RunningStats) -> float:
         """FID of restored images against the reference statistics (or the ground truths)."""
-        mu1, s1 = fid_lib.compute_statistics(np.concatenate(restored_features))
-        mu2, s2 = self.ref_stats if self.ref_stats is not None else fid_lib.compute_statistics(
-            np.concatenate(target_features))
+        mu1, s1 = restored.statistics()
+        mu2, s2 = self.ref_stats if self.ref_stats is not None else targets.statistics()
         return float(fid_lib.frechet_distance(mu1, s1, mu2, s2))
 
 
@@ -349,7 +348,8 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any], cfg: m
     per_set: dict[str, dict[str, float]] = {}
     grids: dict[str, list] = {}
     for label, source in sources.items():
-        rows, feats_out, feats_gt = [], [], []
+        rows = []
+        feats_out, feats_gt = fid_lib.RunningStats(), fid_lib.RunningStats()  # O(D²), not O(N D)
         grids[label] = []
         ids = {"task": task_of(label)}
         if is_test_set(label):
@@ -365,8 +365,8 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any], cfg: m
             if perceptual and perceptual.lpips:
                 r["lpips"] = float(np.asarray(perceptual.lpips(out[None], ex["x0"][None]))[0])
             if perceptual and perceptual.inception:  # Inception takes [0, 1], as pytorch-fid
-                feats_out.append(np.asarray(perceptual.inception(_fid_input(out, cfg.eval.quantize))))
-                feats_gt.append(np.asarray(perceptual.inception(_fid_input(ex["x0"], cfg.eval.quantize))))
+                feats_out.add(np.asarray(perceptual.inception(_fid_input(out, cfg.eval.quantize))))
+                feats_gt.add(np.asarray(perceptual.inception(_fid_input(ex["x0"], cfg.eval.quantize))))
             rows.append(r)
             if in_grid:
                 grids[label].append([ex["mu"], base, out, ex["x0"]])
@@ -375,7 +375,7 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any], cfg: m
         per_set[label] = {k: _mean(rows, k) for k in SCORES + ("lpips",) if any(k in r for r in rows)}
         per_set[label]["num_images"] = len(rows)
         per_set[label]["baseline"] = baseline.name(source)
-        if feats_out:
+        if feats_out.n:
             per_set[label]["fid"] = perceptual.fid(feats_out, feats_gt)
         rows_all.extend(rows)
     return rows_all, by_task(per_set), grids

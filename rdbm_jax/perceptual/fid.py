@@ -31,6 +31,50 @@ def compute_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
+class RunningStats:
+    """FID statistics accumulated batch by batch: memory O(D²), whatever the number of images.
+
+    Keeps n, the running mean and the centred scatter matrix M = Σ (x - mean)(x - mean)ᵀ in
+    float64, merged per batch by Chan et al.'s pairwise update. WHY not raw Σx, Σxxᵀ: Inception
+    features share a large positive mean, and Σxxᵀ - n mean meanᵀ would cancel most of its digits;
+    the centred update matches `compute_statistics` on the stored features to rounding.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray | None = None
+        self.scatter: np.ndarray | None = None
+
+    def add(self, features: np.ndarray) -> None:
+        """Fold in features [B, D] (or one [D] vector)."""
+        f = np.atleast_2d(np.asarray(features, np.float64))
+        if f.ndim != 2:
+            raise ValueError(f"FID features must be [B, D], got shape {f.shape}")
+        if f.shape[0] == 0:
+            return
+        if self.mean is not None and f.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"FID features of dimension {f.shape[1]} added to statistics of "
+                             f"dimension {self.mean.shape[0]}")
+        b = f.shape[0]
+        mean_b = f.mean(axis=0)
+        centred = f - mean_b
+        scatter_b = centred.T @ centred
+        if self.mean is None:
+            self.n, self.mean, self.scatter = b, mean_b, scatter_b
+            return
+        delta = mean_b - self.mean
+        total = self.n + b
+        self.mean = self.mean + delta * (b / total)
+        self.scatter = self.scatter + scatter_b + np.outer(delta, delta) * (self.n * b / total)
+        self.n = total
+
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean [D], covariance [D, D] with N-1 normalisation), as `compute_statistics`."""
+        if self.n < 2:
+            raise ValueError(f"FID statistics need features [N >= 2, D], got {self.n} image(s)")
+        return self.mean.copy(), self.scatter / (self.n - 1)
+
+
 def _sqrtm(a: np.ndarray) -> np.ndarray:
     """scipy's matrix square root without its ill-conditioning warning (pytorch-fid passes disp=False)."""
     with warnings.catch_warnings():
@@ -89,14 +133,15 @@ def load_stats(path: str, config_key: str = "eval.fid_ref_stats") -> tuple[np.nd
     return mu, sigma
 
 
-def folder_features(weights_path: str, folder: str, batch_size: int = 50) -> np.ndarray:
-    """Pool3 features [N, 2048] of every image under `folder` (each resized to 299 as pytorch-fid)."""
+def folder_statistics(weights_path: str, folder: str, batch_size: int = 50) -> RunningStats:
+    """Running statistics of the pool3 features of every image under `folder` (each resized to 299
+    as pytorch-fid); memory does not grow with the number of images."""
     features = make_inception(weights_path, config_key="--weights")
     if features is None:
         raise DataError("no Inception weights given (--weights)")
     paths = list_images(folder, "--folder")
     batch_size = min(batch_size, len(paths))
-    out = []
+    stats = RunningStats()
     for start in range(0, len(paths), batch_size):
         batch = []
         for p in paths[start:start + batch_size]:
@@ -106,9 +151,9 @@ def folder_features(weights_path: str, folder: str, batch_size: int = 50) -> np.
             batch.append(np.einsum("oh,hwc->owc", rh, np.einsum("pw,hwc->hpc", rw, img)))
         n = len(batch)
         batch += [batch[-1]] * (batch_size - n)  # one compiled shape for every batch
-        out.append(np.asarray(features(np.stack(batch)))[:n])
+        stats.add(np.asarray(features(np.stack(batch)))[:n])
         log.info("FID features: %d / %d images", start + n, len(paths))
-    return np.concatenate(out, axis=0).astype(np.float64)
+    return stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,16 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.batch_size < 1:
             raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
-        feats = folder_features(args.weights, args.folder, args.batch_size)
-        if feats.shape[0] < 2:
-            raise DataError(f"FID statistics need at least 2 images, found {feats.shape[0]} in "
+        stats = folder_statistics(args.weights, args.folder, args.batch_size)
+        if stats.n < 2:
+            raise DataError(f"FID statistics need at least 2 images, found {stats.n} in "
                             f"{args.folder} (--folder)")
-        mu, sigma = compute_statistics(feats)
+        mu, sigma = stats.statistics()
         save_stats(args.out, mu, sigma)
     except RDBMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} (statistics of {feats.shape[0]} images)")
+    print(f"wrote {args.out} (statistics of {stats.n} images)")
     return 0
 
 
