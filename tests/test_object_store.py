@@ -61,3 +61,37 @@ def test_gs_checkpoint_loads_in_the_api_sample_and_eval(trained_workdir, tmp_pat
         assert rdbm_jax.load(url).step == 2
         evaluate.run_eval(config(**{"eval.max_images": 1}), url)
         assert os.path.exists(os.path.join(local_of(url), "eval", "metrics.json"))
+
+
+def test_tensorboard_events_reach_a_gs_workdir(tmp_path, monkeypatch):
+    """tensorboardX writes gs:// only through google-cloud-storage's own client (no stand-in,
+    no epath): events are staged locally and copied through `paths` on flush, on close and at
+    writes PUBLISH_SECS apart; a resumed run's file sits beside the first, none overwritten."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rdbm_jax import writers
+
+    with fake_gcs(str(tmp_path / "bucket_root"), monkeypatch):
+        url = "gs://bucket/run"
+        w = writers.create_writer(url, tensorboard="tensorboardx")
+        tb = w.writers[1]
+        w.write_scalars(1, {"train/loss": 0.5})
+        w.flush()
+        local = local_of(url + "/tensorboard")
+        (first,) = os.listdir(local)
+        monkeypatch.setattr(writers.TensorBoardXWriter, "PUBLISH_SECS", 0.0)  # every write is due
+        size = os.path.getsize(os.path.join(local, first))
+        w.write_images(1, {"grid": np.zeros((4, 6, 3), np.float32)})
+        assert os.path.getsize(os.path.join(local, first)) > size  # published without a flush
+        staging = tb._staging
+        w.close()
+        assert not os.path.exists(staging)  # the staging folder goes with the writer
+        resumed = writers.create_writer(url, tensorboard="tensorboardx", resume_step=1)
+        resumed.write_scalars(2, {"train/loss": 0.25})
+        resumed.close()
+        assert len(os.listdir(local)) == 2 and first in os.listdir(local)
+        assert not os.path.exists("gs:")  # nothing went to a local folder named like the URL
+        acc = EventAccumulator(local, size_guidance={"scalars": 0, "images": 0})
+        acc.Reload()
+        assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 0.5), (2, 0.25)]
+        assert [e.step for e in acc.Images("grid")] == [1]
