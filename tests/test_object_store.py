@@ -95,3 +95,108 @@ def test_tensorboard_events_reach_a_gs_workdir(tmp_path, monkeypatch):
         acc.Reload()
         assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 0.5), (2, 0.25)]
         assert [e.step for e in acc.Images("grid")] == [1]
+
+
+def _tree(root, rng) -> None:
+    """Paired LQ/GT PNGs (one nested, one hidden), a gray JPEG and a mask, under `root`."""
+    from PIL import Image
+
+    for rel in ("lq/a.png", "lq/sub/b.png", "gt/a.png", "gt/sub/b.png", "lq/.hidden/c.png"):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(path)
+    Image.fromarray(rng.integers(0, 256, (20, 24), np.uint8)).save(root / "lq" / "gray.jpg")
+    Image.fromarray(rng.integers(0, 256, (20, 24), np.uint8)).save(root / "gt" / "gray.jpg")
+    (root / "masks").mkdir()
+    Image.fromarray(np.where(np.arange(24) < 12, 255, 0).astype(np.uint8)[None].repeat(20, 0)
+                    ).save(root / "masks" / "a.png")
+
+
+def test_gs_data_folders_list_and_read_as_local_ones(tmp_path, monkeypatch):
+    """data.root and the sources' folders on gs://: listed and decoded through etils.epath (they
+    were os.walk'ed and opened as local paths: nothing was found)."""
+    from rdbm_jax import data
+    from rdbm_jax.data import image_io, masks
+    from rdbm_jax.data.spec import source_spec, task_spec
+    from rdbm_jax.errors import DataError
+    import ml_collections
+
+    bucket = tmp_path / "bucket_root" / "bucket" / "data"
+    _tree(bucket, np.random.default_rng(0))
+    local = str(bucket)
+    with fake_gcs(str(tmp_path / "bucket_root"), monkeypatch):
+        url = "gs://bucket/data"
+        found = image_io.list_images(url + "/lq", "k")
+        assert found == [url + "/lq/a.png", url + "/lq/gray.jpg", url + "/lq/sub/b.png"]
+        assert [image_io.relative_stem(p, url + "/lq") for p in found] == \
+            [image_io.relative_stem(p, local + "/lq") for p in image_io.list_images(local + "/lq")]
+        for name in ("a.png", "gray.jpg", "sub/b.png"):
+            np.testing.assert_array_equal(image_io.decode_pixels(f"{url}/lq/{name}"),
+                                          image_io.decode_pixels(f"{local}/lq/{name}"))
+            assert image_io.probe_size(f"{url}/lq/{name}") == (20, 24)
+        assert image_io.is_gray_file(url + "/lq/gray.jpg")
+        assert not image_io.is_gray_file(url + "/lq/a.png")
+        np.testing.assert_array_equal(masks.load_mask(url + "/masks/a.png", 20, 24),
+                                      masks.load_mask(local + "/masks/a.png", 20, 24))
+        with pytest.raises(DataError, match=r"image folder not found: gs://bucket/data/nope \(k\)"):
+            image_io.list_images(url + "/nope", "k")
+        with pytest.raises(DataError, match=r"image file not found: gs://bucket/data/lq/x\.png"):
+            image_io.decode_pixels(url + "/lq/x.png")
+        # A restored image written to gs:// reads back as the local write does.
+        img = np.linspace(-1, 1, 20 * 24 * 3, dtype=np.float32).reshape(20, 24, 3)
+        image_io.save_image(url + "/out/r.png", img)
+        image_io.save_image(str(tmp_path / "r.png"), img)
+        np.testing.assert_array_equal(image_io.decode_pixels(url + "/out/r.png"),
+                                      image_io.decode_pixels(str(tmp_path / "r.png")))
+
+        def eval_pixels(root):
+            spec = source_spec(kind="paired", lq_dir="lq", gt_dir="gt")
+            cfg = ml_collections.ConfigDict(dict(
+                tasks=ml_collections.ConfigDict({"t": task_spec(train=spec, eval=spec)}), root=root,
+                crop_size=16, flip="both", num_workers=0, prefetch_buffer=2, skip_bad_files=False))
+            (source,) = data.build_eval_sources(cfg).values()
+            return [(ex["name"], ex["mu"], ex["x0"]) for ex in (source[i] for i in range(len(source)))]
+
+        remote, here = eval_pixels(url), eval_pixels(local)  # data.root on gs:// and local
+        assert [r[0] for r in remote] == [h[0] for h in here] == ["a", "gray", "sub/b"]
+        for r, h in zip(remote, here):
+            np.testing.assert_array_equal(r[1], h[1])
+            np.testing.assert_array_equal(r[2], h[2])
+    assert not os.path.exists("gs:")
+
+
+def test_gs_sample_folders_restore_like_local_ones(trained_workdir, tmp_path, monkeypatch):
+    """sample.input_dir, sample.mask_dir and sample.output_dir on gs://: the same PNGs as a local
+    run (the folders were refused as missing); an output folder inside the input refused."""
+    from PIL import Image
+
+    from rdbm_jax import sample
+    from rdbm_jax.errors import ConfigError
+
+    bucket = tmp_path / "bucket_root" / "bucket" / "data"
+    _tree(bucket, np.random.default_rng(1))
+    local_in, local_out = str(bucket / "lq"), str(tmp_path / "out")
+    sample.run_sample(config(**{"sample.input_dir": local_in, "sample.output_dir": local_out,
+                                "sample.batch_size": 4}), trained_workdir)
+    with fake_gcs(str(tmp_path / "bucket_root"), monkeypatch):
+        url_in, url_out = "gs://bucket/data/lq", "gs://bucket/restored"
+        cfg = config(**{"sample.input_dir": url_in, "sample.output_dir": url_out,
+                        "sample.batch_size": 4})
+        assert sample.run_sample(cfg, trained_workdir)["restored"] == 3
+        assert sample.run_sample(cfg, trained_workdir) == {"restored": 0, "skipped": 3, "failed": []}
+        for name in ("a.png", "gray.png", "sub/b.png"):
+            mine = Image.open(local_of(f"{url_out}/{name}"))
+            theirs = Image.open(os.path.join(local_out, name))
+            assert mine.mode == theirs.mode  # gray in, gray out
+            np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+        assert sample._mask_file("gs://bucket/data/masks", url_in, url_in + "/a.png") == \
+            "gs://bucket/data/masks/a.png"
+        with pytest.raises(ConfigError, match="is inside sample.input_dir"):
+            sample.check_folders(url_in, url_in + "/restored")
+        with pytest.raises(ConfigError, match="is the input folder"):
+            sample.check_folders(url_in, url_in + "/")
+        sample.check_folders(url_in, url_in + "2")  # a sibling whose name extends the input's
+        with pytest.raises(ConfigError, match="sample.input_dir: folder not found"):
+            sample.run_sample(config(**{"sample.input_dir": "gs://bucket/none",
+                                        "sample.output_dir": url_out}), trained_workdir)
+    assert not os.path.exists("gs:")
