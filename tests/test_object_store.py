@@ -134,6 +134,9 @@ def test_gs_data_folders_list_and_read_as_local_ones(tmp_path, monkeypatch):
             np.testing.assert_array_equal(image_io.decode_pixels(f"{url}/lq/{name}"),
                                           image_io.decode_pixels(f"{local}/lq/{name}"))
             assert image_io.probe_size(f"{url}/lq/{name}") == (20, 24)
+        np.testing.assert_array_equal(  # a training crop's leading rows only, from a file object
+            image_io.decode_pixels(url + "/lq/a.png", rows=lambda h, w: 5),
+            image_io.decode_pixels(local + "/lq/a.png")[:5])
         assert image_io.is_gray_file(url + "/lq/gray.jpg")
         assert not image_io.is_gray_file(url + "/lq/a.png")
         np.testing.assert_array_equal(masks.load_mask(url + "/masks/a.png", 20, 24),
