@@ -15,7 +15,7 @@ from tests.helpers import config, read_metrics
 from tests.object_store import fake_gcs, local_of
 
 STEPS = {"train.num_steps": 2, "train.checkpoint_every": 1, "train.log_every": 1, "train.eval_every": 2,
-         "train.eval_num_images": 1, "train.tensorboard": "none", "eval.max_images": 1,
+         "train.eval_num_images": 1, "train.tensorboard": "tensorboardx", "eval.max_images": 1,
          "sweep.nfe": "1", "sweep.eta": "0"}
 
 
@@ -30,6 +30,7 @@ def test_gs_workdir_trains_resumes_evaluates_exports_and_loads(tmp_path, monkeyp
         assert json.load(open(os.path.join(local, "config.json")))["train"]["num_steps"] == 2
         assert [r["step"] for r in read_metrics(local) if "train/loss" in r] == [1, 2]
         assert os.path.exists(os.path.join(local, "curves.png"))
+        assert any("tfevents" in f for f in os.listdir(os.path.join(local, "tensorboard")))
         # Resume: two more steps continue from the gs:// checkpoint of step 2.
         more = train.train_and_evaluate(config(**{**STEPS, "train.num_steps": 4}), url)
         assert "train/loss" in more
