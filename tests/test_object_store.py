@@ -159,7 +159,8 @@ def test_gs_data_folders_list_and_read_as_local_ones(tmp_path, monkeypatch):
                 tasks=ml_collections.ConfigDict({"t": task_spec(train=spec, eval=spec)}), root=root,
                 crop_size=16, flip="both", num_workers=0, prefetch_buffer=2, skip_bad_files=False))
             (source,) = data.build_eval_sources(cfg).values()
-            return [(ex["name"], ex["mu"], ex["x0"]) for ex in (source[i] for i in range(len(source)))]
+            examples = (source[i] for i in range(len(source)))
+            return [(ex["name"], ex["mu"], ex["x0"]) for ex in examples]
 
         remote, here = eval_pixels(url), eval_pixels(local)  # data.root on gs:// and local
         assert [r[0] for r in remote] == [h[0] for h in here] == ["a", "gray", "sub/b"]
@@ -187,7 +188,8 @@ def test_gs_sample_folders_restore_like_local_ones(trained_workdir, tmp_path, mo
         cfg = config(**{"sample.input_dir": url_in, "sample.output_dir": url_out,
                         "sample.batch_size": 4})
         assert sample.run_sample(cfg, trained_workdir)["restored"] == 3
-        assert sample.run_sample(cfg, trained_workdir) == {"restored": 0, "skipped": 3, "failed": []}
+        again = sample.run_sample(cfg, trained_workdir)
+        assert again == {"restored": 0, "skipped": 3, "failed": []}
         for name in ("a.png", "gray.png", "sub/b.png"):
             mine = Image.open(local_of(f"{url_out}/{name}"))
             theirs = Image.open(os.path.join(local_out, name))
