@@ -163,6 +163,15 @@ def test_gs_data_folders_list_and_read_as_local_ones(tmp_path, monkeypatch):
             return [(ex["name"], ex["mu"], ex["x0"]) for ex in examples]
 
         remote, here = eval_pixels(url), eval_pixels(local)  # data.root on gs:// and local
+        # A missing gs:// data folder is a config error before any run writes (it was skipped).
+        from rdbm_jax.data import spec as data_spec
+        from rdbm_jax.errors import ConfigError
+        good, bad = (source_spec(kind="clean", dir=d, degradation="noise") for d in ("lq", "nope"))
+        cfg = ml_collections.ConfigDict(dict(root=url, tasks=ml_collections.ConfigDict(
+            {"t": task_spec(train=good, eval=bad)})))
+        data_spec.check_folders(cfg, ("train",))
+        with pytest.raises(ConfigError, match=r"gs://bucket/data/nope \(data\.tasks\.t\.eval\.dir"):
+            data_spec.check_folders(cfg, ("train", "eval"))
         assert [r[0] for r in remote] == [h[0] for h in here] == ["a", "gray", "sub/b"]
         for r, h in zip(remote, here):
             np.testing.assert_array_equal(r[1], h[1])
