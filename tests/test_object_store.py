@@ -215,3 +215,26 @@ def test_gs_sample_folders_restore_like_local_ones(trained_workdir, tmp_path, mo
             sample.run_sample(config(**{"sample.input_dir": "gs://bucket/none",
                                         "sample.output_dir": url_out}), trained_workdir)
     assert not os.path.exists("gs:")
+
+
+def test_gs_perceptual_files_read_and_write(tmp_path, monkeypatch):
+    """eval.fid_ref_stats, the LPIPS/Inception weight files and the FID statistics CLI's --out on
+    gs:// (they were os.path.isfile'd and open()ed as local paths)."""
+    from rdbm_jax.errors import DataError
+    from rdbm_jax.perceptual import fid, weights
+
+    rng = np.random.default_rng(0)
+    mu, sigma = fid.compute_statistics(rng.normal(size=(10, 3)))
+    with fake_gcs(str(tmp_path / "bucket_root"), monkeypatch):
+        fid.save_stats("gs://bucket/stats/ref.npz", mu, sigma)
+        got = fid.load_stats("gs://bucket/stats/ref.npz")
+        np.testing.assert_array_equal(got[0], mu)
+        np.testing.assert_array_equal(got[1], sigma)
+        weights.save_npz("gs://bucket/w/lpips.npz", {"meta/kind": np.asarray("lpips"), "a": mu})
+        assert set(weights.load_npz("gs://bucket/w/lpips.npz")) == {"meta/kind", "a"}
+        with pytest.raises(DataError, match=r"gs://bucket/none\.npz \(eval\.fid_ref_stats\)"):
+            fid.load_stats("gs://bucket/none.npz")
+        with pytest.raises(DataError, match=r"weight file not found: gs://bucket/none\.npz \(k\)"):
+            weights.load_npz("gs://bucket/none.npz", "k")
+    assert os.path.isfile(local_of("gs://bucket/stats/ref.npz"))
+    assert not os.path.exists("gs:")

@@ -8,14 +8,15 @@ Statistics files hold `mu` [D] and `sigma` [D, D] (the same .npz layout as pytor
 from __future__ import annotations
 
 import argparse
+import io
 import logging
-import os
 import sys
 import warnings
 
 import numpy as np
 from scipy import linalg
 
+from rdbm_jax import paths
 from rdbm_jax.data.image_io import decode_image, list_images
 from rdbm_jax.errors import DataError, RDBMError
 from rdbm_jax.perceptual.inception import INPUT_SIZE, make_inception, resize_matrix
@@ -105,20 +106,20 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Write `mu` and `sigma` to an .npz (pytorch-fid's layout)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+    """Write `mu` and `sigma` to an .npz (pytorch-fid's layout), whole (local or gs://)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+    paths.write_bytes(path, buffer.getvalue())
 
 
 def load_stats(path: str, config_key: str = "eval.fid_ref_stats") -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) from an .npz; DataError naming the file and config key if missing or malformed."""
+    """(mu, sigma) from an .npz (local or gs://); DataError naming the file and config key if
+    missing or malformed."""
     where = f"{path} ({config_key})" if config_key else path
-    if not os.path.isfile(path):
+    if not paths.as_path(path).is_file():
         raise DataError(f"FID reference statistics not found: {where}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with paths.as_path(path).open("rb") as f, np.load(f, allow_pickle=False) as z:
             if "mu" not in z.files or "sigma" not in z.files:
                 raise DataError(f"FID statistics file lacks 'mu'/'sigma' arrays (has {z.files}): {where}")
             mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
