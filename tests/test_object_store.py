@@ -204,6 +204,9 @@ def test_gs_sample_folders_restore_like_local_ones(trained_workdir, tmp_path, mo
             theirs = Image.open(os.path.join(local_out, name))
             assert mine.mode == theirs.mode  # gray in, gray out
             np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+        model = rdbm_jax.load(trained_workdir)  # the API restores a gs:// file as a local one
+        np.testing.assert_array_equal(np.asarray(model.restore(url_in + "/a.png", num_steps=1)),
+                                      np.asarray(model.restore(local_in + "/a.png", num_steps=1)))
         assert sample._mask_file("gs://bucket/data/masks", url_in, url_in + "/a.png") == \
             "gs://bucket/data/masks/a.png"
         with pytest.raises(ConfigError, match="is inside sample.input_dir"):

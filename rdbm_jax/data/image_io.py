@@ -61,7 +61,7 @@ def exists(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def _readable(path: str) -> Iterator[Any]:
+def readable(path: str) -> Iterator[Any]:
     """What PIL opens: a local path as is; an object-store file as a (seekable) file object."""
     if not paths.is_remote(path):
         yield path
@@ -242,7 +242,7 @@ def decode_pixels(path: str, key: str | None = None, rows: RowsNeeded | None = N
     files whole). A file cut short is still decoded whole (and reported); damage inside the
     compressed rows below those needed goes unnoticed in that read."""
     with _image_errors(path, key, "corrupt or truncated image"):
-        with _readable(path) as source, Image.open(source) as img:
+        with readable(path) as source, Image.open(source) as img:
             if rows is not None:
                 orientation = _orientation(img)
                 w, h = img.size[::-1] if orientation in _TRANSPOSED else img.size
@@ -278,7 +278,7 @@ def decode_image(path: str, key: str | None = None) -> np.ndarray:
 def probe_size(path: str, key: str | None = None) -> tuple[int, int]:
     """(height, width) from the file header only (cheap build-time check); DataError naming the file."""
     with _image_errors(path, key, "unreadable image header"):
-        with _readable(path) as source, Image.open(source) as img:
+        with readable(path) as source, Image.open(source) as img:
             w, h = img.size
             if _orientation(img) in _TRANSPOSED:  # shown rotated by 90°
                 w, h = h, w
@@ -350,7 +350,7 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, PIL's RGB → "L" weights
 
 def is_gray_file(path: str) -> bool:
     """Whether an image file is grayscale (its header's PIL mode), so that its restoration is too."""
-    with _readable(path) as source, Image.open(source) as img:
+    with readable(path) as source, Image.open(source) as img:
         return img.mode in GRAY_MODES
 
 
