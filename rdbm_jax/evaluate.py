@@ -365,8 +365,9 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any], cfg: m
             if perceptual and perceptual.lpips:
                 r["lpips"] = float(np.asarray(perceptual.lpips(out[None], ex["x0"][None]))[0])
             if perceptual and perceptual.inception:  # Inception takes [0, 1], as pytorch-fid
-                feats_out.add(np.asarray(perceptual.inception(_fid_input(out, cfg.eval.quantize))))
-                feats_gt.add(np.asarray(perceptual.inception(_fid_input(ex["x0"], cfg.eval.quantize))))
+                q = cfg.eval.quantize
+                feats_out.add(np.asarray(perceptual.inception(_fid_input(out, q))))
+                feats_gt.add(np.asarray(perceptual.inception(_fid_input(ex["x0"], q))))
             rows.append(r)
             if in_grid:
                 grids[label].append([ex["mu"], base, out, ex["x0"]])

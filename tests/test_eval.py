@@ -295,8 +295,8 @@ def test_fid_streams_features_and_matches_the_stored_features_computation():
     sources = data.build_eval_sources(cfg.data)
     perceptual = evaluate.Perceptual(config(**{"eval.metrics": "psnr"}).eval)
     perceptual.inception = inception
-    _, per_task, _ = evaluate.score_sources(Identity(), None, sources, cfg, evaluate.sampling_key(0),
-                                            perceptual=perceptual)
+    _, per_task, _ = evaluate.score_sources(Identity(), None, sources, cfg,
+                                            evaluate.sampling_key(0), perceptual=perceptual)
     n = sum(len(s) for s in sources.values())
     assert len(made) == 2 * n >= 6
     assert max(alive_at_call) == 0  # features were dropped once folded in

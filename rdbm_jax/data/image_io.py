@@ -88,8 +88,8 @@ def _list_remote(folder: str) -> list[str]:
 
 
 def list_images(folder: str, key: str | None = None) -> list[str]:
-    """Image files under `folder` (recursive), sorted by relative path; DataError if missing or empty.
-    Object-store folders (gs://, s3://) are listed through etils.epath."""
+    """Image files under `folder` (recursive), sorted by relative path; DataError if missing or
+    empty. Object-store folders (gs://, s3://) are listed through etils.epath."""
     if not folder:
         raise DataError(f"no folder given{f' for {key}' if key else ''}")
     if not is_folder(folder):
