@@ -103,11 +103,18 @@ def split(data_cfg: ml_collections.ConfigDict, samples: int) -> dict[str, float]
     fn = pipeline.TrainExample(source, degrader, 0, CROP, "both", False, src.key)
     rng = np.random.default_rng(0)
     t = {"decode": 0.0, "crop": 0.0, "degrade": 0.0}
+    leading = source.LEADING_ROWS  # as TrainExample: a PNG decoded down to the window's last row
+    corner: list[tuple[int, int]] = []
+
+    def rows(h: int, w: int) -> int:
+        corner[:] = [fn.draw_window(h, w, rng)]
+        return min(h, corner[0][0] + CROP)
+
     for i in range(samples):
         c0 = time.process_time()
-        item = fn.read(i % len(source), rng)
+        item = fn.read(i % len(source), rng, rows if leading else None)
         c1 = time.process_time()
-        x0, mu = fn.crop_window(item, rng)
+        x0, mu = fn.crop_window(item, rng, corner[0] if leading else None)
         c2 = time.process_time()
         fn.finish(x0, mu, rng)
         c3 = time.process_time()

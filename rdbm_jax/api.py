@@ -121,7 +121,8 @@ class TrainedModel:
         if isinstance(images, (str, os.PathLike)):
             from PIL import Image, ImageOps
 
-            with Image.open(os.fspath(images)) as img:  # a missing/unreadable file: PIL's own error
+            path = os.fspath(images)  # local or gs://; a missing/unreadable file: PIL's own error
+            with image_io.readable(path) as source, Image.open(source) as img:
                 images = ImageOps.exif_transpose(img)  # as the camera held it (a loaded copy)
         if _is_pil(images):
             from PIL import Image

@@ -17,6 +17,7 @@ from rdbm_jax import atomic, conditioning, config as config_lib, data, distribut
 from rdbm_jax import progress
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError, RDBMError
+from rdbm_jax.paths import is_remote
 from rdbm_jax.sampler import check_size
 
 log = logging.getLogger("rdbm_jax")
@@ -56,7 +57,7 @@ def _mask_file(mask_dir: str, in_dir: str, path: str) -> str:
     stem = os.path.splitext(os.path.relpath(path, in_dir))[0]
     for ext in data.IMAGE_EXTENSIONS:
         candidate = os.path.join(mask_dir, stem + ext)
-        if os.path.isfile(candidate):
+        if image_io.is_file(candidate):
             return candidate
     raise DataError(f"no mask for {data.shown(path)} in {data.shown(mask_dir)} (sample.mask_dir): "
                     f"expected {data.shown(stem + '.png')} or another image extension "
@@ -65,13 +66,19 @@ def _mask_file(mask_dir: str, in_dir: str, path: str) -> str:
 
 def check_folders(in_dir: str, out_dir: str) -> None:
     """Refuse an output folder that is the input folder or inside it, by real path (a symlink to the
-    input folder would otherwise overwrite the inputs; a re-run would restore its own outputs)."""
-    real_in, real_out = os.path.realpath(in_dir), os.path.realpath(out_dir)
+    input folder would otherwise overwrite the inputs; a re-run would restore its own outputs).
+    Object-store URLs have no links: they are compared as written, without a trailing '/'."""
+    if is_remote(in_dir) or is_remote(out_dir):
+        real_in, real_out = in_dir.rstrip("/"), out_dir.rstrip("/")
+        inside = real_out.startswith(real_in + "/")
+    else:
+        real_in, real_out = os.path.realpath(in_dir), os.path.realpath(out_dir)
+        inside = os.path.commonpath([real_in, real_out]) == real_in
     if real_out == real_in:
         raise ConfigError(f"sample.output_dir={out_dir!r} is the input folder sample.input_dir="
                           f"{in_dir!r} (real path {real_in}): choose another folder (nothing was "
                           "written)")
-    if os.path.commonpath([real_in, real_out]) == real_in:
+    if inside:
         raise ConfigError(f"sample.output_dir={out_dir!r} is inside sample.input_dir={in_dir!r} "
                           f"(real path {real_out}): a later run would restore its own outputs; "
                           "choose a folder outside it (nothing was written)")
@@ -95,7 +102,7 @@ def run_restore_files(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str,
     if not s.input_dir or not s.output_dir:
         raise ConfigError("--mode=sample needs sample.input_dir and sample.output_dir")
     for key in ("input_dir", "mask_dir"):  # a missing folder a key names: a config error (exit 2)
-        if s[key] and not os.path.isdir(s[key]):
+        if s[key] and not image_io.is_folder(s[key]):
             raise ConfigError(f"sample.{key}: folder not found: {s[key]}")
     check_folders(s.input_dir, s.output_dir)
     data.set_max_pixels(cfg.data.max_image_pixels)
@@ -103,13 +110,15 @@ def run_restore_files(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str,
     check_distinct_outputs(paths, s.output_dir, s.input_dir)
     todo = [
         p for p in paths
-        if s.overwrite or not os.path.exists(_output_path(s.output_dir, s.input_dir, p))
+        if s.overwrite or not image_io.exists(_output_path(s.output_dir, s.input_dir, p))
     ]
     if s.mask_dir and conditioning.uses_mask(cfg.model.condition):
         for path in todo:  # every mask is found before anything is restored or written
             _mask_file(s.mask_dir, s.input_dir, path)
     skipped = len(paths) - len(todo)
-    if os.path.isdir(s.output_dir) and distributed.is_main_process():
+    # temporary files exist only beside local outputs (an object is published whole)
+    local_out = not is_remote(s.output_dir) and os.path.isdir(s.output_dir)
+    if local_out and distributed.is_main_process():
         stale = atomic.remove_stale(s.output_dir)
         if stale:
             log.info("removed %d temporary file(s) a killed run left in %s", stale, s.output_dir)

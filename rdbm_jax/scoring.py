@@ -191,13 +191,10 @@ class Perceptual:
             else:
                 log.warning("FID skipped: no weights (set eval.fid_weights to a converted .npz)")
 
-    def fid(self, restored_features: list[np.ndarray], target_features: list[np.ndarray]) -> float:
+    def fid(self, restored: fid_lib.RunningStats, targets: fid_lib.RunningStats) -> float:
         """FID of restored images against the reference statistics (or the ground truths)."""
-        mu1, s1 = fid_lib.compute_statistics(np.concatenate(restored_features))
-        if self.ref_stats is not None:
-            mu2, s2 = self.ref_stats
-        else:
-            mu2, s2 = fid_lib.compute_statistics(np.concatenate(target_features))
+        mu1, s1 = restored.statistics()
+        mu2, s2 = self.ref_stats if self.ref_stats is not None else targets.statistics()
         return float(fid_lib.frechet_distance(mu1, s1, mu2, s2))
 
 
@@ -249,8 +246,9 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any],
     ev = cfg.eval
     for label, source in sources.items():
         rows = []
-        feats_out = []
-        feats_gt = []
+        # Running statistics, O(D²) whatever the test set's size (not O(N D) stored features).
+        feats_out = fid_lib.RunningStats()
+        feats_gt = fid_lib.RunningStats()
         grids[label] = []
         ids = _ids(source)
         for index, ex, out in restore_source(sampler, params, source, cfg.sample.batch_size, rng):
@@ -265,8 +263,8 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any],
                 r["lpips"] = float(np.asarray(perceptual.lpips(out[None], ex["x0"][None]))[0])
             if perceptual and perceptual.inception:  # Inception takes [0, 1], as pytorch-fid
                 inception = perceptual.inception
-                feats_out.append(np.asarray(inception(_fid_input(out, ev.quantize))))
-                feats_gt.append(np.asarray(inception(_fid_input(ex["x0"], ev.quantize))))
+                feats_out.add(np.asarray(inception(_fid_input(out, ev.quantize))))
+                feats_gt.add(np.asarray(inception(_fid_input(ex["x0"], ev.quantize))))
             rows.append(r)
             if in_grid:
                 grids[label].append([ex["mu"], base, out, ex["x0"]])
@@ -275,7 +273,7 @@ def score_sources(sampler: Sampler, params: Any, sources: dict[str, Any],
         entry = {k: _mean(rows, k) for k in SCORES + ("lpips",) if any(k in r for r in rows)}
         entry["num_images"] = len(rows)
         entry["baseline"] = baseline.name(source)
-        if feats_out:
+        if feats_out.n:
             entry["fid"] = perceptual.fid(feats_out, feats_gt)
         per_set[label] = entry
         rows_all.extend(rows)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Mapping
 
@@ -203,20 +205,33 @@ class TensorBoardXWriter:
 
     `purge_step`: a run resumed from a checkpoint passes the first step it will write again;
     TensorBoard then discards the interrupted run's events at and after that step.
+
+    An object-store `logdir` (gs://, s3://): tensorboardX reaches those only through its own
+    clients (google-cloud-storage, boto3), outside the package's one path type, so events are
+    written to a local staging folder and each changed event file is copied whole to `logdir`
+    through `paths` on flush, on close and at writes `PUBLISH_SECS` after the last copy.
     """
+
+    PUBLISH_SECS = 30.0  # how far an object-store copy may lag (tensorboardX's own flush_secs)
 
     def __init__(self, logdir: str, purge_step: int | None = None):
         from tensorboardX import SummaryWriter
 
         self.logdir = logdir
+        remote = paths.is_remote(logdir)
+        self._staging = tempfile.mkdtemp(prefix="rdbm_tensorboard_") if remote else None
+        self._published: dict[str, int] = {}  # staged file → size last copied
+        self._last_publish = time.monotonic()
         # A nanosecond suffix: two writers opened within one second get distinct files, read in
         # order.
-        self._writer = SummaryWriter(logdir, purge_step=purge_step, flush_secs=30,
+        self._writer = SummaryWriter(self._staging or logdir, purge_step=purge_step,
+                                     flush_secs=30,
                                      filename_suffix=f".{time.time_ns()}")
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         for key, value in scalars.items():
             self._writer.add_scalar(key, float(np.asarray(value)), global_step=int(step))
+        self._publish_if_due()
 
     def write_images(self, step: int, images: Mapping[str, Any]) -> None:
         """Images [N, H, W, C] or [H, W, C], float in [0, 1] or uint8."""
@@ -224,13 +239,46 @@ class TensorBoardXWriter:
             arr = _to_uint8(value)
             self._writer.add_images(key, arr[None] if arr.ndim == 3 else arr, global_step=int(step),
                                     dataformats="NHWC")
+        self._publish_if_due()
 
     def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
         for key, text in texts.items():
             self._writer.add_text(key, text, global_step=int(step))
+        self._publish_if_due()
 
     def flush(self) -> None:
         self._writer.flush()
+        self._publish()
 
     def close(self) -> None:
         self._writer.close()
+        self._publish()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+    def _publish_if_due(self) -> None:
+        if self._staging is not None and time.monotonic() - self._last_publish >= self.PUBLISH_SECS:
+            self.flush()
+
+    def _publish(self) -> None:
+        """Copy each staged event file that grew since its last copy to `logdir` (whole objects:
+        object stores have no append; each writer's file name is its own, so none is overwritten
+        but this writer's)."""
+        if self._staging is None:
+            return
+        self._last_publish = time.monotonic()
+        for folder, _, names in os.walk(self._staging):
+            for name in sorted(names):
+                local = os.path.join(folder, name)
+                relative = os.path.relpath(local, self._staging)
+                with open(local, "rb") as f:
+                    data = f.read()
+                if self._published.get(relative) == len(data):
+                    continue
+                target = paths.join(self.logdir, *relative.split(os.sep))
+                try:
+                    paths.write_bytes(target, data)
+                except OSError as e:
+                    raise TrainingError(f"cannot write {target}: {e.strerror or e}") from None
+                self._published[relative] = len(data)

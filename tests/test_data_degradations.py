@@ -79,6 +79,71 @@ def test_mask_ratio_within_configured_range(lo, hi, shape):
         assert max(ratios) - min(ratios) > 0.05  # targets are spread over the range
 
 
+def _mask_recounting_the_canvas(h, w, rng, min_ratio, max_ratio):
+    """free_form_mask as it was: the whole canvas re-read after every segment (the oracle of the
+    box-wise count; same shapes, same draws)."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    from rdbm_jax.data import masks
+    n = h * w
+    lo, hi = int(math.ceil(min_ratio * n)), int(math.floor(max_ratio * n))
+    target = max(lo, min(hi, int(round(rng.uniform(min_ratio, max_ratio) * n))))
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    prev = cur = np.zeros((h, w), bool)
+    count = 0
+    for _ in range(masks._MAX_SHAPES):
+        shape = masks._stroke_segments if rng.uniform() < 0.7 else masks._box
+        for _box in shape(draw, h, w, rng):
+            cur = np.asarray(canvas) > 0
+            count = int(cur.sum())
+            if count >= target:
+                break
+            prev = cur
+        if count >= target:
+            break
+    cur = cur.copy()
+    if count > hi:
+        cur.flat[np.flatnonzero(cur & ~prev)[:count - hi]] = False
+    elif count < lo:
+        cur.flat[np.flatnonzero(~cur)[:lo - count]] = True
+    return cur
+
+
+@pytest.mark.parametrize("h,w,lo,hi", [(256, 256, 0.1, 0.4), (17, 40, 0.0, 1.0),
+                                       (64, 48, 0.3, 0.31), (8, 8, 0.5, 0.9), (100, 30, 0.9, 1.0)])
+def test_mask_counted_box_wise_equals_recounting_the_whole_canvas(h, w, lo, hi):
+    """Masks count the pixels of each segment's box only (2x cheaper at 256²): the same masks and
+    the same random draws as re-reading the whole canvas after every segment."""
+    for seed in range(30 if h * w > 10_000 else 150):
+        mine, theirs = np.random.default_rng(seed), np.random.default_rng(seed)
+        np.testing.assert_array_equal(free_form_mask(h, w, mine, lo, hi),
+                                      _mask_recounting_the_canvas(h, w, theirs, lo, hi))
+        assert mine.uniform() == theirs.uniform()  # as many draws taken
+
+
+def test_each_segment_draws_inside_the_box_it_yields():
+    """The box-wise count is exact only if a segment draws nothing outside its box."""
+    from PIL import Image, ImageDraw
+
+    from rdbm_jax.data import masks
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        h, w = int(rng.integers(8, 200)), int(rng.integers(8, 200))
+        canvas = Image.new("L", (w, h), 0)
+        draw = ImageDraw.Draw(canvas)
+        before = np.zeros((h, w), bool)
+        for shape in (masks._stroke_segments, masks._box) * 3:
+            for left, top, right, bottom in shape(draw, h, w, rng):
+                now = np.asarray(canvas) > 0
+                outside = now != before
+                outside[max(top, 0):max(bottom, 0), max(left, 0):max(right, 0)] = False
+                assert not outside.any(), (seed, shape.__name__)
+                before = now
+
+
 def test_inpaint_fills_hole_white_and_eval_masks_repeat():
     spec = source_spec(kind="builtin", split="val", degradation="inpaint", eval_size=48,
                        mask_min_ratio=0.2, mask_max_ratio=0.3)

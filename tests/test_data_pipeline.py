@@ -350,7 +350,8 @@ def _example_fn(spec, monkeypatch, **kw):
     source, degrader, _ = _build(data, src)
     reads = []
     real = sources.CleanSource.read_pixels
-    monkeypatch.setattr(sources.CleanSource, "read_pixels", lambda self, i: reads.append(i) or real(self, i))
+    monkeypatch.setattr(sources.CleanSource, "read_pixels",
+                        lambda self, i, *rows: reads.append(i) or real(self, i, *rows))
     return TrainExample(source, degrader, 0, 8, "both", False, src.key, **kw), reads
 
 
@@ -402,3 +403,61 @@ def test_auto_workers_only_where_they_help(tmp_path):
     assert num_workers(files, accelerator=True) == (min(cpus - 1, 32) if cpus > 2 else 0)
     files.num_workers = 3
     assert num_workers(files, accelerator=False) == 3
+
+
+def _adam7_png(rgb: np.ndarray) -> bytes:
+    """An Adam7-interlaced 8-bit RGB PNG (Pillow writes none): seven passes, filter 0 rows."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    h, w = rgb.shape[:2]
+    raw = b""
+    for top, left, dy, dx in ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4),
+                              (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)):
+        sub = rgb[top::dy, left::dx]
+        if sub.size:
+            raw += b"".join(b"\x00" + row.tobytes() for row in sub)
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 1)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def test_one_crop_decodes_png_rows_down_to_its_window_only_and_crops_bit_identically(
+        tmp_path, monkeypatch):
+    """Default training (one crop, no cache) draws the window from the header's size and decodes a
+    PNG only down to the window's last row: the same examples, draw for draw, as a full decode."""
+    from rdbm_jax.data import image_io, sources
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (60, 44, 3), np.uint8)).save(folder / "a_rgb.png")
+    palette = Image.fromarray(rng.integers(0, 256, (50, 30), np.uint8)).convert("P")
+    palette.save(folder / "b_pal.png")
+    Image.fromarray(rng.integers(0, 256, (48, 40, 4), np.uint8)).save(folder / "c_rgba.png")
+    inter = rng.integers(0, 256, (52, 36, 3), np.uint8)
+    (folder / "d_inter.png").write_bytes(_adam7_png(inter))
+    Image.fromarray(rng.integers(0, 256, (6, 50, 3), np.uint8)).save(folder / "e_small.png")
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), np.uint8)).save(folder / "f.jpg")
+    spec = source_spec(kind="clean", dir=str(folder), degradation="inpaint")
+    fn, _ = _example_fn(spec, monkeypatch)
+    np.testing.assert_array_equal(image_io.decode_pixels(str(folder / "d_inter.png")), inter)
+    decoded = []
+    real = image_io._decode_leading_rows
+    monkeypatch.setattr(image_io, "_decode_leading_rows",
+                        lambda img, rows: decoded.append(rows) if real(img, rows) else False)
+    for index in range(6):
+        for seed in range(4):
+            decoded.clear()
+            got = fn(index, np.random.default_rng(seed))
+            with monkeypatch.context() as m:
+                m.setattr(sources.CleanSource, "LEADING_ROWS", False)  # the whole-image path
+                want = fn(index, np.random.default_rng(seed))
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key])
+            # rows decoded: at most the window's bottom (< the height) for the three plain PNGs
+            assert (len(decoded) == 1) == (index < 3), (index, decoded)
+            assert all(8 <= r < 60 for r in decoded)

@@ -265,3 +265,49 @@ def test_evaluation_keeps_only_the_grid_baselines(monkeypatch):
     again = scoring.score_sources(Identity(), None, sources, cfg, scoring.sampling_key(0), baseline=baseline)
     assert len(calls) == n  # a second validation computes no baseline again
     assert first[1] == again[1]
+
+
+def test_fid_streams_features_and_matches_the_stored_features_computation():
+    """FID kept a 2048-d feature vector per image for the whole test set; it now folds them into
+    running statistics (n, mean, centred scatter): no earlier image's features stay alive, and the
+    FID equals the one computed from every feature stored."""
+    import weakref
+
+    from rdbm_jax import data
+    from rdbm_jax.perceptual import fid as fid_lib
+
+    class Identity:  # a stand-in sampler: the restored image is the input
+        uses_mask = False
+
+        def __call__(self, params, mu, rng, mask=None):
+            return np.asarray(mu)
+
+    made, alive_at_call = [], []
+
+    def inception(unit):  # stand-in features: 12 image statistics, offset like pool3's
+        alive_at_call.append(sum(r() is not None for r in made))
+        u = np.asarray(unit, np.float64)[0]
+        f = np.concatenate([u.mean((0, 1)), u.std((0, 1)), u[::7, ::5].mean((0, 1)),
+                            (u ** 2)[1::3].mean((0, 1))])[None] + 5.0
+        made.append(weakref.ref(f))
+        return f
+
+    cfg = config(**{"eval.num_grid_images": 0})
+    sources = data.build_eval_sources(cfg.data)
+    perceptual = scoring.Perceptual(config(**{"eval.metrics": "psnr"}).eval)
+    perceptual.inception = inception
+    _, per_task, _ = scoring.score_sources(Identity(), None, sources, cfg,
+                                            scoring.sampling_key(0), perceptual=perceptual)
+    n = sum(len(s) for s in sources.values())
+    assert len(made) == 2 * n >= 6
+    assert max(alive_at_call) == 0  # features were dropped once folded in
+    # the same features again, stored, through the batch formula
+    outs, gts = [], []
+    for source in sources.values():
+        for i in range(len(source)):
+            ex = source[i]
+            outs.append(inception(scoring._fid_input(ex["mu"], cfg.eval.quantize)))
+            gts.append(inception(scoring._fid_input(ex["x0"], cfg.eval.quantize)))
+    stored = fid_lib.frechet_distance(*fid_lib.compute_statistics(np.concatenate(outs)),
+                                      *fid_lib.compute_statistics(np.concatenate(gts)))
+    assert per_task["overall"]["fid"] == pytest.approx(stored, rel=1e-9, abs=1e-12)

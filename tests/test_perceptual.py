@@ -340,3 +340,32 @@ def test_converter_cli_errors(tmp_path, capsys):
     rc = convert.main(["lpips", "--torch-backbone", str(tmp_path / "junk.pth"),
                        "--torch-lin", os.path.join(LPIPS_WEIGHTS, "alex.pth"), "--out", out])
     assert rc == 1 and "junk.pth (--torch-backbone)" in capsys.readouterr().err
+
+
+def test_running_stats_match_the_stored_features_and_do_not_grow():
+    """Streaming FID statistics (batches of any size, pool3-like positive offset) equal
+    `compute_statistics` on every feature stored, and hold O(D²) whatever N."""
+    rng = np.random.default_rng(7)
+    d = 32
+    a = np.abs(rng.normal(size=(301, d))) * 0.4 + 3.0  # a shared large mean, as Inception's
+    b = np.abs(rng.normal(size=(240, d))) * 0.5 + 3.1
+    stats_a, stats_b = fid.RunningStats(), fid.RunningStats()
+    for part in np.split(a, [1, 2, 9, 60, 250]):  # batch sizes 1, 1, 7, 51, 190, 51
+        stats_a.add(part)
+    for row in b:
+        stats_b.add(row)  # one [D] vector at a time
+    mu, sigma = fid.compute_statistics(a)
+    np.testing.assert_allclose(stats_a.statistics()[0], mu, rtol=1e-13)
+    np.testing.assert_allclose(stats_a.statistics()[1], sigma, rtol=1e-9, atol=1e-14)
+    stored = fid.frechet_distance(mu, sigma, *fid.compute_statistics(b))
+    assert fid.frechet_distance(*stats_a.statistics(), *stats_b.statistics()) == pytest.approx(
+        stored, rel=1e-9)
+    assert stats_a.n == 301 and stats_a.mean.size + stats_a.scatter.size == d + d * d
+    stats_a.add(np.zeros((0, d)))  # an empty batch changes nothing
+    assert stats_a.n == 301
+    with pytest.raises(ValueError, match="dimension 4 added to statistics of dimension 32"):
+        stats_a.add(np.zeros((2, 4)))
+    one = fid.RunningStats()
+    one.add(a[:1])
+    with pytest.raises(ValueError, match="need features"):
+        one.statistics()

@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax.data import builtin
-from rdbm_jax.data.image_io import (decode_pixels, list_images, pixels_to_unit, probe_size,
-                                    relative_stem)
+from rdbm_jax.data.image_io import (RowsNeeded, decode_pixels, list_images, pixels_to_unit,
+                                    probe_size, relative_stem)
 from rdbm_jax.errors import ConfigError, DataError
 
 _MAX_LISTED = 3
@@ -36,6 +36,7 @@ class ImageSource(abc.ABC):
     """Base: a sorted list of (name, file paths) entries, filtered for bad files at build time."""
 
     FILE_KEYS: tuple[str, ...] = ("dir",)  # config key of each path of an entry (for messages)
+    LEADING_ROWS = False  # whether `read_pixels` can decode only the leading rows a crop needs
 
     def __init__(self, entries: list[tuple[str, tuple[str, ...]]], key: str, *, max_images: int,
                  skip_bad_files: bool, check: str):
@@ -76,9 +77,15 @@ class ImageSource(abc.ABC):
         mu = None if item.mu is None else pixels_to_unit(item.mu)
         return RawItem(pixels_to_unit(item.x0), mu, item.name)
 
-    def read_pixels(self, index: int) -> RawItem:
-        """Example `index` as stored pixels (`image_io.decode_pixels`): crop, then convert."""
+    def read_pixels(self, index: int, rows: RowsNeeded | None = None) -> RawItem:
+        """Example `index` as stored pixels (`image_io.decode_pixels`): crop, then convert.
+        `rows` (sources with LEADING_ROWS only): see `decode_pixels`; x0 may hold fewer rows."""
+        if rows is not None:
+            return self._read_rows(self.entries[index], rows)
         return self._read_entry(self.entries[index])
+
+    def _read_rows(self, entry: tuple[str, tuple[str, ...]], rows: RowsNeeded) -> RawItem:
+        raise NotImplementedError(f"{type(self).__name__} decodes whole images")
 
     @abc.abstractmethod
     def _read_entry(self, entry: tuple[str, tuple[str, ...]]) -> RawItem:
@@ -92,15 +99,22 @@ class ImageSource(abc.ABC):
 class CleanSource(ImageSource):
     """Clean images only (μ is synthesised by a degradation)."""
 
+    LEADING_ROWS = True
+
     def _read_entry(self, entry):
         name, (path,) = entry
         return RawItem(decode_pixels(path, self.file_keys[0]), None, name)
+
+    def _read_rows(self, entry, rows):
+        name, (path,) = entry
+        return RawItem(decode_pixels(path, self.file_keys[0], rows), None, name)
 
 
 class BuiltinSource(CleanSource):
     """The built-in photos of one split; decoded pixels are kept in memory (11 small files)."""
 
     FILE_KEYS = ("split",)
+    LEADING_ROWS = False  # whole images are kept in memory
 
     def __init__(self, *args, **kwargs):
         self._cache: dict[str, np.ndarray] = {}

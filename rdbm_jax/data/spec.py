@@ -175,13 +175,22 @@ def folder(data_cfg: ml_collections.ConfigDict, path: str) -> str:
 
 
 def check_folders(data_cfg: ml_collections.ConfigDict, which: tuple[str, ...] = TASK_NODES) -> None:
-    """Every local folder that the `which` sources name exists, else a ConfigError naming the key
-    (checked before a run creates or writes anything: a missing dataset is an unusable config)."""
+    """Every folder that the `which` sources name exists, local or object store, else a
+    ConfigError naming the key (checked before a run creates or writes anything: a missing
+    dataset is an unusable config)."""
     for task in task_names(data_cfg):
         for node in which:
             for src in named_sources(data_cfg, task, node):
                 spec = resolve(src.cfg, src.key)
                 for key in FOLDER_KEYS:
                     path = folder(data_cfg, spec[key])
-                    if path and "://" not in path and not os.path.isdir(path):
+                    if path and not _is_folder(path):
                         raise ConfigError(f"image folder not found: {path} ({src.key}.{key})")
+
+
+def _is_folder(path: str) -> bool:
+    """Whether `path` is a folder; an object-store URL (gs://…) is asked through etils.epath."""
+    if "://" not in path:
+        return os.path.isdir(path)
+    from rdbm_jax.data.image_io import is_folder  # numpy, PIL, etils: validation stays light
+    return is_folder(path)

@@ -9,14 +9,15 @@ Statistics files hold `mu` [D] and `sigma` [D, D] (the same .npz layout as pytor
 from __future__ import annotations
 
 import argparse
+import io
 import logging
-import os
 import sys
 import warnings
 
 import numpy as np
 from scipy import linalg
 
+from rdbm_jax import paths
 from rdbm_jax.data.image_io import decode_image, list_images
 from rdbm_jax.errors import DataError, RDBMError
 from rdbm_jax.perceptual.inception import INPUT_SIZE, make_inception, resize_matrix
@@ -30,6 +31,50 @@ def compute_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"FID statistics need features [N >= 2, D], got shape {f.shape}")
     return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+class RunningStats:
+    """FID statistics accumulated batch by batch: memory O(D²), whatever the number of images.
+
+    Keeps n, the running mean and the centred scatter matrix M = Σ (x - mean)(x - mean)ᵀ in
+    float64, merged per batch by Chan et al.'s pairwise update. WHY not raw Σx, Σxxᵀ: Inception
+    features share a large positive mean, and Σxxᵀ - n mean meanᵀ would cancel most of its digits;
+    the centred update matches `compute_statistics` on the stored features to rounding.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray | None = None
+        self.scatter: np.ndarray | None = None
+
+    def add(self, features: np.ndarray) -> None:
+        """Fold in features [B, D] (or one [D] vector)."""
+        f = np.atleast_2d(np.asarray(features, np.float64))
+        if f.ndim != 2:
+            raise ValueError(f"FID features must be [B, D], got shape {f.shape}")
+        if f.shape[0] == 0:
+            return
+        if self.mean is not None and f.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"FID features of dimension {f.shape[1]} added to statistics of "
+                             f"dimension {self.mean.shape[0]}")
+        b = f.shape[0]
+        mean_b = f.mean(axis=0)
+        centred = f - mean_b
+        scatter_b = centred.T @ centred
+        if self.mean is None:
+            self.n, self.mean, self.scatter = b, mean_b, scatter_b
+            return
+        delta = mean_b - self.mean
+        total = self.n + b
+        self.mean = self.mean + delta * (b / total)
+        self.scatter = self.scatter + scatter_b + np.outer(delta, delta) * (self.n * b / total)
+        self.n = total
+
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean [D], covariance [D, D] with N-1 normalisation), as `compute_statistics`."""
+        if self.n < 2:
+            raise ValueError(f"FID statistics need features [N >= 2, D], got {self.n} image(s)")
+        return self.mean.copy(), self.scatter / (self.n - 1)
 
 
 def _sqrtm(a: np.ndarray) -> np.ndarray:
@@ -64,21 +109,20 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Write `mu` and `sigma` to an .npz (pytorch-fid's layout)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+    """Write `mu` and `sigma` to an .npz (pytorch-fid's layout), whole (local or gs://)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+    paths.write_bytes(path, buffer.getvalue())
 
 
 def load_stats(path: str, config_key: str = "eval.fid_ref_stats") -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) from an .npz; DataError naming the file and config key if missing or
-    malformed."""
+    """(mu, sigma) from an .npz (local or gs://); DataError naming the file and config key if
+    missing or malformed."""
     where = f"{path} ({config_key})" if config_key else path
-    if not os.path.isfile(path):
+    if not paths.as_path(path).is_file():
         raise DataError(f"FID reference statistics not found: {where}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with paths.as_path(path).open("rb") as f, np.load(f, allow_pickle=False) as z:
             if "mu" not in z.files or "sigma" not in z.files:
                 raise DataError(
                     f"FID statistics file lacks 'mu'/'sigma' arrays (has {z.files}): {where}")
@@ -95,15 +139,15 @@ def load_stats(path: str, config_key: str = "eval.fid_ref_stats") -> tuple[np.nd
     return mu, sigma
 
 
-def folder_features(weights_path: str, folder: str, batch_size: int = 50) -> np.ndarray:
-    """Pool3 features [N, 2048] of every image under `folder` (each resized to 299 as
-    pytorch-fid)."""
+def folder_statistics(weights_path: str, folder: str, batch_size: int = 50) -> RunningStats:
+    """Running statistics of the pool3 features of every image under `folder` (each resized to 299
+    as pytorch-fid); memory does not grow with the number of images."""
     features = make_inception(weights_path, config_key="--weights")
     if features is None:
         raise DataError("no Inception weights given (--weights)")
     paths = list_images(folder, "--folder")
     batch_size = min(batch_size, len(paths))
-    out = []
+    stats = RunningStats()
     for start in range(0, len(paths), batch_size):
         batch = []
         for p in paths[start:start + batch_size]:
@@ -113,9 +157,9 @@ def folder_features(weights_path: str, folder: str, batch_size: int = 50) -> np.
             batch.append(np.einsum("oh,hwc->owc", rh, np.einsum("pw,hwc->hpc", rw, img)))
         n = len(batch)
         batch += [batch[-1]] * (batch_size - n)  # one compiled shape for every batch
-        out.append(np.asarray(features(np.stack(batch)))[:n])
+        stats.add(np.asarray(features(np.stack(batch)))[:n])
         log.info("FID features: %d / %d images", start + n, len(paths))
-    return np.concatenate(out, axis=0).astype(np.float64)
+    return stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,16 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.batch_size < 1:
             raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
-        feats = folder_features(args.weights, args.folder, args.batch_size)
-        if feats.shape[0] < 2:
-            raise DataError(f"FID statistics need at least 2 images, found {feats.shape[0]} in "
+        stats = folder_statistics(args.weights, args.folder, args.batch_size)
+        if stats.n < 2:
+            raise DataError(f"FID statistics need at least 2 images, found {stats.n} in "
                             f"{args.folder} (--folder)")
-        mu, sigma = compute_statistics(feats)
+        mu, sigma = stats.statistics()
         save_stats(args.out, mu, sigma)
     except RDBMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} (statistics of {feats.shape[0]} images)")
+    print(f"wrote {args.out} (statistics of {stats.n} images)")
     return 0
 
 

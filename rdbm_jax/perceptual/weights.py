@@ -6,12 +6,13 @@ run time by `lpips.load_lpips` and `inception.load_inception`.
 """
 from __future__ import annotations
 
-import os
+import io
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
+from rdbm_jax import paths
 from rdbm_jax.errors import DataError
 
 FORMAT_VERSION = 1
@@ -74,20 +75,20 @@ def check_arrays(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple[in
 
 
 def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write flat arrays to an uncompressed .npz (no pickle)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    """Write flat arrays to an uncompressed .npz (no pickle), whole (`paths`: local or gs://)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    paths.write_bytes(path, buffer.getvalue())
 
 
 def load_npz(path: str, config_key: str = "") -> dict[str, np.ndarray]:
-    """Read a flat .npz; DataError naming the file (and config key) if missing or unreadable."""
+    """Read a flat .npz (local or gs://); DataError naming the file (and config key) if missing
+    or unreadable."""
     where = f"{path} ({config_key})" if config_key else path
-    if not os.path.isfile(path):
+    if not paths.as_path(path).is_file():
         raise DataError(f"weight file not found: {where}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with paths.as_path(path).open("rb") as f, np.load(f, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
