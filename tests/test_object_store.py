@@ -187,20 +187,20 @@ def test_gs_sample_folders_restore_like_local_ones(trained_workdir, tmp_path, mo
     run (the folders were refused as missing); an output folder inside the input refused."""
     from PIL import Image
 
-    from rdbm_jax import sample
+    from rdbm_jax import restore_files
     from rdbm_jax.errors import ConfigError
 
     bucket = tmp_path / "bucket_root" / "bucket" / "data"
     _tree(bucket, np.random.default_rng(1))
     local_in, local_out = str(bucket / "lq"), str(tmp_path / "out")
-    sample.run_sample(config(**{"sample.input_dir": local_in, "sample.output_dir": local_out,
+    restore_files.run_restore_files(config(**{"sample.input_dir": local_in, "sample.output_dir": local_out,
                                 "sample.batch_size": 4}), trained_workdir)
     with fake_gcs(str(tmp_path / "bucket_root"), monkeypatch):
         url_in, url_out = "gs://bucket/data/lq", "gs://bucket/restored"
         cfg = config(**{"sample.input_dir": url_in, "sample.output_dir": url_out,
                         "sample.batch_size": 4})
-        assert sample.run_sample(cfg, trained_workdir)["restored"] == 3
-        again = sample.run_sample(cfg, trained_workdir)
+        assert restore_files.run_restore_files(cfg, trained_workdir)["restored"] == 3
+        again = restore_files.run_restore_files(cfg, trained_workdir)
         assert again == {"restored": 0, "skipped": 3, "failed": []}
         for name in ("a.png", "gray.png", "sub/b.png"):
             mine = Image.open(local_of(f"{url_out}/{name}"))
@@ -210,16 +210,17 @@ def test_gs_sample_folders_restore_like_local_ones(trained_workdir, tmp_path, mo
         model = rdbm_jax.load(trained_workdir)  # the API restores a gs:// file as a local one
         np.testing.assert_array_equal(np.asarray(model.restore(url_in + "/a.png", num_steps=1)),
                                       np.asarray(model.restore(local_in + "/a.png", num_steps=1)))
-        assert sample._mask_file("gs://bucket/data/masks", url_in, url_in + "/a.png") == \
+        assert restore_files._mask_file("gs://bucket/data/masks", url_in, url_in + "/a.png") == \
             "gs://bucket/data/masks/a.png"
         with pytest.raises(ConfigError, match="is inside sample.input_dir"):
-            sample.check_folders(url_in, url_in + "/restored")
+            restore_files.check_folders(url_in, url_in + "/restored")
         with pytest.raises(ConfigError, match="is the input folder"):
-            sample.check_folders(url_in, url_in + "/")
-        sample.check_folders(url_in, url_in + "2")  # a sibling whose name extends the input's
+            restore_files.check_folders(url_in, url_in + "/")
+        restore_files.check_folders(url_in, url_in + "2")  # a sibling whose name extends the input's
         with pytest.raises(ConfigError, match="sample.input_dir: folder not found"):
-            sample.run_sample(config(**{"sample.input_dir": "gs://bucket/none",
-                                        "sample.output_dir": url_out}), trained_workdir)
+            restore_files.run_restore_files(config(**{"sample.input_dir": "gs://bucket/none",
+                                                      "sample.output_dir": url_out}),
+                                            trained_workdir)
     assert not os.path.exists("gs:")
 
 
