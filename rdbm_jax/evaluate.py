@@ -61,7 +61,8 @@ def restore_source(sampler: Sampler, params: Any, source: Any, batch_size: int,
         idx, examples = zip(*group)
         masks = [e.get("mask") for e in examples]  # sources without masks: inferred where needed
         out = sampler(params, np.stack([e["mu"] for e in examples]), jax.random.fold_in(rng, b),
-                      mask=None if any(m is None for m in masks) else np.stack(masks))
+                      mask=None if any(m is None for m in masks) else np.stack(masks),
+                      task=examples[0].get("task_name"))  # one source: one task (precond's ρ)
         yield from zip(idx, examples, out)
 
 

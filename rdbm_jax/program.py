@@ -31,6 +31,29 @@ LOSSES = ("l1", "l2")  # train.loss
 MUST_MATCH = ("bridge.preset", "bridge.parameterization", "bridge.num_timesteps",
               "bridge.theta_schedule", "bridge.pi", "bridge.lam", "bridge.discretization", "model.size",
               "model.condition")
+# ... and, for bridge.parameterization='precond' only, these (ρ scales the network's input and output).
+MUST_MATCH_PRECOND = ("bridge.sigma_data",)
+
+
+def sigma_data_values(text: str, tasks: list[str]) -> dict[str, float]:
+    """ρ per task from bridge.sigma_data: "0.5" (every task) or "inpaint=1.34,noise=0.18" (each task)."""
+    raw = str(text).strip()
+    try:
+        if "=" not in raw:
+            values = {task: float(raw) for task in tasks}
+        else:
+            pairs = [item.split("=") for item in raw.split(",") if item.strip()]
+            values = {name.strip(): float(v) for name, v in pairs}
+    except ValueError:
+        raise ConfigError(f"bridge.sigma_data={text!r} is not a number or 'task=number,…'") from None
+    missing, unknown = sorted(set(tasks) - set(values)), sorted(set(values) - set(tasks))
+    if missing or unknown:
+        raise ConfigError(f"bridge.sigma_data={text!r}: " + (f"no value for task(s) {missing}" if missing
+                          else f"unknown task(s) {unknown} (tasks: {sorted(tasks)})"))
+    bad = [k for k, v in values.items() if not v > 0]
+    if bad:
+        raise ConfigError(f"bridge.sigma_data={text!r}: ρ of {bad} must be > 0")
+    return values
 
 # clu metric collection of the training loop (averaged between two log lines).
 TrainMetrics = clu_metrics.Collection.create(loss=clu_metrics.Average.from_output("loss"),
@@ -47,14 +70,18 @@ def schedule_from_config(bridge: Any) -> Any:
         raise ConfigError(f"bridge: {e}") from None
 
 
-def make_loss_fn(model: Any, schedule: Any, bridge: Any, loss: str, cond_kind: str = "mu") -> Callable:
+def make_loss_fn(model: Any, schedule: Any, bridge: Any, loss: str, cond_kind: str = "mu",
+                 rho_by_task: tuple[float, ...] = (1.0,)) -> Callable:
     """loss(params, batch, rng) = mean |net([x_t, cond], t) − target| (L1, Eq. 20) or squared (L2).
 
     With a mask condition the error is averaged over the masked pixels only: outside the mask x̂0 is
-    set to μ (`sde.project_known`), so the output there never reaches x̂0.
+    set to μ (`sde.project_known`), so the output there never reaches x̂0. precond: the network sees
+    c_in (x_t − μ) and regresses the unit-variance F*, ρ = rho_by_task[batch["task"]] (times the mask
+    with a mask condition).
     """
     pi = bridge.pi or None
     masked = conditioning.uses_mask(cond_kind)
+    rho_table = jnp.asarray(rho_by_task, jnp.float32)
 
     def loss_fn(params, batch, rng):
         x0, mu = batch["x0"], batch["mu"]
@@ -62,9 +89,14 @@ def make_loss_fn(model: Any, schedule: Any, bridge: Any, loss: str, cond_kind: s
         t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
         noise = jax.random.normal(k_n, x0.shape, x0.dtype)
         x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=pi)
-        target = sde.training_target(schedule, x0, mu, noise, bridge.parameterization, pi=pi, t=t)
+        rho = rho_table[batch.get("task", jnp.zeros(x0.shape[0], jnp.int32))].reshape(-1, 1, 1, 1)
+        if masked:
+            rho = rho * batch["mask"]  # mask-aware: ρ = 0 where x0 = μ is known
+        par = bridge.parameterization
+        target = sde.training_target(schedule, x0, mu, noise, par, pi=pi, t=t, sigma_data=rho)
         cond = conditioning.condition(mu, batch.get("mask"), cond_kind)
-        out = model.apply({"params": params}, x_t, cond, t, train=True, rngs={"dropout": k_d})
+        x_in = sde.network_input(schedule, x_t, mu, t, par, pi=pi, sigma_data=rho)
+        out = model.apply({"params": params}, x_in, cond, t, train=True, rngs={"dropout": k_d})
         out = out + conditioning.output_offset(cond, cond_kind, bridge.parameterization)
         err = out.astype(jnp.float32) - target
         err = jnp.abs(err) if loss == "l1" else jnp.square(err)
@@ -140,13 +172,21 @@ def network_spec(cfg: Any) -> FrozenConfigDict:
     return FrozenConfigDict(dict(model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict()))
 
 
+def _rho_spec(cfg: Any) -> dict[str, float]:
+    """ρ per task (precond only; {} otherwise, so other objectives' programs do not depend on it)."""
+    if cfg.bridge.parameterization != "precond":
+        return {}
+    return sigma_data_values(cfg.bridge.sigma_data, sorted(cfg.data.tasks.keys()))
+
+
 def program_spec(cfg: Any) -> FrozenConfigDict:
     """Everything the training program reads: network spec, `optim`, loss, LR decay length, K."""
     decay = cfg.train.num_steps if cfg.optim.schedule == "cosine" else 0  # constant LR: unused
     return FrozenConfigDict(dict(model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict(),
                                  optim=cfg.optim.to_dict(),
                                  train=dict(loss=cfg.train.loss, decay_steps=decay,
-                                            steps_per_dispatch=cfg.train.steps_per_dispatch)))
+                                            steps_per_dispatch=cfg.train.steps_per_dispatch),
+                                 rho=_rho_spec(cfg)))
 
 
 @functools.cache
@@ -166,7 +206,8 @@ def _program(spec: FrozenConfigDict, mesh: Any) -> Program:
     init = state_initializer(model, spec)
     abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                                       jax.eval_shape(init, init_key(0)))
-    loss_fn = make_loss_fn(model, schedule, spec.bridge, spec.train.loss, spec.model.condition)
+    rho = tuple(spec.rho[k] for k in sorted(spec.rho)) or (1.0,)  # task ids index the sorted names
+    loss_fn = make_loss_fn(model, schedule, spec.bridge, spec.train.loss, spec.model.condition, rho)
     step = jax.jit(make_train_step(loss_fn, spec.train.steps_per_dispatch),
                    in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
                    out_shardings=(repl, repl, repl), donate_argnums=0)
@@ -194,7 +235,9 @@ def sampler_spec(cfg: Any, num_steps: int | None = None, eta: float | None = Non
     return FrozenConfigDict(dict(
         model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict(),
         sample=dict(num_steps=int(num_steps or s.num_steps), eta=float(s.eta if eta is None else eta),
-                    clip=bool(s.clip), tile_size=int(s.tile_size), tile_overlap=int(s.tile_overlap))))
+                    clip=bool(s.clip), tile_size=int(s.tile_size), tile_overlap=int(s.tile_overlap),
+                    first_step_eta=float(s.first_step_eta)),
+        rho=_rho_spec(cfg)))
 
 
 @functools.cache
@@ -205,7 +248,8 @@ def _sampler(spec: FrozenConfigDict, mesh: Any) -> Sampler:
                    schedule, num_steps=s.num_steps, multiple=models.downsample_factor(spec.model), mesh=mesh,
                    eta=s.eta, clip=s.clip, parameterization=spec.bridge.parameterization,
                    pi=spec.bridge.pi or None, tile_size=s.tile_size, tile_overlap=s.tile_overlap,
-                   condition=spec.model.condition)
+                   condition=spec.model.condition, sigma_data=dict(spec.rho),
+                   first_step_eta=s.first_step_eta)
 
 
 def sampler(cfg: Any, mesh: Any = None, num_steps: int | None = None, eta: float | None = None) -> Sampler:
@@ -216,7 +260,8 @@ def sampler(cfg: Any, mesh: Any = None, num_steps: int | None = None, eta: float
 
 def check_compatible(cfg: Any, saved: dict, where: str) -> None:
     """Refuse (ConfigError) a config whose bridge/model differs from the checkpoint's."""
-    for key in MUST_MATCH:
+    precond = cfg.bridge.parameterization == "precond"
+    for key in MUST_MATCH + (MUST_MATCH_PRECOND if precond else ()):
         section, name = key.split(".")
         theirs, ours = saved.get(section, {}).get(name), cfg[section][name]
         if theirs is not None and theirs != ours:

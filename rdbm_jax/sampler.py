@@ -95,8 +95,11 @@ class Sampler:
     def __init__(self, apply_fn: Callable[..., jax.Array], schedule: Any, *, num_steps: int,
                  multiple: int, mesh: Mesh | None = None, eta: float = 0.0, clip: bool = True,
                  parameterization: str = "x0", pi: str | None = None, tile_size: int = 0,
-                 tile_overlap: int = 32, condition: str = "mu"):
+                 tile_overlap: int = 32, condition: str = "mu", sigma_data: dict[str, float] | None = None,
+                 first_step_eta: float = 0.0):
         conditioning.check_condition(condition)
+        # ρ of the precond parameterisation per task name (program.sigma_data_values); others ignore it.
+        self.sigma_data, self.first_step_eta = dict(sigma_data or {}), first_step_eta
         self.apply_fn, self.schedule, self.num_steps = apply_fn, schedule, num_steps
         self.condition, self.uses_mask = condition, conditioning.uses_mask(condition)
         self.multiple, self.mesh = multiple, mesh or distributed.make_mesh()
@@ -107,10 +110,29 @@ class Sampler:
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
         self._jitted: Callable | None = None
 
-    def sample_padded(self, params: Any, mu: jax.Array, mask: jax.Array, rng: jax.Array) -> jax.Array:
+    def rho(self, task: str | None = None) -> float:
+        """ρ (bridge.sigma_data) of `task`; None: the one value every task shares (1.0 when unused)."""
+        if self.parameterization != "precond":
+            return 1.0
+        if task is not None and task in self.sigma_data:
+            return self.sigma_data[task]
+        values = set(self.sigma_data.values())
+        if task is None and len(values) == 1:
+            return values.pop()
+        raise ConfigError(f"bridge.sigma_data: no ρ for task {task!r} (per-task values "
+                          f"{self.sigma_data}); restore with the task named, or give one value")
+
+    def sample_padded(self, params: Any, mu: jax.Array, mask: jax.Array, rng: jax.Array,
+                      rho: jax.Array | float | None = None) -> jax.Array:
         """The reverse loop on a batch whose H, W are multiples of `multiple` (traceable): the
-        network's condition and output offset, tiles, and x̂0 = μ outside the mask for mask models."""
+        network's condition and output offset, tiles, and x̂0 = μ outside the mask for mask models.
+        `rho`: precond's ρ, scalar or [B] (default `self.rho()`); mask models read ρ · mask (ρ = 0
+        where x0 = μ is known, so x̂0 = μ there: mask-aware preconditioning)."""
         cond = conditioning.condition(mu, mask, self.condition)
+        rho = jnp.asarray(self.rho() if rho is None else rho, jnp.float32)
+        rho = rho.reshape(rho.shape + (1,) * (mu.ndim - rho.ndim)) if rho.ndim else rho
+        if self.uses_mask:
+            rho = rho * mask
         denoise = lambda x_t, c, t: self.apply_fn(params, x_t, c, t) + conditioning.output_offset(
             c, self.condition, self.parameterization)
         if self.tile_size:
@@ -118,23 +140,24 @@ class Sampler:
         known = 1.0 - mask if self.uses_mask else None
         return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu, self.num_steps, rng,
                           eta=self.eta, clip=self.clip, parameterization=self.parameterization, pi=self.pi,
-                          known=known)
+                          known=known, sigma_data=rho, first_step_eta=self.first_step_eta)
 
     @property
     def jitted(self) -> Callable:
         """`sample_padded` under jit, sharded over the mesh (jax compiles it once per batch shape)."""
         if self._jitted is None:
             sharding, repl = distributed.batch_sharding(self.mesh), distributed.replicated(self.mesh)
-            self._jitted = jax.jit(self.sample_padded, in_shardings=(repl, sharding, sharding, repl),
+            self._jitted = jax.jit(self.sample_padded, in_shardings=(repl, sharding, sharding, repl, sharding),
                                    out_shardings=sharding)
         return self._jitted
 
     def __call__(self, params: Any, mu: np.ndarray, rng: jax.Array,
-                 mask: np.ndarray | None = None) -> np.ndarray:
+                 mask: np.ndarray | None = None, task: str | None = None) -> np.ndarray:
         """Restore a batch [B, H, W, 3] of one size; returns x̂0 [B, H, W, 3] in [-1, 1] (numpy).
 
         `mask` [B, H, W, 1] (1 where μ may differ from x0) is read by mask-conditioned models only;
         when they get none it is inferred from the pure-fill pixels (`conditioning.infer_mask`).
+        `task`: the images' task, for a per-task ρ (bridge.sigma_data) of the precond parameterisation.
         """
         mu = np.asarray(mu, np.float32)
         b, h, w, _ = mu.shape
@@ -153,5 +176,7 @@ class Sampler:
             return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
         mu_global = global_array(mu)
-        out = self.jitted(params, mu_global, global_array(mask), rng)
+        rho = np.full((b + (-b) % self.mesh.size, 1, 1, 1), self.rho(task), np.float32)
+        rho = jax.make_array_from_callback(rho.shape, sharding, lambda idx: rho[idx])
+        out = self.jitted(params, mu_global, global_array(mask), rng, rho)
         return distributed.to_host(out)[:b, :h, :w]
