@@ -122,7 +122,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if not cfg.data.tasks:
         raise ConfigError("data.tasks is empty: a config must define at least one task")
     data_spec.validate_tasks(cfg.data)
-    if cfg.bridge.parameterization == "precond":  # ρ for every task, each > 0
+    if cfg.bridge.parameterization == "precond" or cfg.eval.per_step:  # ρ for every task, each > 0
         program.sigma_data_values(cfg.bridge.sigma_data, data_spec.task_names(cfg.data))
     unknown = sorted(set(parse_list(cfg, "eval.metrics", str)) - set(metrics.EVAL_METRICS))
     if unknown:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from rdbm_jax import baselines, config as config_lib, data, distributed, metrics, program, progress
 from rdbm_jax.perceptual import fid as fid_lib, make_inception, make_lpips
+from rdbm_jax import diagnostic
 from rdbm_jax.sampler import Sampler
 
 log = logging.getLogger("rdbm_jax")
@@ -364,6 +365,10 @@ class Validator:
                 if label != "overall" or len(self.sources) > 1:
                     log.info("step %d val %s (%s; baseline: %s): %s", step, title(label, s),
                              protocol_name(self.cfg), s.get("baseline", "mean over tasks"), summary_line(s))
+        if self.cfg.eval.per_step:  # issue 19's per-step diagnostic (rdbm_jax/diagnostic.py)
+            scores.update(diagnostic.scalars(diagnostic.run(
+                self.sampler, params, self.sources, diagnostic.rho_of(self.cfg), self.cfg.sample.batch_size,
+                jax.random.PRNGKey(self.cfg.seed + 3))))
         rows = [r for g in grids.values() for r in g][: self.cfg.eval.num_grid_images]
         return scores, make_grid(rows)
 
@@ -415,6 +420,9 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if g:
                 Image.fromarray(make_grid(g)).save(os.path.join(out_dir, f"grid_{label.replace('/', '.')}.png"))
         log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
+    if cfg.eval.per_step and distributed.is_main_process():  # eval/per_step.json + .png
+        diagnostic.write(out_dir, diagnostic.run(sampler, params, sources, diagnostic.rho_of(cfg), cfg.sample.batch_size,
+                                                 jax.random.PRNGKey(cfg.seed + 3)), {"step": step})
     return per_task
 
 
