@@ -10,6 +10,11 @@ objective (bridge.parameterization, every one sde.PARAMETERIZATIONS offers) × s
 model is restored at every NFE of --nfe (η = 0) by `--mode=sweep`'s code. π = 0 with the πε
 objective is refused by the config guard (its target is identically 0) and listed as such.
 
+Options beyond the paper's grid (issue 19): --sigma-data (precond's ρ per task; "auto" measures the
+rms of x0 − μ per task on 100 training batches, inside the mask with a mask condition), --condition,
+--first-step-eta (a first step onto the forward marginal), --eta, --lam; a cell's directory names every
+option training reads that differs from the default (sampling-only options reuse trained cells).
+
 Uses the real training program (rdbm_jax.train.train_and_evaluate) and the real sweep
 (rdbm_jax.sweep.run_sweep): one workdir per (π, objective, seed) under --out-dir/runs, so an
 interrupted run resumes where it stopped. Writes results.csv (every seed), summary.csv and
@@ -51,9 +56,47 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pi", type=_csv_list(str), default=["residual", "one", "zero"])
     p.add_argument("--objective", type=_csv_list(str), default=list(sde.PARAMETERIZATIONS))
     p.add_argument("--seeds", type=_csv_list(int), default=[0, 1])
-    p.add_argument("--nfe", type=_csv_list(int), default=None, help="default 2,5,10,20 (tiny: 1,2)")
+    p.add_argument("--nfe", type=_csv_list(int), default=None, help="default 1,2,5,10,20 (tiny: 1,2)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default 1000; tiny: 2)")
+    p.add_argument("--sigma-data", default="auto",
+                   help="precond's ρ: a number, task=number,… or auto (measured per task at start-up)")
+    p.add_argument("--condition", default="mu", help="model.condition (mu | mu_mask | mu_mask_fill)")
+    p.add_argument("--first-step-eta", type=float, default=0.0, help="sample.first_step_eta")
+    p.add_argument("--eta", type=float, default=0.0, help="η of every sampling step (sweep.eta)")
+    p.add_argument("--runs-dir", default="", help="the cells' workdirs (default <out-dir>/runs): "
+                   "sampling-only options (--eta, --first-step-eta) reuse trained cells from here")
+    p.add_argument("--lam", type=float, default=None, help="bridge.lam (default 10/255)")
     return p
+
+
+def measure_sigma_data(cfg: ml_collections.ConfigDict, batches: int = 100) -> str:
+    """ρ per task: the rms of x0 − μ over `batches` training batches (inside the mask when the
+    condition carries it, where the mask-aware ρ applies), as bridge.sigma_data's task=value form."""
+    from rdbm_jax import conditioning
+    from rdbm_jax.data import pipeline
+    from rdbm_jax.data.spec import task_names
+    names = task_names(cfg.data)
+    it = pipeline.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed)
+    sums = np.zeros((len(names), 2))
+    for _, b in zip(range(batches), it):
+        for k in range(len(names)):
+            sel = b["task"] == k
+            r2 = np.square(b["x0"][sel] - b["mu"][sel])
+            w = np.broadcast_to(b["mask"][sel] if conditioning.uses_mask(cfg.model.condition) else 1.0, r2.shape)
+            sums[k] += (float((r2 * w).sum()), float(w.sum()))
+    return ",".join(f"{n}={np.sqrt(s / max(c, 1.0)):.4f}" for n, (s, c) in zip(names, sums))
+
+
+def cell_name(pi: str, objective: str, seed: int, args: argparse.Namespace) -> str:
+    """The cell's workdir name: π, objective, seed, then every non-default option that training reads."""
+    extra = []
+    if args.condition != "mu":
+        extra.append(args.condition)
+    if args.lam is not None:
+        extra.append(f"lam{args.lam:g}")
+    if objective == "precond" and args.sigma_data != "auto":
+        extra.append("rho" + args.sigma_data.replace("=", "").replace(",", "_"))
+    return "_".join([pi, objective] + extra + [f"s{seed}"])
 
 
 def make_config(pi: str, objective: str, seed: int, nfe: list[int], steps: int, tiny: bool
@@ -88,6 +131,16 @@ def make_config(pi: str, objective: str, seed: int, nfe: list[int], steps: int, 
     c.bridge.parameterization = objective
     c.sweep.nfe, c.sweep.eta = ",".join(map(str, nfe)), "0"
     return c
+
+
+def apply_options(c: ml_collections.ConfigDict, args: argparse.Namespace, sigma_data: str) -> None:
+    """The issue-19 options onto a cell's config (ρ is read by the precond objective only)."""
+    c.model.condition = args.condition
+    c.sample.first_step_eta = args.first_step_eta
+    c.sweep.eta = f"{args.eta:g}"
+    if args.lam is not None:
+        c.bridge.lam = args.lam
+    c.bridge.sigma_data = sigma_data
 
 
 def run_cell(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[list[dict[str, Any]], bool]:
@@ -208,16 +261,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rdbm_jax.errors import ConfigError
 
     start = time.time()
-    nfe = args.nfe or ([1, 2] if args.tiny else [2, 5, 10, 20])
+    nfe = args.nfe or ([1, 2] if args.tiny else [1, 2, 5, 10, 20])
     steps = args.steps or (2 if args.tiny else 1000)
     os.makedirs(args.out_dir, exist_ok=True)
     rows: list[dict[str, Any]] = []
     refused: list[tuple[str, str]] = []
     cells = fresh = 0  # grid cells scored / trained in this invocation (the rest resumed finished)
+    sigma_data = args.sigma_data
+    if sigma_data == "auto" and "precond" in args.objective:
+        probe = make_config("residual", "residual", 0, nfe, steps, args.tiny)
+        apply_options(probe, args, "1")
+        sigma_data = measure_sigma_data(probe, 2 if args.tiny else 100)
+        logging.getLogger("rdbm_jax").info("ablation: measured bridge.sigma_data=%s", sigma_data)
     for pi in args.pi:
         for obj in args.objective:
             for seed in args.seeds:
                 cfg = make_config(pi, obj, seed, nfe, steps, args.tiny)
+                apply_options(cfg, args, sigma_data if sigma_data != "auto" else "1")
                 try:
                     config_lib.validate(cfg)
                 except ConfigError as e:
@@ -226,8 +286,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     refused.append((pi, obj))
                     break
                 t0 = time.time()
-                cell_rows, trained = run_cell(cfg, os.path.join(args.out_dir, "runs", f"{pi}_{obj}_s{seed}"))
-                rows += [{"pi": pi, "objective": obj, "seed": seed, **r} for r in cell_rows]
+                name = cell_name(pi, obj, seed, args)
+                cell_rows, trained = run_cell(cfg, os.path.join(args.runs_dir or os.path.join(
+                    args.out_dir, "runs"), name))
+                label = obj + name[len(f"{pi}_{obj}"):-len(f"_s{seed}")]  # objective + options
+                label += f"_fse{args.first_step_eta:g}" if args.first_step_eta else ""
+                label += f"_eta{args.eta:g}" if args.eta else ""
+                rows += [{"pi": pi, "objective": label, "seed": seed, **r} for r in cell_rows]
                 cells, fresh = cells + 1, fresh + int(trained)
                 logging.getLogger("rdbm_jax").info("ablation π=%s %s seed %d: %.1f s", pi, obj, seed,
                                                    time.time() - t0)
@@ -235,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m benchmarks.ablation " + " ".join(shlex.quote(a) for a in argv)
     resumed = f"; {cells - fresh} of {cells} cells were trained by an earlier invocation" if cells > fresh else ""
-    header = (f"Ablation in miniature ({'tiny smoke run' if args.tiny else f'{steps} steps'}), "
+    rho = f"; precond ρ (bridge.sigma_data) {sigma_data}" if "precond" in args.objective else ""
+    header = (f"Ablation in miniature ({'tiny smoke run' if args.tiny else f'{steps} steps'}{rho}), "
               f"{machine()}, {stamp}, wall time {wall / 60:.1f} min{resumed} (command.txt lists every "
               f"invocation). Command: `{command}`")
     summary = summarize(rows) if rows else []

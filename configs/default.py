@@ -61,7 +61,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         lam=10 / 255,            # λ = σ²/(2θ), the stationary variance (paper: 10/255); native: the
                                  # peer's N (GOUB lambda_square / IR-SDE max_sigma), read as (N/255)²
         pi="",                   # residual | abs | one | zero, or "" = the preset's own π
-        parameterization="x0",   # x0 (released code) | pi_eps (paper) | residual (x̂0 = μ + output)
+        parameterization="x0",   # x0 (released code) | pi_eps (paper) | residual (x̂0 = μ + output) |
+                                 # precond (x̂0 = μ + c_skip (x_t − μ) + c_out F; docs/preconditioning.md)
+        sigma_data="0.5",        # precond's ρ, the prior rms of x0 − μ: one value, or per task
+                                 # "inpaint=1.34,noise=0.18"; with a mask condition, inside the mask
         discretization="rdbm",   # rdbm | native (goub/irsde: their own repositories' schedules and λ)
     ))
 
@@ -99,6 +102,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.sample = ml_collections.ConfigDict(dict(
         num_steps=10,            # NFE (paper's best: 10)
         eta=0.0,                 # 0 = deterministic Eq. 19; 1 = posterior sampling
+        first_step_eta=0.0,      # η of the first step only (max with eta); 1 = land it on the forward
+                                 # marginal (the η = 0 first step from x_{T−1} = μ is noise-free)
         clip=True,               # clip x̂0 to [-1, 1] at each step
         batch_size=4,
         use_ema=True,
@@ -126,6 +131,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         ssim_window="gaussian",  # gaussian (σ 1.5, population cov.) | uniform (skimage default: 7×7,
                                  # sample covariance, as DGSolver)
         max_images=0,            # per test set; 0 = all
+        per_step=False,          # per-step diagnostic (rdbm_jax/diagnostic.py): x̂0 PSNR per t of the
+                                 # sampling grid beside the skip estimate and inversion; validation →
+                                 # metrics.jsonl val/per_step/*, --mode=eval → eval/per_step.json/.png
         num_grid_images=4,
         lpips_weights="",        # local .npz from `python -m rdbm_jax.perceptual.convert lpips …`
         lpips_net="alex",        # alex | vgg
@@ -134,7 +142,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     ))
 
     c.sweep = ml_collections.ConfigDict(dict(
-        nfe="2,5,10,20,50",
+        nfe="1,2,5,10,20,50",
         eta="0,1",
     ))
     return c

@@ -61,6 +61,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.steps_per_dispatch": _positive,
     "sample.num_steps": _positive,
     "sample.eta": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    "sample.first_step_eta": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
     "sample.batch_size": _positive,
     "sample.tile_size": _non_negative,
     "sample.tile_overlap": _non_negative,
@@ -152,6 +153,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if not cfg.data.tasks:
         raise ConfigError("data.tasks is empty: a config must define at least one task")
     data_spec.validate_tasks(cfg.data)
+    if cfg.bridge.parameterization == "precond" or cfg.eval.per_step:  # ρ for every task, each > 0
+        program.sigma_data_values(cfg.bridge.sigma_data, data_spec.task_names(cfg.data))
     unknown = sorted(set(parse_list(cfg, "eval.metrics", str)) - set(metrics.EVAL_METRICS))
     if unknown:
         raise ConfigError(f"eval.metrics: unknown metric(s) {', '.join(unknown)} "

@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from rdbm_jax import config as config_lib, data, distributed, paths, program, progress
+from rdbm_jax import config as config_lib, data, diagnostic, distributed, paths, program, progress
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.reports import comparison_table, grid_labels, make_grid, protocol_name, write_report
 from rdbm_jax.scoring import Perceptual, check_fid_sizes, protocol, sampling_key, score_sources
@@ -33,6 +33,10 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                               Perceptual(cfg.eval),
                                               on_image=lambda *_: pbar.update(1))
     out_dir = paths.join(workdir, "eval")
+    # The per-step diagnostic runs on every process (the network's arrays span them all).
+    per_step = (diagnostic.run(sampler, params, sources, diagnostic.rho_of(cfg),
+                               cfg.sample.batch_size, sampling_key(cfg.seed + 3))
+                if cfg.eval.per_step else None)
     if distributed.is_main_process():
         write_report(out_dir, rows, per_task, {"step": step, "protocol": protocol(cfg)})
         written = [paths.join(out_dir, f) for f in ("metrics.json", "per_image.csv")]
@@ -42,6 +46,8 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 grid = make_grid(g, labels=grid_labels(per_task[label]["baseline"]),
                                  title=f"{label}, step {step}")
                 paths.save_png(written[-1], grid)
+        if per_step is not None:  # eval/per_step.json + .png
+            written += diagnostic.write(out_dir, per_step, {"step": step})
         log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
         log.info("wrote %s", ", ".join(written))
     return per_task

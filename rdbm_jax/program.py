@@ -42,6 +42,27 @@ LOSSES = ("l1", "l2")  # train.loss
 INFERENCE_ONLY = ("model.dtype", "model.param_dtype", "model.attention_impl", "model.remat",
                   "model.dropout")
 
+
+def sigma_data_values(text: str, tasks: list[str]) -> dict[str, float]:
+    """ρ per task from bridge.sigma_data: "0.5" (every task) or "inpaint=1.34,noise=0.18" (each task)."""
+    raw = str(text).strip()
+    try:
+        if "=" not in raw:
+            values = {task: float(raw) for task in tasks}
+        else:
+            pairs = [item.split("=") for item in raw.split(",") if item.strip()]
+            values = {name.strip(): float(v) for name, v in pairs}
+    except ValueError:
+        raise ConfigError(f"bridge.sigma_data={text!r} is not a number or 'task=number,…'") from None
+    missing, unknown = sorted(set(tasks) - set(values)), sorted(set(values) - set(tasks))
+    if missing or unknown:
+        raise ConfigError(f"bridge.sigma_data={text!r}: " + (f"no value for task(s) {missing}" if missing
+                          else f"unknown task(s) {unknown} (tasks: {sorted(tasks)})"))
+    bad = [k for k, v in values.items() if not v > 0]
+    if bad:
+        raise ConfigError(f"bridge.sigma_data={text!r}: ρ of {bad} must be > 0")
+    return values
+
 # clu metric collection of the training loop (averaged between two log lines).
 TrainMetrics = clu_metrics.Collection.create(loss=clu_metrics.Average.from_output("loss"),
                                              grad_norm=clu_metrics.Average.from_output("grad_norm"))
@@ -58,15 +79,19 @@ def schedule_from_config(bridge: ConfigDict) -> Schedule:
 
 
 def make_loss_fn(model: models.UNet, schedule: Schedule, bridge: ConfigDict, loss: str,
-                 cond_kind: str = "mu", model_cfg: ConfigDict | None = None) -> Callable:
+                 cond_kind: str = "mu", model_cfg: ConfigDict | None = None,
+                 rho_by_task: tuple[float, ...] = (1.0,)) -> Callable:
     """loss(params, batch, rng) = mean |net([x_t, cond], t) − target| (L1, Eq. 20) or squared (L2).
 
     With a mask condition the error is averaged over the masked pixels only: outside the mask x̂0 is
     set to μ (`sde.project_known`), so the output there never reaches x̂0. `model_cfg`: the network
-    computes with `models.compute_params` of the float32 parameters (model.param_dtype).
+    computes with `models.compute_params` of the float32 parameters (model.param_dtype). precond:
+    the network sees c_in (x_t − μ) and regresses the unit-variance F*, ρ =
+    rho_by_task[batch["task"]] (times the mask with a mask condition).
     """
     pi = bridge.pi or None
     masked = conditioning.uses_mask(cond_kind)
+    rho_table = jnp.asarray(rho_by_task, jnp.float32)
 
     def loss_fn(params, batch, rng):
         x0, mu = batch["x0"], batch["mu"]
@@ -74,10 +99,15 @@ def make_loss_fn(model: models.UNet, schedule: Schedule, bridge: ConfigDict, los
         t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
         noise = jax.random.normal(k_n, x0.shape, x0.dtype)
         x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=pi)
-        target = sde.training_target(schedule, x0, mu, noise, bridge.parameterization, pi=pi, t=t)
+        rho = rho_table[batch.get("task", jnp.zeros(x0.shape[0], jnp.int32))].reshape(-1, 1, 1, 1)
+        if masked:
+            rho = rho * batch["mask"]  # mask-aware: ρ = 0 where x0 = μ is known
+        par = bridge.parameterization
+        target = sde.training_target(schedule, x0, mu, noise, par, pi=pi, t=t, sigma_data=rho)
         cond = conditioning.condition(mu, batch.get("mask"), cond_kind)
         weights = params if model_cfg is None else models.compute_params(params, model_cfg)
-        out = model.apply({"params": weights}, x_t, cond, t, train=True, rngs={"dropout": k_d})
+        x_in = sde.network_input(schedule, x_t, mu, t, par, pi=pi, sigma_data=rho)
+        out = model.apply({"params": weights}, x_in, cond, t, train=True, rngs={"dropout": k_d})
         out = out + conditioning.output_offset(cond, cond_kind, bridge.parameterization)
         err = out.astype(jnp.float32) - target
         err = jnp.abs(err) if loss == "l1" else jnp.square(err)
@@ -154,13 +184,21 @@ def network_spec(cfg: ConfigDict) -> FrozenConfigDict:
     return FrozenConfigDict(dict(model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict()))
 
 
+def _rho_spec(cfg: ConfigDict) -> dict[str, float]:
+    """ρ per task (precond only; {} otherwise, so other objectives' programs do not depend on it)."""
+    if cfg.bridge.parameterization != "precond":
+        return {}
+    return sigma_data_values(cfg.bridge.sigma_data, sorted(cfg.data.tasks.keys()))
+
+
 def program_spec(cfg: ConfigDict) -> FrozenConfigDict:
     """Everything the training program reads: network spec, `optim`, loss, LR decay length, K."""
     decay = cfg.train.num_steps if cfg.optim.schedule == "cosine" else 0  # constant LR: unused
     return FrozenConfigDict(dict(model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict(),
                                  optim=cfg.optim.to_dict(),
                                  train=dict(loss=cfg.train.loss, decay_steps=decay,
-                                            steps_per_dispatch=cfg.train.steps_per_dispatch)))
+                                            steps_per_dispatch=cfg.train.steps_per_dispatch),
+                                 rho=_rho_spec(cfg)))
 
 
 @functools.cache
@@ -180,8 +218,9 @@ def _program(spec: FrozenConfigDict, mesh: Mesh) -> Program:
     init = state_initializer(model, spec)
     abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                                       jax.eval_shape(init, init_key(0)))
+    rho = tuple(spec.rho[k] for k in sorted(spec.rho)) or (1.0,)  # task ids index the sorted names
     loss_fn = make_loss_fn(model, schedule, spec.bridge, spec.train.loss, spec.model.condition,
-                           spec.model)
+                           model_cfg=spec.model, rho_by_task=rho)
     step = jax.jit(make_train_step(loss_fn, spec.train.steps_per_dispatch),
                    in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
                    out_shardings=(repl, repl, repl), donate_argnums=0)
@@ -238,7 +277,9 @@ def sampler_spec(cfg: ConfigDict, num_steps: int | None = None,
         sample=dict(num_steps=int(num_steps or s.num_steps), eta=float(s.eta if eta is None else eta),
                     clip=bool(s.clip), tile_size=int(s.tile_size), tile_overlap=int(s.tile_overlap),
                     auto_tile=bool(s.get("auto_tile", True)),  # absent from older runs' configs
-                    hole_threshold=float(s.get("hole_threshold", conditioning.HOLE_THRESHOLD)))))
+                    hole_threshold=float(s.get("hole_threshold", conditioning.HOLE_THRESHOLD)),
+                    first_step_eta=float(s.get("first_step_eta", 0.0))),
+        rho=_rho_spec(cfg)))
 
 
 @functools.cache
@@ -252,7 +293,8 @@ def _sampler(spec: FrozenConfigDict, mesh: Mesh) -> Sampler:
                    eta=s.eta, clip=s.clip, parameterization=spec.bridge.parameterization,
                    pi=spec.bridge.pi or None, tile_size=s.tile_size, tile_overlap=s.tile_overlap,
                    auto_tile=s.auto_tile, hole_threshold=s.hole_threshold,
-                   condition=spec.model.condition)
+                   condition=spec.model.condition, sigma_data=dict(spec.rho),
+                   first_step_eta=s.first_step_eta)
 
 
 def build_sampler(cfg: ConfigDict, mesh: Mesh | None = None, num_steps: int | None = None,
@@ -264,10 +306,13 @@ def build_sampler(cfg: ConfigDict, mesh: Mesh | None = None, num_steps: int | No
 
 def must_match(cfg: ConfigDict) -> tuple[str, ...]:
     """The dotted keys whose value must equal a checkpoint's: every key that builds the network or
-    the bridge (`network_spec`), bar INFERENCE_ONLY."""
+    the bridge (`network_spec`), bar INFERENCE_ONLY; bridge.sigma_data only for precond (ρ scales
+    the network's input and output there and is read by nothing else)."""
     spec = network_spec(cfg)
     keys = (f"{section}.{name}" for section in spec for name in spec[section])
-    return tuple(k for k in keys if k not in INFERENCE_ONLY)
+    precond = cfg.bridge.parameterization == "precond"
+    return tuple(k for k in keys
+                 if k not in INFERENCE_ONLY and (precond or k != "bridge.sigma_data"))
 
 
 def check_compatible(cfg: ConfigDict, saved: dict, where: str) -> None:

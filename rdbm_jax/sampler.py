@@ -116,8 +116,11 @@ class Sampler:
                  multiple: int, mesh: Mesh | None = None, eta: float = 0.0, clip: bool = True,
                  parameterization: str = "x0", pi: str | None = None, tile_size: int = 0,
                  tile_overlap: int = 32, condition: str = "mu", auto_tile: bool = True,
-                 hole_threshold: float = conditioning.HOLE_THRESHOLD):
+                 hole_threshold: float = conditioning.HOLE_THRESHOLD,
+                 sigma_data: dict[str, float] | None = None, first_step_eta: float = 0.0):
         conditioning.check_condition(condition)
+        # ρ of the precond parameterisation per task name (program.sigma_data_values); others ignore it.
+        self.sigma_data, self.first_step_eta = dict(sigma_data or {}), first_step_eta
         self.apply_fn, self.schedule, self.num_steps = apply_fn, schedule, num_steps
         self.condition, self.uses_mask = condition, conditioning.uses_mask(condition)
         self.multiple, self.mesh = multiple, mesh or distributed.make_mesh()
@@ -128,13 +131,32 @@ class Sampler:
         self._compiled: dict[tuple, tuple[Any, int]] = {}  # (tile, shape) → (executable, bytes)
         self._plan: dict[tuple, int] = {}  # batch shape → the tile size it runs with
 
+    def rho(self, task: str | None = None) -> float:
+        """ρ (bridge.sigma_data) of `task`; None: the one value every task shares (1.0 when unused)."""
+        if self.parameterization != "precond":
+            return 1.0
+        if task is not None and task in self.sigma_data:
+            return self.sigma_data[task]
+        values = set(self.sigma_data.values())
+        if task is None and len(values) == 1:
+            return values.pop()
+        raise ConfigError(f"bridge.sigma_data: no ρ for task {task!r} (per-task values "
+                          f"{self.sigma_data}); restore with the task named, or give one value")
+
     def sample_padded(self, params: Any, mu: jax.Array, mask: jax.Array, rng: jax.Array,
+                      rho: jax.Array | float | None = None,
                       tile_size: int | None = None) -> jax.Array:
         """The reverse loop on a batch whose H, W are multiples of `multiple` (traceable): the
         network's condition and output offset, tiles (`tile_size`, None: the sampler's), and
-        x̂0 = μ outside the mask for mask models."""
+        x̂0 = μ outside the mask for mask models. `rho`: precond's ρ, scalar or [B] (default
+        `self.rho()`); mask models read ρ · mask (ρ = 0 where x0 = μ is known, so x̂0 = μ there:
+        mask-aware preconditioning)."""
         tile = self.tile_size if tile_size is None else tile_size
         cond = conditioning.condition(mu, mask, self.condition)
+        rho = jnp.asarray(self.rho() if rho is None else rho, jnp.float32)
+        rho = rho.reshape(rho.shape + (1,) * (mu.ndim - rho.ndim)) if rho.ndim else rho
+        if self.uses_mask:
+            rho = rho * mask
         denoise = lambda x_t, c, t: self.apply_fn(params, x_t, c, t) + conditioning.output_offset(
             c, self.condition, self.parameterization)
         if tile:
@@ -142,7 +164,7 @@ class Sampler:
         known = 1.0 - mask if self.uses_mask else None
         return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu, self.num_steps, rng,
                           eta=self.eta, clip=self.clip, parameterization=self.parameterization, pi=self.pi,
-                          known=known)
+                          known=known, sigma_data=rho, first_step_eta=self.first_step_eta)
 
     def jit(self, tile: int) -> Callable:
         """`sample_padded` with tiles of `tile` (0: none) under jit, sharded over the mesh."""
@@ -150,7 +172,7 @@ class Sampler:
             sharding = distributed.batch_sharding(self.mesh)
             repl = distributed.replicated(self.mesh)
             self._jits[tile] = jax.jit(functools.partial(self.sample_padded, tile_size=tile),
-                                       in_shardings=(repl, sharding, sharding, repl),
+                                       in_shardings=(repl, sharding, sharding, repl, sharding),
                                        out_shardings=sharding)
         return self._jits[tile]
 
@@ -210,11 +232,13 @@ class Sampler:
         return compiled
 
     def __call__(self, params: Any, mu: np.ndarray, rng: jax.Array,
-                 mask: np.ndarray | None = None) -> np.ndarray:
+                 mask: np.ndarray | None = None, task: str | None = None) -> np.ndarray:
         """Restore a batch [B, H, W, 3] of one size; returns x̂0 [B, H, W, 3] in [-1, 1] (numpy).
 
         `mask` [B, H, W, 1] (1 where μ may differ from x0) is read by mask-conditioned models only;
         when they get none it is inferred from the white fill (`conditioning.infer_mask`).
+        `task`: the images' task, for a per-task ρ (bridge.sigma_data) of the precond
+        parameterisation.
         """
         mu = np.asarray(mu, np.float32)
         b, h, w, _ = mu.shape
@@ -238,8 +262,10 @@ class Sampler:
         # array as μ is (every process passes the same value), the params moved if they are not.
         repl = distributed.replicated(self.mesh)
         key = np.asarray(rng)
+        rho = np.full((b + (-b) % self.mesh.size, 1, 1, 1), self.rho(task), np.float32)
         args = (jax.device_put(params, repl), global_array(mu), global_array(mask),
-                jax.make_array_from_callback(key.shape, repl, lambda idx: key[idx]))
+                jax.make_array_from_callback(key.shape, repl, lambda idx: key[idx]),
+                jax.make_array_from_callback(rho.shape, sharding, lambda idx: rho[idx]))
         try:
             out = self.executable(args)(*args)
         except Exception as e:  # noqa: BLE001 — XLA's allocation failure, re-raised otherwise

@@ -78,7 +78,7 @@ def restore_source(sampler: Sampler, params: Any, source: Any, batch_size: int,
         masks = [e.get("mask") for e in batch]  # sources without masks: inferred where needed
         mask = None if any(m is None for m in masks) else np.stack(masks)
         out = sampler(params, np.stack([e["mu"] for e in batch]), jax.random.fold_in(rng, b),
-                      mask=mask)
+                      mask=mask, task=batch[0].get("task_name"))  # one source: one task (ρ)
         yield from zip(idx, batch, out)
 
 

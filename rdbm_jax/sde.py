@@ -24,11 +24,14 @@ from rdbm_jax.schedules import (DEFAULT_PI, PI_MODES, PRESETS, THETA_SCHEDULES, 
 # The bridge math of this module; the schedules it uses are rdbm_jax.schedules' own public names.
 __all__ = ["PARAMETERIZATIONS", "pi_values", "q_sample", "transition", "posterior",
            "x0_from_pi_eps", "pi_eps_from_x0", "x0_from_residual", "residual_from_x0",
-           "predict_x0", "training_target", "reverse_step", "project_known", "sample"]
+           "predict_x0", "training_target", "precond_scalings", "network_input", "reverse_step",
+           "project_known", "sample"]
 
 # x0: the network predicts x̂0 (released code); pi_eps: π ⊙ ε (paper, Eq. 19); residual: x̂0 − μ, so a
-# zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels with x0 = μ cost nothing).
-PARAMETERIZATIONS = ("x0", "pi_eps", "residual")
+# zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels with x0 = μ cost nothing);
+# precond: EDM/DDBM-style x̂0 = μ + c_skip (x_t − μ) + c_out F(c_in (x_t − μ)) with the scalings of
+# RDBM's marginal under a prior x0 − μ ~ N(0, ρ²) (`precond_scalings`, docs/preconditioning.md).
+PARAMETERIZATIONS = ("x0", "pi_eps", "residual", "precond")
 Time = Union[jax.Array, np.ndarray, int]  # an index 0..T−1 (or −1 = x0), scalar or [B]
 
 
@@ -164,37 +167,127 @@ def residual_from_x0(mu: jax.Array, x0_hat: jax.Array) -> jax.Array:
     return x0_hat - mu
 
 
+def _pi_moment(mode: str, rho: jax.Array) -> jax.Array:
+    """E[π²] under the prior x0 − μ ~ N(0, ρ²): 1 (one), ρ² (residual, abs), 0 (zero)."""
+    if mode == "one":
+        return jnp.ones_like(rho)
+    if mode == "zero":
+        return jnp.zeros_like(rho)
+    return rho ** 2
+
+
+def precond_scalings(schedule: Schedule, t: Time, sigma_data, pi: str | None = None
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(c_skip, c_out, c_in) of x̂0 = μ + c_skip y + c_out F(c_in y), y = x_t − μ (docs/preconditioning.md).
+
+    With r = x0 − μ ~ N(0, ρ²) and y = Θ r + Σ π ε (Eq. 12): var = Var y = Θ²ρ² + Σ² E[π²];
+    c_skip = Θρ²/var is the linear MMSE coefficient of r on y (the posterior mean for π = 1),
+    c_out = ρ Σ √E[π²]/√var the standard deviation of its error, c_in = 1/√var. Where var = 0
+    (t = T−1 of the bridge presets: x_t = μ) y says nothing: c_skip = 0, c_out = ρ, c_in = 1.
+    `sigma_data` ρ: a scalar or an array broadcastable against the image batch (per task, per pixel);
+    the results broadcast like ρ against [B, …] (t scalar or [B]).
+    """
+    mode = _resolve_pi(schedule, pi)
+    rho = jnp.asarray(sigma_data, jnp.float32)
+    big_theta, sigma = _coefs(schedule, t)
+    if jnp.ndim(big_theta):  # [B] → [B, 1, …] against ρ's image dims
+        big_theta, sigma = (c.reshape(c.shape + (1,) * max(jnp.ndim(rho) - 1, 0)) for c in (big_theta, sigma))
+    m2 = _pi_moment(mode, rho)
+    var = big_theta ** 2 * rho ** 2 + sigma ** 2 * m2
+    ok = var > 0
+    root = jnp.sqrt(_safe(var))
+    c_skip = jnp.where(ok, big_theta * rho ** 2 / _safe(var), 0.0)
+    # c_out as ρΣ√E[π²]/√var, not √(ρ² − c_skip Θ ρ²): the subtraction cancels in float32 at t = 0.
+    c_out = jnp.where(ok, rho * sigma * jnp.sqrt(m2) / root, rho)
+    c_in = jnp.where(ok, 1.0 / root, 1.0)
+    return c_skip, c_out, c_in
+
+
+def _scalings_for(schedule: Schedule, t: Time, x: jax.Array, sigma_data, pi: str | None):
+    """`precond_scalings` broadcast against the image batch x; ρ required."""
+    if sigma_data is None:
+        raise ValueError("sigma_data: the precond parameterisation needs ρ (bridge.sigma_data)")
+    rho = jnp.asarray(sigma_data, jnp.float32)
+    c = precond_scalings(schedule, t, rho, pi)
+    if jnp.ndim(rho) == 0:  # scalar ρ: per-sample [B] (or scalar) coefficients
+        return tuple(_bc(v, x) for v in c)
+    return c
+
+
+def network_input(schedule: Schedule, x_t: jax.Array, mu: jax.Array, t: Time, parameterization: str,
+                  pi: str | None = None, sigma_data=None) -> jax.Array:
+    """What the network sees in place of x_t: c_in (x_t − μ) for precond (unit variance), else x_t."""
+    _check_parameterization(parameterization)
+    if parameterization != "precond":
+        return x_t
+    c_in = _scalings_for(schedule, t, x_t, sigma_data, pi)[2]
+    return (c_in * (x_t - mu)).astype(x_t.dtype)
+
+
 def predict_x0(schedule: Schedule, net_out: jax.Array, x_t: jax.Array, mu: jax.Array, t: Time,
-               parameterization: str) -> jax.Array:
-    """x̂0 from the raw network output: itself (x0), via `x0_from_pi_eps` (pi_eps) or μ + output (residual)."""
+               parameterization: str, pi: str | None = None, sigma_data=None) -> jax.Array:
+    """x̂0 from the raw network output: itself (x0), via `x0_from_pi_eps` (pi_eps), μ + output
+    (residual) or μ + c_skip (x_t − μ) + c_out F (precond; `precond_scalings`)."""
     _check_parameterization(parameterization)
     if parameterization == "x0":
         return net_out
     if parameterization == "residual":
         return x0_from_residual(mu, net_out)
+    if parameterization == "precond":
+        c_skip, c_out, _ = _scalings_for(schedule, t, x_t, sigma_data, pi)
+        return mu + c_skip * (x_t - mu) + c_out * net_out
     return x0_from_pi_eps(schedule, x_t, mu, net_out, t)
 
 
 def network_target(schedule: Schedule, x0_hat: jax.Array, x_t: jax.Array, mu: jax.Array, t: Time,
-                   parameterization: str) -> jax.Array:
-    """The raw network output that `predict_x0` maps to x̂0 (its inverse, per parameterisation)."""
+                   parameterization: str, pi: str | None = None, sigma_data=None) -> jax.Array:
+    """The raw network output that `predict_x0` maps to x̂0 (its inverse, per parameterisation;
+    precond: 0 where c_out = 0, where no output changes x̂0)."""
     _check_parameterization(parameterization)
     if parameterization == "x0":
         return x0_hat
     if parameterization == "residual":
         return residual_from_x0(mu, x0_hat)
+    if parameterization == "precond":
+        c_skip, c_out, _ = _scalings_for(schedule, t, x_t, sigma_data, pi)
+        f = (x0_hat - mu - c_skip * (x_t - mu)) / _safe(c_out)
+        return jnp.where(c_out > 0, f, jnp.zeros_like(f))
     return pi_eps_from_x0(schedule, x_t, mu, x0_hat, t)
 
 
+def _precond_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax.Array, mode: str,
+                    t: Time, sigma_data) -> jax.Array:
+    """F* = (r − c_skip y)/c_out for y = Θ r + Σ π ε, in closed form without cancellation:
+    (Σ E[π²] r − Θ ρ² π ε)/(ρ √E[π²] √var); r/ρ where var = 0; 0 where c_out = 0."""
+    if sigma_data is None:
+        raise ValueError("sigma_data: the precond parameterisation needs ρ (bridge.sigma_data)")
+    rho = jnp.broadcast_to(jnp.asarray(sigma_data, jnp.float32), jnp.shape(x0)) if jnp.ndim(
+        sigma_data) else jnp.asarray(sigma_data, jnp.float32)
+    big_theta, sigma = (_bc(c, x0) for c in _coefs(schedule, t))
+    r = x0 - mu
+    m2 = _pi_moment(mode, rho)
+    var = big_theta ** 2 * rho ** 2 + sigma ** 2 * m2
+    den = rho * jnp.sqrt(m2) * jnp.sqrt(_safe(var))
+    f = (sigma * m2 * r - big_theta * rho ** 2 * pi_values(mode, x0, mu) * noise) / _safe(den)
+    f = jnp.where((den > 0) & (sigma > 0), f, jnp.zeros_like(f))  # c_out = 0: no output changes x̂0
+    return jnp.where(var > 0, f, jnp.where(rho > 0, r / _safe(rho), jnp.zeros_like(r)))
+
+
 def training_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax.Array,
-                    parameterization: str, pi: str | None = None, t: Time | None = None) -> jax.Array:
-    """Regression target: x0 (x0), x0 − μ (residual) or π ⊙ ε (pi_eps; with `t`, x0 − μ at the singular index)."""
+                    parameterization: str, pi: str | None = None, t: Time | None = None,
+                    sigma_data=None) -> jax.Array:
+    """Regression target: x0 (x0), x0 − μ (residual), π ⊙ ε (pi_eps; with `t`, x0 − μ at the singular
+    index) or the unit-variance F* of x_t = `q_sample(…, noise)` (precond; needs `t` and ρ)."""
     _check_parameterization(parameterization)
     mode = _resolve_pi(schedule, pi)
     if parameterization == "x0":
         return x0
     if parameterization == "residual":
         return residual_from_x0(mu, x0)
+    if parameterization == "precond":
+        if t is None:
+            raise ValueError("t: the precond target depends on the time index")
+        return _precond_target(schedule, x0, mu, noise, mode, t, sigma_data)
     target = pi_values(mode, x0, mu) * noise
     if t is None:
         return target
@@ -261,20 +354,28 @@ def project_known(x0_hat: jax.Array, mu: jax.Array, known: jax.Array) -> jax.Arr
 def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], schedule: Schedule,
            mu: jax.Array, num_steps: int, rng: jax.Array | None, eta: float | jax.Array = 0.0,
            clip: bool = True, parameterization: str = "x0", pi: str | None = None,
-           return_trajectory: bool = False,
-           known: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
+           return_trajectory: bool = False, known: jax.Array | None = None,
+           sigma_data: jax.Array | float | None = None,
+           first_step_eta: float = 0.0) -> jax.Array | tuple[jax.Array, jax.Array]:
     """The reverse loop over `timestep_pairs(T, num_steps)` as one lax.scan → x̂0 (, states).
 
     Arguments (a ValueError names the one that breaks its rule):
-      denoise_fn(x_t, μ, t int32 [B]): the raw network output, read per `parameterization`.
+      denoise_fn(x_in, μ, t int32 [B]): the raw network output, read per `parameterization`
+        (x̂0, π̂ε̂, r̂ or F); x_in = `network_input(x_t)`: x_t itself, or c_in (x_t − μ) for precond.
       num_steps: the NFE, an integer in 1..schedule.num_timesteps.
-      rng: a PRNG key; may be None only when η = 0 and the preset is not irsde.
+      rng: a PRNG key; may be None only when η = 0, first_step_eta = 0 and the preset is not irsde.
       eta: in [0, 1] (checked when concrete; a traced η is not checked).
       parameterization: one of PARAMETERIZATIONS.
       pi: a mode of PI_MODES, or None/"" for the preset's default; the irsde preset needs "one" or
         "zero" (its start x_T ~ N(μ, Σ² π²) must not depend on x0).
       known: broadcastable to μ, 1/True where x0 = μ is known (e.g. outside inpainting holes):
         x̂0 is set to μ there at every step (`project_known`), so those pixels stay at μ exactly.
+      sigma_data: precond's ρ (scalar, or broadcastable to μ: per image or per pixel); > 0 where
+        the network decides, 0 where x0 = μ is known.
+      first_step_eta: in [0, 1], the η of the first step only (max with η): 1 lands it on the
+        forward marginal (noise Σ_s π̂ z) instead of the noise-free μ + Θ_s (x̂0 − μ) that η = 0
+        gives when Σ_{T−1} = 0 — the states precond's c_skip trusts are marginal samples (DDBM's
+        stochastic first step).
       return_trajectory: also return the states [S+1, B, …]: the start, then the state after each
         step (at the times pairs[:, 1]; the last one is the returned x̂0).
     """
@@ -283,25 +384,34 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
     _check_parameterization(parameterization)
     pairs = timestep_pairs(schedule.num_timesteps, num_steps)
     eta_c = _check_eta(eta)
-    stochastic = eta_c != 0.0
+    if not 0.0 <= float(first_step_eta) <= 1.0:
+        raise ValueError(f"first_step_eta={first_step_eta} must be in [0, 1]")
+    stochastic = eta_c != 0.0 or float(first_step_eta) > 0.0
     noisy_start = schedule.preset == "irsde" and mode != "zero"
     if noisy_start and mode != "one":
         raise ValueError(f"pi={mode!r}: the irsde start x_T ~ N(μ, Σ² π²) needs π known without x0 "
                          "(use pi='one' or 'zero')")
     if (stochastic or noisy_start) and rng is None:
-        raise ValueError("rng: a PRNG key is needed for eta > 0 or the irsde preset")
+        raise ValueError("rng: a PRNG key is needed for eta > 0, first_step_eta > 0 or the irsde preset")
+    if parameterization == "precond" and sigma_data is None:
+        raise ValueError("sigma_data: the precond parameterisation needs ρ (bridge.sigma_data)")
     mu = jnp.asarray(mu)
     x = mu
     if noisy_start:
         rng, k0 = jax.random.split(rng)
         x = mu + schedule.Sigma[-1].astype(mu.dtype) * jax.random.normal(k0, mu.shape, mu.dtype)
     start, batch = x, mu.shape[0]
+    etas = jnp.full((len(pairs),), eta, jnp.float32)
+    if float(first_step_eta) > 0.0:
+        etas = etas.at[0].max(float(first_step_eta))
 
-    def body(carry, pair):
+    def body(carry, step):
         x_t, key = carry
+        pair, eta_k = step
         t, t_next = pair[0], pair[1]
-        out = denoise_fn(x_t, mu, jnp.full((batch,), t, jnp.int32))
-        x0_hat = predict_x0(schedule, out, x_t, mu, t, parameterization)
+        x_in = network_input(schedule, x_t, mu, t, parameterization, mode, sigma_data)
+        out = denoise_fn(x_in, mu, jnp.full((batch,), t, jnp.int32))
+        x0_hat = predict_x0(schedule, out, x_t, mu, t, parameterization, mode, sigma_data)
         if clip:
             x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
         if known is not None:
@@ -310,12 +420,13 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
         if stochastic:
             key, kz = jax.random.split(key)
             z = jax.random.normal(kz, mu.shape, mu.dtype)
-        x_s = reverse_step(schedule, x_t, mu, x0_hat, t, t_next, eta=eta, noise=z, pi=mode)
+        x_s = reverse_step(schedule, x_t, mu, x0_hat, t, t_next, eta=eta_k if stochastic else eta,
+                           noise=z, pi=mode)
         x_s = x_s.astype(mu.dtype)
         return (x_s, key), (x_s if return_trajectory else None)
 
     key = rng if rng is not None else jax.random.PRNGKey(0)
-    (x, _), traj = jax.lax.scan(body, (x, key), jnp.asarray(pairs, jnp.int32))
+    (x, _), traj = jax.lax.scan(body, (x, key), (jnp.asarray(pairs, jnp.int32), etas))
     if return_trajectory:
         return x, jnp.concatenate([start[None], traj], axis=0)
     return x

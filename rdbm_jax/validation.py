@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from rdbm_jax import distributed, program
+from rdbm_jax import diagnostic, distributed, program
 from rdbm_jax.reports import grid_labels, make_grid, protocol_name, summary_line, title
 from rdbm_jax.scoring import SCORES, Baselines, protocol, sampling_key, score_sources
 
@@ -43,6 +43,10 @@ class Validator:
                     log.info("step %d val %s (%s; baseline: %s): %s", step, title(label, s),
                              protocol_name(self.cfg), s.get("baseline", "mean over tasks"),
                              summary_line(s))
+        if self.cfg.eval.per_step:  # issue 19's per-step diagnostic (rdbm_jax/diagnostic.py)
+            scores.update(diagnostic.scalars(diagnostic.run(
+                self.sampler, params, self.sources, diagnostic.rho_of(self.cfg),
+                self.cfg.sample.batch_size, sampling_key(self.cfg.seed + 3))))
         rows = [r for g in grids.values() for r in g][: self.cfg.eval.num_grid_images]
         names = {per_task[label]["baseline"] for label in grids if label in per_task}
         labels = grid_labels(names.pop() if len(names) == 1 else "")

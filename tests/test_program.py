@@ -47,3 +47,35 @@ def test_load_trained_restores_the_ema_or_raw_parameters_only(trained_workdir):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     ema, raw = (jax.tree_util.tree_leaves(t) for t in (state.ema_params, state.params))
     assert any(not np.array_equal(a, b) for a, b in zip(ema, raw))  # the two really differ
+
+
+def test_precond_reads_sigma_data_per_task_and_checkpoints_must_match_it():
+    """bridge.sigma_data: one value or task=value; bad values and missing tasks are one-line errors;
+    a precond checkpoint refuses another ρ, other objectives ignore it; the loss is finite."""
+    import pytest
+    from rdbm_jax import config as config_lib
+    from rdbm_jax.errors import ConfigError
+    assert program.sigma_data_values("0.5", ["b", "a"]) == {"a": 0.5, "b": 0.5}
+    assert program.sigma_data_values("a=1.3, b=0.2", ["b", "a"]) == {"a": 1.3, "b": 0.2}
+    for bad, match in (("x", "not a number"), ("a=1", "no value for task"), ("a=1,b=2,c=3", "unknown task"),
+                       ("a=0,b=1", "must be > 0")):
+        with pytest.raises(ConfigError, match=match):
+            program.sigma_data_values(bad, ["a", "b"])
+    cfg = config(**{"bridge.parameterization": "precond", "bridge.sigma_data": "nope"})
+    with pytest.raises(ConfigError, match="bridge.sigma_data"):
+        config_lib.validate(cfg)
+    ours = config(**{"bridge.parameterization": "precond", "bridge.sigma_data": "0.3"})
+    config_lib.validate(ours)
+    saved = {"bridge": {"parameterization": "precond", "sigma_data": "0.5"}}
+    with pytest.raises(ConfigError, match="bridge.sigma_data"):
+        program.check_compatible(ours, saved, "ckpt/2")
+    program.check_compatible(config(**{"bridge.sigma_data": "0.3"}), {"bridge": {"sigma_data": "0.5"}}, "c")
+    mesh = distributed.make_mesh()
+    assert program.build_sampler(ours, mesh).rho("main") == 0.3
+    prog = program.program(ours, mesh)
+    state = prog.init(program.init_key(0))
+    model, schedule = program.network(ours)
+    loss = program.make_loss_fn(model, schedule, ours.bridge, "l1", ours.model.condition, (0.3,))
+    batch = {"x0": np.zeros((2, 8, 8, 3), np.float32), "mu": np.ones((2, 8, 8, 3), np.float32),
+             "mask": np.ones((2, 8, 8, 1), np.float32), "task": np.zeros(2, np.int32)}
+    assert np.isfinite(float(loss(state.params, batch, jax.random.PRNGKey(0))))
