@@ -367,7 +367,8 @@ class Validator:
                              protocol_name(self.cfg), s.get("baseline", "mean over tasks"), summary_line(s))
         if self.cfg.eval.per_step:  # issue 19's per-step diagnostic (rdbm_jax/diagnostic.py)
             scores.update(diagnostic.scalars(diagnostic.run(
-                self.sampler, params, self.sources, diagnostic.rho_of(self.cfg), self.cfg.sample.batch_size,
+                self.sampler, params, self.sources, diagnostic.rho_of(self.cfg),
+                self.cfg.sample.batch_size,
                 jax.random.PRNGKey(self.cfg.seed + 3))))
         rows = [r for g in grids.values() for r in g][: self.cfg.eval.num_grid_images]
         return scores, make_grid(rows)
@@ -421,8 +422,9 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 Image.fromarray(make_grid(g)).save(os.path.join(out_dir, f"grid_{label.replace('/', '.')}.png"))
         log.info("eval of step %d (%s):\n%s", step, protocol_name(cfg), comparison_table(per_task))
     if cfg.eval.per_step and distributed.is_main_process():  # eval/per_step.json + .png
-        diagnostic.write(out_dir, diagnostic.run(sampler, params, sources, diagnostic.rho_of(cfg), cfg.sample.batch_size,
-                                                 jax.random.PRNGKey(cfg.seed + 3)), {"step": step})
+        results = diagnostic.run(sampler, params, sources, diagnostic.rho_of(cfg),
+                                 cfg.sample.batch_size, jax.random.PRNGKey(cfg.seed + 3))
+        diagnostic.write(out_dir, results, {"step": step})
     return per_task
 
 

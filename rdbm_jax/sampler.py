@@ -95,7 +95,8 @@ class Sampler:
     def __init__(self, apply_fn: Callable[..., jax.Array], schedule: Any, *, num_steps: int,
                  multiple: int, mesh: Mesh | None = None, eta: float = 0.0, clip: bool = True,
                  parameterization: str = "x0", pi: str | None = None, tile_size: int = 0,
-                 tile_overlap: int = 32, condition: str = "mu", sigma_data: dict[str, float] | None = None,
+                 tile_overlap: int = 32, condition: str = "mu",
+                 sigma_data: dict[str, float] | None = None,
                  first_step_eta: float = 0.0):
         conditioning.check_condition(condition)
         # ρ of the precond parameterisation per task name (program.sigma_data_values); others ignore it.
@@ -147,7 +148,8 @@ class Sampler:
         """`sample_padded` under jit, sharded over the mesh (jax compiles it once per batch shape)."""
         if self._jitted is None:
             sharding, repl = distributed.batch_sharding(self.mesh), distributed.replicated(self.mesh)
-            self._jitted = jax.jit(self.sample_padded, in_shardings=(repl, sharding, sharding, repl, sharding),
+            self._jitted = jax.jit(self.sample_padded,
+                                   in_shardings=(repl, sharding, sharding, repl, sharding),
                                    out_shardings=sharding)
         return self._jitted
 
