@@ -36,7 +36,8 @@ def _estimates(sampler: Any, params: Any, x0, mu, mask, rho, t, noise):
     rho = rho * mask if sampler.uses_mask else rho  # mask-aware ρ, as the sampler reads it
     cond = conditioning.condition(mu, mask, sampler.condition)
     x_in = sde.network_input(s, x_t, mu, tt, par, pi=pi, sigma_data=rho)
-    out = sampler.apply_fn(params, x_in, cond, tt) + conditioning.output_offset(cond, sampler.condition, par)
+    offset = conditioning.output_offset(cond, sampler.condition, par)
+    out = sampler.apply_fn(params, x_in, cond, tt) + offset
     model = jnp.clip(sde.predict_x0(s, out, x_t, mu, tt, par, pi=pi, sigma_data=rho), -1.0, 1.0)
     if sampler.uses_mask:
         model = sde.project_known(model, mu, 1.0 - mask)
@@ -51,7 +52,8 @@ def per_step(sampler: Any, params: Any, x0: np.ndarray, mu: np.ndarray, mask: np
              key: jax.Array) -> list[dict[str, float]]:
     """Rows {t, model, skip, invert} (mean PSNR inside the mask, dB) for one batch of same-size images,
     cropped to the UNet's multiple; ε drawn from `key` per t."""
-    h, w = (x0.shape[1] // sampler.multiple) * sampler.multiple, (x0.shape[2] // sampler.multiple) * sampler.multiple
+    m = sampler.multiple
+    h, w = (x0.shape[1] // m) * m, (x0.shape[2] // m) * m
     x0, mu, mask = (jnp.asarray(a[:, :h, :w], jnp.float32) for a in (x0, mu, mask))
     rho_b = jnp.full((x0.shape[0], 1, 1, 1), rho, jnp.float32)
     rows = []
@@ -60,7 +62,8 @@ def per_step(sampler: Any, params: Any, x0: np.ndarray, mu: np.ndarray, mask: np
         est = _estimates(sampler, params, x0, mu, mask, rho_b, int(t), noise)
         row: dict[str, float] = {"t": int(t)}
         for name, x in zip(ESTIMATES, est):
-            row[name] = float(jnp.nanmean(metrics.psnr_masked(metrics.to_unit(x), metrics.to_unit(x0), mask)))
+            psnr = metrics.psnr_masked(metrics.to_unit(x), metrics.to_unit(x0), mask)
+            row[name] = float(jnp.nanmean(psnr))
         rows.append(row)
     return rows
 
@@ -82,8 +85,8 @@ def run(sampler: Any, params: Any, sources: dict[str, Any], rho_of: Any, num_ima
         shape = first["x0"].shape
         examples = [first] + [source[i] for i in range(1, min(len(source), num_images))]
         examples = [e for e in examples if e["x0"].shape == shape]
-        stack = lambda k: np.stack([e[k] if e.get(k) is not None else np.ones(shape[:2] + (1,), np.float32)
-                                    for e in examples])
+        ones = np.ones(shape[:2] + (1,), np.float32)  # a source without masks: every pixel
+        stack = lambda k: np.stack([e[k] if e.get(k) is not None else ones for e in examples])
         out[label] = per_step(sampler, params, stack("x0"), stack("mu"), stack("mask"),
                               rho_of(first.get("task_name")), key)
     return out

@@ -178,7 +178,9 @@ def _pi_moment(mode: str, rho: jax.Array) -> jax.Array:
 
 def precond_scalings(schedule: Schedule, t: Time, sigma_data, pi: str | None = None
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(c_skip, c_out, c_in) of x̂0 = μ + c_skip y + c_out F(c_in y), y = x_t − μ (docs/preconditioning.md).
+    """(c_skip, c_out, c_in) of x̂0 = μ + c_skip y + c_out F(c_in y), y = x_t − μ.
+
+    Derivation: docs/preconditioning.md.
 
     With r = x0 − μ ~ N(0, ρ²) and y = Θ r + Σ π ε (Eq. 12): var = Var y = Θ²ρ² + Σ² E[π²];
     c_skip = Θρ²/var is the linear MMSE coefficient of r on y (the posterior mean for π = 1),
@@ -191,7 +193,8 @@ def precond_scalings(schedule: Schedule, t: Time, sigma_data, pi: str | None = N
     rho = jnp.asarray(sigma_data, jnp.float32)
     big_theta, sigma = _coefs(schedule, t)
     if jnp.ndim(big_theta):  # [B] → [B, 1, …] against ρ's image dims
-        big_theta, sigma = (c.reshape(c.shape + (1,) * max(jnp.ndim(rho) - 1, 0)) for c in (big_theta, sigma))
+        extra = (1,) * max(jnp.ndim(rho) - 1, 0)
+        big_theta, sigma = (c.reshape(c.shape + extra) for c in (big_theta, sigma))
     m2 = _pi_moment(mode, rho)
     var = big_theta ** 2 * rho ** 2 + sigma ** 2 * m2
     ok = var > 0
@@ -392,7 +395,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
         raise ValueError(f"pi={mode!r}: the irsde start x_T ~ N(μ, Σ² π²) needs π known without x0 "
                          "(use pi='one' or 'zero')")
     if (stochastic or noisy_start) and rng is None:
-        raise ValueError("rng: a PRNG key is needed for eta > 0, first_step_eta > 0 or the irsde preset")
+        raise ValueError("rng: a PRNG key is needed for eta > 0, first_step_eta > 0 or the irsde "
+                         "preset")
     if parameterization == "precond" and sigma_data is None:
         raise ValueError("sigma_data: the precond parameterisation needs ρ (bridge.sigma_data)")
     mu = jnp.asarray(mu)
