@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import shutil
 
 import numpy as np
@@ -86,6 +87,12 @@ def test_tensorboard_events_reach_a_gs_workdir(tmp_path, monkeypatch):
         monkeypatch.setattr(writers.TensorBoardXWriter, "PUBLISH_SECS", 0.0)  # every write is due
         size = os.path.getsize(os.path.join(local, first))
         w.write_images(1, {"grid": np.zeros((4, 6, 3), np.float32)})
+        # tensorboardX's own thread writes queued events to the staged file (its flush does not
+        # wait for it), so the copy may lag a write by a moment: later due writes publish it.
+        deadline = time.monotonic() + 20.0
+        while os.path.getsize(os.path.join(local, first)) <= size and time.monotonic() < deadline:
+            time.sleep(0.05)
+            tb._publish_if_due()
         assert os.path.getsize(os.path.join(local, first)) > size  # published without a flush
         staging = tb._staging
         w.close()
