@@ -248,7 +248,7 @@ def test_evaluation_keeps_only_the_grid_baselines(monkeypatch):
     class Identity:  # a stand-in sampler: the restored image is the input
         uses_mask = False
 
-        def __call__(self, params, mu, rng, mask=None):
+        def __call__(self, params, mu, rng, mask=None, task=None):
             return np.asarray(mu)
 
     cfg = config(**{"eval.num_grid_images": 1})
@@ -279,7 +279,7 @@ def test_fid_streams_features_and_matches_the_stored_features_computation():
     class Identity:  # a stand-in sampler: the restored image is the input
         uses_mask = False
 
-        def __call__(self, params, mu, rng, mask=None):
+        def __call__(self, params, mu, rng, mask=None, task=None):
             return np.asarray(mu)
 
     made, alive_at_call = [], []

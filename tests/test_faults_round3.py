@@ -234,6 +234,13 @@ def test_every_network_key_is_checked_against_the_checkpoint():
     assert "model.attention" in program.must_match(config())  # the key once missed
     for key in keys:
         ours = config(**{key: _other(key, config()[key.split(".")[0]][key.split(".")[1]])})
+        if key == "bridge.sigma_data":  # ρ is read by the precond parameterisation only
+            program.check_compatible(ours, saved, "ckpt/2")
+            precond = {"bridge.parameterization": "precond"}
+            with pytest.raises(ConfigError, match=rf"^{key}=.*different bridge is refused"):
+                program.check_compatible(config(**precond, **{key: "2.5"}),
+                                         config(**precond).to_dict(), "ckpt/2")
+            continue
         if key in program.INFERENCE_ONLY:
             program.check_compatible(ours, saved, "ckpt/2")  # same weights, computed another way
             continue
@@ -319,7 +326,8 @@ def test_an_image_predicted_not_to_fit_is_tiled_automatically_or_refused_in_one_
                             auto_tile=False)
     mu = np.zeros((1, 64, 64, 3), np.float32)
     # The whole image's need, from XLA's analysis of its compiled loop; the budget just under it.
-    args = (model.params, mu, np.ones((1, 64, 64, 1), np.float32), np.zeros(2, np.uint32))
+    args = (model.params, mu, np.ones((1, 64, 64, 1), np.float32), np.zeros(2, np.uint32),
+            np.ones((1, 1, 1, 1), np.float32))  # (params, μ, mask, key, precond's ρ per image)
     whole = s._compile(0, args)[1]
     assert whole > 0
     monkeypatch.setattr(sampler_lib, "memory_budget", lambda: whole - 1)
