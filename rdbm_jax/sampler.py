@@ -33,7 +33,8 @@ def pad_amounts(height: int, width: int, multiple: int) -> tuple[int, int]:
 def check_size(height: int, width: int, name: str = "image") -> None:
     """Reject images too small to restore with a one-line DataError naming them."""
     if min(height, width) < MIN_SIDE:
-        raise DataError(f"{name}: {height}x{width} is too small to restore (minimum {MIN_SIDE}x{MIN_SIDE})")
+        raise DataError(
+            f"{name}: {height}x{width} is too small to restore (minimum {MIN_SIDE}x{MIN_SIDE})")
 
 
 def memory_budget() -> int:
@@ -66,7 +67,8 @@ def blend_window(tile: int, overlap: int, ramp_start: bool, ramp_end: bool) -> n
     then a linear ramp up to 1 at 3/4 of the overlap. Sides on the image border keep weight 1."""
     w = np.ones(tile, np.float32)
     margin = overlap // 4
-    ramp = np.clip((np.arange(overlap, dtype=np.float32) + 0.5 - margin) / max(overlap - 2 * margin, 1), 0, 1)
+    ramp = np.clip(
+        (np.arange(overlap, dtype=np.float32) + 0.5 - margin) / max(overlap - 2 * margin, 1), 0, 1)
     if ramp_start and overlap:
         w[:overlap] = ramp
     if ramp_end and overlap:
@@ -86,8 +88,10 @@ def tiled(denoise_fn: Callable, height: int, width: int, tile: int, overlap: int
     if len(ys) * len(xs) == 1:
         return denoise_fn
     offsets = np.array([(y, x) for y in ys for x in xs], np.int32)
-    weights = np.stack([np.outer(blend_window(th, overlap, y > 0, y + th < height),
-                                 blend_window(tw, overlap, x > 0, x + tw < width)) for y, x in offsets])
+    weights = np.stack([
+        np.outer(blend_window(th, overlap, y > 0, y + th < height),
+                 blend_window(tw, overlap, x > 0, x + tw < width)) for y, x in offsets
+    ])
     norm = np.zeros((height, width), np.float32)
     for (y, x), w in zip(offsets, weights):
         norm[y:y + th, x:x + tw] += w
@@ -97,10 +101,12 @@ def tiled(denoise_fn: Callable, height: int, width: int, tile: int, overlap: int
     def fn(x_t: jax.Array, mu: jax.Array, t: jax.Array) -> jax.Array:
         def one(args):
             off, w = args
-            crop = lambda a: jax.lax.dynamic_slice(a, (0, off[0], off[1], 0), (a.shape[0], th, tw, a.shape[3]))
+            crop = lambda a: jax.lax.dynamic_slice(a, (0, off[0], off[1], 0),
+                                                   (a.shape[0], th, tw, a.shape[3]))
             return denoise_fn(crop(x_t), crop(mu), t).astype(jnp.float32) * w
 
-        outs = jax.lax.map(one, (jnp.asarray(offsets), weights))  # one tile at a time: bounded memory
+        outs = jax.lax.map(one,
+                           (jnp.asarray(offsets), weights))  # one tile at a time: bounded memory
         acc = jnp.zeros(x_t.shape[:3] + (outs.shape[-1],), jnp.float32)
         for i, (y, x) in enumerate(offsets):
             acc = acc.at[:, y:y + th, x:x + tw].add(outs[i])
@@ -162,9 +168,10 @@ class Sampler:
         if tile:
             denoise = tiled(denoise, mu.shape[1], mu.shape[2], tile, self.tile_overlap)
         known = 1.0 - mask if self.uses_mask else None
-        return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu, self.num_steps, rng,
-                          eta=self.eta, clip=self.clip, parameterization=self.parameterization, pi=self.pi,
-                          known=known, sigma_data=rho, first_step_eta=self.first_step_eta)
+        return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu,
+                          self.num_steps, rng, eta=self.eta, clip=self.clip,
+                          parameterization=self.parameterization, pi=self.pi, known=known,
+                          sigma_data=rho, first_step_eta=self.first_step_eta)
 
     def jit(self, tile: int) -> Callable:
         """`sample_padded` with tiles of `tile` (0: none) under jit, sharded over the mesh."""

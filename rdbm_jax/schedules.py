@@ -63,8 +63,9 @@ class Schedule:
 
 
 jax.tree_util.register_dataclass(
-    Schedule, data_fields=["theta", "theta_bar", "Theta", "Sigma"],
-    meta_fields=["num_timesteps", "preset", "default_pi", "theta_schedule", "lam", "discretization"])
+    Schedule, data_fields=["theta", "theta_bar", "Theta", "Sigma"], meta_fields=[
+        "num_timesteps", "preset", "default_pi", "theta_schedule", "lam", "discretization"
+    ])
 
 
 def _cosine(num_timesteps: int) -> np.ndarray:
@@ -80,7 +81,8 @@ def _linear(num_timesteps: int) -> np.ndarray:
     return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
 
 
-def _sigmoid(num_timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> np.ndarray:
+def _sigmoid(num_timesteps: int, start: float = -3.0, end: float = 3.0,
+             tau: float = 1.0) -> np.ndarray:
     """Sigmoid ᾱ schedule (denoising-diffusion-pytorch), betas clipped to [0, 0.999]."""
     sig = lambda z: 1.0 / (1.0 + np.exp(-z))
     s = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
@@ -100,7 +102,8 @@ _THETA_FNS = {"cosine": _cosine, "linear": _linear, "sigmoid": _sigmoid, "consta
 def theta_profile(theta_schedule: str, num_timesteps: int) -> np.ndarray:
     """θ_i (float64 numpy, [T]) of a named schedule."""
     if theta_schedule not in _THETA_FNS:
-        raise ValueError(f"theta_schedule={theta_schedule!r} is not one of {', '.join(THETA_SCHEDULES)}")
+        raise ValueError(
+            f"theta_schedule={theta_schedule!r} is not one of {', '.join(THETA_SCHEDULES)}")
     return _THETA_FNS[theta_schedule](num_timesteps)
 
 
@@ -137,13 +140,16 @@ def native_variance(preset: str, lam: float) -> float:
 def check_discretization(discretization: str, preset: str, theta_schedule: str) -> None:
     """Raise ValueError for a discretisation the preset or θ profile does not have."""
     if discretization not in DISCRETIZATIONS:
-        raise ValueError(f"discretization={discretization!r} is not one of {', '.join(DISCRETIZATIONS)}")
+        raise ValueError(
+            f"discretization={discretization!r} is not one of {', '.join(DISCRETIZATIONS)}")
     if discretization == "native" and preset not in NATIVE_PRESETS:
-        raise ValueError(f"discretization='native' exists for presets {', '.join(NATIVE_PRESETS)} only "
-                         f"(got preset={preset!r})")
+        raise ValueError(
+            f"discretization='native' exists for presets {', '.join(NATIVE_PRESETS)} only "
+            f"(got preset={preset!r})")
     if discretization == "native" and theta_schedule not in NATIVE_THETA_SCHEDULES:
-        raise ValueError(f"discretization='native' has theta_schedule {', '.join(NATIVE_THETA_SCHEDULES)} "
-                         f"only (got {theta_schedule!r})")
+        raise ValueError(
+            f"discretization='native' has theta_schedule {', '.join(NATIVE_THETA_SCHEDULES)} "
+            f"only (got {theta_schedule!r})")
 
 
 def _one_minus_exp(x: np.ndarray) -> np.ndarray:
@@ -177,13 +183,15 @@ def marginal_tables(theta: np.ndarray, lam: float, preset: str) -> tuple[np.ndar
 
 
 def make_schedule(num_timesteps: int = 100, theta_schedule: str = "cosine", lam: float = 10 / 255,
-                  preset: str = "rdbm", dtype=jnp.float32, discretization: str = "rdbm") -> Schedule:
+                  preset: str = "rdbm", dtype=jnp.float32,
+                  discretization: str = "rdbm") -> Schedule:
     """The bridge schedule of a preset (rdbm | goub | brownian | irsde | flow) on T timesteps."""
     integer = isinstance(num_timesteps, (int, np.integer)) and not isinstance(num_timesteps, bool)
     if not integer or num_timesteps < 2:
         raise ValueError(f"num_timesteps={num_timesteps!r} must be an integer >= 2")
     if theta_schedule not in _THETA_FNS:
-        raise ValueError(f"theta_schedule={theta_schedule!r} is not one of {', '.join(THETA_SCHEDULES)}")
+        raise ValueError(
+            f"theta_schedule={theta_schedule!r} is not one of {', '.join(THETA_SCHEDULES)}")
     if preset not in DEFAULT_PI:
         raise ValueError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
     try:

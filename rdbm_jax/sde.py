@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rdbm_jax.schedules import (DEFAULT_PI, PI_MODES, PRESETS, THETA_SCHEDULES, Schedule, make_schedule,
-                                theta_profile, timestep_pairs)
+from rdbm_jax.schedules import (DEFAULT_PI, PI_MODES, PRESETS, THETA_SCHEDULES, Schedule,
+                                make_schedule, theta_profile, timestep_pairs)
 
 # The bridge math of this module; the schedules it uses are rdbm_jax.schedules' own public names.
 __all__ = ["PARAMETERIZATIONS", "pi_values", "q_sample", "transition", "posterior",
@@ -100,7 +100,8 @@ def pi_values(pi_mode: str, x0: jax.Array, mu: jax.Array) -> jax.Array:
     if pi_mode == "one":
         return jnp.ones(jnp.broadcast_shapes(jnp.shape(x0), jnp.shape(mu)), jnp.result_type(x0, mu))
     if pi_mode == "zero":
-        return jnp.zeros(jnp.broadcast_shapes(jnp.shape(x0), jnp.shape(mu)), jnp.result_type(x0, mu))
+        return jnp.zeros(jnp.broadcast_shapes(jnp.shape(x0), jnp.shape(mu)),
+                         jnp.result_type(x0, mu))
     raise ValueError(f"pi={pi_mode!r} is not one of {', '.join(PI_MODES)}")
 
 
@@ -299,8 +300,9 @@ def training_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax
 
 # ----------------------------------------------------------------------------- reverse kernels
 
-def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array, t: Time, t_next: Time,
-                 eta: float | jax.Array = 0.0, noise: jax.Array | None = None,
+
+def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array, t: Time,
+                 t_next: Time, eta: float | jax.Array = 0.0, noise: jax.Array | None = None,
                  pi: str | None = None) -> jax.Array:
     """One reverse step t → t_next of the η-family (η = 0: Eq. 19 in x0 form; η = 1: posterior).
 

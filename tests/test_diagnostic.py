@@ -46,7 +46,8 @@ def test_eval_mode_writes_per_step_json_and_plot(trained_workdir):
     evaluate.run_eval(cfg, trained_workdir)
     out = os.path.join(trained_workdir, "eval")
     doc = json.load(open(os.path.join(out, "per_step.json")))
-    assert [r["t"] for r in doc["mean"]] == list(sde.timestep_pairs(100, cfg.sample.num_steps)[:, 0])
+    assert [r["t"]
+            for r in doc["mean"]] == list(sde.timestep_pairs(100, cfg.sample.num_steps)[:, 0])
     assert all(np.isfinite(r[k]) for r in doc["mean"] for k in diagnostic.ESTIMATES)
     assert os.path.getsize(os.path.join(out, "per_step.png")) > 0
 
@@ -55,7 +56,7 @@ def test_eval_mode_writes_per_step_json_and_plot(trained_workdir):
 def test_validation_logs_the_per_step_scalars(tmp_path):
     from rdbm_jax import train
     workdir = str(tmp_path / "w")
-    train.train_and_evaluate(config(**{"eval.per_step": True, "train.num_steps": 2, "train.eval_every": 2}),
-                             workdir)
+    train.train_and_evaluate(
+        config(**{"eval.per_step": True, "train.num_steps": 2, "train.eval_every": 2}), workdir)
     rows = [r for r in read_metrics(workdir) if "val/per_step/min_gain_over_skip" in r]
     assert rows and any(k.startswith("val/per_step/t099/") for k in rows[0])
