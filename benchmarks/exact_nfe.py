@@ -2,12 +2,12 @@
 
     python -m benchmarks.exact_nfe --out-dir benchmarks/results/exact-nfe-toy
 
-Each pixel's residual r = x0 − μ is one of two modes, a with probability p or b, independently, and μ
-varies over the pixels. The denoiser is E[x0 | x_t, μ] under exactly that prior and RDBM's marginal
-x_t = μ + Θ_t r + Σ_t π ε (Eq. 12), so every difference between NFEs is the sampler's, not a
-network's. NFE 1 returns E[x0 | μ], the minimum-MSE function of μ: no deterministic (η = 0) schedule
-can beat it, and the shape of the NFE ≥ 2 curve is what the η = 0 sampler makes of a perfect
-denoiser. Writes results.csv, table.md and exact_nfe.png (and command.txt) to --out-dir.
+Each pixel's residual r = x0 − μ is one of two modes, a with probability p or b, independently, and
+μ varies over the pixels. The denoiser is E[x0 | x_t, μ] under exactly that prior and RDBM's
+marginal x_t = μ + Θ_t r + Σ_t π ε (Eq. 12), so every difference between NFEs is the sampler's, not
+a network's. NFE 1 returns E[x0 | μ], the minimum-MSE function of μ: no deterministic (η = 0)
+schedule can beat it, and the shape of the NFE ≥ 2 curve is what the η = 0 sampler makes of a
+perfect denoiser. Writes results.csv, table.md and exact_nfe.png (and command.txt) to --out-dir.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ PROB = 0.4           # P(r = a)
 
 
 def posterior_mean_denoiser(schedule, modes=MODES, prob: float = PROB, pi: str = "one") -> Callable:
-    """denoise(x_t, μ, t) = E[x0 | x_t, μ] for r ∈ {a (prob), b} per pixel and the marginal of `pi`."""
+    """denoise(x_t, μ, t) = E[x0 | x_t, μ] for r ∈ {a (prob), b} per pixel and the marginal of
+    `pi`."""
     import jax.numpy as jnp
     a, b = modes
 
@@ -38,7 +39,8 @@ def posterior_mean_denoiser(schedule, modes=MODES, prob: float = PROB, pi: str =
         for r, w in ((a, prob), (b, 1.0 - prob)):
             scale = sg * (abs(r) if pi == "residual" else 1.0)
             var = scale ** 2
-            # var = 0 (Θ = 0 at t = T−1: y = 0 for both modes): the likelihood is flat, weight = prior.
+            # var = 0 (Θ = 0 at t = T−1: y = 0 for both modes): the likelihood is flat, weight =
+            # prior.
             ll = jnp.where(var > 0, -0.5 * (y - th * r) ** 2 / jnp.where(var > 0, var, 1.0)
                            - jnp.log(jnp.where(var > 0, scale, 1.0)), 0.0)
             logits.append(ll + np.log(w))
@@ -63,7 +65,8 @@ def psnr(x: np.ndarray, ref: np.ndarray) -> float:
 
 def run(nfes: list[int], pis: list[str], settings: list[tuple[str, float, float]],
         seed: int = 0) -> list[dict]:
-    """PSNR for every (π, sampling setting (label, η, first_step_eta), NFE) with the exact denoiser."""
+    """PSNR for every (π, sampling setting (label, η, first_step_eta), NFE) with the exact
+    denoiser."""
     import jax
     from rdbm_jax import sde
     s = sde.make_schedule()

@@ -6,13 +6,13 @@
         --config.data.root=/path/to/datasets --mode=eval           # PSNR/SSIM per test set and task
 
 Argument: model size T | S | B | L (default L, as the paper's best); add ",tiny" for a smoke test.
-Paper setup: batch 20 split evenly over the 5 tasks (4 each), 256² random crops, Adam lr 1e-4,
-500k iterations, cosine θ, λ = 10/255, T = 100; restoration with 10 sampling steps at full resolution.
-The batch must be a multiple of lcm(devices, 5 × processes): 20 runs on 1, 2, 4, 5, 10 or 20
-devices of one process; on 8 devices use --config.train.batch_size=40 (not the paper's setting).
-Where the paper is silent the recipe follows MiliLab/DGSolver (`configs/common.py`'s
-`dgsolver_recipe`, each line sourced); unknown and not reproduced: DGSolver resizes images smaller
-than the crop up, this project reflect-pads them.
+Paper setup: batch 20 split evenly over the 5 tasks (4 each), 256² random crops, Adam lr 1e-4, 500k
+iterations, cosine θ, λ = 10/255, T = 100; restoration with 10 sampling steps at full resolution.
+The batch must be a multiple of lcm(devices, 5 × processes): 20 runs on 1, 2, 4, 5, 10 or 20 devices
+of one process; on 8 devices use --config.train.batch_size=40 (not the paper's setting). Where the
+paper is silent the recipe follows MiliLab/DGSolver (`configs/common.py`'s `dgsolver_recipe`, each
+line sourced); unknown and not reproduced: DGSolver resizes images smaller than the crop up, this
+project reflect-pads them.
 
 Datasets (named sources: each test set is scored and reported on its own as <task>/<set>, its task
 as the mean over its test sets, "overall" as the mean over tasks; a task with several training sets

@@ -29,7 +29,8 @@ ESTIMATES = ("model", "skip", "invert")  # the network's x̂0, the skip estimate
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _estimates(sampler: Any, params: Any, x0, mu, mask, rho, t, noise):
-    """(x̂0 of the network, skip estimate, inversion) at one t for a batch of true forward samples."""
+    """(x̂0 of the network, skip estimate, inversion) at one t for a batch of true forward
+    samples."""
     s, par, pi = sampler.schedule, sampler.parameterization, sampler.pi
     tt = jnp.full((x0.shape[0],), t, jnp.int32)
     x_t = sde.q_sample(s, x0, mu, tt, noise, pi=pi)
@@ -50,8 +51,8 @@ def _estimates(sampler: Any, params: Any, x0, mu, mask, rho, t, noise):
 
 def per_step(sampler: Any, params: Any, x0: np.ndarray, mu: np.ndarray, mask: np.ndarray,
              rho: float, key: jax.Array) -> list[dict[str, float]]:
-    """Rows {t, model, skip, invert} (mean PSNR inside the mask, dB) for one batch of same-size images,
-    cropped to the UNet's multiple; ε drawn from `key` per t."""
+    """Rows {t, model, skip, invert} (mean PSNR inside the mask, dB) for one batch of same-size
+    images, cropped to the UNet's multiple; ε drawn from `key` per t."""
     m = sampler.multiple
     h, w = (x0.shape[1] // m) * m, (x0.shape[2] // m) * m
     x0, mu, mask = (jnp.asarray(a[:, :h, :w], jnp.float32) for a in (x0, mu, mask))

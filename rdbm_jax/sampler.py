@@ -63,8 +63,9 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
 
 
 def blend_window(tile: int, overlap: int, ramp_start: bool, ramp_end: bool) -> np.ndarray:
-    """1-D tile weights: 1 inside; on a side shared with a neighbour, 0 for the outer overlap/4 pixels,
-    then a linear ramp up to 1 at 3/4 of the overlap. Sides on the image border keep weight 1."""
+    """1-D tile weights: 1 inside; on a side shared with a neighbour, 0 for the outer overlap/4
+    pixels, then a linear ramp up to 1 at 3/4 of the overlap. Sides on the image border keep weight
+    1."""
     w = np.ones(tile, np.float32)
     margin = overlap // 4
     ramp = np.clip(
@@ -116,7 +117,8 @@ def tiled(denoise_fn: Callable, height: int, width: int, tile: int, overlap: int
 
 
 class Sampler:
-    """Restores batches of degraded images μ in [-1, 1] with a trained network, sharded over devices."""
+    """Restores batches of degraded images μ in [-1, 1] with a trained network, sharded over
+    devices."""
 
     def __init__(self, apply_fn: Callable[..., jax.Array], schedule: Any, *, num_steps: int,
                  multiple: int, mesh: Mesh | None = None, eta: float = 0.0, clip: bool = True,
@@ -125,7 +127,8 @@ class Sampler:
                  hole_threshold: float = conditioning.HOLE_THRESHOLD,
                  sigma_data: dict[str, float] | None = None, first_step_eta: float = 0.0):
         conditioning.check_condition(condition)
-        # ρ of the precond parameterisation per task name (program.sigma_data_values); others ignore it.
+        # ρ of the precond parameterisation per task name (program.sigma_data_values); others ignore
+        # it.
         self.sigma_data, self.first_step_eta = dict(sigma_data or {}), first_step_eta
         self.apply_fn, self.schedule, self.num_steps = apply_fn, schedule, num_steps
         self.condition, self.uses_mask = condition, conditioning.uses_mask(condition)
@@ -138,7 +141,8 @@ class Sampler:
         self._plan: dict[tuple, int] = {}  # batch shape → the tile size it runs with
 
     def rho(self, task: str | None = None) -> float:
-        """ρ (bridge.sigma_data) of `task`; None: the one value every task shares (1.0 when unused)."""
+        """ρ (bridge.sigma_data) of `task`; None: the one value every task shares (1.0 when
+        unused)."""
         if self.parameterization != "precond":
             return 1.0
         if task is not None and task in self.sigma_data:

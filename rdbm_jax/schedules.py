@@ -20,7 +20,8 @@ peers' own code (Hammour-steak/GOUB and Algolzw/image-restoration-sde, `codes/ut
 - θ profile on their T + 1 timesteps 0..T: cosine = 1 − ᾱ(k)/ᾱ(0) for k = 1..T+1 of a cosine ᾱ on
   T + 2 steps (their `cosine_theta_schedule`), or their linear / constant;
 - θ̄_k = Σ_{j=1..k} θ_j (their cumsum shifted by θ_0), dt = −ln(0.01)/θ̄_T, so e^{−θ̄_T dt} = 0.01;
-- λ = the peer's λ / max_sigma argument N, read as N/255 when N ≥ 1 (GOUB) or N > 1 (IR-SDE), squared.
+- λ = the peer's λ / max_sigma argument N, read as N/255 when N ≥ 1 (GOUB) or N > 1 (IR-SDE),
+  squared.
 Project index i is their timestep i + 1 (θ_i = θ_{i+1}·dt) and index −1 their timestep 0 (x0), so
 the tables equal GOUB's m(t) (coefficient of x0 in f_mean; f_mean = μ + m(t)(x0 − μ) since
 m + n = 1) and f_sigma(t), and IR-SDE's e^{−θ̄_t dt} (mu_bar = μ + e^{−θ̄_t dt}(x0 − μ)) and
@@ -48,7 +49,8 @@ NATIVE_EPS = 0.01  # the peers' `eps`: e^{−θ̄_T dt}
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Schedule:
-    """Marginal tables x_t = μ + Θ_t (x0 − μ) + Σ_t π ε for t = 0..T−1; a pytree with static metadata."""
+    """Marginal tables x_t = μ + Θ_t (x0 − μ) + Σ_t π ε for t = 0..T−1; a pytree with static
+    metadata."""
 
     theta: jax.Array       # θ_i, [T]
     theta_bar: jax.Array   # θ̄_{0:t} = cumsum(θ)[t], inclusive, [T]
@@ -125,14 +127,16 @@ def _native_thetas(theta_schedule: str, num_timesteps: int) -> np.ndarray:
 
 
 def native_profile(theta_schedule: str, num_timesteps: int) -> np.ndarray:
-    """θ_i = θ_{i+1}·dt (float64, [T]) of the peers' code: Σθ = −ln(0.01), project i ↔ their i + 1."""
+    """θ_i = θ_{i+1}·dt (float64, [T]) of the peers' code: Σθ = −ln(0.01),
+    project i ↔ their i + 1."""
     thetas = _native_thetas(theta_schedule, num_timesteps)
     dt = -math.log(NATIVE_EPS) / np.sum(thetas[1:])
     return thetas[1:] * dt
 
 
 def native_variance(preset: str, lam: float) -> float:
-    """The stationary variance of the peers' λ argument N: (N/255)² if N ≥ 1 (goub) / N > 1 (irsde), else N²."""
+    """The stationary variance of the peers' λ argument N: (N/255)² if N ≥ 1 (goub) / N > 1 (irsde),
+    else N²."""
     scaled = lam / 255 if (lam >= 1 if preset == "goub" else lam > 1) else lam
     return scaled ** 2
 
@@ -216,7 +220,8 @@ def make_schedule(num_timesteps: int = 100, theta_schedule: str = "cosine", lam:
 
 
 def timestep_pairs(num_timesteps: int, num_steps: int) -> np.ndarray:
-    """Sampling grid [S, 2] of (t, t_next): int(linspace(−1, T−1, S+1)) reversed, consecutive pairs."""
+    """Sampling grid [S, 2] of (t, t_next): int(linspace(−1, T−1, S+1)) reversed, consecutive
+    pairs."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
         raise ValueError(f"num_steps={num_steps!r} must be an integer")
     if not 1 <= num_steps <= num_timesteps:

@@ -27,8 +27,9 @@ __all__ = ["PARAMETERIZATIONS", "pi_values", "q_sample", "transition", "posterio
            "predict_x0", "training_target", "precond_scalings", "network_input", "reverse_step",
            "project_known", "sample"]
 
-# x0: the network predicts x̂0 (released code); pi_eps: π ⊙ ε (paper, Eq. 19); residual: x̂0 − μ, so a
-# zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels with x0 = μ cost nothing);
+# x0: the network predicts x̂0 (released code); pi_eps: π ⊙ ε (paper, Eq. 19); residual: x̂0 − μ, so
+# a zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels with x0 = μ cost
+# nothing);
 # precond: EDM/DDBM-style x̂0 = μ + c_skip (x_t − μ) + c_out F(c_in (x_t − μ)) with the scalings of
 # RDBM's marginal under a prior x0 − μ ~ N(0, ρ²) (`precond_scalings`, docs/preconditioning.md).
 PARAMETERIZATIONS = ("x0", "pi_eps", "residual", "precond")
@@ -116,7 +117,8 @@ def q_sample(schedule: Schedule, x0: jax.Array, mu: jax.Array, t: Time, noise: j
 
 
 def transition(schedule: Schedule, t: Time, s: Time) -> tuple[jax.Array, jax.Array]:
-    """One-step kernel s → t (s < t): y_t = a y_s + N(0, π² v), a = Θ_t/Θ_s, v = Σ_t² − a² Σ_s² ≥ 0."""
+    """One-step kernel s → t (s < t): y_t = a y_s + N(0, π² v), a = Θ_t/Θ_s,
+    v = Σ_t² − a² Σ_s² ≥ 0."""
     th_t, sg_t = _coefs(schedule, t)
     th_s, sg_s = _coefs(schedule, s)
     a = th_t / _safe(th_s)
@@ -125,7 +127,8 @@ def transition(schedule: Schedule, t: Time, s: Time) -> tuple[jax.Array, jax.Arr
 
 def posterior(schedule: Schedule, x_t: jax.Array, x0: jax.Array, mu: jax.Array, t: Time, s: Time,
               pi: str | None = None) -> tuple[jax.Array, jax.Array]:
-    """Mean and variance of q(x_s | x_t, x0, μ), s < t (Chapman–Kolmogorov; Σ_t = 0 → marginal at s)."""
+    """Mean and variance of q(x_s | x_t, x0, μ), s < t (Chapman–Kolmogorov;
+    Σ_t = 0 → marginal at s)."""
     mode = _resolve_pi(schedule, pi)
     th_s, sg_s = _coefs(schedule, s)
     a, v = transition(schedule, t, s)
@@ -142,7 +145,8 @@ def posterior(schedule: Schedule, x_t: jax.Array, x0: jax.Array, mu: jax.Array, 
 
 def x0_from_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_eps: jax.Array,
                    t: Time) -> jax.Array:
-    """x̂0 = μ + (x_t − μ − Σ_t n̂)/Θ_t; at the singular index (Θ_t = 0) x̂0 = μ + n̂ (module doc)."""
+    """x̂0 = μ + (x_t − μ − Σ_t n̂)/Θ_t; at the singular index (Θ_t = 0) x̂0 = μ + n̂ (module
+    doc)."""
     big_theta, sigma = _coefs(schedule, t)
     regular = _bc(big_theta > 0, x_t)
     x0 = mu + (x_t - mu - _bc(sigma, x_t) * pi_eps) / _bc(_safe(big_theta), x_t)
@@ -187,8 +191,8 @@ def precond_scalings(schedule: Schedule, t: Time, sigma_data, pi: str | None = N
     c_skip = Θρ²/var is the linear MMSE coefficient of r on y (the posterior mean for π = 1),
     c_out = ρ Σ √E[π²]/√var the standard deviation of its error, c_in = 1/√var. Where var = 0
     (t = T−1 of the bridge presets: x_t = μ) y says nothing: c_skip = 0, c_out = ρ, c_in = 1.
-    `sigma_data` ρ: a scalar or an array broadcastable against the image batch (per task, per pixel);
-    the results broadcast like ρ against [B, …] (t scalar or [B]).
+    `sigma_data` ρ: a scalar or an array broadcastable against the image batch (per task, per
+    pixel); the results broadcast like ρ against [B, …] (t scalar or [B]).
     """
     mode = _resolve_pi(schedule, pi)
     rho = jnp.asarray(sigma_data, jnp.float32)
@@ -220,7 +224,8 @@ def _scalings_for(schedule: Schedule, t: Time, x: jax.Array, sigma_data, pi: str
 
 def network_input(schedule: Schedule, x_t: jax.Array, mu: jax.Array, t: Time, parameterization: str,
                   pi: str | None = None, sigma_data=None) -> jax.Array:
-    """What the network sees in place of x_t: c_in (x_t − μ) for precond (unit variance), else x_t."""
+    """What the network sees in place of x_t: c_in (x_t − μ) for precond (unit variance), else
+    x_t."""
     _check_parameterization(parameterization)
     if parameterization != "precond":
         return x_t
@@ -280,8 +285,9 @@ def _precond_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax
 def training_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax.Array,
                     parameterization: str, pi: str | None = None, t: Time | None = None,
                     sigma_data=None) -> jax.Array:
-    """Regression target: x0 (x0), x0 − μ (residual), π ⊙ ε (pi_eps; with `t`, x0 − μ at the singular
-    index) or the unit-variance F* of x_t = `q_sample(…, noise)` (precond; needs `t` and ρ)."""
+    """Regression target: x0 (x0), x0 − μ (residual), π ⊙ ε (pi_eps; with `t`, x0 − μ at the
+    singular index) or the unit-variance F* of x_t = `q_sample(…, noise)` (precond; needs `t` and
+    ρ)."""
     _check_parameterization(parameterization)
     mode = _resolve_pi(schedule, pi)
     if parameterization == "x0":
@@ -313,9 +319,9 @@ def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.
         is traced and noise is None the z term is dropped.
       pi: a mode of PI_MODES, or None/"" for the preset's default.
     """
-    # x_s = μ + Θ_s (x̂0 − μ) + sqrt(Σ_s² − η² Σ̃²) n̂ + η Σ̃ π̂ z, Σ̃² = Σ_s² v/Σ_t², n̂ from x̂0, π̂ the
-    # modulator of x̂0. Σ_t = 0 (the singular first step): n̂ = 0 and Σ̃ = Σ_s, i.e. x_s = μ + Θ_s (x̂0 − μ)
-    # (+ η Σ_s π̂ z).
+    # x_s = μ + Θ_s (x̂0 − μ) + sqrt(Σ_s² − η² Σ̃²) n̂ + η Σ̃ π̂ z, Σ̃² = Σ_s² v/Σ_t², n̂ from x̂0,
+    # π̂ the modulator of x̂0. Σ_t = 0 (the singular first step): n̂ = 0 and Σ̃ = Σ_s, i.e.
+    # x_s = μ + Θ_s (x̂0 − μ) (+ η Σ_s π̂ z).
     mode = _resolve_pi(schedule, pi)
     eta_c = _check_eta(eta)
     if noise is None and eta_c not in (None, 0.0):
@@ -338,8 +344,10 @@ def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.
 
 def reverse_step_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_eps_hat: jax.Array,
                         t: Time, t_next: Time) -> jax.Array:
-    """Eq. 19 in πε form: x_s = μ + (Θ_s/Θ_t)(x_t − μ) − ((Θ_s/Θ_t) Σ_t − Σ_s) n̂ (deterministic)."""
-    # At the singular index x_s = μ + Θ_s n̂ (n̂ read as x̂0 − μ, module doc); t_next = −1 returns x̂0.
+    """Eq. 19 in πε form: x_s = μ + (Θ_s/Θ_t)(x_t − μ) − ((Θ_s/Θ_t) Σ_t − Σ_s) n̂
+    (deterministic)."""
+    # At the singular index x_s = μ + Θ_s n̂ (n̂ read as x̂0 − μ, module doc); t_next = −1 returns
+    # x̂0.
     th_t, sg_t = _coefs(schedule, t)
     th_s, sg_s = _coefs(schedule, t_next)
     k = th_s / _safe(th_t)
@@ -366,7 +374,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
 
     Arguments (a ValueError names the one that breaks its rule):
       denoise_fn(x_in, μ, t int32 [B]): the raw network output, read per `parameterization`
-        (x̂0, π̂ε̂, r̂ or F); x_in = `network_input(x_t)`: x_t itself, or c_in (x_t − μ) for precond.
+        (x̂0, π̂ε̂, r̂ or F); x_in = `network_input(x_t)`: x_t itself, or c_in (x_t − μ) for
+        precond.
       num_steps: the NFE, an integer in 1..schedule.num_timesteps.
       rng: a PRNG key; may be None only when η = 0, first_step_eta = 0 and the preset is not irsde.
       eta: in [0, 1] (checked when concrete; a traced η is not checked).
@@ -384,7 +393,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
       return_trajectory: also return the states [S+1, B, …]: the start, then the state after each
         step (at the times pairs[:, 1]; the last one is the returned x̂0).
     """
-    # Start: x = μ for every bridge preset (Σ_{T−1} = 0); irsde: x = μ + Σ_{T−1} z (π = "one"; "zero" → μ).
+    # Start: x = μ for every bridge preset (Σ_{T−1} = 0); irsde: x = μ + Σ_{T−1} z (π = "one";
+    # "zero" → μ).
     mode = _resolve_pi(schedule, pi)
     _check_parameterization(parameterization)
     pairs = timestep_pairs(schedule.num_timesteps, num_steps)

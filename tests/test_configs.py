@@ -1,4 +1,5 @@
-"""Every task config: instantiate it, train 2 steps and restore (2 sampling steps) on generated data."""
+"""Every task config: instantiate it, train 2 steps and restore (2 sampling steps) on generated
+data."""
 from __future__ import annotations
 
 import json
@@ -80,7 +81,8 @@ def test_full_configs_follow_the_paper(name):
 
 @pytest.mark.parametrize("name", ["demo", "inpaint", "universal", "udc", "edges2handbags"])
 def test_every_task_config_takes_each_size_and_tiny(name):
-    """README: `:T|S|B|L` picks the model size of every task config, `:tiny` (alone or with a size)."""
+    """README: `:T|S|B|L` picks the model size of every task config, `:tiny` (alone or with a
+    size)."""
     for size in ("T", "S", "B", "L"):
         assert config(name, size).model.size == size
         assert config(name, f"{size},tiny").data.crop_size == 32

@@ -356,7 +356,8 @@ def _example_fn(spec, monkeypatch, **kw):
 
 
 def test_several_crops_per_decoded_image(tmp_path, monkeypatch):
-    """data.crops_per_image=k: a batch holds B/k images, k consecutive crops of each, one decode each."""
+    """data.crops_per_image=k: a batch holds B/k images, k consecutive crops of each, one decode
+    each."""
     spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 4, size=(24, 24)),
                        degradation="noise")
     kw = dict(global_batch_size=4, seed=0, process_index=0, process_count=1)

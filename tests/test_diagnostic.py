@@ -1,4 +1,5 @@
-"""rdbm_jax/diagnostic.py: x̂0 per t on true forward samples beside the skip estimate and inversion."""
+"""rdbm_jax/diagnostic.py: x̂0 per t on true forward samples beside the skip estimate and
+inversion."""
 from __future__ import annotations
 
 import json
@@ -22,8 +23,8 @@ def _images(seed=0, shape=(2, 16, 16, 3)):
 
 
 def test_a_zero_precond_network_scores_exactly_the_skip_estimate():
-    """F ≡ 0 under precond: x̂0 is the skip estimate at every t; a zero residual network is μ; inversion
-    at the smallest grid t is near-perfect and at T−1 (Θ = 0) it is μ."""
+    """F ≡ 0 under precond: x̂0 is the skip estimate at every t; a zero residual network is μ;
+    inversion at the smallest grid t is near-perfect and at T−1 (Θ = 0) it is μ."""
     s = sde.make_schedule()
     zero = lambda params, x, c, t: jnp.zeros_like(x)
     x0, mu, mask = _images()

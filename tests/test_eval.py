@@ -155,7 +155,8 @@ def test_sweep_writes_csv_and_plot(trained_workdir, caplog):
 
 
 def _named_sets_config(**overrides):
-    """configs/demo.py:tiny with two named test sets in task 'main' and a second task 'other' with one."""
+    """configs/demo.py:tiny with two named test sets in task 'main' and a second task 'other' with
+    one."""
     import ml_collections
     from rdbm_jax.data.spec import source_spec, task_spec
     cfg = config(**{"eval.max_images": 0, **overrides})
@@ -232,8 +233,8 @@ def test_validation_eval_and_sweep_share_one_seed_rule_at_eta_1(trained_workdir)
 
 
 def test_compilation_cache_is_on_by_default_for_every_mode(trained_workdir, tmp_path, monkeypatch):
-    """train.compilation_cache_dir: "auto" = $JAX_COMPILATION_CACHE_DIR or a per-user folder; "" = off;
-    eval (and every mode: they all load through program.load_trained) compiles into it."""
+    """train.compilation_cache_dir: "auto" = $JAX_COMPILATION_CACHE_DIR or a per-user folder;
+    "" = off; eval (and every mode: they all load through program.load_trained) compiles into it."""
     import jax
 
     from rdbm_jax import program
@@ -265,7 +266,8 @@ def test_compilation_cache_is_on_by_default_for_every_mode(trained_workdir, tmp_
 
 def test_evaluation_keeps_only_the_grid_baselines(monkeypatch):
     """Baselines kept a full-resolution image per example for the whole run: memory grew with the
-    test set. Only the grid's images stay; the scores (a few floats) are remembered for every example."""
+    test set. Only the grid's images stay; the scores (a few floats) are remembered for every
+    example."""
     from rdbm_jax import data
 
     class Identity:  # a stand-in sampler: the restored image is the input

@@ -25,7 +25,7 @@ def _pair(seed: int, shape=(2, 8, 8, 3)):
     return x0, mu
 
 
-# ----------------------------------------------------------------------------- residual parameterisation
+# ------------------------------------------------------------------------ residual parameterisation
 
 def test_residual_conversions_agree_with_x0_and_pi_eps_forms():
     with jax.enable_x64(
@@ -115,7 +115,8 @@ def test_condition_channels_and_mask_inference():
 
 
 def test_fill_condition_with_residual_output_starts_from_the_prefill():
-    """mu_mask_fill + residual: a zero network restores the pull-push pre-fill in the holes, μ elsewhere."""
+    """mu_mask_fill + residual: a zero network restores the pull-push pre-fill in the holes, μ
+    elsewhere."""
     from rdbm_jax.sampler import Sampler
     r = np.random.default_rng(3)
     mu = r.uniform(-1, 0.9, (1, 16, 24, 3)).astype(np.float32)
@@ -155,7 +156,7 @@ def test_masked_metrics_match_scikit_image_on_the_region():
         metrics.psnr_masked(a, b, m[:10])
 
 
-# ----------------------------------------------------------------------------- baselines and masks in data
+# ---------------------------------------------------------------------- baselines and masks in data
 
 def _photo(h=64, w=80):
     """A crop of a built-in training photo, in [0, 1]."""
@@ -227,7 +228,7 @@ def test_sources_pass_the_mask_with_each_example():
                                       process_count=1))["mask"] == 1)
 
 
-# ----------------------------------------------------------------------------- training, validation, eval, sample
+# --------------------------------------------------------------- training, validation, eval, sample
 
 def test_masked_loss_ignores_the_output_outside_the_mask():
     from rdbm_jax import program
@@ -305,7 +306,8 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
         assert run_restore_files(cfg, workdir)["restored"] == 1
         restored = np.asarray(Image.open(out_dir / "a.png"), np.float32) / 127.5 - 1
         np.testing.assert_allclose(restored[keep], ex["mu"][keep], atol=1 / 127.5 + 1e-6)
-    # b.png (another size: its own batch, after a.png's) has no mask: refused before a.png is written
+    # b.png (another size: its own batch, after a.png's) has no mask: refused before a.png is
+    # written
     data.save_image(str(in_dir / "b.png"), ex["mu"][:, :-8])
     cfg.sample.output_dir, cfg.sample.mask_dir = str(tmp_path / "out_bad"), str(mask_dir)
     with pytest.raises(DataError, match="b.png.*sample.mask_dir"):

@@ -1,4 +1,5 @@
-"""Bridge schedules, marginals and posteriors (rdbm_jax.schedules / rdbm_jax.sde) against the spec."""
+"""Bridge schedules, marginals and posteriors (rdbm_jax.schedules / rdbm_jax.sde) against the
+spec."""
 from __future__ import annotations
 
 import math
@@ -192,7 +193,8 @@ def test_zero_residual_marginal_is_exactly_mu():
 # ----------------------------------------------------------------------------- SDE simulation
 
 def _unit_grid(theta: np.ndarray, t_end: int, du: float, k_min: int) -> np.ndarray:
-    """Continuous times 0..t_end; unit interval [i, i+1) cut into max(k_min, ⌈θ_i/du⌉) Euler steps."""
+    """Continuous times 0..t_end; unit interval [i, i+1) cut into max(k_min, ⌈θ_i/du⌉) Euler
+    steps."""
     parts = [
         i + np.arange(k) / k for i in range(t_end) for k in [max(k_min, math.ceil(theta[i] / du))]
     ]
@@ -200,13 +202,14 @@ def _unit_grid(theta: np.ndarray, t_end: int, du: float, k_min: int) -> np.ndarr
 
 
 def test_euler_maruyama_reproduces_the_closed_form():
-    """Eq. 10 (h-transformed bridge) and Eq. 9 (IR-SDE) simulated from x0 to index t ↔ time τ = t + 1.
+    """Eq. 10 (h-transformed bridge) and Eq. 9 (IR-SDE) simulated from x0 to index t ↔
+    time τ = t + 1.
 
-    θ is piecewise constant (θ_i on [i, i+1)), θ̄_{0:τ} = Σ_{j<i} θ_j + θ_i (τ − i). Rows: RDBM on the
-    cosine profile (π = x0 − μ); IR-SDE on the cosine profile; GOUB on the constant profile, where
-    coth(θ̄_{τ:T}) ranges over 1.4 … 3.4 so the h-transform drift matters (on the cosine profile
-    coth ≈ 1 until the last few indices). Weak Euler bias ≤ 0.25% here; Monte Carlo s.e. of a
-    variance with 2^18 paths is 0.28%.
+    θ is piecewise constant (θ_i on [i, i+1)), θ̄_{0:τ} = Σ_{j<i} θ_j + θ_i (τ − i). Rows: RDBM on
+    the cosine profile (π = x0 − μ); IR-SDE on the cosine profile; GOUB on the constant profile,
+    where coth(θ̄_{τ:T}) ranges over 1.4 … 3.4 so the h-transform drift matters (on the cosine
+    profile coth ≈ 1 until the last few indices). Weak Euler bias ≤ 0.25% here; Monte Carlo s.e. of
+    a variance with 2^18 paths is 0.28%.
     """
     T, lam, n = 100, 10 / 255, 2 ** 18
     x0, mu = 0.5, -0.3
@@ -265,7 +268,8 @@ def test_chapman_kolmogorov(x64, preset):
 
 
 def _base_covariance(preset: str, theta: np.ndarray, lam: float, times: np.ndarray):
-    """Mean factor and covariance of the un-bridged base process at continuous times (π = 1, y0 = 1)."""
+    """Mean factor and covariance of the un-bridged base process at continuous times
+    (π = 1, y0 = 1)."""
     bar = np.concatenate([[0.0], np.cumsum(theta)])[times]
     lo, hi = np.minimum.outer(bar, bar), np.maximum.outer(bar, bar)
     if preset == "brownian":  # Brownian motion with g² = 2λθ: Cov = σ²(min)
@@ -284,7 +288,8 @@ def _condition(mean, cov, idx, values):
 
 @pytest.mark.parametrize("preset", ["rdbm", "goub", "brownian", "irsde"])
 def test_posterior_equals_direct_gaussian_conditioning(x64, preset):
-    """Build (x_s, x_t) from the base process (+ Doob conditioning on x_T = μ) and condition on x_t."""
+    """Build (x_s, x_t) from the base process (+ Doob conditioning on x_T = μ) and condition on
+    x_t."""
     lam = 10 / 255
     s = sde.make_schedule(preset=preset, lam=lam, dtype=jnp.float64)
     th = np.asarray(s.theta)

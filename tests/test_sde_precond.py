@@ -1,4 +1,5 @@
-"""The precond parameterisation of rdbm_jax.sde: scalings, targets, Monte-Carlo optimality, no NaN."""
+"""The precond parameterisation of rdbm_jax.sde: scalings, targets, Monte-Carlo optimality, no
+NaN."""
 from __future__ import annotations
 
 import jax
@@ -27,7 +28,8 @@ def _pair(seed: int, shape=SHAPE):
 
 
 def test_scalings_golden_values_and_numpy_formula():
-    """Golden values (rdbm preset, cosine, T = 100, λ = 10/255, ρ = 0.5) and a float64 numpy recomputation."""
+    """Golden values (rdbm preset, cosine, T = 100, λ = 10/255, ρ = 0.5) and a float64 numpy
+    recomputation."""
     s = sde.make_schedule()
     golden = {("one", 50): (1.3664976, 0.29224878, 3.3682652),
               ("residual", 50): (1.8372533, 0.16943489, 3.9055879),
@@ -46,7 +48,8 @@ def test_scalings_golden_values_and_numpy_formula():
 
 
 def test_c_out_has_no_float32_cancellation_at_t0():
-    """c_out = ρΣ√E[π²]/√var in float32 matches float64 to 1e-6 relative at t = 0 (subtraction would not)."""
+    """c_out = ρΣ√E[π²]/√var in float32 matches float64 to 1e-6 relative at t = 0 (subtraction would
+    not)."""
     s = sde.make_schedule()
     c32 = float(sde.precond_scalings(s, 0, 0.18, "one")[1])
     th, sg = float(np.float64(s.Theta[0])), float(np.float64(s.Sigma[0]))
@@ -70,9 +73,10 @@ def test_zero_network_gives_exactly_the_skip_estimate(pi):
 
 @pytest.mark.parametrize("pi", ("one", "residual"))
 def test_skip_estimate_is_the_gaussian_prior_posterior_mean(pi, x64):
-    """float64 Monte-Carlo, r = x0 − μ ~ N(0, ρ²): c_skip is the least-squares slope of r on y = x_t − μ,
-    c_out the rms of its error, c_in y has unit variance, F* unit variance; for π = 1 binned E[r | y]
-    equals c_skip y (the posterior mean; for π = x0 − μ the skip estimate is the linear MMSE)."""
+    """float64 Monte-Carlo, r = x0 − μ ~ N(0, ρ²): c_skip is the least-squares slope of r on
+    y = x_t − μ, c_out the rms of its error, c_in y has unit variance, F* unit variance; for π = 1
+    binned E[r | y] equals c_skip y (the posterior mean; for π = x0 − μ the skip estimate is the
+    linear MMSE)."""
     s = sde.make_schedule(num_timesteps=20)
     rng = np.random.default_rng(0)
     n, rho = 400_000, 0.7
@@ -103,8 +107,9 @@ def test_skip_estimate_is_the_gaussian_prior_posterior_mean(pi, x64):
 
 @pytest.mark.parametrize("pi", PIS)
 def test_target_round_trips_and_no_nan_at_any_t(pi):
-    """predict_x0(F*) = x0 at every t (0 … T−1, and −1) where c_out > 0; targets, inputs and x̂0 finite;
-    network_target(x0) = the closed-form F*; gradients finite at t = 0 and T−1, also where ρ = 0."""
+    """predict_x0(F*) = x0 at every t (0 … T−1, and −1) where c_out > 0; targets, inputs and x̂0
+    finite; network_target(x0) = the closed-form F*; gradients finite at t = 0 and T−1, also where
+    ρ = 0."""
     s = sde.make_schedule()
     x0, mu = _pair(2)
     eps = jax.random.normal(jax.random.PRNGKey(3), SHAPE)
@@ -162,8 +167,9 @@ def test_sampler_with_the_oracle_returns_x0(pi):
 
 
 def test_first_step_eta_lands_on_the_forward_marginal():
-    """With an x0 oracle and first_step_eta = 1, the state after the (singular) first step is a marginal
-    sample: (x_s − μ − Θ_s r)/(Σ_s π) is standard normal; with 0 it is exactly μ + Θ_s r."""
+    """With an x0 oracle and first_step_eta = 1, the state after the (singular) first step is a
+    marginal sample: (x_s − μ − Θ_s r)/(Σ_s π) is standard normal; with 0 it is exactly μ + Θ_s r.
+    """
     s = sde.make_schedule()
     shape = (4, 32, 32, 3)
     x0, mu = _pair(5, shape)

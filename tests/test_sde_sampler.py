@@ -1,4 +1,5 @@
-"""Reverse kernels and the compiled sampler of rdbm_jax.sde: oracles, RDBM property, η-family, transforms."""
+"""Reverse kernels and the compiled sampler of rdbm_jax.sde: oracles, RDBM property, η-family,
+transforms."""
 from __future__ import annotations
 
 import functools
@@ -40,7 +41,8 @@ def _pair(seed: int, shape=SHAPE, dtype=jnp.float32, zero_frac: float = 0.3):
 
 
 def _oracle(schedule, x0, parameterization):
-    """A denoiser that knows x0: returns x0, or the πε consistent with x_t and x0 (sde convention)."""
+    """A denoiser that knows x0: returns x0, or the πε consistent with x_t and x0 (sde
+    convention)."""
     if parameterization == "x0":
         return lambda x_t, mu, t: x0
     if parameterization == "residual":
@@ -98,7 +100,8 @@ def test_oracle_sampler_irsde_lands_on_x0(parameterization):
 
 
 def _both_forms(schedule, x_in, mu, x0_hat, t, t_next):
-    """Eq. 19 in x0 form (reverse_step, η = 0) and in πε form, one pair per leading index (vmapped)."""
+    """Eq. 19 in x0 form (reverse_step, η = 0) and in πε form, one pair per leading index
+    (vmapped)."""
     def one(x, tt, tn):
         n_hat = sde.pi_eps_from_x0(schedule, x, mu, x0_hat, tt)
         return (sde.reverse_step(schedule, x, mu, x0_hat, tt, tn),
@@ -110,7 +113,8 @@ _both_forms_jit = jax.jit(_both_forms)
 
 
 def test_x0_form_and_pi_eps_form_steps_agree(x64):
-    """Both forms of Eq. 19 agree for arbitrary (x_t, x̂0), not only on-path, and match the spec's formula."""
+    """Both forms of Eq. 19 agree for arbitrary (x_t, x̂0), not only on-path, and match the spec's
+    formula."""
     r = np.random.default_rng(2)
     x_t, x0_hat, mu = (r.uniform(-1, 1, SHAPE) for _ in range(3))
     pairs = np.concatenate([sde.timestep_pairs(100, 10), sde.timestep_pairs(100, 100)[::7]])
@@ -240,7 +244,8 @@ def test_eta_one_step_samples_the_posterior(preset):
 
 
 def test_eta_family_preserves_the_marginal():
-    """With the true x0, x_t ~ q(x_t | x0) is mapped onto q(x_s | x0) for every η (DDIM property)."""
+    """With the true x0, x_t ~ q(x_t | x0) is mapped onto q(x_s | x0) for every η (DDIM
+    property)."""
     s = sde.make_schedule()
     n = 100_000
     x0, mu = jnp.asarray([0.7, 0.2]), jnp.asarray([-0.1, -0.5])
