@@ -126,9 +126,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         w.writerows(rows)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"Exact posterior-mean denoiser, two-mode per-pixel toy (r ∈ {MODES}, P(a) = {PROB}, 64×64, "
-        f"rdbm preset, T = 100), PSNR (dB, range [-1, 1]) against NFE; {stamp}. The input μ scores "
-        f"{psnr(*toy()[::-1]):.2f} dB.", "",
+        f"Exact posterior-mean denoiser, two-mode per-pixel toy (r ∈ {MODES}, P(a) = {PROB}, "
+        f"64×64, rdbm preset, T = 100), PSNR (dB, range [-1, 1]) against NFE; {stamp}. "
+        f"The input μ scores {psnr(*toy()[::-1]):.2f} dB.",
+        "",
         "| π | sampling | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
         "|---|---|" + "---|" * len(nfes)
     ]
@@ -140,9 +141,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f.write("\n".join(lines) + "\n")
     plot(rows, os.path.join(args.out_dir, "exact_nfe.png"))
     with open(os.path.join(args.out_dir, "command.txt"), "w", encoding="utf-8") as f:
-        f.write(
-            f"python -m benchmarks.exact_nfe {' '.join(argv)}\n# {stamp}; {time.time() - start:.1f} s\n"
-        )
+        f.write(f"python -m benchmarks.exact_nfe {' '.join(argv)}\n"
+                f"# {stamp}; {time.time() - start:.1f} s\n")
     return rows
 
 

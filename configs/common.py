@@ -55,8 +55,10 @@ def dgsolver_recipe(c: ml_collections.ConfigDict) -> None:
     c.data.flip = "none"             # paper: 256² random crops only; DGSolver: no flips
     c.optim.b2 = 0.99                # paper: "Adam" (no betas); DGSolver: Adam(betas=(0.9, 0.99))
     c.optim.grad_clip = 1.0          # paper: silent; DGSolver: clip_grad_norm_(max_norm=1.0)
-    c.optim.ema_decay = 0.995  # paper: silent; DGSolver: ema_pytorch EMA(beta=0.995, update_every=1)
-    c.optim.ema_warmup = "ema_pytorch"  # ... with its default warm-up (copy for 100 steps, then ramp)
+    # paper: silent; DGSolver: ema_pytorch EMA(beta=0.995, update_every=1) with its default
+    # warm-up (copy for 100 steps, then ramp)
+    c.optim.ema_decay = 0.995
+    c.optim.ema_warmup = "ema_pytorch"
 
 
 def measured_objective(c: ml_collections.ConfigDict) -> None:

@@ -20,16 +20,16 @@ draws from them per data.train_mix). Layout under data.root: <task>/<dataset>/<t
 (LQ = degraded input μ, GT = clean x0, matched by file name; the extension may differ; sub-folders
 are allowed and matched by relative path):
 
-    task      training set (name: folder)                test sets (name: folder)
-    derain    rain13k:  derain/Rain13K/train/{LQ,GT}     rain100h: derain/Rain100H/test/{LQ,GT}
-                                                         rain100l: derain/Rain100L/test/{LQ,GT}
-    lowlight  lol:      lowlight/LOL/train/{LQ,GT}       lol:      lowlight/LOL/test/{LQ,GT}
-                        (our485 low / high)                        (eval15 low / high)
-    desnow    snow100k: desnow/Snow100K/train/{LQ,GT}    snow100k_l: desnow/Snow100K-L/test/{LQ,GT}
-    dehaze    its:      dehaze/RESIDE-ITS/train/{LQ,GT}  sots_indoor: dehaze/SOTS-indoor/test/{LQ,GT}
-                        (one hazy image per clean name: rename or link the chosen one)
-    deblur    gopro:    deblur/GoPro/train/{LQ,GT}       gopro:    deblur/GoPro/test/{LQ,GT}
-                        (blur / sharp)                             (blur / sharp)
+    task     training set (name: folder)                test sets (name: folder)
+    derain   rain13k:  derain/Rain13K/train/{LQ,GT}     rain100h: derain/Rain100H/test/{LQ,GT}
+                                                        rain100l: derain/Rain100L/test/{LQ,GT}
+    lowlight lol:      lowlight/LOL/train/{LQ,GT}       lol:      lowlight/LOL/test/{LQ,GT}
+                       (our485 low / high)                        (eval15 low / high)
+    desnow   snow100k: desnow/Snow100K/train/{LQ,GT}    snow100k_l: desnow/Snow100K-L/test/{LQ,GT}
+    dehaze   its:      dehaze/RESIDE-ITS/train/{LQ,GT}  sots_indoor: dehaze/SOTS-indoor/test/{LQ,GT}
+                       (one hazy image per clean name: rename or link the chosen one)
+    deblur   gopro:    deblur/GoPro/train/{LQ,GT}       gopro:    deblur/GoPro/test/{LQ,GT}
+                       (blur / sharp)                             (blur / sharp)
 
 Any folder can be pointed elsewhere, e.g.
 --config.data.tasks.derain.eval.rain100l.lq_dir=/data/Rain100L/rainy (keys: data.tasks.<task>.

@@ -69,14 +69,16 @@ def test_config_trains_two_steps_and_restores(name, arg, tmp_path):
 def test_full_configs_follow_the_paper(name):
     cfg = config(name, None)
     config_lib.validate(cfg)
-    assert cfg.bridge.preset == "rdbm" and cfg.bridge.num_timesteps == 100 and cfg.sample.num_steps == 10
+    assert (cfg.bridge.preset == "rdbm" and cfg.bridge.num_timesteps == 100
+            and cfg.sample.num_steps == 10)
     assert cfg.bridge.theta_schedule == "cosine" and cfg.bridge.lam == pytest.approx(10 / 255)
     assert cfg.data.crop_size == 256 and cfg.optim.learning_rate == 1e-4
     for size in ("T", "B", "L"):
         assert config(name, size).model.size == size
     if name == "universal":
         assert set(cfg.data.tasks) == {"derain", "lowlight", "desnow", "dehaze", "deblur"}
-        assert cfg.train.batch_size == 20 and cfg.train.num_steps == 500_000 and cfg.model.size == "L"
+        assert (cfg.train.batch_size == 20 and cfg.train.num_steps == 500_000
+                and cfg.model.size == "L")
 
 
 @pytest.mark.parametrize("name", ["demo", "inpaint", "universal", "udc", "edges2handbags"])

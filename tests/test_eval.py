@@ -205,7 +205,8 @@ def test_eval_reports_each_test_set_then_its_task_then_overall(trained_workdir):
     for name in ("grid_main.astronaut.png", "grid_main.photos.png", "grid_other.png"):
         assert os.path.isfile(os.path.join(out, name))
     table = reports.comparison_table(per_task)
-    assert "main/photos (3 images; baseline: biharmonic" in table and "main [mean over 2 test sets] (4 images" in table
+    assert ("main/photos (3 images; baseline: biharmonic" in table
+            and "main [mean over 2 test sets] (4 images" in table)
     rows = sweep.run_sweep(_named_sets_config(**{"sweep.nfe": "1", "sweep.eta": "0"}),
                            trained_workdir)
     assert {"main/astronaut/psnr", "main/photos/ssim", "main/psnr", "other/psnr",

@@ -270,7 +270,8 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     assert last["val/psnr_kept"] == scoring.KEPT_CAP  # known pixels come back exactly
     assert last["val/psnr_baseline"] > last["val/psnr_input"] + 5
     line = [r.getMessage() for r in caplog.records if " val main " in r.getMessage()][0]
-    assert "baseline: biharmonic (true mask)" in line and "| baseline " in line and "| input " in line
+    assert ("baseline: biharmonic (true mask)" in line and "| baseline " in line
+            and "| input " in line)
     rows = [r for r in read_metrics(workdir) if "val/psnr_baseline" in r]
     assert rows and rows[-1]["val/psnr_masked_baseline"] == last["val/psnr_masked_baseline"]
     grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_2.png")))
