@@ -31,7 +31,9 @@ ESTIMATES = ("model", "skip", "invert")  # the network's x̂0, the skip estimate
 def _estimates(sampler: Any, params: Any, x0, mu, mask, rho, t, noise):
     """(x̂0 of the network, skip estimate, inversion) at one t for a batch of true forward
     samples."""
-    s, par, pi = sampler.schedule, sampler.parameterization, sampler.pi
+    s = sampler.schedule
+    par = sampler.parameterization
+    pi = sampler.pi
     tt = jnp.full((x0.shape[0],), t, jnp.int32)
     x_t = sde.q_sample(s, x0, mu, tt, noise, pi=pi)
     rho = rho * mask if sampler.uses_mask else rho  # mask-aware ρ, as the sampler reads it

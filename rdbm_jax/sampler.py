@@ -97,7 +97,8 @@ def tiled(denoise_fn: Callable, height: int, width: int, tile: int, overlap: int
     for (y, x), w in zip(offsets, weights):
         norm[y:y + th, x:x + tw] += w
     assert norm.min() > 0, "tiles do not cover the image"
-    weights, norm = jnp.asarray(weights[:, None, :, :, None]), jnp.asarray(norm[None, :, :, None])
+    weights = jnp.asarray(weights[:, None, :, :, None])
+    norm = jnp.asarray(norm[None, :, :, None])
 
     def fn(x_t: jax.Array, mu: jax.Array, t: jax.Array) -> jax.Array:
         def one(args):
@@ -127,14 +128,24 @@ class Sampler:
                  hole_threshold: float = conditioning.HOLE_THRESHOLD,
                  sigma_data: dict[str, float] | None = None, first_step_eta: float = 0.0):
         conditioning.check_condition(condition)
-        # ρ of the precond parameterisation per task name (program.sigma_data_values); others ignore
-        # it.
-        self.sigma_data, self.first_step_eta = dict(sigma_data or {}), first_step_eta
-        self.apply_fn, self.schedule, self.num_steps = apply_fn, schedule, num_steps
-        self.condition, self.uses_mask = condition, conditioning.uses_mask(condition)
-        self.multiple, self.mesh = multiple, mesh or distributed.make_mesh()
-        self.eta, self.clip, self.parameterization, self.pi = eta, clip, parameterization, pi
-        self.tile_size, self.tile_overlap, self.auto_tile = tile_size, tile_overlap, auto_tile
+        # ρ of the precond parameterisation per task name (program.sigma_data_values); others
+        # ignore it.
+        self.sigma_data = dict(sigma_data or {})
+        self.first_step_eta = first_step_eta
+        self.apply_fn = apply_fn
+        self.schedule = schedule
+        self.num_steps = num_steps
+        self.condition = condition
+        self.uses_mask = conditioning.uses_mask(condition)
+        self.multiple = multiple
+        self.mesh = mesh or distributed.make_mesh()
+        self.eta = eta
+        self.clip = clip
+        self.parameterization = parameterization
+        self.pi = pi
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+        self.auto_tile = auto_tile
         self.hole_threshold = hole_threshold  # holes inferred when no mask is given
         self._jits: dict[int, Callable] = {}  # tile size (0 = whole image) → jitted reverse loop
         self._compiled: dict[tuple, tuple[Any, int]] = {}  # (tile, shape) → (executable, bytes)
