@@ -40,6 +40,8 @@ import numpy as np
 THETA_SCHEDULES = ("cosine", "linear", "sigmoid", "constant")
 PRESETS = ("rdbm", "goub", "brownian", "irsde", "flow")
 PI_MODES = ("residual", "abs", "one", "zero")
+# rdbm: the paper's π = x0 − μ; goub/brownian/irsde: the peers' plain noise (π = 1); flow: no
+# noise (π = 0), a deterministic interpolation.
 DEFAULT_PI = {"rdbm": "residual", "goub": "one", "brownian": "one", "irsde": "one", "flow": "zero"}
 DISCRETIZATIONS = ("rdbm", "native")
 NATIVE_PRESETS = ("goub", "irsde")
@@ -64,21 +66,24 @@ class Schedule:
     discretization: str = "rdbm"
 
 
+# Tables are traced leaves; the names and sizes are static, so jit specialises on them.
 jax.tree_util.register_dataclass(
-    Schedule, data_fields=["theta", "theta_bar", "Theta", "Sigma"], meta_fields=[
-        "num_timesteps", "preset", "default_pi", "theta_schedule", "lam", "discretization"
-    ])
+    Schedule, data_fields=["theta", "theta_bar", "Theta", "Sigma"],
+    meta_fields=["num_timesteps", "preset", "default_pi", "theta_schedule", "lam",
+                 "discretization"])
 
 
 def _cosine(num_timesteps: int) -> np.ndarray:
     """Improved-DDPM cosine betas: θ_i = min(1 − ᾱ((i+1)/T)/ᾱ(i/T), 0.999)."""
     s = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
     alpha_bar = np.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+    # ᾱ(1) = 0 makes the last beta 1; improved DDPM caps it at 0.999.
     return np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], 0.999)
 
 
 def _linear(num_timesteps: int) -> np.ndarray:
     """DDPM linear betas rescaled to T steps (scale = 1000/T)."""
+    # DDPM's betas are for T = 1000; scaling keeps the total θ̄ (≈ 10) the same for any T.
     scale = 1000.0 / num_timesteps
     return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
 
@@ -90,6 +95,7 @@ def _sigmoid(num_timesteps: int, start: float = -3.0, end: float = 3.0,
     s = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
     v_start, v_end = sig(start / tau), sig(end / tau)
     alpha_bar = (v_end - sig((s * (end - start) + start) / tau)) / (v_end - v_start)
+    # ᾱ(1) = 0 here too: the same 0.999 cap as the cosine; the lower clip absorbs rounding.
     return np.clip(1.0 - alpha_bar[1:] / alpha_bar[:-1], 0.0, 0.999)
 
 
@@ -130,6 +136,7 @@ def native_profile(theta_schedule: str, num_timesteps: int) -> np.ndarray:
     """θ_i = θ_{i+1}·dt (float64, [T]) of the peers' code: Σθ = −ln(0.01),
     project i ↔ their i + 1."""
     thetas = _native_thetas(theta_schedule, num_timesteps)
+    # The peers pick dt so that e^{−θ̄_T dt} = eps (0.01): their scale of total mean reversion.
     dt = -math.log(NATIVE_EPS) / np.sum(thetas[1:])
     return thetas[1:] * dt
 
@@ -137,6 +144,7 @@ def native_profile(theta_schedule: str, num_timesteps: int) -> np.ndarray:
 def native_variance(preset: str, lam: float) -> float:
     """The stationary variance of the peers' λ argument N: (N/255)² if N ≥ 1 (goub) / N > 1 (irsde),
     else N²."""
+    # The peers' own thresholds differ (GOUB: N ≥ 1, IR-SDE: N > 1); kept so N = 1 reproduces each.
     scaled = lam / 255 if (lam >= 1 if preset == "goub" else lam > 1) else lam
     return scaled ** 2
 
@@ -158,16 +166,21 @@ def check_discretization(discretization: str, preset: str, theta_schedule: str) 
 
 def _one_minus_exp(x: np.ndarray) -> np.ndarray:
     """1 − e^{−2x}, accurate for small x."""
+    # expm1, not 1 − exp: near t = 0 and t = T−1 the argument is tiny and 1 − exp would cancel.
     return -np.expm1(-2.0 * x)
 
 
 def marginal_tables(theta: np.ndarray, lam: float, preset: str) -> tuple[np.ndarray, np.ndarray]:
     """(Θ_t, Σ_t) in float64 for a preset (spec table; sinh ratios in overflow-free exp form)."""
+    # float64 throughout: rest = total − bar subtracts nearly equal sums near t = T−1, which
+    # float32 would round coarsely.
     bar = np.cumsum(theta)
     total = bar[-1]
     rest = total - bar  # θ̄_{t:T}; exactly 0 at t = T−1
     if preset in ("rdbm", "goub", "flow"):
         # Θ = sinh(θ̄_{t:T})/sinh(θ̄_T); Σ² = 2λ sinh(θ̄_t) sinh(θ̄_{t:T})/sinh(θ̄_T)   (Eqs. 12–13)
+        # in e^{−x} form (Θ = e^{−θ̄_t}(1 − e^{−2θ̄_{t:T}})/(1 − e^{−2θ̄_T})): sinh overflows for
+        # large θ̄.
         denom = _one_minus_exp(total)
         big_theta = np.exp(-bar) * _one_minus_exp(rest) / denom
         var = lam * _one_minus_exp(bar) * _one_minus_exp(rest) / denom
@@ -183,6 +196,7 @@ def marginal_tables(theta: np.ndarray, lam: float, preset: str) -> tuple[np.ndar
         var = lam * _one_minus_exp(bar)
     else:
         raise ValueError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
+    # var is ≥ 0 in exact arithmetic; the max keeps a rounding residue from a NaN sqrt.
     return big_theta, np.sqrt(np.maximum(var, 0.0))
 
 
@@ -226,5 +240,7 @@ def timestep_pairs(num_timesteps: int, num_steps: int) -> np.ndarray:
         raise ValueError(f"num_steps={num_steps!r} must be an integer")
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps={num_steps} must be in [1, num_timesteps={num_timesteps}]")
+    # Truncation toward 0 (astype), not rounding: the docstring's int(linspace(…)); the ends −1
+    # and T−1 are exact, so NFE 1 is the single step (T−1, −1).
     grid = np.linspace(-1, num_timesteps - 1, num_steps + 1).astype(np.int64)[::-1]
     return np.stack([grid[:-1], grid[1:]], axis=1)

@@ -27,11 +27,11 @@ __all__ = ["PARAMETERIZATIONS", "pi_values", "q_sample", "transition", "posterio
            "predict_x0", "training_target", "precond_scalings", "network_input", "reverse_step",
            "project_known", "sample"]
 
-# x0: the network predicts x̂0 (released code); pi_eps: π ⊙ ε (paper, Eq. 19); residual: x̂0 − μ, so
-# a zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels with x0 = μ cost
-# nothing); precond: EDM/DDBM-style x̂0 = μ + c_skip (x_t − μ) + c_out F(c_in (x_t − μ)) with the
-# scalings of RDBM's marginal under a prior x0 − μ ~ N(0, ρ²) (`precond_scalings`,
-# docs/preconditioning.md).
+# x0: the network predicts x̂0 (released code); pi_eps: π ⊙ ε (paper, Eq. 19);
+# residual: x̂0 − μ, so a zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels
+# with x0 = μ cost nothing);
+# precond: EDM/DDBM-style x̂0 = μ + c_skip (x_t − μ) + c_out F(c_in (x_t − μ)) with the scalings of
+# RDBM's marginal under a prior x0 − μ ~ N(0, ρ²) (`precond_scalings`, docs/preconditioning.md).
 PARAMETERIZATIONS = ("x0", "pi_eps", "residual", "precond")
 Time = Union[jax.Array, np.ndarray, int]  # an index 0..T−1 (or −1 = x0), scalar or [B]
 
