@@ -59,6 +59,8 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
         return [0]
     stride = tile - overlap
     starts = list(range(0, size - tile, stride))
+    # The last tile is flush with the far edge (overlapping its neighbour by at least `overlap`)
+    # rather than running past it: every tile has the compiled shape and needs no padding.
     return starts + [size - tile]
 
 
@@ -67,7 +69,10 @@ def blend_window(tile: int, overlap: int, ramp_start: bool, ramp_end: bool) -> n
     pixels, then a linear ramp up to 1 at 3/4 of the overlap. Sides on the image border keep weight
     1."""
     w = np.ones(tile, np.float32)
+    # Pixels next to a tile's cut see padding instead of image inside the network's receptive field:
+    # the outer quarter of the overlap gets no weight, the neighbour's interior covers it.
     margin = overlap // 4
+    # max(·, 1) keeps a tiny overlap (< 2) from dividing by 0.
     ramp = np.clip(
         (np.arange(overlap, dtype=np.float32) + 0.5 - margin) / max(overlap - 2 * margin, 1), 0, 1)
     if ramp_start and overlap:
@@ -96,6 +101,7 @@ def tiled(denoise_fn: Callable, height: int, width: int, tile: int, overlap: int
     norm = np.zeros((height, width), np.float32)
     for (y, x), w in zip(offsets, weights):
         norm[y:y + th, x:x + tw] += w
+    # Every pixel needs some weight, or the division below would be 0/0 there.
     assert norm.min() > 0, "tiles do not cover the image"
     weights = jnp.asarray(weights[:, None, :, :, None])
     norm = jnp.asarray(norm[None, :, :, None])
@@ -105,6 +111,7 @@ def tiled(denoise_fn: Callable, height: int, width: int, tile: int, overlap: int
             off, w = args
             crop = lambda a: jax.lax.dynamic_slice(a, (0, off[0], off[1], 0),
                                                    (a.shape[0], th, tw, a.shape[3]))
+            # Accumulate in float32 even for a bfloat16 network: the weighted sum is renormalised.
             return denoise_fn(crop(x_t), crop(mu), t).astype(jnp.float32) * w
 
         outs = jax.lax.map(one,
@@ -176,6 +183,7 @@ class Sampler:
         cond = conditioning.condition(mu, mask, self.condition)
         rho = jnp.asarray(self.rho() if rho is None else rho, jnp.float32)
         rho = rho.reshape(rho.shape + (1,) * (mu.ndim - rho.ndim)) if rho.ndim else rho
+        # Mask models: ρ = 0 where x0 = μ is known, so precond's c_skip/c_out leave μ there.
         if self.uses_mask:
             rho = rho * mask
         denoise = lambda x_t, c, t: self.apply_fn(params, x_t, c, t) + conditioning.output_offset(
@@ -216,7 +224,8 @@ class Sampler:
         multiples of the UNet's factor, larger than twice the overlap."""
         out, t = [], max(height, width) // 2
         while True:
-            t -= t % self.multiple
+            t -= t % self.multiple  # the UNet needs multiples of its factor
+            # A tile of at most twice the overlap would advance by ≤ overlap (no progress).
             if t <= max(2 * self.tile_overlap, self.multiple - 1):
                 return out
             out.append(t)
@@ -274,8 +283,12 @@ class Sampler:
         ph, pw = pad_amounts(h, w, self.multiple)
 
         def global_array(x: np.ndarray) -> jax.Array:
+            # Mirror padding, not zeros: a zero border would be a false edge for the network
+            # (reflect while each pad is shorter than its side, else symmetric); cropped after.
             x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if ph < h and pw < w
                        else "symmetric")
+            # The batch is padded to a multiple of the devices with copies of the last image (a
+            # valid input for every model); the copies are cut off after the loop.
             x = np.pad(x, ((0, (-b) % self.mesh.size), (0, 0), (0, 0), (0, 0)), mode="edge")
             # Every process passes the same full batch; each device takes its slice of it.
             return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
