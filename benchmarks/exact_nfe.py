@@ -39,8 +39,8 @@ def posterior_mean_denoiser(schedule, modes=MODES, prob: float = PROB, pi: str =
         for r, w in ((a, prob), (b, 1.0 - prob)):
             scale = sg * (abs(r) if pi == "residual" else 1.0)
             var = scale ** 2
-            # var = 0 (Θ = 0 at t = T−1: y = 0 for both modes): the likelihood is flat, weight =
-            # prior.
+            # var = 0 (Θ = 0 at t = T−1: y = 0 for both modes): the likelihood is flat,
+            # weight = prior.
             ll = jnp.where(var > 0, -0.5 * (y - th * r) ** 2 / jnp.where(var > 0, var, 1.0)
                            - jnp.log(jnp.where(var > 0, scale, 1.0)), 0.0)
             logits.append(ll + np.log(w))

@@ -368,8 +368,8 @@ def reverse_step_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_ep
                         t: Time, t_next: Time) -> jax.Array:
     """Eq. 19 in πε form: x_s = μ + (Θ_s/Θ_t)(x_t − μ) − ((Θ_s/Θ_t) Σ_t − Σ_s) n̂
     (deterministic)."""
-    # At the singular index x_s = μ + Θ_s n̂ (n̂ read as x̂0 − μ, module doc); t_next = −1 returns
-    # x̂0.
+    # At the singular index x_s = μ + Θ_s n̂ (n̂ read as x̂0 − μ, module doc);
+    # t_next = −1 returns x̂0.
     th_t, sg_t = _coefs(schedule, t)
     th_s, sg_s = _coefs(schedule, t_next)
     k = th_s / _safe(th_t)
@@ -415,8 +415,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
       return_trajectory: also return the states [S+1, B, …]: the start, then the state after each
         step (at the times pairs[:, 1]; the last one is the returned x̂0).
     """
-    # Start: x = μ for every bridge preset (Σ_{T−1} = 0); irsde: x = μ + Σ_{T−1} z (π = "one";
-    # "zero" → μ).
+    # Start: x = μ for every bridge preset (Σ_{T−1} = 0);
+    # irsde: x = μ + Σ_{T−1} z (π = "one"; "zero" → μ).
     mode = _resolve_pi(schedule, pi)
     _check_parameterization(parameterization)
     pairs = timestep_pairs(schedule.num_timesteps, num_steps)

@@ -307,8 +307,8 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
         assert run_restore_files(cfg, workdir)["restored"] == 1
         restored = np.asarray(Image.open(out_dir / "a.png"), np.float32) / 127.5 - 1
         np.testing.assert_allclose(restored[keep], ex["mu"][keep], atol=1 / 127.5 + 1e-6)
-    # b.png (another size: its own batch, after a.png's) has no mask: refused before a.png is
-    # written
+    # b.png (another size: its own batch, after a.png's) has no mask: refused before a.png
+    # is written
     data.save_image(str(in_dir / "b.png"), ex["mu"][:, :-8])
     cfg.sample.output_dir, cfg.sample.mask_dir = str(tmp_path / "out_bad"), str(mask_dir)
     with pytest.raises(DataError, match="b.png.*sample.mask_dir"):
