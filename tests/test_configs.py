@@ -58,9 +58,8 @@ def test_config_trains_two_steps_and_restores(name, arg, tmp_path):
     if len(cfg.data.tasks) > 1:
         assert {f"val/{t}/psnr" for t in cfg.data.tasks} <= set(val[-1])
     if name == "universal":  # named test sets: val/<task>/<set>/… beside val/<task>/…
-        assert {
-            "val/derain/rain100h/psnr", "val/derain/rain100l/psnr_input", "val/deblur/gopro/psnr"
-        } <= set(val[-1])
+        assert {"val/derain/rain100h/psnr", "val/derain/rain100l/psnr_input",
+                "val/deblur/gopro/psnr"} <= set(val[-1])
     assert checkpoints.Checkpointer(workdir).latest_step() == cfg.train.num_steps
     assert json.load(open(os.path.join(workdir, "config.json")))["model"]["size"] == "T"
 
@@ -106,10 +105,11 @@ def test_universal_names_the_papers_datasets_and_overrides_reach_them(tmp_path):
     assert [(s.name, s.label, s.cfg.lq_dir) for s in evals] == [
         ("rain100h", "derain/rain100h", "derain/Rain100H/test/LQ"),
         ("rain100l", "derain/rain100l", "derain/Rain100L/test/LQ")]
-    assert all(s.cfg.eval_size == 32 for t in cfg.data.tasks
-               for s in named_sources(cfg.data, t, "eval"))  # tiny
-    assert [s.key for s in named_sources(cfg.data, "derain", "train")
-            ] == ["data.tasks.derain.train.rain13k"]
+    # tiny
+    assert all(s.cfg.eval_size == 32
+               for t in cfg.data.tasks for s in named_sources(cfg.data, t, "eval"))
+    assert ([s.key for s in named_sources(cfg.data, "derain", "train")]
+            == ["data.tasks.derain.train.rain13k"])
     config_path.set_value("data.tasks.derain.eval.rain100l.lq_dir", cfg, "/data/Rain100L/rainy")
     assert named_sources(cfg.data, "derain", "eval")[1].cfg.lq_dir == "/data/Rain100L/rainy"
     config_path.set_value("data.tasks.dehaze.train.its.kind", cfg, "pairs")

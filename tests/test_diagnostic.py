@@ -47,8 +47,8 @@ def test_eval_mode_writes_per_step_json_and_plot(trained_workdir):
     evaluate.run_eval(cfg, trained_workdir)
     out = os.path.join(trained_workdir, "eval")
     doc = json.load(open(os.path.join(out, "per_step.json")))
-    assert [r["t"]
-            for r in doc["mean"]] == list(sde.timestep_pairs(100, cfg.sample.num_steps)[:, 0])
+    assert ([r["t"] for r in doc["mean"]]
+            == list(sde.timestep_pairs(100, cfg.sample.num_steps)[:, 0]))
     assert all(np.isfinite(r[k]) for r in doc["mean"] for k in diagnostic.ESTIMATES)
     assert os.path.getsize(os.path.join(out, "per_step.png")) > 0
 

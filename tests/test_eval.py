@@ -31,9 +31,8 @@ def test_eval_writes_metrics_per_image_csv_and_grids(trained_workdir, caplog):
         os.path.join(out, f) for f in ("metrics.json", "per_image.csv", "grid_main.png"))
     report = json.load(open(os.path.join(out, "metrics.json")))
     assert report["step"] == 2 and report["protocol"]["color"] == "rgb"
-    assert set(report["tasks"]) == {
-        "main"
-    } and report["overall"]["num_images"] == 3  # 3 built-in val photos
+    # 3 built-in val photos
+    assert set(report["tasks"]) == {"main"} and report["overall"]["num_images"] == 3
     for key in ("psnr", "ssim", "psnr_input", "ssim_input"):
         assert np.isfinite(report["tasks"]["main"][key])
     rows = list(csv.DictReader(open(os.path.join(out, "per_image.csv"))))
@@ -129,8 +128,8 @@ def test_sample_mode_gray_in_gray_out(trained_workdir, tmp_path):
     _png(str(src / "rgb.png"), 24, 20, 1)
     run_restore_files(config(**{"sample.input_dir": str(src), "sample.output_dir": str(dst)}),
                       trained_workdir)
-    assert Image.open(dst / "gray.png").mode == "L" and Image.open(
-        dst / "gray.png").size == (20, 24)
+    assert (Image.open(dst / "gray.png").mode == "L"
+            and Image.open(dst / "gray.png").size == (20, 24))
     assert Image.open(dst / "rgb.png").mode == "RGB"
 
 
@@ -173,22 +172,21 @@ def test_eval_reports_each_test_set_then_its_task_then_overall(trained_workdir):
     per_task = evaluate.run_eval(_named_sets_config(), trained_workdir)
     assert list(per_task) == ["main/astronaut", "main/photos", "main", "other", "overall"]
     a, p, main, other = (per_task[k] for k in ("main/astronaut", "main/photos", "main", "other"))
-    assert (a["num_images"], p["num_images"], main["num_images"], main["num_test_sets"]) == (1, 3,
-                                                                                             4, 2)
+    assert ((a["num_images"], p["num_images"], main["num_images"], main["num_test_sets"])
+            == (1, 3, 4, 2))
     assert "num_test_sets" not in other and set(other) == set(p)  # a one-source task: today's entry
     for key in ("psnr", "ssim", "psnr_baseline", "psnr_input", "psnr_masked_baseline",
                 "ssim_input"):
-        assert main[key] == pytest.approx(
-            (a[key] + p[key]) / 2)  # a task: the mean over its test sets
-        assert per_task["overall"][key] == pytest.approx(
-            (main[key] + other[key]) / 2)  # mean over tasks
-    assert main["psnr"] != pytest.approx(
-        (a["psnr"] + 3 * p["psnr"]) / 4)  # not the mean over images
+        # a task: the mean over its test sets; overall: the mean over tasks
+        assert main[key] == pytest.approx((a[key] + p[key]) / 2)
+        assert per_task["overall"][key] == pytest.approx((main[key] + other[key]) / 2)
+    # not the mean over images
+    assert main["psnr"] != pytest.approx((a["psnr"] + 3 * p["psnr"]) / 4)
     assert a["psnr_input"] != pytest.approx(p["psnr_input"])  # input scores per test set
     out = os.path.join(trained_workdir, "eval")
     report = json.load(open(os.path.join(out, "metrics.json")))
-    assert set(report["tasks"]) == {"main", "other"
-                                    } and report["tasks"]["main"]["num_test_sets"] == 2
+    assert (set(report["tasks"]) == {"main", "other"}
+            and report["tasks"]["main"]["num_test_sets"] == 2)
     assert {t: set(s) for t, s in report["test_sets"].items()} == {"main": {"astronaut", "photos"}}
     assert report["test_sets"]["main"]["photos"]["psnr_baseline"] == pytest.approx(
         p["psnr_baseline"])

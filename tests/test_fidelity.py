@@ -57,10 +57,10 @@ def test_ema_pytorch_warmup_values():
     # ema_pytorch (DGSolver): updates 0..100 copy, then min(β, 1 − (1 + k − 100)^(−2/3)).
     assert float(ema_decay_at(0, 0.995, "ema_pytorch")) == 0.0
     assert float(ema_decay_at(100, 0.995, "ema_pytorch")) == 0.0
-    assert float(ema_decay_at(101, 0.995,
-                              "ema_pytorch")) == pytest.approx(1 - 2**(-2 / 3), rel=1e-6)
-    assert float(ema_decay_at(1100, 0.995,
-                              "ema_pytorch")) == pytest.approx(1 - 1001**(-2 / 3), rel=1e-6)
+    assert float(ema_decay_at(101, 0.995, "ema_pytorch")) == pytest.approx(
+        1 - 2 ** (-2 / 3), rel=1e-6)
+    assert float(ema_decay_at(1100, 0.995, "ema_pytorch")) == pytest.approx(
+        1 - 1001 ** (-2 / 3), rel=1e-6)
     assert float(ema_decay_at(10_000, 0.995, "ema_pytorch")) == pytest.approx(0.995)
     assert ema_decay_at(5, 0.995, "none") == 0.995
 
@@ -89,9 +89,10 @@ def test_degenerate_pi_eps_combinations_refused(overrides):
 
 
 def test_meaningful_combinations_accepted():
-    for overrides in ({"bridge.preset": "flow"}, {
-            "bridge.pi": "one", "bridge.parameterization": "pi_eps"
-    }, {"bridge.preset": "irsde", "bridge.discretization": "native", "bridge.lam": 10.0}):
+    for overrides in ({"bridge.preset": "flow"},
+                      {"bridge.pi": "one", "bridge.parameterization": "pi_eps"},
+                      {"bridge.preset": "irsde", "bridge.discretization": "native",
+                       "bridge.lam": 10.0}):
         config_lib.validate(config(**overrides))
 
 
@@ -100,11 +101,11 @@ def test_native_discretisation_validated_by_key():
         config_lib.validate(config(**{"bridge.discretization": "native"}))  # preset rdbm
     with pytest.raises(ConfigError, match="bridge.discretization='euler'"):
         config_lib.validate(config(**{"bridge.discretization": "euler"}))
-    s = program.schedule_from_config(
-        config(**{"bridge.preset": "goub", "bridge.discretization": "native", "bridge.lam": 30.0
-                  }).bridge)
-    assert s.discretization == "native" and float(jnp.sum(s.theta)) == pytest.approx(
-        np.log(100), rel=1e-5)
+    s = program.schedule_from_config(config(**{"bridge.preset": "goub",
+                                               "bridge.discretization": "native",
+                                               "bridge.lam": 30.0}).bridge)
+    assert (s.discretization == "native"
+            and float(jnp.sum(s.theta)) == pytest.approx(np.log(100), rel=1e-5))
 
 
 @pytest.mark.parametrize("key,value", [("bridge.lam", 1e-4), ("bridge.discretization", "native")])

@@ -28,8 +28,8 @@ def _pair(seed: int, shape=(2, 8, 8, 3)):
 # ------------------------------------------------------------------------ residual parameterisation
 
 def test_residual_conversions_agree_with_x0_and_pi_eps_forms():
-    with jax.enable_x64(
-            True):  # the πε form divides by Θ_t ≈ 0.005 near t = T−1: compare in float64
+    # the πε form divides by Θ_t ≈ 0.005 near t = T−1: compare in float64
+    with jax.enable_x64(True):
         s = sde.make_schedule(dtype=jnp.float64)
         x0, mu = (jnp.asarray(a, jnp.float64) for a in _pair(0))
         eps = jnp.asarray(np.random.default_rng(1).standard_normal(x0.shape), jnp.float64)
@@ -68,14 +68,14 @@ def test_known_pixels_are_projected_onto_mu(parameterization):
     s = sde.make_schedule()
     x0, mu = _pair(3)
     known = np.random.default_rng(4).uniform(size=mu.shape[:3] + (1,)) < 0.5
-    net = lambda x, m, t: jnp.tanh(3 * x + m) + 0.1 * t[:, None, None, None].astype(jnp.float32
-                                                                                    ) / 100
+    net = lambda x, m, t: (jnp.tanh(3 * x + m)
+                           + 0.1 * t[:, None, None, None].astype(jnp.float32) / 100)
     out = sde.sample(net, s, mu, 10, jax.random.PRNGKey(0), eta=1.0,
                      parameterization=parameterization, known=known)
     kb = np.broadcast_to(known, mu.shape)
     np.testing.assert_array_equal(np.asarray(out)[kb], np.asarray(mu)[kb])
-    assert np.mean(
-        np.asarray(out)[~kb] != np.asarray(mu)[~kb]) > 0.7  # some land on μ = ±1 by clipping
+    # some land on μ = ±1 by clipping
+    assert np.mean(np.asarray(out)[~kb] != np.asarray(mu)[~kb]) > 0.7
 
 
 # ----------------------------------------------------------------------------- conditioning
@@ -142,9 +142,8 @@ def test_masked_metrics_match_scikit_image_on_the_region():
     b = np.clip(a + r.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
     m = np.zeros((40, 50), bool)
     m[10:30, 8:30] = True
-    assert abs(
-        float(metrics.psnr_masked(a, b, m)) -
-        peak_signal_noise_ratio(a[m], b[m], data_range=1)) < 1e-4
+    assert abs(float(metrics.psnr_masked(a, b, m))
+               - peak_signal_noise_ratio(a[m], b[m], data_range=1)) < 1e-4
     _, smap = structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
                                     use_sample_covariance=False, data_range=1, channel_axis=-1,
                                     full=True)
@@ -192,8 +191,8 @@ def test_classical_baselines_beat_the_input_with_known_parameters(kind, params):
     assert mask.all()
     known = {"noise_sigma": spec.noise_sigma, "kernel": d.kernel(np.random.default_rng([0, 5]))}
     out = baselines.restore(mu, kind, **known)
-    gain = peak_signal_noise_ratio(x, out, data_range=1) - peak_signal_noise_ratio(
-        x, mu, data_range=1)
+    gain = (peak_signal_noise_ratio(x, out, data_range=1)
+            - peak_signal_noise_ratio(x, mu, data_range=1))
     assert gain > 1.0, gain
 
 
@@ -222,10 +221,8 @@ def test_sources_pass_the_mask_with_each_example():
     np.testing.assert_array_equal(batch["mu"][hole], 1.0)
     np.testing.assert_array_equal(batch["mu"][~hole], batch["x0"][~hole])
     noisy = config(**{"data.tasks.main.train.degradation": "noise"})
-    assert np.all(
-        next(
-            data.build_train_iterator(noisy.data, global_batch_size=2, seed=0, process_index=0,
-                                      process_count=1))["mask"] == 1)
+    assert np.all(next(data.build_train_iterator(noisy.data, global_batch_size=2, seed=0,
+                                                 process_index=0, process_count=1))["mask"] == 1)
 
 
 # --------------------------------------------------------------- training, validation, eval, sample
@@ -302,8 +299,9 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     keep = ex["mask"][..., 0] == 0
     for masks in ("", str(mask_dir)):
         out_dir = tmp_path / f"out{len(masks)}"
-        cfg.sample.input_dir, cfg.sample.output_dir, cfg.sample.mask_dir = str(in_dir), str(
-            out_dir), masks
+        cfg.sample.input_dir = str(in_dir)
+        cfg.sample.output_dir = str(out_dir)
+        cfg.sample.mask_dir = masks
         assert run_restore_files(cfg, workdir)["restored"] == 1
         restored = np.asarray(Image.open(out_dir / "a.png"), np.float32) / 127.5 - 1
         np.testing.assert_allclose(restored[keep], ex["mu"][keep], atol=1 / 127.5 + 1e-6)

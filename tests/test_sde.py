@@ -97,8 +97,8 @@ def test_schedule_is_a_pytree_with_static_metadata():
     assert {p: sde.make_schedule(preset=p).default_pi for p in sde.PRESETS} == {
         "rdbm": "residual", "goub": "one", "brownian": "one", "irsde": "one", "flow": "zero"}
     # jit sees the schedule as an argument with static metadata
-    f = jax.jit(lambda sch: sch.Theta[sch.num_timesteps - 1] + (1.0
-                                                                if sch.preset == "goub" else 0.0))
+    f = jax.jit(lambda sch: (sch.Theta[sch.num_timesteps - 1]
+                             + (1.0 if sch.preset == "goub" else 0.0)))
     assert float(f(s)) == 1.0
 
 
@@ -108,8 +108,8 @@ def test_timestep_pairs_golden():
                                                     [9, -1]]
     assert sde.timestep_pairs(100, 1).tolist() == [[99, -1]]
     full = sde.timestep_pairs(100, 100)
-    assert full[:, 0].tolist() == list(range(99, -1, -1)) and full[:, 1].tolist() == list(
-        range(98, -2, -1))
+    assert (full[:, 0].tolist() == list(range(99, -1, -1))
+            and full[:, 1].tolist() == list(range(98, -2, -1)))
     assert sde.timestep_pairs(100, 3).tolist() == [[99, 65], [65, 32], [32, -1]]  # int() truncation
     for T, S in [(100, 7), (1000, 13), (2, 2), (37, 5)]:
         p = sde.timestep_pairs(T, S)
@@ -357,10 +357,12 @@ def test_posterior_at_the_singular_step(x64):
     (lambda: sde.q_sample(sde.make_schedule(), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2, int),
                           jnp.zeros(2), pi="half"), "pi"),
     (lambda: sde.pi_values("ones", jnp.zeros(2), jnp.zeros(2)), "pi"),
-    (lambda: sde.predict_x0(sde.make_schedule(), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), 3, "eps"
-                            ), "parameterization"),
-    (lambda: sde.training_target(sde.make_schedule(), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), "v"
-                                 ), "parameterization"),
+    (lambda: sde.predict_x0(sde.make_schedule(), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), 3,
+                            "eps"),
+     "parameterization"),
+    (lambda: sde.training_target(sde.make_schedule(), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2),
+                                 "v"),
+     "parameterization"),
 ])
 def test_bad_arguments_name_the_argument(call, name):
     with pytest.raises(ValueError, match=rf"^{name}\b"):

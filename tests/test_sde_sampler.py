@@ -211,10 +211,10 @@ def _mc_close(samples, mean, var, sigmas: float = 5.0):
     """Empirical mean/var of samples [N, ...] agree with (mean, var) within Monte Carlo error."""
     n = samples.shape[0]
     emp_m, emp_v = samples.mean(0), samples.var(0)
-    assert np.all(np.abs(emp_m - mean) <= sigmas * np.sqrt(var / n) + 1e-6), np.abs(emp_m -
-                                                                                    mean).max()
-    assert np.all(np.abs(emp_v - var) <= sigmas * np.sqrt(2 / n) * var + 1e-9), np.abs(emp_v / var -
-                                                                                       1).max()
+    assert np.all(np.abs(emp_m - mean) <= sigmas * np.sqrt(var / n) + 1e-6), (
+        np.abs(emp_m - mean).max())
+    assert np.all(np.abs(emp_v - var) <= sigmas * np.sqrt(2 / n) * var + 1e-9), (
+        np.abs(emp_v / var - 1).max())
 
 
 @pytest.mark.parametrize("preset", ["rdbm", "goub", "irsde"])
@@ -276,8 +276,8 @@ def test_stochastic_sampler_with_oracle_has_the_forward_marginals():
 # ----------------------------------------------------------------------------- transformations
 
 def _linear_denoiser(w):
-    return lambda x_t, mu, t: w * x_t + (1 - w) * mu + 0.01 * t.astype(x_t.dtype)[:, None, None,
-                                                                                  None]
+    return lambda x_t, mu, t: (w * x_t + (1 - w) * mu
+                               + 0.01 * t.astype(x_t.dtype)[:, None, None, None])
 
 
 def test_jit_vmap_and_grad():
@@ -307,9 +307,8 @@ def test_jit_vmap_and_grad():
         np.testing.assert_allclose(vm[0], plain, atol=1e-6)
         np.testing.assert_allclose(vm[1], jitted(mu[::-1], key), atol=1e-6)
         if not kw:  # the schedule itself may be a traced argument (its metadata stays static)
-            traced = jax.jit(lambda sch, m, k: sde.sample(_random_denoiser(1), sch, m, 10, k))(s,
-                                                                                               mu,
-                                                                                               key)
+            traced = jax.jit(
+                lambda sch, m, k: sde.sample(_random_denoiser(1), sch, m, 10, k))(s, mu, key)
             np.testing.assert_allclose(traced, plain, atol=1e-6)
 
 
