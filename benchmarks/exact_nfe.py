@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ]
     for key in dict.fromkeys((r["pi"], r["sampling"]) for r in rows):
         sel = [r for r in rows if (r["pi"], r["sampling"]) == key]
-        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(f"{r['psnr']:.2f}"
-                                                              for r in sel) + " |")
+        lines.append(f"| {key[0]} | {key[1]} | "
+                     + " | ".join(f"{r['psnr']:.2f}" for r in sel) + " |")
     with open(os.path.join(args.out_dir, "table.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, os.path.join(args.out_dir, "exact_nfe.png"))
