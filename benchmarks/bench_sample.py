@@ -163,10 +163,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="timed restorations per case and side")
     p.add_argument("--warmup", type=int, default=3, help="untimed restorations after the first")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(rl.DTYPES), help="compute dtype")
-    p.add_argument(
-        "--attention-impl", default="xla", help=
-        f"our model.attention_impl values to time, comma-separated ({', '.join(models.ATTENTION_IMPLS)})"
-    )
+    p.add_argument("--attention-impl", default="xla",
+                   help="our model.attention_impl values to time, comma-separated "
+                   f"({', '.join(models.ATTENTION_IMPLS)})")
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"))
     cli.add_common_args(p, TINY, "case")
     return p
@@ -192,9 +191,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"shape {h}x{w}: H and W must be multiples of {factor} for size {opts.size}")
     impls = [v.strip() for v in opts.attention_impl.split(",") if v.strip()]
     if not impls or set(impls) - set(models.ATTENTION_IMPLS):
-        p.error(
-            f"--attention-impl {opts.attention_impl!r}: expected values from {sorted(models.ATTENTION_IMPLS)}"
-        )
+        p.error(f"--attention-impl {opts.attention_impl!r}: "
+                f"expected values from {sorted(models.ATTENTION_IMPLS)}")
     opts.cases, opts.impls = cases, impls
     return opts
 
@@ -268,7 +266,8 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
 def _line(r: dict) -> str:
     impl = f" [{r['attention_impl']} attention]" if r.get("attention_impl", "xla") != "xla" else ""
     return (
-        f"sample {r['impl']}{impl} size={r['size']} {r['batch']}×{r['height']}×{r['width']} NFE={r['nfe']}: "
+        f"sample {r['impl']}{impl} size={r['size']} {r['batch']}×{r['height']}×{r['width']} "
+        f"NFE={r['nfe']}: "
         f"{r['e2e_ms']:.1f} ms end to end ({r['device_ms']:.1f} on device), "
         f"{r['images_per_s']:.1f} img/s")
 

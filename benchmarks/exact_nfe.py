@@ -2,12 +2,12 @@
 
     python -m benchmarks.exact_nfe --out-dir benchmarks/results/exact-nfe-toy
 
-Each pixel's residual r = x0 − μ is one of two modes, a with probability p or b, independently, and μ
-varies over the pixels. The denoiser is E[x0 | x_t, μ] under exactly that prior and RDBM's marginal
-x_t = μ + Θ_t r + Σ_t π ε (Eq. 12), so every difference between NFEs is the sampler's, not a
-network's. NFE 1 returns E[x0 | μ], the minimum-MSE function of μ: no deterministic (η = 0) schedule
-can beat it, and the shape of the NFE ≥ 2 curve is what the η = 0 sampler makes of a perfect
-denoiser. Writes results.csv, table.md and exact_nfe.png (and command.txt) to --out-dir.
+Each pixel's residual r = x0 − μ is one of two modes, a with probability p or b, independently, and
+μ varies over the pixels. The denoiser is E[x0 | x_t, μ] under exactly that prior and RDBM's
+marginal x_t = μ + Θ_t r + Σ_t π ε (Eq. 12), so every difference between NFEs is the sampler's, not
+a network's. NFE 1 returns E[x0 | μ], the minimum-MSE function of μ: no deterministic (η = 0)
+schedule can beat it, and the shape of the NFE ≥ 2 curve is what the η = 0 sampler makes of a
+perfect denoiser. Writes results.csv, table.md and exact_nfe.png (and command.txt) to --out-dir.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ PROB = 0.4           # P(r = a)
 
 
 def posterior_mean_denoiser(schedule, modes=MODES, prob: float = PROB, pi: str = "one") -> Callable:
-    """denoise(x_t, μ, t) = E[x0 | x_t, μ] for r ∈ {a (prob), b} per pixel and the marginal of `pi`."""
+    """denoise(x_t, μ, t) = E[x0 | x_t, μ] for r ∈ {a (prob), b} per pixel and the marginal of
+    `pi`."""
     import jax.numpy as jnp
     a, b = modes
 
@@ -38,7 +39,8 @@ def posterior_mean_denoiser(schedule, modes=MODES, prob: float = PROB, pi: str =
         for r, w in ((a, prob), (b, 1.0 - prob)):
             scale = sg * (abs(r) if pi == "residual" else 1.0)
             var = scale ** 2
-            # var = 0 (Θ = 0 at t = T−1: y = 0 for both modes): the likelihood is flat, weight = prior.
+            # var = 0 (Θ = 0 at t = T−1: y = 0 for both modes): the likelihood is flat,
+            # weight = prior.
             ll = jnp.where(var > 0, -0.5 * (y - th * r) ** 2 / jnp.where(var > 0, var, 1.0)
                            - jnp.log(jnp.where(var > 0, scale, 1.0)), 0.0)
             logits.append(ll + np.log(w))
@@ -61,8 +63,10 @@ def psnr(x: np.ndarray, ref: np.ndarray) -> float:
     return float(10 * np.log10(4.0 / np.mean((np.asarray(x, np.float64) - ref) ** 2)))
 
 
-def run(nfes: list[int], pis: list[str], settings: list[tuple[str, float, float]], seed: int = 0) -> list[dict]:
-    """PSNR for every (π, sampling setting (label, η, first_step_eta), NFE) with the exact denoiser."""
+def run(nfes: list[int], pis: list[str], settings: list[tuple[str, float, float]],
+        seed: int = 0) -> list[dict]:
+    """PSNR for every (π, sampling setting (label, η, first_step_eta), NFE) with the exact
+    denoiser."""
     import jax
     from rdbm_jax import sde
     s = sde.make_schedule()
@@ -72,8 +76,8 @@ def run(nfes: list[int], pis: list[str], settings: list[tuple[str, float, float]
         den = posterior_mean_denoiser(s, pi=pi)
         for label, eta, fse in settings:
             for nfe in nfes:
-                out = sde.sample(den, s, mu, nfe, jax.random.PRNGKey(seed), eta=eta, clip=False, pi=pi,
-                                 first_step_eta=fse)
+                out = sde.sample(den, s, mu, nfe, jax.random.PRNGKey(seed), eta=eta, clip=False,
+                                 pi=pi, first_step_eta=fse)
                 rows.append({"pi": pi, "sampling": label, "nfe": nfe, "psnr": psnr(out, x0),
                              "mse": float(np.mean((np.asarray(out, np.float64) - x0) ** 2))})
     return rows
@@ -88,7 +92,8 @@ def plot(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for key in dict.fromkeys((r["pi"], r["sampling"]) for r in rows):
         sel = [r for r in rows if (r["pi"], r["sampling"]) == key]
-        ax.plot([r["nfe"] for r in sel], [r["psnr"] for r in sel], marker="o", label=f"π={key[0]}, {key[1]}")
+        ax.plot([r["nfe"] for r in sel], [r["psnr"] for r in sel], marker="o",
+                label=f"π={key[0]}, {key[1]}")
     nfes = sorted({r["nfe"] for r in rows})
     ax.set_xscale("log")
     ax.xaxis.set_minor_locator(NullLocator())
@@ -120,18 +125,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
         w.writeheader()
         w.writerows(rows)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"Exact posterior-mean denoiser, two-mode per-pixel toy (r ∈ {MODES}, P(a) = {PROB}, 64×64, "
-             f"rdbm preset, T = 100), PSNR (dB, range [-1, 1]) against NFE; {stamp}. The input μ scores "
-             f"{psnr(*toy()[::-1]):.2f} dB.", "",
-             "| π | sampling | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|---|" + "---|" * len(nfes)]
+    lines = [
+        f"Exact posterior-mean denoiser, two-mode per-pixel toy (r ∈ {MODES}, P(a) = {PROB}, "
+        f"64×64, rdbm preset, T = 100), PSNR (dB, range [-1, 1]) against NFE; {stamp}. "
+        f"The input μ scores {psnr(*toy()[::-1]):.2f} dB.",
+        "",
+        "| π | sampling | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+        "|---|---|" + "---|" * len(nfes)
+    ]
     for key in dict.fromkeys((r["pi"], r["sampling"]) for r in rows):
         sel = [r for r in rows if (r["pi"], r["sampling"]) == key]
-        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(f"{r['psnr']:.2f}" for r in sel) + " |")
+        lines.append(f"| {key[0]} | {key[1]} | "
+                     + " | ".join(f"{r['psnr']:.2f}" for r in sel) + " |")
     with open(os.path.join(args.out_dir, "table.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, os.path.join(args.out_dir, "exact_nfe.png"))
     with open(os.path.join(args.out_dir, "command.txt"), "w", encoding="utf-8") as f:
-        f.write(f"python -m benchmarks.exact_nfe {' '.join(argv)}\n# {stamp}; {time.time() - start:.1f} s\n")
+        f.write(f"python -m benchmarks.exact_nfe {' '.join(argv)}\n"
+                f"# {stamp}; {time.time() - start:.1f} s\n")
     return rows
 
 

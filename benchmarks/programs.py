@@ -56,9 +56,12 @@ def program_from_config(config: str, size: str, dtype: str, batch: int, k: int, 
     cfg = load_config(config)
     # The PyTorch twin implements the paper's network and objective (μ-only condition, x0 target):
     # the benchmark runs ours on the same work whatever the config file chose (demo: a mask model).
-    cfg.model.condition, cfg.bridge.parameterization = "mu", "x0"
-    cfg.model.size, cfg.model.dtype = size, dtype
-    cfg.train.batch_size, cfg.train.steps_per_dispatch = batch, k
+    cfg.model.condition = "mu"
+    cfg.bridge.parameterization = "x0"
+    cfg.model.size = size
+    cfg.model.dtype = dtype
+    cfg.train.batch_size = batch
+    cfg.train.steps_per_dispatch = k
     for key, value in (overrides or {}).items():
         section, name = key.rsplit(".", 1)
         try:

@@ -308,7 +308,8 @@ def train_table(results: list[dict]) -> list[str]:
     """Markdown rows: every train configuration, ours vs the twin of the same size."""
     rows = [
         "| size | params | batch | res | impl | variant | K | ms/step | img/s | × twin eager "
-        "| × twin compiled | GFLOP/step | GB/step | TFLOP/s (% peak) | GB/s (% peak) | % roofline |",
+        "| × twin compiled | GFLOP/step | GB/step | TFLOP/s (% peak) | GB/s (% peak) "
+        "| % roofline |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     ]
     twins = {(r["size"], r["batch"], r["impl"]): r["images_per_s"] for r in results
@@ -320,8 +321,9 @@ def train_table(results: list[dict]) -> list[str]:
         eager = twins.get((r["size"], r["batch"], "twin_eager"))
         compiled = twins.get((r["size"], r["batch"], "twin_compiled"))
         rows.append(
-            f"| {r['size']} | {r['params'] / 1e6:.2f} M | {r['batch']} | {r['resolution']}² | {r['impl']} "
-            f"| {r.get('variant', 'base')} | {r.get('steps_per_dispatch', '–')} | {r['step_ms']:.2f} "
+            f"| {r['size']} | {r['params'] / 1e6:.2f} M | {r['batch']} | {r['resolution']}² "
+            f"| {r['impl']} | {r.get('variant', 'base')} | {r.get('steps_per_dispatch', '–')} "
+            f"| {r['step_ms']:.2f} "
             f"| {r['images_per_s']:.1f} "
             f"| {_ratio(r['images_per_s'], eager) if ours else '–'} "
             f"| {_ratio(r['images_per_s'], compiled) if ours else '–'} "
@@ -334,9 +336,10 @@ def train_table(results: list[dict]) -> list[str]:
         if plan:
             rows.append(
                 f"\nlargest batch, memory model (size {r['size']}, {r['variant']}): XLA's memory "
-                f"analysis at batch {plan['from_batch']} gives {plan['per_image_bytes'] / 1e6:.0f} MB "
-                f"per image + {plan['fixed_bytes'] / 1e9:.2f} GB fixed; {plan['free_bytes'] / 1e9:.1f} GB "
-                f"free ({plan['free_source']}) × {plan['fraction']:.0%} fits {plan['predicted_fit']} "
+                f"analysis at batch {plan['from_batch']} gives "
+                f"{plan['per_image_bytes'] / 1e6:.0f} MB per image + "
+                f"{plan['fixed_bytes'] / 1e9:.2f} GB fixed; {plan['free_bytes'] / 1e9:.1f} GB free "
+                f"({plan['free_source']}) × {plan['fraction']:.0%} fits {plan['predicted_fit']} "
                 f"images; timed at the power of two below: {r['batch']}")
         if r["impl"].endswith("max_batch"):
             best = r.get("largest") or {}
@@ -362,7 +365,8 @@ def sample_table(results: list[dict]) -> list[str]:
             f"{_ratio(twin['e2e_ms'], r['e2e_ms'])} ({_ratio(twin['device_ms'], r['device_ms'])} "
             "on device)" if ours and twin else "–")
         rows.append(
-            f"| {r['size']} | {r['batch']} × {r['height']} × {r['width']} | {r['nfe']} | {r['impl']} "
+            f"| {r['size']} | {r['batch']} × {r['height']} × {r['width']} | {r['nfe']} "
+            f"| {r['impl']} "
             f"| {r.get('attention_impl', '–')} | {r['e2e_ms']:.1f} | {r['device_ms']:.1f} "
             f"| {r['images_per_s']:.1f} | {ratio} "
             f"| {fmt(r.get('flops'), 1e9, 2)} | {fmt(r.get('bytes'), 1e9, 2)} "

@@ -106,7 +106,8 @@ class TwinUNet(nn.Module):
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
         c0, mult, nblocks, heads, groups = SIZES[size]
-        self.c0, self.factor = c0, 2 ** (len(mult) - 1)
+        self.c0 = c0
+        self.factor = 2 ** (len(mult) - 1)
         emb = 4 * c0
         self.time_mlp0 = nn.Linear(c0, emb)
         self.time_mlp1 = nn.Linear(emb, emb)

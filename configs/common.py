@@ -50,23 +50,28 @@ def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def dgsolver_recipe(c: ml_collections.ConfigDict) -> None:
-    """Where the paper is silent: the trainer of MiliLab/DGSolver (same first author, same 5 tasks)."""
+    """Where the paper is silent: the trainer of MiliLab/DGSolver (same first author, same 5
+    tasks)."""
     c.data.flip = "none"             # paper: 256² random crops only; DGSolver: no flips
     c.optim.b2 = 0.99                # paper: "Adam" (no betas); DGSolver: Adam(betas=(0.9, 0.99))
     c.optim.grad_clip = 1.0          # paper: silent; DGSolver: clip_grad_norm_(max_norm=1.0)
-    c.optim.ema_decay = 0.995        # paper: silent; DGSolver: ema_pytorch EMA(beta=0.995, update_every=1)
-    c.optim.ema_warmup = "ema_pytorch"  # ... with its default warm-up (copy for 100 steps, then ramp)
+    # paper: silent; DGSolver: ema_pytorch EMA(beta=0.995, update_every=1) with its default
+    # warm-up (copy for 100 steps, then ramp)
+    c.optim.ema_decay = 0.995
+    c.optim.ema_warmup = "ema_pytorch"
 
 
 def measured_objective(c: ml_collections.ConfigDict) -> None:
-    """The restoration configs' objective, decided by benchmarks/ablation.py (benchmarks/RESULTS.md).
+    """The restoration configs' objective, decided by benchmarks/ablation.py
+    (benchmarks/RESULTS.md).
 
-    The paper trains the network on πε, the released code (code/rdbm.py) on x0. Measured in miniature
-    (size T, 1 000 steps, inpainting + noise on the built-in photos, 2 seeds, 2-core CPU): the
-    residual reading (x̂0 = μ + output, L1 on x0) was best for every π and NFE — with π = x0 − μ at
-    NFE 10, 24.22 dB vs 20.30 (x0) vs 17.11 (πε). The paper's πε: --config.bridge.parameterization=pi_eps;
-    the released code's: x0. Whether the ranking holds for size L at 500k steps is not measured.
-    Issue 19 (same miniature): precond (x̂0 = μ + c_skip (x_t − μ) + c_out F) trails residual by
-    2.1 dB on inpainting and 0.7 dB on noise at its best (π = 1), so residual stays.
+    The paper trains the network on πε, the released code (code/rdbm.py) on x0. Measured in
+    miniature (size T, 1 000 steps, inpainting + noise on the built-in photos, 2 seeds, 2-core CPU):
+    the residual reading (x̂0 = μ + output, L1 on x0) was best for every π and NFE — with π = x0 − μ
+    at NFE 10, 24.22 dB vs 20.30 (x0) vs 17.11 (πε). The paper's πε:
+    --config.bridge.parameterization=pi_eps; the released code's: x0. Whether the ranking holds for
+    size L at 500k steps is not measured. Issue 19 (same miniature): precond
+    (x̂0 = μ + c_skip (x_t − μ) + c_out F) trails residual by 2.1 dB on inpainting and 0.7 dB on
+    noise at its best (π = 1), so residual stays.
     """
     c.bridge.parameterization = "residual"

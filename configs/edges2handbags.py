@@ -37,7 +37,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.train.num_steps = 200_000
     common.dgsolver_recipe(c)
     # Objective: x0, the released code's (the paper's is πε). Not the restoration configs' residual:
-    # the ablation measured restoration, where μ is near x0; here μ is an edge map, not a starting point.
+    # the ablation measured restoration, where μ is near x0; here μ is an edge map, not a
+    # starting point.
     c.bridge.parameterization = "x0"
     c.eval.metrics = "psnr,ssim,lpips,fid"
     return common.shrink(c) if tiny else c

@@ -36,8 +36,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c = sibling(__file__, "default").get_config()
     c.data.root = "datasets"
     c.data.tasks = ml_collections.ConfigDict({panel.lower(): task_spec(
-        train=source_spec(kind="paired", lq_dir=f"UDC/{panel}/train/LQ", gt_dir=f"UDC/{panel}/train/GT"),
-        eval=source_spec(kind="paired", lq_dir=f"UDC/{panel}/test/LQ", gt_dir=f"UDC/{panel}/test/GT"))})
+        train=source_spec(kind="paired", lq_dir=f"UDC/{panel}/train/LQ",
+                          gt_dir=f"UDC/{panel}/train/GT"),
+        eval=source_spec(kind="paired", lq_dir=f"UDC/{panel}/test/LQ",
+                         gt_dir=f"UDC/{panel}/test/GT"))})
     c.data.crop_size = 256
     c.model.size = size
     c.train.batch_size = 16

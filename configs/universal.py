@@ -6,13 +6,13 @@
         --config.data.root=/path/to/datasets --mode=eval           # PSNR/SSIM per test set and task
 
 Argument: model size T | S | B | L (default L, as the paper's best); add ",tiny" for a smoke test.
-Paper setup: batch 20 split evenly over the 5 tasks (4 each), 256² random crops, Adam lr 1e-4,
-500k iterations, cosine θ, λ = 10/255, T = 100; restoration with 10 sampling steps at full resolution.
-The batch must be a multiple of lcm(devices, 5 × processes): 20 runs on 1, 2, 4, 5, 10 or 20
-devices of one process; on 8 devices use --config.train.batch_size=40 (not the paper's setting).
-Where the paper is silent the recipe follows MiliLab/DGSolver (`configs/common.py`'s
-`dgsolver_recipe`, each line sourced); unknown and not reproduced: DGSolver resizes images smaller
-than the crop up, this project reflect-pads them.
+Paper setup: batch 20 split evenly over the 5 tasks (4 each), 256² random crops, Adam lr 1e-4, 500k
+iterations, cosine θ, λ = 10/255, T = 100; restoration with 10 sampling steps at full resolution.
+The batch must be a multiple of lcm(devices, 5 × processes): 20 runs on 1, 2, 4, 5, 10 or 20 devices
+of one process; on 8 devices use --config.train.batch_size=40 (not the paper's setting). Where the
+paper is silent the recipe follows MiliLab/DGSolver (`configs/common.py`'s `dgsolver_recipe`, each
+line sourced); unknown and not reproduced: DGSolver resizes images smaller than the crop up, this
+project reflect-pads them.
 
 Datasets (named sources: each test set is scored and reported on its own as <task>/<set>, its task
 as the mean over its test sets, "overall" as the mean over tasks; a task with several training sets
@@ -20,16 +20,16 @@ draws from them per data.train_mix). Layout under data.root: <task>/<dataset>/<t
 (LQ = degraded input μ, GT = clean x0, matched by file name; the extension may differ; sub-folders
 are allowed and matched by relative path):
 
-    task      training set (name: folder)                test sets (name: folder)
-    derain    rain13k:  derain/Rain13K/train/{LQ,GT}     rain100h: derain/Rain100H/test/{LQ,GT}
-                                                         rain100l: derain/Rain100L/test/{LQ,GT}
-    lowlight  lol:      lowlight/LOL/train/{LQ,GT}       lol:      lowlight/LOL/test/{LQ,GT}
-                        (our485 low / high)                        (eval15 low / high)
-    desnow    snow100k: desnow/Snow100K/train/{LQ,GT}    snow100k_l: desnow/Snow100K-L/test/{LQ,GT}
-    dehaze    its:      dehaze/RESIDE-ITS/train/{LQ,GT}  sots_indoor: dehaze/SOTS-indoor/test/{LQ,GT}
-                        (one hazy image per clean name: rename or link the chosen one)
-    deblur    gopro:    deblur/GoPro/train/{LQ,GT}       gopro:    deblur/GoPro/test/{LQ,GT}
-                        (blur / sharp)                             (blur / sharp)
+    task     training set (name: folder)                test sets (name: folder)
+    derain   rain13k:  derain/Rain13K/train/{LQ,GT}     rain100h: derain/Rain100H/test/{LQ,GT}
+                                                        rain100l: derain/Rain100L/test/{LQ,GT}
+    lowlight lol:      lowlight/LOL/train/{LQ,GT}       lol:      lowlight/LOL/test/{LQ,GT}
+                       (our485 low / high)                        (eval15 low / high)
+    desnow   snow100k: desnow/Snow100K/train/{LQ,GT}    snow100k_l: desnow/Snow100K-L/test/{LQ,GT}
+    dehaze   its:      dehaze/RESIDE-ITS/train/{LQ,GT}  sots_indoor: dehaze/SOTS-indoor/test/{LQ,GT}
+                       (one hazy image per clean name: rename or link the chosen one)
+    deblur   gopro:    deblur/GoPro/train/{LQ,GT}       gopro:    deblur/GoPro/test/{LQ,GT}
+                       (blur / sharp)                             (blur / sharp)
 
 Any folder can be pointed elsewhere, e.g.
 --config.data.tasks.derain.eval.rain100l.lq_dir=/data/Rain100L/rainy (keys: data.tasks.<task>.

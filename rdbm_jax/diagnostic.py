@@ -29,8 +29,11 @@ ESTIMATES = ("model", "skip", "invert")  # the network's x̂0, the skip estimate
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _estimates(sampler: Any, params: Any, x0, mu, mask, rho, t, noise):
-    """(x̂0 of the network, skip estimate, inversion) at one t for a batch of true forward samples."""
-    s, par, pi = sampler.schedule, sampler.parameterization, sampler.pi
+    """(x̂0 of the network, skip estimate, inversion) at one t for a batch of true forward
+    samples."""
+    s = sampler.schedule
+    par = sampler.parameterization
+    pi = sampler.pi
     tt = jnp.full((x0.shape[0],), t, jnp.int32)
     x_t = sde.q_sample(s, x0, mu, tt, noise, pi=pi)
     rho = rho * mask if sampler.uses_mask else rho  # mask-aware ρ, as the sampler reads it
@@ -48,10 +51,10 @@ def _estimates(sampler: Any, params: Any, x0, mu, mask, rho, t, noise):
     return model, skip, jnp.clip(invert, -1.0, 1.0)
 
 
-def per_step(sampler: Any, params: Any, x0: np.ndarray, mu: np.ndarray, mask: np.ndarray, rho: float,
-             key: jax.Array) -> list[dict[str, float]]:
-    """Rows {t, model, skip, invert} (mean PSNR inside the mask, dB) for one batch of same-size images,
-    cropped to the UNet's multiple; ε drawn from `key` per t."""
+def per_step(sampler: Any, params: Any, x0: np.ndarray, mu: np.ndarray, mask: np.ndarray,
+             rho: float, key: jax.Array) -> list[dict[str, float]]:
+    """Rows {t, model, skip, invert} (mean PSNR inside the mask, dB) for one batch of same-size
+    images, cropped to the UNet's multiple; ε drawn from `key` per t."""
     m = sampler.multiple
     h, w = (x0.shape[1] // m) * m, (x0.shape[2] // m) * m
     x0, mu, mask = (jnp.asarray(a[:, :h, :w], jnp.float32) for a in (x0, mu, mask))
@@ -92,7 +95,8 @@ def run(sampler: Any, params: Any, sources: dict[str, Any], rho_of: Any, num_ima
     return out
 
 
-def scalars(results: dict[str, list[dict[str, float]]], prefix: str = "val/per_step") -> dict[str, float]:
+def scalars(results: dict[str, list[dict[str, float]]],
+            prefix: str = "val/per_step") -> dict[str, float]:
     """metrics.jsonl scalars: <prefix>/t<t>/<estimate> (mean over sources) and min_gain_over_skip
     (min over t of model − skip: ≥ 0 when the criterion holds)."""
     rows = mean_over_sources(results)
@@ -112,8 +116,10 @@ def write(out_dir: str, results: dict[str, list[dict[str, float]]], info: dict) 
     """per_step.json (per source and the mean, with `info`) and per_step.png, each written whole
     (local or object store, `paths`); returns their paths."""
     mean = mean_over_sources(results)
-    doc = {**info, "psnr": "dB inside the degradation mask, [0, 1], not quantised", "sources": results,
-           "mean": mean, "min_gain_over_skip": min(r["model"] - r["skip"] for r in mean)}
+    doc = {
+        **info, "psnr": "dB inside the degradation mask, [0, 1], not quantised", "sources": results,
+        "mean": mean, "min_gain_over_skip": min(r["model"] - r["skip"] for r in mean)
+    }
     written = [paths.join(out_dir, "per_step.json"), paths.join(out_dir, "per_step.png")]
     paths.write_text(written[0], json.dumps(doc, indent=2))
     plot(results, written[1])

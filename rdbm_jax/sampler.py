@@ -33,7 +33,8 @@ def pad_amounts(height: int, width: int, multiple: int) -> tuple[int, int]:
 def check_size(height: int, width: int, name: str = "image") -> None:
     """Reject images too small to restore with a one-line DataError naming them."""
     if min(height, width) < MIN_SIDE:
-        raise DataError(f"{name}: {height}x{width} is too small to restore (minimum {MIN_SIDE}x{MIN_SIDE})")
+        raise DataError(
+            f"{name}: {height}x{width} is too small to restore (minimum {MIN_SIDE}x{MIN_SIDE})")
 
 
 def memory_budget() -> int:
@@ -58,15 +59,22 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
         return [0]
     stride = tile - overlap
     starts = list(range(0, size - tile, stride))
+    # The last tile is flush with the far edge (overlapping its neighbour by at least `overlap`)
+    # rather than running past it: every tile has the compiled shape and needs no padding.
     return starts + [size - tile]
 
 
 def blend_window(tile: int, overlap: int, ramp_start: bool, ramp_end: bool) -> np.ndarray:
-    """1-D tile weights: 1 inside; on a side shared with a neighbour, 0 for the outer overlap/4 pixels,
-    then a linear ramp up to 1 at 3/4 of the overlap. Sides on the image border keep weight 1."""
+    """1-D tile weights: 1 inside; on a side shared with a neighbour, 0 for the outer overlap/4
+    pixels, then a linear ramp up to 1 at 3/4 of the overlap. Sides on the image border keep weight
+    1."""
     w = np.ones(tile, np.float32)
+    # Pixels next to a tile's cut see padding instead of image inside the network's receptive field:
+    # the outer quarter of the overlap gets no weight, the neighbour's interior covers it.
     margin = overlap // 4
-    ramp = np.clip((np.arange(overlap, dtype=np.float32) + 0.5 - margin) / max(overlap - 2 * margin, 1), 0, 1)
+    # max(·, 1) keeps a tiny overlap (< 2) from dividing by 0.
+    ramp = np.clip(
+        (np.arange(overlap, dtype=np.float32) + 0.5 - margin) / max(overlap - 2 * margin, 1), 0, 1)
     if ramp_start and overlap:
         w[:overlap] = ramp
     if ramp_end and overlap:
@@ -86,21 +94,28 @@ def tiled(denoise_fn: Callable, height: int, width: int, tile: int, overlap: int
     if len(ys) * len(xs) == 1:
         return denoise_fn
     offsets = np.array([(y, x) for y in ys for x in xs], np.int32)
-    weights = np.stack([np.outer(blend_window(th, overlap, y > 0, y + th < height),
-                                 blend_window(tw, overlap, x > 0, x + tw < width)) for y, x in offsets])
+    weights = np.stack([
+        np.outer(blend_window(th, overlap, y > 0, y + th < height),
+                 blend_window(tw, overlap, x > 0, x + tw < width)) for y, x in offsets
+    ])
     norm = np.zeros((height, width), np.float32)
     for (y, x), w in zip(offsets, weights):
         norm[y:y + th, x:x + tw] += w
+    # Every pixel needs some weight, or the division below would be 0/0 there.
     assert norm.min() > 0, "tiles do not cover the image"
-    weights, norm = jnp.asarray(weights[:, None, :, :, None]), jnp.asarray(norm[None, :, :, None])
+    weights = jnp.asarray(weights[:, None, :, :, None])
+    norm = jnp.asarray(norm[None, :, :, None])
 
     def fn(x_t: jax.Array, mu: jax.Array, t: jax.Array) -> jax.Array:
         def one(args):
             off, w = args
-            crop = lambda a: jax.lax.dynamic_slice(a, (0, off[0], off[1], 0), (a.shape[0], th, tw, a.shape[3]))
+            crop = lambda a: jax.lax.dynamic_slice(a, (0, off[0], off[1], 0),
+                                                   (a.shape[0], th, tw, a.shape[3]))
+            # Accumulate in float32 even for a bfloat16 network: the weighted sum is renormalised.
             return denoise_fn(crop(x_t), crop(mu), t).astype(jnp.float32) * w
 
-        outs = jax.lax.map(one, (jnp.asarray(offsets), weights))  # one tile at a time: bounded memory
+        outs = jax.lax.map(one,
+                           (jnp.asarray(offsets), weights))  # one tile at a time: bounded memory
         acc = jnp.zeros(x_t.shape[:3] + (outs.shape[-1],), jnp.float32)
         for i, (y, x) in enumerate(offsets):
             acc = acc.at[:, y:y + th, x:x + tw].add(outs[i])
@@ -110,7 +125,8 @@ def tiled(denoise_fn: Callable, height: int, width: int, tile: int, overlap: int
 
 
 class Sampler:
-    """Restores batches of degraded images μ in [-1, 1] with a trained network, sharded over devices."""
+    """Restores batches of degraded images μ in [-1, 1] with a trained network, sharded over
+    devices."""
 
     def __init__(self, apply_fn: Callable[..., jax.Array], schedule: Any, *, num_steps: int,
                  multiple: int, mesh: Mesh | None = None, eta: float = 0.0, clip: bool = True,
@@ -119,20 +135,32 @@ class Sampler:
                  hole_threshold: float = conditioning.HOLE_THRESHOLD,
                  sigma_data: dict[str, float] | None = None, first_step_eta: float = 0.0):
         conditioning.check_condition(condition)
-        # ρ of the precond parameterisation per task name (program.sigma_data_values); others ignore it.
-        self.sigma_data, self.first_step_eta = dict(sigma_data or {}), first_step_eta
-        self.apply_fn, self.schedule, self.num_steps = apply_fn, schedule, num_steps
-        self.condition, self.uses_mask = condition, conditioning.uses_mask(condition)
-        self.multiple, self.mesh = multiple, mesh or distributed.make_mesh()
-        self.eta, self.clip, self.parameterization, self.pi = eta, clip, parameterization, pi
-        self.tile_size, self.tile_overlap, self.auto_tile = tile_size, tile_overlap, auto_tile
+        # ρ of the precond parameterisation per task name (program.sigma_data_values); others
+        # ignore it.
+        self.sigma_data = dict(sigma_data or {})
+        self.first_step_eta = first_step_eta
+        self.apply_fn = apply_fn
+        self.schedule = schedule
+        self.num_steps = num_steps
+        self.condition = condition
+        self.uses_mask = conditioning.uses_mask(condition)
+        self.multiple = multiple
+        self.mesh = mesh or distributed.make_mesh()
+        self.eta = eta
+        self.clip = clip
+        self.parameterization = parameterization
+        self.pi = pi
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+        self.auto_tile = auto_tile
         self.hole_threshold = hole_threshold  # holes inferred when no mask is given
         self._jits: dict[int, Callable] = {}  # tile size (0 = whole image) → jitted reverse loop
         self._compiled: dict[tuple, tuple[Any, int]] = {}  # (tile, shape) → (executable, bytes)
         self._plan: dict[tuple, int] = {}  # batch shape → the tile size it runs with
 
     def rho(self, task: str | None = None) -> float:
-        """ρ (bridge.sigma_data) of `task`; None: the one value every task shares (1.0 when unused)."""
+        """ρ (bridge.sigma_data) of `task`; None: the one value every task shares (1.0 when
+        unused)."""
         if self.parameterization != "precond":
             return 1.0
         if task is not None and task in self.sigma_data:
@@ -155,6 +183,7 @@ class Sampler:
         cond = conditioning.condition(mu, mask, self.condition)
         rho = jnp.asarray(self.rho() if rho is None else rho, jnp.float32)
         rho = rho.reshape(rho.shape + (1,) * (mu.ndim - rho.ndim)) if rho.ndim else rho
+        # Mask models: ρ = 0 where x0 = μ is known, so precond's c_skip/c_out leave μ there.
         if self.uses_mask:
             rho = rho * mask
         denoise = lambda x_t, c, t: self.apply_fn(params, x_t, c, t) + conditioning.output_offset(
@@ -162,9 +191,10 @@ class Sampler:
         if tile:
             denoise = tiled(denoise, mu.shape[1], mu.shape[2], tile, self.tile_overlap)
         known = 1.0 - mask if self.uses_mask else None
-        return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu, self.num_steps, rng,
-                          eta=self.eta, clip=self.clip, parameterization=self.parameterization, pi=self.pi,
-                          known=known, sigma_data=rho, first_step_eta=self.first_step_eta)
+        return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu,
+                          self.num_steps, rng, eta=self.eta, clip=self.clip,
+                          parameterization=self.parameterization, pi=self.pi, known=known,
+                          sigma_data=rho, first_step_eta=self.first_step_eta)
 
     def jit(self, tile: int) -> Callable:
         """`sample_padded` with tiles of `tile` (0: none) under jit, sharded over the mesh."""
@@ -194,7 +224,8 @@ class Sampler:
         multiples of the UNet's factor, larger than twice the overlap."""
         out, t = [], max(height, width) // 2
         while True:
-            t -= t % self.multiple
+            t -= t % self.multiple  # the UNet needs multiples of its factor
+            # A tile of at most twice the overlap would advance by ≤ overlap (no progress).
             if t <= max(2 * self.tile_overlap, self.multiple - 1):
                 return out
             out.append(t)
@@ -252,8 +283,12 @@ class Sampler:
         ph, pw = pad_amounts(h, w, self.multiple)
 
         def global_array(x: np.ndarray) -> jax.Array:
+            # Mirror padding, not zeros: a zero border would be a false edge for the network
+            # (reflect while each pad is shorter than its side, else symmetric); cropped after.
             x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if ph < h and pw < w
                        else "symmetric")
+            # The batch is padded to a multiple of the devices with copies of the last image (a
+            # valid input for every model); the copies are cut off after the loop.
             x = np.pad(x, ((0, (-b) % self.mesh.size), (0, 0), (0, 0), (0, 0)), mode="edge")
             # Every process passes the same full batch; each device takes its slice of it.
             return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rdbm_jax.schedules import (DEFAULT_PI, PI_MODES, PRESETS, THETA_SCHEDULES, Schedule, make_schedule,
-                                theta_profile, timestep_pairs)
+from rdbm_jax.schedules import (DEFAULT_PI, PI_MODES, PRESETS, THETA_SCHEDULES, Schedule,
+                                make_schedule, theta_profile, timestep_pairs)
 
 # The bridge math of this module; the schedules it uses are rdbm_jax.schedules' own public names.
 __all__ = ["PARAMETERIZATIONS", "pi_values", "q_sample", "transition", "posterior",
@@ -27,8 +27,9 @@ __all__ = ["PARAMETERIZATIONS", "pi_values", "q_sample", "transition", "posterio
            "predict_x0", "training_target", "precond_scalings", "network_input", "reverse_step",
            "project_known", "sample"]
 
-# x0: the network predicts x̂0 (released code); pi_eps: π ⊙ ε (paper, Eq. 19); residual: x̂0 − μ, so a
-# zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels with x0 = μ cost nothing);
+# x0: the network predicts x̂0 (released code); pi_eps: π ⊙ ε (paper, Eq. 19);
+# residual: x̂0 − μ, so a zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels
+# with x0 = μ cost nothing);
 # precond: EDM/DDBM-style x̂0 = μ + c_skip (x_t − μ) + c_out F(c_in (x_t − μ)) with the scalings of
 # RDBM's marginal under a prior x0 − μ ~ N(0, ρ²) (`precond_scalings`, docs/preconditioning.md).
 PARAMETERIZATIONS = ("x0", "pi_eps", "residual", "precond")
@@ -71,6 +72,7 @@ def _concrete(x) -> float | None:
 def _at(table: jax.Array, t, fill: float) -> jax.Array:
     """table[t] for t in 0..T−1, `fill` for t = −1 (x0 itself)."""
     t = jnp.asarray(t, jnp.int32)
+    # Clip before indexing: table[−1] would silently wrap to the last entry (t = T−1), not x0.
     value = table[jnp.clip(t, 0, table.shape[0] - 1)]
     return jnp.where(t < 0, jnp.asarray(fill, table.dtype), value)
 
@@ -88,6 +90,8 @@ def _bc(c: jax.Array, x: jax.Array) -> jax.Array:
 
 def _safe(d: jax.Array) -> jax.Array:
     """A divisor that is never 0 (the jnp.where-safe-gradient idiom)."""
+    # jnp.where evaluates both branches and differentiates both: a 0 divisor in the discarded
+    # branch still puts inf/NaN into the gradient, so the divisor itself must stay nonzero.
     return jnp.where(d > 0, d, jnp.ones_like(d))
 
 
@@ -100,7 +104,8 @@ def pi_values(pi_mode: str, x0: jax.Array, mu: jax.Array) -> jax.Array:
     if pi_mode == "one":
         return jnp.ones(jnp.broadcast_shapes(jnp.shape(x0), jnp.shape(mu)), jnp.result_type(x0, mu))
     if pi_mode == "zero":
-        return jnp.zeros(jnp.broadcast_shapes(jnp.shape(x0), jnp.shape(mu)), jnp.result_type(x0, mu))
+        return jnp.zeros(jnp.broadcast_shapes(jnp.shape(x0), jnp.shape(mu)),
+                         jnp.result_type(x0, mu))
     raise ValueError(f"pi={pi_mode!r} is not one of {', '.join(PI_MODES)}")
 
 
@@ -115,20 +120,26 @@ def q_sample(schedule: Schedule, x0: jax.Array, mu: jax.Array, t: Time, noise: j
 
 
 def transition(schedule: Schedule, t: Time, s: Time) -> tuple[jax.Array, jax.Array]:
-    """One-step kernel s → t (s < t): y_t = a y_s + N(0, π² v), a = Θ_t/Θ_s, v = Σ_t² − a² Σ_s² ≥ 0."""
+    """One-step kernel s → t (s < t): y_t = a y_s + N(0, π² v), a = Θ_t/Θ_s,
+    v = Σ_t² − a² Σ_s² ≥ 0."""
     th_t, sg_t = _coefs(schedule, t)
     th_s, sg_s = _coefs(schedule, s)
     a = th_t / _safe(th_s)
+    # v ≥ 0 in exact arithmetic; float32 rounding can leave it just below 0 where the two terms
+    # nearly cancel, and a negative variance would turn a later sqrt into NaN.
     return a, jnp.maximum(sg_t ** 2 - (a * sg_s) ** 2, 0.0)
 
 
 def posterior(schedule: Schedule, x_t: jax.Array, x0: jax.Array, mu: jax.Array, t: Time, s: Time,
               pi: str | None = None) -> tuple[jax.Array, jax.Array]:
-    """Mean and variance of q(x_s | x_t, x0, μ), s < t (Chapman–Kolmogorov; Σ_t = 0 → marginal at s)."""
+    """Mean and variance of q(x_s | x_t, x0, μ), s < t (Chapman–Kolmogorov;
+    Σ_t = 0 → marginal at s)."""
     mode = _resolve_pi(schedule, pi)
     th_s, sg_s = _coefs(schedule, s)
     a, v = transition(schedule, t, s)
     var_t = _coefs(schedule, t)[1] ** 2
+    # Σ_t = 0 (x_t = μ at t = T−1 of the bridge presets; every t of flow): given x0, x_t adds
+    # nothing, so the posterior is the forward marginal at s; the where keeps the formula's 0/0 out.
     informative = var_t > 0
     c_x = jnp.where(informative, a * sg_s ** 2 / _safe(var_t), 0.0)
     c_0 = jnp.where(informative, v / _safe(var_t), 1.0) * th_s
@@ -141,7 +152,8 @@ def posterior(schedule: Schedule, x_t: jax.Array, x0: jax.Array, mu: jax.Array, 
 
 def x0_from_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_eps: jax.Array,
                    t: Time) -> jax.Array:
-    """x̂0 = μ + (x_t − μ − Σ_t n̂)/Θ_t; at the singular index (Θ_t = 0) x̂0 = μ + n̂ (module doc)."""
+    """x̂0 = μ + (x_t − μ − Σ_t n̂)/Θ_t; at the singular index (Θ_t = 0) x̂0 = μ + n̂ (module
+    doc)."""
     big_theta, sigma = _coefs(schedule, t)
     regular = _bc(big_theta > 0, x_t)
     x0 = mu + (x_t - mu - _bc(sigma, x_t) * pi_eps) / _bc(_safe(big_theta), x_t)
@@ -153,6 +165,7 @@ def pi_eps_from_x0(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: ja
     """n̂ = (x_t − μ − Θ_t (x̂0 − μ))/Σ_t; x̂0 − μ at the singular index, 0 where only Σ_t = 0."""
     big_theta, sigma = _coefs(schedule, t)
     n_hat = (x_t - mu - _bc(big_theta, x_t) * (x0_hat - mu)) / _bc(_safe(sigma), x_t)
+    # Σ_t = 0 with Θ_t > 0 (t = −1, or the noise-free flow preset): x_t holds no noise to read.
     n_hat = jnp.where(_bc(sigma > 0, x_t), n_hat, jnp.zeros_like(n_hat))
     return jnp.where(_bc(big_theta > 0, x_t), n_hat, x0_hat - mu)
 
@@ -186,8 +199,8 @@ def precond_scalings(schedule: Schedule, t: Time, sigma_data, pi: str | None = N
     c_skip = Θρ²/var is the linear MMSE coefficient of r on y (the posterior mean for π = 1),
     c_out = ρ Σ √E[π²]/√var the standard deviation of its error, c_in = 1/√var. Where var = 0
     (t = T−1 of the bridge presets: x_t = μ) y says nothing: c_skip = 0, c_out = ρ, c_in = 1.
-    `sigma_data` ρ: a scalar or an array broadcastable against the image batch (per task, per pixel);
-    the results broadcast like ρ against [B, …] (t scalar or [B]).
+    `sigma_data` ρ: a scalar or an array broadcastable against the image batch (per task, per
+    pixel); the results broadcast like ρ against [B, …] (t scalar or [B]).
     """
     mode = _resolve_pi(schedule, pi)
     rho = jnp.asarray(sigma_data, jnp.float32)
@@ -199,6 +212,7 @@ def precond_scalings(schedule: Schedule, t: Time, sigma_data, pi: str | None = N
     var = big_theta ** 2 * rho ** 2 + sigma ** 2 * m2
     ok = var > 0
     root = jnp.sqrt(_safe(var))
+    # var = 0: y = 0 carries nothing, so x̂0 = μ + ρ F(y) (c_in = 1 only keeps the input finite).
     c_skip = jnp.where(ok, big_theta * rho ** 2 / _safe(var), 0.0)
     # c_out as ρΣ√E[π²]/√var, not √(ρ² − c_skip Θ ρ²): the subtraction cancels in float32 at t = 0.
     c_out = jnp.where(ok, rho * sigma * jnp.sqrt(m2) / root, rho)
@@ -219,11 +233,13 @@ def _scalings_for(schedule: Schedule, t: Time, x: jax.Array, sigma_data, pi: str
 
 def network_input(schedule: Schedule, x_t: jax.Array, mu: jax.Array, t: Time, parameterization: str,
                   pi: str | None = None, sigma_data=None) -> jax.Array:
-    """What the network sees in place of x_t: c_in (x_t − μ) for precond (unit variance), else x_t."""
+    """What the network sees in place of x_t: c_in (x_t − μ) for precond (unit variance), else
+    x_t."""
     _check_parameterization(parameterization)
     if parameterization != "precond":
         return x_t
     c_in = _scalings_for(schedule, t, x_t, sigma_data, pi)[2]
+    # The float32 scalings would promote a bfloat16 state; the network sees the state's dtype.
     return (c_in * (x_t - mu)).astype(x_t.dtype)
 
 
@@ -254,6 +270,7 @@ def network_target(schedule: Schedule, x0_hat: jax.Array, x_t: jax.Array, mu: ja
     if parameterization == "precond":
         c_skip, c_out, _ = _scalings_for(schedule, t, x_t, sigma_data, pi)
         f = (x0_hat - mu - c_skip * (x_t - mu)) / _safe(c_out)
+        # c_out = 0 (ρ = 0, Σ_t = 0 or π ≡ 0): every F gives the same x̂0; 0 is the finite choice.
         return jnp.where(c_out > 0, f, jnp.zeros_like(f))
     return pi_eps_from_x0(schedule, x_t, mu, x0_hat, t)
 
@@ -273,14 +290,16 @@ def _precond_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax
     den = rho * jnp.sqrt(m2) * jnp.sqrt(_safe(var))
     f = (sigma * m2 * r - big_theta * rho ** 2 * pi_values(mode, x0, mu) * noise) / _safe(den)
     f = jnp.where((den > 0) & (sigma > 0), f, jnp.zeros_like(f))  # c_out = 0: no output changes x̂0
+    # var = 0 (x_t = μ): c_skip = 0 and c_out = ρ, so F* = r/ρ; ρ = 0 as well: c_out = 0, target 0.
     return jnp.where(var > 0, f, jnp.where(rho > 0, r / _safe(rho), jnp.zeros_like(r)))
 
 
 def training_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax.Array,
                     parameterization: str, pi: str | None = None, t: Time | None = None,
                     sigma_data=None) -> jax.Array:
-    """Regression target: x0 (x0), x0 − μ (residual), π ⊙ ε (pi_eps; with `t`, x0 − μ at the singular
-    index) or the unit-variance F* of x_t = `q_sample(…, noise)` (precond; needs `t` and ρ)."""
+    """Regression target: x0 (x0), x0 − μ (residual), π ⊙ ε (pi_eps; with `t`, x0 − μ at the
+    singular index) or the unit-variance F* of x_t = `q_sample(…, noise)` (precond; needs `t` and
+    ρ)."""
     _check_parameterization(parameterization)
     mode = _resolve_pi(schedule, pi)
     if parameterization == "x0":
@@ -294,13 +313,16 @@ def training_target(schedule: Schedule, x0: jax.Array, mu: jax.Array, noise: jax
     target = pi_values(mode, x0, mu) * noise
     if t is None:
         return target
+    # At the singular index π⊙ε is not identifiable from x_t = μ; the output is read as x̂0 − μ
+    # there (module doc), so that is what it is trained on.
     return jnp.where(_bc(_coefs(schedule, t)[0] > 0, target), target, x0 - mu)
 
 
 # ----------------------------------------------------------------------------- reverse kernels
 
-def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array, t: Time, t_next: Time,
-                 eta: float | jax.Array = 0.0, noise: jax.Array | None = None,
+
+def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.Array, t: Time,
+                 t_next: Time, eta: float | jax.Array = 0.0, noise: jax.Array | None = None,
                  pi: str | None = None) -> jax.Array:
     """One reverse step t → t_next of the η-family (η = 0: Eq. 19 in x0 form; η = 1: posterior).
 
@@ -311,9 +333,13 @@ def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.
         is traced and noise is None the z term is dropped.
       pi: a mode of PI_MODES, or None/"" for the preset's default.
     """
-    # x_s = μ + Θ_s (x̂0 − μ) + sqrt(Σ_s² − η² Σ̃²) n̂ + η Σ̃ π̂ z, Σ̃² = Σ_s² v/Σ_t², n̂ from x̂0, π̂ the
-    # modulator of x̂0. Σ_t = 0 (the singular first step): n̂ = 0 and Σ̃ = Σ_s, i.e. x_s = μ + Θ_s (x̂0 − μ)
-    # (+ η Σ_s π̂ z).
+    # x_s = μ + Θ_s (x̂0 − μ) + sqrt(Σ_s² − η² Σ̃²) n̂ + η Σ̃ π̂ z, Σ̃² = Σ_s² v/Σ_t², n̂ from x̂0,
+    # π̂ the modulator of x̂0. Σ_t = 0 (the singular first step): n̂ = 0 and Σ̃ = Σ_s, i.e.
+    # x_s = μ + Θ_s (x̂0 − μ) (+ η Σ_s π̂ z).
+    # Beyond the paper: it samples with Eq. 19 only (η = 0). The DDIM-style family keeps every
+    # η's marginals equal to the forward process and gives the exact posterior at η = 1, so a
+    # stochastic sampler can be compared on the same kernels (and π̂ comes from x̂0 because the
+    # true π = x0 − μ is unknown while sampling).
     mode = _resolve_pi(schedule, pi)
     eta_c = _check_eta(eta)
     if noise is None and eta_c not in (None, 0.0):
@@ -324,6 +350,8 @@ def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.
     informative = sg_t ** 2 > 0
     ratio = jnp.where(informative, v / _safe(sg_t ** 2), 1.0)  # v/Σ_t² ∈ [0, 1]
     var_tilde = sg_s ** 2 * ratio
+    # ratio ≤ 1 makes the radicand ≥ 0 exactly; the max absorbs float rounding, whose negative
+    # residue would turn the sqrt into NaN.
     c_n = jnp.sqrt(jnp.maximum(sg_s ** 2 - eta ** 2 * var_tilde, 0.0))
     resid = x0_hat - mu
     n_hat = (x_t - mu - _bc(th_t, x_t) * resid) / _bc(_safe(sg_t), x_t)
@@ -331,13 +359,17 @@ def reverse_step(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: jax.
     x_s = mu + _bc(th_s, x_t) * resid + _bc(c_n, x_t) * n_hat
     if noise is not None:
         x_s = x_s + _bc(eta * jnp.sqrt(var_tilde), x_t) * (pi_values(mode, x0_hat, mu) * noise)
+    # The last step (t_next = −1) returns x̂0 itself, not the kernel's value, which equals it
+    # only up to rounding.
     return jnp.where(_bc(jnp.asarray(t_next) < 0, x_s), x0_hat, x_s)
 
 
 def reverse_step_pi_eps(schedule: Schedule, x_t: jax.Array, mu: jax.Array, pi_eps_hat: jax.Array,
                         t: Time, t_next: Time) -> jax.Array:
-    """Eq. 19 in πε form: x_s = μ + (Θ_s/Θ_t)(x_t − μ) − ((Θ_s/Θ_t) Σ_t − Σ_s) n̂ (deterministic)."""
-    # At the singular index x_s = μ + Θ_s n̂ (n̂ read as x̂0 − μ, module doc); t_next = −1 returns x̂0.
+    """Eq. 19 in πε form: x_s = μ + (Θ_s/Θ_t)(x_t − μ) − ((Θ_s/Θ_t) Σ_t − Σ_s) n̂
+    (deterministic)."""
+    # At the singular index x_s = μ + Θ_s n̂ (n̂ read as x̂0 − μ, module doc);
+    # t_next = −1 returns x̂0.
     th_t, sg_t = _coefs(schedule, t)
     th_s, sg_s = _coefs(schedule, t_next)
     k = th_s / _safe(th_t)
@@ -364,7 +396,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
 
     Arguments (a ValueError names the one that breaks its rule):
       denoise_fn(x_in, μ, t int32 [B]): the raw network output, read per `parameterization`
-        (x̂0, π̂ε̂, r̂ or F); x_in = `network_input(x_t)`: x_t itself, or c_in (x_t − μ) for precond.
+        (x̂0, π̂ε̂, r̂ or F); x_in = `network_input(x_t)`: x_t itself, or c_in (x_t − μ) for
+        precond.
       num_steps: the NFE, an integer in 1..schedule.num_timesteps.
       rng: a PRNG key; may be None only when η = 0, first_step_eta = 0 and the preset is not irsde.
       eta: in [0, 1] (checked when concrete; a traced η is not checked).
@@ -382,7 +415,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
       return_trajectory: also return the states [S+1, B, …]: the start, then the state after each
         step (at the times pairs[:, 1]; the last one is the returned x̂0).
     """
-    # Start: x = μ for every bridge preset (Σ_{T−1} = 0); irsde: x = μ + Σ_{T−1} z (π = "one"; "zero" → μ).
+    # Start: x = μ for every bridge preset (Σ_{T−1} = 0);
+    # irsde: x = μ + Σ_{T−1} z (π = "one"; "zero" → μ).
     mode = _resolve_pi(schedule, pi)
     _check_parameterization(parameterization)
     pairs = timestep_pairs(schedule.num_timesteps, num_steps)
@@ -401,11 +435,15 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
         raise ValueError("sigma_data: the precond parameterisation needs ρ (bridge.sigma_data)")
     mu = jnp.asarray(mu)
     x = mu
+    # IR-SDE is an OU process, not a bridge: its last state is ≈ N(μ, Σ_{T−1}²) (Θ_{T−1} is small,
+    # not 0), not μ itself; x0 is unknown, so the start drops the Θ term.
     if noisy_start:
         rng, k0 = jax.random.split(rng)
         x = mu + schedule.Sigma[-1].astype(mu.dtype) * jax.random.normal(k0, mu.shape, mu.dtype)
     start, batch = x, mu.shape[0]
     etas = jnp.full((len(pairs),), eta, jnp.float32)
+    # Not in the paper: DDBM's stochastic first step. With Σ_{T−1} = 0 an η = 0 first step lands
+    # on μ + Θ_s (x̂0 − μ), off the forward marginal that precond's c_skip assumes.
     if float(first_step_eta) > 0.0:
         etas = etas.at[0].max(float(first_step_eta))
 
@@ -416,6 +454,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
         x_in = network_input(schedule, x_t, mu, t, parameterization, mode, sigma_data)
         out = denoise_fn(x_in, mu, jnp.full((batch,), t, jnp.int32))
         x0_hat = predict_x0(schedule, out, x_t, mu, t, parameterization, mode, sigma_data)
+        # The spec clips x̂0 at every step (as DDPM's clip_denoised): images live in [−1, 1], and a
+        # wild early x̂0 would otherwise carry the state off the data range for the later steps.
         if clip:
             x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
         if known is not None:
@@ -426,9 +466,11 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
             z = jax.random.normal(kz, mu.shape, mu.dtype)
         x_s = reverse_step(schedule, x_t, mu, x0_hat, t, t_next, eta=eta_k if stochastic else eta,
                            noise=z, pi=mode)
+        # lax.scan needs a fixed carry dtype; the float32 coefficients would promote bfloat16.
         x_s = x_s.astype(mu.dtype)
         return (x_s, key), (x_s if return_trajectory else None)
 
+    # The scan carries a key either way; without rng the run is deterministic and never draws.
     key = rng if rng is not None else jax.random.PRNGKey(0)
     (x, _), traj = jax.lax.scan(body, (x, key), (jnp.asarray(pairs, jnp.int32), etas))
     if return_trajectory:

@@ -356,10 +356,13 @@ def _example_fn(spec, monkeypatch, **kw):
 
 
 def test_several_crops_per_decoded_image(tmp_path, monkeypatch):
-    """data.crops_per_image=k: a batch holds B/k images, k consecutive crops of each, one decode each."""
-    spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 4, size=(24, 24)), degradation="noise")
+    """data.crops_per_image=k: a batch holds B/k images, k consecutive crops of each, one decode
+    each."""
+    spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 4, size=(24, 24)),
+                       degradation="noise")
     kw = dict(global_batch_size=4, seed=0, process_index=0, process_count=1)
-    batches = _take(build_train_iterator(_data({"c": spec}, crop_size=8, crops_per_image=2), **kw), 3)
+    batches = _take(build_train_iterator(_data({"c": spec}, crop_size=8, crops_per_image=2), **kw),
+                    3)
     ids = _ids(batches)
     assert all(b["x0"].shape == (4, 8, 8, 3) for b in batches)
     assert ids[0::2] == ids[1::2]  # crops 2j and 2j+1 come from one image
@@ -372,7 +375,8 @@ def test_several_crops_per_decoded_image(tmp_path, monkeypatch):
 
 
 def test_decoded_image_cache_decodes_each_file_once_within_its_budget(tmp_path, monkeypatch):
-    spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 3, size=(24, 24)), degradation="noise")
+    spec = source_spec(kind="clean", dir=_const_folder(tmp_path, 3, size=(24, 24)),
+                       degradation="noise")
     kw = dict(global_batch_size=3, seed=0, process_index=0, process_count=1)
     ref = _take(build_train_iterator(_data({"c": spec}, crop_size=8), **kw), 4)
     got = _take(build_train_iterator(_data({"c": spec}, crop_size=8, decode_cache_mib=1), **kw), 4)

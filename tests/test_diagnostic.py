@@ -1,4 +1,5 @@
-"""rdbm_jax/diagnostic.py: x̂0 per t on true forward samples beside the skip estimate and inversion."""
+"""rdbm_jax/diagnostic.py: x̂0 per t on true forward samples beside the skip estimate and
+inversion."""
 from __future__ import annotations
 
 import json
@@ -22,8 +23,8 @@ def _images(seed=0, shape=(2, 16, 16, 3)):
 
 
 def test_a_zero_precond_network_scores_exactly_the_skip_estimate():
-    """F ≡ 0 under precond: x̂0 is the skip estimate at every t; a zero residual network is μ; inversion
-    at the smallest grid t is near-perfect and at T−1 (Θ = 0) it is μ."""
+    """F ≡ 0 under precond: x̂0 is the skip estimate at every t; a zero residual network is μ;
+    inversion at the smallest grid t is near-perfect and at T−1 (Θ = 0) it is μ."""
     s = sde.make_schedule()
     zero = lambda params, x, c, t: jnp.zeros_like(x)
     x0, mu, mask = _images()
@@ -46,7 +47,8 @@ def test_eval_mode_writes_per_step_json_and_plot(trained_workdir):
     evaluate.run_eval(cfg, trained_workdir)
     out = os.path.join(trained_workdir, "eval")
     doc = json.load(open(os.path.join(out, "per_step.json")))
-    assert [r["t"] for r in doc["mean"]] == list(sde.timestep_pairs(100, cfg.sample.num_steps)[:, 0])
+    assert ([r["t"] for r in doc["mean"]]
+            == list(sde.timestep_pairs(100, cfg.sample.num_steps)[:, 0]))
     assert all(np.isfinite(r[k]) for r in doc["mean"] for k in diagnostic.ESTIMATES)
     assert os.path.getsize(os.path.join(out, "per_step.png")) > 0
 
@@ -55,7 +57,7 @@ def test_eval_mode_writes_per_step_json_and_plot(trained_workdir):
 def test_validation_logs_the_per_step_scalars(tmp_path):
     from rdbm_jax import train
     workdir = str(tmp_path / "w")
-    train.train_and_evaluate(config(**{"eval.per_step": True, "train.num_steps": 2, "train.eval_every": 2}),
-                             workdir)
+    train.train_and_evaluate(
+        config(**{"eval.per_step": True, "train.num_steps": 2, "train.eval_every": 2}), workdir)
     rows = [r for r in read_metrics(workdir) if "val/per_step/min_gain_over_skip" in r]
     assert rows and any(k.startswith("val/per_step/t099/") for k in rows[0])

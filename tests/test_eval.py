@@ -31,13 +31,14 @@ def test_eval_writes_metrics_per_image_csv_and_grids(trained_workdir, caplog):
         os.path.join(out, f) for f in ("metrics.json", "per_image.csv", "grid_main.png"))
     report = json.load(open(os.path.join(out, "metrics.json")))
     assert report["step"] == 2 and report["protocol"]["color"] == "rgb"
-    assert set(report["tasks"]) == {"main"} and report["overall"]["num_images"] == 3  # 3 built-in val photos
+    # 3 built-in val photos
+    assert set(report["tasks"]) == {"main"} and report["overall"]["num_images"] == 3
     for key in ("psnr", "ssim", "psnr_input", "ssim_input"):
         assert np.isfinite(report["tasks"]["main"][key])
     rows = list(csv.DictReader(open(os.path.join(out, "per_image.csv"))))
     assert [r["name"] for r in rows] == ["chelsea", "flower", "rocket"]
-    assert float(rows[0]["psnr"]) == pytest.approx(float(per_task["main"]["psnr"]) * 3
-                                                   - sum(float(r["psnr"]) for r in rows[1:]), rel=1e-6)
+    assert float(rows[0]["psnr"]) == pytest.approx(
+        float(per_task["main"]["psnr"]) * 3 - sum(float(r["psnr"]) for r in rows[1:]), rel=1e-6)
     grid = Image.open(os.path.join(out, "grid_main.png"))
     # title (test set, step), column labels, two rows, a gap
     assert grid.size[1] == 2 * reports.HEADER_HEIGHT + 2 * reports.GRID_HEIGHT + 4
@@ -71,8 +72,12 @@ def test_grid_names_the_baseline_and_shows_a_title():
 def test_eval_with_lpips_weights_and_fid_skipped(trained_workdir, tmp_path, caplog):
     from rdbm_jax.perceptual import lpips, weights as weight_files
     rng = np.random.default_rng(0)
-    flat = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in lpips.variable_shapes("alex").items()}
-    flat.update({k: np.abs(v) for k, v in flat.items() if "/lin" in k})  # LPIPS's linear heads are >= 0
+    flat = {
+        k: rng.normal(0, 0.1, s).astype(np.float32)
+        for k, s in lpips.variable_shapes("alex").items()
+    }
+    flat.update({k: np.abs(v)
+                 for k, v in flat.items() if "/lin" in k})  # LPIPS's linear heads are >= 0
     flat.update({"meta/kind": np.array("lpips"), "meta/net": np.array("alex")})
     weights = str(tmp_path / "lpips_alex.npz")
     weight_files.save_npz(weights, flat)
@@ -92,7 +97,8 @@ def test_restoring_with_another_bridge_is_refused(trained_workdir):
         evaluate.run_eval(config(**{"bridge.parameterization": "pi_eps"}), trained_workdir)
 
 
-def test_sample_mode_restores_tree_survives_corrupt_file_and_keeps_outputs(trained_workdir, tmp_path):
+def test_sample_mode_restores_tree_survives_corrupt_file_and_keeps_outputs(
+        trained_workdir, tmp_path):
     src, dst = str(tmp_path / "in"), str(tmp_path / "out")
     _png(os.path.join(src, "a.png"), 27, 45, 1)
     _png(os.path.join(src, "b.png"), 27, 45, 2)  # same size as a.png: one batch
@@ -120,8 +126,10 @@ def test_sample_mode_gray_in_gray_out(trained_workdir, tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (24, 20), dtype=np.uint8)).save(src / "gray.png")
     _png(str(src / "rgb.png"), 24, 20, 1)
-    run_restore_files(config(**{"sample.input_dir": str(src), "sample.output_dir": str(dst)}), trained_workdir)
-    assert Image.open(dst / "gray.png").mode == "L" and Image.open(dst / "gray.png").size == (20, 24)
+    run_restore_files(config(**{"sample.input_dir": str(src), "sample.output_dir": str(dst)}),
+                      trained_workdir)
+    assert (Image.open(dst / "gray.png").mode == "L"
+            and Image.open(dst / "gray.png").size == (20, 24))
     assert Image.open(dst / "rgb.png").mode == "RGB"
 
 
@@ -146,15 +154,17 @@ def test_sweep_writes_csv_and_plot(trained_workdir, caplog):
 
 
 def _named_sets_config(**overrides):
-    """configs/demo.py:tiny with two named test sets in task 'main' and a second task 'other' with one."""
+    """configs/demo.py:tiny with two named test sets in task 'main' and a second task 'other' with
+    one."""
     import ml_collections
     from rdbm_jax.data.spec import source_spec, task_spec
     cfg = config(**{"eval.max_images": 0, **overrides})
-    kw = dict(kind="builtin", degradation="inpaint", mask_min_ratio=0.1, mask_max_ratio=0.3, eval_size=32,
-              eval_fit="crop")
-    cfg.data.tasks.main.eval = ml_collections.ConfigDict(dict(photos=source_spec(split="val", **kw),
-                                                              astronaut=source_spec(split="tune", **kw)))
-    cfg.data.tasks.other = task_spec(train=source_spec(**kw), eval=source_spec(split="val", seed=1, **kw))
+    kw = dict(kind="builtin", degradation="inpaint", mask_min_ratio=0.1, mask_max_ratio=0.3,
+              eval_size=32, eval_fit="crop")
+    cfg.data.tasks.main.eval = ml_collections.ConfigDict(
+        dict(photos=source_spec(split="val", **kw), astronaut=source_spec(split="tune", **kw)))
+    cfg.data.tasks.other = task_spec(train=source_spec(**kw),
+                                     eval=source_spec(split="val", seed=1, **kw))
     return cfg
 
 
@@ -162,31 +172,43 @@ def test_eval_reports_each_test_set_then_its_task_then_overall(trained_workdir):
     per_task = evaluate.run_eval(_named_sets_config(), trained_workdir)
     assert list(per_task) == ["main/astronaut", "main/photos", "main", "other", "overall"]
     a, p, main, other = (per_task[k] for k in ("main/astronaut", "main/photos", "main", "other"))
-    assert (a["num_images"], p["num_images"], main["num_images"], main["num_test_sets"]) == (1, 3, 4, 2)
+    assert ((a["num_images"], p["num_images"], main["num_images"], main["num_test_sets"])
+            == (1, 3, 4, 2))
     assert "num_test_sets" not in other and set(other) == set(p)  # a one-source task: today's entry
-    for key in ("psnr", "ssim", "psnr_baseline", "psnr_input", "psnr_masked_baseline", "ssim_input"):
-        assert main[key] == pytest.approx((a[key] + p[key]) / 2)  # a task: the mean over its test sets
-        assert per_task["overall"][key] == pytest.approx((main[key] + other[key]) / 2)  # mean over tasks
-    assert main["psnr"] != pytest.approx((a["psnr"] + 3 * p["psnr"]) / 4)  # not the mean over images
+    for key in ("psnr", "ssim", "psnr_baseline", "psnr_input", "psnr_masked_baseline",
+                "ssim_input"):
+        # a task: the mean over its test sets; overall: the mean over tasks
+        assert main[key] == pytest.approx((a[key] + p[key]) / 2)
+        assert per_task["overall"][key] == pytest.approx((main[key] + other[key]) / 2)
+    # not the mean over images
+    assert main["psnr"] != pytest.approx((a["psnr"] + 3 * p["psnr"]) / 4)
     assert a["psnr_input"] != pytest.approx(p["psnr_input"])  # input scores per test set
     out = os.path.join(trained_workdir, "eval")
     report = json.load(open(os.path.join(out, "metrics.json")))
-    assert set(report["tasks"]) == {"main", "other"} and report["tasks"]["main"]["num_test_sets"] == 2
+    assert (set(report["tasks"]) == {"main", "other"}
+            and report["tasks"]["main"]["num_test_sets"] == 2)
     assert {t: set(s) for t, s in report["test_sets"].items()} == {"main": {"astronaut", "photos"}}
-    assert report["test_sets"]["main"]["photos"]["psnr_baseline"] == pytest.approx(p["psnr_baseline"])
+    assert report["test_sets"]["main"]["photos"]["psnr_baseline"] == pytest.approx(
+        p["psnr_baseline"])
     assert report["overall"]["num_images"] == 7 and "test sets" in report["protocol"]["task"]
     rows = list(csv.DictReader(open(os.path.join(out, "per_image.csv"))))
     assert list(rows[0])[:3] == ["task", "test_set", "name"]
-    assert [(r["task"], r["test_set"], r["name"]) for r in rows] == [
-        ("main", "astronaut", "astronaut"), ("main", "photos", "chelsea"), ("main", "photos", "flower"),
-        ("main", "photos", "rocket"), ("other", "", "chelsea"), ("other", "", "flower"), ("other", "", "rocket")]
-    assert np.mean([float(r["psnr"]) for r in rows if r["test_set"] == "photos"]) == pytest.approx(p["psnr"])
+    assert [(r["task"], r["test_set"], r["name"])
+            for r in rows] == [("main", "astronaut", "astronaut"), ("main", "photos", "chelsea"),
+                               ("main", "photos", "flower"), ("main", "photos", "rocket"),
+                               ("other", "", "chelsea"), ("other", "", "flower"),
+                               ("other", "", "rocket")]
+    assert np.mean([float(r["psnr"]) for r in rows
+                    if r["test_set"] == "photos"]) == pytest.approx(p["psnr"])
     for name in ("grid_main.astronaut.png", "grid_main.photos.png", "grid_other.png"):
         assert os.path.isfile(os.path.join(out, name))
     table = reports.comparison_table(per_task)
-    assert "main/photos (3 images; baseline: biharmonic" in table and "main [mean over 2 test sets] (4 images" in table
-    rows = sweep.run_sweep(_named_sets_config(**{"sweep.nfe": "1", "sweep.eta": "0"}), trained_workdir)
-    assert {"main/astronaut/psnr", "main/photos/ssim", "main/psnr", "other/psnr", "psnr_baseline"} <= set(rows[0])
+    assert ("main/photos (3 images; baseline: biharmonic" in table
+            and "main [mean over 2 test sets] (4 images" in table)
+    rows = sweep.run_sweep(_named_sets_config(**{"sweep.nfe": "1", "sweep.eta": "0"}),
+                           trained_workdir)
+    assert {"main/astronaut/psnr", "main/photos/ssim", "main/psnr", "other/psnr",
+            "psnr_baseline"} <= set(rows[0])
 
 
 def test_validation_eval_and_sweep_share_one_seed_rule_at_eta_1(trained_workdir):
@@ -210,8 +232,8 @@ def test_validation_eval_and_sweep_share_one_seed_rule_at_eta_1(trained_workdir)
 
 
 def test_compilation_cache_is_on_by_default_for_every_mode(trained_workdir, tmp_path, monkeypatch):
-    """train.compilation_cache_dir: "auto" = $JAX_COMPILATION_CACHE_DIR or a per-user folder; "" = off;
-    eval (and every mode: they all load through program.load_trained) compiles into it."""
+    """train.compilation_cache_dir: "auto" = $JAX_COMPILATION_CACHE_DIR or a per-user folder;
+    "" = off; eval (and every mode: they all load through program.load_trained) compiles into it."""
     import jax
 
     from rdbm_jax import program
@@ -229,8 +251,9 @@ def test_compilation_cache_is_on_by_default_for_every_mode(trained_workdir, tmp_
         folder = tmp_path / "cache"
         jax.clear_caches()  # compiled in this process before: compile again, into the new folder
         program._sampler.cache_clear()
-        evaluate.run_eval(config(**{"train.compilation_cache_dir": str(folder), "eval.max_images": 1}),
-                          trained_workdir)
+        evaluate.run_eval(
+            config(**{"train.compilation_cache_dir": str(folder), "eval.max_images": 1}),
+            trained_workdir)
         assert jax.config.jax_enable_compilation_cache
         assert jax.config.jax_compilation_cache_dir == str(folder)
         assert any(folder.iterdir())  # the sampler's executables were written there
@@ -242,7 +265,8 @@ def test_compilation_cache_is_on_by_default_for_every_mode(trained_workdir, tmp_
 
 def test_evaluation_keeps_only_the_grid_baselines(monkeypatch):
     """Baselines kept a full-resolution image per example for the whole run: memory grew with the
-    test set. Only the grid's images stay; the scores (a few floats) are remembered for every example."""
+    test set. Only the grid's images stay; the scores (a few floats) are remembered for every
+    example."""
     from rdbm_jax import data
 
     class Identity:  # a stand-in sampler: the restored image is the input
@@ -257,12 +281,15 @@ def test_evaluation_keeps_only_the_grid_baselines(monkeypatch):
     assert n >= 2
     calls = []
     real = scoring.baselines.restore
-    monkeypatch.setattr(scoring.baselines, "restore", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(scoring.baselines, "restore",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     baseline = scoring.Baselines(true_mask=False)
-    first = scoring.score_sources(Identity(), None, sources, cfg, scoring.sampling_key(0), baseline=baseline)
+    first = scoring.score_sources(Identity(), None, sources, cfg, scoring.sampling_key(0),
+                                  baseline=baseline)
     assert len(baseline._cache) == len(sources)  # one grid image per test set
     assert len(baseline._scores) == n and len(calls) == n
-    again = scoring.score_sources(Identity(), None, sources, cfg, scoring.sampling_key(0), baseline=baseline)
+    again = scoring.score_sources(Identity(), None, sources, cfg, scoring.sampling_key(0),
+                                  baseline=baseline)
     assert len(calls) == n  # a second validation computes no baseline again
     assert first[1] == again[1]
 

@@ -1,4 +1,5 @@
-"""NFE 1 with the exact (posterior-mean) denoiser: E[x0 | μ], and no η = 0 schedule beats it in MSE."""
+"""NFE 1 with the exact (posterior-mean) denoiser: E[x0 | μ], and no η = 0 schedule beats it in
+MSE."""
 from __future__ import annotations
 
 import numpy as np

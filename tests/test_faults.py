@@ -356,9 +356,8 @@ def test_disk_full_during_a_save_is_one_line_and_leaves_the_last_checkpoint(tiny
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(
-        f"error: saving checkpoint step 4 to {workdir}/checkpoints/4 failed: No space left on device"
-    )
+    assert last.startswith(f"error: saving checkpoint step 4 to {workdir}/checkpoints/4 failed: "
+                           "No space left on device")
     assert _newest(workdir) == 2
     _assert_no_partial_folders(workdir)
 

@@ -25,21 +25,23 @@ def _orientations(tmp_path, flip: str, n: int = 24) -> set[str]:
     img[:4, :8] = 255  # a bright block in the top-left quadrant
     (tmp_path / "one").mkdir(exist_ok=True)
     Image.fromarray(img).save(tmp_path / "one" / "a.png")
-    spec = source_spec(kind="clean", dir=str(tmp_path / "one"), degradation="lowlight")  # x0 is read
-    data = ml_collections.ConfigDict(dict(
-        tasks=ml_collections.ConfigDict({"c": task_spec(train=spec, eval=spec)}), crop_size=16, flip=flip,
-        num_workers=0, prefetch_buffer=1, skip_bad_files=False))
+    spec = source_spec(kind="clean", dir=str(tmp_path / "one"),
+                       degradation="lowlight")  # x0 is read
+    data = ml_collections.ConfigDict(
+        dict(tasks=ml_collections.ConfigDict({"c": task_spec(train=spec, eval=spec)}), crop_size=16,
+             flip=flip, num_workers=0, prefetch_buffer=1, skip_bad_files=False))
     it = build_train_iterator(data, global_batch_size=1, seed=0, process_index=0, process_count=1)
     seen = set()
     for _ in range(n):
         x = next(it)["x0"][0, ..., 0] > 0
-        seen.add(("top" if x[:8].sum() else "bottom") + "-" + ("left" if x[:, :8].sum() else "right"))
+        seen.add(("top" if x[:8].sum() else "bottom") + "-" +
+                 ("left" if x[:, :8].sum() else "right"))
     return seen
 
 
-@pytest.mark.parametrize("flip,expected", [("none", {"top-left"}),
-                                           ("horizontal", {"top-left", "top-right"}),
-                                           ("both", {"top-left", "top-right", "bottom-left", "bottom-right"})])
+@pytest.mark.parametrize("flip,expected",
+                         [("none", {"top-left"}), ("horizontal", {"top-left", "top-right"}),
+                          ("both", {"top-left", "top-right", "bottom-left", "bottom-right"})])
 def test_flip_modes(tmp_path, flip, expected):
     assert _orientations(tmp_path, flip) == expected
 
@@ -55,8 +57,10 @@ def test_ema_pytorch_warmup_values():
     # ema_pytorch (DGSolver): updates 0..100 copy, then min(β, 1 − (1 + k − 100)^(−2/3)).
     assert float(ema_decay_at(0, 0.995, "ema_pytorch")) == 0.0
     assert float(ema_decay_at(100, 0.995, "ema_pytorch")) == 0.0
-    assert float(ema_decay_at(101, 0.995, "ema_pytorch")) == pytest.approx(1 - 2 ** (-2 / 3), rel=1e-6)
-    assert float(ema_decay_at(1100, 0.995, "ema_pytorch")) == pytest.approx(1 - 1001 ** (-2 / 3), rel=1e-6)
+    assert float(ema_decay_at(101, 0.995, "ema_pytorch")) == pytest.approx(
+        1 - 2 ** (-2 / 3), rel=1e-6)
+    assert float(ema_decay_at(1100, 0.995, "ema_pytorch")) == pytest.approx(
+        1 - 1001 ** (-2 / 3), rel=1e-6)
     assert float(ema_decay_at(10_000, 0.995, "ema_pytorch")) == pytest.approx(0.995)
     assert ema_decay_at(5, 0.995, "none") == 0.995
 
@@ -85,8 +89,10 @@ def test_degenerate_pi_eps_combinations_refused(overrides):
 
 
 def test_meaningful_combinations_accepted():
-    for overrides in ({"bridge.preset": "flow"}, {"bridge.pi": "one", "bridge.parameterization": "pi_eps"},
-                      {"bridge.preset": "irsde", "bridge.discretization": "native", "bridge.lam": 10.0}):
+    for overrides in ({"bridge.preset": "flow"},
+                      {"bridge.pi": "one", "bridge.parameterization": "pi_eps"},
+                      {"bridge.preset": "irsde", "bridge.discretization": "native",
+                       "bridge.lam": 10.0}):
         config_lib.validate(config(**overrides))
 
 
@@ -95,9 +101,11 @@ def test_native_discretisation_validated_by_key():
         config_lib.validate(config(**{"bridge.discretization": "native"}))  # preset rdbm
     with pytest.raises(ConfigError, match="bridge.discretization='euler'"):
         config_lib.validate(config(**{"bridge.discretization": "euler"}))
-    s = program.schedule_from_config(config(**{"bridge.preset": "goub", "bridge.discretization": "native",
-                                      "bridge.lam": 30.0}).bridge)
-    assert s.discretization == "native" and float(jnp.sum(s.theta)) == pytest.approx(np.log(100), rel=1e-5)
+    s = program.schedule_from_config(config(**{"bridge.preset": "goub",
+                                               "bridge.discretization": "native",
+                                               "bridge.lam": 30.0}).bridge)
+    assert (s.discretization == "native"
+            and float(jnp.sum(s.theta)) == pytest.approx(np.log(100), rel=1e-5))
 
 
 @pytest.mark.parametrize("key,value", [("bridge.lam", 1e-4), ("bridge.discretization", "native")])
@@ -113,8 +121,9 @@ def test_checkpoint_check_covers_lam_and_discretization(key, value):
 
 def test_batch_must_divide_over_devices_and_tasks(tmp_path):
     cfg = config("universal", "tiny", **{"train.batch_size": 12})  # 12 % 5 tasks ≠ 0
-    with pytest.raises(ConfigError, match=r"train\.batch_size=12 must be a multiple of 5 = lcm\(1 devices, "
-                                          r"5 tasks x 1 processes\), e\.g\. 10"):
+    with pytest.raises(
+            ConfigError, match=r"train\.batch_size=12 must be a multiple of 5 = lcm\(1 devices, "
+            r"5 tasks x 1 processes\), e\.g\. 10"):
         train.train_and_evaluate(cfg, str(tmp_path / "run"))
 
 

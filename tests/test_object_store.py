@@ -17,8 +17,8 @@ from tests.object_store import fake_gcs, local_of
 
 STEPS = {
     "train.num_steps": 2, "train.checkpoint_every": 1, "train.log_every": 1, "train.eval_every": 2,
-    "train.eval_num_images": 1, "train.tensorboard": "tensorboardx", "eval.max_images": 1, "sweep.nfe": "1",
-    "sweep.eta": "0"
+    "train.eval_num_images": 1, "train.tensorboard": "tensorboardx", "eval.max_images": 1,
+    "sweep.nfe": "1", "sweep.eta": "0"
 }
 
 
@@ -200,8 +200,10 @@ def test_gs_sample_folders_restore_like_local_ones(trained_workdir, tmp_path, mo
     bucket = tmp_path / "bucket_root" / "bucket" / "data"
     _tree(bucket, np.random.default_rng(1))
     local_in, local_out = str(bucket / "lq"), str(tmp_path / "out")
-    restore_files.run_restore_files(config(**{"sample.input_dir": local_in, "sample.output_dir": local_out,
-                                "sample.batch_size": 4}), trained_workdir)
+    restore_files.run_restore_files(
+        config(**{"sample.input_dir": local_in, "sample.output_dir": local_out,
+                  "sample.batch_size": 4}),
+        trained_workdir)
     with fake_gcs(str(tmp_path / "bucket_root"), monkeypatch):
         url_in, url_out = "gs://bucket/data/lq", "gs://bucket/restored"
         cfg = config(**{"sample.input_dir": url_in, "sample.output_dir": url_out,
@@ -223,7 +225,8 @@ def test_gs_sample_folders_restore_like_local_ones(trained_workdir, tmp_path, mo
             restore_files.check_folders(url_in, url_in + "/restored")
         with pytest.raises(ConfigError, match="is the input folder"):
             restore_files.check_folders(url_in, url_in + "/")
-        restore_files.check_folders(url_in, url_in + "2")  # a sibling whose name extends the input's
+        # a sibling whose name extends the input's
+        restore_files.check_folders(url_in, url_in + "2")
         with pytest.raises(ConfigError, match="sample.input_dir: folder not found"):
             restore_files.run_restore_files(config(**{"sample.input_dir": "gs://bucket/none",
                                                       "sample.output_dir": url_out}),

@@ -25,10 +25,11 @@ def _pair(seed: int, shape=(2, 8, 8, 3)):
     return x0, mu
 
 
-# ----------------------------------------------------------------------------- residual parameterisation
+# ------------------------------------------------------------------------ residual parameterisation
 
 def test_residual_conversions_agree_with_x0_and_pi_eps_forms():
-    with jax.enable_x64(True):  # the πε form divides by Θ_t ≈ 0.005 near t = T−1: compare in float64
+    # the πε form divides by Θ_t ≈ 0.005 near t = T−1: compare in float64
+    with jax.enable_x64(True):
         s = sde.make_schedule(dtype=jnp.float64)
         x0, mu = (jnp.asarray(a, jnp.float64) for a in _pair(0))
         eps = jnp.asarray(np.random.default_rng(1).standard_normal(x0.shape), jnp.float64)
@@ -46,7 +47,8 @@ def _check_conversions(s, x0, mu, eps):
         via_pi_eps = sde.predict_x0(s, pi_eps, x_t, mu, t, "pi_eps")
         np.testing.assert_allclose(via_residual, x0, atol=1e-6)
         np.testing.assert_allclose(via_residual, via_pi_eps, atol=1e-6)
-        np.testing.assert_allclose(sde.network_target(s, via_pi_eps, x_t, mu, t, "residual"), r, atol=1e-6)
+        np.testing.assert_allclose(sde.network_target(s, via_pi_eps, x_t, mu, t, "residual"), r,
+                                   atol=1e-6)
         np.testing.assert_array_equal(sde.network_target(s, x0, x_t, mu, t, "x0"), x0)
 
 
@@ -55,7 +57,8 @@ def test_residual_zero_output_keeps_mu_from_the_first_step():
     s = sde.make_schedule()
     _, mu = _pair(2)
     for steps in (1, 5, 10):
-        out = sde.sample(lambda x, m, t: jnp.zeros_like(x), s, mu, steps, None, parameterization="residual")
+        out = sde.sample(lambda x, m, t: jnp.zeros_like(x), s, mu, steps, None,
+                         parameterization="residual")
         np.testing.assert_array_equal(out, mu)
 
 
@@ -65,12 +68,14 @@ def test_known_pixels_are_projected_onto_mu(parameterization):
     s = sde.make_schedule()
     x0, mu = _pair(3)
     known = np.random.default_rng(4).uniform(size=mu.shape[:3] + (1,)) < 0.5
-    net = lambda x, m, t: jnp.tanh(3 * x + m) + 0.1 * t[:, None, None, None].astype(jnp.float32) / 100
-    out = sde.sample(net, s, mu, 10, jax.random.PRNGKey(0), eta=1.0, parameterization=parameterization,
-                     known=known)
+    net = lambda x, m, t: (jnp.tanh(3 * x + m)
+                           + 0.1 * t[:, None, None, None].astype(jnp.float32) / 100)
+    out = sde.sample(net, s, mu, 10, jax.random.PRNGKey(0), eta=1.0,
+                     parameterization=parameterization, known=known)
     kb = np.broadcast_to(known, mu.shape)
     np.testing.assert_array_equal(np.asarray(out)[kb], np.asarray(mu)[kb])
-    assert np.mean(np.asarray(out)[~kb] != np.asarray(mu)[~kb]) > 0.7  # some land on μ = ±1 by clipping
+    # some land on μ = ±1 by clipping
+    assert np.mean(np.asarray(out)[~kb] != np.asarray(mu)[~kb]) > 0.7
 
 
 # ----------------------------------------------------------------------------- conditioning
@@ -89,7 +94,8 @@ def test_fill_holes_keeps_known_pixels_and_interpolates_smoothly():
     err_white = np.abs(holed - ramp)[~known].mean()
     assert err_fill < 0.15 * err_white, (err_fill, err_white)  # far closer than the white fill
     const = np.full((1, h, w, 3), -0.25, np.float32)
-    np.testing.assert_allclose(conditioning.fill_holes(np.where(mask > 0, 1.0, const), mask), const, atol=1e-6)
+    np.testing.assert_allclose(conditioning.fill_holes(np.where(mask > 0, 1.0, const), mask), const,
+                               atol=1e-6)
 
 
 def test_condition_channels_and_mask_inference():
@@ -109,7 +115,8 @@ def test_condition_channels_and_mask_inference():
 
 
 def test_fill_condition_with_residual_output_starts_from_the_prefill():
-    """mu_mask_fill + residual: a zero network restores the pull-push pre-fill in the holes, μ elsewhere."""
+    """mu_mask_fill + residual: a zero network restores the pull-push pre-fill in the holes, μ
+    elsewhere."""
     from rdbm_jax.sampler import Sampler
     r = np.random.default_rng(3)
     mu = r.uniform(-1, 0.9, (1, 16, 24, 3)).astype(np.float32)
@@ -121,7 +128,8 @@ def test_fill_condition_with_residual_output_starts_from_the_prefill():
     fill = np.asarray(conditioning.fill_holes(mu, mask))
     for kind, param, expected in (("mu_mask_fill", "residual", fill), ("mu_mask", "residual", mu),
                                   ("mu_mask_fill", "x0", np.where(mask > 0, 0.0, mu))):
-        restorer = Sampler(zero_net, schedule, num_steps=3, multiple=8, parameterization=param, condition=kind)
+        restorer = Sampler(zero_net, schedule, num_steps=3, multiple=8, parameterization=param,
+                           condition=kind)
         out = restorer(None, mu, jax.random.PRNGKey(0), mask=mask)
         np.testing.assert_allclose(out, expected, atol=1e-6, err_msg=f"{kind} {param}")
 
@@ -134,9 +142,11 @@ def test_masked_metrics_match_scikit_image_on_the_region():
     b = np.clip(a + r.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
     m = np.zeros((40, 50), bool)
     m[10:30, 8:30] = True
-    assert abs(float(metrics.psnr_masked(a, b, m)) - peak_signal_noise_ratio(a[m], b[m], data_range=1)) < 1e-4
-    _, smap = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                    data_range=1, channel_axis=-1, full=True)
+    assert abs(float(metrics.psnr_masked(a, b, m))
+               - peak_signal_noise_ratio(a[m], b[m], data_range=1)) < 1e-4
+    _, smap = structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, data_range=1, channel_axis=-1,
+                                    full=True)
     assert abs(float(metrics.ssim_masked(a, b, m)) - smap[m].mean()) < 1e-5
     full = np.ones_like(m)  # the whole image: the plain metrics
     assert abs(float(metrics.psnr_masked(a, b, full)) - float(metrics.psnr(a, b))) < 1e-4
@@ -145,7 +155,7 @@ def test_masked_metrics_match_scikit_image_on_the_region():
         metrics.psnr_masked(a, b, m[:10])
 
 
-# ----------------------------------------------------------------------------- baselines and masks in data
+# ---------------------------------------------------------------------- baselines and masks in data
 
 def _photo(h=64, w=80):
     """A crop of a built-in training photo, in [0, 1]."""
@@ -157,7 +167,8 @@ def _photo(h=64, w=80):
 
 def test_inpaint_baseline_fills_holes_and_keeps_the_rest():
     x = _photo()
-    d = degradations.Degrader(source_spec(degradation="inpaint", mask_min_ratio=0.2, mask_max_ratio=0.3), "k")
+    d = degradations.Degrader(
+        source_spec(degradation="inpaint", mask_min_ratio=0.2, mask_max_ratio=0.3), "k")
     mu, mask = d.degrade(x, np.random.default_rng(0))
     assert 0.2 <= mask.mean() <= 0.3
     np.testing.assert_array_equal(mu[mask], 1.0)
@@ -169,7 +180,8 @@ def test_inpaint_baseline_fills_holes_and_keeps_the_rest():
             peak_signal_noise_ratio(x[mask], mu[mask], data_range=1) + 10
 
 
-@pytest.mark.parametrize("kind,params", [("noise", {"noise_sigma": 0.1}), ("gaussian_blur", {"blur_sigma": 1.5}),
+@pytest.mark.parametrize("kind,params", [("noise", {"noise_sigma": 0.1}),
+                                         ("gaussian_blur", {"blur_sigma": 1.5}),
                                          ("motion_blur", {"motion_length": 9})])
 def test_classical_baselines_beat_the_input_with_known_parameters(kind, params):
     x = _photo()
@@ -179,7 +191,8 @@ def test_classical_baselines_beat_the_input_with_known_parameters(kind, params):
     assert mask.all()
     known = {"noise_sigma": spec.noise_sigma, "kernel": d.kernel(np.random.default_rng([0, 5]))}
     out = baselines.restore(mu, kind, **known)
-    gain = peak_signal_noise_ratio(x, out, data_range=1) - peak_signal_noise_ratio(x, mu, data_range=1)
+    gain = (peak_signal_noise_ratio(x, out, data_range=1)
+            - peak_signal_noise_ratio(x, mu, data_range=1))
     assert gain > 1.0, gain
 
 
@@ -200,18 +213,19 @@ def test_sources_pass_the_mask_with_each_example():
     assert 0 < hole.mean() < 1
     np.testing.assert_array_equal(ex["mu"][hole], 1.0)  # the fill, in model range
     np.testing.assert_array_equal(ex["mu"][~hole], ex["x0"][~hole])
-    it = data.build_train_iterator(cfg.data, global_batch_size=2, seed=0, process_index=0, process_count=1)
+    it = data.build_train_iterator(cfg.data, global_batch_size=2, seed=0, process_index=0,
+                                   process_count=1)
     batch = next(it)
     assert batch["mask"].shape == batch["mu"].shape[:3] + (1,)
     hole = batch["mask"][..., 0] > 0
     np.testing.assert_array_equal(batch["mu"][hole], 1.0)
     np.testing.assert_array_equal(batch["mu"][~hole], batch["x0"][~hole])
     noisy = config(**{"data.tasks.main.train.degradation": "noise"})
-    assert np.all(next(data.build_train_iterator(noisy.data, global_batch_size=2, seed=0, process_index=0,
-                                                 process_count=1))["mask"] == 1)
+    assert np.all(next(data.build_train_iterator(noisy.data, global_batch_size=2, seed=0,
+                                                 process_index=0, process_count=1))["mask"] == 1)
 
 
-# ----------------------------------------------------------------------------- training, validation, eval, sample
+# --------------------------------------------------------------- training, validation, eval, sample
 
 def test_masked_loss_ignores_the_output_outside_the_mask():
     from rdbm_jax import program
@@ -253,7 +267,8 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     assert last["val/psnr_kept"] == scoring.KEPT_CAP  # known pixels come back exactly
     assert last["val/psnr_baseline"] > last["val/psnr_input"] + 5
     line = [r.getMessage() for r in caplog.records if " val main " in r.getMessage()][0]
-    assert "baseline: biharmonic (true mask)" in line and "| baseline " in line and "| input " in line
+    assert ("baseline: biharmonic (true mask)" in line and "| baseline " in line
+            and "| input " in line)
     rows = [r for r in read_metrics(workdir) if "val/psnr_baseline" in r]
     assert rows and rows[-1]["val/psnr_masked_baseline"] == last["val/psnr_masked_baseline"]
     grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_2.png")))
@@ -284,11 +299,14 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     keep = ex["mask"][..., 0] == 0
     for masks in ("", str(mask_dir)):
         out_dir = tmp_path / f"out{len(masks)}"
-        cfg.sample.input_dir, cfg.sample.output_dir, cfg.sample.mask_dir = str(in_dir), str(out_dir), masks
+        cfg.sample.input_dir = str(in_dir)
+        cfg.sample.output_dir = str(out_dir)
+        cfg.sample.mask_dir = masks
         assert run_restore_files(cfg, workdir)["restored"] == 1
         restored = np.asarray(Image.open(out_dir / "a.png"), np.float32) / 127.5 - 1
         np.testing.assert_allclose(restored[keep], ex["mu"][keep], atol=1 / 127.5 + 1e-6)
-    # b.png (another size: its own batch, after a.png's) has no mask: refused before a.png is written
+    # b.png (another size: its own batch, after a.png's) has no mask: refused before a.png
+    # is written
     data.save_image(str(in_dir / "b.png"), ex["mu"][:, :-8])
     cfg.sample.output_dir, cfg.sample.mask_dir = str(tmp_path / "out_bad"), str(mask_dir)
     with pytest.raises(DataError, match="b.png.*sample.mask_dir"):

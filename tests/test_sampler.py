@@ -59,7 +59,8 @@ def test_tiled_denoiser_equals_untiled_for_local_network():
     mu = jnp.asarray(rng.normal(size=(2, 48, 80, 3)), jnp.float32)
     t = jnp.array([5, 7])
     full = local_apply(0.3, x, mu, t)
-    fn = tiled(lambda a, b, c: local_apply(0.3, a, b, c), 48, 80, tile=32, overlap=8)  # radius 1 ≤ 8/4
+    # radius 1 ≤ 8/4
+    fn = tiled(lambda a, b, c: local_apply(0.3, a, b, c), 48, 80, tile=32, overlap=8)
     np.testing.assert_allclose(fn(x, mu, t), full, atol=1e-5)
 
 
@@ -75,8 +76,10 @@ def test_tiling_with_too_little_overlap_differs():
     """The exactness above is not vacuous: overlap/4 smaller than the receptive field breaks it."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(1, 48, 48, 3)), jnp.float32)
-    fn = tiled(lambda a, b, c: local_apply(0.3, a, b, c), 48, 48, tile=32, overlap=2)  # margin 0 < 1
-    assert float(jnp.abs(fn(x, x, jnp.array([3])) - local_apply(0.3, x, x, jnp.array([3]))).max()) > 1e-3
+    # margin 0 < 1
+    fn = tiled(lambda a, b, c: local_apply(0.3, a, b, c), 48, 48, tile=32, overlap=2)
+    assert float(jnp.abs(fn(x, x, jnp.array([3]))
+                         - local_apply(0.3, x, x, jnp.array([3]))).max()) > 1e-3
 
 
 def test_tile_size_must_be_multiple_of_downsampling():

@@ -1,4 +1,5 @@
-"""Bridge schedules, marginals and posteriors (rdbm_jax.schedules / rdbm_jax.sde) against the spec."""
+"""Bridge schedules, marginals and posteriors (rdbm_jax.schedules / rdbm_jax.sde) against the
+spec."""
 from __future__ import annotations
 
 import math
@@ -96,16 +97,19 @@ def test_schedule_is_a_pytree_with_static_metadata():
     assert {p: sde.make_schedule(preset=p).default_pi for p in sde.PRESETS} == {
         "rdbm": "residual", "goub": "one", "brownian": "one", "irsde": "one", "flow": "zero"}
     # jit sees the schedule as an argument with static metadata
-    f = jax.jit(lambda sch: sch.Theta[sch.num_timesteps - 1] + (1.0 if sch.preset == "goub" else 0.0))
+    f = jax.jit(lambda sch: (sch.Theta[sch.num_timesteps - 1]
+                             + (1.0 if sch.preset == "goub" else 0.0)))
     assert float(f(s)) == 1.0
 
 
 def test_timestep_pairs_golden():
-    assert sde.timestep_pairs(100, 10).tolist() == [
-        [99, 89], [89, 79], [79, 69], [69, 59], [59, 49], [49, 39], [39, 29], [29, 19], [19, 9], [9, -1]]
+    assert sde.timestep_pairs(100, 10).tolist() == [[99, 89], [89, 79], [79, 69], [69, 59],
+                                                    [59, 49], [49, 39], [39, 29], [29, 19], [19, 9],
+                                                    [9, -1]]
     assert sde.timestep_pairs(100, 1).tolist() == [[99, -1]]
     full = sde.timestep_pairs(100, 100)
-    assert full[:, 0].tolist() == list(range(99, -1, -1)) and full[:, 1].tolist() == list(range(98, -2, -1))
+    assert (full[:, 0].tolist() == list(range(99, -1, -1))
+            and full[:, 1].tolist() == list(range(98, -2, -1)))
     assert sde.timestep_pairs(100, 3).tolist() == [[99, 65], [65, 32], [32, -1]]  # int() truncation
     for T, S in [(100, 7), (1000, 13), (2, 2), (37, 5)]:
         p = sde.timestep_pairs(T, S)
@@ -126,7 +130,8 @@ def test_presets_match_their_closed_forms(x64):
     bc = lambda v: v[:, None, None, None]
 
     def check(preset, big, var, pi, **kw):
-        s = sde.make_schedule(T, kw.get("schedule", "cosine"), kw.get("lam", lam), preset, dtype=jnp.float64)
+        s = sde.make_schedule(T, kw.get("schedule", "cosine"), kw.get("lam", lam), preset,
+                              dtype=jnp.float64)
         np.testing.assert_allclose(s.Theta, big, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(np.asarray(s.Sigma) ** 2, var, rtol=1e-10, atol=1e-15)
         got = sde.q_sample(s, x0, mu, t, eps)  # the preset's default π
@@ -161,10 +166,11 @@ def test_pi_modes(x64):
     t = np.full(x0.shape[0], 50)
     base = mu + float(s.Theta[50]) * (x0 - mu)
     for mode, pi in [("residual", x0 - mu), ("abs", np.abs(x0 - mu)), ("one", 1.0), ("zero", 0.0)]:
-        np.testing.assert_allclose(sde.q_sample(s, x0, mu, t, eps, pi=mode), base + float(s.Sigma[50]) * pi,
-                                   atol=1e-14)
+        np.testing.assert_allclose(sde.q_sample(s, x0, mu, t, eps, pi=mode),
+                                   base + float(s.Sigma[50]) * pi, atol=1e-14)
     # "" and None select the preset default (residual for rdbm)
-    np.testing.assert_array_equal(sde.q_sample(s, x0, mu, t, eps, pi=""), sde.q_sample(s, x0, mu, t, eps))
+    np.testing.assert_array_equal(sde.q_sample(s, x0, mu, t, eps, pi=""),
+                                  sde.q_sample(s, x0, mu, t, eps))
 
 
 def test_zero_residual_marginal_is_exactly_mu():
@@ -187,19 +193,23 @@ def test_zero_residual_marginal_is_exactly_mu():
 # ----------------------------------------------------------------------------- SDE simulation
 
 def _unit_grid(theta: np.ndarray, t_end: int, du: float, k_min: int) -> np.ndarray:
-    """Continuous times 0..t_end; unit interval [i, i+1) cut into max(k_min, ⌈θ_i/du⌉) Euler steps."""
-    parts = [i + np.arange(k) / k for i in range(t_end) for k in [max(k_min, math.ceil(theta[i] / du))]]
+    """Continuous times 0..t_end; unit interval [i, i+1) cut into max(k_min, ⌈θ_i/du⌉) Euler
+    steps."""
+    parts = [
+        i + np.arange(k) / k for i in range(t_end) for k in [max(k_min, math.ceil(theta[i] / du))]
+    ]
     return np.concatenate(parts + [np.array([float(t_end)])])
 
 
 def test_euler_maruyama_reproduces_the_closed_form():
-    """Eq. 10 (h-transformed bridge) and Eq. 9 (IR-SDE) simulated from x0 to index t ↔ time τ = t + 1.
+    """Eq. 10 (h-transformed bridge) and Eq. 9 (IR-SDE) simulated from x0 to index t ↔
+    time τ = t + 1.
 
-    θ is piecewise constant (θ_i on [i, i+1)), θ̄_{0:τ} = Σ_{j<i} θ_j + θ_i (τ − i). Rows: RDBM on the
-    cosine profile (π = x0 − μ); IR-SDE on the cosine profile; GOUB on the constant profile, where
-    coth(θ̄_{τ:T}) ranges over 1.4 … 3.4 so the h-transform drift matters (on the cosine profile
-    coth ≈ 1 until the last few indices). Weak Euler bias ≤ 0.25% here; Monte Carlo s.e. of a
-    variance with 2^18 paths is 0.28%.
+    θ is piecewise constant (θ_i on [i, i+1)), θ̄_{0:τ} = Σ_{j<i} θ_j + θ_i (τ − i). Rows: RDBM on
+    the cosine profile (π = x0 − μ); IR-SDE on the cosine profile; GOUB on the constant profile,
+    where coth(θ̄_{τ:T}) ranges over 1.4 … 3.4 so the h-transform drift matters (on the cosine
+    profile coth ≈ 1 until the last few indices). Weak Euler bias ≤ 0.25% here; Monte Carlo s.e. of
+    a variance with 2^18 paths is 0.28%.
     """
     T, lam, n = 100, 10 / 255, 2 ** 18
     x0, mu = 0.5, -0.3
@@ -258,7 +268,8 @@ def test_chapman_kolmogorov(x64, preset):
 
 
 def _base_covariance(preset: str, theta: np.ndarray, lam: float, times: np.ndarray):
-    """Mean factor and covariance of the un-bridged base process at continuous times (π = 1, y0 = 1)."""
+    """Mean factor and covariance of the un-bridged base process at continuous times
+    (π = 1, y0 = 1)."""
     bar = np.concatenate([[0.0], np.cumsum(theta)])[times]
     lo, hi = np.minimum.outer(bar, bar), np.maximum.outer(bar, bar)
     if preset == "brownian":  # Brownian motion with g² = 2λθ: Cov = σ²(min)
@@ -277,7 +288,8 @@ def _condition(mean, cov, idx, values):
 
 @pytest.mark.parametrize("preset", ["rdbm", "goub", "brownian", "irsde"])
 def test_posterior_equals_direct_gaussian_conditioning(x64, preset):
-    """Build (x_s, x_t) from the base process (+ Doob conditioning on x_T = μ) and condition on x_t."""
+    """Build (x_s, x_t) from the base process (+ Doob conditioning on x_T = μ) and condition on
+    x_t."""
     lam = 10 / 255
     s = sde.make_schedule(preset=preset, lam=lam, dtype=jnp.float64)
     th = np.asarray(s.theta)
@@ -342,12 +354,14 @@ def test_posterior_at_the_singular_step(x64):
     (lambda: sde.timestep_pairs(100, 101), "num_steps"),
     (lambda: sde.timestep_pairs(100, 0), "num_steps"),
     (lambda: sde.timestep_pairs(100, 2.5), "num_steps"),
-    (lambda: sde.q_sample(sde.make_schedule(), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2, int), jnp.zeros(2),
-                          pi="half"), "pi"),
+    (lambda: sde.q_sample(sde.make_schedule(), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2, int),
+                          jnp.zeros(2), pi="half"), "pi"),
     (lambda: sde.pi_values("ones", jnp.zeros(2), jnp.zeros(2)), "pi"),
-    (lambda: sde.predict_x0(sde.make_schedule(), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), 3, "eps"),
+    (lambda: sde.predict_x0(sde.make_schedule(), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), 3,
+                            "eps"),
      "parameterization"),
-    (lambda: sde.training_target(sde.make_schedule(), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), "v"),
+    (lambda: sde.training_target(sde.make_schedule(), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2),
+                                 "v"),
      "parameterization"),
 ])
 def test_bad_arguments_name_the_argument(call, name):

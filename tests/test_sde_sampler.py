@@ -1,4 +1,5 @@
-"""Reverse kernels and the compiled sampler of rdbm_jax.sde: oracles, RDBM property, η-family, transforms."""
+"""Reverse kernels and the compiled sampler of rdbm_jax.sde: oracles, RDBM property, η-family,
+transforms."""
 from __future__ import annotations
 
 import functools
@@ -40,7 +41,8 @@ def _pair(seed: int, shape=SHAPE, dtype=jnp.float32, zero_frac: float = 0.3):
 
 
 def _oracle(schedule, x0, parameterization):
-    """A denoiser that knows x0: returns x0, or the πε consistent with x_t and x0 (sde convention)."""
+    """A denoiser that knows x0: returns x0, or the πε consistent with x_t and x0 (sde
+    convention)."""
     if parameterization == "x0":
         return lambda x_t, mu, t: x0
     if parameterization == "residual":
@@ -64,8 +66,8 @@ def _random_denoiser(seed: int):
 @functools.partial(jax.jit, static_argnames=("num_steps", "parameterization", "eta"))
 def _run_oracle(schedule, mu, x0, rng, num_steps, parameterization, eta=0.0):
     """The compiled sampler with the oracle denoiser, returning (x̂0, trajectory)."""
-    return sde.sample(_oracle(schedule, x0, parameterization), schedule, mu, num_steps, rng, eta=eta,
-                      parameterization=parameterization, return_trajectory=True)
+    return sde.sample(_oracle(schedule, x0, parameterization), schedule, mu, num_steps, rng,
+                      eta=eta, parameterization=parameterization, return_trajectory=True)
 
 
 @pytest.mark.parametrize("preset", ["rdbm", "goub", "brownian", "flow"])
@@ -98,7 +100,8 @@ def test_oracle_sampler_irsde_lands_on_x0(parameterization):
 
 
 def _both_forms(schedule, x_in, mu, x0_hat, t, t_next):
-    """Eq. 19 in x0 form (reverse_step, η = 0) and in πε form, one pair per leading index (vmapped)."""
+    """Eq. 19 in x0 form (reverse_step, η = 0) and in πε form, one pair per leading index
+    (vmapped)."""
     def one(x, tt, tn):
         n_hat = sde.pi_eps_from_x0(schedule, x, mu, x0_hat, tt)
         return (sde.reverse_step(schedule, x, mu, x0_hat, tt, tn),
@@ -110,7 +113,8 @@ _both_forms_jit = jax.jit(_both_forms)
 
 
 def test_x0_form_and_pi_eps_form_steps_agree(x64):
-    """Both forms of Eq. 19 agree for arbitrary (x_t, x̂0), not only on-path, and match the spec's formula."""
+    """Both forms of Eq. 19 agree for arbitrary (x_t, x̂0), not only on-path, and match the spec's
+    formula."""
     r = np.random.default_rng(2)
     x_t, x0_hat, mu = (r.uniform(-1, 1, SHAPE) for _ in range(3))
     pairs = np.concatenate([sde.timestep_pairs(100, 10), sde.timestep_pairs(100, 100)[::7]])
@@ -146,7 +150,8 @@ def test_deterministic_step_maps_noisy_states_exactly(x64):
     a, b, n_hat = _both_forms_jit(s, x_t, mu, x0, t, t_next)
     np.testing.assert_allclose(a, want, atol=1e-12)
     np.testing.assert_allclose(b, want, atol=1e-12)
-    np.testing.assert_allclose(n_hat, np.broadcast_to((x0 - mu) * eps, n_hat.shape), atol=1e-12)  # π ⊙ ε
+    np.testing.assert_allclose(n_hat, np.broadcast_to((x0 - mu) * eps, n_hat.shape),
+                               atol=1e-12)  # π ⊙ ε
 
 
 def test_parameterisation_round_trips(x64):
@@ -206,8 +211,10 @@ def _mc_close(samples, mean, var, sigmas: float = 5.0):
     """Empirical mean/var of samples [N, ...] agree with (mean, var) within Monte Carlo error."""
     n = samples.shape[0]
     emp_m, emp_v = samples.mean(0), samples.var(0)
-    assert np.all(np.abs(emp_m - mean) <= sigmas * np.sqrt(var / n) + 1e-6), np.abs(emp_m - mean).max()
-    assert np.all(np.abs(emp_v - var) <= sigmas * np.sqrt(2 / n) * var + 1e-9), np.abs(emp_v / var - 1).max()
+    assert np.all(np.abs(emp_m - mean) <= sigmas * np.sqrt(var / n) + 1e-6), (
+        np.abs(emp_m - mean).max())
+    assert np.all(np.abs(emp_v - var) <= sigmas * np.sqrt(2 / n) * var + 1e-9), (
+        np.abs(emp_v / var - 1).max())
 
 
 @pytest.mark.parametrize("preset", ["rdbm", "goub", "irsde"])
@@ -217,7 +224,8 @@ def test_eta_one_step_samples_the_posterior(preset):
     x0 = jnp.asarray([0.6, -0.4, 0.1, 0.9])
     mu = jnp.asarray([-0.2, -0.4, 0.5, 0.3])
     x_t = mu + jnp.asarray([0.1, 0.0, -0.05, 0.2])
-    step = jax.jit(lambda z, x_in, t, t_next: sde.reverse_step(s, x_in, mu, x0, t, t_next, eta=1.0, noise=z))
+    step = jax.jit(
+        lambda z, x_in, t, t_next: sde.reverse_step(s, x_in, mu, x0, t, t_next, eta=1.0, noise=z))
     z = jnp.asarray(np.random.default_rng(0).standard_normal((n, 4)), jnp.float32)
     for t, t_next in [(59, 49), (89, 79), (9, 0), (99, 89)]:
         x_in = x_t if (t < 99 or preset == "irsde") else mu
@@ -236,14 +244,15 @@ def test_eta_one_step_samples_the_posterior(preset):
 
 
 def test_eta_family_preserves_the_marginal():
-    """With the true x0, x_t ~ q(x_t | x0) is mapped onto q(x_s | x0) for every η (DDIM property)."""
+    """With the true x0, x_t ~ q(x_t | x0) is mapped onto q(x_s | x0) for every η (DDIM
+    property)."""
     s = sde.make_schedule()
     n = 100_000
     x0, mu = jnp.asarray([0.7, 0.2]), jnp.asarray([-0.1, -0.5])
     r = np.random.default_rng(1)
     eps, z = (jnp.asarray(r.standard_normal((n, 2)), jnp.float32) for _ in range(2))
-    step = jax.jit(lambda eta, t, t_next: sde.reverse_step(s, sde.q_sample(s, x0, mu, t, eps), mu, x0, t,
-                                                           t_next, eta=eta, noise=z))
+    step = jax.jit(lambda eta, t, t_next: sde.reverse_step(s, sde.q_sample(s, x0, mu, t, eps), mu,
+                                                           x0, t, t_next, eta=eta, noise=z))
     for eta in (0.0, 0.5, 1.0):
         for t, t_next in [(79, 59), (40, 5)]:
             x_s = np.asarray(step(eta, t, t_next), np.float64)
@@ -267,7 +276,8 @@ def test_stochastic_sampler_with_oracle_has_the_forward_marginals():
 # ----------------------------------------------------------------------------- transformations
 
 def _linear_denoiser(w):
-    return lambda x_t, mu, t: w * x_t + (1 - w) * mu + 0.01 * t.astype(x_t.dtype)[:, None, None, None]
+    return lambda x_t, mu, t: (w * x_t + (1 - w) * mu
+                               + 0.01 * t.astype(x_t.dtype)[:, None, None, None])
 
 
 def test_jit_vmap_and_grad():
@@ -280,7 +290,8 @@ def test_jit_vmap_and_grad():
     stacked = lambda a: jnp.stack([a, a[::-1]])
     vm = jax.vmap(sde.q_sample, in_axes=(None, 0, 0, 0, 0))(s, *map(stacked, (x0, mu, t, eps)))
     np.testing.assert_allclose(vm[0], plain, atol=1e-7)
-    np.testing.assert_allclose(vm[1], sde.q_sample(s, x0[::-1], mu[::-1], t[::-1], eps[::-1]), atol=1e-7)
+    np.testing.assert_allclose(vm[1], sde.q_sample(s, x0[::-1], mu[::-1], t[::-1], eps[::-1]),
+                               atol=1e-7)
     # ∂/∂x0 Σ q_sample = Θ_t + Σ_t ε (π = x0 − μ)
     g = jax.grad(lambda a: sde.q_sample(s, a, mu, t, eps).sum())(x0)
     bc = lambda v: v[:, None, None, None]
@@ -296,7 +307,8 @@ def test_jit_vmap_and_grad():
         np.testing.assert_allclose(vm[0], plain, atol=1e-6)
         np.testing.assert_allclose(vm[1], jitted(mu[::-1], key), atol=1e-6)
         if not kw:  # the schedule itself may be a traced argument (its metadata stays static)
-            traced = jax.jit(lambda sch, m, k: sde.sample(_random_denoiser(1), sch, m, 10, k))(s, mu, key)
+            traced = jax.jit(
+                lambda sch, m, k: sde.sample(_random_denoiser(1), sch, m, 10, k))(s, mu, key)
             np.testing.assert_allclose(traced, plain, atol=1e-6)
 
 
@@ -307,8 +319,9 @@ def test_grad_through_the_sampler_matches_finite_differences(x64, parameterizati
     key = _key(0)
 
     def loss(w, m):
-        out = sde.sample(_linear_denoiser(w), s, m, 10, key, eta=0.5 if parameterization == "x0" else 0.0,
-                         clip=False, parameterization=parameterization)
+        out = sde.sample(_linear_denoiser(w), s, m, 10, key,
+                         eta=0.5 if parameterization == "x0" else 0.0, clip=False,
+                         parameterization=parameterization)
         return jnp.sum((out - x0) ** 2)
 
     w = 0.3
@@ -316,7 +329,8 @@ def test_grad_through_the_sampler_matches_finite_differences(x64, parameterizati
     assert np.isfinite(float(gw)) and np.all(np.isfinite(gm))
     loss_j = jax.jit(loss)
     h = 1e-6
-    np.testing.assert_allclose(float(gw), (loss_j(w + h, mu) - loss_j(w - h, mu)) / (2 * h), rtol=1e-5)
+    np.testing.assert_allclose(float(gw), (loss_j(w + h, mu) - loss_j(w - h, mu)) / (2 * h),
+                               rtol=1e-5)
     d = np.random.default_rng(1).standard_normal(SHAPE)
     fd = (loss_j(w, mu + h * d) - loss_j(w, mu - h * d)) / (2 * h)
     np.testing.assert_allclose(float(jnp.sum(gm * d)), float(fd), rtol=1e-5)
@@ -347,11 +361,12 @@ _PMAP_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.integration  # a second process with 8 host devices
 def test_pmap_on_eight_host_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", _PMAP_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run([sys.executable, "-c", _PMAP_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
     assert res.returncode == 0 and "PMAP_OK" in res.stdout, res.stderr[-3000:]
 
 

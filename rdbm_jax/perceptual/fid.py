@@ -62,7 +62,9 @@ class RunningStats:
         centred = f - mean_b
         scatter_b = centred.T @ centred
         if self.mean is None:
-            self.n, self.mean, self.scatter = b, mean_b, scatter_b
+            self.n = b
+            self.mean = mean_b
+            self.scatter = scatter_b
             return
         delta = mean_b - self.mean
         total = self.n + b
