@@ -12,8 +12,9 @@ objective is refused by the config guard (its target is identically 0) and liste
 
 Options beyond the paper's grid (issue 19): --sigma-data (precond's ρ per task; "auto" measures the
 rms of x0 − μ per task on 100 training batches, inside the mask with a mask condition), --condition,
---first-step-eta (a first step onto the forward marginal), --eta, --lam; a cell's directory names every
-option training reads that differs from the default (sampling-only options reuse trained cells).
+--first-step-eta (a first step onto the forward marginal), --eta, --lam, --t-sampling (the training
+draw of t); a cell's directory names every option training reads that differs from the default
+(sampling-only options reuse trained cells).
 
 Uses the real training program (rdbm_jax.train.train_and_evaluate) and the real sweep
 (rdbm_jax.sweep.run_sweep): one workdir per (π, objective, seed) under --out-dir/runs, so an
@@ -65,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.0, help="η of every sampling step (sweep.eta)")
     p.add_argument("--runs-dir", default="", help="the cells' workdirs (default <out-dir>/runs): "
                    "sampling-only options (--eta, --first-step-eta) reuse trained cells from here")
+    p.add_argument("--t-sampling", default="uniform",
+                   help="train.t_sampling (uniform | weighted: p(t) ∝ (t + 1)^(−1/2))")
     p.add_argument("--lam", type=float, default=None, help="bridge.lam (default 10/255)")
     return p
 
@@ -94,6 +97,8 @@ def cell_name(pi: str, objective: str, seed: int, args: argparse.Namespace) -> s
         extra.append(args.condition)
     if args.lam is not None:
         extra.append(f"lam{args.lam:g}")
+    if args.t_sampling != "uniform":
+        extra.append(f"t{args.t_sampling}")
     if objective == "precond" and args.sigma_data != "auto":
         extra.append("rho" + args.sigma_data.replace("=", "").replace(",", "_"))
     return "_".join([pi, objective] + extra + [f"s{seed}"])
@@ -140,6 +145,7 @@ def apply_options(c: ml_collections.ConfigDict, args: argparse.Namespace, sigma_
     c.sweep.eta = f"{args.eta:g}"
     if args.lam is not None:
         c.bridge.lam = args.lam
+    c.train.t_sampling = args.t_sampling
     c.bridge.sigma_data = sigma_data
 
 

@@ -14,15 +14,17 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict(dict(
-        # Each task: a training and an evaluation source, or several named ones of each (a ConfigDict
-        # name → source; named test sets are scored one by one). Keys: rdbm_jax/data/spec.py.
+        # Each task: a training and an evaluation source, or several named ones of each (a
+        # ConfigDict name → source; named test sets are scored one by one). Keys:
+        # rdbm_jax/data/spec.py.
         tasks=ml_collections.ConfigDict(dict(
             main=task_spec(train=source_spec(kind="builtin", split="train", degradation="inpaint"),
                            eval=source_spec(kind="builtin", split="val", degradation="inpaint")),
         )),
         root="",                 # relative source folders are taken relative to this folder
-        train_mix="size",        # size | equal: a task with several training sources draws from them
-                                 # in proportion to their sizes, or equally; tasks always weigh equally
+        train_mix="size",        # size | equal: a task with several training sources draws from
+                                 # them in proportion to their sizes, or equally; tasks always weigh
+                                 # equally
         crop_size=256,           # training random crop (padded first if an image is smaller)
         flip="both",             # training flips: none | horizontal | both (+ vertical). The paper
                                  # names none (256² crops only), DGSolver uses none; the demo's
@@ -31,9 +33,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                                  # most 32) when a GPU/TPU runs the step and a source reads files
         prefetch_buffer=2,       # batches prefetched per worker
         crops_per_image=1,       # training crops cut from each decoded image (must divide the
-                                 # per-task batch): k > 1 divides decoding per crop by k, but a batch
-                                 # then holds B/k distinct images, k crops each (correlated), and
-                                 # an epoch (each image decoded once) yields k crops per image
+                                 # per-task batch): k > 1 divides decoding per crop by k, but a
+                                 # batch then holds B/k distinct images, k crops each (correlated),
+                                 # and an epoch (each image decoded once) yields k crops per image
         decode_cache_mib=0,      # keep decoded training images in RAM, up to this many MiB per
                                  # worker process (filled in reading order, never evicted); 0 = off
         skip_bad_files=False,    # True: skip and count unreadable files instead of stopping
@@ -47,8 +49,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         param_dtype="float32",   # weights the network computes with: float32 | bfloat16 (a rounded
                                  # copy; parameters, EMA and Adam moments always train in float32)
         attention=True,          # self-attention at the lowest resolutions
-        condition="mu",          # mu (paper) | mu_mask | mu_mask_fill: also the degradation mask (+ a
-                                 # smooth pre-fill of the holes); x̂0 = μ outside the mask (conditioning.py)
+        condition="mu",          # mu (paper) | mu_mask | mu_mask_fill: also the degradation mask (+
+                                 # a smooth pre-fill of the holes); x̂0 = μ outside the mask
+                                 # (conditioning.py)
         attention_impl="xla",    # xla | cudnn (fused attention: GPU, dtype bfloat16/float16 only)
         dropout=0.0,
         remat=False,             # rematerialise residual blocks (saves memory, costs compute)
@@ -59,13 +62,16 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         num_timesteps=100,       # T
         theta_schedule="cosine", # cosine | linear | sigmoid | constant
         lam=10 / 255,            # λ = σ²/(2θ), the stationary variance (paper: 10/255); native: the
-                                 # peer's N (GOUB lambda_square / IR-SDE max_sigma), read as (N/255)²
+                                 # peer's N (GOUB lambda_square / IR-SDE max_sigma), read as
+                                 # (N/255)²
         pi="",                   # residual | abs | one | zero, or "" = the preset's own π
-        parameterization="x0",   # x0 (released code) | pi_eps (paper) | residual (x̂0 = μ + output) |
-                                 # precond (x̂0 = μ + c_skip (x_t − μ) + c_out F; docs/preconditioning.md)
+        parameterization="x0",   # x0 (released code) | pi_eps (paper) | residual (x̂0 = μ + output)
+                                 # | precond (x̂0 = μ + c_skip (x_t − μ) + c_out F;
+                                 # docs/preconditioning.md)
         sigma_data="0.5",        # precond's ρ, the prior rms of x0 − μ: one value, or per task
                                  # "inpaint=1.34,noise=0.18"; with a mask condition, inside the mask
-        discretization="rdbm",   # rdbm | native (goub/irsde: their own repositories' schedules and λ)
+        discretization="rdbm",   # rdbm | native (goub/irsde: the schedules and λ of their own
+                                 # repositories)
     ))
 
     c.optim = ml_collections.ConfigDict(dict(
@@ -79,31 +85,36 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         min_lr_ratio=0.0,
         grad_clip=0.0,           # global-norm clipping; 0 = off
         ema_decay=0.999,
-        ema_warmup="none",       # none (ema_decay from step 1) | ema_pytorch (DGSolver: copy for 100
-                                 # steps, then min(ema_decay, 1 − (1 + k)^(−2/3)))
+        ema_warmup="none",       # none (ema_decay from step 1) | ema_pytorch (DGSolver: copy for
+                                 # 100 steps, then min(ema_decay, 1 − (1 + k)^(−2/3)))
     ))
 
     c.train = ml_collections.ConfigDict(dict(
         num_steps=500_000,
         batch_size=20,           # global batch, split over devices (and equally over tasks)
         loss="l1",               # l1 | l2
+        t_sampling="uniform",    # uniform | weighted: draw of t; weighted: p(t) ∝ (t + 1)^(−1/2),
+                                 # loss not reweighted (program.t_log_weights says why)
         log_every=100,
         eval_every=5_000,
-        eval_num_images=8,       # validation images per test set at each periodic evaluation (0 = all)
+        eval_num_images=8,       # validation images per test set at each periodic evaluation
+                                 # (0 = all)
         checkpoint_every=5_000,
         max_to_keep=3,
         steps_per_dispatch=1,    # >1: several steps per compiled call (lax.scan)
         compilation_cache_dir="auto",  # persistent XLA cache of every mode and the API: "auto" =
                                  # $JAX_COMPILATION_CACHE_DIR, else ~/.cache/rdbm_jax/xla (per user,
                                  # $XDG_CACHE_HOME honoured); a folder (gs:// too); "" = off
-        tensorboard="tensorboardx",  # event files in <workdir>/tensorboard: tensorboardx | clu (TensorFlow) | none
+        tensorboard="tensorboardx",  # event files in <workdir>/tensorboard: tensorboardx | clu
+                                 # (TensorFlow) | none
     ))
 
     c.sample = ml_collections.ConfigDict(dict(
         num_steps=10,            # NFE (paper's best: 10)
         eta=0.0,                 # 0 = deterministic Eq. 19; 1 = posterior sampling
-        first_step_eta=0.0,      # η of the first step only (max with eta); 1 = land it on the forward
-                                 # marginal (the η = 0 first step from x_{T−1} = μ is noise-free)
+        first_step_eta=0.0,      # η of the first step only (max with eta); 1 = land it on the
+                                 # forward marginal (the η = 0 first step from x_{T−1} = μ is
+                                 # noise-free)
         clip=True,               # clip x̂0 to [-1, 1] at each step
         batch_size=4,
         use_ema=True,
@@ -128,16 +139,18 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         crop_border=0,
         quantize="round",        # round | truncate | none: uint8 levels before scoring; truncate =
                                  # DGSolver's x*255 cast to uint8
-        ssim_window="gaussian",  # gaussian (σ 1.5, population cov.) | uniform (skimage default: 7×7,
-                                 # sample covariance, as DGSolver)
+        ssim_window="gaussian",  # gaussian (σ 1.5, population cov.) | uniform (skimage default:
+                                 # 7×7, sample covariance, as DGSolver)
         max_images=0,            # per test set; 0 = all
-        per_step=False,          # per-step diagnostic (rdbm_jax/diagnostic.py): x̂0 PSNR per t of the
-                                 # sampling grid beside the skip estimate and inversion; validation →
-                                 # metrics.jsonl val/per_step/*, --mode=eval → eval/per_step.json/.png
+        per_step=False,          # per-step diagnostic (rdbm_jax/diagnostic.py): x̂0 PSNR per t of
+                                 # the sampling grid beside the skip estimate and inversion;
+                                 # validation → metrics.jsonl val/per_step/*, --mode=eval →
+                                 # eval/per_step.json/.png
         num_grid_images=4,
         lpips_weights="",        # local .npz from `python -m rdbm_jax.perceptual.convert lpips …`
         lpips_net="alex",        # alex | vgg
-        fid_weights="",          # local .npz from `python -m rdbm_jax.perceptual.convert inception …`
+        fid_weights="",          # local .npz from `python -m rdbm_jax.perceptual.convert inception
+                                 # …`
         fid_ref_stats="",        # precomputed reference statistics (.npz) for FID
     ))
 

@@ -28,6 +28,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "optim.schedule": train_state.LR_SCHEDULES,
         "optim.ema_warmup": train_state.EMA_WARMUPS,
         "train.loss": program.LOSSES,
+        "train.t_sampling": program.T_SAMPLINGS,
         "train.tensorboard": writers.WRITERS,
         "data.flip": data_spec.FLIPS,
         "data.train_mix": data_spec.TRAIN_MIXES,

@@ -32,6 +32,9 @@ log = logging.getLogger("rdbm_jax")
 Params = Any  # a Flax parameter pytree: nested dicts of arrays (or of ShapeDtypeStructs)
 
 LOSSES = ("l1", "l2")  # train.loss
+# train.t_sampling: how the training step draws t. "uniform": t ~ U{0, …, T−1} (the paper's and the
+# released code's draw). "weighted": p(t) ∝ (t + 1)^(−1/2) (`t_log_weights`), more draws at small t.
+T_SAMPLINGS = ("uniform", "weighted")
 
 # Keys of `network_spec` that may differ from the checkpoint's: they change how the same weights
 # are computed (compute dtype, attention kernel, rematerialisation, dropout, off at inference), not
@@ -44,7 +47,8 @@ INFERENCE_ONLY = ("model.dtype", "model.param_dtype", "model.attention_impl", "m
 
 
 def sigma_data_values(text: str, tasks: list[str]) -> dict[str, float]:
-    """ρ per task from bridge.sigma_data: "0.5" (every task) or "inpaint=1.34,noise=0.18" (each task)."""
+    """ρ per task from bridge.sigma_data: "0.5" (every task) or "inpaint=1.34,noise=0.18" (each
+    task)."""
     raw = str(text).strip()
     try:
         if "=" not in raw:
@@ -53,15 +57,45 @@ def sigma_data_values(text: str, tasks: list[str]) -> dict[str, float]:
             pairs = [item.split("=") for item in raw.split(",") if item.strip()]
             values = {name.strip(): float(v) for name, v in pairs}
     except ValueError:
-        raise ConfigError(f"bridge.sigma_data={text!r} is not a number or 'task=number,…'") from None
+        raise ConfigError(f"bridge.sigma_data={text!r} is not a number or 'task=number,…'"
+                          ) from None
     missing, unknown = sorted(set(tasks) - set(values)), sorted(set(values) - set(tasks))
     if missing or unknown:
-        raise ConfigError(f"bridge.sigma_data={text!r}: " + (f"no value for task(s) {missing}" if missing
-                          else f"unknown task(s) {unknown} (tasks: {sorted(tasks)})"))
+        raise ConfigError(f"bridge.sigma_data={text!r}: "
+                          + (f"no value for task(s) {missing}" if missing
+                             else f"unknown task(s) {unknown} (tasks: {sorted(tasks)})"))
     bad = [k for k, v in values.items() if not v > 0]
     if bad:
         raise ConfigError(f"bridge.sigma_data={text!r}: ρ of {bad} must be > 0")
     return values
+
+def t_log_weights(t_sampling: str, num_timesteps: int) -> jnp.ndarray:
+    """log p(t) + const of the training draw of t over 0 … T−1 (train.t_sampling).
+
+    "weighted": p(t) ∝ (t + 1)^(−1/2). The per-step diagnostic (issue 19) put the trained x̂0 below
+    the skip estimate at small t (t ≤ 59 of 100) while matching it at large t; this density gives
+    t ≤ 59 about three quarters of the draws (uniform: 60 %) and still draws every t at least 1/√T
+    as often as t = 0, so no step is starved. The loss is NOT reweighted by 1/(T p(t)): reweighting
+    would keep the uniform objective's expectation and only change its variance, whereas the point
+    is to spend more of the network's capacity on the small-t steps (as EDM's noise-level density
+    is part of its objective, not an importance sampler).
+    """
+    t = jnp.arange(num_timesteps, dtype=jnp.float32)
+    if t_sampling == "uniform":
+        return jnp.zeros_like(t)
+    if t_sampling == "weighted":
+        return -0.5 * jnp.log1p(t)
+    raise ValueError(f"train.t_sampling={t_sampling!r} is not one of {T_SAMPLINGS}")
+
+
+def draw_t(key: jax.Array, t_sampling: str, num_timesteps: int, batch: int) -> jax.Array:
+    """[batch] int32 steps of the training draw: uniform (`jax.random.randint`, as before) or from
+    `t_log_weights`."""
+    if t_sampling == "uniform":  # the original draw, bit for bit
+        return jax.random.randint(key, (batch,), 0, num_timesteps)
+    logits = t_log_weights(t_sampling, num_timesteps)
+    return jax.random.categorical(key, logits, shape=(batch,)).astype(jnp.int32)
+
 
 # clu metric collection of the training loop (averaged between two log lines).
 TrainMetrics = clu_metrics.Collection.create(loss=clu_metrics.Average.from_output("loss"),
@@ -71,23 +105,25 @@ TrainMetrics = clu_metrics.Collection.create(loss=clu_metrics.Average.from_outpu
 def schedule_from_config(bridge: ConfigDict) -> Schedule:
     """The bridge schedule of the `bridge` config section (Eq. 5–7); bad values name their key."""
     try:
-        return sde.make_schedule(num_timesteps=bridge.num_timesteps, theta_schedule=bridge.theta_schedule,
-                                 lam=bridge.lam, preset=bridge.preset,
-                                 discretization=bridge.discretization)
+        return sde.make_schedule(num_timesteps=bridge.num_timesteps,
+                                 theta_schedule=bridge.theta_schedule, lam=bridge.lam,
+                                 preset=bridge.preset, discretization=bridge.discretization)
     except ValueError as e:
         raise ConfigError(f"bridge: {e}") from None
 
 
 def make_loss_fn(model: models.UNet, schedule: Schedule, bridge: ConfigDict, loss: str,
                  cond_kind: str = "mu", model_cfg: ConfigDict | None = None,
-                 rho_by_task: tuple[float, ...] = (1.0,)) -> Callable:
+                 rho_by_task: tuple[float, ...] = (1.0,),
+                 t_sampling: str = "uniform") -> Callable:
     """loss(params, batch, rng) = mean |net([x_t, cond], t) − target| (L1, Eq. 20) or squared (L2).
 
     With a mask condition the error is averaged over the masked pixels only: outside the mask x̂0 is
     set to μ (`sde.project_known`), so the output there never reaches x̂0. `model_cfg`: the network
     computes with `models.compute_params` of the float32 parameters (model.param_dtype). precond:
     the network sees c_in (x_t − μ) and regresses the unit-variance F*, ρ =
-    rho_by_task[batch["task"]] (times the mask with a mask condition).
+    rho_by_task[batch["task"]] (times the mask with a mask condition). t is drawn by `draw_t`
+    (train.t_sampling); the loss is not reweighted by the draw's density.
     """
     pi = bridge.pi or None
     masked = conditioning.uses_mask(cond_kind)
@@ -96,7 +132,7 @@ def make_loss_fn(model: models.UNet, schedule: Schedule, bridge: ConfigDict, los
     def loss_fn(params, batch, rng):
         x0, mu = batch["x0"], batch["mu"]
         k_t, k_n, k_d = jax.random.split(rng, 3)
-        t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
+        t = draw_t(k_t, t_sampling, schedule.num_timesteps, x0.shape[0])
         noise = jax.random.normal(k_n, x0.shape, x0.dtype)
         x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=pi)
         rho = rho_table[batch.get("task", jnp.zeros(x0.shape[0], jnp.int32))].reshape(-1, 1, 1, 1)
@@ -138,7 +174,8 @@ def make_train_step(loss_fn: Callable, steps_per_dispatch: int = 1) -> Callable:
 
     def multi(state: TrainState, batches: dict, key: jax.Array):
         if steps_per_dispatch == 1:
-            state, (metrics, finite) = one(state, jax.tree_util.tree_map(lambda b: b[0], batches), key)
+            first = jax.tree_util.tree_map(lambda b: b[0], batches)
+            state, (metrics, finite) = one(state, first, key)
             return state, metrics, finite[None]
         state, (per_step, finite) = jax.lax.scan(lambda s, b: one(s, b, key), state, batches)
         return state, per_step.reduce(), finite
@@ -147,24 +184,27 @@ def make_train_step(loss_fn: Callable, steps_per_dispatch: int = 1) -> Callable:
 
 
 def _dummy_inputs(model_cfg: ConfigDict) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(x_t, condition, t) of the smallest image the UNet takes: parameter shapes do not depend on size."""
+    """(x_t, condition, t) of the smallest image the UNet takes: parameter shapes do not depend on
+    size."""
     side = models.downsample_factor(model_cfg)
     cond_ch = conditioning.condition_channels(model_cfg.condition)
-    return (jnp.zeros((1, side, side, 3), jnp.float32), jnp.zeros((1, side, side, cond_ch), jnp.float32),
-            jnp.zeros((1,), jnp.int32))
+    return (jnp.zeros((1, side, side, 3), jnp.float32),
+            jnp.zeros((1, side, side, cond_ch), jnp.float32), jnp.zeros((1,), jnp.int32))
 
 
 def state_initializer(model: models.UNet,
                       spec: FrozenConfigDict) -> Callable[[jax.Array], TrainState]:
     """init(key) → a fresh TrainState of the `model`/`optim`/`train` spec (`program_spec`)."""
     dummy = _dummy_inputs(spec.model)
-    tx = make_optimizer(spec.optim, spec.train.decay_steps)  # one object: part of the state's treedef
+    # One object: part of the state's treedef.
+    tx = make_optimizer(spec.optim, spec.train.decay_steps)
 
     def init(key):
         params = model.init(key, *dummy, train=False)["params"]
         return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                                  ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                                 ema_decay=float(spec.optim.ema_decay), ema_warmup=spec.optim.ema_warmup)
+                                 ema_decay=float(spec.optim.ema_decay),
+                                 ema_warmup=spec.optim.ema_warmup)
 
     return init
 
@@ -180,12 +220,14 @@ class Program(NamedTuple):
 
 
 def network_spec(cfg: ConfigDict) -> FrozenConfigDict:
-    """What the network and the bridge schedule are built from: the `model` and `bridge` sections."""
+    """What the network and the bridge schedule are built from: the `model` and `bridge`
+    sections."""
     return FrozenConfigDict(dict(model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict()))
 
 
 def _rho_spec(cfg: ConfigDict) -> dict[str, float]:
-    """ρ per task (precond only; {} otherwise, so other objectives' programs do not depend on it)."""
+    """ρ per task (precond only; {} otherwise, so other objectives' programs do not depend on
+    it)."""
     if cfg.bridge.parameterization != "precond":
         return {}
     return sigma_data_values(cfg.bridge.sigma_data, sorted(cfg.data.tasks.keys()))
@@ -197,7 +239,9 @@ def program_spec(cfg: ConfigDict) -> FrozenConfigDict:
     return FrozenConfigDict(dict(model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict(),
                                  optim=cfg.optim.to_dict(),
                                  train=dict(loss=cfg.train.loss, decay_steps=decay,
-                                            steps_per_dispatch=cfg.train.steps_per_dispatch),
+                                            steps_per_dispatch=cfg.train.steps_per_dispatch,
+                                            # absent from older runs' configs
+                                            t_sampling=cfg.train.get("t_sampling", "uniform")),
                                  rho=_rho_spec(cfg)))
 
 
@@ -216,11 +260,13 @@ def _program(spec: FrozenConfigDict, mesh: Mesh) -> Program:
     model, schedule = _network(FrozenConfigDict(dict(model=spec.model, bridge=spec.bridge)))
     repl = distributed.replicated(mesh)
     init = state_initializer(model, spec)
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-                                      jax.eval_shape(init, init_key(0)))
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+        jax.eval_shape(init, init_key(0)))
     rho = tuple(spec.rho[k] for k in sorted(spec.rho)) or (1.0,)  # task ids index the sorted names
     loss_fn = make_loss_fn(model, schedule, spec.bridge, spec.train.loss, spec.model.condition,
-                           model_cfg=spec.model, rho_by_task=rho)
+                           model_cfg=spec.model, rho_by_task=rho,
+                           t_sampling=spec.train.t_sampling)
     step = jax.jit(make_train_step(loss_fn, spec.train.steps_per_dispatch),
                    in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
                    out_shardings=(repl, repl, repl), donate_argnums=0)
@@ -274,7 +320,8 @@ def sampler_spec(cfg: ConfigDict, num_steps: int | None = None,
     s = cfg.sample
     return FrozenConfigDict(dict(
         model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict(),
-        sample=dict(num_steps=int(num_steps or s.num_steps), eta=float(s.eta if eta is None else eta),
+        sample=dict(num_steps=int(num_steps or s.num_steps),
+                    eta=float(s.eta if eta is None else eta),
                     clip=bool(s.clip), tile_size=int(s.tile_size), tile_overlap=int(s.tile_overlap),
                     auto_tile=bool(s.get("auto_tile", True)),  # absent from older runs' configs
                     hole_threshold=float(s.get("hole_threshold", conditioning.HOLE_THRESHOLD)),
@@ -289,7 +336,8 @@ def _sampler(spec: FrozenConfigDict, mesh: Mesh) -> Sampler:
     weights = functools.partial(models.compute_params, model_cfg=spec.model)  # model.param_dtype
     return Sampler(lambda params, x_t, cond, t: model.apply({"params": weights(params)}, x_t, cond,
                                                             t, train=False),
-                   schedule, num_steps=s.num_steps, multiple=models.downsample_factor(spec.model), mesh=mesh,
+                   schedule, num_steps=s.num_steps, multiple=models.downsample_factor(spec.model),
+                   mesh=mesh,
                    eta=s.eta, clip=s.clip, parameterization=spec.bridge.parameterization,
                    pi=spec.bridge.pi or None, tile_size=s.tile_size, tile_overlap=s.tile_overlap,
                    auto_tile=s.auto_tile, hole_threshold=s.hole_threshold,
@@ -324,8 +372,8 @@ def check_compatible(cfg: ConfigDict, saved: dict, where: str) -> None:
         ours = json.loads(json.dumps(cfg[section][name]))  # as saved: tuples are lists in JSON
         if theirs is not None and theirs != ours:
             what = "bridge" if section == "bridge" else "network"
-            raise ConfigError(f"{key}={ours!r} but the checkpoint {where} was trained with {theirs!r}; "
-                              f"restoring with a different {what} is refused "
+            raise ConfigError(f"{key}={ours!r} but the checkpoint {where} was trained with "
+                              f"{theirs!r}; restoring with a different {what} is refused "
                               f"(set --config.{key}={theirs!r})")
 
 
@@ -333,9 +381,11 @@ def abstract_params(cfg: ConfigDict, mesh: Mesh) -> Params:
     """ShapeDtypeStructs (replicated) of the network's parameters."""
     model, _ = network(cfg)
     repl = distributed.replicated(mesh)
-    shapes = jax.eval_shape(lambda key: model.init(key, *_dummy_inputs(cfg.model), train=False)["params"],
-                            init_key(0))
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
+    shapes = jax.eval_shape(
+        lambda key: model.init(key, *_dummy_inputs(cfg.model), train=False)["params"],
+        init_key(0))
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
 
 
 class Trained(NamedTuple):
@@ -349,7 +399,8 @@ class Trained(NamedTuple):
 
 def load_trained(cfg: ConfigDict, workdir: str, mesh: Mesh, checkpoint: str = "",
                  saved_config: dict | None = None) -> Trained:
-    """The parameters (EMA unless sample.use_ema=False) of a checkpoint, and nothing else of its state.
+    """The parameters (EMA unless sample.use_ema=False) of a checkpoint, and nothing else of its
+    state.
 
     `saved_config`: the checkpoint's config when the caller has already read it (not read twice).
     """
@@ -360,6 +411,7 @@ def load_trained(cfg: ConfigDict, workdir: str, mesh: Mesh, checkpoint: str = ""
     check_compatible(cfg, saved, where)
     which = "ema_params" if cfg.sample.use_ema else "params"
     params = checkpoints.load_params(directory, step, abstract_params(cfg, mesh), which)
-    log.info("loaded %s parameters of step %d from %s", "EMA" if cfg.sample.use_ema else "raw", step, where)
+    log.info("loaded %s parameters of step %d from %s", "EMA" if cfg.sample.use_ema else "raw",
+             step, where)
     model, schedule = network(cfg)
     return Trained(model, schedule, params, step)

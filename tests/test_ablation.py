@@ -73,3 +73,13 @@ def test_tiny_ablation_over_pi_and_objectives(tmp_path):
     assert result["refused"] == [("zero", "pi_eps")]
     _check_outputs(out, result, {("residual", "x0"), ("residual", "pi_eps"), ("zero", "x0")},
                    ("1", "2"))
+
+
+def test_t_sampling_names_the_cell_and_reaches_the_config():
+    """--t-sampling is read by training: a non-default draw gets its own workdir and config key."""
+    for flag, suffix in (("uniform", "one_precond_s0"), ("weighted", "one_precond_tweighted_s0")):
+        args = ablation.parser().parse_args(["--out-dir", "x", "--t-sampling", flag])
+        assert ablation.cell_name("one", "precond", 0, args) == suffix
+        c = ablation.make_config("one", "precond", 0, [1, 2], 2, True)
+        ablation.apply_options(c, args, "0.5")
+        assert c.train.t_sampling == flag

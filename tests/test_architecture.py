@@ -213,6 +213,7 @@ def test_choices_are_the_owning_modules_lists():
     assert c["optim.optimizer"] is train_state.OPTIMIZERS and c[
         "train.tensorboard"] is writers.WRITERS
     assert c["data.flip"] is spec.FLIPS and c["eval.color"] is metrics.COLORS
+    assert c["train.t_sampling"] is program.T_SAMPLINGS
 
 
 def _default_py_comments() -> dict[str, str]:

@@ -18,7 +18,8 @@ def test_a_program_is_shared_exactly_when_what_it_reads_agrees():
         assert program.program(config(**{key: value}), mesh) is base, key
     # Read by it: anything of model/bridge/optim, the loss, K, and the decay length of a cosine LR.
     for key, value in (("optim.b2", 0.95), ("bridge.lam", 0.05), ("model.dropout", 0.1),
-                       ("train.loss", "l2"), ("train.steps_per_dispatch", 2)):
+                       ("train.loss", "l2"), ("train.steps_per_dispatch", 2),
+                       ("train.t_sampling", "weighted")):
         assert program.program(config(**{key: value}), mesh) is not base, key
     cosine = {"optim.schedule": "cosine"}
     assert program.program(config(**cosine, **{"train.num_steps": 9}), mesh) is not \
@@ -82,3 +83,46 @@ def test_precond_reads_sigma_data_per_task_and_checkpoints_must_match_it():
     batch = {"x0": np.zeros((2, 8, 8, 3), np.float32), "mu": np.ones((2, 8, 8, 3), np.float32),
              "mask": np.ones((2, 8, 8, 1), np.float32), "task": np.zeros(2, np.int32)}
     assert np.isfinite(float(loss(state.params, batch, jax.random.PRNGKey(0))))
+
+
+def test_t_sampling_uniform_is_the_original_draw_and_weighted_follows_its_density():
+    """train.t_sampling: "uniform" draws exactly jax.random.randint's t (the loss unchanged bit for
+    bit); "weighted" draws t with p(t) ∝ (t + 1)^(−1/2) (chi-square against the density)."""
+    import jax.numpy as jnp
+    T = 100
+    for seed in range(3):
+        key = jax.random.PRNGKey(seed)
+        np.testing.assert_array_equal(program.draw_t(key, "uniform", T, 64),
+                                      jax.random.randint(key, (64,), 0, T))
+    n = 200_000
+    t = np.asarray(program.draw_t(jax.random.PRNGKey(1), "weighted", T, n))
+    assert t.dtype == np.int32 and t.min() >= 0 and t.max() < T
+    p = (np.arange(T) + 1.0) ** -0.5
+    p /= p.sum()
+    w = np.exp(np.asarray(program.t_log_weights("weighted", T), np.float64))
+    np.testing.assert_allclose(w / w.sum(), p, rtol=1e-6)
+    assert not np.any(np.asarray(program.t_log_weights("uniform", T)))
+    counts = np.bincount(t, minlength=T)
+    chi2 = float(np.sum((counts - n * p) ** 2 / (n * p)))
+    assert chi2 < 160, chi2  # 99 degrees of freedom: P(chi2 > 160) < 1e-4
+    uniform_chi2 = float(np.sum((counts - n / T) ** 2 / (n / T)))
+    assert uniform_chi2 > 10_000  # really not uniform: the test can fail
+    assert abs(np.mean(t < 60) - p[:60].sum()) < 0.005  # ~76 % of the draws at t <= 59
+
+    # The loss with "uniform" is the default loss, bit for bit; "weighted" draws other t.
+    cfg = config()
+    model, schedule = program.network(cfg)
+    state = program.program(cfg, distributed.make_mesh()).init(program.init_key(0))
+    rng, shape = np.random.default_rng(0), (4, cfg.data.crop_size, cfg.data.crop_size, 3)
+    batch = {"x0": jnp.asarray(rng.uniform(-1, 1, shape), jnp.float32),
+             "mu": jnp.asarray(rng.uniform(-1, 1, shape), jnp.float32),
+             "mask": jnp.ones(shape[:3] + (1,), jnp.float32)}
+    key, cond = jax.random.PRNGKey(3), cfg.model.condition
+    # Parameters moved off the initialisation (zero output layer): the loss then depends on t.
+    params = jax.tree_util.tree_map(lambda x: x + 0.05, state.params)
+    losses = {kind: float(program.make_loss_fn(model, schedule, cfg.bridge, "l1", cond,
+                                               t_sampling=kind)(params, batch, key))
+              for kind in program.T_SAMPLINGS}
+    default = float(program.make_loss_fn(model, schedule, cfg.bridge, "l1", cond)(
+        params, batch, key))
+    assert losses["uniform"] == default and losses["weighted"] != default
