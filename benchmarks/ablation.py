@@ -236,7 +236,8 @@ def plot(summary: list[dict[str, Any]], path: str) -> None:
         ax.set_xlabel("NFE (sampling steps, η = 0)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
+    for ax in axes:  # in both panels: cells whose curves coincide still show their colour
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

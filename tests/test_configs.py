@@ -161,7 +161,8 @@ def test_loading_a_config_file_imports_no_jax_library(name):
     ({"sample.eta": 1.5}, r"^sample\.eta=1\.5 must be in \[0, 1\]$"),
     ({"sweep.eta": "0,1.5"}, r"^sweep\.eta=1\.5 must be in \[0, 1\]$"),  # the rule of sample.eta
     ({"sweep.nfe": "2,0"}, r"^sweep\.nfe=0 must be > 0$"),
-    ({"train.t_sampling": "small"}, r"^train\.t_sampling='small' is not one of 'uniform', 'weighted'$"),
+    ({"train.t_sampling": "small"},
+     r"^train\.t_sampling='small' is not one of 'uniform', 'weighted'$"),
     ({"sweep.nfe": "2,500"}, r"^sweep\.nfe=500 exceeds bridge\.num_timesteps=100$"),
 ])
 def test_config_rules_are_checked_by_validate(overrides, message):
