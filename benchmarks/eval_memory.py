@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
 from PIL import Image
+
+from benchmarks import measure
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/demo.py:tiny"
@@ -73,8 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(row), flush=True)
     out = {"size": opts.size, "config": CONFIG, "rows": rows[1:]}
     if opts.out:
-        with open(opts.out, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+        measure.write_json(opts.out, out)
     return out
 
 

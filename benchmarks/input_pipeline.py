@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from benchmarks import measure
 from rdbm_jax.data import pipeline
 from rdbm_jax.data.spec import source_spec, task_spec
 
@@ -151,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(workload, label, json.dumps(res[label]), flush=True)
         results["workloads"][workload] = res
     if opts.out:
-        with open(opts.out, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        measure.write_json(opts.out, results)
     return results
 
 

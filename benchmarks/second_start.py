@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks import measure
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -60,8 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(label, json.dumps(row), flush=True)
     out = {"config": opts.config, "machine": os.environ.get("BENCH_MACHINE", ""), "runs": results}
     if opts.out:
-        with open(opts.out, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+        measure.write_json(opts.out, out)
     return out
 
 

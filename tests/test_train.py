@@ -21,6 +21,16 @@ RESUME = {
 }
 
 
+def _one_batch(mesh):
+    """One fixed K = 1 batch of two 32² images (x0 random, μ = x0 + 0.5 clipped), on `mesh`."""
+    from rdbm_jax import distributed
+    x0 = np.random.default_rng(0).uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
+    mu = np.clip(x0 + 0.5, -1, 1).astype(np.float32)
+    mask = np.ones(x0.shape[:-1] + (1,), np.float32)
+    return distributed.global_batch(mesh, {"x0": x0, "mu": mu, "mask": mask}, 1)
+
+
+
 def _params(workdir: str, step: int):
     """The whole train state of the newest checkpoint (it must be `step`), as a resume reads it."""
     from rdbm_jax import distributed
@@ -121,13 +131,7 @@ def test_loss_decreases_when_fitting_one_batch():
     cfg = config()
     mesh = distributed.make_mesh()
     prog = program.program(cfg, mesh)  # the same compiled step the loop uses
-    rng = np.random.default_rng(0)
-    x0 = rng.uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
-    batch = distributed.global_batch(
-        mesh, {
-            "x0": x0, "mu": np.clip(x0 + 0.5, -1, 1).astype(np.float32), "mask": np.ones(
-                x0.shape[:-1] + (1,), np.float32)
-        }, 1)
+    batch = _one_batch(mesh)
     state = prog.init(program.init_key(cfg.seed))  # as train.py initialises it
     losses = []
     for i in range(25):
@@ -191,13 +195,7 @@ def test_params_and_ema_move_for_every_param_dtype(param_dtype):
         })
     mesh = distributed.make_mesh()
     prog = program.program(cfg, mesh)
-    rng = np.random.default_rng(0)
-    x0 = rng.uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
-    batch = distributed.global_batch(
-        mesh, {
-            "x0": x0, "mu": np.clip(x0 + 0.5, -1, 1).astype(np.float32), "mask": np.ones(
-                x0.shape[:-1] + (1,), np.float32)
-        }, 1)
+    batch = _one_batch(mesh)
     start = prog.init(program.init_key(cfg.seed))  # as train.py initialises it
     first = jax.tree_util.tree_map(np.asarray, (start.params, start.ema_params))
     state = start
