@@ -16,19 +16,23 @@ from benchmarks import ablation
 from tests.helpers import assert_line_plot
 
 
-def _check_outputs(out: str, result: dict, cells: set[tuple[str, str]], nfes: tuple[str, ...]) -> list[dict]:
+def _check_outputs(out: str, result: dict, cells: set[tuple[str, str]],
+                   nfes: tuple[str, ...]) -> list[dict]:
     rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
     assert {(r["pi"], r["objective"], r["seed"], r["nfe"]) for r in rows} == {
         (p, o, s, n) for p, o in cells for s in ("0", "1") for n in nfes}
-    assert {"inpaint/psnr", "noise/ssim", "inpaint/psnr_baseline", "noise/ssim_input"} <= set(rows[0])
+    assert {"inpaint/psnr", "noise/ssim", "inpaint/psnr_baseline",
+            "noise/ssim_input"} <= set(rows[0])
     for s in result["summary"]:  # mean ± half-range really over the two seeds' rows
         mine = [float(r["psnr"]) for r in rows if (r["pi"], r["objective"], int(r["nfe"]))
                 == (s["pi"], s["objective"], s["nfe"])]
         assert s["seeds"] == 2 and s["psnr_mean"] == pytest.approx(np.mean(mine), abs=1e-9)
         assert s["psnr_spread"] == pytest.approx((max(mine) - min(mine)) / 2, abs=1e-9)
     md = open(os.path.join(out, "table.md")).read()
-    assert all(f"| {p} | {o} |" in md for p, o in cells) and f"NFE {nfes[-1]}" in md and "31.04" in md
-    assert md.count("| classical baseline | — |") == md.count("| degraded input | — |") == 6  # 3 scopes × 2
+    assert all(f"| {p} | {o} |" in md for p, o in cells)
+    assert f"NFE {nfes[-1]}" in md and "31.04" in md
+    # 3 scopes × 2
+    assert md.count("| classical baseline | — |") == md.count("| degraded input | — |") == 6
     assert "**PSNR, task inpaint**" in md
     # 10 × 3.8 in at 120 dpi, one line per cell in each panel
     assert_line_plot(os.path.join(out, "ablation.png"), size=(1200, 456), lines=len(cells))
@@ -48,8 +52,10 @@ def test_tiny_ablation_writes_table_plot_and_command(tmp_path):
     # resumable: a second run trains nothing new (every workdir holds its final checkpoint)
     again = ablation.main(argv)
     assert [r["psnr"] for r in again["rows"]] == [r["psnr"] for r in result["rows"]]
-    assert "2 of 2 cells were trained by an earlier invocation" in open(os.path.join(out, "table.md")).read()
-    assert open(os.path.join(out, "command.txt")).read().count("trained 2 of 2 cells") == 1  # both runs listed
+    md = open(os.path.join(out, "table.md")).read()
+    assert "2 of 2 cells were trained by an earlier invocation" in md
+    # both runs listed
+    assert open(os.path.join(out, "command.txt")).read().count("trained 2 of 2 cells") == 1
 
 
 def test_degenerate_cell_is_listed_as_refused(tmp_path):
@@ -62,10 +68,11 @@ def test_degenerate_cell_is_listed_as_refused(tmp_path):
 @pytest.mark.slow
 def test_tiny_ablation_over_pi_and_objectives(tmp_path):
     out = str(tmp_path / "abl")
-    result = ablation.main(["--out-dir", out, "--tiny", "--pi", "residual,zero", "--objective", "x0,pi_eps",
-                            "--seeds", "0,1", "--nfe", "1,2"])
+    result = ablation.main(["--out-dir", out, "--tiny", "--pi", "residual,zero", "--objective",
+                            "x0,pi_eps", "--seeds", "0,1", "--nfe", "1,2"])
     assert result["refused"] == [("zero", "pi_eps")]
-    _check_outputs(out, result, {("residual", "x0"), ("residual", "pi_eps"), ("zero", "x0")}, ("1", "2"))
+    _check_outputs(out, result, {("residual", "x0"), ("residual", "pi_eps"), ("zero", "x0")},
+                   ("1", "2"))
 
 
 def test_t_sampling_names_the_cell_and_reaches_the_config():

@@ -1,4 +1,5 @@
-"""Every task config: instantiate it, train 2 steps and restore (2 sampling steps) on generated data."""
+"""Every task config: instantiate it, train 2 steps and restore (2 sampling steps) on generated
+data."""
 from __future__ import annotations
 
 import json
@@ -57,7 +58,8 @@ def test_config_trains_two_steps_and_restores(name, arg, tmp_path):
     if len(cfg.data.tasks) > 1:
         assert {f"val/{t}/psnr" for t in cfg.data.tasks} <= set(val[-1])
     if name == "universal":  # named test sets: val/<task>/<set>/… beside val/<task>/…
-        assert {"val/derain/rain100h/psnr", "val/derain/rain100l/psnr_input", "val/deblur/gopro/psnr"} <= set(val[-1])
+        assert {"val/derain/rain100h/psnr", "val/derain/rain100l/psnr_input",
+                "val/deblur/gopro/psnr"} <= set(val[-1])
     assert checkpoints.Checkpointer(workdir).latest_step() == cfg.train.num_steps
     assert json.load(open(os.path.join(workdir, "config.json")))["model"]["size"] == "T"
 
@@ -66,19 +68,22 @@ def test_config_trains_two_steps_and_restores(name, arg, tmp_path):
 def test_full_configs_follow_the_paper(name):
     cfg = config(name, None)
     config_lib.validate(cfg)
-    assert cfg.bridge.preset == "rdbm" and cfg.bridge.num_timesteps == 100 and cfg.sample.num_steps == 10
+    assert cfg.bridge.preset == "rdbm" and cfg.bridge.num_timesteps == 100
+    assert cfg.sample.num_steps == 10
     assert cfg.bridge.theta_schedule == "cosine" and cfg.bridge.lam == pytest.approx(10 / 255)
     assert cfg.data.crop_size == 256 and cfg.optim.learning_rate == 1e-4
     for size in ("T", "B", "L"):
         assert config(name, size).model.size == size
     if name == "universal":
         assert set(cfg.data.tasks) == {"derain", "lowlight", "desnow", "dehaze", "deblur"}
-        assert cfg.train.batch_size == 20 and cfg.train.num_steps == 500_000 and cfg.model.size == "L"
+        assert cfg.train.batch_size == 20 and cfg.train.num_steps == 500_000
+        assert cfg.model.size == "L"
 
 
 @pytest.mark.parametrize("name", ["demo", "inpaint", "universal", "udc", "edges2handbags"])
 def test_every_task_config_takes_each_size_and_tiny(name):
-    """README: `:T|S|B|L` picks the model size of every task config, `:tiny` (alone or with a size)."""
+    """README: `:T|S|B|L` picks the model size of every task config, `:tiny` (alone or with a
+    size)."""
     for size in ("T", "S", "B", "L"):
         assert config(name, size).model.size == size
         assert config(name, f"{size},tiny").data.crop_size == 32
@@ -100,14 +105,18 @@ def test_universal_names_the_papers_datasets_and_overrides_reach_them(tmp_path):
     assert [(s.name, s.label, s.cfg.lq_dir) for s in evals] == [
         ("rain100h", "derain/rain100h", "derain/Rain100H/test/LQ"),
         ("rain100l", "derain/rain100l", "derain/Rain100L/test/LQ")]
-    assert all(s.cfg.eval_size == 32 for t in cfg.data.tasks for s in named_sources(cfg.data, t, "eval"))  # tiny
-    assert [s.key for s in named_sources(cfg.data, "derain", "train")] == ["data.tasks.derain.train.rain13k"]
+    assert all(s.cfg.eval_size == 32  # tiny
+               for t in cfg.data.tasks for s in named_sources(cfg.data, t, "eval"))
+    assert [s.key for s in named_sources(cfg.data, "derain", "train")] == [
+        "data.tasks.derain.train.rain13k"]
     config_path.set_value("data.tasks.derain.eval.rain100l.lq_dir", cfg, "/data/Rain100L/rainy")
     assert named_sources(cfg.data, "derain", "eval")[1].cfg.lq_dir == "/data/Rain100L/rainy"
     config_path.set_value("data.tasks.dehaze.train.its.kind", cfg, "pairs")
-    with pytest.raises(ConfigError, match=r"^data\.tasks\.dehaze\.train\.its\.kind: must be one of"):
+    with pytest.raises(ConfigError,
+                       match=r"^data\.tasks\.dehaze\.train\.its\.kind: must be one of"):
         config_lib.validate(cfg)
-    with pytest.raises(ConfigError, match=r"^data\.train_mix='random' is not one of 'size', 'equal'$"):
+    with pytest.raises(ConfigError,
+                       match=r"^data\.train_mix='random' is not one of 'size', 'equal'$"):
         config_lib.validate(config("universal", "tiny", **{"data.train_mix": "random"}))
     proc = run_cli("--config=configs/universal.py:tiny", f"--workdir={tmp_path}",
                    "--config.data.tasks.derain.eval.rain100l.kind=pairs")
@@ -151,7 +160,8 @@ def test_loading_a_config_file_imports_no_jax_library(name):
     ({"sample.eta": 1.5}, r"^sample\.eta=1\.5 must be in \[0, 1\]$"),
     ({"sweep.eta": "0,1.5"}, r"^sweep\.eta=1\.5 must be in \[0, 1\]$"),  # the rule of sample.eta
     ({"sweep.nfe": "2,0"}, r"^sweep\.nfe=0 must be > 0$"),
-    ({"train.t_sampling": "small"}, r"^train\.t_sampling='small' is not one of 'uniform', 'weighted'$"),
+    ({"train.t_sampling": "small"},
+     r"^train\.t_sampling='small' is not one of 'uniform', 'weighted'$"),
     ({"sweep.nfe": "2,500"}, r"^sweep\.nfe=500 exceeds bridge\.num_timesteps=100$"),
 ])
 def test_config_rules_are_checked_by_validate(overrides, message):

@@ -11,9 +11,10 @@ from tests.helpers import config
 def test_a_program_is_shared_exactly_when_what_it_reads_agrees():
     mesh = distributed.make_mesh()
     base = program.program(config(), mesh)
-    # Not read by the train program: evaluation, sampling, logging, data, step count of a constant LR.
-    for key, value in (("eval.ssim_window", "uniform"), ("sample.num_steps", 1), ("train.log_every", 7),
-                       ("data.crop_size", 64), ("train.num_steps", 9)):
+    # Not read by the train program: evaluation, sampling, logging, data, step count of a constant
+    # LR.
+    for key, value in (("eval.ssim_window", "uniform"), ("sample.num_steps", 1),
+                       ("train.log_every", 7), ("data.crop_size", 64), ("train.num_steps", 9)):
         assert program.program(config(**{key: value}), mesh) is base, key
     # Read by it: anything of model/bridge/optim, the loss, K, and the decay length of a cosine LR.
     for key, value in (("optim.b2", 0.95), ("bridge.lam", 0.05), ("model.dropout", 0.1),
@@ -44,7 +45,8 @@ def test_load_trained_restores_the_ema_or_raw_parameters_only(trained_workdir):
     for use_ema, want in ((True, state.ema_params), (False, state.params)):
         got = program.load_trained(config(**{"sample.use_ema": use_ema}), trained_workdir, mesh)
         assert got.step == step
-        for a, b in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(want), strict=True):
+        for a, b in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(want),
+                        strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     ema, raw = (jax.tree_util.tree_leaves(t) for t in (state.ema_params, state.params))
     assert any(not np.array_equal(a, b) for a, b in zip(ema, raw))  # the two really differ
@@ -58,8 +60,8 @@ def test_precond_reads_sigma_data_per_task_and_checkpoints_must_match_it():
     from rdbm_jax.errors import ConfigError
     assert program.sigma_data_values("0.5", ["b", "a"]) == {"a": 0.5, "b": 0.5}
     assert program.sigma_data_values("a=1.3, b=0.2", ["b", "a"]) == {"a": 1.3, "b": 0.2}
-    for bad, match in (("x", "not a number"), ("a=1", "no value for task"), ("a=1,b=2,c=3", "unknown task"),
-                       ("a=0,b=1", "must be > 0")):
+    for bad, match in (("x", "not a number"), ("a=1", "no value for task"),
+                       ("a=1,b=2,c=3", "unknown task"), ("a=0,b=1", "must be > 0")):
         with pytest.raises(ConfigError, match=match):
             program.sigma_data_values(bad, ["a", "b"])
     cfg = config(**{"bridge.parameterization": "precond", "bridge.sigma_data": "nope"})
@@ -70,7 +72,8 @@ def test_precond_reads_sigma_data_per_task_and_checkpoints_must_match_it():
     saved = {"bridge": {"parameterization": "precond", "sigma_data": "0.5"}}
     with pytest.raises(ConfigError, match="bridge.sigma_data"):
         program.check_compatible(ours, saved, "ckpt/2")
-    program.check_compatible(config(**{"bridge.sigma_data": "0.3"}), {"bridge": {"sigma_data": "0.5"}}, "c")
+    program.check_compatible(config(**{"bridge.sigma_data": "0.3"}),
+                             {"bridge": {"sigma_data": "0.5"}}, "c")
     mesh = distributed.make_mesh()
     assert program.build_sampler(ours, mesh).rho("main") == 0.3
     prog = program.program(ours, mesh)
