@@ -1,7 +1,7 @@
 """The paper's π / objective / NFE ablations in miniature, on the built-in photos (issue 13).
 
-    python -m benchmarks.ablation --out-dir runs/ablation            # full grid (~1 h on 2 CPU cores)
-    python -m benchmarks.ablation --out-dir /tmp/abl --tiny          # smoke run (seconds)
+    python -m benchmarks.ablation --out-dir runs/ablation    # full grid (~1 h on 2 CPU cores)
+    python -m benchmarks.ablation --out-dir /tmp/abl --tiny  # smoke run (seconds)
 
 Two synthetic tasks trained jointly (one model per grid cell, batch split equally): inpainting
 (free-form/box masks filled white) and Gaussian noise (σ = 0.1), on random crops of the 8 built-in
@@ -52,16 +52,21 @@ def parser() -> argparse.ArgumentParser:
     """The command line."""
     from rdbm_jax import sde
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out-dir", required=True, help="runs/, results.csv, summary.csv, table.md, ablation.png")
-    p.add_argument("--tiny", action="store_true", help="smoke run: 2 steps, 32² crops, 1 image per task")
+    p.add_argument("--out-dir", required=True,
+                   help="runs/, results.csv, summary.csv, table.md, ablation.png")
+    p.add_argument("--tiny", action="store_true",
+                   help="smoke run: 2 steps, 32² crops, 1 image per task")
     p.add_argument("--pi", type=_csv_list(str), default=["residual", "one", "zero"])
     p.add_argument("--objective", type=_csv_list(str), default=list(sde.PARAMETERIZATIONS))
     p.add_argument("--seeds", type=_csv_list(int), default=[0, 1])
-    p.add_argument("--nfe", type=_csv_list(int), default=None, help="default 1,2,5,10,20 (tiny: 1,2)")
+    p.add_argument("--nfe", type=_csv_list(int), default=None,
+                   help="default 1,2,5,10,20 (tiny: 1,2)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default 1000; tiny: 2)")
     p.add_argument("--sigma-data", default="auto",
-                   help="precond's ρ: a number, task=number,… or auto (measured per task at start-up)")
-    p.add_argument("--condition", default="mu", help="model.condition (mu | mu_mask | mu_mask_fill)")
+                   help="precond's ρ: a number, task=number,… or auto (measured per task at "
+                   "start-up)")
+    p.add_argument("--condition", default="mu",
+                   help="model.condition (mu | mu_mask | mu_mask_fill)")
     p.add_argument("--first-step-eta", type=float, default=0.0, help="sample.first_step_eta")
     p.add_argument("--eta", type=float, default=0.0, help="η of every sampling step (sweep.eta)")
     p.add_argument("--runs-dir", default="", help="the cells' workdirs (default <out-dir>/runs): "
@@ -74,24 +79,28 @@ def parser() -> argparse.ArgumentParser:
 
 def measure_sigma_data(cfg: ml_collections.ConfigDict, batches: int = 100) -> str:
     """ρ per task: the rms of x0 − μ over `batches` training batches (inside the mask when the
-    condition carries it, where the mask-aware ρ applies), as bridge.sigma_data's task=value form."""
+    condition carries it, where the mask-aware ρ applies), as bridge.sigma_data's task=value
+    form."""
     from rdbm_jax import conditioning
     from rdbm_jax.data import pipeline
     from rdbm_jax.data.spec import task_names
     names = task_names(cfg.data)
-    it = pipeline.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=cfg.seed)
+    it = pipeline.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size,
+                                       seed=cfg.seed)
     sums = np.zeros((len(names), 2))
     for _, b in zip(range(batches), it):
         for k in range(len(names)):
             sel = b["task"] == k
             r2 = np.square(b["x0"][sel] - b["mu"][sel])
-            w = np.broadcast_to(b["mask"][sel] if conditioning.uses_mask(cfg.model.condition) else 1.0, r2.shape)
+            inside = b["mask"][sel] if conditioning.uses_mask(cfg.model.condition) else 1.0
+            w = np.broadcast_to(inside, r2.shape)
             sums[k] += (float((r2 * w).sum()), float(w.sum()))
     return ",".join(f"{n}={np.sqrt(s / max(c, 1.0)):.4f}" for n, (s, c) in zip(names, sums))
 
 
 def cell_name(pi: str, objective: str, seed: int, args: argparse.Namespace) -> str:
-    """The cell's workdir name: π, objective, seed, then every non-default option that training reads."""
+    """The cell's workdir name: π, objective, seed, then every non-default option that training
+    reads."""
     extra = []
     if args.condition != "mu":
         extra.append(args.condition)
@@ -117,7 +126,8 @@ def make_config(pi: str, objective: str, seed: int, nfe: list[int], steps: int, 
             "noise": dict(degradation="noise", noise_sigma=0.1)}
     c.data.tasks = ml_collections.ConfigDict({name: task_spec(
         train=source_spec(kind="builtin", split="train", **kw),
-        eval=source_spec(kind="builtin", split="val", eval_size=128, **kw)) for name, kw in degr.items()})
+        eval=source_spec(kind="builtin", split="val", eval_size=128, **kw))
+        for name, kw in degr.items()})
     c.data.crop_size = 64
     c.model.size = "T"
     c.optim.update(dict(learning_rate=1e-3, warmup_steps=100, schedule="cosine", min_lr_ratio=0.1,
@@ -128,10 +138,12 @@ def make_config(pi: str, objective: str, seed: int, nfe: list[int], steps: int, 
     c.eval.max_images = 0
     if tiny:  # one image per task and batch: the shapes of configs/demo.py:tiny
         c = shrink(c)
-        c.train.update(dict(num_steps=steps, batch_size=len(degr), checkpoint_every=steps, eval_every=0))
+        c.train.update(dict(num_steps=steps, batch_size=len(degr), checkpoint_every=steps,
+                            eval_every=0))
         c.eval.max_images = 1
     c.seed = seed
-    # The preset's own π is written "" (same model): cells then share compiled programs with other runs.
+    # The preset's own π is written "" (same model): cells then share compiled programs with other
+    # runs.
     c.bridge.pi = "" if pi == DEFAULT_PI[c.bridge.preset] else pi
     c.bridge.parameterization = objective
     c.sweep.nfe, c.sweep.eta = ",".join(map(str, nfe)), "0"
@@ -150,8 +162,8 @@ def apply_options(c: ml_collections.ConfigDict, args: argparse.Namespace, sigma_
 
 
 def run_cell(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[list[dict[str, Any]], bool]:
-    """Train (or resume) one grid cell with the real loop, then score it at every NFE with the sweep;
-    returns (sweep rows, whether any training step ran in this call)."""
+    """Train (or resume) one grid cell with the real loop, then score it at every NFE with the
+    sweep; returns (sweep rows, whether any training step ran in this call)."""
     from rdbm_jax import checkpoints, sweep, train
     done = checkpoints.Checkpointer(workdir).latest_step() == cfg.train.num_steps
     if not done:
@@ -159,7 +171,8 @@ def run_cell(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[list[dict[st
     return sweep.run_sweep(cfg, workdir), not done
 
 
-REFERENCES = (("_baseline", "classical baseline"), ("_input", "degraded input"))  # same images, every cell
+# Same images, every cell.
+REFERENCES = (("_baseline", "classical baseline"), ("_input", "degraded input"))
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -181,10 +194,12 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _rows(summary: list[dict[str, Any]], key: str, fmt: str, nfes: list[int]) -> list[str]:
-    """Table rows (π, objective) × NFE of `key` (mean ± half-range), then the baseline and input rows."""
+    """Table rows (π, objective) × NFE of `key` (mean ± half-range), then the baseline and input
+    rows."""
     by = {(s["pi"], s["objective"], s["nfe"]): s for s in summary}
     lines = [f"| {pi} | {obj} | " + " | ".join(
-        (fmt + " ± " + fmt).format(by[(pi, obj, n)][f"{key}_mean"], by[(pi, obj, n)][f"{key}_spread"])
+        (fmt + " ± " + fmt).format(by[(pi, obj, n)][f"{key}_mean"],
+                                   by[(pi, obj, n)][f"{key}_spread"])
         for n in nfes) + " |" for pi, obj in sorted({(s["pi"], s["objective"]) for s in summary})]
     for sfx, label in REFERENCES:
         if f"{key}{sfx}_mean" in summary[0]:
@@ -194,8 +209,9 @@ def _rows(summary: list[dict[str, Any]], key: str, fmt: str, nfes: list[int]) ->
 
 
 def table(summary: list[dict[str, Any]], refused: list[tuple[str, str]], header: str) -> str:
-    """Markdown: PSNR and SSIM tables (overall, then per task), rows (π, objective) and the classical
-    baseline and degraded input on the same images, columns NFE, mean ± half-range over seeds."""
+    """Markdown: PSNR and SSIM tables (overall, then per task), rows (π, objective) and the
+    classical baseline and degraded input on the same images, columns NFE, mean ± half-range over
+    seeds."""
     nfes = sorted({s["nfe"] for s in summary})
     tasks = sorted({k.split("/")[0] for k in (summary[0] if summary else {}) if "/" in k})
     lines = [header, "", PAPER, ""]
@@ -207,12 +223,14 @@ def table(summary: list[dict[str, Any]], refused: list[tuple[str, str]], header:
                       "| π | objective | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
                       "|---|---|" + "---|" * len(nfes)] + _rows(summary, key, fmt, nfes) + [""]
     for pi, obj in refused:
-        lines.append(f"- π = {pi} with objective {obj}: refused by the config guard (target π⊙ε ≡ 0).")
+        lines.append(f"- π = {pi} with objective {obj}: refused by the config guard "
+                     "(target π⊙ε ≡ 0).")
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: list[dict[str, Any]], path: str) -> None:
-    """PSNR and SSIM against NFE, one line per (π, objective), error bars = half-range over seeds."""
+    """PSNR and SSIM against NFE, one line per (π, objective), error bars = half-range over
+    seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -220,10 +238,12 @@ def plot(summary: list[dict[str, Any]], path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for pi, obj in sorted({(s["pi"], s["objective"]) for s in summary}):
-        sel = sorted((s for s in summary if (s["pi"], s["objective"]) == (pi, obj)), key=lambda s: s["nfe"])
+        sel = sorted((s for s in summary if (s["pi"], s["objective"]) == (pi, obj)),
+                     key=lambda s: s["nfe"])
         for ax, m in zip(axes, METRICS):
             ax.errorbar([s["nfe"] for s in sel], [s[f"{m}_mean"] for s in sel],
-                        yerr=[s[f"{m}_spread"] for s in sel], marker="o", capsize=3, label=f"π={pi}, {obj}")
+                        yerr=[s[f"{m}_spread"] for s in sel], marker="o", capsize=3,
+                        label=f"π={pi}, {obj}")
     for ax, m in zip(axes, METRICS):  # the classical baseline and the input: flat lines
         for (sfx, label), style in zip(REFERENCES, ("--", ":")):
             if summary and f"{m}{sfx}_mean" in summary[0]:
@@ -256,12 +276,14 @@ def machine() -> str:
     import jax
     dev = jax.devices()[0]
     if dev.platform == "cpu":
-        return f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.processor() or 'unknown model'})"
+        model = platform.processor() or "unknown model"
+        return f"{os.cpu_count()}-core {platform.machine()} CPU ({model})"
     return f"{jax.device_count()} × {dev.device_kind}"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the grid, write the table, plot and command; return {'rows', 'summary', 'refused', 'wall_s'}."""
+    """Run the grid, write the table, plot and command; return {'rows', 'summary', 'refused',
+    'wall_s'}."""
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     from rdbm_jax import config as config_lib
@@ -301,16 +323,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 label += f"_eta{args.eta:g}" if args.eta else ""
                 rows += [{"pi": pi, "objective": label, "seed": seed, **r} for r in cell_rows]
                 cells, fresh = cells + 1, fresh + int(trained)
-                logging.getLogger("rdbm_jax").info("ablation π=%s %s seed %d: %.1f s", pi, obj, seed,
-                                                   time.time() - t0)
+                logging.getLogger("rdbm_jax").info("ablation π=%s %s seed %d: %.1f s", pi, obj,
+                                                   seed, time.time() - t0)
     wall = time.time() - start
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m benchmarks.ablation " + " ".join(shlex.quote(a) for a in argv)
-    resumed = f"; {cells - fresh} of {cells} cells were trained by an earlier invocation" if cells > fresh else ""
+    resumed = (f"; {cells - fresh} of {cells} cells were trained by an earlier invocation"
+               if cells > fresh else "")
     rho = f"; precond ρ (bridge.sigma_data) {sigma_data}" if "precond" in args.objective else ""
-    header = (f"Ablation in miniature ({'tiny smoke run' if args.tiny else f'{steps} steps'}{rho}), "
-              f"{machine()}, {stamp}, wall time {wall / 60:.1f} min{resumed} (command.txt lists every "
-              f"invocation). Command: `{command}`")
+    length = "tiny smoke run" if args.tiny else f"{steps} steps"
+    header = (f"Ablation in miniature ({length}{rho}), {machine()}, {stamp}, wall time "
+              f"{wall / 60:.1f} min{resumed} (command.txt lists every invocation). Command: "
+              f"`{command}`")
     summary = summarize(rows) if rows else []
     if rows:
         _write_csv(os.path.join(args.out_dir, "results.csv"), rows)
@@ -318,12 +342,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot(summary, os.path.join(args.out_dir, "ablation.png"))
     with open(os.path.join(args.out_dir, "table.md"), "w", encoding="utf-8") as f:
         f.write(table(summary, refused, header))
-    with open(os.path.join(args.out_dir, "command.txt"), "a", encoding="utf-8") as f:  # one line per invocation
-        f.write(f"{command}\n# {machine()}; {stamp}; wall time {wall:.1f} s; trained {fresh} of {cells} cells\n")
+    # One line per invocation.
+    with open(os.path.join(args.out_dir, "command.txt"), "a", encoding="utf-8") as f:
+        f.write(f"{command}\n# {machine()}; {stamp}; wall time {wall:.1f} s; trained {fresh} of "
+                f"{cells} cells\n")
     return {"rows": rows, "summary": summary, "refused": refused, "wall_s": wall}
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
     logging.getLogger("rdbm_jax").setLevel(logging.INFO)
     main()

@@ -93,8 +93,8 @@ def parse_list(cfg: ml_collections.ConfigDict, key: str, cast: Callable[[str], A
     try:
         return [cast(x.strip()) for x in str(raw).split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(
-            f"{key}={raw!r} is not a comma-separated list of {cast.__name__}") from None
+        raise ConfigError(f"{key}={raw!r} is not a comma-separated list of {cast.__name__}"
+                          ) from None
 
 
 def _validate_bridge(bridge: ml_collections.ConfigDict) -> None:
@@ -105,10 +105,9 @@ def _validate_bridge(bridge: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"bridge.discretization: {e}") from None
     pi = bridge.pi or schedules.DEFAULT_PI[bridge.preset]
     if bridge.parameterization == "pi_eps" and (bridge.preset == "flow" or pi == "zero"):
-        raise ConfigError(
-            f"bridge.parameterization='pi_eps' with bridge.preset={bridge.preset!r} and "
-            f"bridge.pi={pi!r}: the target π⊙ε is identically 0 (no noise), so the network "
-            "would learn nothing; use bridge.parameterization='x0'")
+        raise ConfigError(f"bridge.parameterization='pi_eps' with bridge.preset={bridge.preset!r} "
+                          f"and bridge.pi={pi!r}: the target π⊙ε is identically 0 (no noise), so "
+                          "the network would learn nothing; use bridge.parameterization='x0'")
 
 
 def _validate_model(cfg: ml_collections.ConfigDict) -> None:
@@ -144,8 +143,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     for key, allowed in CHOICES.items():
         value = get(cfg, key)
         if value not in allowed:
-            raise ConfigError(
-                f"{key}={value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+            listed = ", ".join(repr(a) for a in allowed)
+            raise ConfigError(f"{key}={value!r} is not one of {listed}")
     for key in RANGES:
         _check_range(key, get(cfg, key), key)
     _validate_bridge(cfg.bridge)

@@ -29,8 +29,8 @@ def _check_outputs(out: str, result: dict, cells: set[tuple[str, str]],
         assert s["seeds"] == 2 and s["psnr_mean"] == pytest.approx(np.mean(mine), abs=1e-9)
         assert s["psnr_spread"] == pytest.approx((max(mine) - min(mine)) / 2, abs=1e-9)
     md = open(os.path.join(out, "table.md")).read()
-    assert (all(f"| {p} | {o} |" in md for p, o in cells) and f"NFE {nfes[-1]}" in md
-            and "31.04" in md)
+    assert all(f"| {p} | {o} |" in md for p, o in cells)
+    assert f"NFE {nfes[-1]}" in md and "31.04" in md
     # 3 scopes × 2
     assert md.count("| classical baseline | — |") == md.count("| degraded input | — |") == 6
     assert "**PSNR, task inpaint**" in md
@@ -52,8 +52,8 @@ def test_tiny_ablation_writes_table_plot_and_command(tmp_path):
     # resumable: a second run trains nothing new (every workdir holds its final checkpoint)
     again = ablation.main(argv)
     assert [r["psnr"] for r in again["rows"]] == [r["psnr"] for r in result["rows"]]
-    assert ("2 of 2 cells were trained by an earlier invocation"
-            in open(os.path.join(out, "table.md")).read())
+    md = open(os.path.join(out, "table.md")).read()
+    assert "2 of 2 cells were trained by an earlier invocation" in md
     # both runs listed
     assert open(os.path.join(out, "command.txt")).read().count("trained 2 of 2 cells") == 1
 
@@ -68,8 +68,8 @@ def test_degenerate_cell_is_listed_as_refused(tmp_path):
 @pytest.mark.slow
 def test_tiny_ablation_over_pi_and_objectives(tmp_path):
     out = str(tmp_path / "abl")
-    result = ablation.main(["--out-dir", out, "--tiny", "--pi", "residual,zero",
-                            "--objective", "x0,pi_eps", "--seeds", "0,1", "--nfe", "1,2"])
+    result = ablation.main(["--out-dir", out, "--tiny", "--pi", "residual,zero", "--objective",
+                            "x0,pi_eps", "--seeds", "0,1", "--nfe", "1,2"])
     assert result["refused"] == [("zero", "pi_eps")]
     _check_outputs(out, result, {("residual", "x0"), ("residual", "pi_eps"), ("zero", "x0")},
                    ("1", "2"))

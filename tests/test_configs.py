@@ -68,16 +68,16 @@ def test_config_trains_two_steps_and_restores(name, arg, tmp_path):
 def test_full_configs_follow_the_paper(name):
     cfg = config(name, None)
     config_lib.validate(cfg)
-    assert (cfg.bridge.preset == "rdbm" and cfg.bridge.num_timesteps == 100
-            and cfg.sample.num_steps == 10)
+    assert cfg.bridge.preset == "rdbm" and cfg.bridge.num_timesteps == 100
+    assert cfg.sample.num_steps == 10
     assert cfg.bridge.theta_schedule == "cosine" and cfg.bridge.lam == pytest.approx(10 / 255)
     assert cfg.data.crop_size == 256 and cfg.optim.learning_rate == 1e-4
     for size in ("T", "B", "L"):
         assert config(name, size).model.size == size
     if name == "universal":
         assert set(cfg.data.tasks) == {"derain", "lowlight", "desnow", "dehaze", "deblur"}
-        assert (cfg.train.batch_size == 20 and cfg.train.num_steps == 500_000
-                and cfg.model.size == "L")
+        assert cfg.train.batch_size == 20 and cfg.train.num_steps == 500_000
+        assert cfg.model.size == "L"
 
 
 @pytest.mark.parametrize("name", ["demo", "inpaint", "universal", "udc", "edges2handbags"])
@@ -105,11 +105,10 @@ def test_universal_names_the_papers_datasets_and_overrides_reach_them(tmp_path):
     assert [(s.name, s.label, s.cfg.lq_dir) for s in evals] == [
         ("rain100h", "derain/rain100h", "derain/Rain100H/test/LQ"),
         ("rain100l", "derain/rain100l", "derain/Rain100L/test/LQ")]
-    # tiny
-    assert all(s.cfg.eval_size == 32
+    assert all(s.cfg.eval_size == 32  # tiny
                for t in cfg.data.tasks for s in named_sources(cfg.data, t, "eval"))
-    assert ([s.key for s in named_sources(cfg.data, "derain", "train")]
-            == ["data.tasks.derain.train.rain13k"])
+    assert [s.key for s in named_sources(cfg.data, "derain", "train")] == [
+        "data.tasks.derain.train.rain13k"]
     config_path.set_value("data.tasks.derain.eval.rain100l.lq_dir", cfg, "/data/Rain100L/rainy")
     assert named_sources(cfg.data, "derain", "eval")[1].cfg.lq_dir == "/data/Rain100L/rainy"
     config_path.set_value("data.tasks.dehaze.train.its.kind", cfg, "pairs")

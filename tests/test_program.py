@@ -11,8 +11,8 @@ from tests.helpers import config
 def test_a_program_is_shared_exactly_when_what_it_reads_agrees():
     mesh = distributed.make_mesh()
     base = program.program(config(), mesh)
-    # Not read by the train program: evaluation, sampling, logging, data, step count of a
-    # constant LR.
+    # Not read by the train program: evaluation, sampling, logging, data, step count of a constant
+    # LR.
     for key, value in (("eval.ssim_window", "uniform"), ("sample.num_steps", 1),
                        ("train.log_every", 7), ("data.crop_size", 64), ("train.num_steps", 9)):
         assert program.program(config(**{key: value}), mesh) is base, key
