@@ -69,11 +69,20 @@ def parser() -> argparse.ArgumentParser:
                    help="model.condition (mu | mu_mask | mu_mask_fill)")
     p.add_argument("--first-step-eta", type=float, default=0.0, help="sample.first_step_eta")
     p.add_argument("--eta", type=float, default=0.0, help="η of every sampling step (sweep.eta)")
+    p.add_argument("--fuse", action="store_true",
+                   help="sample.fuse: each x̂0 updated by what x_t observes (x0 / residual)")
     p.add_argument("--runs-dir", default="", help="the cells' workdirs (default <out-dir>/runs): "
                    "sampling-only options (--eta, --first-step-eta) reuse trained cells from here")
     p.add_argument("--t-sampling", default="uniform",
                    help="train.t_sampling (uniform | weighted: p(t) ∝ (t + 1)^(−1/2))")
     p.add_argument("--lam", type=float, default=None, help="bridge.lam (default 10/255)")
+    p.add_argument("--fuse-sigma", default="prior", choices=("prior", "error"),
+                   help="with --fuse, the rms error the update assumes: prior = ρ (--sigma-data), "
+                   "error = each trained cell's own x̂0 error at t = T−1 on 20 training batches "
+                   "(sample.fuse_sigma)")
+    p.add_argument("--per-step", action="store_true",
+                   help="also the per-step diagnostic of every cell on the NFE-10 grid "
+                   "(--mode=eval with eval.per_step): per_step.csv and a table in table.md")
     return p
 
 
@@ -154,6 +163,7 @@ def apply_options(c: ml_collections.ConfigDict, args: argparse.Namespace, sigma_
     """The issue-19 options onto a cell's config (ρ is read by the precond objective only)."""
     c.model.condition = args.condition
     c.sample.first_step_eta = args.first_step_eta
+    c.sample.fuse = args.fuse
     c.sweep.eta = f"{args.eta:g}"
     if args.lam is not None:
         c.bridge.lam = args.lam
@@ -169,6 +179,50 @@ def run_cell(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[list[dict[st
     if not done:
         train.train_and_evaluate(cfg, workdir)
     return sweep.run_sweep(cfg, workdir), not done
+
+
+def measure_fuse_sigma(cfg: ml_collections.ConfigDict, workdir: str, batches: int = 20) -> str:
+    """The trained cell's x̂0 error per task: rms of x̂0 − x0 at NFE 1 (t = T−1, the network from μ
+    alone) over `batches` training batches, inside the mask with a mask condition, as
+    sample.fuse_sigma's task=value form."""
+    import jax
+    from rdbm_jax import conditioning, distributed, program
+    from rdbm_jax.data import pipeline
+    from rdbm_jax.data.spec import task_names
+    probe = ml_collections.ConfigDict(cfg.to_dict())
+    probe.sample.fuse = False
+    mesh = distributed.make_mesh()
+    params = program.load_trained(probe, workdir, mesh).params
+    sampler = program.build_sampler(probe, mesh, num_steps=1)
+    restore = jax.jit(lambda p, mu, mask: sampler.sample_padded(p, mu, mask, None))
+    names = task_names(cfg.data)
+    it = pipeline.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size,
+                                       seed=cfg.seed + 7)  # other crops than training's first
+    sums = np.zeros((len(names), 2))
+    for _, b in zip(range(batches), it):
+        x0_hat = np.asarray(restore(params, b["mu"], b["mask"]))
+        for k in range(len(names)):
+            sel = b["task"] == k
+            e2 = np.square(x0_hat[sel] - b["x0"][sel])
+            inside = b["mask"][sel] if conditioning.uses_mask(cfg.model.condition) else 1.0
+            w = np.broadcast_to(inside, e2.shape)
+            sums[k] += (float((e2 * w).sum()), float(w.sum()))
+    return ",".join(f"{n}={np.sqrt(s / max(c, 1.0)):.4f}" for n, (s, c) in zip(names, sums))
+
+
+def per_step_rows(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """The trained cell's per-step diagnostic on the NFE-10 grid (`--mode=eval`'s code with
+    eval.per_step): one row per (task, t) with the model's, the skip estimate's and inversion's
+    PSNR inside the mask."""
+    import json
+    from rdbm_jax import evaluate
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.eval.per_step = True
+    cfg.sample.num_steps = 10
+    evaluate.run_eval(cfg, workdir)
+    with open(os.path.join(workdir, "eval", "per_step.json"), encoding="utf-8") as f:
+        doc = json.load(f)
+    return [{"task": label, **row} for label, rows in doc["sources"].items() for row in rows]
 
 
 # Same images, every cell.
@@ -225,6 +279,26 @@ def table(summary: list[dict[str, Any]], refused: list[tuple[str, str]], header:
     for pi, obj in refused:
         lines.append(f"- π = {pi} with objective {obj}: refused by the config guard "
                      "(target π⊙ε ≡ 0).")
+    return "\n".join(lines) + "\n"
+
+
+def per_step_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per cell and task, model / skip / inversion PSNR at each t of the NFE-10 grid
+    (mean over seeds) and the criterion's margin, min over t of model − skip."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["pi"], r["objective"], r["task"]), []).append(r)
+    ts = sorted({r["t"] for r in rows}, reverse=True)
+    lines = ["**Per-step diagnostic** (NFE-10 grid, true forward samples; PSNR inside the mask, "
+             "model / skip estimate / inversion, mean over seeds)", "",
+             "| π | objective | task | " + " | ".join(f"t = {t}" for t in ts)
+             + " | min over t of model − skip |", "|---|---|---|" + "---|" * (len(ts) + 1)]
+    for (pi, obj, task), rs in sorted(groups.items()):
+        mean = {t: {k: float(np.mean([r[k] for r in rs if r["t"] == t]))
+                    for k in ("model", "skip", "invert")} for t in ts}
+        cells = [f"{m['model']:.1f} / {m['skip']:.1f} / {m['invert']:.1f}" for m in mean.values()]
+        gain = min(m["model"] - m["skip"] for m in mean.values())
+        lines.append(f"| {pi} | {obj} | {task} | " + " | ".join(cells) + f" | {gain:+.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -294,10 +368,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steps = args.steps or (2 if args.tiny else 1000)
     os.makedirs(args.out_dir, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    steps_rows: list[dict[str, Any]] = []  # the per-step diagnostic's (--per-step)
     refused: list[tuple[str, str]] = []
     cells = fresh = 0  # grid cells scored / trained in this invocation (the rest resumed finished)
     sigma_data = args.sigma_data
-    if sigma_data == "auto" and "precond" in args.objective:
+    if sigma_data == "auto" and ("precond" in args.objective or args.fuse):
         probe = make_config("residual", "residual", 0, nfe, steps, args.tiny)
         apply_options(probe, args, "1")
         sigma_data = measure_sigma_data(probe, 2 if args.tiny else 100)
@@ -316,12 +391,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     break
                 t0 = time.time()
                 name = cell_name(pi, obj, seed, args)
-                cell_rows, trained = run_cell(cfg, os.path.join(args.runs_dir or os.path.join(
-                    args.out_dir, "runs"), name))
+                workdir = os.path.join(args.runs_dir or os.path.join(args.out_dir, "runs"), name)
+                if args.fuse and args.fuse_sigma == "error":  # needs the trained network
+                    from rdbm_jax import checkpoints, train
+                    if checkpoints.Checkpointer(workdir).latest_step() != cfg.train.num_steps:
+                        train.train_and_evaluate(cfg, workdir)
+                    cfg.sample.fuse_sigma = measure_fuse_sigma(cfg, workdir)
+                    logging.getLogger("rdbm_jax").info("ablation: %s sample.fuse_sigma=%s", name,
+                                                       cfg.sample.fuse_sigma)
+                cell_rows, trained = run_cell(cfg, workdir)
                 label = obj + name[len(f"{pi}_{obj}"):-len(f"_s{seed}")]  # objective + options
                 label += f"_fse{args.first_step_eta:g}" if args.first_step_eta else ""
                 label += f"_eta{args.eta:g}" if args.eta else ""
+                label += "_fuse" if args.fuse else ""
+                label += "_err" if args.fuse and args.fuse_sigma == "error" else ""
                 rows += [{"pi": pi, "objective": label, "seed": seed, **r} for r in cell_rows]
+                if args.per_step:
+                    steps_rows += [{"pi": pi, "objective": label, "seed": seed, **r}
+                                   for r in per_step_rows(cfg, workdir)]
                 cells, fresh = cells + 1, fresh + int(trained)
                 logging.getLogger("rdbm_jax").info("ablation π=%s %s seed %d: %.1f s", pi, obj,
                                                    seed, time.time() - t0)
@@ -330,7 +417,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = "python -m benchmarks.ablation " + " ".join(shlex.quote(a) for a in argv)
     resumed = (f"; {cells - fresh} of {cells} cells were trained by an earlier invocation"
                if cells > fresh else "")
-    rho = f"; precond ρ (bridge.sigma_data) {sigma_data}" if "precond" in args.objective else ""
+    rho = (f"; ρ (bridge.sigma_data) {sigma_data}" if "precond" in args.objective or args.fuse
+           else "")
     length = "tiny smoke run" if args.tiny else f"{steps} steps"
     header = (f"Ablation in miniature ({length}{rho}), {machine()}, {stamp}, wall time "
               f"{wall / 60:.1f} min{resumed} (command.txt lists every invocation). Command: "
@@ -340,8 +428,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _write_csv(os.path.join(args.out_dir, "results.csv"), rows)
         _write_csv(os.path.join(args.out_dir, "summary.csv"), summary)
         plot(summary, os.path.join(args.out_dir, "ablation.png"))
+    text = table(summary, refused, header)
+    if steps_rows:
+        _write_csv(os.path.join(args.out_dir, "per_step.csv"), steps_rows)
+        text += "\n" + per_step_table(steps_rows)
     with open(os.path.join(args.out_dir, "table.md"), "w", encoding="utf-8") as f:
-        f.write(table(summary, refused, header))
+        f.write(text)
     # One line per invocation.
     with open(os.path.join(args.out_dir, "command.txt"), "a", encoding="utf-8") as f:
         f.write(f"{command}\n# {machine()}; {stamp}; wall time {wall:.1f} s; trained {fresh} of "

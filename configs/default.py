@@ -49,9 +49,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         param_dtype="float32",   # weights the network computes with: float32 | bfloat16 (a rounded
                                  # copy; parameters, EMA and Adam moments always train in float32)
         attention=True,          # self-attention at the lowest resolutions
-        condition="mu",          # mu (paper) | mu_mask | mu_mask_fill: also the degradation mask (+
-                                 # a smooth pre-fill of the holes); x̂0 = μ outside the mask
-                                 # (conditioning.py)
+        condition="mu",          # mu (paper) | mu_mask | mu_mask_fill | mu_mask_bifill: also the
+                                 # degradation mask (+ a harmonic / biharmonic pre-fill of the
+                                 # holes); x̂0 = μ outside the mask (conditioning.py)
         attention_impl="xla",    # xla | cudnn (fused attention: GPU, dtype bfloat16/float16 only)
         dropout=0.0,
         remat=False,             # rematerialise residual blocks (saves memory, costs compute)
@@ -115,6 +115,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         first_step_eta=0.0,      # η of the first step only (max with eta); 1 = land it on the
                                  # forward marginal (the η = 0 first step from x_{T−1} = μ is
                                  # noise-free)
+        fuse=False,              # update each step's x̂0 by what x_t observes (x0 / residual
+                                 # networks; docs/preconditioning.md "Fusion")
+        fuse_sigma="",           # ... the rms error of the network's x̂0 that the update assumes:
+                                 # a number or task=number,… (inside the mask with a mask
+                                 # condition); "" = bridge.sigma_data (the prior's rms, an upper
+                                 # bound)
         clip=True,               # clip x̂0 to [-1, 1] at each step
         batch_size=4,
         use_ema=True,

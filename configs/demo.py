@@ -13,8 +13,11 @@ no border crop.
 
 Deviations from the paper-faithful configs, chosen on the `tune` split (train on seven photos,
 measure on astronaut; the val photos are only reported): the network also sees the inpainting mask
-and a smooth pre-fill of the holes (`model.condition=mu_mask_fill`), x̂0 = μ outside the mask, and
-it predicts the residual over the pre-fill (`bridge.parameterization=residual`).
+and a biharmonic pre-fill of the holes (`model.condition=mu_mask_bifill`), x̂0 = μ outside the mask,
+it predicts the residual over the pre-fill (`bridge.parameterization=residual`), and each step's x̂0
+is updated by what x_t observes (`sample.fuse=True`). On `tune` at step 1 500, inside the holes:
+biharmonic pre-fill 18.23 dB against 18.10 for the harmonic one (step 1 000), and with fusion
+18.33 at NFE 10 against 18.23 without (scikit-image's biharmonic: 18.14).
 
 `configs/demo.py:tiny` is the same pipeline shrunk for tests (a few steps, 32² crops); `:S`, `:B`
 and `:L` pick a larger model.
@@ -36,8 +39,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.data.tasks.main.eval.eval_size = 128
     c.data.crop_size = 64
     c.model.size = size
-    c.model.condition = "mu_mask_fill"
+    c.model.condition = "mu_mask_bifill"
     c.bridge.parameterization = "residual"
+    c.sample.fuse = True  # with π = x0 − μ the update needs no ρ (docs/preconditioning.md)
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 100
     c.optim.schedule = "cosine"

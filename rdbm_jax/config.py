@@ -156,8 +156,17 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if not cfg.data.tasks:
         raise ConfigError("data.tasks is empty: a config must define at least one task")
     data_spec.validate_tasks(cfg.data)
-    if cfg.bridge.parameterization == "precond" or cfg.eval.per_step:  # ρ for every task, each > 0
+    fuse = bool(cfg.sample.get("fuse", False))
+    if fuse and cfg.bridge.parameterization not in sde.FUSABLE:
+        raise ConfigError(f"sample.fuse=True needs bridge.parameterization in "
+                          f"{', '.join(sde.FUSABLE)} (got {cfg.bridge.parameterization!r}, which "
+                          "already reads x̂0 off x_t)")
+    # ρ for every task, each > 0
+    if cfg.bridge.parameterization == "precond" or cfg.eval.per_step or fuse:
         program.sigma_data_values(cfg.bridge.sigma_data, data_spec.task_names(cfg.data))
+    if fuse and cfg.sample.get("fuse_sigma", ""):
+        program.sigma_data_values(cfg.sample.fuse_sigma, data_spec.task_names(cfg.data),
+                                  "sample.fuse_sigma")
     unknown = sorted(set(parse_list(cfg, "eval.metrics", str)) - set(metrics.EVAL_METRICS))
     if unknown:
         raise ConfigError(f"eval.metrics: unknown metric(s) {', '.join(unknown)} "

@@ -28,20 +28,24 @@ ESTIMATES = ("model", "skip", "invert")  # the network's x̂0, the skip estimate
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _estimates(sampler: Any, params: Any, x0, mu, mask, rho, t, noise):
+def _estimates(sampler: Any, params: Any, x0, mu, mask, rho, rho_net, t, noise):
     """(x̂0 of the network, skip estimate, inversion) at one t for a batch of true forward
-    samples."""
+    samples; ρ of the skip estimate, ρ_net the sampler's own (precond's, or fusion's)."""
     s = sampler.schedule
     par = sampler.parameterization
     pi = sampler.pi
     tt = jnp.full((x0.shape[0],), t, jnp.int32)
     x_t = sde.q_sample(s, x0, mu, tt, noise, pi=pi)
-    rho = rho * mask if sampler.uses_mask else rho  # mask-aware ρ, as the sampler reads it
+    if sampler.uses_mask:  # mask-aware ρ, as the sampler reads it
+        rho, rho_net = rho * mask, rho_net * mask
     cond = conditioning.condition(mu, mask, sampler.condition)
-    x_in = sde.network_input(s, x_t, mu, tt, par, pi=pi, sigma_data=rho)
+    x_in = sde.network_input(s, x_t, mu, tt, par, pi=pi, sigma_data=rho_net)
     offset = conditioning.output_offset(cond, sampler.condition, par)
     out = sampler.apply_fn(params, x_in, cond, tt) + offset
-    model = jnp.clip(sde.predict_x0(s, out, x_t, mu, tt, par, pi=pi, sigma_data=rho), -1.0, 1.0)
+    model = sde.predict_x0(s, out, x_t, mu, tt, par, pi=pi, sigma_data=rho_net)
+    if sampler.fuse:  # the x̂0 the sampler steps with
+        model = sde.fuse_observation(s, model, x_t, mu, tt, rho_net, pi)
+    model = jnp.clip(model, -1.0, 1.0)
     if sampler.uses_mask:
         model = sde.project_known(model, mu, 1.0 - mask)
     c_skip = sde.precond_scalings(s, tt, rho, pi)[0]
@@ -52,17 +56,19 @@ def _estimates(sampler: Any, params: Any, x0, mu, mask, rho, t, noise):
 
 
 def per_step(sampler: Any, params: Any, x0: np.ndarray, mu: np.ndarray, mask: np.ndarray,
-             rho: float, key: jax.Array) -> list[dict[str, float]]:
+             rho: float, key: jax.Array, rho_net: float | None = None) -> list[dict[str, float]]:
     """Rows {t, model, skip, invert} (mean PSNR inside the mask, dB) for one batch of same-size
-    images, cropped to the UNet's multiple; ε drawn from `key` per t."""
+    images, cropped to the UNet's multiple; ε drawn from `key` per t. ρ: the skip estimate's;
+    ρ_net: the sampler's (default ρ)."""
     m = sampler.multiple
     h, w = (x0.shape[1] // m) * m, (x0.shape[2] // m) * m
     x0, mu, mask = (jnp.asarray(a[:, :h, :w], jnp.float32) for a in (x0, mu, mask))
     rho_b = jnp.full((x0.shape[0], 1, 1, 1), rho, jnp.float32)
+    rho_net_b = rho_b if rho_net is None else jnp.full_like(rho_b, rho_net)
     rows = []
     for t in sde.timestep_pairs(sampler.schedule.num_timesteps, sampler.num_steps)[:, 0]:
         noise = jax.random.normal(jax.random.fold_in(key, int(t)), x0.shape, jnp.float32)
-        est = _estimates(sampler, params, x0, mu, mask, rho_b, int(t), noise)
+        est = _estimates(sampler, params, x0, mu, mask, rho_b, rho_net_b, int(t), noise)
         row: dict[str, float] = {"t": int(t)}
         for name, x in zip(ESTIMATES, est):
             psnr = metrics.psnr_masked(metrics.to_unit(x), metrics.to_unit(x0), mask)
@@ -90,8 +96,9 @@ def run(sampler: Any, params: Any, sources: dict[str, Any], rho_of: Any, num_ima
         examples = [e for e in examples if e["x0"].shape == shape]
         ones = np.ones(shape[:2] + (1,), np.float32)  # a source without masks: every pixel
         stack = lambda k: np.stack([e[k] if e.get(k) is not None else ones for e in examples])
+        task = first.get("task_name")
         out[label] = per_step(sampler, params, stack("x0"), stack("mu"), stack("mask"),
-                              rho_of(first.get("task_name")), key)
+                              rho_of(task), key, sampler.rho(task))
     return out
 
 

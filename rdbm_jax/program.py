@@ -46,9 +46,10 @@ INFERENCE_ONLY = ("model.dtype", "model.param_dtype", "model.attention_impl", "m
                   "model.dropout")
 
 
-def sigma_data_values(text: str, tasks: list[str]) -> dict[str, float]:
-    """ρ per task from bridge.sigma_data: "0.5" (every task) or "inpaint=1.34,noise=0.18" (each
-    task)."""
+def sigma_data_values(text: str, tasks: list[str], key: str = "bridge.sigma_data"
+                      ) -> dict[str, float]:
+    """ρ per task from bridge.sigma_data (or `key`): "0.5" (every task) or
+    "inpaint=1.34,noise=0.18" (each task)."""
     raw = str(text).strip()
     try:
         if "=" not in raw:
@@ -57,16 +58,16 @@ def sigma_data_values(text: str, tasks: list[str]) -> dict[str, float]:
             pairs = [item.split("=") for item in raw.split(",") if item.strip()]
             values = {name.strip(): float(v) for name, v in pairs}
     except ValueError:
-        raise ConfigError(f"bridge.sigma_data={text!r} is not a number or 'task=number,…'"
+        raise ConfigError(f"{key}={text!r} is not a number or 'task=number,…'"
                           ) from None
     missing, unknown = sorted(set(tasks) - set(values)), sorted(set(values) - set(tasks))
     if missing or unknown:
-        raise ConfigError(f"bridge.sigma_data={text!r}: "
+        raise ConfigError(f"{key}={text!r}: "
                           + (f"no value for task(s) {missing}" if missing
                              else f"unknown task(s) {unknown} (tasks: {sorted(tasks)})"))
     bad = [k for k, v in values.items() if not v > 0]
     if bad:
-        raise ConfigError(f"bridge.sigma_data={text!r}: ρ of {bad} must be > 0")
+        raise ConfigError(f"{key}={text!r}: ρ of {bad} must be > 0")
     return values
 
 def t_log_weights(t_sampling: str, num_timesteps: int) -> jnp.ndarray:
@@ -225,10 +226,13 @@ def network_spec(cfg: ConfigDict) -> FrozenConfigDict:
     return FrozenConfigDict(dict(model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict()))
 
 
-def _rho_spec(cfg: ConfigDict) -> dict[str, float]:
-    """ρ per task (precond only; {} otherwise, so other objectives' programs do not depend on
-    it)."""
-    if cfg.bridge.parameterization != "precond":
+def _rho_spec(cfg: ConfigDict, fuse: bool = False) -> dict[str, float]:
+    """ρ per task (precond; a sampler with `fuse`: sample.fuse_sigma, else bridge.sigma_data; {}
+    otherwise, so other programs do not depend on it)."""
+    if fuse and cfg.sample.get("fuse_sigma", ""):
+        return sigma_data_values(cfg.sample.fuse_sigma, sorted(cfg.data.tasks.keys()),
+                                 "sample.fuse_sigma")
+    if cfg.bridge.parameterization != "precond" and not fuse:
         return {}
     return sigma_data_values(cfg.bridge.sigma_data, sorted(cfg.data.tasks.keys()))
 
@@ -325,8 +329,9 @@ def sampler_spec(cfg: ConfigDict, num_steps: int | None = None,
                     clip=bool(s.clip), tile_size=int(s.tile_size), tile_overlap=int(s.tile_overlap),
                     auto_tile=bool(s.get("auto_tile", True)),  # absent from older runs' configs
                     hole_threshold=float(s.get("hole_threshold", conditioning.HOLE_THRESHOLD)),
-                    first_step_eta=float(s.get("first_step_eta", 0.0))),
-        rho=_rho_spec(cfg)))
+                    first_step_eta=float(s.get("first_step_eta", 0.0)),
+                    fuse=bool(s.get("fuse", False))),
+        rho=_rho_spec(cfg, bool(s.get("fuse", False)))))
 
 
 @functools.cache
@@ -342,7 +347,7 @@ def _sampler(spec: FrozenConfigDict, mesh: Mesh) -> Sampler:
                    pi=spec.bridge.pi or None, tile_size=s.tile_size, tile_overlap=s.tile_overlap,
                    auto_tile=s.auto_tile, hole_threshold=s.hole_threshold,
                    condition=spec.model.condition, sigma_data=dict(spec.rho),
-                   first_step_eta=s.first_step_eta)
+                   first_step_eta=s.first_step_eta, fuse=s.fuse)
 
 
 def build_sampler(cfg: ConfigDict, mesh: Mesh | None = None, num_steps: int | None = None,

@@ -133,12 +133,13 @@ class Sampler:
                  parameterization: str = "x0", pi: str | None = None, tile_size: int = 0,
                  tile_overlap: int = 32, condition: str = "mu", auto_tile: bool = True,
                  hole_threshold: float = conditioning.HOLE_THRESHOLD,
-                 sigma_data: dict[str, float] | None = None, first_step_eta: float = 0.0):
+                 sigma_data: dict[str, float] | None = None, first_step_eta: float = 0.0,
+                 fuse: bool = False):
         conditioning.check_condition(condition)
-        # ρ of the precond parameterisation per task name (program.sigma_data_values); others
-        # ignore it.
+        # ρ of precond and of fusion per task name (program.sigma_data_values); others ignore it.
         self.sigma_data = dict(sigma_data or {})
         self.first_step_eta = first_step_eta
+        self.fuse = fuse  # x̂0 updated by the observation x_t (sde.fuse_observation)
         self.apply_fn = apply_fn
         self.schedule = schedule
         self.num_steps = num_steps
@@ -159,16 +160,18 @@ class Sampler:
         self._plan: dict[tuple, int] = {}  # batch shape → the tile size it runs with
 
     def rho(self, task: str | None = None) -> float:
-        """ρ (bridge.sigma_data) of `task`; None: the one value every task shares (1.0 when
-        unused)."""
-        if self.parameterization != "precond":
+        """ρ of `task` (precond: bridge.sigma_data; fuse: sample.fuse_sigma, else
+        bridge.sigma_data); None: the one value every task shares (1.0 when unused)."""
+        if self.parameterization != "precond" and not self.fuse:
             return 1.0
         if task is not None and task in self.sigma_data:
             return self.sigma_data[task]
         values = set(self.sigma_data.values())
         if task is None and len(values) == 1:
             return values.pop()
-        raise ConfigError(f"bridge.sigma_data: no ρ for task {task!r} (per-task values "
+        key = "bridge.sigma_data" if self.parameterization == "precond" else "sample.fuse_sigma"
+        key += "" if self.parameterization == "precond" else " (or bridge.sigma_data)"
+        raise ConfigError(f"{key}: no ρ for task {task!r} (per-task values "
                           f"{self.sigma_data}); restore with the task named, or give one value")
 
     def sample_padded(self, params: Any, mu: jax.Array, mask: jax.Array, rng: jax.Array,
@@ -194,7 +197,7 @@ class Sampler:
         return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu,
                           self.num_steps, rng, eta=self.eta, clip=self.clip,
                           parameterization=self.parameterization, pi=self.pi, known=known,
-                          sigma_data=rho, first_step_eta=self.first_step_eta)
+                          sigma_data=rho, first_step_eta=self.first_step_eta, fuse=self.fuse)
 
     def jit(self, tile: int) -> Callable:
         """`sample_padded` with tiles of `tile` (0: none) under jit, sharded over the mesh."""

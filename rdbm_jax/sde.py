@@ -25,7 +25,7 @@ from rdbm_jax.schedules import (DEFAULT_PI, PI_MODES, PRESETS, THETA_SCHEDULES, 
 __all__ = ["PARAMETERIZATIONS", "pi_values", "q_sample", "transition", "posterior",
            "x0_from_pi_eps", "pi_eps_from_x0", "x0_from_residual", "residual_from_x0",
            "predict_x0", "training_target", "precond_scalings", "network_input", "reverse_step",
-           "project_known", "sample"]
+           "fuse_observation", "FUSABLE", "project_known", "sample"]
 
 # x0: the network predicts x̂0 (released code); pi_eps: π ⊙ ε (paper, Eq. 19);
 # residual: x̂0 − μ, so a zero output keeps μ (a zero-initialised head starts at x̂0 = μ; pixels
@@ -33,6 +33,9 @@ __all__ = ["PARAMETERIZATIONS", "pi_values", "q_sample", "transition", "posterio
 # precond: EDM/DDBM-style x̂0 = μ + c_skip (x_t − μ) + c_out F(c_in (x_t − μ)) with the scalings of
 # RDBM's marginal under a prior x0 − μ ~ N(0, ρ²) (`precond_scalings`, docs/preconditioning.md).
 PARAMETERIZATIONS = ("x0", "pi_eps", "residual", "precond")
+# x̂0 from the network alone, so `fuse_observation` may add what x_t observes (precond's skip term
+# already does, pi_eps inverts x_t: fusing them would count x_t twice).
+FUSABLE = ("x0", "residual")
 Time = Union[jax.Array, np.ndarray, int]  # an index 0..T−1 (or −1 = x0), scalar or [B]
 
 
@@ -258,6 +261,18 @@ def predict_x0(schedule: Schedule, net_out: jax.Array, x_t: jax.Array, mu: jax.A
     return x0_from_pi_eps(schedule, x_t, mu, net_out, t)
 
 
+def fuse_observation(schedule: Schedule, x0_hat: jax.Array, x_t: jax.Array, mu: jax.Array,
+                     t: Time, sigma_data, pi: str | None = None) -> jax.Array:
+    """x̂0 ← μ + r̂ + c_skip (y − Θ_t r̂), y = x_t − μ: the network's r̂ = x̂0 − μ updated by x_t
+    (Eq. 12) as a prior of variance ρ² (`sigma_data`; docs/preconditioning.md, "Fusion"). r̂ ≡ 0
+    gives precond's skip estimate, t = T−1 gives x̂0, and an r̂ with mean-square error below ρ²
+    an error below the skip estimate's at every t."""
+    c_skip = _scalings_for(schedule, t, x_t, sigma_data, pi)[0]
+    big_theta = _bc(_coefs(schedule, t)[0], x_t)
+    resid = x0_hat - mu
+    return mu + resid + c_skip * (x_t - mu - big_theta * resid)
+
+
 def network_target(schedule: Schedule, x0_hat: jax.Array, x_t: jax.Array, mu: jax.Array, t: Time,
                    parameterization: str, pi: str | None = None, sigma_data=None) -> jax.Array:
     """The raw network output that `predict_x0` maps to x̂0 (its inverse, per parameterisation;
@@ -390,8 +405,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
            mu: jax.Array, num_steps: int, rng: jax.Array | None, eta: float | jax.Array = 0.0,
            clip: bool = True, parameterization: str = "x0", pi: str | None = None,
            return_trajectory: bool = False, known: jax.Array | None = None,
-           sigma_data: jax.Array | float | None = None,
-           first_step_eta: float = 0.0) -> jax.Array | tuple[jax.Array, jax.Array]:
+           sigma_data: jax.Array | float | None = None, first_step_eta: float = 0.0,
+           fuse: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """The reverse loop over `timestep_pairs(T, num_steps)` as one lax.scan → x̂0 (, states).
 
     Arguments (a ValueError names the one that breaks its rule):
@@ -406,8 +421,10 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
         "zero" (its start x_T ~ N(μ, Σ² π²) must not depend on x0).
       known: broadcastable to μ, 1/True where x0 = μ is known (e.g. outside inpainting holes):
         x̂0 is set to μ there at every step (`project_known`), so those pixels stay at μ exactly.
-      sigma_data: precond's ρ (scalar, or broadcastable to μ: per image or per pixel); > 0 where
-        the network decides, 0 where x0 = μ is known.
+      sigma_data: precond's (and fuse's) ρ (scalar, or broadcastable to μ: per image or per
+        pixel); > 0 where the network decides, 0 where x0 = μ is known.
+      fuse: update each x̂0 by the observation x_t (`fuse_observation`, prior variance ρ²); only
+        for the FUSABLE parameterisations, and needs sigma_data.
       first_step_eta: in [0, 1], the η of the first step only (max with η): 1 lands it on the
         forward marginal (noise Σ_s π̂ z) instead of the noise-free μ + Θ_s (x̂0 − μ) that η = 0
         gives when Σ_{T−1} = 0 — the states precond's c_skip trusts are marginal samples (DDBM's
@@ -433,6 +450,9 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
                          "preset")
     if parameterization == "precond" and sigma_data is None:
         raise ValueError("sigma_data: the precond parameterisation needs ρ (bridge.sigma_data)")
+    if fuse and (parameterization not in FUSABLE or sigma_data is None):
+        raise ValueError(f"fuse: needs sigma_data (ρ) and a parameterization in {FUSABLE}, got "
+                         f"{parameterization!r} and sigma_data={sigma_data}")
     mu = jnp.asarray(mu)
     x = mu
     # IR-SDE is an OU process, not a bridge: its last state is ≈ N(μ, Σ_{T−1}²) (Θ_{T−1} is small,
@@ -454,6 +474,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
         x_in = network_input(schedule, x_t, mu, t, parameterization, mode, sigma_data)
         out = denoise_fn(x_in, mu, jnp.full((batch,), t, jnp.int32))
         x0_hat = predict_x0(schedule, out, x_t, mu, t, parameterization, mode, sigma_data)
+        if fuse:
+            x0_hat = fuse_observation(schedule, x0_hat, x_t, mu, t, sigma_data, mode)
         # The spec clips x̂0 at every step (as DDPM's clip_denoised): images live in [−1, 1], and a
         # wild early x̂0 would otherwise carry the state off the data range for the later steps.
         if clip:

@@ -7,6 +7,7 @@ other tests; the slow one adds the πε objective and π = 0.
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -83,3 +84,30 @@ def test_t_sampling_names_the_cell_and_reaches_the_config():
         c = ablation.make_config("one", "precond", 0, [1, 2], 2, True)
         ablation.apply_options(c, args, "0.5")
         assert c.train.t_sampling == flag
+
+
+def test_fuse_is_a_sampling_option_of_the_cell():
+    """--fuse reaches sample.fuse and keeps the trained cell's workdir (fusion changes no
+    training)."""
+    args = ablation.parser().parse_args(["--out-dir", "x", "--fuse"])
+    assert ablation.cell_name("one", "residual", 0, args) == "one_residual_s0"
+    c = ablation.make_config("one", "residual", 0, [1, 2], 2, True)
+    ablation.apply_options(c, args, "inpaint=0.6,noise=0.2")
+    assert c.sample.fuse and c.bridge.sigma_data == "inpaint=0.6,noise=0.2"
+
+
+@pytest.mark.slow  # trains one tiny cell, then the sweep and the per-step diagnostic
+def test_tiny_fused_ablation_with_measured_error_and_per_step(tmp_path):
+    """--fuse --fuse-sigma error --per-step: the cell's own x̂0 error per task reaches
+    sample.fuse_sigma, and per_step.csv / table.md hold every (task, t) of the NFE-10 grid."""
+    out = str(tmp_path / "abl")
+    result = ablation.main(["--out-dir", out, "--tiny", "--pi", "one", "--objective", "residual",
+                            "--seeds", "0", "--fuse", "--fuse-sigma", "error", "--per-step"])
+    assert {r["objective"] for r in result["rows"]} == {"residual_fuse_err"}
+    steps = list(csv.DictReader(open(os.path.join(out, "per_step.csv"))))
+    assert {(r["task"], int(r["t"])) for r in steps} == {
+        (task, t) for task in ("inpaint", "noise") for t in range(99, 0, -10)}
+    md = open(os.path.join(out, "table.md")).read()
+    assert "**Per-step diagnostic**" in md and "| one | residual_fuse_err | noise |" in md
+    with open(os.path.join(out, "runs", "one_residual_s0", "config.json")) as f:
+        assert json.load(f)["sample"]["fuse"] is True

@@ -98,6 +98,43 @@ def test_fill_holes_keeps_known_pixels_and_interpolates_smoothly():
                                atol=1e-6)
 
 
+def test_biharmonic_fill_matches_scikit_image_and_reproduces_quadratics():
+    """fill_holes_biharmonic: known pixels unchanged; a quadratic (Δ² = 0) hole comes back to
+    1e-3 where the harmonic fill cannot (Δ ≠ 0); on a photo it converges to scikit-image's
+    inpaint_biharmonic (0.015 rms inside the holes) and the default iterations land far closer to
+    it than the harmonic fill; an empty mask is μ."""
+    from skimage import data as skdata
+    from skimage.restoration import inpaint_biharmonic
+    h, w = 40, 48
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    quad = (((xx - 20) / w) ** 2 + 0.5 * ((yy - 10) / h) ** 2)[None, ..., None] * np.ones(3) - 0.5
+    mask = np.zeros((1, h, w, 1), np.float32)
+    mask[:, 12:26, 14:32] = 1
+    holed = np.where(mask > 0, 1.0, quad).astype(np.float32)
+    bi = np.asarray(conditioning.fill_holes_biharmonic(holed, mask))
+    harm = np.asarray(conditioning.fill_holes(holed, mask))
+    known = np.broadcast_to(mask == 0, bi.shape)
+    np.testing.assert_array_equal(bi[known], holed[known])
+    assert np.abs(bi - quad).max() < 1e-3 < np.abs(harm - quad).max()
+    photo = skdata.astronaut()[::4, ::4].astype(np.float32) / 127.5 - 1.0  # 128², [-1, 1]
+    hole = np.zeros(photo.shape[:2], bool)
+    hole[30:50, 20:90] = True
+    hole[70:110, 60:66] = True
+    mu = np.where(hole[..., None], 1.0, photo)[None]
+    m = hole[None, ..., None].astype(np.float32)
+    ref = inpaint_biharmonic((mu[0] + 1) / 2, hole, channel_axis=-1)[hole] * 2 - 1
+    rms = lambda a: float(np.sqrt(np.mean(np.square(a - ref))))
+    harmonic = rms(np.asarray(conditioning.fill_holes(mu, m))[0][hole])
+    default = rms(np.asarray(conditioning.fill_holes_biharmonic(mu, m))[0][hole])
+    converged = rms(np.asarray(conditioning.fill_holes_biharmonic(mu, m, 1000))[0][hole])
+    # The remainder once converged is the stencil at the image border; a 20 × 70 box needs more
+    # than the default iterations, which still land far closer than the harmonic fill.
+    assert converged < 0.015 and default < 0.2 * harmonic, (converged, default, harmonic)
+    empty = np.zeros_like(m)
+    np.testing.assert_array_equal(conditioning.fill_holes_biharmonic(photo[None], empty),
+                                  photo[None])
+
+
 def test_condition_channels_and_mask_inference():
     mu = np.random.default_rng(0).uniform(-1, 0.9, (2, 8, 8, 3)).astype(np.float32)
     mask = np.zeros((2, 8, 8, 1), np.float32)
@@ -115,8 +152,8 @@ def test_condition_channels_and_mask_inference():
 
 
 def test_fill_condition_with_residual_output_starts_from_the_prefill():
-    """mu_mask_fill + residual: a zero network restores the pull-push pre-fill in the holes, μ
-    elsewhere."""
+    """mu_mask_fill / mu_mask_bifill + residual: a zero network restores the pre-fill in the holes,
+    μ elsewhere."""
     from rdbm_jax.sampler import Sampler
     r = np.random.default_rng(3)
     mu = r.uniform(-1, 0.9, (1, 16, 24, 3)).astype(np.float32)
@@ -126,7 +163,9 @@ def test_fill_condition_with_residual_output_starts_from_the_prefill():
     zero_net = lambda params, x_t, cond, t: jnp.zeros_like(x_t)
     schedule = sde.make_schedule()
     fill = np.asarray(conditioning.fill_holes(mu, mask))
+    bifill = np.asarray(conditioning.fill_holes_biharmonic(mu, mask))
     for kind, param, expected in (("mu_mask_fill", "residual", fill), ("mu_mask", "residual", mu),
+                                  ("mu_mask_bifill", "residual", bifill),
                                   ("mu_mask_fill", "x0", np.where(mask > 0, 0.0, mu))):
         restorer = Sampler(zero_net, schedule, num_steps=3, multiple=8, parameterization=param,
                            condition=kind)
@@ -258,7 +297,7 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     from rdbm_jax import train
     workdir = str(tmp_path / "run")
     cfg = config(**{"train.num_steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2})
-    assert cfg.model.condition == "mu_mask_fill"  # the demo's mask-aware model (programs shared)
+    assert cfg.model.condition == "mu_mask_bifill"  # the demo's mask-aware model (programs shared)
     with caplog.at_level("INFO", logger="rdbm_jax"):
         last = train.train_and_evaluate(cfg, workdir)
     for key in ("psnr", "psnr_baseline", "psnr_input", "psnr_masked", "psnr_masked_baseline",
