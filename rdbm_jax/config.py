@@ -159,8 +159,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     fuse = bool(cfg.sample.get("fuse", False))
     if fuse and cfg.bridge.parameterization not in sde.FUSABLE:
         raise ConfigError(f"sample.fuse=True needs bridge.parameterization in "
-                          f"{', '.join(sde.FUSABLE)} (got {cfg.bridge.parameterization!r}, which "
-                          "already reads x̂0 off x_t)")
+                          f"{', '.join(sde.FUSABLE)}; {cfg.bridge.parameterization!r} already "
+                          "reads x̂0 off x_t (add --config.sample.fuse=False)")
     # ρ for every task, each > 0
     if cfg.bridge.parameterization == "precond" or cfg.eval.per_step or fuse:
         program.sigma_data_values(cfg.bridge.sigma_data, data_spec.task_names(cfg.data))

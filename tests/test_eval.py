@@ -93,8 +93,9 @@ def test_eval_with_lpips_weights_and_fid_skipped(trained_workdir, tmp_path, capl
 def test_restoring_with_another_bridge_is_refused(trained_workdir):
     with pytest.raises(ConfigError, match="bridge.preset='goub'.*trained with 'rdbm'"):
         evaluate.run_eval(config(**{"bridge.preset": "goub"}), trained_workdir)
-    with pytest.raises(ConfigError, match="bridge.parameterization"):
-        evaluate.run_eval(config(**{"bridge.parameterization": "pi_eps"}), trained_workdir)
+    with pytest.raises(ConfigError, match="bridge.parameterization='pi_eps' but the checkpoint"):
+        evaluate.run_eval(config(**{"bridge.parameterization": "pi_eps", "sample.fuse": False}),
+                          trained_workdir)
 
 
 def test_sample_mode_restores_tree_survives_corrupt_file_and_keeps_outputs(

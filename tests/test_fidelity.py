@@ -90,7 +90,8 @@ def test_degenerate_pi_eps_combinations_refused(overrides):
 
 def test_meaningful_combinations_accepted():
     for overrides in ({"bridge.preset": "flow"},
-                      {"bridge.pi": "one", "bridge.parameterization": "pi_eps"},
+                      {"bridge.pi": "one", "bridge.parameterization": "pi_eps",
+                       "sample.fuse": False},
                       {"bridge.preset": "irsde", "bridge.discretization": "native",
                        "bridge.lam": 10.0}):
         config_lib.validate(config(**overrides))

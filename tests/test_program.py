@@ -64,10 +64,11 @@ def test_precond_reads_sigma_data_per_task_and_checkpoints_must_match_it():
                        ("a=1,b=2,c=3", "unknown task"), ("a=0,b=1", "must be > 0")):
         with pytest.raises(ConfigError, match=match):
             program.sigma_data_values(bad, ["a", "b"])
-    cfg = config(**{"bridge.parameterization": "precond", "bridge.sigma_data": "nope"})
+    precond = {"bridge.parameterization": "precond", "sample.fuse": False}  # demo: fuse is on
+    cfg = config(**precond, **{"bridge.sigma_data": "nope"})
     with pytest.raises(ConfigError, match="bridge.sigma_data"):
         config_lib.validate(cfg)
-    ours = config(**{"bridge.parameterization": "precond", "bridge.sigma_data": "0.3"})
+    ours = config(**precond, **{"bridge.sigma_data": "0.3"})
     config_lib.validate(ours)
     saved = {"bridge": {"parameterization": "precond", "sigma_data": "0.5"}}
     with pytest.raises(ConfigError, match="bridge.sigma_data"):
