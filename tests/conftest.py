@@ -17,6 +17,14 @@ if REPO not in sys.path:
 import pytest  # noqa: E402
 
 
+@pytest.fixture
+def x64():
+    """float64 inside one test only (does not leak into other tests)."""
+    import jax
+    with jax.enable_x64(True):
+        yield
+
+
 def _listing(folder: str) -> set[tuple[str, int, int]]:
     """(path, size, mtime) of every file under `folder`."""
     out = set()

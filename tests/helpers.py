@@ -100,3 +100,14 @@ def assert_line_plot(path: str, size: tuple[int, int], lines: int, panels: int =
         gray = (127, 127, 127)
         drawn = [n for n, count in enumerate(counts) if count >= 20 and MPL_CYCLE[n] != gray]
         assert drawn == list(range(lines)), f"{path} panel {p}: colours {drawn} ({counts})"
+
+
+def bridge_pair(seed: int, shape: tuple[int, ...] = (2, 4, 4, 3)):
+    """(x0, μ) float32 in [-1, 1]: x0 uniform, μ = x0 + 0.4·noise clipped (the bridge tests'
+    pair)."""
+    import jax.numpy as jnp
+    import numpy as np
+    r = np.random.default_rng(seed)
+    x0 = r.uniform(-0.9, 0.9, shape)
+    mu = np.clip(x0 + 0.4 * r.standard_normal(shape), -1, 1)
+    return jnp.asarray(x0, jnp.float32), jnp.asarray(mu, jnp.float32)

@@ -21,13 +21,6 @@ GOLDEN_SIGMA = {
 BRIDGES = ("rdbm", "goub", "brownian", "flow")
 
 
-@pytest.fixture
-def x64():
-    """float64 inside one test only (does not leak into other test files)."""
-    with jax.enable_x64(True):
-        yield
-
-
 def _images(seed: int, shape=(3, 4, 5, 3)):
     """(x0, μ) in [-1, 1] with ~30% zero-residual entries."""
     r = np.random.default_rng(seed)

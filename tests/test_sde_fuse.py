@@ -13,23 +13,11 @@ import pytest
 from rdbm_jax import config as config_lib
 from rdbm_jax import sde
 from rdbm_jax.errors import ConfigError
-from tests.helpers import config
+from tests.helpers import bridge_pair, config
 
 SHAPE = (2, 4, 4, 3)
 
 
-@pytest.fixture
-def x64():
-    """float64 inside one test only (does not leak into other test files)."""
-    with jax.enable_x64(True):
-        yield
-
-
-def _pair(seed: int, shape=SHAPE):
-    r = np.random.default_rng(seed)
-    x0 = r.uniform(-0.9, 0.9, shape)
-    mu = np.clip(x0 + 0.4 * r.standard_normal(shape), -1, 1)
-    return jnp.asarray(x0, jnp.float32), jnp.asarray(mu, jnp.float32)
 
 
 @pytest.mark.parametrize("pi", ("one", "residual", "abs", "zero"))
@@ -37,7 +25,7 @@ def test_zero_residual_is_the_skip_estimate_and_t_last_is_the_network(pi):
     """r̂ ≡ 0 gives precond's skip estimate exactly (precond with F ≡ 0); at t = T−1 (Θ = Σ = 0)
     the fused x̂0 is the network's own; at t = −1 (x_t = x0) it is x0."""
     s = sde.make_schedule()
-    x0, mu = _pair(0)
+    x0, mu = bridge_pair(0)
     t = jnp.array([3, 57])
     x_t = sde.q_sample(s, x0, mu, t, jax.random.normal(jax.random.PRNGKey(1), SHAPE), pi=pi)
     skip = sde.predict_x0(s, jnp.zeros(SHAPE), x_t, mu, t, "precond", pi=pi, sigma_data=0.5)
@@ -88,7 +76,7 @@ def test_fused_sampler_keeps_a_network_that_ignores_x_t_at_every_nfe():
     every NFE (the update agrees with itself, so steps neither help nor hurt), and an x0 oracle
     still returns x0."""
     s = sde.make_schedule()
-    x0, mu = _pair(3)
+    x0, mu = bridge_pair(3)
     r_hat = 0.5 * (x0 - mu)
     for nfe in (1, 2, 5, 10, 20):
         out = sde.sample(lambda x, m, t: r_hat, s, mu, nfe, None, clip=False,

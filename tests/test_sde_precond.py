@@ -8,23 +8,12 @@ import numpy as np
 import pytest
 
 from rdbm_jax import sde
+from tests.helpers import bridge_pair
 
 SHAPE = (2, 4, 4, 3)
 PIS = ("one", "residual", "abs", "zero")
 
 
-@pytest.fixture
-def x64():
-    """float64 inside one test only (does not leak into other test files)."""
-    with jax.enable_x64(True):
-        yield
-
-
-def _pair(seed: int, shape=SHAPE):
-    r = np.random.default_rng(seed)
-    x0 = r.uniform(-0.9, 0.9, shape)
-    mu = np.clip(x0 + 0.4 * r.standard_normal(shape), -1, 1)
-    return jnp.asarray(x0, jnp.float32), jnp.asarray(mu, jnp.float32)
 
 
 def test_scalings_golden_values_and_numpy_formula():
@@ -61,7 +50,7 @@ def test_c_out_has_no_float32_cancellation_at_t0():
 def test_zero_network_gives_exactly_the_skip_estimate(pi):
     """F ≡ 0: x̂0 = μ + c_skip (x_t − μ), exactly, at every t (scalar and per-pixel ρ)."""
     s = sde.make_schedule()
-    x0, mu = _pair(0)
+    x0, mu = bridge_pair(0)
     t = jnp.array([0, 99])
     x_t = sde.q_sample(s, x0, mu, t, jax.random.normal(jax.random.PRNGKey(1), SHAPE), pi=pi)
     for rho in (0.5, jnp.full(SHAPE, 0.3).at[0, 0].set(0.0)):
@@ -111,7 +100,7 @@ def test_target_round_trips_and_no_nan_at_any_t(pi):
     finite; network_target(x0) = the closed-form F*; gradients finite at t = 0 and T−1, also where
     ρ = 0."""
     s = sde.make_schedule()
-    x0, mu = _pair(2)
+    x0, mu = bridge_pair(2)
     eps = jax.random.normal(jax.random.PRNGKey(3), SHAPE)
     rho = jnp.full(SHAPE, 0.6).at[1, :2].set(0.0)  # mask-aware ρ: 0 on known pixels
     mu = jnp.where(rho > 0, mu, x0)  # ... where x0 = μ
@@ -159,7 +148,7 @@ def _precond_oracle(s, x0, pi, rho):
 def test_sampler_with_the_oracle_returns_x0(pi):
     """The compiled loop with precond and a denoiser that knows x0 returns x0 at NFE 1, 2 and 10."""
     s = sde.make_schedule()
-    x0, mu = _pair(4)
+    x0, mu = bridge_pair(4)
     for nfe in (1, 2, 10):
         out = sde.sample(_precond_oracle(s, x0, pi, 0.5), s, mu, nfe, None, clip=False,
                          parameterization="precond", pi=pi, sigma_data=0.5)
@@ -172,7 +161,7 @@ def test_first_step_eta_lands_on_the_forward_marginal():
     """
     s = sde.make_schedule()
     shape = (4, 32, 32, 3)
-    x0, mu = _pair(5, shape)
+    x0, mu = bridge_pair(5, shape)
     den = lambda x, m, t: x0
     key = jax.random.PRNGKey(0)
     _, traj = sde.sample(den, s, mu, 10, key, clip=False, pi="one", return_trajectory=True,
