@@ -30,7 +30,8 @@ FILL_SWEEPS = 60  # Jacobi sweeps per pyramid level
 # (astronaut) against scikit-image's inpaint_biharmonic, rms difference inside the holes
 # ([-1, 1] units): 128 px 0.034 / 0.020 / 0.015 / 0.015 at 50 / 100 / 200 / 400 iterations (the
 # remainder is the stencil at the image border); 512 px, larger holes: 0.17 / 0.15 / 0.11 at
-# 100 / 200 / 400 (not converged; PSNR against the photo within 0.1 dB of scikit-image's).
+# 100 / 200 / 400 (not converged). Inside the holes of the 3 val photos at 512 px, PSNR against
+# the photos: 20.74 dB at 200 iterations, 20.44 at 1 000, scikit-image's 20.00 (harmonic: 20.86).
 BIFILL_ITERATIONS = 200
 # Hole inference (`infer_mask`): JPEG leaves the white fill at 250–255 inside and blurs its rims;
 # measured on strokes over the built-in photos at quality 75–95 (tests/test_faults_round3.py).
