@@ -82,9 +82,12 @@ def bench_ours(model: Any, params: Any, mu: np.ndarray, nfe: int, opts: argparse
     mu_dev = jax.device_put(padded, distributed.batch_sharding(mesh))
     mask_dev = jax.device_put(np.ones(padded.shape[:3] + (1,), np.float32),
                               distributed.batch_sharding(mesh))
-    compiled = restorer.jitted.lower(params, mu_dev, mask_dev, rng).compile()
-    dev = measure.time_windows(lambda: compiled(params, mu_dev, mask_dev, rng), measure.jax_sync,
-                               warmup=opts.warmup, steps=opts.steps, window=1)
+    # ρ per image, as Sampler passes it (read by precond and fusion only).
+    rho_dev = jax.device_put(np.full((padded.shape[0], 1, 1, 1), restorer.rho(), np.float32),
+                             distributed.batch_sharding(mesh))
+    compiled = restorer.jitted.lower(params, mu_dev, mask_dev, rng, rho_dev).compile()
+    dev = measure.time_windows(lambda: compiled(params, mu_dev, mask_dev, rng, rho_dev),
+                               measure.jax_sync, warmup=opts.warmup, steps=opts.steps, window=1)
     cost = rl.cost_of(compiled)
     macs = models.count_macs(model, mu.shape[1], mu.shape[2], batch=mu.shape[0])
     analytic = 2.0 * macs * nfe
