@@ -153,7 +153,7 @@ def test_condition_channels_and_mask_inference():
 
 def test_fill_condition_with_residual_output_starts_from_the_prefill():
     """mu_mask_fill / mu_mask_bifill + residual: a zero network restores the pre-fill in the holes,
-    μ elsewhere."""
+    μ elsewhere, with or without fusion."""
     from rdbm_jax.sampler import Sampler
     r = np.random.default_rng(3)
     mu = r.uniform(-1, 0.9, (1, 16, 24, 3)).astype(np.float32)
@@ -167,10 +167,11 @@ def test_fill_condition_with_residual_output_starts_from_the_prefill():
     for kind, param, expected in (("mu_mask_fill", "residual", fill), ("mu_mask", "residual", mu),
                                   ("mu_mask_bifill", "residual", bifill),
                                   ("mu_mask_fill", "x0", np.where(mask > 0, 0.0, mu))):
-        restorer = Sampler(zero_net, schedule, num_steps=3, multiple=8, parameterization=param,
-                           condition=kind)
-        out = restorer(None, mu, jax.random.PRNGKey(0), mask=mask)
-        np.testing.assert_allclose(out, expected, atol=1e-6, err_msg=f"{kind} {param}")
+        for fuse in (False, True):  # fused: a network that ignores x_t is the loop's fixed point
+            restorer = Sampler(zero_net, schedule, num_steps=3, multiple=8, parameterization=param,
+                               condition=kind, fuse=fuse, sigma_data={"main": 1.32})
+            out = restorer(None, mu, jax.random.PRNGKey(0), mask=mask)
+            np.testing.assert_allclose(out, expected, atol=1e-5, err_msg=f"{kind} {param} {fuse}")
 
 
 # ----------------------------------------------------------------------------- region metrics
