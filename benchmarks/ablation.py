@@ -33,7 +33,7 @@ import platform
 import shlex
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 import numpy as np
@@ -90,20 +90,28 @@ def measure_sigma_data(cfg: ml_collections.ConfigDict, batches: int = 100) -> st
     """ρ per task: the rms of x0 − μ over `batches` training batches (inside the mask when the
     condition carries it, where the mask-aware ρ applies), as bridge.sigma_data's task=value
     form."""
+    return rms_per_task(cfg, batches, cfg.seed, lambda b: b["x0"] - b["mu"])
+
+
+def rms_per_task(cfg: ml_collections.ConfigDict, batches: int, seed: int,
+                 diff: Callable[[dict], np.ndarray]) -> str:
+    """task=rms,… of `diff(batch)` over `batches` training batches (drawn with `seed`), inside
+    the mask when the condition carries it: the form bridge.sigma_data and sample.fuse_sigma
+    take."""
     from rdbm_jax import conditioning
     from rdbm_jax.data import pipeline
     from rdbm_jax.data.spec import task_names
     names = task_names(cfg.data)
     it = pipeline.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size,
-                                       seed=cfg.seed)
+                                       seed=seed)
     sums = np.zeros((len(names), 2))
     for _, b in zip(range(batches), it):
+        d2 = np.square(diff(b))
         for k in range(len(names)):
             sel = b["task"] == k
-            r2 = np.square(b["x0"][sel] - b["mu"][sel])
             inside = b["mask"][sel] if conditioning.uses_mask(cfg.model.condition) else 1.0
-            w = np.broadcast_to(inside, r2.shape)
-            sums[k] += (float((r2 * w).sum()), float(w.sum()))
+            w = np.broadcast_to(inside, d2[sel].shape)
+            sums[k] += (float((d2[sel] * w).sum()), float(w.sum()))
     return ",".join(f"{n}={np.sqrt(s / max(c, 1.0)):.4f}" for n, (s, c) in zip(names, sums))
 
 
@@ -171,14 +179,22 @@ def apply_options(c: ml_collections.ConfigDict, args: argparse.Namespace, sigma_
     c.bridge.sigma_data = sigma_data
 
 
+def ensure_trained(cfg: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Train (or resume) one grid cell with the real loop unless its final checkpoint exists;
+    whether any training step ran in this call."""
+    from rdbm_jax import checkpoints, train
+    if checkpoints.Checkpointer(workdir).latest_step() == cfg.train.num_steps:
+        return False
+    train.train_and_evaluate(cfg, workdir)
+    return True
+
+
 def run_cell(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[list[dict[str, Any]], bool]:
-    """Train (or resume) one grid cell with the real loop, then score it at every NFE with the
-    sweep; returns (sweep rows, whether any training step ran in this call)."""
-    from rdbm_jax import checkpoints, sweep, train
-    done = checkpoints.Checkpointer(workdir).latest_step() == cfg.train.num_steps
-    if not done:
-        train.train_and_evaluate(cfg, workdir)
-    return sweep.run_sweep(cfg, workdir), not done
+    """Train (or resume) one grid cell, then score it at every NFE with the sweep; returns (sweep
+    rows, whether any training step ran in this call)."""
+    from rdbm_jax import sweep
+    trained = ensure_trained(cfg, workdir)
+    return sweep.run_sweep(cfg, workdir), trained
 
 
 def measure_fuse_sigma(cfg: ml_collections.ConfigDict, workdir: str, batches: int = 20) -> str:
@@ -186,28 +202,16 @@ def measure_fuse_sigma(cfg: ml_collections.ConfigDict, workdir: str, batches: in
     alone) over `batches` training batches, inside the mask with a mask condition, as
     sample.fuse_sigma's task=value form."""
     import jax
-    from rdbm_jax import conditioning, distributed, program
-    from rdbm_jax.data import pipeline
-    from rdbm_jax.data.spec import task_names
+    from rdbm_jax import distributed, program
     probe = ml_collections.ConfigDict(cfg.to_dict())
     probe.sample.fuse = False
     mesh = distributed.make_mesh()
     params = program.load_trained(probe, workdir, mesh).params
     sampler = program.build_sampler(probe, mesh, num_steps=1)
     restore = jax.jit(lambda p, mu, mask: sampler.sample_padded(p, mu, mask, None))
-    names = task_names(cfg.data)
-    it = pipeline.build_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size,
-                                       seed=cfg.seed + 7)  # other crops than training's first
-    sums = np.zeros((len(names), 2))
-    for _, b in zip(range(batches), it):
-        x0_hat = np.asarray(restore(params, b["mu"], b["mask"]))
-        for k in range(len(names)):
-            sel = b["task"] == k
-            e2 = np.square(x0_hat[sel] - b["x0"][sel])
-            inside = b["mask"][sel] if conditioning.uses_mask(cfg.model.condition) else 1.0
-            w = np.broadcast_to(inside, e2.shape)
-            sums[k] += (float((e2 * w).sum()), float(w.sum()))
-    return ",".join(f"{n}={np.sqrt(s / max(c, 1.0)):.4f}" for n, (s, c) in zip(names, sums))
+    # Other crops than training's first (seed + 7).
+    return rms_per_task(cfg, batches, cfg.seed + 7,
+                        lambda b: np.asarray(restore(params, b["mu"], b["mask"])) - b["x0"])
 
 
 def per_step_rows(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
@@ -392,14 +396,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 t0 = time.time()
                 name = cell_name(pi, obj, seed, args)
                 workdir = os.path.join(args.runs_dir or os.path.join(args.out_dir, "runs"), name)
+                trained = False
                 if args.fuse and args.fuse_sigma == "error":  # needs the trained network
-                    from rdbm_jax import checkpoints, train
-                    if checkpoints.Checkpointer(workdir).latest_step() != cfg.train.num_steps:
-                        train.train_and_evaluate(cfg, workdir)
+                    trained = ensure_trained(cfg, workdir)
                     cfg.sample.fuse_sigma = measure_fuse_sigma(cfg, workdir)
                     logging.getLogger("rdbm_jax").info("ablation: %s sample.fuse_sigma=%s", name,
                                                        cfg.sample.fuse_sigma)
-                cell_rows, trained = run_cell(cfg, workdir)
+                cell_rows, trained_now = run_cell(cfg, workdir)
+                trained = trained or trained_now
                 label = obj + name[len(f"{pi}_{obj}"):-len(f"_s{seed}")]  # objective + options
                 label += f"_fse{args.first_step_eta:g}" if args.first_step_eta else ""
                 label += f"_eta{args.eta:g}" if args.eta else ""

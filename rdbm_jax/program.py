@@ -322,6 +322,7 @@ def sampler_spec(cfg: ConfigDict, num_steps: int | None = None,
                  eta: float | None = None) -> FrozenConfigDict:
     """What a Sampler reads: the network spec and the `sample` settings (NFE and η overridable)."""
     s = cfg.sample
+    fuse = bool(s.get("fuse", False))  # absent from older runs' configs
     return FrozenConfigDict(dict(
         model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict(),
         sample=dict(num_steps=int(num_steps or s.num_steps),
@@ -330,8 +331,8 @@ def sampler_spec(cfg: ConfigDict, num_steps: int | None = None,
                     auto_tile=bool(s.get("auto_tile", True)),  # absent from older runs' configs
                     hole_threshold=float(s.get("hole_threshold", conditioning.HOLE_THRESHOLD)),
                     first_step_eta=float(s.get("first_step_eta", 0.0)),
-                    fuse=bool(s.get("fuse", False))),
-        rho=_rho_spec(cfg, bool(s.get("fuse", False)))))
+                    fuse=fuse),
+        rho=_rho_spec(cfg, fuse)))
 
 
 @functools.cache
