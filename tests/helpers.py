@@ -111,3 +111,52 @@ def bridge_pair(seed: int, shape: tuple[int, ...] = (2, 4, 4, 3)):
     x0 = r.uniform(-0.9, 0.9, shape)
     mu = np.clip(x0 + 0.4 * r.standard_normal(shape), -1, 1)
     return jnp.asarray(x0, jnp.float32), jnp.asarray(mu, jnp.float32)
+
+
+# float64 unit round-off u = 2^-53: the relative error of one correctly rounded operation.
+UNIT_ROUNDOFF = 2.0 ** -53
+
+
+def statistics_tolerance(features) -> tuple[float, float]:
+    """(mean, covariance) elementwise bounds on how far two float64 computations of the FID
+    statistics of `features` [N, D] may differ (another summation order, batching or BLAS kernel).
+
+    A sum of N terms of size <= m is off by <= N u m (Higham, Accuracy and Stability, §4.2), so two
+    means differ by <= 2 N u max|f|. Each centred value c = f - mean carries that error e, so each
+    product c_i c_j is off by <= 2 e max|c| plus the summation's N u max|c|^2; divided by N - 1
+    (N / (N - 1) <= 2) and doubled for two computations.
+    """
+    import numpy as np
+    f = np.asarray(features, np.float64)
+    n = f.shape[0]
+    big = float(np.abs(f).max())
+    centred = float(np.abs(f - f.mean(axis=0)).max())
+    mean_tol = 2 * n * UNIT_ROUNDOFF * big
+    cov_tol = 2 * 2 * (2 * mean_tol * centred + n * UNIT_ROUNDOFF * centred ** 2)
+    return mean_tol, cov_tol
+
+
+def fid_tolerance(mu1, sigma1, mu2, sigma2, n: int) -> float:
+    """A bound on how far two float64 computations of `fid.frechet_distance` may differ when their
+    statistics (of n images each) differ by round-off and sqrtm runs on another CPU or BLAS.
+
+    FID = |mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2). The eigenvalues l_i of A = S1 S2 are
+    real and >= 0 (A is similar to S1^1/2 S2 S1^1/2). A perturbation of A of size d moves each l_i
+    by about d, and so sqrt(l_i) by at most sqrt(l_i + d) - sqrt(l_i) (<= sqrt(d); <= d / 2
+    sqrt(l_i) when l_i >> d). With fewer images than feature dimensions most l_i are 0 and sqrt
+    turns d ~ 1e-19 into ~3e-10 per eigenvalue: no fixed relative tolerance holds across CPUs.
+    d: the statistics carry a relative error of order n u and the Schur-based sqrtm a backward
+    error of order D u, both relative to |S1| |S2|; the factor 4 covers the two statistics and
+    the sensitivity of the eigenvalues of the non-symmetric product. The traces add (n + D) u of
+    themselves, the mean term 4 n u (|mu1| + |mu2|)^2.
+    """
+    import numpy as np
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    d = s1.shape[0]
+    u = UNIT_ROUNDOFF
+    delta = 4 * (n + d) * u * np.linalg.norm(s1) * np.linalg.norm(s2)
+    lam = np.clip(np.linalg.eigvals(s1 @ s2).real, 0.0, None)
+    root = 2 * float(np.sum(np.sqrt(lam + delta) - np.sqrt(lam)))
+    traces = (n + d) * u * float(np.abs(np.trace(s1)) + np.abs(np.trace(s2)))
+    means = 4 * n * u * float(np.linalg.norm(mu1) + np.linalg.norm(mu2)) ** 2
+    return root + traces + means
