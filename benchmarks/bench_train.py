@@ -5,7 +5,7 @@
     smoke
 
 Ours is `rdbm_jax.program.program(cfg, mesh).step`, the step the training loop runs (on a GPU image
-without ml_collections/clu/grain, install them first: benchmarks/RESULTS.md). Every step reuses one
+without ml_collections/clu/grain, install them first: docs/performance.md). Every step reuses one
 batch already on the device: the input pipeline is not timed, on either side.
 """
 from __future__ import annotations

@@ -62,21 +62,14 @@ def dgsolver_recipe(c: ml_collections.ConfigDict) -> None:
 
 
 def measured_objective(c: ml_collections.ConfigDict) -> None:
-    """The restoration configs' objective and x̂0 update, decided by benchmarks/ablation.py
-    (benchmarks/RESULTS.md).
+    """The restoration configs' objective (residual: x̂0 = μ + output, L1 on x0) and x̂0 update
+    (fusion), measured best in miniature by benchmarks/ablation.py: the figures are in
+    docs/results.md ("Why the restoration configs train the residual objective with fusion").
 
-    The paper trains the network on πε, the released code (code/rdbm.py) on x0. Measured in
-    miniature (size T, 1 000 steps, inpainting + noise on the built-in photos, 2 seeds, 2-core CPU):
-    the residual reading (x̂0 = μ + output, L1 on x0) was best for every π and NFE — with π = x0 − μ
-    at NFE 10, 24.22 dB vs 20.30 (x0) vs 17.11 (πε). The paper's πε:
+    The paper trains πε, the released code (code/rdbm.py) x0. The paper's πε:
     --config.bridge.parameterization=pi_eps --config.sample.fuse=False (πε reads x̂0 off x_t
-    already); the released code's: x0. Whether the ranking holds for
-    size L at 500k steps is not measured. Issue 19 (same miniature): precond
-    (x̂0 = μ + c_skip (x_t − μ) + c_out F) trails residual by 2.1 dB on inpainting and 0.7 dB on
-    noise at its best (π = 1), so residual stays; fusion (`sample.fuse`, each x̂0 updated by what
-    x_t observes) stops PSNR falling with steps and, at these configs' NFE 10 with π = x0 − μ,
-    gives 24.50 dB against 24.22 (noise +0.65, inpainting −0.09), so it is on. With π = x0 − μ
-    the update does not depend on ρ (bridge.sigma_data). Without it: --config.sample.fuse=False.
+    already); the released code's: x0. With π = x0 − μ the fusion update does not depend on ρ
+    (bridge.sigma_data). Without fusion: --config.sample.fuse=False.
     """
     c.bridge.parameterization = "residual"
     c.sample.fuse = True

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import glob
 import io
 import os
 import re
@@ -265,8 +266,10 @@ def _config_files() -> list[str]:
 
 
 def _docs() -> list[str]:
+    pages = sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
+    assert pages, "docs/*.md not found"
     return _config_files() + [os.path.join(REPO, f) for f in ("README.md", "ARCHITECTURE.md")] + [
-        os.path.join(REPO, "benchmarks", "RESULTS.md")] + list(MODULES.values())
+        os.path.join(REPO, "benchmarks", "RESULTS.md")] + pages + list(MODULES.values())
 
 
 def test_every_choice_value_written_in_configs_and_docs_exists():
