@@ -170,6 +170,28 @@ def test_builtin_split_is_fixed_disjoint_and_ships_with_packages():
         builtin.builtin_files("test", "data.tasks.main.eval.split")
 
 
+def test_builtin_folds_partition_train_and_never_touch_val():
+    from rdbm_jax.data.spec import BUILTIN_SPLITS, NUM_FOLDS
+    train = {n for n, _ in builtin.builtin_files("train")}
+    val = {n for n, _ in builtin.builtin_files("val")}
+    assert len(builtin.FOLDS) == NUM_FOLDS and "tune" not in BUILTIN_SPLITS
+    held = [{n for n, _ in builtin.builtin_files(f"fold{i}")} for i in range(NUM_FOLDS)]
+    for i, fold in enumerate(held):
+        rest = {n for n, _ in builtin.builtin_files(f"fold{i}_train")}
+        assert fold and not fold & rest and fold | rest == train  # disjoint, together all of train
+        assert not (fold | rest) & val  # no validation photo, held out or trained on
+        assert f"fold{i}" in BUILTIN_SPLITS and f"fold{i}_train" in BUILTIN_SPLITS
+        for j in range(i):
+            assert not fold & held[j]  # the folds are disjoint ...
+    assert set().union(*held) == train  # ... and cover every training photo once
+    # the stereo pair is held out together: no held-out scene is trained on from another view
+    assert any({"motorcycle_left", "motorcycle_right"} <= fold for fold in held)
+    spec = source_spec(kind="builtin", split="fold0", degradation="noise", eval_size=32)
+    assert _names(build_eval_sources(_data(spec))["t"]) == sorted(builtin.FOLDS[0])
+    with pytest.raises(ConfigError, match=r"data\.tasks\.t\.eval\.split.*fold0_train"):
+        build_eval_sources(_data(source_spec(kind="builtin", split="tune", degradation="noise")))
+
+
 def test_builtin_eval_size_keeps_eval_cheap():
     spec = source_spec(kind="builtin", split="val", degradation="noise", eval_size=64)
     src = build_eval_sources(_data(spec))["t"]

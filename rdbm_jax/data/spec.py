@@ -16,7 +16,10 @@ import ml_collections
 from rdbm_jax.errors import ConfigError
 
 SOURCE_KINDS = ("builtin", "paired", "side_by_side", "clean")
-BUILTIN_SPLITS = ("train", "val", "tune_train", "tune")  # rdbm_jax/data/builtin.py
+# rdbm_jax/data/builtin.py: train, val, and the k-fold splits over train (fold<i> held out)
+NUM_FOLDS = 4  # len(data.builtin.FOLDS) (tested): the schema stays free of file lookups
+BUILTIN_SPLITS = ("train", "val") + tuple(f"fold{i}{sfx}" for i in range(NUM_FOLDS)
+                                          for sfx in ("", "_train"))
 EVAL_FITS = ("resize", "crop")
 FLIPS = ("none", "horizontal", "both")  # data.flip: training flips (both = horizontal and vertical)
 # data.train_mix: a task's training sources in proportion to size, or equally
@@ -35,7 +38,7 @@ def source_spec(**overrides) -> ml_collections.ConfigDict:
     """A data-source config with every key present (so a locked config accepts overrides)."""
     spec = ml_collections.ConfigDict(dict(
         kind="builtin",          # builtin | paired | side_by_side | clean
-        split="train",           # builtin only: train | val | tune_train | tune (data/builtin.py)
+        split="train",           # builtin only: train | val | fold<i> | fold<i>_train (builtin.py)
         lq_dir="",               # paired: degraded images (μ)
         gt_dir="",               # paired: clean images (x0), matched by file stem
         # paired: text cut from LQ file names before matching (e.g. "rain-")
