@@ -10,6 +10,7 @@ import numpy as np
 
 from rdbm_jax import checkpoints, config as config_lib, data, distributed, models, paths, program
 from rdbm_jax.data import image_io
+from rdbm_jax.data.masks import hole_mask
 from rdbm_jax.errors import RDBMError
 from rdbm_jax.sampler import Sampler
 
@@ -108,8 +109,9 @@ class TrainedModel:
         [H, W], C = 1; PIL's RGB → L weights), else RGB.
         num_steps (NFE), eta, tile_size, tile_overlap: override the run's `sample` settings.
         seed: the sampling noise (η > 0). batch_size: images per compiled call (the run's default).
-        mask: the degradation mask ([H, W] or [B, H, W], 1 = degraded pixel), for models trained
-        with the mask condition.
+        mask: the degradation mask ([H, W] or [B, H, W]), for models trained with the mask
+        condition: bool, or all 0/1, or all 0/255 (true, 1 or 255 = hole); anything else (NaN,
+        negative, other levels) is refused (`data.masks.hole_mask`, the rule of every mode).
         """
         if isinstance(images, (list, tuple)):
             masks = [None] * len(images) if mask is None else list(mask)
@@ -165,12 +167,14 @@ class TrainedModel:
             raise ValueError(
                 f"mask: this model (model.condition={sampler.condition!r}) reads no mask; "
                 "only models trained with a mask condition do")
-        m = np.asarray(mask, np.float32)
+        m = hole_mask(mask, "mask")  # bool, 0/1 or 0/255 (else refused, naming the values)
         m = m[..., 0] if m.ndim >= 3 and m.shape[-1] == 1 else m
-        if m.shape[-2:] != shape[1:3]:
-            raise ValueError(
-                f"mask: shape {np.shape(mask)} does not match the images' {shape[1:3]}")
-        return np.broadcast_to(m.reshape((-1,) + shape[1:3]), shape[:3])[..., None]
+        b, h, w = shape[:3]
+        fits = m.ndim in (2, 3) and m.shape[-2:] == (h, w)
+        if not fits or (m.ndim == 3 and len(m) not in (1, b)):
+            raise ValueError(f"mask: shape {np.shape(mask)} does not fit the images' {shape[:3]} "
+                             "([H, W] for every image, or [B, H, W] with the images' B)")
+        return np.broadcast_to(m.reshape((-1, h, w)), (b, h, w))[..., None].astype(np.float32)
 
 
 def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> TrainedModel:

@@ -70,6 +70,31 @@ def infer_holes(unit: np.ndarray, threshold: float = HOLE_THRESHOLD) -> np.ndarr
     return np.stack(out)
 
 
+MASK_RULE = ("bool, or numbers that are all 0/1 or all 0/255 (0/65535 in 16-bit files); "
+             "true, 1 or 255 = hole")
+
+
+def hole_mask(values: Any, what: str = "mask", full: int = 255) -> np.ndarray:
+    """rdbm_jax.data.masks.hole_mask, copied (this file needs no rdbm_jax; a test keeps the two
+    alike): bool as is; numbers all in {0, 1} or all in {0, 255}; anything else refused
+    (ValueError)."""
+    arr = np.asarray(values)
+    if arr.dtype == bool:
+        return arr
+    if arr.dtype.kind not in "uif":
+        raise ValueError(f"{what}: dtype {arr.dtype} is not a mask ({MASK_RULE})")
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise ValueError(f"{what}: {bad} value(s) are NaN or infinite ({MASK_RULE})")
+    levels = np.unique(arr)
+    if np.all(np.isin(levels, (0, 1))) or np.all(np.isin(levels, (0, full))):
+        return arr > 0
+    shown_levels = ", ".join(f"{v:g}" for v in levels[:6].tolist())
+    more = ", …" if len(levels) > 6 else ""
+    raise ValueError(f"{what}: values {{{shown_levels}{more}}} are not a mask ({MASK_RULE}); a "
+                     "lossy (JPEG) or anti-aliased mask needs thresholding first")
+
+
 class ExportedRestorer:
     """A deserialized restorer: `self(images, seed=0)` → restored images (same dtype and range)."""
 
@@ -89,7 +114,8 @@ class ExportedRestorer:
         (RGB) or 4 (RGBA: alpha dropped) → the restored images, same dtype; gray in → gray out
         (same shape). A file path (str or os.PathLike; needs PIL) or a PIL image → a PIL image.
 
-        `mask` ([H, W] or [B, H, W], 1 = hole) is for inpainting models trained with the mask; None
+        `mask` ([H, W] or [B, H, W]: bool, or all 0/1, or all 0/255; anything else is refused) is
+        for inpainting models trained with the mask; None
         infers the holes from the white fill, robustly to JPEG (`infer_holes`).
         """
         if isinstance(images, (str, os.PathLike)) or type(images).__module__.startswith("PIL."):
@@ -114,7 +140,14 @@ class ExportedRestorer:
         if mask is None:
             holes = infer_holes(unit, float(self.info.get("hole_threshold", HOLE_THRESHOLD)))
         else:
-            holes = np.asarray(mask).reshape(batch.shape[:3]) > 0.5
+            holes = hole_mask(mask)
+            holes = holes[..., 0] if holes.ndim >= 3 and holes.shape[-1] == 1 else holes
+            b, h, w = batch.shape[:3]
+            fits = holes.ndim in (2, 3) and holes.shape[-2:] == (h, w)
+            if not fits or (holes.ndim == 3 and len(holes) not in (1, b)):
+                raise ValueError(f"mask: shape {np.shape(mask)} does not fit the images' "
+                                 f"{(b, h, w)} ([H, W], or [B, H, W] with the images' B)")
+            holes = np.broadcast_to(holes.reshape((-1, h, w)), (b, h, w))
         key = np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)), np.uint32)
         raw = self.raw(unit * 2.0 - 1.0, holes[..., None].astype(np.float32), key)
         out = np.clip((raw + 1.0) / 2.0, 0.0, 1.0)

@@ -1,13 +1,17 @@
 """Inpainting masks: free-form brush strokes and boxes with a hole ratio in a configured range."""
 from __future__ import annotations
 
+import logging
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from rdbm_jax.data.image_io import decode_image
+from rdbm_jax.data.image_io import decode_pixels, shown
+from rdbm_jax.errors import DataError
+
+log = logging.getLogger("rdbm_jax")
 
 # the hole is filled white (1 in [0, 1], i.e. +1 in model range), as in the paper's figure
 HOLE_VALUE = 1.0
@@ -89,13 +93,54 @@ def free_form_mask(h: int, w: int, rng: np.random.Generator, min_ratio: float,
     return cur
 
 
+MASK_RULE = ("bool, or numbers that are all 0/1 or all 0/255 (0/65535 in 16-bit files); "
+             "true, 1 or 255 = hole")
+
+
+def hole_mask(values: Any, what: str, full: int = 255) -> np.ndarray:
+    """THE mask rule of the API, sample mode, training's mask files (and, copied, the export
+    loader): bool as is; numbers all in {0, 1} or all in {0, `full`} (255, a white hole); anything
+    else (NaN, negative, other levels, complex, strings) refused (DataError naming `what`)."""
+    arr = np.asarray(values)
+    if arr.dtype == bool:
+        return arr
+    if arr.dtype.kind not in "uif":
+        raise DataError(f"{what}: dtype {arr.dtype} is not a mask ({MASK_RULE})")
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise DataError(f"{what}: {bad} value(s) are NaN or infinite ({MASK_RULE})")
+    levels = np.unique(arr)
+    if np.all(np.isin(levels, (0, 1))) or np.all(np.isin(levels, (0, full))):
+        return arr > 0
+    shown_levels = ", ".join(f"{v:g}" for v in levels[:6].tolist())
+    more = ", …" if len(levels) > 6 else ""
+    raise DataError(f"{what}: values {{{shown_levels}{more}}} are not a mask ({MASK_RULE}); a "
+                    "lossy (JPEG) or anti-aliased mask needs thresholding first")
+
+
+_warned_empty: set[str] = set()  # files already reported as holding no hole (once each)
+
+
 def load_mask(path: str, h: int, w: int, key: str | None = None) -> np.ndarray:
-    """A bool [H, W] mask from an image file (white = hole), nearest-resized to (h, w) if needed."""
-    gray = decode_image(path, key).mean(axis=-1)
-    if gray.shape != (h, w):
-        gray = np.asarray(Image.fromarray(gray.astype(np.float32), mode="F")
-                          .resize((w, h), resample=Image.NEAREST))
-    return gray > 0.5
+    """A bool [H, W] mask from an image file by `hole_mask`'s rule (0/1 and 0/255 files alike),
+    nearest-resized to (h, w) if needed; an all-black file is reported once ("nothing to
+    restore")."""
+    where = f"mask {shown(path)} ({key})" if key else f"mask {shown(path)}"
+    pixels = decode_pixels(path, key)
+    if pixels.dtype == np.uint8:
+        levels, full = pixels, 255
+    else:  # 16-bit files come as floats in [0, 1]: back to their integer levels
+        levels, full = np.rint(pixels * 65535.0).astype(np.int64), 65535
+    if np.any(levels != levels[..., :1]):  # a colour image is not a mask (which colour is a hole?)
+        raise DataError(f"{where}: colours other than black and white (gray levels only; "
+                        f"{MASK_RULE})")
+    mask = hole_mask(levels[..., 0], where, full)
+    if not mask.any() and path not in _warned_empty:
+        _warned_empty.add(path)
+        log.warning("%s is all black (no hole): nothing to restore there", where)
+    if mask.shape != (h, w):
+        mask = np.asarray(Image.fromarray(mask).resize((w, h), resample=Image.NEAREST)) > 0
+    return mask
 
 
 def apply_mask(x01: np.ndarray, mask: np.ndarray) -> np.ndarray:
