@@ -76,3 +76,19 @@ def test_readme_is_a_front_page():
     for page in glob.glob(os.path.join(REPO, "docs", "*.md")):
         name = os.path.basename(page)
         assert name == "README.md" or f"]({name})" in index, f"docs/README.md does not list {name}"
+
+
+def test_configs_md_names_every_key_of_default_py():
+    """docs/configs.md's key table names every key of configs/default.py in its section's row."""
+    from rdbm_jax import config_files
+
+    text = open(os.path.join(REPO, "docs", "configs.md"), encoding="utf-8").read()
+    missing = []
+    for section, value in config_files.load(os.path.join(REPO, "configs", "default.py")).items():
+        row = re.search(rf"^\| `{section}` \|(.*)$", text, flags=re.M)
+        keys = list(value.keys()) if hasattr(value, "keys") else []
+        if row is None:
+            missing.append(section)
+            continue
+        missing += [f"{section}.{k}" for k in keys if f"`{k}`" not in row.group(1)]
+    assert not missing, f"docs/configs.md's key table lacks {missing}"

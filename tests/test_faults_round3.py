@@ -196,7 +196,7 @@ def _jpeg(x01: np.ndarray, quality: int) -> np.ndarray:
 def test_holes_are_inferred_from_jpeg_compressed_strokes():
     """>= 95 % of the stroke area found at JPEG quality 75–95 on every built-in photo; false holes
     (outside the strokes) <= 1 % of the pixels on average over the photos (real white content —
-    china's sky, the astronaut's suit — is the rest; see README)."""
+    china's sky, the astronaut's suit — is the rest; see docs/evaluation.md, "Holes")."""
     from rdbm_jax.data.builtin import builtin_files
     from rdbm_jax.data.masks import apply_mask, free_form_mask
 
