@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, models, program
-from rdbm_jax import memory, paths, workdir_lock, writers
+from rdbm_jax import memory, paths, resume, workdir_lock, writers
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule
@@ -176,6 +176,8 @@ def check_batch_memory(cfg: ml_collections.ConfigDict) -> None:
 def _train(cfg: ml_collections.ConfigDict, workdir: str,
            hooks: Sequence[Callable[[int, TrainState], None]]) -> dict[str, float]:
     """The body of `train_and_evaluate`, run while the workdir lock is held."""
+    config_json = json.loads(cfg.to_json_best_effort())
+    check_resume_config(workdir, config_json)  # before anything is built, moved or written
     program.use_compilation_cache(cfg.train.compilation_cache_dir)
     mesh = distributed.make_mesh()
     is_main = distributed.is_main_process()
@@ -188,7 +190,6 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         eval_sources = (data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
                         if cfg.train.eval_every else {})
     ckpt = checkpoints.Checkpointer(workdir, cfg.train.max_to_keep)
-    config_json = json.loads(cfg.to_json_best_effort())
     start, state = ckpt.restore_latest(prog.abstract, train_iter)
     if start:
         log.info("resumed from %s at step %d", ckpt.directory, start)
@@ -290,6 +291,19 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     writer.close()
     log.info("finished at step %d; parameter checksum %.12e", step, param_checksum(state.params))
     return last
+
+
+def check_resume_config(workdir: str, config_json: dict) -> None:
+    """Refuse (one-line ConfigError) to resume the newest checkpoint whose config reads with a
+    config that differs in a key outside `resume.RESUMABLE`: a changed config is not damage."""
+    directory = checkpoints.checkpoint_dir(workdir)
+    for step in checkpoints.complete_steps(directory):
+        try:
+            saved = checkpoints.read_config(directory, step)
+        except ConfigError:  # an unreadable config: restore_latest reports that checkpoint
+            continue
+        resume.check(saved, config_json, os.path.join(directory, str(step)), workdir)
+        return
 
 
 def param_checksum(params: Any) -> float:
