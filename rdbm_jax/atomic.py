@@ -3,19 +3,43 @@ half-written or empty file under the final name; the previous file survives unti
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import secrets
+import socket
 from typing import IO, Iterator
 
 TMP_SUFFIX = ".tmp"
-# `.<name>.<pid>.tmp`: the temporary files `temp_path` makes (found again by `remove_stale`).
-_TMP_NAME = re.compile(r"^\..+\.\d+\.tmp$")
+# `.~rdbm-<host>-<pid>-<token>.tmp`: the temporary files `temp_path` makes. A prefix of our own
+# (a user's `.notes.2024.tmp` never matches it), the writer's host and pid (so that `remove_stale`
+# can tell a killed writer's file from a live one's) and a random token (threads and processes
+# never share a name); short whatever the target's name (a 250-byte name stays under 255 bytes).
+_PREFIX = ".~rdbm-"
+_TMP_NAME = re.compile(r"^\.~rdbm-([0-9a-f]{8})-(\d+)-[0-9a-f]{12}\.tmp$")
+
+
+def _host() -> str:
+    """8 hex digits naming this host (pids are only meaningful on the host that made them)."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 
 
 def temp_path(path: str) -> str:
-    """The temporary name `path` is written under before its rename (hidden, same folder)."""
-    parent, name = os.path.split(os.path.abspath(path))
-    return os.path.join(parent, f".{name}.{os.getpid()}{TMP_SUFFIX}")
+    """The temporary name `path` is written under before its rename (hidden, same folder, short)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    return os.path.join(parent,
+                        f"{_PREFIX}{_host()}-{os.getpid()}-{secrets.token_hex(6)}{TMP_SUFFIX}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (another user's process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but not ours, or not askable: never treated as dead
+    return True
 
 
 @contextlib.contextmanager
@@ -27,6 +51,12 @@ def replacing(path: str) -> Iterator[str]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename not in (None, tmp):
+            raise
+        # A write error (a full disk: ENOSPC) names no file, or only our temporary name: name the
+        # file being written instead, so that the one-line error says which file it was.
+        raise OSError(e.errno, e.strerror or str(e), path) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -56,11 +86,20 @@ def write_text(path: str, text: str) -> None:
 
 def remove_stale(folder: str) -> int:
     """Remove the temporary files that killed writers left under `folder` (recursive); returns how
-    many. Only names `temp_path` makes are touched: a user's own `.tmp` files are not."""
-    removed = 0
+    many. Only names `temp_path` makes whose writer is provably gone (made on this host by a pid
+    that no longer runs) are removed: a user's own `.tmp` files, a live run's file in flight and
+    files another host wrote (its pids are not ours to ask) are left alone."""
+    removed, here = 0, _host()
     for root, _, files in os.walk(folder):
         for f in files:
-            if _TMP_NAME.match(f):
+            match = _TMP_NAME.match(f)
+            if not match or match.group(1) != here or int(match.group(2)) == os.getpid():
+                continue
+            if _alive(int(match.group(2))):
+                continue
+            try:
                 os.remove(os.path.join(root, f))
-                removed += 1
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                continue
+            removed += 1
     return removed

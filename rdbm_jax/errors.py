@@ -15,3 +15,8 @@ class DataError(RDBMError, ValueError):
 
 class TrainingError(RDBMError, RuntimeError):
     """Training cannot go on (non-finite loss, unwritable workdir, ...)."""
+
+
+class Interrupted(RDBMError):
+    """Ctrl-C (SIGINT) stopped a mode; the message says what was finished and how to go on (the
+    command line exits 130, as a shell does for a process SIGINT ended)."""

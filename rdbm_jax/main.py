@@ -4,7 +4,9 @@ Only dispatches. Errors caused by the user's input (RDBMError) print one line, n
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 
 import ml_collections
@@ -57,7 +59,6 @@ def _config_path(argv: list[str]) -> str:
 
 def _config_file_error(e: BaseException, path: str) -> str | None:
     """One line naming the config file (and line) when `e` comes from loading it, else None."""
-    import os
     import traceback
 
     folder = os.path.dirname(os.path.abspath(path))
@@ -168,7 +169,7 @@ def main(argv: list[str]) -> None:
                         force=True)
     logging.getLogger("rdbm_jax").setLevel(logging.INFO)  # orbax/absl chatter stays at WARNING
     from rdbm_jax import distributed
-    from rdbm_jax.errors import ConfigError, RDBMError
+    from rdbm_jax.errors import ConfigError, Interrupted, RDBMError
 
     try:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -189,10 +190,40 @@ def main(argv: list[str]) -> None:
             run_export(_CONFIG.value, _WORKDIR.value)
     except ConfigError as e:  # a bad key or a path a key names, found before anything ran
         _fail(str(e), code=2)
+    except Interrupted as e:  # Ctrl-C, reported by the mode with what it had finished
+        _fail(str(e), code=130)
     except RDBMError as e:
         _fail(str(e), code=1)
+    except KeyboardInterrupt:  # Ctrl-C where no mode reported it (loading, compiling, …)
+        _fail(_INTERRUPTED[_MODE.value], code=130)
     except OSError as e:  # a full disk or a vanished folder while writing outputs
-        _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else _one_line(e), code=1)
+        _fail(_os_error(e), code=1)
+
+
+# What Ctrl-C outside a mode's own report leaves behind (every file lands whole or not at all).
+_INTERRUPTED = {
+    "train": "interrupted (Ctrl-C) while training was loading or saving: the checkpoints are "
+             "intact; run the same command again to resume from the newest one",
+    "eval": "interrupted (Ctrl-C): eval/ files are written at the end, so none of this "
+            "evaluation was written; run the same command again",
+    "sweep": "interrupted (Ctrl-C): sweep/ files are written at the end, so none of this sweep "
+             "was written; run the same command again",
+    "sample": "interrupted (Ctrl-C) before the first output was written; run the same command "
+              "again",
+    "export": "interrupted (Ctrl-C): the export was not finished (a restorer.json that does not "
+              "match restorer.jax is refused by the loader); run the same command again",
+}
+
+
+def _os_error(e: OSError) -> str:
+    """One line for an OSError while writing outputs; a full disk names the file, its folder and
+    that the files written before it are whole."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename:
+        return (f"no space left on device writing {e.filename} (folder "
+                f"{os.path.dirname(os.fspath(e.filename))}): stopped; the files written before "
+                "it are complete (each lands whole) and it was not written; free space and run "
+                "the same command again")
+    return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else _one_line(e)
 
 
 def run() -> None:

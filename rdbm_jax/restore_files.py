@@ -5,6 +5,7 @@ Named for its job, not its mode: "sample" also names `sde.sample` (the reverse l
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from typing import Any, Iterator
@@ -16,7 +17,7 @@ import numpy as np
 from rdbm_jax import atomic, conditioning, config as config_lib, data, distributed, program
 from rdbm_jax import progress
 from rdbm_jax.data import image_io
-from rdbm_jax.errors import ConfigError, DataError, RDBMError
+from rdbm_jax.errors import ConfigError, DataError, Interrupted, RDBMError
 from rdbm_jax.paths import is_remote
 from rdbm_jax.sampler import check_size
 
@@ -104,6 +105,10 @@ def run_restore_files(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str,
     for key in ("input_dir", "mask_dir"):  # a missing folder a key names: a config error (exit 2)
         if s[key] and not image_io.is_folder(s[key]):
             raise ConfigError(f"sample.{key}: folder not found: {s[key]}")
+    if not is_remote(s.output_dir) and os.path.lexists(s.output_dir) and \
+            not os.path.isdir(s.output_dir):
+        raise ConfigError(f"sample.output_dir={s.output_dir!r} is a file, not a folder: name a "
+                          "folder (new or existing; nothing was written)")
     check_folders(s.input_dir, s.output_dir)
     data.set_max_pixels(cfg.data.max_image_pixels)
     paths = data.list_images(s.input_dir, key="sample.input_dir")
@@ -125,12 +130,56 @@ def run_restore_files(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str,
     if skipped:
         log.info("%d of %d outputs already exist in %s: kept (sample.overwrite=True to redo)",
                  skipped, len(paths), s.output_dir)
+    done: list[str] = []  # the inputs whose output is written (complete), in order
+    try:
+        failed = _restore_all(cfg, workdir, todo, done)
+    except KeyboardInterrupt:
+        keep = "kept" if not s.overwrite else "kept with sample.overwrite=False"
+        raise Interrupted(f"interrupted (Ctrl-C): {len(done)} of {len(todo)} output(s) were "
+                          f"written to {s.output_dir}, each complete; run the same command again "
+                          f"to restore the other {len(todo) - len(done)} (finished outputs are "
+                          f"{keep})") from None
+    saved = len(done)
+    if distributed.is_main_process():
+        log.info("restored %d image(s) into %s; %d kept, %d failed", saved, s.output_dir, skipped,
+                 len(failed))
+    if failed:
+        raise DataError(
+            f"{len(failed)} of {len(todo)} input(s) could not be restored (the rest were): " +
+            "; ".join(failed))
+    return {"restored": saved, "skipped": skipped, "failed": failed}
+
+
+def _save_output(s: ml_collections.ConfigDict, path: str, img: np.ndarray, saved: int) -> str:
+    """Write the restoration of `path`; "" when written, else why this file alone was not (the run
+    goes on). A full disk stops the run (DataError naming the file, its folder and what is done)."""
+    out = _output_path(s.output_dir, s.input_dir, path)
+    try:
+        gray = image_io.is_gray_file(path)  # gray in -> gray out
+        data.save_image(out, image_io.to_gray(img) if gray else img)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(
+                f"no space left on device writing {data.shown(out)} (folder "
+                f"{data.shown(os.path.dirname(out))}): stopped; the {saved} output(s) written "
+                "before it are complete (each lands whole) and this one was not written; free "
+                "space and run the same command again (finished outputs are kept)") from None
+        return f"{data.shown(path)}: its output {data.shown(out)} could not be written " \
+               f"({e.strerror or e})"
+    return ""
+
+
+def _restore_all(cfg: ml_collections.ConfigDict, workdir: str, todo: list[str],
+                 done: list[str]) -> list[str]:
+    """Restore and write `todo`, appending each input whose output is written to `done`; returns
+    one message per input that failed."""
+    s = cfg.sample
     mesh = distributed.make_mesh()
     params = program.load_trained(cfg, workdir, mesh, s.checkpoint).params
     sampler = program.build_sampler(cfg, mesh)
     rng = jax.random.PRNGKey(cfg.seed)
     failed: list[str] = []
-    written = saved = 0  # restored images / files written (by process 0)
+    written = 0  # restored images (files are written by process 0)
     pbar = progress.bar(len(todo), "restore")
 
     def loaded() -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
@@ -155,18 +204,13 @@ def run_restore_files(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str,
                       jax.random.fold_in(rng, written), mask=masks)
         for (path, _, _), img in zip(batch, out):
             if distributed.is_main_process():
-                gray = image_io.is_gray_file(path)  # gray in -> gray out
-                data.save_image(_output_path(s.output_dir, s.input_dir, path),
-                                image_io.to_gray(img) if gray else img)
-                saved += 1
+                problem = _save_output(s, path, img, len(done))
+                if problem:  # this file alone (a name the file system refuses, …): the rest go on
+                    log.error("skipped: %s", problem)
+                    failed.append(problem)
+                else:
+                    done.append(path)
             written += 1
             pbar.update(1)
     pbar.close()
-    if distributed.is_main_process():
-        log.info("restored %d image(s) into %s; %d kept, %d failed", saved, s.output_dir, skipped,
-                 len(failed))
-    if failed:
-        raise DataError(
-            f"{len(failed)} of {len(todo)} input(s) could not be restored (the rest were): " +
-            "; ".join(failed))
-    return {"restored": saved, "skipped": skipped, "failed": failed}
+    return failed

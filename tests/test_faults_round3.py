@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from rdbm_jax import atomic, conditioning, export, export_loader, paths, reports
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError
 from rdbm_jax.restore_files import run_restore_files
-from tests.helpers import config
+from tests.helpers import REPO, config
 
 
 def _png(path, h=16, w=16, value=128) -> None:
@@ -96,12 +98,20 @@ def test_sample_removes_the_temporary_files_a_killed_run_left(tmp_path, trained_
     src, out = tmp_path / "in", tmp_path / "out"
     _png(src / "a.png")
     _png(out / "sub" / "keep.png")
-    stale = out / "sub" / ".b.png.4242.tmp"
-    stale.write_bytes(b"half a png")
+    # a writer that died (exited) with its temporary file in place
+    code = ("import sys; from rdbm_jax import atomic; "
+            "f = open(atomic.temp_path(sys.argv[1]), 'wb'); f.write(b'half a png'); "
+            "print(f.name)")
+    stale = subprocess.run([sys.executable, "-c", code, str(out / "sub" / "b.png")], cwd=REPO,
+                           capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": REPO}).stdout.strip()
+    assert os.path.exists(stale)
     (out / "notes.tmp").write_text("the user's own")
+    (out / "sub" / ".b.png.4242.tmp").write_text("the user's own too")  # the old temp pattern
     with caplog.at_level(logging.INFO, logger="rdbm_jax"):
         run_restore_files(_sample_cfg(src, out), trained_workdir)
-    assert not stale.exists() and (out / "notes.tmp").exists() and (out / "a.png").exists()
+    assert not os.path.exists(stale) and (out / "notes.tmp").exists() and (out / "a.png").exists()
+    assert (out / "sub" / ".b.png.4242.tmp").exists()
     assert "removed 1 temporary file(s)" in caplog.text
 
 

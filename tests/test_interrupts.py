@@ -1,0 +1,110 @@
+"""Ctrl-C (a real SIGINT to a real command-line process) during sample, sweep and training's
+restore phase: one line saying what was finished and how to go on, exit 130, no traceback."""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from tests.helpers import REPO
+
+# The command line in a child process, with one function wrapped so that the process sends itself
+# SIGINT at a chosen moment (as Ctrl-C in a terminal would).
+_CHILD = """
+import os, signal, sys
+{patch}
+from rdbm_jax import main
+sys.argv = ["rdbm_jax.main"] + {argv!r}
+main.run()
+"""
+
+_SIGINT_AT_SECOND_SAVE = """
+from rdbm_jax.data import image_io
+_save, _calls = image_io.save_image, []
+def save(path, img):
+    _calls.append(path)
+    if len(_calls) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+    _save(path, img)
+image_io.save_image = save
+"""
+
+_SIGINT_AT_FIRST_SETTING = """
+from rdbm_jax import sweep
+def score_sources(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    raise AssertionError("SIGINT was not delivered")
+sweep.score_sources = score_sources
+"""
+
+_SIGINT_WHILE_RESTORING = """
+from rdbm_jax import checkpoints
+_restore = checkpoints.Checkpointer.restore_latest
+def restore_latest(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return _restore(self, *args, **kwargs)
+checkpoints.Checkpointer.restore_latest = restore_latest
+"""
+
+TINY = ["--config=configs/demo.py:tiny", "--config.train.num_steps=2",
+        "--config.train.checkpoint_every=2", "--config.train.eval_every=0"]
+
+
+def _run(patch: str, argv: list[str]) -> subprocess.CompletedProcess:
+    code = _CHILD.format(patch=patch, argv=argv)
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONPATH": REPO})
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    """The process's only `error:` line (and no traceback)."""
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def _listing(folder: str) -> dict[str, int]:
+    return {os.path.relpath(os.path.join(root, f), folder): os.path.getsize(os.path.join(root, f))
+            for root, _, files in os.walk(folder) for f in files}
+
+
+def test_sigint_during_sample_says_what_was_written_and_a_rerun_finishes(trained_workdir,
+                                                                         tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rs = np.random.RandomState(0)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(rs.randint(0, 256, (16, 16, 3)).astype(np.uint8)).save(src / name)
+    argv = TINY + [f"--workdir={trained_workdir}", "--mode=sample",
+                   f"--config.sample.input_dir={src}", f"--config.sample.output_dir={out}"]
+    line = _one_line(_run(_SIGINT_AT_SECOND_SAVE, argv))
+    assert line == (f"error: interrupted (Ctrl-C): 1 of 3 output(s) were written to {out}, each "
+                    "complete; run the same command again to restore the other 2 (finished "
+                    "outputs are kept)")
+    assert sorted(os.listdir(out)) == ["a.png"]  # no temporary file left
+    again = _run("", argv)  # the same command finishes the job
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 of 3 outputs already exist" in again.stderr
+    assert sorted(os.listdir(out)) == ["a.png", "b.png", "c.png"]
+
+
+def test_sigint_during_sweep_is_one_line(trained_workdir):
+    argv = TINY + [f"--workdir={trained_workdir}", "--mode=sweep"]
+    line = _one_line(_run(_SIGINT_AT_FIRST_SETTING, argv))
+    assert line.startswith("error: interrupted (Ctrl-C): sweep/ files are written at the end")
+    assert not os.path.exists(os.path.join(trained_workdir, "sweep"))
+
+
+def test_sigint_while_training_restores_its_checkpoint(trained_workdir):
+    before = _listing(trained_workdir)
+    argv = TINY + [f"--workdir={trained_workdir}", "--mode=train"]
+    line = _one_line(_run(_SIGINT_WHILE_RESTORING, argv))
+    assert line.startswith("error: interrupted (Ctrl-C) while training was loading or saving: "
+                           "the checkpoints are intact; run the same command again to resume")
+    after = _listing(trained_workdir)
+    assert {k: v for k, v in after.items() if "checkpoints" in k} == \
+        {k: v for k, v in before.items() if "checkpoints" in k}

@@ -1,0 +1,138 @@
+"""Temporary files of atomic writes: a short name of our own, removed only when their writer is
+provably gone; a name the file system refuses skips that file only; a full disk names the file."""
+import errno
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rdbm_jax import atomic, main
+from rdbm_jax.data import image_io
+from rdbm_jax.errors import DataError
+from rdbm_jax.restore_files import run_restore_files
+from tests.helpers import REPO, config
+
+# A writer in another process: makes its temporary file, says its name, and waits.
+_WRITER = """
+import sys, time
+from rdbm_jax import atomic
+tmp = atomic.temp_path(sys.argv[1])
+open(tmp, "wb").write(b"half")
+print(tmp, flush=True)
+time.sleep(120)
+"""
+
+
+def test_user_files_with_look_alike_names_survive(tmp_path):
+    """The old cleanup removed every `.<name>.<digits>.tmp` (a user's `.notes.2024.tmp`)."""
+    (tmp_path / "sub").mkdir()
+    mine = [tmp_path / ".notes.2024.tmp", tmp_path / "sub" / ".draft.1.tmp",
+            tmp_path / ".a.png.123.tmp", tmp_path / ".~rdbm-notes.tmp"]
+    for path in mine:
+        path.write_text("keep me")
+    assert atomic.remove_stale(str(tmp_path)) == 0
+    assert all(p.read_text() == "keep me" for p in mine)
+
+
+def test_a_live_writers_temp_survives_and_a_dead_writers_is_removed(tmp_path):
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "a.png")], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        tmp = writer.stdout.readline().strip()
+        assert os.path.dirname(tmp) == str(tmp_path) and os.path.exists(tmp)
+        assert atomic.remove_stale(str(tmp_path)) == 0  # its writer runs: in flight, not stale
+        assert os.path.exists(tmp)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert atomic.remove_stale(str(tmp_path)) == 1  # killed: provably stale
+    assert not os.path.exists(tmp)
+
+
+def test_temp_names_are_short_whatever_the_target(tmp_path):
+    long_name = "x" * 250 + ".png"
+    assert len(os.path.basename(atomic.temp_path(str(tmp_path / long_name)))) < 64
+    atomic.write_bytes(str(tmp_path / long_name), b"data")  # `.<name>.<pid>.tmp` was > 255 bytes
+    assert (tmp_path / long_name).read_bytes() == b"data"
+    assert os.listdir(tmp_path) == [long_name]
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    target = tmp_path / "eval" / "metrics.json"
+    with pytest.raises(OSError) as err:
+        atomic.write_text(str(target), "{}")
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+    line = main._os_error(err.value)  # what the command line prints (exit 1)
+    assert f"writing {target} (folder {tmp_path / 'eval'})" in line
+    assert "files written before it are complete" in line
+    assert not target.exists() and os.listdir(tmp_path / "eval") == []
+
+
+def _inputs(folder, names):
+    folder.mkdir()
+    rs = np.random.RandomState(0)
+    for name in names:
+        Image.fromarray(rs.randint(0, 256, (16, 16, 3)).astype(np.uint8)).save(folder / name)
+
+
+def test_sample_long_names_one_bad_output_and_a_full_disk(trained_workdir, tmp_path, monkeypatch):
+    long_name = "n" * 250 + ".png"
+    src = tmp_path / "in"
+    _inputs(src, ["a.png", "b.png", "c.png", long_name])
+    out = tmp_path / "out"
+    cfg = config(**{"sample.input_dir": str(src), "sample.output_dir": str(out)})
+    # 1. a 250-character name is restored like any other (its temp name was > 255 bytes: the whole
+    # run aborted, the other inputs never tried)
+    assert run_restore_files(cfg, trained_workdir)["restored"] == 4
+    assert sorted(os.listdir(out)) == sorted(["a.png", "b.png", "c.png", long_name])
+
+    # 2. an output the file system refuses skips that input only, named in the failed count
+    save = image_io.save_image
+
+    def refuse_b(path, img):
+        if os.path.basename(path) == "b.png":
+            raise OSError(errno.ENAMETOOLONG, "File name too long", path)
+        save(path, img)
+
+    monkeypatch.setattr(image_io, "save_image", refuse_b)
+    cfg.sample.output_dir, cfg.sample.overwrite = str(tmp_path / "out2"), True
+    with pytest.raises(DataError, match=r"^1 of 4 input\(s\) could not be restored .*b.png: its "
+                                        r"output .*b.png could not be written \(File name too"):
+        run_restore_files(cfg, trained_workdir)
+    assert sorted(os.listdir(tmp_path / "out2")) == sorted(["a.png", "c.png", long_name])
+
+    # 3. a full disk stops the run naming the file and folder; the outputs before it are whole
+    def full_at_c(path, img):
+        if os.path.basename(path) == "c.png":
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        save(path, img)
+
+    monkeypatch.setattr(image_io, "save_image", full_at_c)
+    cfg.sample.output_dir = str(tmp_path / "out3")
+    with pytest.raises(DataError) as err:
+        run_restore_files(cfg, trained_workdir)
+    msg = str(err.value)
+    assert f"no space left on device writing {tmp_path / 'out3' / 'c.png'} (folder " \
+           f"{tmp_path / 'out3'})" in msg and "2 output(s) written before it are complete" in msg
+    assert sorted(os.listdir(tmp_path / "out3")) == ["a.png", "b.png"]
+    for name in ("a.png", "b.png"):  # complete: the same bytes as the uninterrupted run's
+        assert (tmp_path / "out3" / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path):
+    from rdbm_jax.errors import ConfigError
+    _inputs(tmp_path / "in", ["a.png"])
+    (tmp_path / "out.png").write_text("a file")
+    cfg = config(**{"sample.input_dir": str(tmp_path / "in"),
+                    "sample.output_dir": str(tmp_path / "out.png")})
+    with pytest.raises(ConfigError, match=r"sample.output_dir=.*out.png' is a file, not a folder"):
+        run_restore_files(cfg, str(tmp_path / "no_workdir"))
+    assert (tmp_path / "out.png").read_text() == "a file"
