@@ -35,19 +35,20 @@ def build_page(page: handlers.PageModel, out_dir: str) -> Any:
 
     cfg = page.model.config
 
-    def on_upload(path: str | None) -> tuple[Any, Any, str]:
+    def on_upload(path: str | None) -> tuple[Any, ...]:
+        # The upload box is emptied each time (the photo lives on in the editor): ready for the next.
         if not path:
-            return None, None, ""
+            return None, None, None, ""
         try:
             photo = handlers.decode_upload(path)
         except Exception as e:  # noqa: BLE001 — every failure is one line on the page
-            return _failed(gr, e, None, None)
+            return _failed(gr, e, None, None, None)
         h, w = photo.shape[:2]
         hint = "paint over what should go, then" if page.brush else "now"
         value = {"background": photo, "layers": [], "composite": None}
         editor_update = gr.ImageEditor(value=value, brush=_brush(gr, brush_radius(h, w))) \
             if page.brush else value
-        return photo, editor_update, (
+        return None, photo, editor_update, (
             f"loaded {image_io.shown(os.path.basename(path))} ({w}x{h}): {hint} press Restore")
 
     def on_restore(photo: np.ndarray | None, editor: dict | None, nfe: float,
@@ -91,7 +92,7 @@ def build_page(page: handlers.PageModel, out_dir: str) -> Any:
             result = gr.File(label="RDBM's result (PNG)", elem_id="result")
             mask = gr.File(label="The holes (PNG, white = hole: a sample.mask_dir mask)",
                            elem_id="mask", visible=page.brush)
-        upload.upload(on_upload, [upload], [photo, editor, status])
+        upload.upload(on_upload, [upload], [upload, photo, editor, status])
         button.click(on_restore, [photo, editor, nfe, eta], shown + [result, mask, status],
                      concurrency_limit=1)
     return demo.queue(default_concurrency_limit=1)
