@@ -41,5 +41,9 @@ setup(
         # several GB): CI installs them after the README's test command (.ci/run).
         "twins": ["torch>=2.4", "torchvision>=0.19", "lpips>=0.1.4", "pytorch-fid>=0.3"],
         "tensorboard": ["tensorflow-cpu>=2.15"],
+        # --mode=app's local web page (rdbm_jax/app.py); the core install does not need it.
+        "app": ["gradio>=6.0,<7"],
+        # Its browser test drives the system's Chromium (Debian's `chromium`, never a download).
+        "app-test": ["playwright>=1.50,<2"],
     },
 )

@@ -164,4 +164,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         nfe="1,2,5,10,20,50",
         eta="0,1",
     ))
+
+    c.app = ml_collections.ConfigDict(dict(
+        host="127.0.0.1",        # --mode=app: the page's address (127.0.0.1: this machine only;
+                                 # 0.0.0.0 opens it to the network, with no login)
+        port=7860,               # ... and port, 1–65535
+        step=-1,                 # ... the checkpoint step it restores with; -1 = the latest
+    ))
     return c

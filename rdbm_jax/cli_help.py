@@ -19,6 +19,9 @@ MODE_HELP = {
     "sample": "restore every image under sample.input_dir into sample.output_dir",
     "sweep": "one checkpoint across sweep.nfe x sweep.eta: <workdir>/sweep/",
     "export": "the whole restorer as a jax.export artifact: <workdir>/export/",
+    "app": "a local web page to try the run: upload a photo, paint the holes, restore it beside "
+           "the classical baseline, download (app.host, app.port; needs pip install -e "
+           "\".[app]\")",
     "print_config": "print the resolved config (file, variant and overrides), validated, and exit: "
                     "runs nothing, needs no --workdir",
 }

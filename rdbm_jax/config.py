@@ -138,6 +138,19 @@ def _check_num_steps(cfg: ml_collections.ConfigDict, key: str, num_steps: int) -
                           f"bridge.num_timesteps={cfg.bridge.num_timesteps}")
 
 
+def _validate_app(cfg: ml_collections.ConfigDict) -> None:
+    """The `app` section (--mode=app); a run saved before it existed has none and needs none."""
+    if "app" not in cfg:
+        return
+    app = cfg.app
+    if not isinstance(app.host, str) or not app.host.strip() or any(c.isspace() for c in app.host):
+        raise ConfigError(f"app.host={app.host!r} must be a host name or address, e.g. 127.0.0.1")
+    if not 1 <= app.port <= 65535:
+        raise ConfigError(f"app.port={app.port!r} must be in 1..65535")
+    if app.step < -1:
+        raise ConfigError(f"app.step={app.step!r} must be a checkpoint step, or -1 (the latest)")
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Check choices and ranges of every known key; raise ConfigError naming the first bad one."""
     for key, allowed in CHOICES.items():
@@ -177,3 +190,4 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         _check_num_steps(cfg, "sweep.nfe", nfe)
     for eta in parse_list(cfg, "sweep.eta", float):
         _check_range("sweep.eta", eta, "sample.eta")
+    _validate_app(cfg)

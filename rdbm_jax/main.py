@@ -13,7 +13,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("train", "eval", "sample", "sweep", "export", "print_config")
+MODES = ("train", "eval", "sample", "sweep", "export", "app", "print_config")
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort")  # ours (exit 0), not absl's (exit 1)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py[:arg]).",
@@ -185,6 +185,9 @@ def main(argv: list[str]) -> None:
         elif _MODE.value == "sweep":
             from rdbm_jax.sweep import run_sweep
             run_sweep(_CONFIG.value, _WORKDIR.value)
+        elif _MODE.value == "app":
+            from rdbm_jax.app import serve
+            serve(_CONFIG.value, _WORKDIR.value)
         else:
             from rdbm_jax.export import run_export
             run_export(_CONFIG.value, _WORKDIR.value)

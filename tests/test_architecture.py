@@ -132,8 +132,19 @@ def test_only_the_loop_program_and_api_open_checkpoints():
 def test_main_only_dispatches():
     assert GRAPH["rdbm_jax.main"] <= {
         "rdbm_jax.cli_help", "rdbm_jax.distributed", "rdbm_jax.errors", "rdbm_jax.train",
-        "rdbm_jax.evaluate", "rdbm_jax.restore_files", "rdbm_jax.sweep", "rdbm_jax.export"
+        "rdbm_jax.evaluate", "rdbm_jax.restore_files", "rdbm_jax.sweep", "rdbm_jax.export",
+        "rdbm_jax.app"
     }
+
+
+def test_the_page_restores_through_the_api_only_and_only_main_serves_it():
+    """--mode=app has one restore path (the API, the baselines): no other mode under it."""
+    for module in ("rdbm_jax.app", "rdbm_jax.app_handlers"):
+        reached = _closure(module) & (MODES - {"rdbm_jax.api"})
+        assert not reached, f"{module} reaches {sorted(reached)}"
+    assert "rdbm_jax.api" in GRAPH["rdbm_jax.app_handlers"]
+    users = {m for m, deps in GRAPH.items() if deps & {"rdbm_jax.app", "rdbm_jax.app_handlers"}}
+    assert users == {"rdbm_jax.main", "rdbm_jax.app"}, users
 
 
 def _source_files() -> dict[str, str]:

@@ -163,7 +163,22 @@ def test_loading_a_config_file_imports_no_jax_library(name):
     ({"train.t_sampling": "small"},
      r"^train\.t_sampling='small' is not one of 'uniform', 'weighted'$"),
     ({"sweep.nfe": "2,500"}, r"^sweep\.nfe=500 exceeds bridge\.num_timesteps=100$"),
+    # --mode=app's page: an address and a port it can bind, a step or -1 (the latest).
+    ({"app.port": 0}, r"^app\.port=0 must be in 1\.\.65535$"),
+    ({"app.port": 70000}, r"^app\.port=70000 must be in 1\.\.65535$"),
+    ({"app.host": ""}, r"^app\.host='' must be a host name or address"),
+    ({"app.host": "my host"}, r"^app\.host='my host' must be a host name or address"),
+    ({"app.step": -2}, r"^app\.step=-2 must be a checkpoint step, or -1"),
 ])
 def test_config_rules_are_checked_by_validate(overrides, message):
     with pytest.raises(ConfigError, match=message):
         config_lib.validate(config(**overrides))
+
+
+def test_a_saved_run_without_an_app_section_still_validates():
+    """Runs saved before --mode=app existed have no `app` section: the API validates their
+    config on every restore, so the section must stay optional there."""
+    cfg = config()
+    config_lib.validate(cfg)
+    del cfg["app"]
+    config_lib.validate(cfg)
