@@ -36,6 +36,7 @@ RESUMABLE = (
     "sample.*",
     "eval.*",
     "sweep.*",
+    "app.*",  # --mode=app's address and step: it only reads checkpoints
 )
 
 _ABSENT = object()  # a key or section one config lacks
