@@ -1,5 +1,6 @@
-"""A damaged checkpoint is never trusted (issue 30, item 5): checksums recorded at save and checked
-at restore, a finite-values check for checkpoints without them, strict JSON in every metrics file."""
+"""A damaged checkpoint is never trusted (issue 30, item 5): checksums recorded at save and
+checked at restore, a finite-values check for checkpoints without them, strict JSON in every
+metrics file."""
 from __future__ import annotations
 
 import glob
@@ -68,7 +69,8 @@ def test_every_saved_step_records_checksums_that_verify(two_checkpoints):
     directory = checkpoints.checkpoint_dir(two_checkpoints)
     for step in (1, 2):
         doc = json.load(open(os.path.join(directory, str(step), checkpoint_integrity.FILE)))
-        assert doc["algorithm"] == "sha256" and any(k.startswith("ema_params/") for k in doc["leaves"])
+        assert doc["algorithm"] == "sha256"
+        assert any(k.startswith("ema_params/") for k in doc["leaves"])
     assert len(_ema(two_checkpoints, 2)) > 10  # verified on the way
 
 
