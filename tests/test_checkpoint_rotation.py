@@ -91,3 +91,36 @@ def test_a_damaged_newest_step_is_not_retried(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="damaged"):
         checkpoint_rotation.read_newest(str(tmp_path), read)
     assert calls == [7]
+
+
+@pytest.mark.integration
+def test_reading_while_a_real_training_run_rotates_every_step(two_steps, tmp_path):
+    """A child `train` saving every step with max_to_keep=1 deletes the step before each new one;
+    the API and load_trained read the workdir meanwhile, and every read succeeds."""
+    import subprocess
+    import time
+
+    from tests.helpers import REPO, train_argv
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(two_steps, workdir, ignore=shutil.ignore_patterns(".lock"))
+    overrides = {**RUN, "train.num_steps": 400, "train.max_to_keep": 1, "train.log_every": 50}
+    child = subprocess.Popen(train_argv(workdir, overrides, "def hook(step, state): pass"),
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    directory = checkpoints.checkpoint_dir(workdir)
+    try:
+        deadline = time.time() + 300
+        while not any(s > 2 for s in checkpoints.complete_steps(directory)):
+            assert child.poll() is None and time.time() < deadline, child.stderr.read()
+            time.sleep(0.2)
+        steps = []
+        for _ in range(3):
+            steps.append(api.load(workdir).step)
+            steps.append(program.load_trained(config(**RUN), workdir,
+                                              distributed.make_mesh()).step)
+        assert child.poll() is None, "the training ended before the reads did"
+    finally:
+        child.terminate()  # SIGTERM: it saves and exits 0
+        child.wait(timeout=300)
+    assert len(steps) == 6 and steps == sorted(steps) and steps[0] > 2
