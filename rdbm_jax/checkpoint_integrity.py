@@ -43,7 +43,8 @@ def _host_leaves(tree: Any) -> dict[str, np.ndarray]:
 
 def _digest(arr: np.ndarray) -> str:
     h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(np.ascontiguousarray(arr).tobytes())
+    # the bytes as a uint8 view, not a copy (tobytes is ~7x slower) and for any dtype (bfloat16)
+    h.update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 
