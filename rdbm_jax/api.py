@@ -8,7 +8,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, config as config_lib, data, distributed, models, paths, program
+from rdbm_jax import checkpoint_rotation, checkpoints, config as config_lib, data, distributed
+from rdbm_jax import models, paths, program
 from rdbm_jax.data import image_io
 from rdbm_jax.data.masks import hole_mask
 from rdbm_jax.errors import RDBMError
@@ -180,23 +181,31 @@ class TrainedModel:
 def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> TrainedModel:
     """Load a trained run from `workdir`: the latest checkpoint (or `step`), EMA parameters by
     default."""
-    try:
-        directory, latest = checkpoints.resolve(workdir)
-        step = latest if step is None else int(step)
-        folder = os.path.join(directory, str(step))
-        if not paths.as_path(folder).is_dir():  # local or gs://…
-            raise ValueError(f"step={step}: no checkpoint {folder} (latest: {latest})")
-        missing = checkpoints.missing_files(folder)
-        if missing:
-            raise ValueError(f"step={step}: {folder} is not a complete checkpoint (missing "
-                             f"{', '.join(missing)}; latest complete: {latest})")
-        saved = checkpoints.read_config(directory, step)
+    mesh = distributed.make_mesh()
+
+    def load_step(directory: str, at: int) -> tuple[ml_collections.ConfigDict, program.Trained]:
+        saved = checkpoints.read_config(directory, at)
         cfg = ml_collections.ConfigDict(saved)
         cfg.sample.use_ema = bool(use_ema)
-        mesh = distributed.make_mesh()
-        model, schedule, params, step = program.load_trained(cfg, workdir, mesh, folder,
-                                                             saved_config=saved)
+        folder = os.path.join(directory, str(at))
+        return cfg, program.load_trained(cfg, workdir, mesh, folder, saved_config=saved)
+
+    try:
+        if step is None:  # the newest, which a running training may delete while it is read
+            cfg, trained = checkpoint_rotation.read_newest(workdir, load_step)
+        else:
+            directory, latest = checkpoints.resolve(workdir)
+            step = int(step)
+            folder = os.path.join(directory, str(step))
+            if not paths.as_path(folder).is_dir():  # local or gs://…
+                raise ValueError(f"step={step}: no checkpoint {folder} (latest: {latest})")
+            missing = checkpoints.missing_files(folder)
+            if missing:
+                raise ValueError(f"step={step}: {folder} is not a complete checkpoint (missing "
+                                 f"{', '.join(missing)}; latest complete: {latest})")
+            cfg, trained = load_step(directory, step)
     except RDBMError as e:  # the messages name the CLI's key; this function takes step=
         raise type(e)(str(e).replace("set sample.checkpoint", "pass step=")
                       .replace("with sample.checkpoint", "with step=")) from None
+    model, schedule, params, step = trained
     return TrainedModel(cfg, model, schedule, params, step, mesh)

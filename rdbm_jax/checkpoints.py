@@ -20,7 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from rdbm_jax import distributed, paths
+from rdbm_jax import checkpoint_integrity as integrity, distributed, paths
 from rdbm_jax.errors import ConfigError, TrainingError
 
 log = logging.getLogger("rdbm_jax")
@@ -259,6 +259,7 @@ class Checkpointer:
             error = record.exc_info[1] if record.exc_info else RuntimeError(record.getMessage())
         if error is None and jax.process_index() == 0 and not is_complete(final):
             error = RuntimeError(f"missing {', '.join(missing_files(final))} after the save")
+        error = error or integrity.record(final, state)
         # every process stops when a save failed on any
         if distributed.any_process(error is not None):
             error = error or RuntimeError("the save failed on another process")
@@ -320,9 +321,14 @@ class Checkpointer:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
                 with _quiet_orbax():
-                    return step, self.manager.restore(step, args=ocp.args.Composite(**items)).state
+                    state = self.manager.restore(step, args=ocp.args.Composite(**items)).state
             except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
                 reason = f"unreadable ({_reason(e)})"
+            else:  # read without an error, but flipped bytes read without one too
+                damage = integrity.problem(os.path.join(self.directory, str(step)), state)
+                if damage is None:
+                    return step, state
+                reason = f"damaged ({damage})"
             _collect_leftovers()
             self._warn_set_aside(step, reason)
         return 0, None
@@ -412,6 +418,7 @@ def load_params(directory: str, step: int, abstract_params: Any, which: str = "e
     item = {which: abstract_params}
     restored = _restore(directory, step, "parameters", state=ocp.args.PyTreeRestore(
         item=item, restore_args={which: restore_args}, partial_restore=True))
+    integrity.require(os.path.join(directory, str(step)), restored.state)
     return restored.state[which]
 
 

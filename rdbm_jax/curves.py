@@ -31,8 +31,8 @@ def read_series(metrics_path: str, keys: list[str]) -> dict[str, tuple[list[int]
             except json.JSONDecodeError:  # a line cut short by a crash
                 continue
             for k in keys:
-                if k in row and "step" in row:
-                    latest[k][int(row["step"])] = float(row[k])
+                if k in row and "step" in row:  # null: a score that was not a number (NaN)
+                    latest[k][int(row["step"])] = float("nan" if row[k] is None else row[k])
     return {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in latest.items() if v}
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rdbm_jax import conditioning, metrics, paths, program, sde
+from rdbm_jax import conditioning, metrics, paths, program, sde, strict_json
 from rdbm_jax.data.spec import task_names
 
 ESTIMATES = ("model", "skip", "invert")  # the network's x̂0, the skip estimate, plain inversion
@@ -128,7 +127,7 @@ def write(out_dir: str, results: dict[str, list[dict[str, float]]], info: dict) 
         "mean": mean, "min_gain_over_skip": min(r["model"] - r["skip"] for r in mean)
     }
     written = [paths.join(out_dir, "per_step.json"), paths.join(out_dir, "per_step.png")]
-    paths.write_text(written[0], json.dumps(doc, indent=2))
+    paths.write_text(written[0], strict_json.dumps(doc, indent=2))
     plot(results, written[1])
     return written
 

@@ -7,7 +7,6 @@ Writes `workdir/export/restorer.jax` (serialized StableHLO), `restorer.json` (wh
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from typing import Any, Callable
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import export
 
-from rdbm_jax import config as config_lib, distributed, paths, program
+from rdbm_jax import config as config_lib, distributed, paths, program, strict_json
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.sampler import MIN_SIDE, Sampler
 
@@ -76,7 +75,7 @@ def write_unit(out_dir: str, blob: bytes, info: dict) -> None:
     artifact's SHA-256, so the three act as one unit: a kill between two renames leaves a pair that
     the loader refuses (mismatched hash), never a new artifact described by old metadata."""
     paths.write_bytes(paths.join(out_dir, ARTIFACT), blob)
-    paths.write_text(paths.join(out_dir, METADATA), json.dumps(info, indent=2))
+    paths.write_text(paths.join(out_dir, METADATA), strict_json.dumps(info, indent=2))
     with open(os.path.join(os.path.dirname(__file__), "export_loader.py"), encoding="utf-8") as f:
         paths.write_text(paths.join(out_dir, "export_loader.py"), f.read())
 

@@ -21,7 +21,7 @@ from clu import metrics as clu_metrics
 from jax.sharding import Mesh
 from ml_collections import ConfigDict, FrozenConfigDict
 
-from rdbm_jax import checkpoints, conditioning, distributed, models, sde
+from rdbm_jax import checkpoint_rotation, checkpoints, conditioning, distributed, models, sde
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.schedules import Schedule
 from rdbm_jax.sampler import Sampler
@@ -411,7 +411,15 @@ def load_trained(cfg: ConfigDict, workdir: str, mesh: Mesh, checkpoint: str = ""
     `saved_config`: the checkpoint's config when the caller has already read it (not read twice).
     """
     use_compilation_cache(cfg.train.compilation_cache_dir)
-    directory, step = checkpoints.resolve(workdir, checkpoint)
+    if not checkpoint:  # the newest, which a running training may delete while it is read
+        return checkpoint_rotation.read_newest(
+            workdir, lambda directory, step: _load(cfg, directory, step, mesh, saved_config))
+    return _load(cfg, *checkpoints.resolve(workdir, checkpoint), mesh, saved_config)
+
+
+def _load(cfg: ConfigDict, directory: str, step: int, mesh: Mesh,
+          saved_config: dict | None) -> Trained:
+    """`load_trained` of one checkpoint step."""
     where = os.path.join(directory, str(step))
     saved = checkpoints.read_config(directory, step) if saved_config is None else saved_config
     check_compatible(cfg, saved, where)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import data, paths
+from rdbm_jax import data, paths, strict_json
 from rdbm_jax.scoring import KEPT, MASKED, WHOLE, is_test_set, set_of, task_of
 
 GRID_HEIGHT = 192  # every cell of a PNG grid is resized to this height
@@ -83,7 +82,7 @@ def write_report(out_dir: str, rows: list[dict], per_task: dict, info: dict) -> 
             test_sets.setdefault(task_of(label), {})[set_of(label)] = v
     report = {**info, "tasks": tasks, **({"test_sets": test_sets} if test_sets else {}),
               "overall": per_task["overall"]}
-    paths.write_text(paths.join(out_dir, "metrics.json"), json.dumps(report, indent=2))
+    paths.write_text(paths.join(out_dir, "metrics.json"), strict_json.dumps(report, indent=2))
     present = {k for r in rows for k in r}
     order = dict.fromkeys(ID_COLUMNS + tuple(k for r in rows for k in r))
     fields = [k for k in order if k in present]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from typing import Any
 
 import ml_collections
 
-from rdbm_jax import config as config_lib, data, distributed, paths, program, progress
+from rdbm_jax import config as config_lib, data, distributed, paths, program, progress, strict_json
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.reports import summary_line
 from rdbm_jax.scoring import SCORES, Baselines, protocol, sampling_key, score_sources
@@ -109,7 +108,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
         paths.write_text(paths.join(out_dir, "results.csv"), table.getvalue())
         plot(rows, paths.join(out_dir, "results.png"))
         paths.write_text(paths.join(out_dir, "protocol.json"),  # NFE/η: per row
-                         json.dumps({"step": step, "protocol": protocol(cfg)}, indent=2))
+                         strict_json.dumps({"step": step, "protocol": protocol(cfg)}, indent=2))
         log.info("wrote %s", ", ".join(paths.join(out_dir, f)
                                        for f in ("results.csv", "results.png", "protocol.json")))
     return rows

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, models, program
-from rdbm_jax import memory, paths, resume, workdir_lock, writers
+from rdbm_jax import memory, paths, resume, strict_json, workdir_lock, writers
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule
@@ -201,7 +201,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
 
     writer = writers.create_writer(workdir, is_main, cfg.train.tensorboard, resume_step=start)
     if is_main and not start:
-        paths.write_text(paths.join(workdir, "config.json"), json.dumps(config_json, indent=2))
+        paths.write_text(paths.join(workdir, "config.json"),
+                         strict_json.dumps(config_json, indent=2))
         # The resolved config in TensorBoard's text tab (indented: Markdown shows it verbatim).
         writer.write_texts(0,
                            {"config": textwrap.indent(json.dumps(config_json, indent=2), "    ")})

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rdbm_jax import paths
+from rdbm_jax import paths, strict_json
 from rdbm_jax.errors import ConfigError, TrainingError
 
 log = logging.getLogger("rdbm_jax")
@@ -36,7 +36,7 @@ class JsonlWriter:
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         try:
-            paths.append_text(self.path, json.dumps(row) + "\n")
+            paths.append_text(self.path, strict_json.dumps(row) + "\n")
         except OSError as e:
             raise TrainingError(f"cannot write {self.path}: {e.strerror or e}") from None
         log.info("step %d: %s", step,

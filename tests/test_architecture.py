@@ -126,7 +126,9 @@ def test_math_imports_no_flax():
 
 def test_only_the_loop_program_and_api_open_checkpoints():
     users = {m for m, deps in GRAPH.items() if "rdbm_jax.checkpoints" in deps}
-    assert users == {"rdbm_jax.train", "rdbm_jax.program", "rdbm_jax.api"}
+    # checkpoint_rotation: the checkpoint layer's own reader of a rotating workdir
+    assert users == {"rdbm_jax.train", "rdbm_jax.program", "rdbm_jax.api",
+                     "rdbm_jax.checkpoint_rotation"}
 
 
 def test_main_only_dispatches():
