@@ -41,5 +41,7 @@ setup(
         # several GB): CI installs them after the README's test command (.ci/run).
         "twins": ["torch>=2.4", "torchvision>=0.19", "lpips>=0.1.4", "pytorch-fid>=0.3"],
         "tensorboard": ["tensorflow-cpu>=2.15"],
+        # gs:// workdirs and data folders: etils.epath reaches Google Cloud Storage through gcsfs.
+        "gcs": ["gcsfs>=2023.1"],
     },
 )

@@ -180,6 +180,7 @@ class TrainedModel:
 def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> TrainedModel:
     """Load a trained run from `workdir`: the latest checkpoint (or `step`), EMA parameters by
     default."""
+    paths.check_backend(workdir, "workdir")  # gs:// without gcsfs: a ConfigError naming the extra
     try:
         directory, latest = checkpoints.resolve(workdir)
         step = latest if step is None else int(step)

@@ -21,7 +21,7 @@ from clu import metrics as clu_metrics
 from jax.sharding import Mesh
 from ml_collections import ConfigDict, FrozenConfigDict
 
-from rdbm_jax import checkpoints, conditioning, distributed, models, sde
+from rdbm_jax import checkpoints, conditioning, distributed, models, paths, sde
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.schedules import Schedule
 from rdbm_jax.sampler import Sampler
@@ -410,6 +410,8 @@ def load_trained(cfg: ConfigDict, workdir: str, mesh: Mesh, checkpoint: str = ""
 
     `saved_config`: the checkpoint's config when the caller has already read it (not read twice).
     """
+    paths.check_backend(workdir, "--workdir")  # gs:// without gcsfs: one line, not a traceback
+    paths.check_backend(checkpoint, "sample.checkpoint")
     use_compilation_cache(cfg.train.compilation_cache_dir)
     directory, step = checkpoints.resolve(workdir, checkpoint)
     where = os.path.join(directory, str(step))
