@@ -404,11 +404,15 @@ class Trained(NamedTuple):
 
 
 def load_trained(cfg: ConfigDict, workdir: str, mesh: Mesh, checkpoint: str = "",
-                 saved_config: dict | None = None) -> Trained:
+                 saved_config: dict | None = None,
+                 check_saved: Callable[[dict, str], Any] | None = None) -> Trained:
     """The parameters (EMA unless sample.use_ema=False) of a checkpoint, and nothing else of its
     state.
 
     `saved_config`: the checkpoint's config when the caller has already read it (not read twice).
+    `check_saved(saved, file)`: refuses a damaged saved config before it is compared with `cfg`
+    (`config.check_saved`; passed in: config.py imports this module), so that a hint to set a key
+    to the checkpoint's value is only given for a valid value.
     """
     paths.check_backend(workdir, "--workdir")  # gs:// without gcsfs: one line, not a traceback
     paths.check_backend(checkpoint, "sample.checkpoint")
@@ -416,6 +420,8 @@ def load_trained(cfg: ConfigDict, workdir: str, mesh: Mesh, checkpoint: str = ""
     directory, step = checkpoints.resolve(workdir, checkpoint)
     where = os.path.join(directory, str(step))
     saved = checkpoints.read_config(directory, step) if saved_config is None else saved_config
+    if check_saved is not None:
+        check_saved(saved, os.path.join(where, "config"))
     check_compatible(cfg, saved, where)
     which = "ema_params" if cfg.sample.use_ema else "params"
     params = checkpoints.load_params(directory, step, abstract_params(cfg, mesh), which)
