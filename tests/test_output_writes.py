@@ -1,7 +1,8 @@
-"""Temporary files of atomic writes: a short name of our own, removed only when their writer is
-provably gone; a name the file system refuses skips that file only; a full disk names the file."""
+"""Output writes: temporary files of our own, removed only when their writer is provably gone; a
+name the file system refuses skips that file only; a full disk names the file and folder."""
 import errno
 import os
+import shutil
 import subprocess
 import sys
 
@@ -138,16 +139,43 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path):
     assert (tmp_path / "out.png").read_text() == "a file"
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 96 KB tmpfs (a few 64x64 PNGs fit, twelve do not); skipped where mounting fails."""
-    mount = tmp_path / "tmpfs"
+def _tmpfs(mount, kib):
+    """Mount a tmpfs of `kib` KiB on `mount` (skip the test where that needs root)."""
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mount)],
                       capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 96 KB tmpfs (a few 64x64 PNGs fit, twelve do not)."""
+    _tmpfs(tmp_path / "tmpfs", 96)
+    yield tmp_path / "tmpfs"
+    subprocess.run(["umount", str(tmp_path / "tmpfs")], capture_output=True)
+
+
+def test_a_really_full_disk_during_export_is_one_line(trained_run, tmp_path):
+    """The workdir on a tmpfs that holds its checkpoint and little more: the export's artifact
+    does not fit; one line names it and its folder (it named no file: `[Errno 28]`)."""
+    from tests.helpers import run_cli
+    used = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(trained_run) for f in fs)
+    mount = tmp_path / "tmpfs"
+    _tmpfs(mount, used // 1024 + 256)  # + room for per-file blocks, not for the artifact (MBs)
+    try:
+        workdir = mount / "run"
+        shutil.copytree(trained_run, workdir)
+        proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={workdir}", "--mode=export")
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        export = workdir / "export"
+        assert last.startswith(f"error: no space left on device writing {export}/restorer.jax "
+                               f"(folder {export}): stopped; the files written before it are "
+                               "complete"), last
+        assert not export.exists() or os.listdir(export) == []  # nothing half-written
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
 
 
 def test_a_really_full_disk_during_sample_is_one_line(trained_workdir, tmp_path, small_tmpfs):
