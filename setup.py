@@ -45,5 +45,7 @@ setup(
         "app": ["gradio>=6.0,<7"],
         # Its browser test drives the system's Chromium (Debian's `chromium`, never a download).
         "app-test": ["playwright>=1.50,<2"],
+        # gs:// workdirs and data folders: etils.epath reaches Google Cloud Storage through gcsfs.
+        "gcs": ["gcsfs>=2023.1"],
     },
 )

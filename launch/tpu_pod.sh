@@ -46,11 +46,12 @@ archive=/tmp/rdbm_jax_src.tar.gz
 if [ "$dry_run" = 1 ] || ! "${gc[@]}" describe "$name" "${where[@]}" >/dev/null 2>&1; then
   run "${gc[@]}" create "$name" "${where[@]}" --accelerator-type="$accel" --version="$version"
 fi
-# 2. Ship this checkout (tracked files) to every worker and install it with JAX for TPU.
+# 2. Ship this checkout (tracked files) to every worker and install it with JAX for TPU and the
+#    `gcs` extra (gcsfs: a gs:// workdir is written through it).
 run git -C "$repo" archive --format=tar.gz --prefix=rdbm_jax/ -o "$archive" HEAD
 run "${gc[@]}" scp "$archive" "$name:~/rdbm_jax_src.tar.gz" "${where[@]}" --worker=all
 run "${gc[@]}" ssh "$name" "${where[@]}" --worker=all --command \
-  "rm -rf ~/rdbm_jax && tar xzf ~/rdbm_jax_src.tar.gz -C ~ && pip install -q 'jax[tpu]' -e ~/rdbm_jax"
+  "rm -rf ~/rdbm_jax && tar xzf ~/rdbm_jax_src.tar.gz -C ~ && pip install -q 'jax[tpu]' -e ~/rdbm_jax'[gcs]'"
 # 3. Run the same command on all workers.
 cmd="cd ~/rdbm_jax && RDBM_DISTRIBUTED=auto python3 -m rdbm_jax.main --config=$config --workdir=$workdir --mode=$mode"
 for e in "${extra[@]+"${extra[@]}"}"; do cmd+=" $(printf '%q' "$e")"; done

@@ -54,6 +54,40 @@ def _to_mu(images: np.ndarray) -> np.ndarray:
     return unit * 2.0 - 1.0
 
 
+def _integer(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
+    """`value` as an int in [lo, hi], else a ValueError naming the argument and what it got."""
+    want = "an integer"
+    if lo is not None:
+        want += f" >= {lo}" if hi is None else f" in [{lo}, {hi}]"
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok and isinstance(value, (float, np.floating)) and np.isfinite(value):
+        ok = float(value).is_integer()  # 10.0 is fine, 10.5 is not
+    if not ok or (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{name}: got {value!r}; expected {want}")
+    return int(value)
+
+
+def _real(name: str, value: Any) -> float:
+    """`value` as a finite float, else a ValueError naming the argument and what it got."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError, OverflowError):
+        out = float("nan")
+    if not np.isfinite(out) or isinstance(value, bool):
+        raise ValueError(f"{name}: got {value!r}; expected a finite number")
+    return out
+
+
+def _mask_list(mask: Any, count: int) -> list[Any]:
+    """One mask per image of a list (None for no mask), else a ValueError saying what came."""
+    if not isinstance(mask, (list, tuple)):
+        raise ValueError(f"mask: got a {type(mask).__name__} for a list of {count} images; give a "
+                         "list of masks, one per image (None where an image has none)")
+    if len(mask) != count:
+        raise ValueError(f"mask: got {len(mask)} masks for {count} images (one per image)")
+    return list(mask)
+
+
 def _from_x0(x0: np.ndarray, like_dtype: np.dtype, gray: bool = False) -> np.ndarray:
     """[-1, 1] → uint8 when the input was uint8, else float32 in [0, 1]; one channel when `gray`."""
     if gray:
@@ -90,10 +124,11 @@ class TrainedModel:
         config)."""
         cfg = ml_collections.ConfigDict(self.config.to_dict())
         s = cfg.sample
-        s.num_steps = s.num_steps if num_steps is None else int(num_steps)
-        s.eta = s.eta if eta is None else float(eta)
-        s.tile_size = s.tile_size if tile_size is None else int(tile_size)
-        s.tile_overlap = s.tile_overlap if tile_overlap is None else int(tile_overlap)
+        s.num_steps = s.num_steps if num_steps is None else _integer("num_steps", num_steps)
+        s.eta = s.eta if eta is None else _real("eta", eta)
+        s.tile_size = s.tile_size if tile_size is None else _integer("tile_size", tile_size)
+        s.tile_overlap = (s.tile_overlap if tile_overlap is None
+                          else _integer("tile_overlap", tile_overlap))
         # The overrides obey the sample.* rules (a ConfigError is a ValueError).
         config_lib.validate(cfg)
         return program.build_sampler(cfg, self.mesh)
@@ -114,8 +149,12 @@ class TrainedModel:
         condition: bool, or all 0/1, or all 0/255 (true, 1 or 255 = hole); anything else (NaN,
         negative, other levels) is refused (`data.masks.hole_mask`, the rule of every mode).
         """
+        seed = _integer("seed", seed, -2**63, 2**63 - 1)  # what jax.random.PRNGKey takes
+        if batch_size is not None:
+            batch_size = _integer("batch_size", batch_size, 1)
         if isinstance(images, (list, tuple)):
-            masks = [None] * len(images) if mask is None else list(mask)
+            masks = [None] * len(images) if mask is None else _mask_list(mask, len(images))
+            _integer("seed", seed + max(len(images) - 1, 0), -2**63, 2**63 - 1)  # the last image
             return [
                 self.restore(img, num_steps=num_steps, eta=eta, tile_size=tile_size,
                              tile_overlap=tile_overlap, seed=seed + i, batch_size=batch_size,
@@ -144,6 +183,9 @@ class TrainedModel:
         batch = arr[None] if single else arr
         if batch.ndim != 4:
             raise ValueError(f"images: shape {np.shape(images)} is not [H, W, C] or [B, H, W, C]")
+        if not len(batch):
+            raise ValueError(f"images: an empty batch (shape {np.shape(images)}): nothing to "
+                             "restore")
         mu = _to_mu(batch)
         sampler = self.sampler(num_steps, eta, tile_size, tile_overlap)
         masks = self._masks(sampler, mask, mu.shape)
@@ -181,13 +223,15 @@ class TrainedModel:
 def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> TrainedModel:
     """Load a trained run from `workdir`: the latest checkpoint (or `step`), EMA parameters by
     default."""
+    paths.check_backend(workdir, "workdir")  # gs:// without gcsfs: a ConfigError naming the extra
     mesh = distributed.make_mesh()
 
     def load_step(directory: str, at: int) -> tuple[ml_collections.ConfigDict, program.Trained]:
         saved = checkpoints.read_config(directory, at)
-        cfg = ml_collections.ConfigDict(saved)
-        cfg.sample.use_ema = bool(use_ema)
         folder = os.path.join(directory, str(at))
+        # a damaged or crafted saved config: one line naming the file and the key
+        cfg = config_lib.check_saved(saved, os.path.join(folder, "config"))
+        cfg.sample.use_ema = bool(use_ema)
         return cfg, program.load_trained(cfg, workdir, mesh, folder, saved_config=saved)
 
     try:

@@ -127,7 +127,11 @@ def _validate_model(cfg: ml_collections.ConfigDict) -> None:
 def _check_range(key: str, value: Any, rule_of: str) -> None:
     """`value` of `key` against the RANGES rule of the key `rule_of`."""
     ok, what = RANGES[rule_of]
-    if not ok(value):
+    try:
+        good = bool(ok(value))
+    except TypeError:  # a value of the wrong type (a damaged saved config's "100" for 100)
+        good = False
+    if not good:
         raise ConfigError(f"{key}={value!r} {what}")
 
 
@@ -191,3 +195,20 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     for eta in parse_list(cfg, "sweep.eta", float):
         _check_range("sweep.eta", eta, "sample.eta")
     _validate_app(cfg)
+
+
+def check_saved(saved: dict, where: str) -> ml_collections.ConfigDict:
+    """A checkpoint's saved config as a ConfigDict checked by `validate`: a damaged or crafted one
+    (a size of 5, a number saved as a string) is one ConfigError naming the file and the key."""
+    try:
+        cfg = ml_collections.ConfigDict(saved)
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"checkpoint config {where}: {e} (the saved config is damaged or not "
+                          "rdbm_jax's)") from None
+    except (KeyError, AttributeError) as e:
+        raise ConfigError(f"checkpoint config {where}: no key {e} (a config of another rdbm_jax "
+                          "version, or damaged)") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"checkpoint config {where}: a value of the wrong type ({e})") from None
+    return cfg

@@ -21,7 +21,8 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     config_lib.validate(cfg)
     data_spec.check_folders(cfg.data, ("eval",))
     mesh = distributed.make_mesh()
-    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
+    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint,
+                                   check_saved=config_lib.check_saved)
     params = trained.params
     step = trained.step
     data.set_max_pixels(cfg.data.max_image_pixels)

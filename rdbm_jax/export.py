@@ -85,7 +85,8 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     returns the artifact."""
     config_lib.validate(cfg)
     mesh = distributed.make_mesh()
-    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
+    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint,
+                                   check_saved=config_lib.check_saved)
     params, step = trained.params, trained.step
     sampler = program.build_sampler(cfg, mesh)
     exported = export_restorer(sampler, params)

@@ -179,8 +179,16 @@ def load(path: str) -> Callable[..., np.ndarray]:
     info = {}
     if os.path.exists(meta):
         with open(meta, encoding="utf-8") as f:
-            info = json.load(f)
-    expected = info.get("artifact_sha256") if isinstance(info, dict) else None
+            text = f.read()
+        try:
+            info = json.loads(text)
+        except ValueError as e:  # JSONDecodeError: not JSON (a hand edit, a damaged copy)
+            raise ValueError(f"{meta}: not valid JSON ({e}); run --mode=export again, or "
+                             "delete it to load the artifact without its description") from None
+        if not isinstance(info, dict):
+            raise ValueError(f"{meta}: holds a JSON {type(info).__name__}, not the object "
+                             "--mode=export writes; run --mode=export again")
+    expected = info.get("artifact_sha256")
     if expected and expected != hashlib.sha256(blob).hexdigest():
         raise ValueError(f"{meta} describes another artifact than {path} (an interrupted export?): "
                          "run --mode=export again")

@@ -6,14 +6,22 @@ store publishes an object only when its upload completes, so a plain write is al
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 
+import fsspec
 import numpy as np
 from etils import epath
 from PIL import Image
 
 from rdbm_jax import atomic
+from rdbm_jax.errors import ConfigError
+
+# The package fsspec (epath's backend) needs for each object store, and our extra that installs it.
+BACKENDS = {"gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"), "s3": ("s3fs", None),
+            "az": ("adlfs", None), "hf": ("huggingface_hub", None)}
+_usable: set[str] = set()  # schemes whose backend was found (asked once per process)
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -21,10 +29,47 @@ def is_remote(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
-def as_path(path: str | os.PathLike) -> epath.Path:
-    """`path` as an epath.Path (local paths made absolute)."""
+def check_backend(path: str | os.PathLike, key: str = "") -> None:
+    """Refuse (ConfigError, one line naming `key` or the path and the extra to install) an
+    object-store URL whose file-system package is missing; local paths pass."""
     text = os.fspath(path)
-    return epath.Path(text if is_remote(text) else os.path.abspath(text))
+    if not is_remote(text):
+        return
+    scheme = text.split("://", 1)[0].lower()
+    if scheme in _usable:
+        return
+    where = f"{key}={text!r}" if key else repr(text)
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except ImportError:
+        if not _tensorflow_installed():  # with TensorFlow, epath reads gs:// through tf.io.gfile
+            package, extra = BACKENDS.get(scheme, (f"the {scheme} file system", None))
+            how = (f"pip install -e \".[{extra}]\" (or pip install {package})" if extra
+                   else f"pip install {package}")
+            raise ConfigError(f"{where}: {scheme}:// paths need the {package} package, which is "
+                              f"not installed: {how}") from None
+    except ValueError:
+        raise ConfigError(f"{where}: unknown object store {scheme}:// (known: "
+                          f"{', '.join(f'{k}://' for k in BACKENDS)})") from None
+    _usable.add(scheme)
+
+
+def _tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported (then epath uses it for object stores, not fsspec)."""
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):  # a broken or blocked install
+        return False
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """`path` as an epath.Path (local paths made absolute; an object store's missing package is a
+    one-line ConfigError, `check_backend`)."""
+    text = os.fspath(path)
+    if is_remote(text):
+        check_backend(text)
+        return epath.Path(text)
+    return epath.Path(os.path.abspath(text))
 
 
 def join(base: str | os.PathLike, *parts: str) -> str:

@@ -21,7 +21,7 @@ from clu import metrics as clu_metrics
 from jax.sharding import Mesh
 from ml_collections import ConfigDict, FrozenConfigDict
 
-from rdbm_jax import checkpoint_rotation, checkpoints, conditioning, distributed, models, sde
+from rdbm_jax import checkpoint_rotation, checkpoints, conditioning, distributed, models, paths, sde
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.schedules import Schedule
 from rdbm_jax.sampler import Sampler
@@ -404,24 +404,33 @@ class Trained(NamedTuple):
 
 
 def load_trained(cfg: ConfigDict, workdir: str, mesh: Mesh, checkpoint: str = "",
-                 saved_config: dict | None = None) -> Trained:
+                 saved_config: dict | None = None,
+                 check_saved: Callable[[dict, str], Any] | None = None) -> Trained:
     """The parameters (EMA unless sample.use_ema=False) of a checkpoint, and nothing else of its
     state.
 
     `saved_config`: the checkpoint's config when the caller has already read it (not read twice).
+    `check_saved(saved, file)`: refuses a damaged saved config before it is compared with `cfg`
+    (`config.check_saved`; passed in: config.py imports this module), so that a hint to set a key
+    to the checkpoint's value is only given for a valid value.
     """
+    paths.check_backend(workdir, "--workdir")  # gs:// without gcsfs: one line, not a traceback
+    paths.check_backend(checkpoint, "sample.checkpoint")
     use_compilation_cache(cfg.train.compilation_cache_dir)
     if not checkpoint:  # the newest, which a running training may delete while it is read
         return checkpoint_rotation.read_newest(
-            workdir, lambda directory, step: _load(cfg, directory, step, mesh, saved_config))
-    return _load(cfg, *checkpoints.resolve(workdir, checkpoint), mesh, saved_config)
+            workdir,
+            lambda directory, step: _load(cfg, directory, step, mesh, saved_config, check_saved))
+    return _load(cfg, *checkpoints.resolve(workdir, checkpoint), mesh, saved_config, check_saved)
 
 
-def _load(cfg: ConfigDict, directory: str, step: int, mesh: Mesh,
-          saved_config: dict | None) -> Trained:
+def _load(cfg: ConfigDict, directory: str, step: int, mesh: Mesh, saved_config: dict | None,
+          check_saved: Callable[[dict, str], Any] | None) -> Trained:
     """`load_trained` of one checkpoint step."""
     where = os.path.join(directory, str(step))
     saved = checkpoints.read_config(directory, step) if saved_config is None else saved_config
+    if check_saved is not None:
+        check_saved(saved, os.path.join(where, "config"))
     check_compatible(cfg, saved, where)
     which = "ema_params" if cfg.sample.use_ema else "params"
     params = checkpoints.load_params(directory, step, abstract_params(cfg, mesh), which)

@@ -6,6 +6,7 @@ Named for its job, not its mode: "sample" also names `sde.sample` (the reverse l
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 from typing import Any, Iterator
@@ -63,6 +64,12 @@ def _mask_file(mask_dir: str, in_dir: str, path: str) -> str:
     raise DataError(f"no mask for {data.shown(path)} in {data.shown(mask_dir)} (sample.mask_dir): "
                     f"expected {data.shown(stem + '.png')} or another image extension "
                     "(nothing was written)")
+
+
+def name_seed(name: str) -> int:
+    """A stable 31-bit seed of an input's relative name (the same on every run and machine)."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()[:4],
+                          "big") >> 1
 
 
 def check_folders(in_dir: str, out_dir: str) -> None:
@@ -175,11 +182,11 @@ def _restore_all(cfg: ml_collections.ConfigDict, workdir: str, todo: list[str],
     one message per input that failed."""
     s = cfg.sample
     mesh = distributed.make_mesh()
-    params = program.load_trained(cfg, workdir, mesh, s.checkpoint).params
+    params = program.load_trained(cfg, workdir, mesh, s.checkpoint,
+                                  check_saved=config_lib.check_saved).params
     sampler = program.build_sampler(cfg, mesh)
     rng = jax.random.PRNGKey(cfg.seed)
     failed: list[str] = []
-    written = 0  # restored images (files are written by process 0)
     pbar = progress.bar(len(todo), "restore")
 
     def loaded() -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
@@ -197,11 +204,14 @@ def _restore_all(cfg: ml_collections.ConfigDict, workdir: str, todo: list[str],
                 continue
             yield path, img, mask
 
-    for batch in data.same_size_batches(loaded(), s.batch_size, lambda item: item[1].shape):
+    # WHY one image a call when the loop draws noise: its key is then the image's name (a stable
+    # hash), so that a re-run keeping finished outputs restores the others as an uninterrupted run
+    # did (a batch's noise would depend on which images share the batch).
+    size = 1 if sampler.draws_noise else s.batch_size
+    for batch in data.same_size_batches(loaded(), size, lambda item: item[1].shape):
         masks = np.stack([m for _, _, m in batch]) if sampler.uses_mask else None
-        # The noise key counts the images restored before this batch (not the batch index).
-        out = sampler(params, np.stack([img for _, img, _ in batch]),
-                      jax.random.fold_in(rng, written), mask=masks)
+        key = jax.random.fold_in(rng, name_seed(image_io.relative_stem(batch[0][0], s.input_dir)))
+        out = sampler(params, np.stack([img for _, img, _ in batch]), key, mask=masks)
         for (path, _, _), img in zip(batch, out):
             if distributed.is_main_process():
                 problem = _save_output(s, path, img, len(done))
@@ -210,7 +220,6 @@ def _restore_all(cfg: ml_collections.ConfigDict, workdir: str, todo: list[str],
                     failed.append(problem)
                 else:
                     done.append(path)
-            written += 1
             pbar.update(1)
     pbar.close()
     return failed

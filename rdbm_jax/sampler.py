@@ -159,6 +159,12 @@ class Sampler:
         self._compiled: dict[tuple, tuple[Any, int]] = {}  # (tile, shape) → (executable, bytes)
         self._plan: dict[tuple, int] = {}  # batch shape → the tile size it runs with
 
+    @property
+    def draws_noise(self) -> bool:
+        """Whether the reverse loop draws noise (η > 0, a first-step η, IR-SDE's noisy start), so
+        that its key changes the result."""
+        return self.eta > 0 or self.first_step_eta > 0 or self.schedule.preset == "irsde"
+
     def rho(self, task: str | None = None) -> float:
         """ρ of `task` (precond: bridge.sigma_data; fuse: sample.fuse_sigma, else
         bridge.sigma_data); None: the one value every task shares (1.0 when unused)."""

@@ -75,7 +75,8 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
     nfes = config_lib.parse_list(cfg, "sweep.nfe", int)
     etas = config_lib.parse_list(cfg, "sweep.eta", float)
     mesh = distributed.make_mesh()
-    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint)
+    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint,
+                                   check_saved=config_lib.check_saved)
     params, step = trained.params, trained.step
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     rows: list[dict[str, Any]] = []

@@ -29,6 +29,7 @@ log = logging.getLogger("rdbm_jax")
 def prepare_workdir(workdir: str) -> None:
     """Create `workdir` and check that it is writable (one-line TrainingError otherwise)."""
     if paths.is_remote(workdir):  # gs:// and friends: no folders to create, written through epath
+        paths.check_backend(workdir, "--workdir")  # its package missing: one line, not a traceback
         return
     try:
         os.makedirs(workdir, exist_ok=True)

@@ -26,6 +26,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _ORIENTATION = 0x0112  # the EXIF orientation tag
 _TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# Image types that are not read (a user expects them restored: said once per listing, not silently).
+NOT_READ = (".gif", ".apng", ".avif", ".heic", ".heif", ".jxl", ".ico", ".jp2")
+_noted_frames: set[str] = set()  # multi-frame files already reported (once each)
 
 
 def shown(path: str) -> str:
@@ -100,7 +103,7 @@ def list_images(folder: str, key: str | None = None) -> list[str]:
             raise DataError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) in folder "
                             f"{_where(folder, key)}")
         return sorted(found, key=lambda p: relative_stem(p, folder))
-    found = []
+    found, other = [], []
     seen, repeats = set(), []
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -113,6 +116,13 @@ def list_images(folder: str, key: str | None = None) -> list[str]:
         for f in files:
             if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.join(root, f))
+            elif not f.startswith(".") and f.lower().endswith(NOT_READ):
+                other.append(os.path.join(root, f))
+    if other:
+        log.warning("%s: %d file(s) of a type that is not read (%s), e.g. %s, skipped: convert "
+                    "them to PNG to use them", _where(folder, key), len(other),
+                    "/".join(sorted({os.path.splitext(o)[1].lower() for o in other})),
+                    shown(other[0]))
     if repeats:
         log.warning("%s: %d folder(s) reached again through symbolic links (a loop?) were read "
                     "once: %s", _where(folder, key), len(repeats),
@@ -246,6 +256,10 @@ def decode_pixels(path: str, key: str | None = None, rows: RowsNeeded | None = N
     compressed rows below those needed goes unnoticed in that read."""
     with _image_errors(path, key, "corrupt or truncated image"):
         with readable(path) as source, Image.open(source) as img:
+            if path not in _noted_frames and getattr(img, "is_animated", False):
+                _noted_frames.add(path)  # once per file: training reads a file many times
+                log.warning("%s has %d frames (pages); only the first is read", _where(path, key),
+                            getattr(img, "n_frames", 2))
             if rows is not None:
                 orientation = _orientation(img)
                 w, h = img.size[::-1] if orientation in _TRANSPOSED else img.size

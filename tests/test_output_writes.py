@@ -1,7 +1,8 @@
-"""Temporary files of atomic writes: a short name of our own, removed only when their writer is
-provably gone; a name the file system refuses skips that file only; a full disk names the file."""
+"""Output writes: temporary files of our own, removed only when their writer is provably gone; a
+name the file system refuses skips that file only; a full disk names the file and folder."""
 import errno
 import os
+import shutil
 import subprocess
 import sys
 
@@ -136,3 +137,67 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"sample.output_dir=.*out.png' is a file, not a folder"):
         run_restore_files(cfg, str(tmp_path / "no_workdir"))
     assert (tmp_path / "out.png").read_text() == "a file"
+
+
+def _tmpfs(mount, kib):
+    """Mount a tmpfs of `kib` KiB on `mount` (skip the test where that needs root)."""
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 96 KB tmpfs (a few 64x64 PNGs fit, twelve do not)."""
+    _tmpfs(tmp_path / "tmpfs", 96)
+    yield tmp_path / "tmpfs"
+    subprocess.run(["umount", str(tmp_path / "tmpfs")], capture_output=True)
+
+
+def test_a_really_full_disk_during_export_is_one_line(trained_run, tmp_path):
+    """The workdir on a tmpfs that holds its checkpoint and little more: the export's artifact
+    does not fit; one line names it and its folder (it named no file: `[Errno 28]`)."""
+    from tests.helpers import run_cli
+    used = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(trained_run) for f in fs)
+    mount = tmp_path / "tmpfs"
+    _tmpfs(mount, used // 1024 + 256)  # + room for per-file blocks, not for the artifact (MBs)
+    try:
+        workdir = mount / "run"
+        shutil.copytree(trained_run, workdir)
+        proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={workdir}", "--mode=export")
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        export = workdir / "export"
+        assert last.startswith(f"error: no space left on device writing {export}/restorer.jax "
+                               f"(folder {export}): stopped; the files written before it are "
+                               "complete"), last
+        assert not export.exists() or os.listdir(export) == []  # nothing half-written
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_really_full_disk_during_sample_is_one_line(trained_workdir, tmp_path, small_tmpfs):
+    """A real ENOSPC (tmpfs): the command line names the file and folder, exits 1; every output
+    written before it decodes whole, and no temporary file is left."""
+    from tests.helpers import run_cli
+    src = tmp_path / "in"
+    src.mkdir()
+    rs = np.random.RandomState(0)
+    for i in range(12):  # noise compresses badly: ~12 KB a PNG
+        Image.fromarray(rs.randint(0, 256, (64, 64, 3)).astype(np.uint8)).save(src / f"{i:02d}.png")
+    out = small_tmpfs / "out"
+    proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={trained_workdir}", "--mode=sample",
+                   f"--config.sample.input_dir={src}", f"--config.sample.output_dir={out}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    written = sorted(os.listdir(out))
+    assert 0 < len(written) < 12 and all(not n.startswith(".") for n in written)
+    assert last.startswith(f"error: no space left on device writing {out}/{len(written):02d}.png "
+                           f"(folder {out}): stopped; the {len(written)} output(s) written before "
+                           "it are complete"), last
+    for name in written:  # complete: each decodes whole
+        with Image.open(out / name) as img:
+            img.load()
