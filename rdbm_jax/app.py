@@ -19,6 +19,10 @@ from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError
 
 EXTRA = 'pip install -e ".[app]"'
+OUTPUT_HEIGHT = 320  # CSS pixels of each result image
+# Results fill their box (a small photo scaled up, its pixels kept sharp, to compare them).
+CSS = ("#input img, #baseline img, #rdbm img {width: 100%; height: 100%; object-fit: contain; "
+       "image-rendering: pixelated}")
 BRUSH_COLOR = "#ff00ff"  # magenta: seen on most photos; any painted pixel is a hole, whatever color
 
 def brush_radius(height: int, width: int) -> int:
@@ -85,7 +89,7 @@ def build_page(page: handlers.PageModel, out_dir: str) -> Any:
         status = gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id="status")
         with gr.Row():
             shown = [gr.Image(label=label, type="numpy", format="png", interactive=False,
-                              elem_id=elem) for label, elem in (
+                              height=OUTPUT_HEIGHT, elem_id=elem) for label, elem in (
                 ("Input", "input"), (f"Baseline: {page.baseline_name}", "baseline"),
                 ("RDBM", "rdbm"))]
         with gr.Row():
@@ -132,7 +136,8 @@ def serve(cfg: ml_collections.ConfigDict, workdir: str) -> None:
         demo = build_page(page, out_dir)
         try:
             demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                        share=False, inbrowser=False, ssr_mode=False, allowed_paths=[out_dir])
+                        share=False, inbrowser=False, ssr_mode=False, allowed_paths=[out_dir],
+                        css=CSS)
         except OSError as e:  # the port is taken, or the address is not this machine's
             raise ConfigError(f"app.host={host!r} app.port={port}: cannot serve there "
                               f"({' '.join(str(e).split())})") from None
