@@ -1,6 +1,7 @@
 """--mode=app's handlers without a browser (and without Gradio): decode an upload, read the painted
 holes, restore with the API beside the baseline, write the PNGs, word a failure in one line."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -222,3 +223,31 @@ def test_app_without_gradio_is_one_line_naming_the_extra_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         'error: --mode=app needs Gradio, an optional extra: pip install -e ".[app]"']
+
+
+# ------------------------------------------------------------------------------ the page itself
+def test_the_page_restores_one_at_a_time(page, tmp_path):
+    pytest.importorskip("gradio", reason="the page needs the [app] extra (Gradio)")
+    from rdbm_jax import app
+
+    demo = app.build_page(page, str(tmp_path))
+    restore = [f for f in demo.fns.values() if f.name == "on_restore"]
+    assert len(restore) == 1 and restore[0].queue and restore[0].concurrency_limit == 1
+    assert demo._queue.default_concurrency_limit == 1  # uploads wait their turn as well
+
+
+@pytest.mark.integration
+def test_a_taken_port_is_one_line_naming_app_port_exit_2(trained_run):
+    pytest.importorskip("gradio", reason="the page needs the [app] extra (Gradio)")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "rdbm_jax.main", "--config=configs/demo.py:tiny",
+             f"--workdir={trained_run}", "--mode=app", f"--config.app.port={port}"],
+            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: app.host='127.0.0.1' app.port={port}: cannot serve there"), last
+    assert "Traceback" not in proc.stderr
