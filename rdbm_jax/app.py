@@ -40,7 +40,7 @@ def build_page(page: handlers.PageModel, out_dir: str) -> Any:
     cfg = page.model.config
 
     def on_upload(path: str | None) -> tuple[Any, ...]:
-        # The upload box is emptied each time (the photo lives on in the editor): ready for the next.
+        # The upload box is emptied each time (the photo lives on in the editor), for the next.
         if not path:
             return None, None, None, ""
         try:

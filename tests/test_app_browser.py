@@ -1,6 +1,6 @@
 """--mode=app in a real browser: the system's headless Chromium (Debian's `chromium`, driven by
-Playwright; no browser is ever downloaded) uploads a photo, brushes a stroke, restores and downloads,
-and the download must be `model.restore` of the same photo and holes.
+Playwright; no browser is ever downloaded) uploads a photo, brushes a stroke, restores and
+downloads, and the download must be `model.restore` of the same photo and holes.
 
 Set RDBM_APP_SCREENSHOT=docs/app.png to save the page with its restored photo (the README's).
 """
