@@ -16,7 +16,7 @@ import numpy as np
 
 from rdbm_jax import api, app_handlers as handlers, config as config_lib
 from rdbm_jax.data import image_io
-from rdbm_jax.errors import ConfigError
+from rdbm_jax.errors import ConfigError, RDBMError
 
 EXTRA = 'pip install -e ".[app]"'
 OUTPUT_HEIGHT = 320  # CSS pixels of each result image
@@ -130,7 +130,13 @@ def serve(cfg: ml_collections.ConfigDict, workdir: str) -> None:
         raise ConfigError(f"--mode=app needs Gradio, an optional extra: {EXTRA}")
     image_io.set_max_pixels(cfg.data.max_image_pixels)
     step = None if cfg.app.step < 0 else cfg.app.step
-    page = handlers.PageModel(api.load(workdir, step, use_ema=cfg.sample.use_ema))
+    try:
+        model = api.load(workdir, step, use_ema=cfg.sample.use_ema)
+    except RDBMError:
+        raise
+    except ValueError as e:  # the API names its argument step=; the command line's key is app.step
+        raise ConfigError(f"app.{e}" if str(e).startswith("step=") else str(e)) from None
+    page = handlers.PageModel(model)
     host, port = cfg.app.host, cfg.app.port
     with tempfile.TemporaryDirectory(prefix="rdbm_app_") as out_dir:
         demo = build_page(page, out_dir)

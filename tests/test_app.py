@@ -251,3 +251,14 @@ def test_a_taken_port_is_one_line_naming_app_port_exit_2(trained_run):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: app.host='127.0.0.1' app.port={port}: cannot serve there"), last
     assert "Traceback" not in proc.stderr
+
+
+def test_a_step_without_checkpoint_is_one_line_naming_app_step_exit_2(trained_run):
+    pytest.importorskip("gradio", reason="the page needs the [app] extra (Gradio)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rdbm_jax.main", "--config=configs/demo.py:tiny",
+         f"--workdir={trained_run}", "--mode=app", "--config.app.step=7"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: app.step=7: no checkpoint ") and last.endswith("(latest: 2)"), last

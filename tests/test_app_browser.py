@@ -153,6 +153,11 @@ def test_upload_brush_restore_download_in_chromium(server, page, trained_run, tm
     assert _status(tab, "loaded", lambda: upload.set_input_files(good)).startswith(
         f"loaded photo.png ({W}x{H})")
 
+    # Nothing painted and no white in the photo: one line, nothing restored.
+    assert _status(tab, "restored", tab.locator("#restore").click) == (
+        "error: no holes to fill: paint over what should go with the brush, or upload a photo "
+        "whose holes are pure white")
+
     # Brush a horizontal stroke: photo pixels → page pixels through the editor's zoom.
     tab.locator("#editor button[aria-label=Brush]").click()
     zoom = float(re.search(r"(\d+)%", tab.locator("#editor").inner_text()).group(1)) / 100
