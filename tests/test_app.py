@@ -261,4 +261,5 @@ def test_a_step_without_checkpoint_is_one_line_naming_app_step_exit_2(trained_ru
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: app.step=7: no checkpoint ") and last.endswith("(latest: 2)"), last
+    assert last.startswith("error: app.step=7: no checkpoint "), last
+    assert last.endswith("(latest: 2)"), last
