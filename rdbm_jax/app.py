@@ -25,6 +25,7 @@ CSS = ("#input img, #baseline img, #rdbm img {width: 100%; height: 100%; object-
        "image-rendering: pixelated}")
 BRUSH_COLOR = "#ff00ff"  # magenta: seen on most photos; any painted pixel is a hole, whatever color
 
+
 def brush_radius(height: int, width: int) -> int:
     """The brush's starting radius in photo pixels: 1/40 of the short side, at least 3 (Gradio's
     "auto" covers a fifth of a small photo); the brush tool's slider changes it."""
