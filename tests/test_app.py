@@ -14,7 +14,7 @@ import rdbm_jax
 from rdbm_jax import api, app_handlers as handlers, baselines, conditioning, sampler as sampler_lib
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError
-from tests.helpers import REPO
+from tests.helpers import REPO, config
 
 
 @pytest.fixture(scope="module")
@@ -236,30 +236,27 @@ def test_the_page_restores_one_at_a_time(page, tmp_path):
     assert demo._queue.default_concurrency_limit == 1  # uploads wait their turn as well
 
 
-@pytest.mark.integration
-def test_a_taken_port_is_one_line_naming_app_port_exit_2(trained_run):
+def test_a_taken_port_is_one_line_naming_app_port(trained_run, monkeypatch):
+    """In-process (a child process would load jax and the model again): the ConfigError that
+    main prints as one line with exit 2."""
     pytest.importorskip("gradio", reason="the page needs the [app] extra (Gradio)")
+    from rdbm_jax import app
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # serve sets it
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = subprocess.run(
-            [sys.executable, "-m", "rdbm_jax.main", "--config=configs/demo.py:tiny",
-             f"--workdir={trained_run}", "--mode=app", f"--config.app.port={port}"],
-            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: app.host='127.0.0.1' app.port={port}: cannot serve there"), last
-    assert "Traceback" not in proc.stderr
+        with pytest.raises(ConfigError) as e:
+            app.serve(config(**{"app.port": port}), trained_run)
+    assert str(e.value).startswith(f"app.host='127.0.0.1' app.port={port}: cannot serve there (")
+    assert "\n" not in str(e.value)
 
 
-def test_a_step_without_checkpoint_is_one_line_naming_app_step_exit_2(trained_run):
+def test_a_step_without_checkpoint_is_one_line_naming_app_step(trained_run, monkeypatch):
     pytest.importorskip("gradio", reason="the page needs the [app] extra (Gradio)")
-    proc = subprocess.run(
-        [sys.executable, "-m", "rdbm_jax.main", "--config=configs/demo.py:tiny",
-         f"--workdir={trained_run}", "--mode=app", "--config.app.step=7"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: app.step=7: no checkpoint "), last
-    assert last.endswith("(latest: 2)"), last
+    from rdbm_jax import app
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # serve sets it
+    with pytest.raises(ConfigError, match=r"^app\.step=7: no checkpoint .*\(latest: 2\)$"):
+        app.serve(config(**{"app.step": 7}), trained_run)
