@@ -16,10 +16,15 @@ import numpy as np
 
 from rdbm_jax import api, app_handlers as handlers, config as config_lib
 from rdbm_jax.data import image_io
-from rdbm_jax.errors import ConfigError
+from rdbm_jax.errors import ConfigError, RDBMError
 
 EXTRA = 'pip install -e ".[app]"'
+OUTPUT_HEIGHT = 320  # CSS pixels of each result image
+# Results fill their box (a small photo scaled up, its pixels kept sharp, to compare them).
+CSS = ("#input img, #baseline img, #rdbm img {width: 100%; height: 100%; object-fit: contain; "
+       "image-rendering: pixelated}")
 BRUSH_COLOR = "#ff00ff"  # magenta: seen on most photos; any painted pixel is a hole, whatever color
+
 
 def brush_radius(height: int, width: int) -> int:
     """The brush's starting radius in photo pixels: 1/40 of the short side, at least 3 (Gradio's
@@ -36,7 +41,7 @@ def build_page(page: handlers.PageModel, out_dir: str) -> Any:
     cfg = page.model.config
 
     def on_upload(path: str | None) -> tuple[Any, ...]:
-        # The upload box is emptied each time (the photo lives on in the editor): ready for the next.
+        # The upload box is emptied each time (the photo lives on in the editor), for the next.
         if not path:
             return None, None, None, ""
         try:
@@ -85,7 +90,7 @@ def build_page(page: handlers.PageModel, out_dir: str) -> Any:
         status = gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id="status")
         with gr.Row():
             shown = [gr.Image(label=label, type="numpy", format="png", interactive=False,
-                              elem_id=elem) for label, elem in (
+                              height=OUTPUT_HEIGHT, elem_id=elem) for label, elem in (
                 ("Input", "input"), (f"Baseline: {page.baseline_name}", "baseline"),
                 ("RDBM", "rdbm"))]
         with gr.Row():
@@ -126,13 +131,20 @@ def serve(cfg: ml_collections.ConfigDict, workdir: str) -> None:
         raise ConfigError(f"--mode=app needs Gradio, an optional extra: {EXTRA}")
     image_io.set_max_pixels(cfg.data.max_image_pixels)
     step = None if cfg.app.step < 0 else cfg.app.step
-    page = handlers.PageModel(api.load(workdir, step, use_ema=cfg.sample.use_ema))
+    try:
+        model = api.load(workdir, step, use_ema=cfg.sample.use_ema)
+    except RDBMError:
+        raise
+    except ValueError as e:  # the API names its argument step=; the command line's key is app.step
+        raise ConfigError(f"app.{e}" if str(e).startswith("step=") else str(e)) from None
+    page = handlers.PageModel(model)
     host, port = cfg.app.host, cfg.app.port
     with tempfile.TemporaryDirectory(prefix="rdbm_app_") as out_dir:
         demo = build_page(page, out_dir)
         try:
             demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                        share=False, inbrowser=False, ssr_mode=False, allowed_paths=[out_dir])
+                        share=False, inbrowser=False, ssr_mode=False, allowed_paths=[out_dir],
+                        css=CSS)
         except OSError as e:  # the port is taken, or the address is not this machine's
             raise ConfigError(f"app.host={host!r} app.port={port}: cannot serve there "
                               f"({' '.join(str(e).split())})") from None

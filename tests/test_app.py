@@ -1,6 +1,7 @@
 """--mode=app's handlers without a browser (and without Gradio): decode an upload, read the painted
 holes, restore with the API beside the baseline, write the PNGs, word a failure in one line."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import rdbm_jax
 from rdbm_jax import api, app_handlers as handlers, baselines, conditioning, sampler as sampler_lib
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError
-from tests.helpers import REPO
+from tests.helpers import REPO, config
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +223,40 @@ def test_app_without_gradio_is_one_line_naming_the_extra_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         'error: --mode=app needs Gradio, an optional extra: pip install -e ".[app]"']
+
+
+# ------------------------------------------------------------------------------ the page itself
+def test_the_page_restores_one_at_a_time(page, tmp_path):
+    pytest.importorskip("gradio", reason="the page needs the [app] extra (Gradio)")
+    from rdbm_jax import app
+
+    demo = app.build_page(page, str(tmp_path))
+    restore = [f for f in demo.fns.values() if f.name == "on_restore"]
+    assert len(restore) == 1 and restore[0].queue and restore[0].concurrency_limit == 1
+    assert demo._queue.default_concurrency_limit == 1  # uploads wait their turn as well
+
+
+def test_a_taken_port_is_one_line_naming_app_port(trained_run, monkeypatch):
+    """In-process (a child process would load jax and the model again): the ConfigError that
+    main prints as one line with exit 2."""
+    pytest.importorskip("gradio", reason="the page needs the [app] extra (Gradio)")
+    from rdbm_jax import app
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # serve sets it
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError) as e:
+            app.serve(config(**{"app.port": port}), trained_run)
+    assert str(e.value).startswith(f"app.host='127.0.0.1' app.port={port}: cannot serve there (")
+    assert "\n" not in str(e.value)
+
+
+def test_a_step_without_checkpoint_is_one_line_naming_app_step(trained_run, monkeypatch):
+    pytest.importorskip("gradio", reason="the page needs the [app] extra (Gradio)")
+    from rdbm_jax import app
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # serve sets it
+    with pytest.raises(ConfigError, match=r"^app\.step=7: no checkpoint .*\(latest: 2\)$"):
+        app.serve(config(**{"app.step": 7}), trained_run)

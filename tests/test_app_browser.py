@@ -1,6 +1,6 @@
 """--mode=app in a real browser: the system's headless Chromium (Debian's `chromium`, driven by
-Playwright; no browser is ever downloaded) uploads a photo, brushes a stroke, restores and downloads,
-and the download must be `model.restore` of the same photo and holes.
+Playwright; no browser is ever downloaded) uploads a photo, brushes a stroke, restores and
+downloads, and the download must be `model.restore` of the same photo and holes.
 
 Set RDBM_APP_SCREENSHOT=docs/app.png to save the page with its restored photo (the README's).
 """
@@ -152,6 +152,11 @@ def test_upload_brush_restore_download_in_chromium(server, page, trained_run, tm
     good = str(tmp_path / "photo.png")
     assert _status(tab, "loaded", lambda: upload.set_input_files(good)).startswith(
         f"loaded photo.png ({W}x{H})")
+
+    # Nothing painted and no white in the photo: one line, nothing restored.
+    assert _status(tab, "restored", tab.locator("#restore").click) == (
+        "error: no holes to fill: paint over what should go with the brush, or upload a photo "
+        "whose holes are pure white")
 
     # Brush a horizontal stroke: photo pixels → page pixels through the editor's zoom.
     tab.locator("#editor button[aria-label=Brush]").click()
