@@ -12,15 +12,17 @@ outside them against the input (`psnr_kept`); grids μ │ baseline │ restored
 no border crop.
 
 Deviations from the paper-faithful configs, chosen on the `tune` split (train on seven photos,
-measure on astronaut; the val photos are only reported; that split is now retired for the
-k-fold splits `fold<i>` / `fold<i>_train`, rdbm_jax/data/builtin.py): the network also sees the
-inpainting mask and a biharmonic pre-fill of the holes (`model.condition=mu_mask_bifill`), x̂0 = μ outside the mask,
+measure on astronaut; the val photos are only reported): the network also sees the inpainting mask
+and a biharmonic pre-fill of the holes (`model.condition=mu_mask_bifill`), x̂0 = μ outside the mask,
 it predicts the residual over the pre-fill (`bridge.parameterization=residual`), and each step's x̂0
 is updated by what x_t observes (`sample.fuse=True`). On `tune`, inside the holes (scikit-image's
 biharmonic: 18.14 dB): the biharmonic pre-fill scored 18.12 / 18.13 / 18.21 / 18.24 / 18.24 / 18.23
 dB at steps 250 … 1 500 against the harmonic one's 18.01 / 18.02 / 18.05 / 18.10 / 18.17 / 18.21
 (it costs about half as much training time again on a CPU), and at step 1 500 fusion gave 18.33 at
 NFE 10 against 18.23 without (benchmarks/RESULTS.md, "the demo's choices").
+
+The one-photo `tune` split is since retired for a k-fold protocol over the 8 training photos
+(`fold<i>` held out, `fold<i>_train`; rdbm_jax/data/builtin.py, experiments/recipes.py).
 
 `configs/demo.py:tiny` is the same pipeline shrunk for tests (a few steps, 32² crops); `:S`, `:B`
 and `:L` pick a larger model.

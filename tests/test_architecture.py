@@ -137,9 +137,10 @@ def test_main_only_dispatches():
 
 def _source_files() -> dict[str, str]:
     """{dotted name: file} of every Python file held to the style rules: the package, configs/,
-    benchmarks/ and tests/ (not benchmarks/results/: its scripts are recorded output)."""
+    benchmarks/, experiments/ and tests/ (not benchmarks/results/: its scripts are recorded
+    output)."""
     out = dict(MODULES)
-    for folder in ("configs", "benchmarks", "tests"):
+    for folder in ("configs", "benchmarks", "experiments", "tests"):
         for root, dirs, files in os.walk(os.path.join(REPO, folder)):
             dirs[:] = [d for d in dirs if d not in ("results", "__pycache__")]
             for f in files:

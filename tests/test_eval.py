@@ -163,7 +163,8 @@ def _named_sets_config(**overrides):
     kw = dict(kind="builtin", degradation="inpaint", mask_min_ratio=0.1, mask_max_ratio=0.3,
               eval_size=32, eval_fit="crop")
     cfg.data.tasks.main.eval = ml_collections.ConfigDict(
-        dict(photos=source_spec(split="val", **kw), astronaut=source_spec(split="fold0", max_images=1, **kw)))
+        dict(photos=source_spec(split="val", **kw),
+             astronaut=source_spec(split="fold0", max_images=1, **kw)))  # fold0's first photo
     cfg.data.tasks.other = task_spec(train=source_spec(**kw),
                                      eval=source_spec(split="val", seed=1, **kw))
     return cfg
