@@ -1,5 +1,5 @@
 """experiments/scaling.py (issue 28): the fit, plot, report and resume logic on synthetic rows
-(fast), and the whole pipeline on configs/demo.py:tiny shapes with tiny budgets (real training loop)."""
+(fast), and the whole pipeline on configs/demo.py:tiny shapes with tiny budgets (the real loop)."""
 from __future__ import annotations
 
 import math
