@@ -50,6 +50,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "nofuse": {"sample.fuse": False},
     "crop128": {"data.crop_size": 128},
     "S": {"model.size": "S"},
+    # multi-scale (issue 28, item 3): photos shrunk by up to 2× before cropping, batches of 64²
+    # and 128² crops
+    "multiscale": {"data.scale_min": 0.5, "data.scale_max": 1.0, "data.crop_size": 128,
+                   "data.crop_sizes": "64,128"},
 }
 SCORES = ("input", "biharmonic", "prefill", "model")
 NUMERIC = ("fold", "steps", "size", "nfe") + SCORES + ("train_cpu_s",)
@@ -70,6 +74,7 @@ def fold_config(recipe: str, fold: int, steps: int, tiny: bool) -> ml_collection
         cfg[section][name] = value
     if tiny:
         cfg.data.crop_size = 32
+        cfg.data.crop_sizes = "16,32" if cfg.data.crop_sizes else ""
         cfg.eval.max_images = 0  # the fold's two photos
     cfg.data.tasks.main.train.split = f"fold{fold}_train"
     cfg.data.tasks.main.eval.split = f"fold{fold}"

@@ -71,3 +71,16 @@ def test_tiny_two_recipes_two_folds_resumable(tmp_path):
     assert by[("demo", 0)]["biharmonic"] != by[("demo", 1)]["biharmonic"]
     assert recipes.main(argv)["evaluated"] == []  # all there: nothing trained or scored
     assert "Against `demo`" in open(os.path.join(tmp_path, "summary.md")).read()
+
+
+def test_tiny_multiscale_recipe_trains_on_mixed_crop_sizes(tmp_path):
+    """The multi-scale recipe through the real loop: batches of two shapes, one compiled step
+    each."""
+    cfg = recipes.fold_config("multiscale", 3, 4, tiny=True)
+    assert (cfg.data.scale_min, cfg.data.crop_sizes) == (0.5, "16,32")
+    out = recipes.main(["--out-dir", str(tmp_path), "--recipes", "multiscale", "--folds", "3",
+                        "--tiny", "--steps", "4"])
+    assert out["evaluated"] == [("multiscale", 3)]
+    rows = results_csv.read_rows(str(tmp_path / recipes.CSV_NAME), recipes.FIELDS,
+                                 recipes.NUMERIC)
+    assert math.isfinite(rows[0]["model"]) and math.isfinite(rows[0]["prefill"])
