@@ -12,9 +12,9 @@ from experiments import results_csv, scaling_fit
 from experiments import scaling_study as scaling
 from rdbm_jax import atomic
 
-RESUME = ("cd /work/wt-study && PYTHONPATH=$PWD nohup nice -n 19 python -m experiments.scaling "
-          "--out-dir /work/study-results --runs-dir /work/study-runs > /work/study-results/log.txt "
-          "2>&1 &")
+RESUME = ("cd /work/wt-study && PYTHONPATH=/work/wt-study nohup nice -n 19 /work/venv/bin/python "
+          "-m experiments.scaling --out-dir /work/study-results --runs-dir /work/study-runs "
+          ">> /work/study-results/log.txt 2>&1 &")
 
 METHOD = """\
 # Scaling study: what the network adds over its pre-fill, against compute (issue 28)
@@ -73,7 +73,9 @@ def _config_rows() -> list[str]:
     """The configurations table, from scaling.STUDY."""
     out = []
     for c in scaling.STUDY:
-        over = ", ".join(f"`{k}={v!r}`" for k, v in c.overrides) or "—"
+        over = ", ".join(f"`{k}={v!r}`" + (" (the preset's π = x0 − μ)" if
+                                             (k, v) == ("bridge.pi", "") else "")
+                         for k, v in c.overrides) or "—"
         out.append(f"| {c.name} | `{c.spec}` | {over} | {', '.join(map(str, c.points))} | "
                    f"{c.base_steps} steps | {', '.join(map(str, c.nfes))} |")
     return out
