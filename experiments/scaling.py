@@ -118,8 +118,11 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({e}); use another --runs-dir") from None
     ours = json.loads(cfg.to_json_best_effort())
     if saved != ours:
         diff = sorted(f"{s}.{k}" for s in ours if isinstance(ours[s], dict)

@@ -143,6 +143,12 @@ def test_rerun_refuses_results_of_other_settings_and_a_bad_cpu_file(tmp_path):
     (tmp_path / "run" / scaling.CPU_FILE).write_text('{"500": "nan"}')
     with pytest.raises(DataError, match="study_cpu.json"):
         scaling.read_cpu(str(tmp_path / "run"))
+    (tmp_path / "run" / "config.json").write_text("{")
+    with pytest.raises(DataError, match=r"run/config\.json: unreadable"):
+        scaling.check_workdir(scaling.make_config(STUDY[2], tiny=True), str(tmp_path / "run"))
+    (tmp_path / "run" / "config.json").write_text('{"model": {"size": "B"}}')
+    with pytest.raises(ConfigError, match="trained with another config"):
+        scaling.check_workdir(scaling.make_config(STUDY[2], tiny=True), str(tmp_path / "run"))
     # the command line: one line, exit 2, nothing written
     proc = subprocess.run([sys.executable, "-m", "experiments.scaling", "--out-dir", str(out),
                            "--tiny", "--configs", "T64"], cwd=REPO, capture_output=True,
