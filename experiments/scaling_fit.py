@@ -96,8 +96,10 @@ def figure(rows: list[dict[str, Any]]) -> Any:
     import matplotlib.pyplot as plt
 
     sizes = sorted({r["size"] for r in rows})
-    fig, axes = plt.subplots(2, len(sizes), figsize=(4.2 * len(sizes), 6.4), squeeze=False)
-    for conf in dict.fromkeys(r["config"] for r in rows):
+    fig, axes = plt.subplots(2, len(sizes), figsize=(4.2 * len(sizes), 6.4), squeeze=False,
+                             sharex=True)
+    # one colour per configuration in every panel (some have no pre-fill panel line)
+    for k, conf in enumerate(dict.fromkeys(r["config"] for r in rows)):
         mine = [r for r in rows if r["config"] == conf]
         nfe = max(n for n in (1, 2, 10) if all(math.isfinite(r[f"model_nfe{n}"]) for r in mine))
         for j, size in enumerate(sizes):
@@ -107,15 +109,17 @@ def figure(rows: list[dict[str, Any]]) -> Any:
                 if pts:
                     axes[i, j].plot([r["images_seen"] for r in pts],
                                     [r[f"model_nfe{nfe}"] - r[ref] for r in pts], marker="o",
-                                    label=f"{conf} (NFE {nfe})")
+                                    color=f"C{k % 10}", label=f"{conf} (NFE {nfe})")
     for i, (_, label) in enumerate(REFERENCES):
         for j, size in enumerate(sizes):
             ax = axes[i, j]
             ax.set_xscale("log")
             ax.axhline(0.0, color="gray", lw=0.8)
             ax.set_title(f"{size:g} px", fontsize=9)
-            ax.set_xlabel("training images seen")
-            ax.set_ylabel(f"gain over {label}, inside the holes (dB)")
+            if i == len(REFERENCES) - 1:
+                ax.set_xlabel("training images seen")
+            if j == 0:
+                ax.set_ylabel(f"gain over {label},\ninside the holes (dB)")
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
