@@ -26,6 +26,15 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                                  # them in proportion to their sizes, or equally; tasks always weigh
                                  # equally
         crop_size=256,           # training random crop (padded first if an image is smaller)
+        # Multi-scale training (off by default): each training photo rescaled by a factor drawn
+        # log-uniformly in [scale_min, scale_max] before cropping (< 1 zooms out: more context
+        # per crop, as at a larger restoration size); 1, 1 = off (no draw, the same crops)
+        scale_min=1.0,
+        scale_max=1.0,
+        crop_sizes="",           # mixed crop sizes, e.g. "64,128" (each <= crop_size): each batch
+                                 # cut to one of them, drawn per batch from the seed (a random
+                                 # window of the crop_size crops); "" = off. Needs
+                                 # train.steps_per_dispatch=1 (one shape per compiled call)
         flip="both",             # training flips: none | horizontal | both (+ vertical). The paper
                                  # names none (256² crops only), DGSolver uses none; the demo's
                                  # figures were measured with both

@@ -12,12 +12,14 @@ outside them against the input (`psnr_kept`); grids μ │ baseline │ restored
 no border crop.
 
 Deviations from the paper-faithful configs, chosen on the `tune` split (train on seven photos,
-measure on astronaut; the val photos are only reported; that split is now retired for the k-fold
-splits `fold<i>` / `fold<i>_train`, rdbm_jax/data/builtin.py): the network also sees the inpainting
-mask and a biharmonic pre-fill of the holes (`model.condition=mu_mask_bifill`), x̂0 = μ outside the
-mask, it predicts the residual over the pre-fill (`bridge.parameterization=residual`), and each
-step's x̂0 is updated by what x_t observes (`sample.fuse=True`). What each choice measured, and the
-demo's results: docs/results.md ("How the demo's recipe was chosen").
+measure on astronaut; the val photos are only reported): the network also sees the inpainting mask
+and a biharmonic pre-fill of the holes (`model.condition=mu_mask_bifill`), x̂0 = μ outside the mask,
+it predicts the residual over the pre-fill (`bridge.parameterization=residual`), and each step's x̂0
+is updated by what x_t observes (`sample.fuse=True`). What each choice measured, and the demo's
+results: docs/results.md ("How the demo's recipe was chosen").
+
+The one-photo `tune` split is since retired for a k-fold protocol over the 8 training photos
+(`fold<i>` held out, `fold<i>_train`; rdbm_jax/data/builtin.py, experiments/recipes.py).
 
 `configs/demo.py:tiny` is the same pipeline shrunk for tests (a few steps, 32² crops); `:S`, `:B`
 and `:L` pick a larger model.

@@ -75,6 +75,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.prefetch_buffer": _non_negative,
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
     "data.crops_per_image": _positive,
+    "data.scale_min": (lambda v: v > 0, "must be > 0"),
+    "data.scale_max": (lambda v: v > 0, "must be > 0"),
     "data.decode_cache_mib": _non_negative,
 }
 
@@ -111,7 +113,8 @@ def _validate_bridge(bridge: ml_collections.ConfigDict) -> None:
 
 
 def _validate_model(cfg: ml_collections.ConfigDict) -> None:
-    """Rules tying the network to the rest: fused attention's dtypes, sizes the UNet can take."""
+    """Rules tying the network to the rest: fused attention's dtypes, sizes the UNet can take
+    (crops, mixed crop sizes, tiles), the multi-scale range."""
     if cfg.model.attention_impl == "cudnn" and cfg.model.dtype == "float32":
         raise ConfigError("model.attention_impl='cudnn' needs model.dtype bfloat16 or float16, "
                           "not float32")
@@ -119,6 +122,18 @@ def _validate_model(cfg: ml_collections.ConfigDict) -> None:
     if cfg.data.crop_size % factor:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} must be a multiple of {factor} "
                           "(the UNet's downsampling factor)")
+    if cfg.data.scale_min > cfg.data.scale_max:
+        raise ConfigError(f"data.scale_min={cfg.data.scale_min} must be <= "
+                          f"data.scale_max={cfg.data.scale_max}")
+    for size in parse_list(cfg, "data.crop_sizes", int):
+        if size <= 0 or size > cfg.data.crop_size or size % factor:
+            raise ConfigError(f"data.crop_sizes: {size} must be in (0, data.crop_size="
+                              f"{cfg.data.crop_size}] and a multiple of {factor} (the UNet's "
+                              "downsampling factor)")
+    if cfg.data.crop_sizes and cfg.train.steps_per_dispatch != 1:
+        raise ConfigError(f"data.crop_sizes={cfg.data.crop_sizes!r} needs "
+                          f"train.steps_per_dispatch=1 (got {cfg.train.steps_per_dispatch}): "
+                          "one compiled call stacks batches of one shape")
     if cfg.sample.tile_size % factor:
         raise ConfigError(f"sample.tile_size={cfg.sample.tile_size} must be a multiple of {factor} "
                           "(the UNet's downsampling factor)")

@@ -151,9 +151,10 @@ def test_the_page_restores_through_the_api_only_and_only_main_serves_it():
 
 def _source_files() -> dict[str, str]:
     """{dotted name: file} of every Python file held to the style rules: the package, configs/,
-    benchmarks/ and tests/ (not benchmarks/results/: its scripts are recorded output)."""
+    benchmarks/, experiments/ and tests/ (not benchmarks/results/: its scripts are recorded
+    output)."""
     out = dict(MODULES)
-    for folder in ("configs", "benchmarks", "tests"):
+    for folder in ("configs", "benchmarks", "experiments", "tests"):
         for root, dirs, files in os.walk(os.path.join(REPO, folder)):
             dirs[:] = [d for d in dirs if d not in ("results", "__pycache__")]
             for f in files:

@@ -465,3 +465,82 @@ def test_one_crop_decodes_png_rows_down_to_its_window_only_and_crops_bit_identic
             # rows decoded: at most the window's bottom (< the height) for the three plain PNGs
             assert (len(decoded) == 1) == (index < 3), (index, decoded)
             assert all(8 <= r < 60 for r in decoded)
+
+
+def _ramp_folder(tmp_path, n: int = 2, size=(64, 96)) -> str:
+    """Clean images whose value rises by 1 grey level per column: a crop's column step measures
+    its scale (2 levels per pixel = the photo shrunk by half)."""
+    cols = np.arange(size[1], dtype=np.uint8)[None, :, None]
+    for i in range(n):
+        _write(tmp_path / "ramp" / f"{i}.png", np.broadcast_to(cols + 10 * i, size + (3,)).copy())
+    return str(tmp_path / "ramp")
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_multi_scale_rescales_the_photo_before_cropping(tmp_path, factor):
+    """data.scale_min = scale_max = f: a crop of the photo rescaled by f (column step 1/f levels),
+    same shape; off (1, 1), the crops are those of a config without the option."""
+    spec = source_spec(kind="clean", dir=_ramp_folder(tmp_path), degradation="inpaint")  # x0 read
+    kw = dict(global_batch_size=2, seed=3, process_index=0, process_count=1)
+    plain = _take(build_train_iterator(_data({"r": spec}, flip="none"), **kw), 3)
+    off = _take(build_train_iterator(_data({"r": spec}, flip="none", scale_min=1.0,
+                                           scale_max=1.0), **kw), 3)
+    _same(plain, off)
+    on = _take(build_train_iterator(_data({"r": spec}, flip="none", scale_min=factor,
+                                          scale_max=factor), **kw), 3)
+    for b_plain, b_on in zip(plain, on):
+        assert b_on["x0"].shape == b_plain["x0"].shape == (2, 16, 16, 3)
+        # grey levels per pixel, away from the crop's edges (where the resampling filter's
+        # support leaves the window)
+        step = np.diff(b_on["x0"][..., 0], axis=2)[:, 2:-2, 3:-3] * 127.5
+        # Lanczos reproduces a ramp on average; upsampling (f > 1) leaves its windowed-sinc
+        # ripple on each step, about ±12 % of the step at these phases (0.44–0.54 for 0.5)
+        assert step.mean() == pytest.approx(1.0 / factor, rel=0.05)
+        np.testing.assert_allclose(step, 1.0 / factor, rtol=0.15)
+        np.testing.assert_allclose(np.diff(b_plain["x0"][..., 0], axis=2) * 127.5, 1.0,
+                                   atol=1e-4)
+
+
+def test_multi_scale_draws_factors_in_range_and_resumes(tmp_path):
+    spec = source_spec(kind="clean", dir=_ramp_folder(tmp_path, 3), degradation="inpaint")
+    data = _data({"r": spec}, flip="none", scale_min=0.5, scale_max=2.0, crop_size=8)
+    _assert_resumes_identically(data, after=2, then=3)
+    from rdbm_jax.data.pipeline import TrainExample
+    fn = TrainExample(None, None, 0, 16, "none", False, "k", scale=(0.5, 2.0))
+    rng = np.random.default_rng(0)
+    sizes = [fn.window_size(rng) for _ in range(400)]
+    assert min(sizes) >= 8 and max(sizes) <= 32  # 16 / 2 … 16 / 0.5
+    # log-uniform: as many factors below 1 as above
+    assert abs(np.mean(np.array(sizes) > 16) - 0.5) < 0.1
+
+
+def test_mixed_crop_sizes_per_batch_deterministic_and_resumable(tmp_path):
+    data = _data({"a": source_spec(kind="clean", dir=_rand_folder(tmp_path, "a", 3),
+                                   degradation="inpaint"),
+                  "b": source_spec(kind="clean", dir=_rand_folder(tmp_path, "b", 4),
+                                   degradation="noise")}, crop_size=16, crop_sizes="8,16")
+    kw = dict(global_batch_size=4, seed=5, process_index=0, process_count=1)
+    batches = _take(build_train_iterator(data, **kw), 12)
+    shapes = {b["x0"].shape[1:3] for b in batches}
+    assert shapes == {(8, 8), (16, 16)}  # both sizes, every example of a batch the same
+    for b in batches:
+        assert b["mu"].shape[:3] == b["mask"].shape[:3] == b["x0"].shape[:3]
+        assert b["task"].shape == (4,)
+    _same(_take(build_train_iterator(data, **kw), 12), batches)
+    _assert_resumes_identically(data, after=3, then=4)
+
+
+def test_multi_scale_options_are_validated():
+    from tests.helpers import config
+    from rdbm_jax import config as config_lib
+    config_lib.validate(config(**{"data.scale_min": 0.5, "data.crop_sizes": "16,32"}))
+    bad = [({"data.scale_min": 0.0}, r"^data\.scale_min=0\.0 must be > 0"),
+           ({"data.scale_min": 2.0}, r"^data\.scale_min=2\.0 must be <= data\.scale_max=1\.0"),
+           ({"data.crop_sizes": "64"}, r"^data\.crop_sizes: 64 must be in \(0, data\.crop_size=32"),
+           ({"data.crop_sizes": "12"}, r"^data\.crop_sizes: 12 .* multiple of 8"),
+           ({"data.crop_sizes": "a"}, r"^data\.crop_sizes='a' is not a comma-separated list"),
+           ({"data.crop_sizes": "16", "train.steps_per_dispatch": 2},
+            r"^data\.crop_sizes='16' needs train\.steps_per_dispatch=1")]
+    for overrides, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            config_lib.validate(config(**overrides))

@@ -164,7 +164,7 @@ def _named_sets_config(**overrides):
               eval_size=32, eval_fit="crop")
     cfg.data.tasks.main.eval = ml_collections.ConfigDict(
         dict(photos=source_spec(split="val", **kw),
-             astronaut=source_spec(split="fold0", max_images=1, **kw)))
+             astronaut=source_spec(split="fold0", max_images=1, **kw)))  # fold0's first photo
     cfg.data.tasks.other = task_spec(train=source_spec(**kw),
                                      eval=source_spec(split="val", seed=1, **kw))
     return cfg

@@ -3,6 +3,7 @@ sources mixed per data.train_mix) and evaluation sources (one per test set)."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import grain
@@ -55,7 +56,7 @@ class TrainExample:
 
     def __init__(self, source: ImageSource, degrader: Degrader | None, task_id: int, crop: int,
                  flip: str, skip_bad_files: bool, key: str, shard: tuple[int, int] = (0, 1),
-                 crops: int = 1, cache_bytes: int = 0):
+                 crops: int = 1, cache_bytes: int = 0, scale: tuple[float, float] = (1.0, 1.0)):
         self.source = source
         self.degrader = degrader
         self.task_id = task_id
@@ -66,6 +67,7 @@ class TrainExample:
         self.shard = shard  # (process_index, process_count): replacements stay in this shard
         self.crops = crops  # data.crops_per_image
         self.cache_bytes = cache_bytes  # data.decode_cache_mib, in bytes (per process)
+        self.scale = (float(scale[0]), float(scale[1]))  # data.scale_min, data.scale_max
         self.num_skipped = 0
         self._cache: dict[int, RawItem] = {}
         self._cached_bytes = 0
@@ -104,10 +106,27 @@ class TrainExample:
             self._cached_bytes += size
         return item
 
-    def draw_window(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
-        """(top, left) of a random crop of an image of h x w (before padding)."""
-        h, w = max(h, self.crop), max(w, self.crop)  # as `pad_to` leaves it
-        return int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
+    def draw_window(self, h: int, w: int, rng: np.random.Generator,
+                    size: int | None = None) -> tuple[int, int]:
+        """(top, left) of a random `size` (default: the crop's) window of an image of h x w
+        (before padding)."""
+        size = size or self.crop
+        h, w = max(h, size), max(w, size)  # as `pad_to` leaves it
+        return int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+
+    def multi_scale(self) -> bool:
+        """Whether photos are rescaled at random before cropping (data.scale_min/max)."""
+        return self.scale != (1.0, 1.0)
+
+    def window_size(self, rng: np.random.Generator) -> int:
+        """The side of the photo's window a crop is cut from: the crop's, or with multi-scale
+        crop / f for f drawn log-uniformly in [scale_min, scale_max] (cutting crop / f pixels and
+        resizing them to crop is rescaling the photo by f, then cropping)."""
+        if not self.multi_scale():
+            return self.crop  # no draw: the crops of a run without multi-scale are unchanged
+        lo, hi = self.scale
+        f = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        return max(1, round(self.crop / f))
 
     def crop_window(self, item: RawItem, rng: np.random.Generator,
                     corner: tuple[int, int] | None = None
@@ -115,17 +134,22 @@ class TrainExample:
         """One random crop (padded first if the image is smaller) and flips of x0 and μ alike, as
         float32 in [0, 1]: the same draws, in the same order, as cropping the two stacked.
         `corner`: the window's (top, left), drawn before decoding (`draw_window`)."""
-        x0, mu = pad_to(item.x0, self.crop), None if item.mu is None else pad_to(item.mu, self.crop)
+        size = self.crop if corner is not None else self.window_size(rng)
+        x0, mu = pad_to(item.x0, size), None if item.mu is None else pad_to(item.mu, size)
         h, w = x0.shape[:2]
-        top, left = corner if corner is not None else self.draw_window(h, w, rng)
-        window = (slice(top, top + self.crop), slice(left, left + self.crop))
+        top, left = corner if corner is not None else self.draw_window(h, w, rng, size)
+        window = (slice(top, top + size), slice(left, left + size))
         x0, mu = x0[window], None if mu is None else mu[window]
         if self.flip != "none" and rng.uniform() < 0.5:
             x0, mu = x0[:, ::-1], None if mu is None else mu[:, ::-1]
         if self.flip == "both" and rng.uniform() < 0.5:
             x0, mu = x0[::-1], None if mu is None else mu[::-1]
-        return pixels_to_unit(np.ascontiguousarray(x0)), None if mu is None else pixels_to_unit(
-            np.ascontiguousarray(mu))
+        x0 = pixels_to_unit(np.ascontiguousarray(x0))
+        mu = None if mu is None else pixels_to_unit(np.ascontiguousarray(mu))
+        if size != self.crop:  # multi-scale: the window rescaled to the crop
+            x0 = resize_float(x0, self.crop, self.crop)
+            mu = None if mu is None else resize_float(mu, self.crop, self.crop)
+        return x0, mu
 
     def finish(self, x0: np.ndarray, mu: np.ndarray | None,
                rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -138,7 +162,8 @@ class TrainExample:
                 "task": np.int32(self.task_id)}
 
     def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        if self.crops == 1 and not self.cache_bytes and self.source.LEADING_ROWS:
+        if (self.crops == 1 and not self.cache_bytes and self.source.LEADING_ROWS
+                and not self.multi_scale()):
             # One crop of an uncached file: its window is drawn from the header's size (the same
             # draws, in the same order, as after a full decode) and a PNG is decoded only down to
             # the window's last row: bit-identical crops, ~38 % less decoding of 1024² PNGs.
@@ -186,7 +211,8 @@ def _task_stream(data_cfg: ml_collections.ConfigDict, task_id: int, name: str, *
         fn = TrainExample(source, degrader, task_id, int(data_cfg.crop_size), data_cfg.flip,
                           bool(data_cfg.skip_bad_files), src.key, shard=shard,
                           crops=int(data_cfg.get("crops_per_image", 1)),
-                          cache_bytes=int(data_cfg.get("decode_cache_mib", 0)) * 2**20)
+                          cache_bytes=int(data_cfg.get("decode_cache_mib", 0)) * 2**20,
+                          scale=(data_cfg.get("scale_min", 1.0), data_cfg.get("scale_max", 1.0)))
         # One source keeps the seeds of one-source tasks; several draw their own from (task,
         # source).
         ids = (task_id,) if len(sources) == 1 else (task_id, j, 3)
@@ -259,6 +285,9 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
     else:  # equal weights: round-robin over tasks, then one sub-batch of each task per batch
         ds = grain.MapDataset.mix(per_task_ds).batch(len(names), drop_remainder=True,
                                                       batch_fn=concat_batches)
+    sizes = mixed_crop_sizes(data_cfg)
+    if sizes:  # after batching and mixing tasks: every example of a batch gets the batch's size
+        ds = ds.map_with_index(SubCrop(sizes, int(data_cfg.crop_size), _seed32(seed, 4)))
     buffer = int(data_cfg.prefetch_buffer)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=buffer, prefetch_buffer_size=buffer))
     workers = num_workers(data_cfg, accelerator=accelerator)
@@ -269,6 +298,35 @@ def build_train_iterator(data_cfg: ml_collections.ConfigDict, *, global_batch_si
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=workers, per_worker_buffer_size=max(1, buffer)))
     return iter(it_ds)
+
+
+def mixed_crop_sizes(data_cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """data.crop_sizes as ints (empty: off)."""
+    text = str(data_cfg.get("crop_sizes", "") or "")
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+class SubCrop:
+    """Batch number → the batch cut to one of the mixed crop sizes (data.crop_sizes), drawn from
+    (seed, batch number): a random window of each example (the same for x0, μ and mask), so a
+    resumed iterator cuts the same sizes and windows."""
+
+    def __init__(self, sizes: tuple[int, ...], crop: int, seed: int):
+        self.sizes = sizes
+        self.crop = crop
+        self.seed = seed
+
+    def __call__(self, index: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, int(index)])
+        size = int(self.sizes[int(rng.integers(len(self.sizes)))])
+        if size == self.crop:
+            return batch
+        out = {k: [] for k in ("x0", "mu", "mask")}
+        for i in range(len(batch["x0"])):
+            top, left = (int(v) for v in rng.integers(0, self.crop - size + 1, size=2))
+            for k in out:
+                out[k].append(batch[k][i, top:top + size, left:left + size])
+        return {**batch, **{k: np.stack(v) for k, v in out.items()}}
 
 
 class EvalSource:

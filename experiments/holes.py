@@ -1,0 +1,85 @@
+"""PSNR inside the holes of one trained network at several sizes and NFEs, beside its pre-fill
+alone, scikit-image's biharmonic and the input, on the same images (issue 28's protocol).
+
+Shared by experiments/scaling.py and experiments/recipes.py. The protocol is the project's
+(`rdbm_jax.scoring`): RGB in [0, 1], uint8-quantised, no border crop, mean over the test set's
+images; "inside the holes" is `psnr_masked`. The biharmonic baseline is always given the true
+mask (whatever the network sees), so every configuration is compared with the same reference.
+The pre-fill alone is what a zero network restores with a FILLED condition and the residual
+parameterisation (`conditioning.output_offset`): the harmonic or biharmonic fill of μ's holes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from rdbm_jax import conditioning, data, distributed, program
+from rdbm_jax.data import spec as data_spec
+from rdbm_jax.scoring import Baselines, by_task, sampling_key, score_pair, score_sources
+
+SIZES = (128, 256, 512)  # long side of the evaluated photos (whole photo resized, then degraded)
+KEY = "psnr_masked"
+
+
+def at_size(cfg: ml_collections.ConfigDict, size: int) -> ml_collections.ConfigDict:
+    """A copy of `cfg` whose every eval source is the whole photo resized to long side `size`."""
+    out = ml_collections.ConfigDict(cfg.to_dict())
+    for task in data_spec.task_names(out.data):
+        for src in data_spec.named_sources(out.data, task, "eval"):
+            src.cfg.eval_size = int(size)
+            src.cfg.eval_fit = "resize"
+    return out
+
+
+def has_prefill(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the network restores its pre-fill when its output is zero (a pre-fill to beat)."""
+    return (cfg.model.condition in conditioning.FILLED
+            and cfg.bridge.parameterization == "residual")
+
+
+def _fill_of(cond: jax.Array) -> jax.Array:
+    """The pre-fill channels of a FILLED condition [μ (c), mask (1), fill (c)]."""
+    return cond[..., cond.shape[-1] // 2 + 1:]
+
+
+def prefill_scores(cfg: ml_collections.ConfigDict, sources: dict[str, Any]) -> float:
+    """Mean PSNR inside the holes of the network's pre-fill alone (scoring's aggregation)."""
+    kind = cfg.model.condition
+    # the condition is [μ, mask, fill] (`conditioning.output_offset` reads the fill the same way)
+    fill = jax.jit(lambda mu, mask: _fill_of(conditioning.condition(mu, mask, kind)))
+    per_set = {}
+    for label, source in sources.items():
+        values = []
+        for i in range(len(source)):
+            ex = source[i]
+            out = np.asarray(fill(ex["mu"][None], ex["mask"][None]))[0]
+            values.append(score_pair(out, ex["x0"], cfg.eval, ex["mask"]).get(KEY, np.nan))
+        per_set[label] = {KEY: float(np.mean(values)), "num_images": len(values)}
+    return float(by_task(per_set)["overall"][KEY])
+
+
+def measure(cfg: ml_collections.ConfigDict, params: Any, sizes: tuple[int, ...] = SIZES,
+            nfes: tuple[int, ...] = (1, 10)) -> list[dict[str, float]]:
+    """One row per size: `size`, `input`, `biharmonic`, `prefill` (NaN without one) and
+    `model_nfe<n>` per NFE, each the mean PSNR inside the holes (dB) of cfg's eval sources."""
+    mesh = distributed.make_mesh()
+    rows = []
+    for size in sizes:
+        sized = at_size(cfg, size)
+        sources = data.build_eval_sources(sized.data, max_images=sized.eval.max_images)
+        baseline = Baselines(true_mask=True)  # per size: its cache is keyed by (label, index)
+        row: dict[str, float] = {"size": int(size)}
+        for nfe in nfes:
+            sampler = program.build_sampler(sized, mesh, num_steps=nfe)
+            _, per_task, _ = score_sources(sampler, params, sources, sized,
+                                           sampling_key(sized.seed), baseline=baseline)
+            overall = per_task["overall"]
+            row[f"model_nfe{nfe}"] = float(overall[KEY])
+            row["biharmonic"] = float(overall[f"{KEY}_baseline"])
+            row["input"] = float(overall[f"{KEY}_input"])
+        row["prefill"] = prefill_scores(sized, sources) if has_prefill(sized) else float("nan")
+        rows.append(row)
+    return rows

@@ -1,0 +1,232 @@
+"""Recipes chosen on more than one photo (issue 28, item 2): k-fold over the 8 training photos.
+
+    python -m experiments.recipes --out-dir runs/recipes --recipes demo,nofuse
+    python -m experiments.recipes --out-dir /tmp/rec --recipes demo,nofuse --tiny   # smoke
+
+Each recipe (`RECIPES`: overrides of configs/demo.py) is trained once per fold on `fold<i>_train`
+(six photos) and scored on `fold<i>` (the two held-out photos; rdbm_jax/data/builtin.py); no
+validation photo is ever read. Scores: PSNR inside the holes at each --sizes (experiments/holes.py)
+of the model at --nfe, beside the input, scikit-image's biharmonic and the recipe's own pre-fill
+on the same held-out photos and masks. Reported per recipe: mean ± spread (sample standard
+deviation) over the folds of the model and of its gain over biharmonic; and for each recipe
+against the first (the reference), the per-fold paired differences with a verdict:
+
+**Decision rule.** With d_i = model_B − model_A on fold i (same photos, same masks), k folds,
+mean d̄ and sample deviation s: B **wins** when every d_i > 0 and the one-sided paired t statistic
+d̄ / (s / √k) is at least Student's t quantile 0.95 with k − 1 degrees of freedom (2.35 for 4
+folds); B **loses** when the same holds for −d; otherwise **no verdict**: the difference is within
+the spread over folds. (All k folds agreeing in sign alone has probability 2^−(k−1) under no
+difference: 1/8 for 4 folds, too weak by itself; the t test alone can pass on one large fold.)
+
+Resumable as the scaling study is: recipes.csv grows one (recipe, fold) at a time, atomically; a
+rerun skips what it holds and resumes a run from its checkpoint (<runs-dir>/<recipe>_fold<i>).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+from typing import Any
+
+import ml_collections
+import numpy as np
+from scipy import stats
+
+from experiments import holes, results_csv, scaling
+from rdbm_jax import atomic
+from rdbm_jax.config_files import load
+from rdbm_jax.data import builtin
+from rdbm_jax.errors import ConfigError, RDBMError
+
+# The demo's choices that matter (issue 28), each a set of overrides of configs/demo.py.
+RECIPES: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "harmonic": {"model.condition": "mu_mask_fill"},  # the previous demo's pre-fill
+    "nofuse": {"sample.fuse": False},
+    "crop128": {"data.crop_size": 128},
+    "S": {"model.size": "S"},
+    # multi-scale (issue 28, item 3): photos shrunk by up to 2× before cropping, batches of 64²
+    # and 128² crops
+    "multiscale": {"data.scale_min": 0.5, "data.scale_max": 1.0, "data.crop_size": 128,
+                   "data.crop_sizes": "64,128"},
+}
+SCORES = ("input", "biharmonic", "prefill", "model")
+NUMERIC = ("fold", "steps", "size", "nfe") + SCORES + ("train_cpu_s",)
+FIELDS = ("recipe",) + NUMERIC + ("settings", "commit", "utc")
+CSV_NAME = "recipes.csv"
+log = logging.getLogger("rdbm_jax")
+
+
+def fold_config(recipe: str, fold: int, steps: int, tiny: bool) -> ml_collections.ConfigDict:
+    """configs/demo.py with the recipe's overrides, trained on fold<i>_train, scored on fold<i>."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"--recipes: unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
+    if not 0 <= fold < len(builtin.FOLDS):
+        raise ConfigError(f"--folds: fold {fold} not in [0, {len(builtin.FOLDS)})")
+    cfg = load("configs/demo.py:tiny" if tiny else "configs/demo.py", root=scaling.REPO)
+    for key, value in RECIPES[recipe].items():
+        section, name = key.split(".")
+        cfg[section][name] = value
+    if tiny:
+        cfg.data.crop_size = 32
+        cfg.data.crop_sizes = "16,32" if cfg.data.crop_sizes else ""
+        cfg.eval.max_images = 0  # the fold's two photos
+    cfg.data.tasks.main.train.split = f"fold{fold}_train"
+    cfg.data.tasks.main.eval.split = f"fold{fold}"
+    cfg.train.num_steps = steps
+    cfg.train.eval_every = 0
+    cfg.train.checkpoint_every = math.gcd(steps, 500)
+    cfg.eval.per_step = False
+    return cfg
+
+
+def verdict(diffs: list[float]) -> tuple[str, float, float]:
+    """(win | loss | no verdict, paired t statistic, its one-sided 95 % critical value) of the
+    per-fold differences B − A (module docstring)."""
+    d = np.asarray(diffs, np.float64)
+    k = len(d)
+    if k < 2:
+        return "no verdict", math.nan, math.nan
+    crit = float(stats.t.ppf(0.95, k - 1))
+    s = float(d.std(ddof=1))
+    if s == 0.0:  # every fold the same difference: the sign decides (or nothing, at 0)
+        t = math.copysign(math.inf, d.mean()) if d.mean() != 0 else 0.0
+    else:
+        t = float(d.mean() / (s / math.sqrt(k)))
+    if np.all(d > 0) and t >= crit:
+        return "win", t, crit
+    if np.all(d < 0) and -t >= crit:
+        return "loss", t, crit
+    return "no verdict", t, crit
+
+
+def _mean_sd(values: list[float]) -> str:
+    """mean ± sample standard deviation over folds (— when not measured)."""
+    v = np.asarray(values, np.float64)
+    if not np.all(np.isfinite(v)):
+        return "—"
+    sd = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+    return f"{v.mean():.2f}" + (f" ± {sd:.2f}" if math.isfinite(sd) else "")
+
+
+def summary(rows: list[dict[str, Any]], recipes: list[str]) -> str:
+    """Markdown: per size, each recipe over folds, then each recipe against the first, paired."""
+    lines = ["# Recipes by k-fold over the training photos", "",
+             "PSNR inside the holes (dB) on each fold's held-out photos; mean ± sample standard "
+             "deviation over folds. Decision rule: experiments/recipes.py's docstring.", ""]
+    for size in sorted({r["size"] for r in rows}):
+        at = {(r["recipe"], int(r["fold"])): r for r in rows if r["size"] == size}
+        folds = sorted({f for _, f in at})
+        lines += [f"## {size:.0f} px", "", "| recipe | folds | model | gain over biharmonic | "
+                  "pre-fill | biharmonic | input |", "|---|---|---|---|---|---|---|"]
+        for name in recipes:
+            mine = [at[(name, f)] for f in folds if (name, f) in at]
+            if mine:
+                cols = [_mean_sd([r[k] for r in mine]) for k in ("model",)]
+                cols.append(_mean_sd([r["model"] - r["biharmonic"] for r in mine]))
+                cols += [_mean_sd([r[k] for r in mine]) for k in ("prefill", "biharmonic",
+                                                                   "input")]
+                lines.append(f"| {name} | {len(mine)} | " + " | ".join(cols) + " |")
+        ref = recipes[0]
+        lines += ["", f"Against `{ref}` (per-fold differences, same photos and masks):", "",
+                  "| recipe | " + " | ".join(f"fold {f}" for f in folds)
+                  + " | mean ± sd | t (critical) | verdict |", "|---" * (len(folds) + 4) + "|"]
+        for name in recipes[1:]:
+            pairs = [f for f in folds if (name, f) in at and (ref, f) in at]
+            diffs = [at[(name, f)]["model"] - at[(ref, f)]["model"] for f in pairs]
+            if not diffs:
+                continue
+            word, t, crit = verdict(diffs)
+            cells = [f"{at[(name, f)]['model'] - at[(ref, f)]['model']:+.2f}" if f in pairs
+                     else "—" for f in folds]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_sd(diffs)} | "
+                         f"{t:.2f} ({crit:.2f}) | **{word}** |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out-dir", required=True, help="recipes.csv, summary.md")
+    p.add_argument("--runs-dir", default="", help="workdirs (default <out-dir>/runs)")
+    p.add_argument("--recipes", default="demo,nofuse",
+                   help=f"comma-separated, the first is the reference; from {sorted(RECIPES)}")
+    p.add_argument("--folds", default=",".join(str(i) for i in range(len(builtin.FOLDS))))
+    p.add_argument("--steps", type=int, default=0, help="training steps (default: the demo's "
+                   "1 500; tiny: 2)")
+    p.add_argument("--sizes", default="", help="long sides, px (default 128,256,512; tiny: 32)")
+    p.add_argument("--nfe", type=int, default=10, help="sampling steps of the model")
+    p.add_argument("--tiny", action="store_true", help="smoke run: configs/demo.py:tiny shapes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train and score every (recipe, fold) not yet in recipes.csv; write summary.md."""
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    try:
+        folds = [int(f) for f in args.folds.split(",") if f.strip()]
+        sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip()) or (
+            (32,) if args.tiny else holes.SIZES)
+    except ValueError as e:
+        raise ConfigError(f"--folds / --sizes: not a list of integers ({e})") from None
+    steps = args.steps or (2 if args.tiny else 1500)
+    if steps < 1 or args.nfe < 1 or not recipes or not folds:
+        raise ConfigError("--steps and --nfe must be >= 1, --recipes and --folds non-empty")
+    csv_path = os.path.join(args.out_dir, CSV_NAME)
+    rows = results_csv.read_rows(csv_path, FIELDS, NUMERIC)
+    runs = args.runs_dir or os.path.join(args.out_dir, "runs")
+    out: dict[str, Any] = {"evaluated": []}
+    for recipe in recipes:
+        for fold in folds:
+            cfg = fold_config(recipe, fold, steps, args.tiny)
+            settings = settings_of(cfg, sizes, args.nfe)
+            mine = [r for r in rows if (r["recipe"], int(r["fold"])) == (recipe, fold)]
+            if any(r["settings"] != settings for r in mine):
+                raise ConfigError(f"{csv_path}: {recipe} fold {fold} was measured with other "
+                                  "settings; use another --out-dir")
+            if mine:
+                continue
+            workdir = os.path.join(runs, f"{recipe}_fold{fold}")
+            scaling.check_workdir(cfg, workdir)
+            cpu, _ = scaling.train_to(cfg, workdir, steps)
+            conf = scaling.Configuration(recipe, "configs/demo.py", (), (steps,), steps,
+                                         (args.nfe,), 0.0)
+            scores, _ = scaling.evaluate_point(cfg, workdir, conf, sizes)
+            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+            new = [{"recipe": recipe, "fold": fold, "steps": steps, "size": s["size"],
+                    "nfe": args.nfe, "input": s["input"], "biharmonic": s["biharmonic"],
+                    "prefill": s["prefill"], "model": s[f"model_nfe{args.nfe}"],
+                    "train_cpu_s": cpu, "settings": settings, "commit": scaling.commit(),
+                    "utc": stamp} for s in scores]
+            rows = results_csv.append_rows(csv_path, FIELDS, rows, new)
+            out["evaluated"].append((recipe, fold))
+    mine = [r for r in rows if r["recipe"] in recipes and int(r["fold"]) in folds]
+    text = summary(mine, recipes)
+    atomic.write_text(os.path.join(args.out_dir, "summary.md"), text)
+    out["summary"] = text
+    return out
+
+
+def settings_of(cfg: ml_collections.ConfigDict, sizes: tuple[int, ...], nfe: int) -> str:
+    """A short hash of what makes a (recipe, fold)'s numbers: its config, sizes and NFE."""
+    doc = json.dumps([json.loads(cfg.to_json_best_effort(sort_keys=True)), sizes, nfe],
+                     sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:12]
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
+    logging.getLogger("rdbm_jax").setLevel(logging.INFO)
+    try:
+        main()
+    except RDBMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,49 @@
+"""The scaling study's configurations and its results table's columns (experiments/scaling.py
+runs them, experiments/report.py and scaling_fit.py read the table)."""
+from __future__ import annotations
+
+import dataclasses
+
+CSV_NAME = "scaling.csv"
+SCORES = ("input", "biharmonic", "prefill", "model_nfe1", "model_nfe2", "model_nfe10")
+NUMERIC = ("steps", "budget", "images_seen", "pixels_seen", "train_cpu_s", "eval_cpu_s",
+           "size") + SCORES
+FIELDS = ("config",) + NUMERIC + ("settings", "commit", "machine", "utc")
+
+# The paper-faithful cells: the network sees μ alone (the paper), the residual objective the
+# project's restoration configs use (configs/common.py measured_objective), no fusion (the paper
+# has none), as benchmarks/ablation.py's main grid trained them; π = 1 against the preset's own
+# π = x0 − μ ("" in bridge.pi).
+_PAPER = {"model.condition": "mu", "bridge.parameterization": "residual", "sample.fuse": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    """One training run of the study: a config, its overrides, where it is evaluated."""
+    name: str
+    spec: str                 # config file[:argument], relative to the repository
+    overrides: tuple          # ((dotted key, value), ...)
+    points: tuple[int, ...]   # training steps at which it is evaluated (the last: num_steps)
+    base_steps: int           # the budget called 1× (`budget` = steps / base_steps)
+    nfes: tuple[int, ...]
+    cpu_per_step: float       # estimated CPU-s per step, only to order the points
+
+
+# Estimated CPU-s per step: measured on the 2-core x86_64 development machine (demo T/64 0.46,
+# S/128 4.4 with 5 other jobs); μ-only has no biharmonic pre-fill to solve (cheaper).
+STUDY = (
+    Configuration("paper_pi1", "configs/demo.py", tuple(_PAPER.items()) + (("bridge.pi", "one"),),
+                  (1000, 2000, 4000), 1000, (1, 2, 10), 0.35),
+    Configuration("paper_pires", "configs/demo.py", tuple(_PAPER.items()) + (("bridge.pi", ""),),
+                  (1000, 2000, 4000), 1000, (1, 2, 10), 0.35),
+    Configuration("T64", "configs/demo.py", (), (1500, 3000, 6000, 12000), 1500, (1, 10), 0.46),
+    Configuration("S128", "configs/demo.py:S", (("data.crop_size", 128),), (1500, 3000, 6000),
+                  1500, (1, 10), 4.4),
+)
+TINY_POINTS = (2, 4)
+TINY_SIZES = (32,)
+
+
+def points_of(conf: Configuration, tiny: bool) -> tuple[int, ...]:
+    """The training steps at which the configuration is evaluated."""
+    return TINY_POINTS if tiny else conf.points

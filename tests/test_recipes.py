@@ -1,0 +1,86 @@
+"""experiments/recipes.py (issue 28, item 2): the decision rule, the fold configs (no validation
+photo), the summary, and a tiny 2-recipe × 2-fold run through the real training loop."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from experiments import recipes, results_csv
+from rdbm_jax.data import build_eval_sources, builtin
+from rdbm_jax.errors import ConfigError
+
+
+def test_verdict_needs_every_fold_and_the_paired_t():
+    assert recipes.verdict([0.3, 0.25, 0.35, 0.3])[0] == "win"
+    assert recipes.verdict([-0.3, -0.25, -0.35, -0.3])[0] == "loss"
+    # a mean carried by one large fold: the signs disagree
+    assert recipes.verdict([2.0, -0.1, 0.1, 0.1])[0] == "no verdict"
+    # every fold positive but the spread too large for the t test (t = 1.9 < 2.35)
+    word, t, crit = recipes.verdict([0.01, 0.02, 0.9, 0.03])
+    assert word == "no verdict" and t < crit == pytest.approx(2.3534, abs=1e-4)
+    assert recipes.verdict([0.1, 0.1, 0.1, 0.1])[0] == "win"  # no spread: the sign decides
+    assert recipes.verdict([0.0, 0.0])[0] == "no verdict"
+    assert recipes.verdict([0.5])[0] == "no verdict"  # one fold is no evidence
+
+
+def test_fold_configs_train_and_score_on_training_photos_only():
+    val = {n for n, _ in builtin.builtin_files("val")}
+    for fold in range(len(builtin.FOLDS)):
+        cfg = recipes.fold_config("harmonic", fold, 4, tiny=True)
+        assert cfg.model.condition == "mu_mask_fill"
+        train = {n for n, _ in builtin.builtin_files(cfg.data.tasks.main.train.split)}
+        names = [ex["name"] for src in build_eval_sources(cfg.data).values()
+                 for ex in (src[i] for i in range(len(src)))]
+        assert sorted(names) == sorted(builtin.FOLDS[fold])
+        assert not (train | set(names)) & val and not train & set(names)
+    with pytest.raises(ConfigError, match="--recipes: unknown recipe 'x'"):
+        recipes.fold_config("x", 0, 4, tiny=True)
+    with pytest.raises(ConfigError, match="--folds: fold 4"):
+        recipes.fold_config("demo", 4, 4, tiny=True)
+
+
+def _row(recipe, fold, model, size=128):
+    return {"recipe": recipe, "fold": fold, "steps": 2, "size": size, "nfe": 10, "input": 3.5,
+            "biharmonic": 20.0 + fold, "prefill": 19.9 + fold, "model": model + fold,
+            "train_cpu_s": 1.0, "settings": "s", "commit": "c", "utc": "u"}
+
+
+def test_summary_reports_spread_and_paired_differences():
+    rows = [_row("demo", f, 20.1) for f in range(4)] + [
+        _row("nofuse", f, 20.4 + 0.02 * f) for f in range(4)]
+    md = recipes.summary(rows, ["demo", "nofuse"])
+    # the folds' photos differ (biharmonic 20..23), the paired differences do not
+    assert "| demo | 4 | 21.60 ± 1.29 | 0.10 ± 0.00 |" in md
+    assert "| nofuse | +0.30 | +0.32 | +0.34 | +0.36 | 0.33 ± 0.03 |" in md
+    assert "**win**" in md
+
+
+def test_tiny_two_recipes_two_folds_resumable(tmp_path):
+    argv = ["--out-dir", str(tmp_path), "--recipes", "demo,nofuse", "--folds", "0,1", "--tiny"]
+    first = recipes.main(argv)
+    assert first["evaluated"] == [("demo", 0), ("demo", 1), ("nofuse", 0), ("nofuse", 1)]
+    rows = results_csv.read_rows(str(tmp_path / recipes.CSV_NAME), recipes.FIELDS,
+                                 recipes.NUMERIC)
+    assert len(rows) == 4 and all(math.isfinite(r["model"]) for r in rows)
+    assert all(r["input"] < r["biharmonic"] for r in rows)
+    by = {(r["recipe"], int(r["fold"])): r for r in rows}
+    # the same held-out photos and masks for both recipes: identical references
+    assert by[("demo", 0)]["biharmonic"] == by[("nofuse", 0)]["biharmonic"]
+    assert by[("demo", 0)]["biharmonic"] != by[("demo", 1)]["biharmonic"]
+    assert recipes.main(argv)["evaluated"] == []  # all there: nothing trained or scored
+    assert "Against `demo`" in open(os.path.join(tmp_path, "summary.md")).read()
+
+
+def test_tiny_multiscale_recipe_trains_on_mixed_crop_sizes(tmp_path):
+    """The multi-scale recipe through the real loop: batches of two shapes, one compiled step
+    each."""
+    cfg = recipes.fold_config("multiscale", 3, 4, tiny=True)
+    assert (cfg.data.scale_min, cfg.data.crop_sizes) == (0.5, "16,32")
+    out = recipes.main(["--out-dir", str(tmp_path), "--recipes", "multiscale", "--folds", "3",
+                        "--tiny", "--steps", "4"])
+    assert out["evaluated"] == [("multiscale", 3)]
+    rows = results_csv.read_rows(str(tmp_path / recipes.CSV_NAME), recipes.FIELDS,
+                                 recipes.NUMERIC)
+    assert math.isfinite(rows[0]["model"]) and math.isfinite(rows[0]["prefill"])
