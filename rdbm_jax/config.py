@@ -104,8 +104,10 @@ def _validate_bridge(bridge: ml_collections.ConfigDict) -> None:
     except ValueError as e:
         raise ConfigError(f"bridge.discretization: {e}") from None
     pi = bridge.pi or schedules.DEFAULT_PI[bridge.preset]
-    if bridge.parameterization == "pi_eps" and (bridge.preset == "flow" or pi == "zero"):
-        raise ConfigError(f"bridge.parameterization='pi_eps' with bridge.preset={bridge.preset!r} "
+    noise_target = sde.PARAMETERIZATIONS[bridge.parameterization].target_is_noise
+    if noise_target and (bridge.preset == "flow" or pi == "zero"):
+        raise ConfigError(f"bridge.parameterization={bridge.parameterization!r} with "
+                          f"bridge.preset={bridge.preset!r} "
                           f"and bridge.pi={pi!r}: the target π⊙ε is identically 0 (no noise), so "
                           "the network would learn nothing; use bridge.parameterization='x0'")
 
@@ -140,6 +142,7 @@ def _check_num_steps(cfg: ml_collections.ConfigDict, key: str, num_steps: int) -
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Check choices and ranges of every known key; raise ConfigError naming the first bad one."""
+    cfg = program.upgrade(cfg)  # an older run's saved config: its missing keys as they behaved
     for key, allowed in CHOICES.items():
         value = get(cfg, key)
         if value not in allowed:
@@ -156,17 +159,17 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if not cfg.data.tasks:
         raise ConfigError("data.tasks is empty: a config must define at least one task")
     data_spec.validate_tasks(cfg.data)
-    fuse = bool(cfg.sample.get("fuse", False))
-    if fuse and cfg.bridge.parameterization not in sde.FUSABLE:
+    fuse = bool(cfg.sample.fuse)
+    if fuse and not sde.PARAMETERIZATIONS[cfg.bridge.parameterization].fusable:
+        fusable = (name for name, p in sde.PARAMETERIZATIONS.items() if p.fusable)
         raise ConfigError(f"sample.fuse=True needs bridge.parameterization in "
-                          f"{', '.join(sde.FUSABLE)}; {cfg.bridge.parameterization!r} already "
+                          f"{', '.join(fusable)}; {cfg.bridge.parameterization!r} already "
                           "reads x̂0 off x_t (add --config.sample.fuse=False)")
-    # ρ for every task, each > 0
-    if cfg.bridge.parameterization == "precond" or cfg.eval.per_step or fuse:
-        program.sigma_data_values(cfg.bridge.sigma_data, data_spec.task_names(cfg.data))
-    if fuse and cfg.sample.get("fuse_sigma", ""):
-        program.sigma_data_values(cfg.sample.fuse_sigma, data_spec.task_names(cfg.data),
-                                  "sample.fuse_sigma")
+    # ρ for every task of every use that reads one, each > 0 (`program.rho_table`)
+    program.rho_table(cfg, "network")
+    if cfg.eval.per_step or fuse:
+        program.rho_table(cfg, "prior")
+    program.rho_table(cfg, "sample")
     unknown = sorted(set(parse_list(cfg, "eval.metrics", str)) - set(metrics.EVAL_METRICS))
     if unknown:
         raise ConfigError(f"eval.metrics: unknown metric(s) {', '.join(unknown)} "
