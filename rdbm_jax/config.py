@@ -42,6 +42,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
 CHOICES: dict[str, tuple[str, ...]] = _choices()
 
 _positive = (lambda v: v > 0, "must be > 0")
+_unit = (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
 _non_negative = (lambda v: v >= 0, "must be >= 0")
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bridge.num_timesteps": (lambda v: v >= 2, "must be >= 2"),
@@ -51,7 +52,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.warmup_steps": _non_negative,
     "optim.grad_clip": _non_negative,
     "optim.ema_decay": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
-    "optim.min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    "optim.min_lr_ratio": _unit,
     "train.num_steps": _non_negative,
     "train.batch_size": _positive,
     "train.log_every": _positive,
@@ -61,8 +62,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.max_to_keep": _positive,
     "train.steps_per_dispatch": _positive,
     "sample.num_steps": _positive,
-    "sample.eta": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
-    "sample.first_step_eta": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    "sample.eta": _unit,
+    "sample.first_step_eta": _unit,
     "sample.batch_size": _positive,
     "sample.tile_size": _non_negative,
     "sample.tile_overlap": _non_negative,
@@ -161,9 +162,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     data_spec.validate_tasks(cfg.data)
     fuse = bool(cfg.sample.fuse)
     if fuse and not sde.PARAMETERIZATIONS[cfg.bridge.parameterization].fusable:
-        fusable = (name for name, p in sde.PARAMETERIZATIONS.items() if p.fusable)
         raise ConfigError(f"sample.fuse=True needs bridge.parameterization in "
-                          f"{', '.join(fusable)}; {cfg.bridge.parameterization!r} already "
+                          f"{', '.join(sde.fusable_names())}; "
+                          f"{cfg.bridge.parameterization!r} already "
                           "reads x̂0 off x_t (add --config.sample.fuse=False)")
     # ρ for every task of every use that reads one, each > 0 (`program.rho_table`)
     program.rho_table(cfg, "network")

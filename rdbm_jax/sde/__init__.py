@@ -19,8 +19,9 @@ from rdbm_jax.sde.kernels import (Time, fuse_observation, invert, pi_eps_from_x0
                                   reverse_step, reverse_step_pi_eps, skip_estimate, transition,
                                   x0_from_pi_eps)
 from rdbm_jax.sde.parameterizations import (FUSABLE, PARAMETERIZATIONS, Parameterization,
-                                            network_input, network_target, predict_x0, register,
-                                            residual_from_x0, training_target, x0_from_residual)
+                                            fusable_names, network_input, network_target,
+                                            predict_x0, register, residual_from_x0,
+                                            training_target, x0_from_residual)
 from rdbm_jax.sde.sampling import sample
 
 # The bridge math of this package; the schedules it uses are rdbm_jax.schedules' own public names.
@@ -28,5 +29,5 @@ __all__ = ["PARAMETERIZATIONS", "Parameterization", "register", "pi_values", "q_
            "transition", "posterior", "x0_from_pi_eps", "pi_eps_from_x0", "x0_from_residual",
            "residual_from_x0", "predict_x0", "training_target", "network_target",
            "precond_scalings", "network_input", "reverse_step", "reverse_step_pi_eps",
-           "fuse_observation", "FUSABLE", "project_known", "invert", "skip_estimate",
-           "estimate_x0", "X0Rule", "sample"]
+           "fuse_observation", "FUSABLE", "fusable_names", "project_known", "invert",
+           "skip_estimate", "estimate_x0", "X0Rule", "sample"]

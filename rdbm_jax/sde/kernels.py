@@ -27,11 +27,12 @@ def _resolve_pi(schedule: Schedule, pi: str | None) -> str:
     return mode
 
 
-def _check_eta(eta: float | jax.Array) -> float | None:
-    """η as a float when concrete (None when traced); a concrete η outside [0, 1] is refused."""
+def _check_eta(eta: float | jax.Array, name: str = "eta") -> float | None:
+    """η (the argument `name`) as a float when concrete (None when traced); a concrete η outside
+    [0, 1] is refused: the one home of the η range."""
     eta_c = _concrete(eta)
     if eta_c is not None and not 0.0 <= eta_c <= 1.0:
-        raise ValueError(f"eta={eta_c} must be in [0, 1]")
+        raise ValueError(f"{name}={eta_c} must be in [0, 1]")
     return eta_c
 
 

@@ -177,8 +177,12 @@ register(Parameterization(
     "precond", network_input=_precond_input, to_x0=_precond_to_x0, from_x0=_precond_from_x0,
     target=_precond_target, needs_rho=True))
 
-# The built-in entries whose x̂0 comes from the network alone (`Parameterization.fusable`).
-FUSABLE = tuple(name for name, p in PARAMETERIZATIONS.items() if p.fusable)
+def fusable_names() -> tuple[str, ...]:
+    """The registered parameterisations whose x̂0 comes from the network alone (`fusable`)."""
+    return tuple(name for name, p in PARAMETERIZATIONS.items() if p.fusable)
+
+
+FUSABLE = fusable_names()  # of the built-in entries
 
 
 # ----------------------------------------------------------------------------- the public maps

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from rdbm_jax.schedules import Schedule, timestep_pairs
 from rdbm_jax.sde.estimate import estimate_x0
 from rdbm_jax.sde.kernels import _check_eta, _resolve_pi, require_rho, reverse_step
-from rdbm_jax.sde.parameterizations import PARAMETERIZATIONS, lookup
+from rdbm_jax.sde.parameterizations import fusable_names, lookup
 
 
 def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], schedule: Schedule,
@@ -50,8 +50,7 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
     entry = lookup(parameterization)
     pairs = timestep_pairs(schedule.num_timesteps, num_steps)
     eta_c = _check_eta(eta)
-    if not 0.0 <= float(first_step_eta) <= 1.0:
-        raise ValueError(f"first_step_eta={first_step_eta} must be in [0, 1]")
+    _check_eta(float(first_step_eta), "first_step_eta")
     stochastic = eta_c != 0.0 or float(first_step_eta) > 0.0
     noisy_start = schedule.preset == "irsde" and mode != "zero"
     if noisy_start and mode != "one":
@@ -63,8 +62,8 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], s
     if entry.needs_rho:
         require_rho(sigma_data)
     if fuse and (not entry.fusable or sigma_data is None):
-        fusable = tuple(name for name, p in PARAMETERIZATIONS.items() if p.fusable)
-        raise ValueError(f"fuse: needs sigma_data (ρ) and a parameterization in {fusable}, got "
+        raise ValueError(f"fuse: needs sigma_data (ρ) and a parameterization in "
+                         f"{fusable_names()}, got "
                          f"{parameterization!r} and sigma_data={sigma_data}")
     mu = jnp.asarray(mu)
     x = mu
