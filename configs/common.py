@@ -62,7 +62,7 @@ def dgsolver_recipe(c: ml_collections.ConfigDict) -> None:
 
 
 def measured_objective(c: ml_collections.ConfigDict) -> None:
-    """The restoration configs' objective and x̂0 update, decided by benchmarks/ablation.py
+    """The restoration configs' objective and x̂0 update, decided by experiments/ablation.py
     (benchmarks/RESULTS.md).
 
     The paper trains the network on πε, the released code (code/rdbm.py) on x0. Measured in

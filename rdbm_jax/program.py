@@ -383,13 +383,14 @@ def build_sampler(cfg: ConfigDict, mesh: Mesh | None = None, num_steps: int | No
 
 def must_match(cfg: ConfigDict) -> tuple[str, ...]:
     """The dotted keys whose value must equal a checkpoint's: every key that builds the network or
-    the bridge (`network_spec`), bar INFERENCE_ONLY; bridge.sigma_data only for precond (ρ scales
-    the network's input and output there and is read by nothing else)."""
+    the bridge (`network_spec`), bar INFERENCE_ONLY; bridge.sigma_data only for a parameterisation
+    whose maps read ρ (precond: ρ scales the network's input and output there and is read by
+    nothing else the checkpoint holds)."""
     spec = network_spec(cfg)
     keys = (f"{section}.{name}" for section in spec for name in spec[section])
-    precond = cfg.bridge.parameterization == "precond"
+    reads_rho = sde.PARAMETERIZATIONS[cfg.bridge.parameterization].needs_rho
     return tuple(k for k in keys
-                 if k not in INFERENCE_ONLY and (precond or k != "bridge.sigma_data"))
+                 if k not in INFERENCE_ONLY and (reads_rho or k != "bridge.sigma_data"))
 
 
 def check_compatible(cfg: ConfigDict, saved: dict, where: str) -> None:

@@ -139,9 +139,9 @@ def test_main_only_dispatches():
 
 def _source_files() -> dict[str, str]:
     """{dotted name: file} of every Python file held to the style rules: the package, configs/,
-    benchmarks/ and tests/ (not benchmarks/results/: its scripts are recorded output)."""
+    benchmarks/, experiments/ and tests/ (not their results/: recorded output)."""
     out = dict(MODULES)
-    for folder in ("configs", "benchmarks", "tests"):
+    for folder in ("configs", "benchmarks", "experiments", "tests"):
         for root, dirs, files in os.walk(os.path.join(REPO, folder)):
             dirs[:] = [d for d in dirs if d not in ("results", "__pycache__")]
             for f in files:
@@ -175,8 +175,24 @@ def test_the_style_checkers_can_fail():
 
 
 def test_source_files_reach_beyond_the_package():
-    assert {"configs.demo", "benchmarks.run_all", "tests.test_architecture"} <= set(SOURCE_FILES)
-    assert not any(name.startswith("benchmarks.results") for name in SOURCE_FILES)
+    assert {"configs.demo", "benchmarks.run_all", "experiments.ablation",
+            "tests.test_architecture"} <= set(SOURCE_FILES)
+    assert not any(".results" in name for name in SOURCE_FILES)
+
+
+def test_benchmarks_measure_and_experiments_experiment():
+    """benchmarks/ holds no experiment (the ablation and the NFE toy live in experiments/), no
+    results folder keeps a script, and no benchmark builds a Sampler by hand
+    (`program.build_sampler` does)."""
+    names = set(os.listdir(os.path.join(REPO, "benchmarks")))
+    assert not {"ablation.py", "exact_nfe.py"} & names
+    assert {"ablation.py", "exact_nfe.py"} <= set(os.listdir(os.path.join(REPO, "experiments")))
+    for folder in ("benchmarks", "experiments"):
+        for root, _, files in os.walk(os.path.join(REPO, folder, "results")):
+            assert not [f for f in files if f.endswith(".py")], root
+    for name, path in SOURCE_FILES.items():
+        if name.startswith(("benchmarks.", "experiments.")):
+            assert "Sampler(" not in open(path, encoding="utf-8").read(), name
 
 
 def test_lines_within_100_columns():
