@@ -1,5 +1,5 @@
-"""Restoration latency: our compiled 10-step sampler (`Sampler`, one lax.scan) vs the twin's Python
-loop.
+"""Restoration latency: our compiled 10-step sampler (`program.build_sampler`, one lax.scan) vs
+the twin's Python loop.
 
     python -m benchmarks.bench_sample --out sample.json    # GPU: B, 256² × 16 and 720×1280 × 1
     python -m benchmarks.bench_sample --tiny               # CPU smoke
@@ -19,12 +19,12 @@ from typing import Any, Callable
 from benchmarks import cli, max_batch, measure, roofline as rl  # noqa: E402
 
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.programs import default_config  # noqa: E402
 from rdbm_jax import distributed, models, program  # noqa: E402
-from rdbm_jax.sampler import Sampler  # noqa: E402
 
 TINY = dict(size="T", resolution=32, batch=2, large="40x72", large_batch=1, steps=3, warmup=1,
             dtype="float32", matmul_n=256, copy_mib=16)
@@ -60,15 +60,24 @@ def degraded(batch: int, height: int, width: int, seed: int = 1) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def bench_ours(model: Any, params: Any, mu: np.ndarray, nfe: int, opts: argparse.Namespace,
+def sampler_config(opts: argparse.Namespace, impl: str) -> Any:
+    """configs/default.py with the benchmarked network (size, dtype, attention kernel) and NFE:
+    what `program.build_sampler` builds our sampler from."""
+    cfg = ml_collections.ConfigDict(default_config().to_dict())
+    cfg.model.size = opts.size
+    cfg.model.dtype = opts.dtype
+    cfg.model.attention_impl = impl
+    cfg.sample.num_steps = opts.nfe
+    return cfg
+
+
+def bench_ours(cfg: Any, params: Any, mu: np.ndarray, nfe: int, opts: argparse.Namespace,
                peak: dict | None) -> tuple[dict[str, Any], np.ndarray]:
-    """Sampler (compiled scan) end to end and on the device; XLA cost of the compiled sampler."""
-    bridge = default_config().bridge
-    schedule = program.schedule_from_config(bridge)
+    """Sampler (compiled scan, `program.build_sampler` of `cfg`) end to end and on the device;
+    XLA cost of the compiled sampler."""
     mesh = distributed.make_mesh()
-    apply = lambda p, x_t, cond, t: model.apply({"params": p}, x_t, cond, t, train=False)
-    restorer = Sampler(apply, schedule, num_steps=nfe, multiple=model.factor, mesh=mesh,
-                       parameterization=bridge.parameterization)
+    model = program.network(cfg)[0]
+    restorer = program.build_sampler(cfg, mesh, num_steps=nfe)
     params = jax.device_put(params, distributed.replicated(mesh))
     rng = jax.random.PRNGKey(0)
     t0 = time.perf_counter()
@@ -76,18 +85,11 @@ def bench_ours(model: Any, params: Any, mu: np.ndarray, nfe: int, opts: argparse
     t_first = time.perf_counter() - t0
     e2e = measure.time_windows(lambda: restorer(params, mu, rng), lambda x: x, warmup=opts.warmup,
                           steps=opts.steps, window=1)
-    # The executable Sampler compiled for this shape (H, W are multiples of the factor already; the
-    # batch is padded to the device count as Sampler does), on a device-resident input.
-    padded = np.pad(mu, ((0, (-mu.shape[0]) % mesh.size), (0, 0), (0, 0), (0, 0)), mode="edge")
-    mu_dev = jax.device_put(padded, distributed.batch_sharding(mesh))
-    mask_dev = jax.device_put(np.ones(padded.shape[:3] + (1,), np.float32),
-                              distributed.batch_sharding(mesh))
-    # ρ per image, as Sampler passes it (read by precond and fusion only).
-    rho_dev = jax.device_put(np.full((padded.shape[0], 1, 1, 1), restorer.rho(), np.float32),
-                             distributed.batch_sharding(mesh))
-    compiled = restorer.jitted.lower(params, mu_dev, mask_dev, rng, rho_dev).compile()
-    dev = measure.time_windows(lambda: compiled(params, mu_dev, mask_dev, rng, rho_dev),
-                               measure.jax_sync, warmup=opts.warmup, steps=opts.steps, window=1)
+    # The executable the Sampler compiled for this shape, on its device-resident arguments.
+    args = restorer.device_args(params, mu, rng)
+    compiled = restorer.executable(args)
+    dev = measure.time_windows(lambda: compiled(*args), measure.jax_sync, warmup=opts.warmup,
+                               steps=opts.steps, window=1)
     cost = rl.cost_of(compiled)
     macs = models.count_macs(model, mu.shape[1], mu.shape[2], batch=mu.shape[0])
     analytic = 2.0 * macs * nfe
@@ -214,11 +216,8 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
     twin_off = "--twin off" if opts.twin == "off" else twin_unavailable(env["platform"] == "gpu")
     if opts.twin == "on" and twin_off:
         raise RuntimeError(f"--twin on: {twin_off}")
-    models_ = {
-        impl: models.create_model({"size": opts.size, "dtype": opts.dtype, "attention_impl": impl})
-        for impl in opts.impls
-    }
-    params = make_params(models_[opts.impls[0]])
+    configs = {impl: sampler_config(opts, impl) for impl in opts.impls}
+    params = make_params(program.network(configs[opts.impls[0]])[0])
     results, skipped, errors = [], [], []
     data = {
         "environment": env, "peak": peak, "results": results, "skipped": skipped, "errors": errors
@@ -233,12 +232,12 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
                 "height": h, "width": w, "nfe": opts.nfe, "dtype": opts.dtype}
         mu, label = degraded(batch, h, w), f"{batch}×{h}×{w}"
         ours = {}  # attention impl → (row, output)
-        for impl, model in models_.items():
+        for impl, cfg in configs.items():
             if opts.deadline and time.time() > opts.deadline:
                 skipped.append(f"sample {label} ({impl}): past the run's time budget")
                 continue
             got = measure.guarded(opts.keep_going, errors, f"ours sample {label} ({impl})",
-                             lambda m=model: bench_ours(m, params, mu, opts.nfe, opts, peak))
+                             lambda c=cfg: bench_ours(c, params, mu, opts.nfe, opts, peak))
             if got is not None:
                 add({**case, "attention_impl": impl, **got[0]})
                 ours[impl] = (results[-1], got[1])

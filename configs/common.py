@@ -63,7 +63,7 @@ def dgsolver_recipe(c: ml_collections.ConfigDict) -> None:
 
 def measured_objective(c: ml_collections.ConfigDict) -> None:
     """The restoration configs' objective (residual: x̂0 = μ + output, L1 on x0) and x̂0 update
-    (fusion), measured best in miniature by benchmarks/ablation.py: the figures are in
+    (fusion), measured best in miniature by experiments/ablation.py: the figures are in
     docs/results.md ("Why the restoration configs train the residual objective with fusion").
 
     The paper trains πε, the released code (code/rdbm.py) x0. The paper's πε:

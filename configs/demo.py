@@ -59,7 +59,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.eval.num_grid_images = 4
     # The per-step diagnostic (x̂0 per t beside the skip estimate and inversion) at every
     # validation; its skip estimate's ρ is the rms of x0 − μ inside the holes, measured on the
-    # training crops of this degradation (benchmarks/ablation.py's measure_sigma_data: 1.32).
+    # training crops of this degradation (experiments/ablation.py's measure_sigma_data: 1.32).
     c.eval.per_step = True
     c.bridge.sigma_data = "1.32"
     if tiny:

@@ -15,7 +15,7 @@ Recipe: the defaults of configs/default.py (the paper's universal setting: Adam 
 crops, cosine θ, λ = 10/255, T = 100) and, where the paper is silent, MiliLab/DGSolver's
 (configs/common.py dgsolver_recipe: no flips, β2 0.99, clipping 1.0, EMA 0.995 with ema_pytorch's
 warm-up). Batch 16 and 300k steps are this project's choices (not from the paper).
-Objective: residual (x̂0 = μ + output), measured best by benchmarks/ablation.py; the paper's is
+Objective: residual (x̂0 = μ + output), measured best by experiments/ablation.py; the paper's is
 πε, the released code's x0 (configs/common.py measured_objective).
 
 Evaluation protocol: DGSolver's scorer (as configs/universal.py): RGB truncated to uint8, PSNR,

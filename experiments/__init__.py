@@ -1,1 +1,4 @@
-"""Experiments that train and score many runs (issue 28): scaling study, k-fold recipes."""
+"""Experiments on the real package: the ablation grid in miniature (`ablation`), the
+exact-denoiser NFE toy (`exact_nfe`), the scaling study (`scaling`) and k-fold recipe comparisons
+(`recipes`). benchmarks/ measures speed and memory; what these measure is in experiments/results/
+and docs/."""

@@ -12,7 +12,7 @@ FIELDS = ("config",) + NUMERIC + ("settings", "commit", "machine", "utc")
 
 # The paper-faithful cells: the network sees μ alone (the paper), the residual objective the
 # project's restoration configs use (configs/common.py measured_objective), no fusion (the paper
-# has none), as benchmarks/ablation.py's main grid trained them; π = 1 against the preset's own
+# has none), as experiments/ablation.py's main grid trained them; π = 1 against the preset's own
 # π = x0 − μ ("" in bridge.pi).
 _PAPER = {"model.condition": "mu", "bridge.parameterization": "residual", "sample.fuse": False}
 

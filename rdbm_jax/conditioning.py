@@ -10,7 +10,7 @@ inpainting; every pixel for other degradations). Conditions:
   and sampling (`sde.project_known`), so known pixels come back exactly.
 - `mu_mask_fill` — as `mu_mask`, plus the holes of μ pre-filled by a harmonic interpolation of the
   known pixels (`fill_holes`, solved coarse to fine) as three more channels. With the residual
-  parameterisation the network's output is also added to the pre-fill's residual (`output_offset`):
+  parameterisation the network's output is also added to the pre-fill's residual (`fill_residual`):
   a zero output restores the pre-fill, and the network learns the correction on top of it.
 - `mu_mask_bifill` — as `mu_mask_fill` with a biharmonic pre-fill (`fill_holes_biharmonic`: the
   harmonic fill refined by conjugate gradients on Δ²u = 0 in the holes), the classical inpainting
@@ -194,11 +194,11 @@ def infer_mask(mu: np.ndarray, threshold: float = HOLE_THRESHOLD) -> np.ndarray:
     return out.reshape(low.shape + (1,)).astype(np.float32)
 
 
-def output_offset(cond: jax.Array, kind: str, parameterization: str) -> jax.Array | float:
-    """What is added to the network's raw output: the pre-fill's residual (fill − μ, zero outside
-    the holes) for the FILLED conditions with the residual parameterisation, else 0."""
+def fill_residual(cond: jax.Array, kind: str) -> jax.Array | float:
+    """The pre-fill's residual fill − μ (zero outside the holes) of a FILLED condition, else 0:
+    what a residual-over-μ output is offset by (`sde.X0Rule.network`)."""
     check_condition(kind)
-    if kind not in FILLED or parameterization != "residual":
+    if kind not in FILLED:
         return 0.0
     c = cond.shape[-1] // 2  # cond = [μ (c), mask (1), fill (c)]
     return cond[..., c + 1:] - cond[..., :c]

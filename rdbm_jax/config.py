@@ -42,6 +42,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
 CHOICES: dict[str, tuple[str, ...]] = _choices()
 
 _positive = (lambda v: v > 0, "must be > 0")
+_unit = (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
 _non_negative = (lambda v: v >= 0, "must be >= 0")
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bridge.num_timesteps": (lambda v: v >= 2, "must be >= 2"),
@@ -51,7 +52,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.warmup_steps": _non_negative,
     "optim.grad_clip": _non_negative,
     "optim.ema_decay": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
-    "optim.min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    "optim.min_lr_ratio": _unit,
     "train.num_steps": _non_negative,
     "train.batch_size": _positive,
     "train.log_every": _positive,
@@ -61,8 +62,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.max_to_keep": _positive,
     "train.steps_per_dispatch": _positive,
     "sample.num_steps": _positive,
-    "sample.eta": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
-    "sample.first_step_eta": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    "sample.eta": _unit,
+    "sample.first_step_eta": _unit,
     "sample.batch_size": _positive,
     "sample.tile_size": _non_negative,
     "sample.tile_overlap": _non_negative,
@@ -106,8 +107,10 @@ def _validate_bridge(bridge: ml_collections.ConfigDict) -> None:
     except ValueError as e:
         raise ConfigError(f"bridge.discretization: {e}") from None
     pi = bridge.pi or schedules.DEFAULT_PI[bridge.preset]
-    if bridge.parameterization == "pi_eps" and (bridge.preset == "flow" or pi == "zero"):
-        raise ConfigError(f"bridge.parameterization='pi_eps' with bridge.preset={bridge.preset!r} "
+    noise_target = sde.PARAMETERIZATIONS[bridge.parameterization].target_is_noise
+    if noise_target and (bridge.preset == "flow" or pi == "zero"):
+        raise ConfigError(f"bridge.parameterization={bridge.parameterization!r} with "
+                          f"bridge.preset={bridge.preset!r} "
                           f"and bridge.pi={pi!r}: the target π⊙ε is identically 0 (no noise), so "
                           "the network would learn nothing; use bridge.parameterization='x0'")
 
@@ -172,6 +175,7 @@ def _validate_app(cfg: ml_collections.ConfigDict) -> None:
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Check choices and ranges of every known key; raise ConfigError naming the first bad one."""
+    cfg = program.upgrade(cfg)  # an older run's saved config: its missing keys as they behaved
     for key, allowed in CHOICES.items():
         value = get(cfg, key)
         if value not in allowed:
@@ -188,17 +192,17 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if not cfg.data.tasks:
         raise ConfigError("data.tasks is empty: a config must define at least one task")
     data_spec.validate_tasks(cfg.data)
-    fuse = bool(cfg.sample.get("fuse", False))
-    if fuse and cfg.bridge.parameterization not in sde.FUSABLE:
+    fuse = bool(cfg.sample.fuse)
+    if fuse and not sde.PARAMETERIZATIONS[cfg.bridge.parameterization].fusable:
         raise ConfigError(f"sample.fuse=True needs bridge.parameterization in "
-                          f"{', '.join(sde.FUSABLE)}; {cfg.bridge.parameterization!r} already "
+                          f"{', '.join(sde.fusable_names())}; "
+                          f"{cfg.bridge.parameterization!r} already "
                           "reads x̂0 off x_t (add --config.sample.fuse=False)")
-    # ρ for every task, each > 0
-    if cfg.bridge.parameterization == "precond" or cfg.eval.per_step or fuse:
-        program.sigma_data_values(cfg.bridge.sigma_data, data_spec.task_names(cfg.data))
-    if fuse and cfg.sample.get("fuse_sigma", ""):
-        program.sigma_data_values(cfg.sample.fuse_sigma, data_spec.task_names(cfg.data),
-                                  "sample.fuse_sigma")
+    # ρ for every task of every use that reads one, each > 0 (`program.rho_table`)
+    program.rho_table(cfg, "network")
+    if cfg.eval.per_step or fuse:
+        program.rho_table(cfg, "prior")
+    program.rho_table(cfg, "sample")
     unknown = sorted(set(parse_list(cfg, "eval.metrics", str)) - set(metrics.EVAL_METRICS))
     if unknown:
         raise ConfigError(f"eval.metrics: unknown metric(s) {', '.join(unknown)} "

@@ -3,7 +3,7 @@
 For every t the sampler visits (`sde.timestep_pairs(T, sample.num_steps)[:, 0]`), the held-out
 images' x_t = `sde.q_sample(x0, μ, t, ε)` (the states training sees, not the sampler's own) are fed
 to the network; its x̂0 is scored beside two estimates that need no network: the skip estimate
-μ + c_skip (x_t − μ) (`sde.precond_scalings`, the Gaussian-prior posterior mean; ρ from
+μ + c_skip (x_t − μ) (`sde.skip_estimate`, the Gaussian-prior posterior mean; ρ from
 bridge.sigma_data) and the plain inversion μ + (x_t − μ)/Θ_t (μ where Θ_t = 0). PSNR is taken inside
 the degradation mask (the whole image for global degradations), in [0, 1], no quantisation. A
 network that earns its keep has x̂0 ≥ skip at every t (issue 19's criterion: `min_gain_over_skip`).
@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rdbm_jax import conditioning, metrics, paths, program, sde, strict_json
-from rdbm_jax.data.spec import task_names
+from rdbm_jax import metrics, paths, sde, strict_json
 
 ESTIMATES = ("model", "skip", "invert")  # the network's x̂0, the skip estimate, plain inversion
 
@@ -31,26 +30,18 @@ def _estimates(sampler: Any, params: Any, x0, mu, mask, rho, rho_net, t, noise):
     """(x̂0 of the network, skip estimate, inversion) at one t for a batch of true forward
     samples; ρ of the skip estimate, ρ_net the sampler's own (precond's, or fusion's)."""
     s = sampler.schedule
-    par = sampler.parameterization
-    pi = sampler.pi
+    rule = sampler.rule
     tt = jnp.full((x0.shape[0],), t, jnp.int32)
-    x_t = sde.q_sample(s, x0, mu, tt, noise, pi=pi)
-    if sampler.uses_mask:  # mask-aware ρ, as the sampler reads it
-        rho, rho_net = rho * mask, rho_net * mask
-    cond = conditioning.condition(mu, mask, sampler.condition)
-    x_in = sde.network_input(s, x_t, mu, tt, par, pi=pi, sigma_data=rho_net)
-    offset = conditioning.output_offset(cond, sampler.condition, par)
-    out = sampler.apply_fn(params, x_in, cond, tt) + offset
-    model = sde.predict_x0(s, out, x_t, mu, tt, par, pi=pi, sigma_data=rho_net)
-    if sampler.fuse:  # the x̂0 the sampler steps with
-        model = sde.fuse_observation(s, model, x_t, mu, tt, rho_net, pi)
-    model = jnp.clip(model, -1.0, 1.0)
-    if sampler.uses_mask:
-        model = sde.project_known(model, mu, 1.0 - mask)
-    c_skip = sde.precond_scalings(s, tt, rho, pi)[0]
-    skip = jnp.clip(mu + c_skip * (x_t - mu), -1.0, 1.0)
-    theta = s.Theta[tt].reshape(-1, 1, 1, 1)
-    invert = jnp.where(theta > 0, mu + (x_t - mu) / jnp.where(theta > 0, theta, 1.0), mu)
+    x_t = sde.q_sample(s, x0, mu, tt, noise, pi=rule.pi)
+    if rule.uses_mask:  # the skip estimate's prior ρ is mask-aware too
+        rho = rho * mask
+    cond, rho_net, known = rule.prepare(mu, mask, rho_net)
+    x_in = rule.network_input(s, x_t, mu, tt, rho_net)
+    out = rule.network(lambda x, c, k: sampler.apply_fn(params, x, c, k))(x_in, cond, tt)
+    # the x̂0 the sampler steps with, clipped for scoring (a sampler without clip skips it)
+    model = jnp.clip(rule.x0(s, out, x_t, mu, tt, rho_net, known), -1.0, 1.0)
+    skip = jnp.clip(sde.skip_estimate(s, x_t, mu, tt, rho, rule.pi), -1.0, 1.0)
+    invert = sde.invert(s, x_t, mu, tt)
     return model, skip, jnp.clip(invert, -1.0, 1.0)
 
 
@@ -76,17 +67,11 @@ def per_step(sampler: Any, params: Any, x0: np.ndarray, mu: np.ndarray, mask: np
     return rows
 
 
-def rho_of(cfg: Any) -> Any:
-    """task name → ρ of bridge.sigma_data (whatever the objective: the skip estimate needs a prior);
-    None (a source without a task) → the first task's."""
-    values = program.sigma_data_values(cfg.bridge.sigma_data, task_names(cfg.data))
-    return lambda task: values.get(task, next(iter(values.values())))
-
-
-def run(sampler: Any, params: Any, sources: dict[str, Any], rho_of: Any, num_images: int,
+def run(sampler: Any, params: Any, sources: dict[str, Any], num_images: int,
         key: jax.Array) -> dict[str, list[dict[str, float]]]:
-    """Per source label: `per_step` on its first `num_images` images of the first image's size
-    (`rho_of(task)` gives ρ; the source's examples carry x0, mu, mask and task_name)."""
+    """Per source label: `per_step` on its first `num_images` images of the first image's size (ρ
+    of the skip estimate: `SamplingSpec.prior_of(task)`; the source's examples carry x0, mu, mask
+    and task_name)."""
     out = {}
     for label, source in sources.items():
         first = source[0]
@@ -97,7 +82,7 @@ def run(sampler: Any, params: Any, sources: dict[str, Any], rho_of: Any, num_ima
         stack = lambda k: np.stack([e[k] if e.get(k) is not None else ones for e in examples])
         task = first.get("task_name")
         out[label] = per_step(sampler, params, stack("x0"), stack("mu"), stack("mask"),
-                              rho_of(task), key, sampler.rho(task))
+                              sampler.spec.prior_of(task), key, sampler.rho(task))
     return out
 
 

@@ -35,8 +35,8 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                               on_image=lambda *_: pbar.update(1))
     out_dir = paths.join(workdir, "eval")
     # The per-step diagnostic runs on every process (the network's arrays span them all).
-    per_step = (diagnostic.run(sampler, params, sources, diagnostic.rho_of(cfg),
-                               cfg.sample.batch_size, sampling_key(cfg.seed + 3))
+    per_step = (diagnostic.run(sampler, params, sources, cfg.sample.batch_size,
+                               sampling_key(cfg.seed + 3))
                 if cfg.eval.per_step else None)
     if distributed.is_main_process():
         write_report(out_dir, rows, per_task, {"step": step, "protocol": protocol(cfg)})

@@ -24,7 +24,7 @@ from ml_collections import ConfigDict, FrozenConfigDict
 from rdbm_jax import checkpoint_rotation, checkpoints, conditioning, distributed, models, paths, sde
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.schedules import Schedule
-from rdbm_jax.sampler import Sampler
+from rdbm_jax.sampler import Sampler, SamplingSpec
 from rdbm_jax.train_state import TrainState, make_optimizer
 
 log = logging.getLogger("rdbm_jax")
@@ -126,8 +126,8 @@ def make_loss_fn(model: models.UNet, schedule: Schedule, bridge: ConfigDict, los
     rho_by_task[batch["task"]] (times the mask with a mask condition). t is drawn by `draw_t`
     (train.t_sampling); the loss is not reweighted by the draw's density.
     """
-    pi = bridge.pi or None
-    masked = conditioning.uses_mask(cond_kind)
+    # The network is read as the sampler reads it (fusion and clipping act on x̂0, not here).
+    rule = sde.X0Rule(bridge.parameterization, bridge.pi or None, cond_kind)
     rho_table = jnp.asarray(rho_by_task, jnp.float32)
 
     def loss_fn(params, batch, rng):
@@ -135,20 +135,18 @@ def make_loss_fn(model: models.UNet, schedule: Schedule, bridge: ConfigDict, los
         k_t, k_n, k_d = jax.random.split(rng, 3)
         t = draw_t(k_t, t_sampling, schedule.num_timesteps, x0.shape[0])
         noise = jax.random.normal(k_n, x0.shape, x0.dtype)
-        x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=pi)
+        x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=rule.pi)
         rho = rho_table[batch.get("task", jnp.zeros(x0.shape[0], jnp.int32))].reshape(-1, 1, 1, 1)
-        if masked:
-            rho = rho * batch["mask"]  # mask-aware: ρ = 0 where x0 = μ is known
-        par = bridge.parameterization
-        target = sde.training_target(schedule, x0, mu, noise, par, pi=pi, t=t, sigma_data=rho)
-        cond = conditioning.condition(mu, batch.get("mask"), cond_kind)
+        # mask-aware: ρ = 0 where x0 = μ is known
+        cond, rho, _ = rule.prepare(mu, batch.get("mask"), rho)
+        target = rule.target(schedule, x0, mu, noise, t, rho)
         weights = params if model_cfg is None else models.compute_params(params, model_cfg)
-        x_in = sde.network_input(schedule, x_t, mu, t, par, pi=pi, sigma_data=rho)
-        out = model.apply({"params": weights}, x_in, cond, t, train=True, rngs={"dropout": k_d})
-        out = out + conditioning.output_offset(cond, cond_kind, bridge.parameterization)
+        net = lambda x, c, k: model.apply({"params": weights}, x, c, k, train=True,
+                                          rngs={"dropout": k_d})
+        out = rule.network(net)(rule.network_input(schedule, x_t, mu, t, rho), cond, t)
         err = out.astype(jnp.float32) - target
         err = jnp.abs(err) if loss == "l1" else jnp.square(err)
-        if not masked:
+        if not rule.uses_mask:
             return jnp.mean(err)
         weight = jnp.broadcast_to(batch["mask"], err.shape)
         return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
@@ -226,15 +224,47 @@ def network_spec(cfg: ConfigDict) -> FrozenConfigDict:
     return FrozenConfigDict(dict(model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict()))
 
 
-def _rho_spec(cfg: ConfigDict, fuse: bool = False) -> dict[str, float]:
-    """ρ per task (precond; a sampler with `fuse`: sample.fuse_sigma, else bridge.sigma_data; {}
-    otherwise, so other programs do not depend on it)."""
-    if fuse and cfg.sample.get("fuse_sigma", ""):
-        return sigma_data_values(cfg.sample.fuse_sigma, sorted(cfg.data.tasks.keys()),
-                                 "sample.fuse_sigma")
-    if cfg.bridge.parameterization != "precond" and not fuse:
-        return {}
-    return sigma_data_values(cfg.bridge.sigma_data, sorted(cfg.data.tasks.keys()))
+# Keys added after the first release, with the behaviour runs had before each existed: a saved
+# config of an older run lacks them, and `upgrade` fills them in (the one place that knows).
+OLDER_RUNS = {"train.t_sampling": "uniform", "sample.auto_tile": True,
+              "sample.hole_threshold": conditioning.HOLE_THRESHOLD, "sample.first_step_eta": 0.0,
+              "sample.fuse": False, "sample.fuse_sigma": ""}
+
+
+def upgrade(cfg: ConfigDict) -> ConfigDict:
+    """`cfg` with every key of OLDER_RUNS it lacks (an older run's saved config) filled in; `cfg`
+    itself when it has them all."""
+    missing = [k for k in OLDER_RUNS if k.split(".")[1] not in cfg[k.split(".")[0]]]
+    if not missing:
+        return cfg
+    out = ConfigDict(cfg.to_dict())
+    for key in missing:
+        section, name = key.split(".")
+        out[section][name] = OLDER_RUNS[key]
+    return out
+
+
+RHO_USES = ("network", "sample", "prior")  # `rho_table`'s uses
+
+
+def rho_table(cfg: ConfigDict, use: str) -> tuple[tuple[str, float], ...]:
+    """ρ per task (sorted by name), the one place a config's ρ is resolved: "network" — precond's
+    (bridge.sigma_data; () for the other parameterisations, so their programs do not depend on
+    it); "sample" — the sampler's: precond's, or with sample.fuse fusion's (sample.fuse_sigma, else
+    bridge.sigma_data); "prior" — the skip estimate's prior (bridge.sigma_data, always)."""
+    cfg = upgrade(cfg)
+    tasks = sorted(cfg.data.tasks.keys())
+    fuse = use == "sample" and bool(cfg.sample.fuse)
+    precond = sde.PARAMETERIZATIONS[cfg.bridge.parameterization].needs_rho
+    if use not in RHO_USES:
+        raise ValueError(f"use={use!r} is not one of {RHO_USES}")
+    if fuse and cfg.sample.fuse_sigma:
+        values = sigma_data_values(cfg.sample.fuse_sigma, tasks, "sample.fuse_sigma")
+    elif use == "prior" or precond or fuse:
+        values = sigma_data_values(cfg.bridge.sigma_data, tasks)
+    else:
+        return ()
+    return tuple(sorted(values.items()))
 
 
 def program_spec(cfg: ConfigDict) -> FrozenConfigDict:
@@ -244,9 +274,8 @@ def program_spec(cfg: ConfigDict) -> FrozenConfigDict:
                                  optim=cfg.optim.to_dict(),
                                  train=dict(loss=cfg.train.loss, decay_steps=decay,
                                             steps_per_dispatch=cfg.train.steps_per_dispatch,
-                                            # absent from older runs' configs
-                                            t_sampling=cfg.train.get("t_sampling", "uniform")),
-                                 rho=_rho_spec(cfg)))
+                                            t_sampling=upgrade(cfg).train.t_sampling),
+                                 rho=dict(rho_table(cfg, "network"))))
 
 
 @functools.cache
@@ -318,55 +347,50 @@ def init_key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl="rbg")
 
 
-def sampler_spec(cfg: ConfigDict, num_steps: int | None = None,
-                 eta: float | None = None) -> FrozenConfigDict:
-    """What a Sampler reads: the network spec and the `sample` settings (NFE and η overridable)."""
+def sampling_spec(cfg: ConfigDict, num_steps: int | None = None,
+                  eta: float | None = None) -> SamplingSpec:
+    """The SamplingSpec of `cfg`'s `sample` section (NFE and η overridable): the one place a
+    config becomes sampling settings."""
+    cfg = upgrade(cfg)
     s = cfg.sample
-    fuse = bool(s.get("fuse", False))  # absent from older runs' configs
-    return FrozenConfigDict(dict(
-        model=cfg.model.to_dict(), bridge=cfg.bridge.to_dict(),
-        sample=dict(num_steps=int(num_steps or s.num_steps),
-                    eta=float(s.eta if eta is None else eta),
-                    clip=bool(s.clip), tile_size=int(s.tile_size), tile_overlap=int(s.tile_overlap),
-                    auto_tile=bool(s.get("auto_tile", True)),  # absent from older runs' configs
-                    hole_threshold=float(s.get("hole_threshold", conditioning.HOLE_THRESHOLD)),
-                    first_step_eta=float(s.get("first_step_eta", 0.0)),
-                    fuse=fuse),
-        rho=_rho_spec(cfg, fuse)))
+    rule = sde.X0Rule(parameterization=cfg.bridge.parameterization, pi=cfg.bridge.pi or None,
+                      condition=cfg.model.condition, fuse=bool(s.fuse), clip=bool(s.clip))
+    return SamplingSpec(num_steps=int(num_steps or s.num_steps), rule=rule,
+                        eta=float(s.eta if eta is None else eta),
+                        first_step_eta=float(s.first_step_eta), rho=rho_table(cfg, "sample"),
+                        prior_rho=rho_table(cfg, "prior") if cfg.eval.per_step else (),
+                        tile_size=int(s.tile_size), tile_overlap=int(s.tile_overlap),
+                        auto_tile=bool(s.auto_tile), hole_threshold=float(s.hole_threshold))
 
 
 @functools.cache
-def _sampler(spec: FrozenConfigDict, mesh: Mesh) -> Sampler:
-    model, schedule = _network(FrozenConfigDict(dict(model=spec.model, bridge=spec.bridge)))
-    s = spec.sample
-    weights = functools.partial(models.compute_params, model_cfg=spec.model)  # model.param_dtype
+def _sampler(net: FrozenConfigDict, spec: SamplingSpec, mesh: Mesh) -> Sampler:
+    model, schedule = _network(net)
+    weights = functools.partial(models.compute_params, model_cfg=net.model)  # model.param_dtype
     return Sampler(lambda params, x_t, cond, t: model.apply({"params": weights(params)}, x_t, cond,
                                                             t, train=False),
-                   schedule, num_steps=s.num_steps, multiple=models.downsample_factor(spec.model),
-                   mesh=mesh,
-                   eta=s.eta, clip=s.clip, parameterization=spec.bridge.parameterization,
-                   pi=spec.bridge.pi or None, tile_size=s.tile_size, tile_overlap=s.tile_overlap,
-                   auto_tile=s.auto_tile, hole_threshold=s.hole_threshold,
-                   condition=spec.model.condition, sigma_data=dict(spec.rho),
-                   first_step_eta=s.first_step_eta, fuse=s.fuse)
+                   schedule, spec, multiple=models.downsample_factor(net.model), mesh=mesh)
 
 
 def build_sampler(cfg: ConfigDict, mesh: Mesh | None = None, num_steps: int | None = None,
                   eta: float | None = None) -> Sampler:
     """The Sampler of `cfg`'s network and `sample` section (NFE / η overridable), built once per
-    distinct `sampler_spec` and mesh: its compiled reverse loops are reused by later calls."""
-    return _sampler(sampler_spec(cfg, num_steps, eta), mesh or distributed.make_mesh())
+    distinct `network_spec`, `sampling_spec` and mesh: its compiled reverse loops are reused by
+    later calls."""
+    return _sampler(network_spec(cfg), sampling_spec(cfg, num_steps, eta),
+                    mesh or distributed.make_mesh())
 
 
 def must_match(cfg: ConfigDict) -> tuple[str, ...]:
     """The dotted keys whose value must equal a checkpoint's: every key that builds the network or
-    the bridge (`network_spec`), bar INFERENCE_ONLY; bridge.sigma_data only for precond (ρ scales
-    the network's input and output there and is read by nothing else)."""
+    the bridge (`network_spec`), bar INFERENCE_ONLY; bridge.sigma_data only for a parameterisation
+    whose maps read ρ (precond: ρ scales the network's input and output there and is read by
+    nothing else the checkpoint holds)."""
     spec = network_spec(cfg)
     keys = (f"{section}.{name}" for section in spec for name in spec[section])
-    precond = cfg.bridge.parameterization == "precond"
+    reads_rho = sde.PARAMETERIZATIONS[cfg.bridge.parameterization].needs_rho
     return tuple(k for k in keys
-                 if k not in INFERENCE_ONLY and (precond or k != "bridge.sigma_data"))
+                 if k not in INFERENCE_ONLY and (reads_rho or k != "bridge.sigma_data"))
 
 
 def check_compatible(cfg: ConfigDict, saved: dict, where: str) -> None:

@@ -8,6 +8,7 @@ through the whole trajectory (the state x_t is never split).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import Any, Callable
@@ -124,37 +125,76 @@ def tiled(denoise_fn: Callable, height: int, width: int, tile: int, overlap: int
     return fn
 
 
+Rho = tuple[tuple[str, float], ...]  # ρ per task name, sorted by name (hashable)
+
+
+def lookup_rho(table: Rho, task: str | None, key: str) -> float:
+    """ρ of `task` in `table` (None, or a task the table lacks: the one value every task shares);
+    ρ resolved nowhere else. 1.0 for an empty table (nothing reads ρ)."""
+    if not table:
+        return 1.0
+    values = dict(table)
+    if task is not None and task in values:
+        return values[task]
+    shared = set(values.values())
+    if len(shared) == 1:
+        return shared.pop()
+    raise ConfigError(f"{key}: no ρ for task {task!r} (per-task values {values}); restore with the "
+                      "task named, or give one value")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+    """Everything a Sampler reads besides the network, its schedule and devices (frozen and
+    hashable: the compiled loops are cached on it). `program.sampling_spec` builds it from a
+    config; tests and benchmarks may build one by hand."""
+
+    num_steps: int  # the NFE
+    rule: sde.X0Rule = sde.X0Rule()  # parameterisation, π, condition, fusion, clip
+    eta: float = 0.0
+    first_step_eta: float = 0.0  # the η of the first step only (`sde.sample`)
+    # ρ per task of precond and of fusion (`program.rho_table`); () when neither reads one
+    rho: Rho = ()
+    # ρ per task of the skip estimate's prior (bridge.sigma_data; the per-step diagnostic)
+    prior_rho: Rho = ()
+    tile_size: int = 0
+    tile_overlap: int = 32
+    auto_tile: bool = True
+    hole_threshold: float = conditioning.HOLE_THRESHOLD  # holes inferred when no mask is given
+
+    def rho_of(self, task: str | None = None) -> float:
+        """ρ of `task` for precond (bridge.sigma_data) or fusion (sample.fuse_sigma, else
+        bridge.sigma_data); 1.0 when neither reads one."""
+        precond = sde.PARAMETERIZATIONS[self.rule.parameterization].needs_rho
+        key = "bridge.sigma_data" if precond else "sample.fuse_sigma (or bridge.sigma_data)"
+        return lookup_rho(self.rho, task, key)
+
+    def prior_of(self, task: str | None = None) -> float:
+        """ρ of the skip estimate's prior for `task` (bridge.sigma_data)."""
+        return lookup_rho(self.prior_rho, task, "bridge.sigma_data")
+
+
 class Sampler:
     """Restores batches of degraded images μ in [-1, 1] with a trained network, sharded over
     devices."""
 
-    def __init__(self, apply_fn: Callable[..., jax.Array], schedule: Any, *, num_steps: int,
-                 multiple: int, mesh: Mesh | None = None, eta: float = 0.0, clip: bool = True,
-                 parameterization: str = "x0", pi: str | None = None, tile_size: int = 0,
-                 tile_overlap: int = 32, condition: str = "mu", auto_tile: bool = True,
-                 hole_threshold: float = conditioning.HOLE_THRESHOLD,
-                 sigma_data: dict[str, float] | None = None, first_step_eta: float = 0.0,
-                 fuse: bool = False):
-        conditioning.check_condition(condition)
-        # ρ of precond and of fusion per task name (program.sigma_data_values); others ignore it.
-        self.sigma_data = dict(sigma_data or {})
-        self.first_step_eta = first_step_eta
-        self.fuse = fuse  # x̂0 updated by the observation x_t (sde.fuse_observation)
+    def __init__(self, apply_fn: Callable[..., jax.Array], schedule: Any, spec: SamplingSpec, *,
+                 multiple: int, mesh: Mesh | None = None):
+        conditioning.check_condition(spec.rule.condition)
+        self.spec = spec
         self.apply_fn = apply_fn
         self.schedule = schedule
-        self.num_steps = num_steps
-        self.condition = condition
-        self.uses_mask = conditioning.uses_mask(condition)
         self.multiple = multiple
         self.mesh = mesh or distributed.make_mesh()
-        self.eta = eta
-        self.clip = clip
-        self.parameterization = parameterization
-        self.pi = pi
-        self.tile_size = tile_size
-        self.tile_overlap = tile_overlap
-        self.auto_tile = auto_tile
-        self.hole_threshold = hole_threshold  # holes inferred when no mask is given
+        # how the network's output becomes the x̂0 the loop steps with
+        self.rule = spec.rule
+        self.num_steps = spec.num_steps
+        self.eta = spec.eta
+        self.clip = spec.rule.clip
+        self.condition = spec.rule.condition
+        self.uses_mask = spec.rule.uses_mask
+        self.tile_size = spec.tile_size
+        self.tile_overlap = spec.tile_overlap
         self._jits: dict[int, Callable] = {}  # tile size (0 = whole image) → jitted reverse loop
         self._compiled: dict[tuple, tuple[Any, int]] = {}  # (tile, shape) → (executable, bytes)
         self._plan: dict[tuple, int] = {}  # batch shape → the tile size it runs with
@@ -166,19 +206,8 @@ class Sampler:
         return self.eta > 0 or self.first_step_eta > 0 or self.schedule.preset == "irsde"
 
     def rho(self, task: str | None = None) -> float:
-        """ρ of `task` (precond: bridge.sigma_data; fuse: sample.fuse_sigma, else
-        bridge.sigma_data); None: the one value every task shares (1.0 when unused)."""
-        if self.parameterization != "precond" and not self.fuse:
-            return 1.0
-        if task is not None and task in self.sigma_data:
-            return self.sigma_data[task]
-        values = set(self.sigma_data.values())
-        if task is None and len(values) == 1:
-            return values.pop()
-        key = "bridge.sigma_data" if self.parameterization == "precond" else "sample.fuse_sigma"
-        key += "" if self.parameterization == "precond" else " (or bridge.sigma_data)"
-        raise ConfigError(f"{key}: no ρ for task {task!r} (per-task values "
-                          f"{self.sigma_data}); restore with the task named, or give one value")
+        """ρ of `task` (`SamplingSpec.rho_of`)."""
+        return self.spec.rho_of(task)
 
     def sample_padded(self, params: Any, mu: jax.Array, mask: jax.Array, rng: jax.Array,
                       rho: jax.Array | float | None = None,
@@ -189,21 +218,18 @@ class Sampler:
         `self.rho()`); mask models read ρ · mask (ρ = 0 where x0 = μ is known, so x̂0 = μ there:
         mask-aware preconditioning)."""
         tile = self.tile_size if tile_size is None else tile_size
-        cond = conditioning.condition(mu, mask, self.condition)
         rho = jnp.asarray(self.rho() if rho is None else rho, jnp.float32)
         rho = rho.reshape(rho.shape + (1,) * (mu.ndim - rho.ndim)) if rho.ndim else rho
-        # Mask models: ρ = 0 where x0 = μ is known, so precond's c_skip/c_out leave μ there.
-        if self.uses_mask:
-            rho = rho * mask
-        denoise = lambda x_t, c, t: self.apply_fn(params, x_t, c, t) + conditioning.output_offset(
-            c, self.condition, self.parameterization)
+        rule = self.rule
+        cond, rho, known = rule.prepare(mu, mask, rho)
+        denoise = rule.network(lambda x_in, c, t: self.apply_fn(params, x_in, c, t))
         if tile:
             denoise = tiled(denoise, mu.shape[1], mu.shape[2], tile, self.tile_overlap)
-        known = 1.0 - mask if self.uses_mask else None
-        return sde.sample(lambda x_t, _, t: denoise(x_t, cond, t), self.schedule, mu,
-                          self.num_steps, rng, eta=self.eta, clip=self.clip,
-                          parameterization=self.parameterization, pi=self.pi, known=known,
-                          sigma_data=rho, first_step_eta=self.first_step_eta, fuse=self.fuse)
+        return sde.sample(lambda x_in, _, t: denoise(x_in, cond, t), self.schedule, mu,
+                          self.num_steps, rng, eta=self.eta, clip=rule.clip,
+                          parameterization=rule.parameterization, pi=rule.pi, known=known,
+                          sigma_data=rho, first_step_eta=self.spec.first_step_eta,
+                          fuse=rule.fuse)
 
     def jit(self, tile: int) -> Callable:
         """`sample_padded` with tiles of `tile` (0: none) under jit, sharded over the mesh."""
@@ -254,7 +280,7 @@ class Sampler:
             what = (f"restoring a batch of {shape[0]} image(s) of {shape[1]}x{shape[2]} (padded) "
                     f"{f'in tiles of {tile} ' if tile else ''}needs ~{memory.gib(need)}, over "
                     f"the {memory.gib(budget)} available")
-            if not self.auto_tile:
+            if not self.spec.auto_tile:
                 raise ConfigError(f"{what}; set sample.tile_size (tile_size= in the API) to "
                                   "restore in tiles, or sample.auto_tile=True")
             tiles = [t for t in self._tile_candidates(shape[1], shape[2]) if t < (tile or t + 1)]
@@ -271,21 +297,17 @@ class Sampler:
         self._plan[shape] = tile
         return compiled
 
-    def __call__(self, params: Any, mu: np.ndarray, rng: jax.Array,
-                 mask: np.ndarray | None = None, task: str | None = None) -> np.ndarray:
-        """Restore a batch [B, H, W, 3] of one size; returns x̂0 [B, H, W, 3] in [-1, 1] (numpy).
-
-        `mask` [B, H, W, 1] (1 where μ may differ from x0) is read by mask-conditioned models only;
-        when they get none it is inferred from the white fill (`conditioning.infer_mask`).
-        `task`: the images' task, for a per-task ρ (bridge.sigma_data) of the precond
-        parameterisation.
-        """
+    def device_args(self, params: Any, mu: np.ndarray, rng: jax.Array,
+                    mask: np.ndarray | None = None, task: str | None = None) -> tuple:
+        """(params, μ, mask, key, ρ) of a batch [B, H, W, 3] as the compiled loop takes them:
+        checked, padded to the UNet's multiple and the device count, sharded over the mesh (the
+        arguments of `executable`; `__call__` documents `mask` and `task`)."""
         mu = np.asarray(mu, np.float32)
         b, h, w, _ = mu.shape
         check_size(h, w)
         check_model_range(mu)
         if mask is None:
-            mask = (conditioning.infer_mask(mu, self.hole_threshold) if self.uses_mask
+            mask = (conditioning.infer_mask(mu, self.spec.hole_threshold) if self.uses_mask
                     else np.ones((b, h, w, 1), np.float32))
         mask = np.asarray(mask, np.float32).reshape(b, h, w, 1)
         sharding = distributed.batch_sharding(self.mesh)
@@ -307,9 +329,21 @@ class Sampler:
         repl = distributed.replicated(self.mesh)
         key = np.asarray(rng)
         rho = np.full((b + (-b) % self.mesh.size, 1, 1, 1), self.rho(task), np.float32)
-        args = (jax.device_put(params, repl), global_array(mu), global_array(mask),
+        return (jax.device_put(params, repl), global_array(mu), global_array(mask),
                 jax.make_array_from_callback(key.shape, repl, lambda idx: key[idx]),
                 jax.make_array_from_callback(rho.shape, sharding, lambda idx: rho[idx]))
+
+    def __call__(self, params: Any, mu: np.ndarray, rng: jax.Array,
+                 mask: np.ndarray | None = None, task: str | None = None) -> np.ndarray:
+        """Restore a batch [B, H, W, 3] of one size; returns x̂0 [B, H, W, 3] in [-1, 1] (numpy).
+
+        `mask` [B, H, W, 1] (1 where μ may differ from x0) is read by mask-conditioned models only;
+        when they get none it is inferred from the white fill (`conditioning.infer_mask`).
+        `task`: the images' task, for a per-task ρ (bridge.sigma_data) of the precond
+        parameterisation.
+        """
+        b, h, w, _ = np.shape(mu)
+        args = self.device_args(params, mu, rng, mask, task)
         try:
             out = self.executable(args)(*args)
         except Exception as e:  # noqa: BLE001 — XLA's allocation failure, re-raised otherwise

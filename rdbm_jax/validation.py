@@ -45,8 +45,8 @@ class Validator:
                              summary_line(s))
         if self.cfg.eval.per_step:  # issue 19's per-step diagnostic (rdbm_jax/diagnostic.py)
             scores.update(diagnostic.scalars(diagnostic.run(
-                self.sampler, params, self.sources, diagnostic.rho_of(self.cfg),
-                self.cfg.sample.batch_size, sampling_key(self.cfg.seed + 3))))
+                self.sampler, params, self.sources, self.cfg.sample.batch_size,
+                sampling_key(self.cfg.seed + 3))))
         rows = [r for g in grids.values() for r in g][: self.cfg.eval.num_grid_images]
         names = {per_task[label]["baseline"] for label in grids if label in per_task}
         labels = grid_labels(names.pop() if len(names) == 1 else "")

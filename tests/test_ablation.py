@@ -1,4 +1,4 @@
-"""benchmarks/ablation.py --tiny: the real training loop and sweep, table, plot and command.
+"""experiments/ablation.py --tiny: the real training loop and sweep, table, plot and command.
 
 The fast test trains one grid cell (π = residual, x0) with two seeds at the shapes of
 configs/demo.py:tiny, so in a full test run it shares the compiled train step and samplers with the
@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks import ablation
+from experiments import ablation
 from tests.helpers import assert_line_plot
 
 
@@ -38,7 +38,7 @@ def _check_outputs(out: str, result: dict, cells: set[tuple[str, str]],
     # 10 × 3.8 in at 120 dpi, one line per cell in each panel
     assert_line_plot(os.path.join(out, "ablation.png"), size=(1200, 456), lines=len(cells))
     assert open(os.path.join(out, "command.txt")).read().startswith(
-        "python -m benchmarks.ablation --out-dir " + out + " --tiny")
+        "python -m experiments.ablation --out-dir " + out + " --tiny")
     return rows
 
 
@@ -111,3 +111,20 @@ def test_tiny_fused_ablation_with_measured_error_and_per_step(tmp_path):
     assert "**Per-step diagnostic**" in md and "| one | residual_fuse_err | noise |" in md
     with open(os.path.join(out, "runs", "one_residual_s0", "config.json")) as f:
         assert json.load(f)["sample"]["fuse"] is True
+
+
+def test_a_cell_is_the_demo_recipe():
+    """make_config takes configs/demo.py's recipe (network, crops, optimiser, batch, the inpainting
+    task) instead of restating it; only NOT_FROM_DEMO comes from configs/default.py."""
+    from tests.helpers import config
+
+    demo, default = config("demo", None), config("default", None)
+    c = ablation.make_config("residual", "x0", 0, [1, 2], 1000, False)
+    assert c.optim == demo.optim and c.model.size == demo.model.size
+    assert (c.data.crop_size, c.train.batch_size) == (demo.data.crop_size, demo.train.batch_size)
+    for key in ("degradation", "mask_min_ratio", "mask_max_ratio"):
+        assert c.data.tasks.inpaint.train[key] == demo.data.tasks.main.train[key]
+    for key in ablation.NOT_FROM_DEMO:
+        section, name = key.split(".")
+        if key != "bridge.parameterization":  # the cell's objective
+            assert c[section][name] == default[section][name], key

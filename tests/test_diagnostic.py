@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rdbm_jax import diagnostic, evaluate, metrics, sde
-from rdbm_jax.sampler import Sampler
+from rdbm_jax.sampler import Sampler, SamplingSpec
 from tests.helpers import config, read_metrics
 
 
@@ -28,13 +28,13 @@ def test_a_zero_precond_network_scores_exactly_the_skip_estimate():
     s = sde.make_schedule()
     zero = lambda params, x, c, t: jnp.zeros_like(x)
     x0, mu, mask = _images()
-    pre = Sampler(zero, s, num_steps=5, multiple=8, parameterization="precond", pi="one",
-                  sigma_data={"main": 0.4})
+    pre = Sampler(zero, s, SamplingSpec(5, sde.X0Rule("precond", pi="one"), rho=(("main", 0.4),)),
+                  multiple=8)
     rows = diagnostic.per_step(pre, {}, x0, mu, mask, 0.4, jax.random.PRNGKey(0))
     assert [r["t"] for r in rows] == list(sde.timestep_pairs(100, 5)[:, 0])
     for r in rows:
         assert r["model"] == r["skip"]
-    res = Sampler(zero, s, num_steps=5, multiple=8, parameterization="residual")
+    res = Sampler(zero, s, SamplingSpec(5, sde.X0Rule("residual")), multiple=8)
     rows_res = diagnostic.per_step(res, {}, x0, mu, mask, 0.4, jax.random.PRNGKey(0))
     mu_psnr = float(jnp.mean(metrics.psnr(metrics.to_unit(mu), metrics.to_unit(x0))))
     assert all(abs(r["model"] - mu_psnr) < 1e-3 for r in rows_res)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import exact_nfe
+from experiments import exact_nfe
 from rdbm_jax import sde
 
 

@@ -328,12 +328,12 @@ def test_main_never_splits_an_error_line(capsys):
 
 def test_an_image_predicted_not_to_fit_is_tiled_automatically_or_refused_in_one_line(
         trained_workdir, monkeypatch, caplog):
-    from rdbm_jax import api, sampler as sampler_lib
+    from rdbm_jax import api, sampler as sampler_lib, sde
     model = api.load(trained_workdir)
-    s = sampler_lib.Sampler(model.sampler().apply_fn, model.schedule, num_steps=2,
-                            multiple=model.multiple, tile_overlap=4,
-                            condition=model.config.model.condition,
-                            auto_tile=False)
+    rule = sde.X0Rule(condition=model.config.model.condition)
+    spec = sampler_lib.SamplingSpec(2, rule, tile_overlap=4, auto_tile=False)
+    s = sampler_lib.Sampler(model.sampler().apply_fn, model.schedule, spec,
+                            multiple=model.multiple)
     mu = np.zeros((1, 64, 64, 3), np.float32)
     # The whole image's need, from XLA's analysis of its compiled loop; the budget just under it.
     args = (model.params, mu, np.ones((1, 64, 64, 1), np.float32), np.zeros(2, np.uint32),

@@ -137,7 +137,7 @@ def test_task_configs_use_the_sourced_recipe(name):
     assert cfg.data.flip == "none" and cfg.optim.b2 == 0.99 and cfg.optim.grad_clip == 1.0
     assert cfg.optim.ema_decay == 0.995 and cfg.optim.ema_warmup == "ema_pytorch"
     assert cfg.optim.learning_rate == 1e-4
-    # the objective measured best by benchmarks/ablation.py for restoration; translation keeps x0
+    # the objective measured best by experiments/ablation.py for restoration; translation keeps x0
     assert cfg.bridge.parameterization == ("x0" if name == "edges2handbags" else "residual")
     dgsolver_scorer = (cfg.eval.ssim_window, cfg.eval.quantize) == ("uniform", "truncate")
     assert dgsolver_scorer == (name in ("universal", "udc"))

@@ -28,7 +28,7 @@ def probe(n_devices: int) -> dict:
     from jax.sharding import Mesh
 
     from rdbm_jax import distributed, program, scoring, sde, train
-    from rdbm_jax.sampler import Sampler
+    from rdbm_jax.sampler import Sampler, SamplingSpec
     from tests.helpers import config
 
     cfg = config()
@@ -53,7 +53,8 @@ def probe(n_devices: int) -> dict:
     source = OneTestSet({"x0": img * 0.9, "mu": img, "name": f"im{i}", "task_name": "t"}
                         for i, img in enumerate(images))
     cfg.sample.batch_size = 3
-    restorer = Sampler(apply, sde.make_schedule(100), num_steps=4, multiple=8, mesh=mesh, eta=1.0)
+    restorer = Sampler(apply, sde.make_schedule(100), SamplingSpec(4, eta=1.0), multiple=8,
+                       mesh=mesh)
     rows, _, _ = scoring.score_sources(restorer, 1.5, {"t": source}, cfg, jax.random.PRNGKey(0))
     out["eval"] = [(r["name"], r["psnr"]) for r in rows]
     return out

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 
-from rdbm_jax import checkpoints, distributed, program
+from rdbm_jax import checkpoints, config as config_lib, distributed, program
+from rdbm_jax.errors import ConfigError
 from tests.helpers import config
 
 
@@ -127,3 +129,47 @@ def test_t_sampling_uniform_is_the_original_draw_and_weighted_follows_its_densit
     default = float(program.make_loss_fn(model, schedule, cfg.bridge, "l1", cond)(
         params, batch, key))
     assert losses["uniform"] == default and losses["weighted"] != default
+
+
+def test_an_older_runs_config_is_upgraded_in_one_place():
+    """A saved config without the keys added since (program.OLDER_RUNS) validates and builds the
+    same sampling spec and training program as one that states their older behaviour."""
+    import ml_collections
+
+    cfg = config(**{"sample.fuse": False})
+    old = cfg.to_dict()
+    for key in program.OLDER_RUNS:
+        section, name = key.split(".")
+        del old[section][name]
+    old = ml_collections.ConfigDict(old)
+    stated = ml_collections.ConfigDict(cfg.to_dict())
+    for key, value in program.OLDER_RUNS.items():
+        section, name = key.split(".")
+        stated[section][name] = value
+    config_lib.validate(old)
+    assert "fuse" not in old.sample  # validate reads an upgraded copy, the config stays as given
+    assert program.sampling_spec(old) == program.sampling_spec(stated)
+    assert program.program_spec(old) == program.program_spec(stated)
+    assert program.upgrade(stated) is stated  # nothing to fill: the config itself
+
+
+def test_rho_is_resolved_by_rho_table_for_every_use():
+    """network: precond only; sample: precond's, or fusion's (sample.fuse_sigma, else
+    bridge.sigma_data); prior: bridge.sigma_data always. One lookup reads them."""
+    from rdbm_jax.sampler import lookup_rho
+
+    residual = config(**{"bridge.parameterization": "residual", "sample.fuse": False,
+                         "bridge.sigma_data": "0.7"})
+    assert program.rho_table(residual, "network") == () == program.rho_table(residual, "sample")
+    assert program.rho_table(residual, "prior") == (("main", 0.7),)
+    residual.sample.fuse = True
+    assert program.rho_table(residual, "sample") == (("main", 0.7),)
+    residual.sample.fuse_sigma = "main=0.2"
+    assert program.rho_table(residual, "sample") == (("main", 0.2),)
+    precond = config(**{"bridge.parameterization": "precond", "sample.fuse": False,
+                        "bridge.sigma_data": "0.3"})
+    assert program.rho_table(precond, "network") == (("main", 0.3),)
+    assert lookup_rho((), "main", "k") == 1.0  # nothing reads ρ
+    assert lookup_rho((("a", 0.5), ("b", 0.5)), None, "k") == 0.5  # one shared value
+    with pytest.raises(ConfigError, match="^k: no ρ for task None"):
+        lookup_rho((("a", 0.5), ("b", 0.6)), None, "k")

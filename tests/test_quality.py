@@ -154,7 +154,7 @@ def test_condition_channels_and_mask_inference():
 def test_fill_condition_with_residual_output_starts_from_the_prefill():
     """mu_mask_fill / mu_mask_bifill + residual: a zero network restores the pre-fill in the holes,
     μ elsewhere, with or without fusion."""
-    from rdbm_jax.sampler import Sampler
+    from rdbm_jax.sampler import Sampler, SamplingSpec
     r = np.random.default_rng(3)
     mu = r.uniform(-1, 0.9, (1, 16, 24, 3)).astype(np.float32)
     mask = np.zeros((1, 16, 24, 1), np.float32)
@@ -168,8 +168,9 @@ def test_fill_condition_with_residual_output_starts_from_the_prefill():
                                   ("mu_mask_bifill", "residual", bifill),
                                   ("mu_mask_fill", "x0", np.where(mask > 0, 0.0, mu))):
         for fuse in (False, True):  # fused: a network that ignores x_t is the loop's fixed point
-            restorer = Sampler(zero_net, schedule, num_steps=3, multiple=8, parameterization=param,
-                               condition=kind, fuse=fuse, sigma_data={"main": 1.32})
+            spec = SamplingSpec(3, sde.X0Rule(param, condition=kind, fuse=fuse),
+                                rho=(("main", 1.32),))
+            restorer = Sampler(zero_net, schedule, spec, multiple=8)
             out = restorer(None, mu, jax.random.PRNGKey(0), mask=mask)
             np.testing.assert_allclose(out, expected, atol=1e-5, err_msg=f"{kind} {param} {fuse}")
 

@@ -8,7 +8,7 @@ import pytest
 
 from rdbm_jax import config as config_lib, sde
 from rdbm_jax.errors import ConfigError, DataError
-from rdbm_jax.sampler import Sampler, pad_amounts, tile_starts, tiled
+from rdbm_jax.sampler import Sampler, SamplingSpec, pad_amounts, tile_starts, tiled
 from tests.helpers import config
 
 SCHEDULE = sde.make_schedule(100)
@@ -38,7 +38,7 @@ def test_pad_amounts_and_tile_starts_cover():
 
 @pytest.mark.parametrize("height, width", [(27, 45), (427, 640)])
 def test_odd_sizes_are_padded_and_cropped_back(height, width):
-    restorer = Sampler(lambda p, x, m, t: jnp.tanh(2 * m), SCHEDULE, num_steps=3, multiple=16)
+    restorer = Sampler(lambda p, x, m, t: jnp.tanh(2 * m), SCHEDULE, SamplingSpec(3), multiple=16)
     mu = np.random.default_rng(0).uniform(-1, 1, (2, height, width, 3)).astype(np.float32)
     out = restorer(None, mu, jax.random.PRNGKey(0))
     assert out.shape == mu.shape
@@ -48,7 +48,7 @@ def test_odd_sizes_are_padded_and_cropped_back(height, width):
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 40), (7, 64)])
 def test_too_small_images_rejected(shape):
-    restorer = Sampler(lambda p, x, m, t: m, SCHEDULE, num_steps=2, multiple=16)
+    restorer = Sampler(lambda p, x, m, t: m, SCHEDULE, SamplingSpec(2), multiple=16)
     with pytest.raises(DataError, match="too small"):
         restorer(None, np.zeros((1, *shape, 3), np.float32), jax.random.PRNGKey(0))
 
@@ -66,8 +66,9 @@ def test_tiled_denoiser_equals_untiled_for_local_network():
 
 def test_tiled_restoration_equals_untiled_for_local_network():
     mu = np.random.default_rng(2).uniform(-1, 1, (1, 70, 90, 3)).astype(np.float32)
-    plain = Sampler(local_apply, SCHEDULE, num_steps=5, multiple=8)
-    tiles = Sampler(local_apply, SCHEDULE, num_steps=5, multiple=8, tile_size=32, tile_overlap=8)
+    plain = Sampler(local_apply, SCHEDULE, SamplingSpec(5), multiple=8)
+    tiles = Sampler(local_apply, SCHEDULE, SamplingSpec(5, tile_size=32, tile_overlap=8),
+                    multiple=8)
     a, b = plain(0.5, mu, jax.random.PRNGKey(0)), tiles(0.5, mu, jax.random.PRNGKey(0))
     np.testing.assert_allclose(a, b, atol=1e-5)
 

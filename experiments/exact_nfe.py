@@ -1,7 +1,7 @@
 """PSNR against NFE with the exact (posterior-mean) denoiser on a two-mode per-pixel toy (issue 19).
 
-    python -m benchmarks.exact_nfe --out-dir benchmarks/results/exact-nfe-toy
-    python -m benchmarks.exact_nfe --toy observed --out-dir benchmarks/results/exact-nfe-observed
+    python -m experiments.exact_nfe --out-dir experiments/results/exact-nfe-toy
+    python -m experiments.exact_nfe --toy observed --out-dir experiments/results/exact-nfe-observed
 
 Toy "independent": each pixel's residual r = x0 − μ is one of two modes, a with probability p or
 b, independently of μ (μ varies over the pixels but says nothing about r). Toy "observed": x0 ∈
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     plot(rows, os.path.join(args.out_dir, "exact_nfe.png"),
          "two-mode toy" if args.toy == "independent" else "observed two-mode toy (μ = x0 + noise)")
     with open(os.path.join(args.out_dir, "command.txt"), "w", encoding="utf-8") as f:
-        f.write(f"python -m benchmarks.exact_nfe {' '.join(argv)}\n"
+        f.write(f"python -m experiments.exact_nfe {' '.join(argv)}\n"
                 f"# {stamp}; {time.time() - start:.1f} s\n")
     return rows
 

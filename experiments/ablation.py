@@ -1,7 +1,7 @@
 """The paper's π / objective / NFE ablations in miniature, on the built-in photos (issue 13).
 
-    python -m benchmarks.ablation --out-dir runs/ablation    # full grid (~1 h on 2 CPU cores)
-    python -m benchmarks.ablation --out-dir /tmp/abl --tiny  # smoke run (seconds)
+    python -m experiments.ablation --out-dir runs/ablation    # full grid (~1 h on 2 CPU cores)
+    python -m experiments.ablation --out-dir /tmp/abl --tiny  # smoke run (seconds)
 
 Two synthetic tasks trained jointly (one model per grid cell, batch split equally): inpainting
 (free-form/box masks filled white) and Gaussian noise (σ = 0.1), on random crops of the 8 built-in
@@ -115,6 +115,13 @@ def rms_per_task(cfg: ml_collections.ConfigDict, batches: int, seed: int,
     return ",".join(f"{n}={np.sqrt(s / max(c, 1.0)):.4f}" for n, (s, c) in zip(names, sums))
 
 
+def reads_rho(objectives: list[str]) -> bool:
+    """Whether any of the objectives' maps read ρ (bridge.sigma_data: precond's)."""
+    from rdbm_jax import sde
+    return any(sde.PARAMETERIZATIONS[o].needs_rho for o in objectives
+               if o in sde.PARAMETERIZATIONS)
+
+
 def cell_name(pi: str, objective: str, seed: int, args: argparse.Namespace) -> str:
     """The cell's workdir name: π, objective, seed, then every non-default option that training
     reads."""
@@ -125,33 +132,40 @@ def cell_name(pi: str, objective: str, seed: int, args: argparse.Namespace) -> s
         extra.append(f"lam{args.lam:g}")
     if args.t_sampling != "uniform":
         extra.append(f"t{args.t_sampling}")
-    if objective == "precond" and args.sigma_data != "auto":
+    if reads_rho([objective]) and args.sigma_data != "auto":
         extra.append("rho" + args.sigma_data.replace("=", "").replace(",", "_"))
     return "_".join([pi, objective] + extra + [f"s{seed}"])
 
 
+# configs/demo.py's choices that are options of this grid (`apply_options`) or that only its
+# validation reads: reset to configs/default.py's values, so a cell is the demo's recipe (size T,
+# 64² crops, optimiser, batch) with the grid's own π, objective and options.
+NOT_FROM_DEMO = ("model.condition", "bridge.parameterization", "bridge.sigma_data", "sample.fuse",
+                 "eval.per_step", "eval.num_grid_images", "train.eval_num_images")
+
+
 def make_config(pi: str, objective: str, seed: int, nfe: list[int], steps: int, tiny: bool
                 ) -> ml_collections.ConfigDict:
-    """configs/default.py with the two built-in tasks, one grid cell and the miniature recipe."""
+    """configs/demo.py's recipe (NOT_FROM_DEMO as configs/default.py has them) with the two
+    built-in tasks and one grid cell."""
     from rdbm_jax.config_files import sibling
     from rdbm_jax.data.spec import source_spec, task_spec
     from rdbm_jax.schedules import DEFAULT_PI
 
-    c = sibling(os.path.join(REPO, "configs", "default.py")).get_config()
+    c = sibling(os.path.join(REPO, "configs", "demo.py"), "demo").get_config()
+    defaults = sibling(os.path.join(REPO, "configs", "default.py")).get_config()
+    for key in NOT_FROM_DEMO:
+        section, name = key.split(".")
+        c[section][name] = defaults[section][name]
     shrink = sibling(os.path.join(REPO, "configs", "common.py"), "common").shrink
-    degr = {"inpaint": dict(degradation="inpaint", mask_min_ratio=0.1, mask_max_ratio=0.3),
-            "noise": dict(degradation="noise", noise_sigma=0.1)}
+    inpaint = {k: c.data.tasks.main.train[k]
+               for k in ("degradation", "mask_min_ratio", "mask_max_ratio")}  # the demo's task
+    degr = {"inpaint": inpaint, "noise": dict(degradation="noise", noise_sigma=0.1)}
     c.data.tasks = ml_collections.ConfigDict({name: task_spec(
         train=source_spec(kind="builtin", split="train", **kw),
         eval=source_spec(kind="builtin", split="val", eval_size=128, **kw))
         for name, kw in degr.items()})
-    c.data.crop_size = 64
-    c.model.size = "T"
-    c.optim.update(dict(learning_rate=1e-3, warmup_steps=100, schedule="cosine", min_lr_ratio=0.1,
-                        ema_decay=0.99))  # configs/demo.py's recipe
-    c.train.update(dict(num_steps=steps, batch_size=8, log_every=100, eval_every=0,
-                        checkpoint_every=steps))
-    c.sample.batch_size = 4
+    c.train.update(dict(num_steps=steps, log_every=100, eval_every=0, checkpoint_every=steps))
     c.eval.max_images = 0
     if tiny:  # one image per task and batch: the shapes of configs/demo.py:tiny
         c = shrink(c)
@@ -376,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     refused: list[tuple[str, str]] = []
     cells = fresh = 0  # grid cells scored / trained in this invocation (the rest resumed finished)
     sigma_data = args.sigma_data
-    if sigma_data == "auto" and ("precond" in args.objective or args.fuse):
+    if sigma_data == "auto" and (reads_rho(args.objective) or args.fuse):
         probe = make_config("residual", "residual", 0, nfe, steps, args.tiny)
         apply_options(probe, args, "1")
         sigma_data = measure_sigma_data(probe, 2 if args.tiny else 100)
@@ -418,10 +432,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                    seed, time.time() - t0)
     wall = time.time() - start
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python -m benchmarks.ablation " + " ".join(shlex.quote(a) for a in argv)
+    command = "python -m experiments.ablation " + " ".join(shlex.quote(a) for a in argv)
     resumed = (f"; {cells - fresh} of {cells} cells were trained by an earlier invocation"
                if cells > fresh else "")
-    rho = (f"; ρ (bridge.sigma_data) {sigma_data}" if "precond" in args.objective or args.fuse
+    rho = (f"; ρ (bridge.sigma_data) {sigma_data}" if reads_rho(args.objective) or args.fuse
            else "")
     length = "tiny smoke run" if args.tiny else f"{steps} steps"
     header = (f"Ablation in miniature ({length}{rho}), {machine()}, {stamp}, wall time "
