@@ -191,7 +191,7 @@ def test_the_style_checkers_can_fail():
 def test_source_files_reach_beyond_the_package():
     assert {"configs.demo", "benchmarks.run_all", "experiments.ablation",
             "tests.test_architecture"} <= set(SOURCE_FILES)
-    assert not any(".results." in name for name in SOURCE_FILES)  # results/ folders, not results_csv
+    assert not any(".results." in name for name in SOURCE_FILES)
 
 
 def test_benchmarks_measure_and_experiments_experiment():
