@@ -136,8 +136,9 @@ def markdown(rows: list[dict[str, Any]], fitted: list[dict[str, Any]]) -> str:
     commits = ", ".join(sorted({r["commit"] for r in rows}))
     machines = ", ".join(sorted({r["machine"] for r in rows}))
     done = sorted({(r["config"], int(r["steps"])) for r in rows})
-    lines += [f"{len(done)} points measured (commit {commits}; {machines}, shared with other "
-              "jobs; the last column of each row is its UTC time in scaling.csv). The plot: "
+    plural = "s" if len(done) > 1 else ""
+    lines += [f"{len(done)} point{plural} measured (commit {commits}; {machines}, shared with "
+              "other jobs; the last column of each row is its UTC time in scaling.csv). The plot: "
               "`scaling.png` (gain over biharmonic, top, and over the pre-fill, bottom, against "
               "images seen; one line per configuration).", "", "![scaling](scaling.png)", "",
               "### Every point (PSNR inside the holes, dB)", ""] + _points_table(rows)
