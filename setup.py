@@ -30,7 +30,7 @@ setup(
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "tqdm>=4.66",  # progress bars of sample / eval / sweep
         "flatbuffers>=24.3",  # jax.export's (de)serialisation of --mode=export artifacts
-        "etils[epath]>=1.5",  # rdbm_jax/paths.py: one path type for local and gs:// workdirs
+        "etils[epath]>=1.5",  # rdbm_jax/runtime/paths.py: one path type for local and gs:// workdirs
         "fsspec>=2023.1",  # epath's object-store backend (and the tests' stand-in gs:// store)
     ],
     extras_require={

@@ -24,7 +24,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.programs import default_config  # noqa: E402
-from rdbm_jax import distributed, models, program  # noqa: E402
+from rdbm_jax.runtime import distributed  # noqa: E402
+from rdbm_jax import models, program
 
 TINY = dict(size="T", resolution=32, batch=2, large="40x72", large_batch=1, steps=3, warmup=1,
             dtype="float32", matmul_n=256, copy_mib=16)

@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks.programs import (DEFAULT_CONFIG, REPO, default_config,  # noqa: E402,F401
                                  load_config, parse_overrides, program_from_config)
-from rdbm_jax import distributed, models  # noqa: E402
+from rdbm_jax.runtime import distributed  # noqa: E402
+from rdbm_jax import models
 
 # CPU smoke preset. configs/demo.py:tiny is the program the training tests compile too (T, 32²,
 # batch 2, float32, K = 1): with the test session's persistent cache it is compiled once.

@@ -157,15 +157,16 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         ssim_window="gaussian",  # gaussian (σ 1.5, population cov.) | uniform (skimage default:
                                  # 7×7, sample covariance, as DGSolver)
         max_images=0,            # per test set; 0 = all
-        per_step=False,          # per-step diagnostic (rdbm_jax/diagnostic.py): x̂0 PSNR per t of
-                                 # the sampling grid beside the skip estimate and inversion;
+        per_step=False,          # per-step diagnostic (evaluation/diagnostic.py): x̂0 PSNR per t
+                                 # of the sampling grid beside the skip estimate and inversion;
                                  # validation → metrics.jsonl val/per_step/*, --mode=eval →
                                  # eval/per_step.json/.png
         num_grid_images=4,
-        lpips_weights="",        # local .npz from `python -m rdbm_jax.perceptual.convert lpips …`
+        lpips_weights="",        # local .npz from `python -m
+                                 # rdbm_jax.evaluation.perceptual.convert lpips …`
         lpips_net="alex",        # alex | vgg
-        fid_weights="",          # local .npz from `python -m rdbm_jax.perceptual.convert inception
-                                 # …`
+        fid_weights="",          # local .npz from `python -m
+                                 # rdbm_jax.evaluation.perceptual.convert inception …`
         fid_ref_stats="",        # precomputed reference statistics (.npz) for FID
     ))
 

@@ -12,11 +12,11 @@ generated deterministically per (seed, image index), so every evaluation sees th
 use fixed mask files instead: --config.data.tasks.inpaint.eval.mask_dir=/path/to/masks (white =
 hole, matched by file name).
 
-Evaluation protocol: FID (Inception-v3 pool3, pytorch-fid weights converted with
-`python -m rdbm_jax.perceptual.convert inception …`, restored vs. ground-truth test images unless
+Evaluation protocol: FID (Inception-v3 pool3, pytorch-fid weights converted with `python -m
+rdbm_jax.evaluation.perceptual.convert inception …`, restored vs. ground-truth test images unless
 eval.fid_ref_stats is given), LPIPS (AlexNet, lpips v0.1), PSNR/SSIM on RGB, 256², uint8-quantised.
-LPIPS/FID are skipped with a notice when their weight files are not given. SSIM: the
-project's Gaussian window (eval.ssim_window), uint8 rounding (eval.quantize).
+LPIPS/FID are skipped with a notice when their weight files are not given. SSIM: the project's
+Gaussian window (eval.ssim_window), uint8 rounding (eval.quantize).
 
 Recipe: where the paper is silent (β2, clipping, EMA, flips), MiliLab/DGSolver's trainer
 (configs/common.py dgsolver_recipe); batch 16 and 400k steps are this project's choices.

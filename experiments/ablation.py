@@ -196,7 +196,8 @@ def apply_options(c: ml_collections.ConfigDict, args: argparse.Namespace, sigma_
 def ensure_trained(cfg: ml_collections.ConfigDict, workdir: str) -> bool:
     """Train (or resume) one grid cell with the real loop unless its final checkpoint exists;
     whether any training step ran in this call."""
-    from rdbm_jax import checkpoints, train
+    from rdbm_jax.checkpointing import checkpoints
+    from rdbm_jax import train
     if checkpoints.Checkpointer(workdir).latest_step() == cfg.train.num_steps:
         return False
     train.train_and_evaluate(cfg, workdir)
@@ -216,7 +217,8 @@ def measure_fuse_sigma(cfg: ml_collections.ConfigDict, workdir: str, batches: in
     alone) over `batches` training batches, inside the mask with a mask condition, as
     sample.fuse_sigma's task=value form."""
     import jax
-    from rdbm_jax import distributed, program
+    from rdbm_jax.runtime import distributed
+    from rdbm_jax import program
     probe = ml_collections.ConfigDict(cfg.to_dict())
     probe.sample.fuse = False
     mesh = distributed.make_mesh()

@@ -2,10 +2,10 @@
 alone, scikit-image's biharmonic and the input, on the same images (issue 28's protocol).
 
 Shared by experiments/scaling.py and experiments/recipes.py. The protocol is the project's
-(`rdbm_jax.scoring`): RGB in [0, 1], uint8-quantised, no border crop, mean over the test set's
-images; "inside the holes" is `psnr_masked`. The biharmonic baseline is always given the true
-mask (whatever the network sees), so every configuration is compared with the same reference.
-The pre-fill alone is what a zero network restores with a FILLED condition and the residual
+(`rdbm_jax.evaluation.scoring`): RGB in [0, 1], uint8-quantised, no border crop, mean over the test
+set's images; "inside the holes" is `psnr_masked`. The biharmonic baseline is always given the true
+mask (whatever the network sees), so every configuration is compared with the same reference. The
+pre-fill alone is what a zero network restores with a FILLED condition and the residual
 parameterisation (`conditioning.output_offset`): the harmonic or biharmonic fill of μ's holes.
 """
 from __future__ import annotations
@@ -16,9 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import conditioning, data, distributed, program
+from rdbm_jax import conditioning, data, program
+from rdbm_jax.runtime import distributed
 from rdbm_jax.data import spec as data_spec
-from rdbm_jax.scoring import Baselines, by_task, sampling_key, score_pair, score_sources
+from rdbm_jax.evaluation.scoring import Baselines, by_task, sampling_key, score_pair, score_sources
 
 SIZES = (128, 256, 512)  # long side of the evaluated photos (whole photo resized, then degraded)
 KEY = "psnr_masked"

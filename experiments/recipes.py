@@ -38,7 +38,7 @@ import numpy as np
 from scipy import stats
 
 from experiments import holes, results_csv, scaling
-from rdbm_jax import atomic
+from rdbm_jax.runtime import atomic
 from rdbm_jax.config_files import load
 from rdbm_jax.data import builtin
 from rdbm_jax.errors import ConfigError, RDBMError

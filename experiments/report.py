@@ -10,7 +10,7 @@ from typing import Any
 
 from experiments import results_csv, scaling_fit
 from experiments import scaling_study as scaling
-from rdbm_jax import atomic
+from rdbm_jax.runtime import atomic
 
 RESUME = ("cd /work/wt-study && PYTHONPATH=/work/wt-study nohup nice -n 19 /work/venv/bin/python "
           "-m experiments.scaling --out-dir /work/study-results --runs-dir /work/study-runs "

@@ -8,7 +8,7 @@ import math
 import os
 from typing import Any, Sequence
 
-from rdbm_jax import atomic
+from rdbm_jax.runtime import atomic
 from rdbm_jax.errors import DataError
 
 

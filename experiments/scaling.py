@@ -40,7 +40,9 @@ import ml_collections
 from experiments import holes, report, results_csv
 from experiments.scaling_study import (CSV_NAME, FIELDS, NUMERIC, STUDY, TINY_POINTS,
                                        TINY_SIZES, Configuration, points_of)
-from rdbm_jax import atomic, checkpoints, distributed, program, train
+from rdbm_jax.runtime import atomic, distributed
+from rdbm_jax.checkpointing import checkpoints
+from rdbm_jax import program, train
 from rdbm_jax.config_files import load
 from rdbm_jax.errors import ConfigError, DataError, RDBMError, TrainingError
 

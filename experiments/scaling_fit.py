@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rdbm_jax import atomic
+from rdbm_jax.runtime import atomic
 
 PAPER_STEPS, PAPER_BATCH, PAPER_CROP = 500_000, 20, 256
 PAPER_IMAGES = PAPER_STEPS * PAPER_BATCH

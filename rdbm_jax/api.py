@@ -8,8 +8,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoint_rotation, checkpoints, config as config_lib, data, distributed
-from rdbm_jax import models, paths, program
+from rdbm_jax.checkpointing import checkpoint_rotation, checkpoints
+from rdbm_jax import config as config_lib, data
+from rdbm_jax.runtime import distributed
+from rdbm_jax import models, program
+from rdbm_jax.runtime import paths
 from rdbm_jax.data import image_io
 from rdbm_jax.data.masks import hole_mask
 from rdbm_jax.errors import RDBMError

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import api, atomic, baselines, conditioning
+from rdbm_jax import api, conditioning
+from rdbm_jax.runtime import atomic
+from rdbm_jax.evaluation import baselines
 from rdbm_jax.data import image_io, masks, spec as data_spec
 from rdbm_jax.errors import DataError, RDBMError
 from rdbm_jax.sampler import check_size

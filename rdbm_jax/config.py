@@ -5,10 +5,12 @@ from typing import Any, Callable
 
 import ml_collections
 
-from rdbm_jax import conditioning, metrics, models, program, schedules, sde, train_state, writers
+from rdbm_jax import conditioning, models, program, schedules, sde, train_state
+from rdbm_jax.evaluation import metrics
+from rdbm_jax.runtime import writers
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.perceptual import lpips
+from rdbm_jax.evaluation.perceptual import lpips
 
 
 def _choices() -> dict[str, tuple[str, ...]]:

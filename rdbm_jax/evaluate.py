@@ -7,10 +7,14 @@ from typing import Any
 
 import ml_collections
 
-from rdbm_jax import config as config_lib, data, diagnostic, distributed, paths, program, progress
+from rdbm_jax import config as config_lib, data, program
+from rdbm_jax.evaluation import diagnostic
+from rdbm_jax.runtime import distributed, paths, progress
 from rdbm_jax.data import spec as data_spec
-from rdbm_jax.reports import comparison_table, grid_labels, make_grid, protocol_name, write_report
-from rdbm_jax.scoring import Perceptual, check_fid_sizes, protocol, sampling_key, score_sources
+from rdbm_jax.evaluation.reports import (comparison_table, grid_labels, make_grid, protocol_name,
+    write_report)
+from rdbm_jax.evaluation.scoring import (Perceptual, check_fid_sizes, protocol, sampling_key,
+    score_sources)
 
 log = logging.getLogger("rdbm_jax")
 

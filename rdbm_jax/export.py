@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 from jax import export
 
-from rdbm_jax import config as config_lib, distributed, paths, program, strict_json
+from rdbm_jax import config as config_lib, program
+from rdbm_jax.runtime import distributed, paths, strict_json
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.sampler import MIN_SIDE, Sampler
 

@@ -168,7 +168,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
                         force=True)
     logging.getLogger("rdbm_jax").setLevel(logging.INFO)  # orbax/absl chatter stays at WARNING
-    from rdbm_jax import distributed
+    from rdbm_jax.runtime import distributed
     from rdbm_jax.errors import ConfigError, Interrupted, RDBMError
 
     try:

@@ -21,7 +21,9 @@ from clu import metrics as clu_metrics
 from jax.sharding import Mesh
 from ml_collections import ConfigDict, FrozenConfigDict
 
-from rdbm_jax import checkpoint_rotation, checkpoints, conditioning, distributed, models, paths, sde
+from rdbm_jax.checkpointing import checkpoint_rotation, checkpoints
+from rdbm_jax import conditioning, models, sde
+from rdbm_jax.runtime import distributed, paths
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.schedules import Schedule
 from rdbm_jax.sampler import Sampler, SamplingSpec

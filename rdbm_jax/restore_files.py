@@ -15,11 +15,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import atomic, conditioning, config as config_lib, data, distributed, program
-from rdbm_jax import progress
+from rdbm_jax.runtime import atomic, distributed
+from rdbm_jax import conditioning, config as config_lib, data, program
+from rdbm_jax.runtime import progress
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError, Interrupted, RDBMError
-from rdbm_jax.paths import is_remote
+from rdbm_jax.runtime.paths import is_remote
 from rdbm_jax.sampler import check_size
 
 log = logging.getLogger("rdbm_jax")

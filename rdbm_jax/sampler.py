@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rdbm_jax import conditioning, distributed, memory, sde
+from rdbm_jax import conditioning, sde
+from rdbm_jax.runtime import distributed, memory
 from rdbm_jax.errors import ConfigError, DataError
 
 log = logging.getLogger("rdbm_jax")

@@ -9,10 +9,11 @@ from typing import Any
 
 import ml_collections
 
-from rdbm_jax import config as config_lib, data, distributed, paths, program, progress, strict_json
+from rdbm_jax import config as config_lib, data, program
+from rdbm_jax.runtime import distributed, paths, progress, strict_json
 from rdbm_jax.data import spec as data_spec
-from rdbm_jax.reports import summary_line
-from rdbm_jax.scoring import SCORES, Baselines, protocol, sampling_key, score_sources
+from rdbm_jax.evaluation.reports import summary_line
+from rdbm_jax.evaluation.scoring import SCORES, Baselines, protocol, sampling_key, score_sources
 
 log = logging.getLogger("rdbm_jax")
 

@@ -16,12 +16,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import checkpoints, config as config_lib, curves, data, distributed, models, program
-from rdbm_jax import memory, paths, resume, strict_json, workdir_lock, writers
+from rdbm_jax.checkpointing import checkpoints
+from rdbm_jax import config as config_lib, data, models, program
+from rdbm_jax.runtime import curves, distributed
+from rdbm_jax.runtime import memory, paths, strict_json, workdir_lock, writers
+from rdbm_jax.checkpointing import resume
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.train_state import TrainState, learning_rate_schedule
-from rdbm_jax.validation import Validator
+from rdbm_jax.evaluation.validation import Validator
 
 log = logging.getLogger("rdbm_jax")
 

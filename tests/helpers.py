@@ -51,7 +51,8 @@ _TRAIN_SCRIPT = """
 import logging, os, random, signal, sys, threading, time
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)
 logging.getLogger("rdbm_jax").setLevel(logging.INFO)
-from rdbm_jax import checkpoints, train
+from rdbm_jax.checkpointing import checkpoints
+from rdbm_jax import train
 from rdbm_jax.errors import RDBMError
 from tests.helpers import config
 workdir = {workdir!r}

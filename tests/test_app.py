@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 import rdbm_jax
-from rdbm_jax import api, app_handlers as handlers, baselines, conditioning, sampler as sampler_lib
+from rdbm_jax import api, app_handlers as handlers, conditioning, sampler as sampler_lib
+from rdbm_jax.evaluation import baselines
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError
 from tests.helpers import REPO, config

@@ -73,7 +73,7 @@ def test_no_import_circle_anywhere_in_the_package():
 def test_the_import_graph_sees_local_imports():  # the checker itself: it must be able to fail
     assert "rdbm_jax.train" in GRAPH["rdbm_jax.main"]  # main imports the modes inside main()
     assert "rdbm_jax.program" in _closure("rdbm_jax.evaluate")
-    assert "rdbm_jax.scoring" in _closure("rdbm_jax.train")  # through validation
+    assert "rdbm_jax.evaluation.scoring" in _closure("rdbm_jax.train")  # through validation
 
 
 MODES = {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.restore_files",
@@ -99,9 +99,10 @@ MODES = {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.rest
             "rdbm_jax.export", "rdbm_jax.api", "rdbm_jax.config"
         }),
         # The evaluation layer serves the modes and never reaches one.
-        ("rdbm_jax.scoring", MODES | {"rdbm_jax.reports", "rdbm_jax.validation"}),
-        ("rdbm_jax.reports", MODES | {"rdbm_jax.validation"}),
-        ("rdbm_jax.validation", MODES),
+        ("rdbm_jax.evaluation.scoring",
+         MODES | {"rdbm_jax.evaluation.reports", "rdbm_jax.evaluation.validation"}),
+        ("rdbm_jax.evaluation.reports", MODES | {"rdbm_jax.evaluation.validation"}),
+        ("rdbm_jax.evaluation.validation", MODES),
         # Training, sweep and the other modes never import a mode (they share the evaluation layer).
         ("rdbm_jax.train", MODES - {"rdbm_jax.train"}),
         ("rdbm_jax.evaluate", {"rdbm_jax.train"}),
@@ -110,12 +111,52 @@ MODES = {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.rest
         ("rdbm_jax.export", {"rdbm_jax.train"}),
         ("rdbm_jax.api", {"rdbm_jax.train"}),
         # The runtime weight loader is apart from the torch converter.
-        ("rdbm_jax.perceptual.lpips", {"rdbm_jax.perceptual.convert"}),
-        ("rdbm_jax.perceptual.inception", {"rdbm_jax.perceptual.convert"}),
+        ("rdbm_jax.evaluation.perceptual.lpips", {"rdbm_jax.evaluation.perceptual.convert"}),
+        ("rdbm_jax.evaluation.perceptual.inception", {"rdbm_jax.evaluation.perceptual.convert"}),
     ])
 def test_layers(module, forbidden):
     reached = _closure(module) | {module}
     assert not reached & forbidden, f"{module} reaches {sorted(reached & forbidden)}"
+
+
+_MODE_PREFIXES = ("rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.restore_files",
+                  "rdbm_jax.export", "rdbm_jax.api", "rdbm_jax.app", "rdbm_jax.app_handlers",
+                  "rdbm_jax.main")
+# ARCHITECTURE.md's layers as path prefixes: nothing under a key reaches anything under its values.
+PREFIX_RULES = {
+    "rdbm_jax.runtime": ("rdbm_jax.sde", "rdbm_jax.schedules", "rdbm_jax.models",
+                         "rdbm_jax.evaluation", "rdbm_jax.checkpointing", "rdbm_jax.program",
+                         "rdbm_jax.sampler") + _MODE_PREFIXES,
+    "rdbm_jax.sde": ("rdbm_jax.models", "rdbm_jax.data", "rdbm_jax.evaluation",
+                     "rdbm_jax.checkpointing", "rdbm_jax.runtime", "rdbm_jax.program")
+                    + _MODE_PREFIXES,
+    "rdbm_jax.models": ("rdbm_jax.sde", "rdbm_jax.schedules", "rdbm_jax.conditioning",
+                        "rdbm_jax.data", "rdbm_jax.evaluation", "rdbm_jax.checkpointing")
+                       + _MODE_PREFIXES,
+    "rdbm_jax.data": ("rdbm_jax.models", "rdbm_jax.sde", "rdbm_jax.program",
+                      "rdbm_jax.evaluation", "rdbm_jax.checkpointing") + _MODE_PREFIXES,
+    "rdbm_jax.checkpointing": ("rdbm_jax.evaluation", "rdbm_jax.program") + _MODE_PREFIXES,
+    "rdbm_jax.evaluation": _MODE_PREFIXES,
+}
+
+
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+@pytest.mark.parametrize("prefix", sorted(PREFIX_RULES))
+def test_layers_by_path_prefix(prefix):
+    members = [m for m in MODULES if _under(m, prefix)]
+    assert members, f"no module under {prefix}"  # the rule must be about something
+    for module in members:
+        bad = sorted(d for d in _closure(module) for f in PREFIX_RULES[prefix] if _under(d, f))
+        assert not bad, f"{module} reaches {bad}"
+
+
+def test_the_prefix_rule_can_fail():
+    assert _under("rdbm_jax.evaluation.perceptual.fid", "rdbm_jax.evaluation")
+    assert not _under("rdbm_jax.train_state", "rdbm_jax.train")
+    assert any(_under(d, "rdbm_jax.evaluation") for d in _closure("rdbm_jax.train"))
 
 
 def test_math_imports_no_flax():
@@ -127,15 +168,15 @@ def test_math_imports_no_flax():
 
 
 def test_only_the_loop_program_and_api_open_checkpoints():
-    users = {m for m, deps in GRAPH.items() if "rdbm_jax.checkpoints" in deps}
+    users = {m for m, deps in GRAPH.items() if "rdbm_jax.checkpointing.checkpoints" in deps}
     # checkpoint_rotation: the checkpoint layer's own reader of a rotating workdir
     assert users == {"rdbm_jax.train", "rdbm_jax.program", "rdbm_jax.api",
-                     "rdbm_jax.checkpoint_rotation"}
+                     "rdbm_jax.checkpointing.checkpoint_rotation"}
 
 
 def test_main_only_dispatches():
     assert GRAPH["rdbm_jax.main"] <= {
-        "rdbm_jax.cli_help", "rdbm_jax.distributed", "rdbm_jax.errors", "rdbm_jax.train",
+        "rdbm_jax.cli_help", "rdbm_jax.runtime.distributed", "rdbm_jax.errors", "rdbm_jax.train",
         "rdbm_jax.evaluate", "rdbm_jax.restore_files", "rdbm_jax.sweep", "rdbm_jax.export",
         "rdbm_jax.app"
     }
@@ -230,7 +271,9 @@ def test_no_module_over_500_lines():
 
 # ---------------------------------------------------------------------------------------- choices
 def test_choices_are_the_owning_modules_lists():
-    from rdbm_jax import metrics, models, program, schedules, sde, train_state, writers
+    from rdbm_jax.evaluation import metrics
+    from rdbm_jax import models, program, schedules, sde, train_state
+    from rdbm_jax.runtime import writers
     from rdbm_jax.data import spec
 
     c = config_lib.CHOICES

@@ -144,7 +144,7 @@ def test_variants_and_overrides_parse_and_reach_the_real_program():
     assert bench_sample.parse(["--attention-impl", "xla,cudnn"]).impls == ["xla", "cudnn"]
     with pytest.raises(SystemExit):
         bench_sample.parse(["--attention-impl", "flash"])
-    from rdbm_jax import distributed
+    from rdbm_jax.runtime import distributed
 
     prog, _, _ = bench_train.program_from_config("configs/default.py", "T", "float32", 2, 1,
                                                  distributed.make_mesh(),

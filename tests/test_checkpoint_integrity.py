@@ -13,8 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from rdbm_jax import (api, checkpoint_integrity, checkpoints, curves, distributed, evaluate,
-                      program, reports, strict_json, train, writers)
+from rdbm_jax import api, evaluate, program, train
+from rdbm_jax.checkpointing import checkpoint_integrity, checkpoints
+from rdbm_jax.runtime import curves, distributed, strict_json, writers
+from rdbm_jax.evaluation import reports
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config
 

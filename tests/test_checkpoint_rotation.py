@@ -8,7 +8,9 @@ import shutil
 
 import pytest
 
-from rdbm_jax import api, checkpoint_rotation, checkpoints, distributed, program, train
+from rdbm_jax import api, program, train
+from rdbm_jax.checkpointing import checkpoint_rotation, checkpoints
+from rdbm_jax.runtime import distributed
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import checkpoints, config as config_lib, train
+from rdbm_jax.checkpointing import checkpoints
+from rdbm_jax import config as config_lib, train
 from rdbm_jax.data.spec import named_sources
 from rdbm_jax.errors import ConfigError
 from tests.helpers import CONFIGS, REPO, config, read_metrics, run_cli

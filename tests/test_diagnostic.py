@@ -1,4 +1,4 @@
-"""rdbm_jax/diagnostic.py: x̂0 per t on true forward samples beside the skip estimate and
+"""rdbm_jax/evaluation/diagnostic.py: x̂0 per t on true forward samples beside the skip estimate and
 inversion."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rdbm_jax import diagnostic, evaluate, metrics, sde
+from rdbm_jax.evaluation import diagnostic, metrics
+from rdbm_jax import evaluate, sde
 from rdbm_jax.sampler import Sampler, SamplingSpec
 from tests.helpers import config, read_metrics
 

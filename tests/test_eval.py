@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import evaluate, reports, scoring, sweep, validation
+from rdbm_jax import evaluate, sweep
+from rdbm_jax.evaluation import reports, scoring, validation
 from rdbm_jax.restore_files import run_restore_files
 from rdbm_jax.errors import ConfigError, DataError
 from tests.helpers import assert_line_plot, config, fid_tolerance, statistics_tolerance
@@ -70,7 +71,7 @@ def test_grid_names_the_baseline_and_shows_a_title():
 
 
 def test_eval_with_lpips_weights_and_fid_skipped(trained_workdir, tmp_path, caplog):
-    from rdbm_jax.perceptual import lpips, weights as weight_files
+    from rdbm_jax.evaluation.perceptual import lpips, weights as weight_files
     rng = np.random.default_rng(0)
     flat = {
         k: rng.normal(0, 0.1, s).astype(np.float32)
@@ -215,7 +216,8 @@ def test_eval_reports_each_test_set_then_its_task_then_overall(trained_workdir):
 
 def test_validation_eval_and_sweep_share_one_seed_rule_at_eta_1(trained_workdir):
     """Validation used PRNGKey(seed + 2), eval and sweep PRNGKey(seed): equal only at η = 0."""
-    from rdbm_jax import data, distributed, program
+    from rdbm_jax import data, program
+    from rdbm_jax.runtime import distributed
     cfg = config(**{"sample.eta": 1.0, "eval.max_images": 2, "train.eval_num_images": 2,
                     "sweep.eta": "1"})
     cfg.sweep.nfe = str(cfg.sample.num_steps)
@@ -303,7 +305,7 @@ def test_fid_streams_features_and_matches_the_stored_features_computation():
     import weakref
 
     from rdbm_jax import data
-    from rdbm_jax.perceptual import fid as fid_lib
+    from rdbm_jax.evaluation.perceptual import fid as fid_lib
 
     class Identity:  # a stand-in sampler: the restored image is the input
         uses_mask = False

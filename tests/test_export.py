@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from rdbm_jax import distributed, export
+from rdbm_jax.runtime import distributed
+from rdbm_jax import export
 from rdbm_jax.errors import ConfigError
 from rdbm_jax import program
 from rdbm_jax.program import load_trained

@@ -18,7 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from rdbm_jax import checkpoints, distributed, program, train, workdir_lock, writers
+from rdbm_jax.checkpointing import checkpoints
+from rdbm_jax.runtime import distributed, workdir_lock, writers
+from rdbm_jax import program, train
 from rdbm_jax.restore_files import run_restore_files
 from rdbm_jax.errors import ConfigError, DataError, TrainingError
 from tests.helpers import REPO, config, read_metrics, run_cli, train_argv

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import atomic, conditioning, export, export_loader, paths, reports, scoring
+from rdbm_jax.runtime import atomic, paths
+from rdbm_jax import conditioning, export, export_loader
+from rdbm_jax.evaluation import reports, scoring
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError
 from rdbm_jax.restore_files import run_restore_files
@@ -266,7 +268,8 @@ def test_every_network_key_is_checked_against_the_checkpoint():
 def test_a_checkpoint_config_of_the_wrong_shape_is_one_line_naming_it(tmp_path, trained_workdir,
                                                                        content):
     import shutil
-    from rdbm_jax import api, checkpoints
+    from rdbm_jax import api
+    from rdbm_jax.checkpointing import checkpoints
     workdir = str(tmp_path / "run")
     shutil.copytree(trained_workdir, workdir)
     directory, step = checkpoints.resolve(workdir)
@@ -355,7 +358,8 @@ def test_an_image_predicted_not_to_fit_is_tiled_automatically_or_refused_in_one_
 # --- 11. a huge train.batch_size is one line; SIGTERM stops a run still building its pipeline -----
 
 def test_a_batch_too_large_for_memory_is_one_line_before_anything_is_built(tmp_path, monkeypatch):
-    from rdbm_jax import memory, train
+    from rdbm_jax.runtime import memory
+    from rdbm_jax import train
     monkeypatch.setattr(memory, "host_available", lambda: 2**30)
     monkeypatch.setattr(train.data, "build_train_iterator", lambda *a, **k: pytest.fail("built"))
     cfg = config(**{"train.batch_size": 100_000})

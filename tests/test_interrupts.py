@@ -40,7 +40,7 @@ sweep.score_sources = score_sources
 """
 
 _SIGINT_WHILE_RESTORING = """
-from rdbm_jax import checkpoints
+from rdbm_jax.checkpointing import checkpoints
 _restore = checkpoints.Checkpointer.restore_latest
 def restore_latest(self, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rdbm_jax import checkpoints
+from rdbm_jax.checkpointing import checkpoints
 from tests.helpers import REPO, read_metrics
 
 pytestmark = pytest.mark.integration  # launch scripts and multi-process runs

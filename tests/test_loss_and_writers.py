@@ -13,7 +13,8 @@ import optax
 import pytest
 from PIL import Image
 
-from rdbm_jax import program, sde, writers
+from rdbm_jax import program, sde
+from rdbm_jax.runtime import writers
 from rdbm_jax.train_state import learning_rate_schedule, make_optimizer
 
 

@@ -10,7 +10,7 @@ from skimage import data
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
-from rdbm_jax import metrics
+from rdbm_jax.evaluation import metrics
 from rdbm_jax.errors import ConfigError
 
 Y_ROW = np.array([65.481, 128.553, 24.966])

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import rdbm_jax
-from rdbm_jax import checkpoints, evaluate, export, sweep, train
+from rdbm_jax.checkpointing import checkpoints
+from rdbm_jax import evaluate, export, sweep, train
 from tests.helpers import config, read_metrics
 from tests.object_store import fake_gcs, local_of
 
@@ -74,7 +75,7 @@ def test_tensorboard_events_reach_a_gs_workdir(tmp_path, monkeypatch):
     writes PUBLISH_SECS apart; a resumed run's file sits beside the first, none overwritten."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from rdbm_jax import writers
+    from rdbm_jax.runtime import writers
 
     with fake_gcs(str(tmp_path / "bucket_root"), monkeypatch):
         url = "gs://bucket/run"
@@ -238,7 +239,7 @@ def test_gs_perceptual_files_read_and_write(tmp_path, monkeypatch):
     """eval.fid_ref_stats, the LPIPS/Inception weight files and the FID statistics CLI's --out on
     gs:// (they were os.path.isfile'd and open()ed as local paths)."""
     from rdbm_jax.errors import DataError
-    from rdbm_jax.perceptual import fid, weights
+    from rdbm_jax.evaluation.perceptual import fid, weights
 
     rng = np.random.default_rng(0)
     mu, sigma = fid.compute_statistics(rng.normal(size=(10, 3)))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import atomic, main
+from rdbm_jax.runtime import atomic
+from rdbm_jax import main
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import DataError
 from rdbm_jax.restore_files import run_restore_files
@@ -19,7 +20,7 @@ from tests.helpers import REPO, config
 # A writer in another process: makes its temporary file, says its name, and waits.
 _WRITER = """
 import sys, time
-from rdbm_jax import atomic
+from rdbm_jax.runtime import atomic
 tmp = atomic.temp_path(sys.argv[1])
 open(tmp, "wb").write(b"half")
 print(tmp, flush=True)

@@ -27,7 +27,9 @@ def probe(n_devices: int) -> dict:
     import jax
     from jax.sharding import Mesh
 
-    from rdbm_jax import distributed, program, scoring, sde, train
+    from rdbm_jax.runtime import distributed
+    from rdbm_jax import program, sde, train
+    from rdbm_jax.evaluation import scoring
     from rdbm_jax.sampler import Sampler, SamplingSpec
     from tests.helpers import config
 

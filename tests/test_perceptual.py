@@ -19,10 +19,12 @@ torchvision = pytest.importorskip("torchvision")
 lpips_ref = pytest.importorskip("lpips")
 
 from rdbm_jax.errors import ConfigError, DataError  # noqa: E402
-from rdbm_jax.perceptual import convert, fid, make_inception, make_lpips, weights  # noqa: E402
-from rdbm_jax.perceptual.inception import resize_bilinear  # noqa: E402
-from rdbm_jax.perceptual.inception import variable_shapes as inception_shapes  # noqa: E402
-from rdbm_jax.perceptual.lpips import variable_shapes  # noqa: E402
+from rdbm_jax.evaluation.perceptual import (  # noqa: E402
+    convert, fid, make_inception, make_lpips, weights)
+from rdbm_jax.evaluation.perceptual.inception import resize_bilinear  # noqa: E402
+from rdbm_jax.evaluation.perceptual.inception import (  # noqa: E402
+    variable_shapes as inception_shapes)
+from rdbm_jax.evaluation.perceptual.lpips import variable_shapes  # noqa: E402
 from tests.helpers import fid_tolerance, statistics_tolerance  # noqa: E402
 
 LPIPS_WEIGHTS = os.path.join(os.path.dirname(lpips_ref.__file__), "weights", "v0.1")

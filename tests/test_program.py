@@ -5,7 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from rdbm_jax import checkpoints, config as config_lib, distributed, program
+from rdbm_jax.checkpointing import checkpoints
+from rdbm_jax import config as config_lib, program
+from rdbm_jax.runtime import distributed
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config
 

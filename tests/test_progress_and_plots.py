@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from rdbm_jax import progress, sweep
+from rdbm_jax.runtime import progress
+from rdbm_jax import sweep
 from tests.helpers import assert_line_plot
 
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from rdbm_jax import baselines, conditioning, data, evaluate, metrics, reports, scoring, sde
+from rdbm_jax.evaluation import baselines, metrics, reports, scoring
+from rdbm_jax import conditioning, data, evaluate, sde
 from rdbm_jax.data import degradations
 from rdbm_jax.data.spec import source_spec
 from tests.helpers import config, read_metrics

@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from rdbm_jax import checkpoints, resume, train
+from rdbm_jax.checkpointing import checkpoints, resume
+from rdbm_jax import train
 from rdbm_jax.errors import ConfigError
 from tests.helpers import REPO, config, run_cli
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rdbm_jax import config as config_lib, distributed, program, sde
+from rdbm_jax import config as config_lib, program, sde
+from rdbm_jax.runtime import distributed
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config
 

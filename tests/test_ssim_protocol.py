@@ -10,7 +10,8 @@ from skimage import data
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
-from rdbm_jax import config as config_lib, metrics, scoring
+from rdbm_jax import config as config_lib
+from rdbm_jax.evaluation import metrics, scoring
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax import config as config_lib, curves, writers
+from rdbm_jax import config as config_lib
+from rdbm_jax.runtime import curves, writers
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config
 

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rdbm_jax import checkpoints, program, train
+from rdbm_jax.checkpointing import checkpoints
+from rdbm_jax import program, train
 from rdbm_jax.errors import TrainingError
 from rdbm_jax.train_state import TrainState, ema_update
 from tests.helpers import config, read_metrics, train_in_subprocess, train_rows
@@ -23,7 +24,7 @@ RESUME = {
 
 def _one_batch(mesh):
     """One fixed K = 1 batch of two 32² images (x0 random, μ = x0 + 0.5 clipped), on `mesh`."""
-    from rdbm_jax import distributed
+    from rdbm_jax.runtime import distributed
     x0 = np.random.default_rng(0).uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
     mu = np.clip(x0 + 0.5, -1, 1).astype(np.float32)
     mask = np.ones(x0.shape[:-1] + (1,), np.float32)
@@ -33,7 +34,7 @@ def _one_batch(mesh):
 
 def _params(workdir: str, step: int):
     """The whole train state of the newest checkpoint (it must be `step`), as a resume reads it."""
-    from rdbm_jax import distributed
+    from rdbm_jax.runtime import distributed
     abstract = program.program(config(**RESUME), distributed.make_mesh()).abstract
     reader = checkpoints.Checkpointer(workdir)
     restored_step, state = reader.restore_latest(abstract)
@@ -127,7 +128,7 @@ def test_non_finite_loss_stops_naming_step_and_keeps_last_good_checkpoint(tmp_pa
 
 
 def test_loss_decreases_when_fitting_one_batch():
-    from rdbm_jax import distributed
+    from rdbm_jax.runtime import distributed
     cfg = config()
     mesh = distributed.make_mesh()
     prog = program.program(cfg, mesh)  # the same compiled step the loop uses
@@ -155,7 +156,7 @@ def test_ema_math():
 
 
 def test_several_steps_per_dispatch_equal_single_steps():
-    from rdbm_jax import distributed
+    from rdbm_jax.runtime import distributed
     mesh = distributed.make_mesh()
     single, scanned = (program.program(config(**{"train.steps_per_dispatch": k}), mesh)
                        for k in (1, 2))
@@ -186,7 +187,8 @@ def test_params_and_ema_move_for_every_param_dtype(param_dtype):
     """model.param_dtype=bfloat16 used to store and update bf16 parameters: Adam steps of lr·1 below
     a weight's bf16 spacing were lost, and the EMA at decay 0.999 never moved. Masters stay
     float32."""
-    from rdbm_jax import distributed, models
+    from rdbm_jax.runtime import distributed
+    from rdbm_jax import models
     assert param_dtype in models.PARAM_DTYPES
     cfg = config(
         **{

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from rdbm_jax import atomic, paths
+from rdbm_jax.runtime import atomic, paths
 from rdbm_jax.errors import DataError
 
 log = logging.getLogger("rdbm_jax")

@@ -1,8 +1,8 @@
 """The perceptual networks' weight files: flat .npz (no pickle) written, read and checked.
 
 An .npz maps "params/a/b/kernel" (and "batch_stats/...") to arrays, plus "meta/kind", "meta/net"
-and "meta/format_version". Written by `rdbm_jax.perceptual.convert` (from PyTorch files); read at
-run time by `lpips.load_lpips` and `inception.load_inception`.
+and "meta/format_version". Written by `rdbm_jax.evaluation.perceptual.convert` (from PyTorch
+files); read at run time by `lpips.load_lpips` and `inception.load_inception`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from rdbm_jax import paths
+from rdbm_jax.runtime import paths
 from rdbm_jax.errors import DataError
 
 FORMAT_VERSION = 1
@@ -106,7 +106,7 @@ def checked_variables(flat: Mapping[str, np.ndarray], kind: str,
     flat.pop("meta/format_version", None)
     if file_kind != kind:
         found = f"{file_kind} weights" if file_kind else "no meta/kind entry"
-        raise DataError(f"expected {kind} weights from `python -m rdbm_jax.perceptual.convert "
-                        f"{kind}`, found {found}: {where}")
+        raise DataError(f"expected {kind} weights from `python -m "
+                        f"rdbm_jax.evaluation.perceptual.convert {kind}`, found {found}: {where}")
     check_arrays(flat, expected, f"weights do not fit the {kind} architecture in {where}")
     return unflatten(flat)

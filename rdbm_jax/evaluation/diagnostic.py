@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rdbm_jax import metrics, paths, sde, strict_json
+from rdbm_jax.evaluation import metrics
+from rdbm_jax.runtime import paths, strict_json
+from rdbm_jax import sde
 
 ESTIMATES = ("model", "skip", "invert")  # the network's x̂0, the skip estimate, plain inversion
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rdbm_jax.perceptual import weights
+from rdbm_jax.evaluation.perceptual import weights
 
 INPUT_SIZE = 299
 _HIGHEST = jax.lax.Precision.HIGHEST

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rdbm_jax import paths, strict_json
+from rdbm_jax.runtime import paths, strict_json
 from rdbm_jax.errors import ConfigError, TrainingError
 
 log = logging.getLogger("rdbm_jax")

@@ -7,7 +7,7 @@ import sys
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from rdbm_jax import distributed
+from rdbm_jax.runtime import distributed
 
 COMPILING = "compiling (the first batch takes longest)"  # the bar's note until the first update
 

@@ -9,8 +9,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rdbm_jax import data, paths, strict_json
-from rdbm_jax.scoring import KEPT, MASKED, WHOLE, is_test_set, set_of, task_of
+from rdbm_jax import data
+from rdbm_jax.runtime import paths, strict_json
+from rdbm_jax.evaluation.scoring import KEPT, MASKED, WHOLE, is_test_set, set_of, task_of
 
 GRID_HEIGHT = 192  # every cell of a PNG grid is resized to this height
 GRID_COLUMNS = ("degraded input", "classical baseline", "restored", "ground truth")  # every row

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from rdbm_jax import paths
+from rdbm_jax.runtime import paths
 
 # Validation PSNR series drawn when present in metrics.jsonl: key → legend label.
 PSNR_SERIES = {

@@ -1,8 +1,8 @@
 """Convert PyTorch LPIPS / FID-Inception weights to flat .npz files (`weights.py` reads them).
 
-    python -m rdbm_jax.perceptual.convert lpips --net alex --torch-backbone alexnet.pth \
+    python -m rdbm_jax.evaluation.perceptual.convert lpips --net alex --torch-backbone alexnet.pth \
         --torch-lin .../lpips/weights/v0.1/alex.pth --out lpips_alex.npz
-    python -m rdbm_jax.perceptual.convert inception \
+    python -m rdbm_jax.evaluation.perceptual.convert inception \
         --torch pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
 
 The backbone file is torchvision's `alexnet`/`vgg16` state dict (`features.N.*`; lpips' own
@@ -23,8 +23,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from rdbm_jax.errors import ConfigError, DataError, RDBMError
-from rdbm_jax.perceptual import inception as inc, lpips as lp
-from rdbm_jax.perceptual.weights import check_arrays, meta_entries, save_npz
+from rdbm_jax.evaluation.perceptual import inception as inc, lpips as lp
+from rdbm_jax.evaluation.perceptual.weights import check_arrays, meta_entries, save_npz
 
 # torchvision `features` indices of the conv layers, in order (ReLU/max-pool indices carry no
 # weights).
@@ -151,7 +151,8 @@ def _torch_load(path: str, flag: str) -> Mapping[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m rdbm_jax.perceptual.convert", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m rdbm_jax.evaluation.perceptual.convert",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="kind", required=True)
     pl = sub.add_parser("lpips", help="LPIPS backbone + linear heads")

@@ -15,7 +15,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from rdbm_jax import atomic
+from rdbm_jax.runtime import atomic
 from rdbm_jax.errors import ConfigError
 
 # The package fsspec (epath's backend) needs for each object store, and our extra that installs it.

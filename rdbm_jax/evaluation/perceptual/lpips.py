@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.perceptual import weights
+from rdbm_jax.evaluation.perceptual import weights
 
 NETS = ("alex", "vgg")
 BACKBONE_NAMES = {"alex": "alexnet", "vgg": "vgg16"}

@@ -13,10 +13,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import baselines, config as config_lib, metrics
+from rdbm_jax.evaluation import baselines, metrics
+from rdbm_jax import config as config_lib
 from rdbm_jax.data.batching import same_size_batches
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.perceptual import fid as fid_lib, make_inception, make_lpips
+from rdbm_jax.evaluation.perceptual import fid as fid_lib, make_inception, make_lpips
 from rdbm_jax.sampler import Sampler
 
 log = logging.getLogger("rdbm_jax")
@@ -55,7 +56,7 @@ def protocol(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
             "task": PER_TASK,
             "overall": "mean over tasks of the per-task mean",
             "baseline": "a classical method per degradation on the same inputs "
-                        "(rdbm_jax/baselines.py); *_input scores the degraded input itself",
+                        "(evaluation/baselines.py); *_input scores the degraded input itself",
             "masked": "*_masked: inside the degradation mask (inpainting holes) only; psnr_kept: "
                       f"outside it against the input (capped at {KEPT_CAP:g} dB = identical)"}
 
@@ -116,7 +117,7 @@ def kept_psnr(restored: np.ndarray, mu: np.ndarray, mask: np.ndarray,
 
 
 class Baselines:
-    """The classical baseline of every evaluation example (rdbm_jax/baselines.py) and the scores
+    """The classical baseline of every evaluation example (evaluation/baselines.py) and the scores
     that never change between validations (baseline's and input's), computed once per example.
 
     Only the scores (a few floats per example) and the baseline images a grid shows are kept: a

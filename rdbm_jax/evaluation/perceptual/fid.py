@@ -1,7 +1,8 @@
 """Fréchet Inception Distance (Heusel et al. 2017) as pytorch-fid computes it, and reference
 statistics.
 
-    python -m rdbm_jax.perceptual.fid --weights inception_fid.npz --folder DIR --out stats.npz
+    python -m rdbm_jax.evaluation.perceptual.fid --weights inception_fid.npz --folder DIR \
+        --out stats.npz
 
 Statistics files hold `mu` [D] and `sigma` [D, D] (the same .npz layout as pytorch-fid's
 `--save-stats`, so either tool's files can be used).
@@ -17,10 +18,10 @@ import warnings
 import numpy as np
 from scipy import linalg
 
-from rdbm_jax import paths
+from rdbm_jax.runtime import paths
 from rdbm_jax.data.image_io import decode_image, list_images
 from rdbm_jax.errors import DataError, RDBMError
-from rdbm_jax.perceptual.inception import INPUT_SIZE, make_inception, resize_matrix
+from rdbm_jax.evaluation.perceptual.inception import INPUT_SIZE, make_inception, resize_matrix
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +167,11 @@ def folder_statistics(weights_path: str, folder: str, batch_size: int = 50) -> R
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: precompute FID reference statistics of an image folder."""
-    p = argparse.ArgumentParser(prog="python -m rdbm_jax.perceptual.fid", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m rdbm_jax.evaluation.perceptual.fid",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True,
-                   help="inception_fid.npz from rdbm_jax.perceptual.convert")
+                   help="inception_fid.npz from rdbm_jax.evaluation.perceptual.convert")
     p.add_argument("--folder", required=True, help="reference images (searched recursively)")
     p.add_argument("--out", required=True, help="output statistics .npz (mu, sigma)")
     p.add_argument("--batch-size", type=int, default=50)

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rdbm_jax import distributed, paths
+from rdbm_jax.runtime import distributed, paths
 from rdbm_jax.errors import ConfigError
 
 FILE = "checksums.json"

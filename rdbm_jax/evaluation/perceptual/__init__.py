@@ -6,8 +6,8 @@ skipped by the caller, never faked); a missing or mismatched file raises DataErr
 """
 from __future__ import annotations
 
-from rdbm_jax.perceptual.inception import FIDInceptionV3, load_inception, make_inception
-from rdbm_jax.perceptual.lpips import LPIPS, load_lpips, make_lpips
+from rdbm_jax.evaluation.perceptual.inception import FIDInceptionV3, load_inception, make_inception
+from rdbm_jax.evaluation.perceptual.lpips import LPIPS, load_lpips, make_lpips
 
 __all__ = [
     "FIDInceptionV3", "LPIPS", "load_inception", "load_lpips", "make_inception", "make_lpips"

@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Callable, TypeVar
 
-from rdbm_jax import checkpoints
+from rdbm_jax.checkpointing import checkpoints
 from rdbm_jax.errors import RDBMError
 
 log = logging.getLogger("rdbm_jax")

@@ -10,9 +10,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from rdbm_jax import diagnostic, distributed, program
-from rdbm_jax.reports import grid_labels, make_grid, protocol_name, summary_line, title
-from rdbm_jax.scoring import SCORES, Baselines, protocol, sampling_key, score_sources
+from rdbm_jax.evaluation import diagnostic
+from rdbm_jax.runtime import distributed
+from rdbm_jax import program
+from rdbm_jax.evaluation.reports import grid_labels, make_grid, protocol_name, summary_line, title
+from rdbm_jax.evaluation.scoring import SCORES, Baselines, protocol, sampling_key, score_sources
 
 log = logging.getLogger("rdbm_jax")
 
@@ -43,7 +45,7 @@ class Validator:
                     log.info("step %d val %s (%s; baseline: %s): %s", step, title(label, s),
                              protocol_name(self.cfg), s.get("baseline", "mean over tasks"),
                              summary_line(s))
-        if self.cfg.eval.per_step:  # issue 19's per-step diagnostic (rdbm_jax/diagnostic.py)
+        if self.cfg.eval.per_step:  # issue 19's per-step diagnostic (diagnostic.py)
             scores.update(diagnostic.scalars(diagnostic.run(
                 self.sampler, params, self.sources, self.cfg.sample.batch_size,
                 sampling_key(self.cfg.seed + 3))))

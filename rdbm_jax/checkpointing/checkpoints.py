@@ -20,7 +20,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from rdbm_jax import checkpoint_integrity as integrity, distributed, paths
+from rdbm_jax.checkpointing import checkpoint_integrity as integrity
+from rdbm_jax.runtime import distributed, paths
 from rdbm_jax.errors import ConfigError, TrainingError
 
 log = logging.getLogger("rdbm_jax")

@@ -1,0 +1,1 @@
+"""Checkpoints: orbax saves and restores, their checksums, rotation-safe reads, resume checks."""

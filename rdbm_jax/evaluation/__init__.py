@@ -1,0 +1,1 @@
+"""Evaluation: scores and classical baselines, reports, the per-step diagnostic, validation."""

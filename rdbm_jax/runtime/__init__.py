@@ -1,0 +1,1 @@
+"""Runtime utilities: atomic files, paths, memory, progress, the workdir lock, devices, writers."""
