@@ -20,7 +20,7 @@ from rdbm_jax import conditioning, config as config_lib, data, program
 from rdbm_jax.runtime import progress
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError, Interrupted, RDBMError
-from rdbm_jax.runtime.paths import is_remote
+from rdbm_jax.runtime.paths import check_backend, is_remote
 from rdbm_jax.sampler import check_size
 
 log = logging.getLogger("rdbm_jax")
@@ -110,6 +110,8 @@ def run_restore_files(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str,
     s = cfg.sample
     if not s.input_dir or not s.output_dir:
         raise ConfigError("--mode=sample needs sample.input_dir and sample.output_dir")
+    for key in ("input_dir", "mask_dir", "output_dir"):  # gs:// without gcsfs: one line, the key
+        check_backend(s[key], f"sample.{key}")
     for key in ("input_dir", "mask_dir"):  # a missing folder a key names: a config error (exit 2)
         if s[key] and not image_io.is_folder(s[key]):
             raise ConfigError(f"sample.{key}: folder not found: {s[key]}")

@@ -1,11 +1,13 @@
-"""Ctrl-C (a real SIGINT to a real command-line process) during sample, sweep and training's
-restore phase: one line saying what was finished and how to go on, exit 130, no traceback."""
+"""Ctrl-C (a real SIGINT to a real command-line process) during sample, sweep, eval, export and
+training's restore phase: one line saying what was finished and how to go on, exit 130, no
+traceback."""
 import os
 import signal
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.helpers import REPO
@@ -29,14 +31,6 @@ def save(path, img):
         os.kill(os.getpid(), signal.SIGINT)
     _save(path, img)
 image_io.save_image = save
-"""
-
-_SIGINT_AT_FIRST_SETTING = """
-from rdbm_jax import sweep
-def score_sources(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGINT)
-    raise AssertionError("SIGINT was not delivered")
-sweep.score_sources = score_sources
 """
 
 _SIGINT_WHILE_RESTORING = """
@@ -92,11 +86,27 @@ def test_sigint_during_sample_says_what_was_written_and_a_rerun_finishes(trained
     assert sorted(os.listdir(out)) == ["a.png", "b.png", "c.png"]
 
 
-def test_sigint_during_sweep_is_one_line(trained_workdir):
-    argv = TINY + [f"--workdir={trained_workdir}", "--mode=sweep"]
-    line = _one_line(_run(_SIGINT_AT_FIRST_SETTING, argv))
-    assert line.startswith("error: interrupted (Ctrl-C): sweep/ files are written at the end")
-    assert not os.path.exists(os.path.join(trained_workdir, "sweep"))
+# Ctrl-C inside the mode's main work, for the modes that write their files at the end.
+_SIGINT_IN = """
+from rdbm_jax import {module}
+def {name}(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    raise AssertionError("SIGINT was not delivered")
+{module}.{name} = {name}
+"""
+
+
+@pytest.mark.parametrize("mode, module, name, folder", [
+    ("sweep", "sweep", "score_sources", "sweep"),
+    ("eval", "evaluate", "score_sources", "eval"),
+    ("export", "export", "export_restorer", "export"),
+])
+def test_sigint_during_sweep_eval_and_export_is_one_line(trained_workdir, mode, module, name,
+                                                         folder):
+    argv = TINY + [f"--workdir={trained_workdir}", f"--mode={mode}"]
+    line = _one_line(_run(_SIGINT_IN.format(module=module, name=name), argv))
+    assert line.startswith("error: interrupted (Ctrl-C): ") and "run the same command again" in line
+    assert not os.path.exists(os.path.join(trained_workdir, folder))
 
 
 def test_sigint_while_training_restores_its_checkpoint(trained_workdir):

@@ -46,6 +46,15 @@ def test_every_mode_names_the_gcs_extra_in_one_line(mode, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_gs_sample_folder_names_its_key(tmp_path):
+    proc = _run(_CLI, "--config=configs/demo.py:tiny", f"--workdir={tmp_path / 'run'}",
+                "--mode=sample", "--config.sample.input_dir=gs://bucket/in",
+                f"--config.sample.output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: sample.input_dir='gs://bucket/in': gs:// paths need the gcsfs package")
+
+
 def test_the_api_raises_one_clear_config_error():
     proc = _run(_API)
     assert proc.returncode == 0, proc.stderr[-3000:]
