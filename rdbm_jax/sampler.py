@@ -187,24 +187,25 @@ class Sampler:
         self.schedule = schedule
         self.multiple = multiple
         self.mesh = mesh or distributed.make_mesh()
-        # how the network's output becomes the x̂0 the loop steps with
-        self.rule = spec.rule
-        self.num_steps = spec.num_steps
-        self.eta = spec.eta
-        self.clip = spec.rule.clip
-        self.condition = spec.rule.condition
-        self.uses_mask = spec.rule.uses_mask
-        self.tile_size = spec.tile_size
-        self.tile_overlap = spec.tile_overlap
         self._jits: dict[int, Callable] = {}  # tile size (0 = whole image) → jitted reverse loop
         self._compiled: dict[tuple, tuple[Any, int]] = {}  # (tile, shape) → (executable, bytes)
         self._plan: dict[tuple, int] = {}  # batch shape → the tile size it runs with
+
+    # The spec's fields the callers read (export, the API, the evaluation layer).
+    rule = property(lambda self: self.spec.rule, doc="how an output becomes x̂0 (`sde.X0Rule`)")
+    num_steps = property(lambda self: self.spec.num_steps, doc="the NFE")
+    eta = property(lambda self: self.spec.eta, doc="η of every step")
+    clip = property(lambda self: self.spec.rule.clip, doc="x̂0 clipped to [−1, 1]")
+    condition = property(lambda self: self.spec.rule.condition, doc="model.condition")
+    uses_mask = property(lambda self: self.spec.rule.uses_mask, doc="the network reads the mask")
+    tile_size = property(lambda self: self.spec.tile_size, doc="sample.tile_size")
+    tile_overlap = property(lambda self: self.spec.tile_overlap, doc="sample.tile_overlap")
 
     @property
     def draws_noise(self) -> bool:
         """Whether the reverse loop draws noise (η > 0, a first-step η, IR-SDE's noisy start), so
         that its key changes the result."""
-        return self.eta > 0 or self.first_step_eta > 0 or self.schedule.preset == "irsde"
+        return self.eta > 0 or self.spec.first_step_eta > 0 or self.schedule.preset == "irsde"
 
     def rho(self, task: str | None = None) -> float:
         """ρ of `task` (`SamplingSpec.rho_of`)."""

@@ -331,6 +331,8 @@ def test_main_never_splits_an_error_line(capsys):
 
 def test_an_image_predicted_not_to_fit_is_tiled_automatically_or_refused_in_one_line(
         trained_workdir, monkeypatch, caplog):
+    import dataclasses
+
     from rdbm_jax import api, sampler as sampler_lib, sde
     model = api.load(trained_workdir)
     rule = sde.X0Rule(condition=model.config.model.condition)
@@ -347,7 +349,8 @@ def test_an_image_predicted_not_to_fit_is_tiled_automatically_or_refused_in_one_
     with pytest.raises(ConfigError, match=r"64x64 .*needs ~.* GiB, over the .* GiB available; "
                                           r"set sample.tile_size"):
         s(model.params, mu, np.zeros(2, np.uint32))
-    s.auto_tile = True
+    s = sampler_lib.Sampler(s.apply_fn, model.schedule, dataclasses.replace(spec, auto_tile=True),
+                            multiple=model.multiple)
     with caplog.at_level(logging.INFO, logger="rdbm_jax"):
         out = s(model.params, mu, np.zeros(2, np.uint32))
     assert out.shape == mu.shape and np.all(np.isfinite(out))
