@@ -91,3 +91,22 @@ def test_cli_refuses_a_changed_config_with_exit_2_and_one_line(trained_workdir):
     assert r.returncode == 2, r.stderr[-2000:]
     assert len(err.splitlines()) == 1 and "model.size: saved" in err, err
     assert _snapshot(trained_workdir) == before
+
+
+def test_an_input_pipeline_that_cannot_take_the_saved_position_is_refused_not_set_aside(
+        trained_workdir, monkeypatch):
+    """data.num_workers=-1 resolves per host: a sound checkpoint saved with in-process loading,
+    resumed where it resolves to a worker process, fails grain's restore. That is no damage: one
+    line, nothing moved (before, every checkpoint was set aside and training restarted at 0)."""
+    from rdbm_jax.data import pipeline
+
+    before = _snapshot(trained_workdir)
+    monkeypatch.setattr(pipeline, "num_workers", lambda data_cfg, accelerator: 1)
+    with pytest.raises(ConfigError) as e:
+        train.train_and_evaluate(config(**{**TINY, "train.num_steps": 4}), trained_workdir)
+    msg = str(e.value)
+    where = os.path.join(checkpoints.checkpoint_dir(trained_workdir), "2")
+    assert msg.startswith(f"checkpoint {where} is sound") and "data.num_workers" in msg
+    assert "\n" not in msg
+    assert _snapshot(trained_workdir) == before
+    assert not os.path.exists(os.path.join(trained_workdir, checkpoints.SET_ASIDE))

@@ -55,12 +55,33 @@ def record(step_dir: str, tree: Any) -> OSError | None:
     digests = {name: _digest(arr) for name, arr in _host_leaves(tree).items()}
     if jax.process_index() != 0:
         return None
-    doc = {"format": FORMAT, "algorithm": "sha256", "leaves": digests}
     try:
+        doc = {"format": FORMAT, "algorithm": "sha256", "leaves": digests,
+               "files": _file_digests(step_dir)}
         paths.write_text(paths.join(step_dir, FILE), json.dumps(doc, indent=1))
     except OSError as e:
         return e
     return None
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+    """SHA-256 of each file of the data iterator's item (`data/`: grain's JSON position)."""
+    folder = paths.as_path(step_dir) / "data"
+    if not folder.exists():
+        return {}
+    return {f"data/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def files_intact(step_dir: str) -> bool:
+    """Whether the data iterator's files are as saved (False when no checksums were recorded):
+    a restore that fails on a checkpoint whose arrays and files verify is not damage."""
+    path = paths.as_path(paths.join(step_dir, FILE))
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("files")
+        return bool(recorded) and _file_digests(step_dir) == recorded
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _recorded(step_dir: str) -> tuple[dict[str, str] | None, str | None]:

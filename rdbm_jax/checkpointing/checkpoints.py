@@ -325,6 +325,8 @@ class Checkpointer:
                     state = self.manager.restore(step, args=ocp.args.Composite(**items)).state
             except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
                 reason = f"unreadable ({_reason(e)})"
+                if data_iterator is not None:
+                    self._refuse_if_sound(step, abstract_state, _reason(e))
             else:  # read without an error, but flipped bytes read without one too
                 damage = integrity.problem(os.path.join(self.directory, str(step)), state)
                 if damage is None:
@@ -333,6 +335,26 @@ class Checkpointer:
             _collect_leftovers()
             self._warn_set_aside(step, reason)
         return 0, None
+
+    def _refuse_if_sound(self, step: int, abstract_state: Any, reason: str) -> None:
+        """A one-line ConfigError when the train state of `step` restores and verifies alone and
+        its data-iterator files are as saved: the failure is then this run's input pipeline's
+        (data.num_workers=-1 resolves per host), not damage, and nothing is moved."""
+        step_dir = os.path.join(self.directory, str(step))
+        if not integrity.files_intact(step_dir):
+            return
+        try:
+            with _quiet_orbax():
+                state = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state))).state
+        except Exception:  # noqa: BLE001 — the arrays themselves do not read: damage
+            return
+        if integrity.problem(step_dir, state) is None:
+            raise ConfigError(
+                f"checkpoint {step_dir} is sound, but its input-pipeline position does not "
+                f"restore into this run's pipeline ({reason}): data.num_workers must resolve to "
+                "the count it was saved with (-1 resolves per host: set it explicitly), or train "
+                "in a new --workdir; nothing was moved")
 
     def _warn_set_aside(self, step: int, reason: str) -> None:
         """One warning line naming a bad step folder, which is moved aside."""
