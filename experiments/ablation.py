@@ -218,11 +218,11 @@ def measure_fuse_sigma(cfg: ml_collections.ConfigDict, workdir: str, batches: in
     sample.fuse_sigma's task=value form."""
     import jax
     from rdbm_jax.runtime import distributed
-    from rdbm_jax import program
+    from rdbm_jax import inference, program
     probe = ml_collections.ConfigDict(cfg.to_dict())
     probe.sample.fuse = False
     mesh = distributed.make_mesh()
-    params = program.load_trained(probe, workdir, mesh).params
+    params = inference.load_trained(probe, workdir, mesh).params
     sampler = program.build_sampler(probe, mesh, num_steps=1)
     restore = jax.jit(lambda p, mu, mask: sampler.sample_padded(p, mu, mask, None))
     # Other crops than training's first (seed + 7).
