@@ -24,6 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.programs import default_config  # noqa: E402
+from benchmarks.train_twin import twin_unavailable  # noqa: E402
 from rdbm_jax.runtime import distributed  # noqa: E402
 from rdbm_jax import models, program
 
@@ -209,8 +210,6 @@ def run(opts: argparse.Namespace, peak: dict | None = None, env: dict | None = N
 
     on_result(data so far) is called after every case and side (a run cut short keeps its results).
     """
-    from benchmarks.bench_train import twin_unavailable
-
     env = env or measure.environment(opts.device_name)
     if peak is None and not opts.no_peak:
         peak = rl.measure_peak(opts.dtype, opts.matmul_n, opts.copy_mib)

@@ -42,7 +42,7 @@ from experiments.scaling_study import (CSV_NAME, FIELDS, NUMERIC, STUDY, TINY_PO
                                        TINY_SIZES, Configuration, points_of)
 from rdbm_jax.runtime import atomic, distributed
 from rdbm_jax.checkpointing import checkpoints
-from rdbm_jax import program, train
+from rdbm_jax import inference, train
 from rdbm_jax.config_files import load
 from rdbm_jax.errors import ConfigError, DataError, RDBMError, TrainingError
 
@@ -168,7 +168,7 @@ def evaluate_point(cfg: ml_collections.ConfigDict, workdir: str, conf: Configura
                    sizes: tuple[int, ...]) -> tuple[list[dict[str, float]], float]:
     """holes.measure of the run's newest checkpoint; (rows per size, evaluation CPU-s)."""
     t0 = time.process_time()
-    params = program.load_trained(cfg, workdir, distributed.make_mesh()).params
+    params = inference.load_trained(cfg, workdir, distributed.make_mesh()).params
     rows = holes.measure(cfg, params, sizes, conf.nfes)
     for row in rows:  # a non-finite score is a broken point, never a row
         bad = [k for k, v in row.items() if k != "prefill" and not math.isfinite(v)]

@@ -11,7 +11,7 @@ import numpy as np
 from rdbm_jax.checkpointing import checkpoint_rotation, checkpoints
 from rdbm_jax import config as config_lib, data
 from rdbm_jax.runtime import distributed
-from rdbm_jax import models, program
+from rdbm_jax import inference, models, program
 from rdbm_jax.runtime import paths
 from rdbm_jax.data import image_io
 from rdbm_jax.data.masks import hole_mask
@@ -229,13 +229,13 @@ def load(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Trai
     paths.check_backend(workdir, "workdir")  # gs:// without gcsfs: a ConfigError naming the extra
     mesh = distributed.make_mesh()
 
-    def load_step(directory: str, at: int) -> tuple[ml_collections.ConfigDict, program.Trained]:
+    def load_step(directory: str, at: int) -> tuple[ml_collections.ConfigDict, inference.Trained]:
         saved = checkpoints.read_config(directory, at)
         folder = os.path.join(directory, str(at))
         # a damaged or crafted saved config: one line naming the file and the key
         cfg = config_lib.check_saved(saved, os.path.join(folder, "config"))
         cfg.sample.use_ema = bool(use_ema)
-        return cfg, program.load_trained(cfg, workdir, mesh, folder, saved_config=saved)
+        return cfg, inference.load_trained(cfg, workdir, mesh, folder, saved_config=saved)
 
     try:
         if step is None:  # the newest, which a running training may delete while it is read

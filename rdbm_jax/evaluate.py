@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from rdbm_jax import config as config_lib, data, program
+from rdbm_jax import config as config_lib, data, inference, program
 from rdbm_jax.evaluation import diagnostic
 from rdbm_jax.runtime import distributed, paths, progress
 from rdbm_jax.data import spec as data_spec
@@ -25,7 +25,7 @@ def run_eval(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     config_lib.validate(cfg)
     data_spec.check_folders(cfg.data, ("eval",))
     mesh = distributed.make_mesh()
-    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint,
+    trained = inference.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint,
                                    check_saved=config_lib.check_saved)
     params = trained.params
     step = trained.step

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import export
 
-from rdbm_jax import config as config_lib, program
+from rdbm_jax import config as config_lib, inference, program
 from rdbm_jax.runtime import distributed, paths, strict_json
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.sampler import MIN_SIDE, Sampler
@@ -86,7 +86,7 @@ def run_export(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     returns the artifact."""
     config_lib.validate(cfg)
     mesh = distributed.make_mesh()
-    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint,
+    trained = inference.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint,
                                    check_saved=config_lib.check_saved)
     params, step = trained.params, trained.step
     sampler = program.build_sampler(cfg, mesh)

@@ -1,4 +1,4 @@
-"""What a config compiles: schedule, loss, train step, state init, samplers; trained parameters.
+"""What a config compiles: schedule, loss, train step, state init, samplers.
 
 Every builder here reads one frozen spec (`ml_collections.FrozenConfigDict`) holding exactly the
 config values it uses, and is cached on that spec: two configs share a compiled program if and only
@@ -8,8 +8,6 @@ sweep, sample mode, export and the Python API all get their programs from here.
 from __future__ import annotations
 
 import functools
-import json
-import logging
 import os
 from typing import Any, Callable, NamedTuple
 
@@ -21,15 +19,12 @@ from clu import metrics as clu_metrics
 from jax.sharding import Mesh
 from ml_collections import ConfigDict, FrozenConfigDict
 
-from rdbm_jax.checkpointing import checkpoint_rotation, checkpoints
 from rdbm_jax import conditioning, models, sde
-from rdbm_jax.runtime import distributed, paths
+from rdbm_jax.runtime import distributed
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.schedules import Schedule
 from rdbm_jax.sampler import Sampler, SamplingSpec
 from rdbm_jax.train_state import TrainState, make_optimizer
-
-log = logging.getLogger("rdbm_jax")
 
 Params = Any  # a Flax parameter pytree: nested dicts of arrays (or of ShapeDtypeStructs)
 
@@ -37,15 +32,6 @@ LOSSES = ("l1", "l2")  # train.loss
 # train.t_sampling: how the training step draws t. "uniform": t ~ U{0, …, T−1} (the paper's and the
 # released code's draw). "weighted": p(t) ∝ (t + 1)^(−1/2) (`t_log_weights`), more draws at small t.
 T_SAMPLINGS = ("uniform", "weighted")
-
-# Keys of `network_spec` that may differ from the checkpoint's: they change how the same weights
-# are computed (compute dtype, attention kernel, rematerialisation, dropout, off at inference), not
-# which weights there are or what they mean. Every other key of `network_spec` must match
-# (`must_match`).
-# model.param_dtype is one of them: checkpoints always hold float32 master weights, and the key only
-# picks the rounded copy the network computes with (`models.compute_params`).
-INFERENCE_ONLY = ("model.dtype", "model.param_dtype", "model.attention_impl", "model.remat",
-                  "model.dropout")
 
 
 def sigma_data_values(text: str, tasks: list[str], key: str = "bridge.sigma_data"
@@ -328,8 +314,9 @@ def compilation_cache_dir(setting: str) -> str:
 def use_compilation_cache(setting: str) -> None:
     """Turn JAX's persistent compilation cache on in `compilation_cache_dir(setting)` ("": off).
 
-    Every mode and the API come through here (training, `load_trained`), so a restart, an eval or a
-    sample run of an already-compiled shape loads the executable instead of compiling it again.
+    Every mode and the API come through here (training, `inference.load_trained`), so a restart, an
+    eval or a sample run of an already-compiled shape loads the executable instead of compiling it
+    again.
     """
     folder = compilation_cache_dir(setting)
     if folder == (jax.config.jax_compilation_cache_dir or "") and (
@@ -383,32 +370,6 @@ def build_sampler(cfg: ConfigDict, mesh: Mesh | None = None, num_steps: int | No
                     mesh or distributed.make_mesh())
 
 
-def must_match(cfg: ConfigDict) -> tuple[str, ...]:
-    """The dotted keys whose value must equal a checkpoint's: every key that builds the network or
-    the bridge (`network_spec`), bar INFERENCE_ONLY; bridge.sigma_data only for a parameterisation
-    whose maps read ρ (precond: ρ scales the network's input and output there and is read by
-    nothing else the checkpoint holds)."""
-    spec = network_spec(cfg)
-    keys = (f"{section}.{name}" for section in spec for name in spec[section])
-    reads_rho = sde.PARAMETERIZATIONS[cfg.bridge.parameterization].needs_rho
-    return tuple(k for k in keys
-                 if k not in INFERENCE_ONLY and (reads_rho or k != "bridge.sigma_data"))
-
-
-def check_compatible(cfg: ConfigDict, saved: dict, where: str) -> None:
-    """Refuse (ConfigError) a config whose network or bridge differs from the checkpoint's (a key
-    the checkpoint does not name, from an older version, is not compared)."""
-    for key in must_match(cfg):
-        section, name = key.split(".")
-        theirs = saved.get(section, {}).get(name)
-        ours = json.loads(json.dumps(cfg[section][name]))  # as saved: tuples are lists in JSON
-        if theirs is not None and theirs != ours:
-            what = "bridge" if section == "bridge" else "network"
-            raise ConfigError(f"{key}={ours!r} but the checkpoint {where} was trained with "
-                              f"{theirs!r}; restoring with a different {what} is refused "
-                              f"(set --config.{key}={theirs!r})")
-
-
 def abstract_params(cfg: ConfigDict, mesh: Mesh) -> Params:
     """ShapeDtypeStructs (replicated) of the network's parameters."""
     model, _ = network(cfg)
@@ -418,49 +379,3 @@ def abstract_params(cfg: ConfigDict, mesh: Mesh) -> Params:
         init_key(0))
     return jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
-
-
-class Trained(NamedTuple):
-    """A checkpoint ready for inference: network, schedule, parameters (EMA by default), step."""
-
-    model: models.UNet
-    schedule: Schedule
-    params: Params
-    step: int
-
-
-def load_trained(cfg: ConfigDict, workdir: str, mesh: Mesh, checkpoint: str = "",
-                 saved_config: dict | None = None,
-                 check_saved: Callable[[dict, str], Any] | None = None) -> Trained:
-    """The parameters (EMA unless sample.use_ema=False) of a checkpoint, and nothing else of its
-    state.
-
-    `saved_config`: the checkpoint's config when the caller has already read it (not read twice).
-    `check_saved(saved, file)`: refuses a damaged saved config before it is compared with `cfg`
-    (`config.check_saved`; passed in: config.py imports this module), so that a hint to set a key
-    to the checkpoint's value is only given for a valid value.
-    """
-    paths.check_backend(workdir, "--workdir")  # gs:// without gcsfs: one line, not a traceback
-    paths.check_backend(checkpoint, "sample.checkpoint")
-    use_compilation_cache(cfg.train.compilation_cache_dir)
-    if not checkpoint:  # the newest, which a running training may delete while it is read
-        return checkpoint_rotation.read_newest(
-            workdir,
-            lambda directory, step: _load(cfg, directory, step, mesh, saved_config, check_saved))
-    return _load(cfg, *checkpoints.resolve(workdir, checkpoint), mesh, saved_config, check_saved)
-
-
-def _load(cfg: ConfigDict, directory: str, step: int, mesh: Mesh, saved_config: dict | None,
-          check_saved: Callable[[dict, str], Any] | None) -> Trained:
-    """`load_trained` of one checkpoint step."""
-    where = os.path.join(directory, str(step))
-    saved = checkpoints.read_config(directory, step) if saved_config is None else saved_config
-    if check_saved is not None:
-        check_saved(saved, os.path.join(where, "config"))
-    check_compatible(cfg, saved, where)
-    which = "ema_params" if cfg.sample.use_ema else "params"
-    params = checkpoints.load_params(directory, step, abstract_params(cfg, mesh), which)
-    log.info("loaded %s parameters of step %d from %s", "EMA" if cfg.sample.use_ema else "raw",
-             step, where)
-    model, schedule = network(cfg)
-    return Trained(model, schedule, params, step)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax.runtime import atomic, distributed
-from rdbm_jax import conditioning, config as config_lib, data, program
+from rdbm_jax import conditioning, config as config_lib, data, inference, program
 from rdbm_jax.runtime import progress
 from rdbm_jax.data import image_io
 from rdbm_jax.errors import ConfigError, DataError, Interrupted, RDBMError
@@ -185,7 +185,7 @@ def _restore_all(cfg: ml_collections.ConfigDict, workdir: str, todo: list[str],
     one message per input that failed."""
     s = cfg.sample
     mesh = distributed.make_mesh()
-    params = program.load_trained(cfg, workdir, mesh, s.checkpoint,
+    params = inference.load_trained(cfg, workdir, mesh, s.checkpoint,
                                   check_saved=config_lib.check_saved).params
     sampler = program.build_sampler(cfg, mesh)
     rng = jax.random.PRNGKey(cfg.seed)

@@ -9,7 +9,7 @@ from typing import Any
 
 import ml_collections
 
-from rdbm_jax import config as config_lib, data, program
+from rdbm_jax import config as config_lib, data, inference, program
 from rdbm_jax.runtime import distributed, paths, progress, strict_json
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.evaluation.reports import summary_line
@@ -76,7 +76,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, workdir: str) -> list[dict[str, An
     nfes = config_lib.parse_list(cfg, "sweep.nfe", int)
     etas = config_lib.parse_list(cfg, "sweep.eta", float)
     mesh = distributed.make_mesh()
-    trained = program.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint,
+    trained = inference.load_trained(cfg, workdir, mesh, cfg.sample.checkpoint,
                                    check_saved=config_lib.check_saved)
     params, step = trained.params, trained.step
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)

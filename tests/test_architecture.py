@@ -93,11 +93,14 @@ MODES = {"rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.rest
          {"rdbm_jax.sde", "rdbm_jax.schedules", "rdbm_jax.conditioning", "rdbm_jax.data"}),
         ("rdbm_jax.data.pipeline",
          {"rdbm_jax.models", "rdbm_jax.sde", "rdbm_jax.program", "rdbm_jax.train"}),
-        # What a config compiles never reaches into the loop or the modes.
+        # What a config compiles never reaches into the loop or the modes, nor a checkpoint
+        # (inference.py loads those).
         ("rdbm_jax.program", {
             "rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm_jax.restore_files",
-            "rdbm_jax.export", "rdbm_jax.api", "rdbm_jax.config"
+            "rdbm_jax.export", "rdbm_jax.api", "rdbm_jax.config", "rdbm_jax.inference",
+            "rdbm_jax.checkpointing.checkpoints", "rdbm_jax.checkpointing.checkpoint_rotation"
         }),
+        ("rdbm_jax.inference", MODES | {"rdbm_jax.config"}),
         # The evaluation layer serves the modes and never reaches one.
         ("rdbm_jax.evaluation.scoring",
          MODES | {"rdbm_jax.evaluation.reports", "rdbm_jax.evaluation.validation"}),
@@ -126,16 +129,17 @@ _MODE_PREFIXES = ("rdbm_jax.train", "rdbm_jax.evaluate", "rdbm_jax.sweep", "rdbm
 PREFIX_RULES = {
     "rdbm_jax.runtime": ("rdbm_jax.sde", "rdbm_jax.schedules", "rdbm_jax.models",
                          "rdbm_jax.evaluation", "rdbm_jax.checkpointing", "rdbm_jax.program",
-                         "rdbm_jax.sampler") + _MODE_PREFIXES,
+                         "rdbm_jax.inference", "rdbm_jax.sampler") + _MODE_PREFIXES,
     "rdbm_jax.sde": ("rdbm_jax.models", "rdbm_jax.data", "rdbm_jax.evaluation",
-                     "rdbm_jax.checkpointing", "rdbm_jax.runtime", "rdbm_jax.program")
-                    + _MODE_PREFIXES,
+                     "rdbm_jax.checkpointing", "rdbm_jax.runtime", "rdbm_jax.program",
+                     "rdbm_jax.inference") + _MODE_PREFIXES,
     "rdbm_jax.models": ("rdbm_jax.sde", "rdbm_jax.schedules", "rdbm_jax.conditioning",
                         "rdbm_jax.data", "rdbm_jax.evaluation", "rdbm_jax.checkpointing")
                        + _MODE_PREFIXES,
-    "rdbm_jax.data": ("rdbm_jax.models", "rdbm_jax.sde", "rdbm_jax.program",
+    "rdbm_jax.data": ("rdbm_jax.models", "rdbm_jax.sde", "rdbm_jax.program", "rdbm_jax.inference",
                       "rdbm_jax.evaluation", "rdbm_jax.checkpointing") + _MODE_PREFIXES,
-    "rdbm_jax.checkpointing": ("rdbm_jax.evaluation", "rdbm_jax.program") + _MODE_PREFIXES,
+    "rdbm_jax.checkpointing": ("rdbm_jax.evaluation", "rdbm_jax.program", "rdbm_jax.inference")
+                              + _MODE_PREFIXES,
     "rdbm_jax.evaluation": _MODE_PREFIXES,
 }
 
@@ -167,10 +171,10 @@ def test_math_imports_no_flax():
         assert not re.search(r"^\s*(import|from) flax", text, re.M), module
 
 
-def test_only_the_loop_program_and_api_open_checkpoints():
+def test_only_the_loop_inference_and_api_open_checkpoints():
     users = {m for m, deps in GRAPH.items() if "rdbm_jax.checkpointing.checkpoints" in deps}
     # checkpoint_rotation: the checkpoint layer's own reader of a rotating workdir
-    assert users == {"rdbm_jax.train", "rdbm_jax.program", "rdbm_jax.api",
+    assert users == {"rdbm_jax.train", "rdbm_jax.inference", "rdbm_jax.api",
                      "rdbm_jax.checkpointing.checkpoint_rotation"}
 
 

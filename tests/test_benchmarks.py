@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_sample, bench_train, max_batch, measure, roofline as rl, run_all
+from benchmarks import report, train_step
 from rdbm_jax import models, sde
 from tests.helpers import REPO, config
 
@@ -198,7 +199,7 @@ def test_run_all_tiny_writes_every_result(tmp_path):
     assert 0.8 < ours["flops_per_step"] / ours["flops_per_step_analytic"] < 1.2
     assert ours["frac_roofline"] > 0 and ours["frac_peak_matmul"] > 0
     # Both nets start with a zero output conv: the first loss is mean|x0| of the same batch.
-    expected = np.abs(bench_train.synthetic_batches(1, 2, 32)["x0"]).mean()
+    expected = np.abs(train_step.synthetic_batches(1, 2, 32)["x0"]).mean()
     assert ours["loss_first"] == pytest.approx(expected, rel=1e-5)
     assert twin["loss_first"] == pytest.approx(expected, rel=1e-5)
     assert any("twin_compiled" in s for s in train["skipped"])  # no CUDA: no torch.compile variant
@@ -222,7 +223,7 @@ def test_run_all_tiny_writes_every_result(tmp_path):
         assert json.load(f)["train"]["results"][0]["impl"] == "ours"
     with open(os.path.join(out, "table.md"), encoding="utf-8") as f:
         table = f.read()
-    assert table == run_all.render(merged)
+    assert table == report.render(merged)
     assert "| T | 0.45 M | 2 | 32² | ours | base | 1 |" in table
     assert "| T | 2 × 32 × 32 | 10 | ours |" in table
 
@@ -240,7 +241,7 @@ def test_render_of_the_saved_h200_results(capsys):
     assert b["frac_peak_matmul"] == pytest.approx(
         b["flops_per_step"] / (b["step_ms"] / 1e3) / 769.87e12, rel=1e-3)
     table = capsys.readouterr().out
-    assert table == run_all.render(merged)
+    assert table == report.render(merged)
     # Each of our sampling rows against the twin row of its own run (run 1: 281.6 ms; run 2: 284.7
     # ms).
     assert "| ours | xla | 77.3 | 68.5 | 206.9 | 3.64× (4.02× on device) |" in table

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from rdbm_jax import api, program, train
+from rdbm_jax import api, inference, train
 from rdbm_jax.checkpointing import checkpoint_rotation, checkpoints
 from rdbm_jax.runtime import distributed
 from rdbm_jax.errors import ConfigError
@@ -51,7 +51,7 @@ def test_a_step_deleted_while_it_is_read_is_replaced_by_the_newest(two_steps, tm
         if reader == "api":
             step = api.load(workdir).step
         else:
-            step = program.load_trained(config(**RUN), workdir, distributed.make_mesh()).step
+            step = inference.load_trained(config(**RUN), workdir, distributed.make_mesh()).step
     assert read == [2, 1] and step == 1
     assert "removed while it was read" in caplog.text
 
@@ -62,7 +62,7 @@ def test_a_named_step_that_vanishes_is_still_an_error(two_steps, tmp_path, monke
     _rotate_on_first_read(monkeypatch, workdir)
     named = os.path.join(checkpoints.checkpoint_dir(workdir), "2")
     with pytest.raises(ConfigError, match="2"):
-        program.load_trained(config(**RUN), workdir, distributed.make_mesh(), checkpoint=named)
+        inference.load_trained(config(**RUN), workdir, distributed.make_mesh(), checkpoint=named)
 
 
 def test_retries_are_bounded(tmp_path, monkeypatch):
@@ -119,7 +119,7 @@ def test_reading_while_a_real_training_run_rotates_every_step(two_steps, tmp_pat
         steps = []
         for _ in range(3):
             steps.append(api.load(workdir).step)
-            steps.append(program.load_trained(config(**RUN), workdir,
+            steps.append(inference.load_trained(config(**RUN), workdir,
                                               distributed.make_mesh()).step)
         assert child.poll() is None, "the training ended before the reads did"
     finally:

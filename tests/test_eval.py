@@ -216,13 +216,13 @@ def test_eval_reports_each_test_set_then_its_task_then_overall(trained_workdir):
 
 def test_validation_eval_and_sweep_share_one_seed_rule_at_eta_1(trained_workdir):
     """Validation used PRNGKey(seed + 2), eval and sweep PRNGKey(seed): equal only at η = 0."""
-    from rdbm_jax import data, program
+    from rdbm_jax import data, inference
     from rdbm_jax.runtime import distributed
     cfg = config(**{"sample.eta": 1.0, "eval.max_images": 2, "train.eval_num_images": 2,
                     "sweep.eta": "1"})
     cfg.sweep.nfe = str(cfg.sample.num_steps)
     mesh = distributed.make_mesh()
-    params, step = program.load_trained(cfg, trained_workdir, mesh)[2:]
+    params, step = inference.load_trained(cfg, trained_workdir, mesh)[2:]
     sources = data.build_eval_sources(cfg.data, max_images=cfg.train.eval_num_images)
     val, _ = validation.Validator(cfg, mesh, sources)(params, step)
     ev = evaluate.run_eval(cfg, trained_workdir)["overall"]
@@ -237,7 +237,8 @@ def test_validation_eval_and_sweep_share_one_seed_rule_at_eta_1(trained_workdir)
 
 def test_compilation_cache_is_on_by_default_for_every_mode(trained_workdir, tmp_path, monkeypatch):
     """train.compilation_cache_dir: "auto" = $JAX_COMPILATION_CACHE_DIR or a per-user folder;
-    "" = off; eval (and every mode: they all load through program.load_trained) compiles into it."""
+    "" = off; eval (and every mode: they all load through inference.load_trained) compiles into
+    it."""
     import jax
 
     from rdbm_jax import program

@@ -15,7 +15,7 @@ from rdbm_jax.runtime import distributed
 from rdbm_jax import export
 from rdbm_jax.errors import ConfigError
 from rdbm_jax import program
-from rdbm_jax.program import load_trained
+from rdbm_jax.inference import load_trained
 from tests.helpers import config
 
 pytestmark = pytest.mark.integration  # export runs and a subprocess that must run without flax

@@ -20,7 +20,7 @@ import pytest
 
 from rdbm_jax.checkpointing import checkpoints
 from rdbm_jax.runtime import distributed, workdir_lock, writers
-from rdbm_jax import program, train
+from rdbm_jax import inference, program, train
 from rdbm_jax.restore_files import run_restore_files
 from rdbm_jax.errors import ConfigError, DataError, TrainingError
 from tests.helpers import REPO, config, read_metrics, run_cli, train_argv
@@ -251,9 +251,9 @@ def test_damaged_checkpoints_are_never_used_and_train_resumes_from_a_good_one(
     # eval/sample naming a damaged step: one line naming it.
     for kind in ("metadata", "empty", "garbage"):
         with pytest.raises(ConfigError, match=re.escape(bad[kind])):
-            program.load_trained(cfg, workdir, mesh, checkpoint=bad[kind])
+            inference.load_trained(cfg, workdir, mesh, checkpoint=bad[kind])
     with pytest.raises(ConfigError, match="not a checkpoint step folder"):
-        program.load_trained(cfg, workdir, mesh, checkpoint=bad["partial"])
+        inference.load_trained(cfg, workdir, mesh, checkpoint=bad["partial"])
     # Without a named step they use the newest complete one (6 has all its files, but is
     # unreadable).
     assert checkpoints.resolve(workdir) == (checkpoints.checkpoint_dir(workdir), 6)

@@ -239,27 +239,27 @@ def _other(key: str, value):
 
 
 def test_every_network_key_is_checked_against_the_checkpoint():
-    from rdbm_jax import program
+    from rdbm_jax import inference, program
     saved = config().to_dict()
     spec = program.network_spec(config())
     keys = [f"{section}.{name}" for section in spec for name in spec[section]]
-    assert "model.attention" in program.must_match(config())  # the key once missed
+    assert "model.attention" in inference.must_match(config())  # the key once missed
     for key in keys:
         ours = config(**{key: _other(key, config()[key.split(".")[0]][key.split(".")[1]])})
         if key == "bridge.sigma_data":  # ρ is read by the precond parameterisation only
-            program.check_compatible(ours, saved, "ckpt/2")
+            inference.check_compatible(ours, saved, "ckpt/2")
             precond = {"bridge.parameterization": "precond"}
             with pytest.raises(ConfigError, match=rf"^{key}=.*different bridge is refused"):
-                program.check_compatible(config(**precond, **{key: "2.5"}),
+                inference.check_compatible(config(**precond, **{key: "2.5"}),
                                          config(**precond).to_dict(), "ckpt/2")
             continue
-        if key in program.INFERENCE_ONLY:
-            program.check_compatible(ours, saved, "ckpt/2")  # same weights, computed another way
+        if key in inference.INFERENCE_ONLY:
+            inference.check_compatible(ours, saved, "ckpt/2")  # same weights, computed another way
             continue
         what = "bridge" if key.startswith("bridge.") else "network"
         refused = rf"^{key}=.*restoring with a different {what} is refused"
         with pytest.raises(ConfigError, match=refused):
-            program.check_compatible(ours, saved, "ckpt/2")
+            inference.check_compatible(ours, saved, "ckpt/2")
 
 
 # --- 8. a checkpoint config of the wrong shape ----------------------------------------------------

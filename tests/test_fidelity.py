@@ -9,7 +9,7 @@ import optax
 import pytest
 from PIL import Image
 
-from rdbm_jax import config as config_lib, program, train
+from rdbm_jax import config as config_lib, inference, program, train
 from rdbm_jax.data import build_train_iterator
 from rdbm_jax.data.spec import source_spec, task_spec
 from rdbm_jax.errors import ConfigError
@@ -116,8 +116,8 @@ def test_checkpoint_check_covers_lam_and_discretization(key, value):
     saved["bridge"][key.split(".")[1]] = value
     ours = config(**{"bridge.preset": "goub"})
     with pytest.raises(ConfigError, match=rf"{key}=.*trained with {value!r}"):
-        program.check_compatible(ours, saved, "ckpt/2")
-    program.check_compatible(config(**{"bridge.preset": "goub", key: value}), saved, "ckpt/2")
+        inference.check_compatible(ours, saved, "ckpt/2")
+    inference.check_compatible(config(**{"bridge.preset": "goub", key: value}), saved, "ckpt/2")
 
 
 def test_batch_must_divide_over_devices_and_tasks(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rdbm_jax.checkpointing import checkpoints
-from rdbm_jax import config as config_lib, program
+from rdbm_jax import config as config_lib, inference, program
 from rdbm_jax.runtime import distributed
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config
@@ -47,7 +47,7 @@ def test_load_trained_restores_the_ema_or_raw_parameters_only(trained_workdir):
     step, state = reader.restore_latest(program.program(config(), mesh).abstract)
     reader.close()
     for use_ema, want in ((True, state.ema_params), (False, state.params)):
-        got = program.load_trained(config(**{"sample.use_ema": use_ema}), trained_workdir, mesh)
+        got = inference.load_trained(config(**{"sample.use_ema": use_ema}), trained_workdir, mesh)
         assert got.step == step
         for a, b in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(want),
                         strict=True):
@@ -76,8 +76,8 @@ def test_precond_reads_sigma_data_per_task_and_checkpoints_must_match_it():
     config_lib.validate(ours)
     saved = {"bridge": {"parameterization": "precond", "sigma_data": "0.5"}}
     with pytest.raises(ConfigError, match="bridge.sigma_data"):
-        program.check_compatible(ours, saved, "ckpt/2")
-    program.check_compatible(config(**{"bridge.sigma_data": "0.3"}),
+        inference.check_compatible(ours, saved, "ckpt/2")
+    inference.check_compatible(config(**{"bridge.sigma_data": "0.3"}),
                              {"bridge": {"sigma_data": "0.5"}}, "c")
     mesh = distributed.make_mesh()
     assert program.build_sampler(ours, mesh).rho("main") == 0.3
