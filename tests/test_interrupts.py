@@ -2,7 +2,6 @@
 training's restore phase: one line saying what was finished and how to go on, exit 130, no
 traceback."""
 import os
-import signal
 import subprocess
 import sys
 
