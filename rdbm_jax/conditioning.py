@@ -34,7 +34,7 @@ FILL_SWEEPS = 60  # Jacobi sweeps per pyramid level
 # the photos: 20.74 dB at 200 iterations, 20.44 at 1 000, scikit-image's 20.00 (harmonic: 20.86).
 BIFILL_ITERATIONS = 200
 # Hole inference (`infer_mask`): JPEG leaves the white fill at 250–255 inside and blurs its rims;
-# measured on strokes over the built-in photos at quality 75–95 (tests/test_faults_round3.py).
+# measured on strokes over the built-in photos at quality 75–95 (tests/test_hole_inference.py).
 HOLE_THRESHOLD = 0.98  # default of sample.hole_threshold: a seed pixel is >= this in every channel
 HOLE_GROW_LEVEL = 0.8  # seeds grow into pixels at least this white (compression rims) ...
 HOLE_GROW_STEPS = 3  # ... by at most this many pixels (so real bright areas beside a hole stay out)

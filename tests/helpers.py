@@ -1,4 +1,4 @@
-"""Shared test utilities: tiny configs, running the CLI, reading metrics."""
+"""Shared test utilities: tiny configs, sample inputs, running the CLI, reading metrics."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import ml_collections
+import numpy as np
+from PIL import Image
 
 from rdbm_jax.config_files import sibling
 
@@ -24,6 +26,17 @@ def config(name: str = "demo", arg: str | None = "tiny", **overrides) -> ml_coll
             node = node[p]
         node[last] = value
     return cfg
+
+
+def write_png(path, h: int = 16, w: int = 16, value: int = 128) -> None:
+    """A flat grey (or `value`) h×w RGB PNG at `path`, its folders made."""
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
+
+
+def sample_config(src, out, **overrides) -> ml_collections.ConfigDict:
+    """The tiny config with sample.input_dir=`src`, sample.output_dir=`out` and `overrides`."""
+    return config(**{"sample.input_dir": str(src), "sample.output_dir": str(out), **overrides})
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -1,16 +1,19 @@
-"""Bad arguments and damaged descriptions, each one line naming what is wrong: the API's arguments,
-restorer.json, a crafted checkpoint config (API and command line alike)."""
+"""Bad arguments, files and damaged descriptions, each one line naming what is wrong: the API's
+arguments (floats out of [0, 1], NaN, step=), restorer.json, a crafted or wrong-shaped checkpoint
+config (API and command line alike), a file name holding a newline (quoted)."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 import rdbm_jax
-from rdbm_jax import export_loader
-from rdbm_jax.errors import ConfigError
+from rdbm_jax import api, export_loader, program
+from rdbm_jax.checkpointing import checkpoints
+from rdbm_jax.errors import ConfigError, DataError
 from rdbm_jax.restore_files import run_restore_files
-from tests.helpers import config
+from tests.helpers import config, sample_config, write_png
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +106,59 @@ def test_crafted_checkpoint_config_is_one_line_in_the_api_and_the_cli(trained_wo
         run_restore_files(cfg, trained_workdir)
     assert "set --config" not in str(err.value)
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+# --- names with a newline are quoted --------------------------------------------------------------
+
+def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path, trained_workdir):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_png(src / "a.png")
+    (src / "bad\nname.png").write_bytes(b"not a png")
+    with pytest.raises(DataError) as err:
+        run_restore_files(sample_config(src, out), trained_workdir)
+    assert "\n" not in str(err.value) and repr(str(src / "bad\nname.png")) in str(err.value)
+
+
+# --- a checkpoint config of the wrong shape -------------------------------------------------------
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"model": 3, "bridge": {}, "sample": {}}'])
+def test_a_checkpoint_config_of_the_wrong_shape_is_one_line_naming_it(tmp_path, trained_workdir,
+                                                                       content):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained_workdir, workdir)
+    directory, step = checkpoints.resolve(workdir)
+    with open(os.path.join(directory, str(step), "config", "metadata"), "w") as f:
+        f.write(content)
+    where = os.path.join(directory, str(step), "config")
+    with pytest.raises(ConfigError, match=rf"checkpoint config {where} is not a saved run config"):
+        api.load(workdir)
+    write_png(tmp_path / "in" / "a.png")
+    with pytest.raises(ConfigError, match=rf"checkpoint config {where} is not a saved run config"):
+        run_restore_files(sample_config(tmp_path / "in", tmp_path / "out"), workdir)
+
+
+# --- restore() refuses floats out of [0, 1] and non-finite values ---------------------------------
+
+@pytest.mark.parametrize("values, message", [
+    (np.full((16, 16, 3), 200.0, np.float32),
+     r"span \[200, 200\].*\[0, 1\].*divide 0–255 floats by 255"),
+    (np.full((16, 16, 3), -0.5, np.float32), r"span \[-0.5, -0.5\].*must lie in \[0, 1\]"),
+    (np.where(np.eye(16)[..., None] > 0, np.nan, 0.5).repeat(3, -1).astype(np.float32),
+     r"NaN or infinite"),
+])
+def test_restore_refuses_floats_out_of_range_and_nan(trained_workdir, values, message):
+    model = api.load(trained_workdir)
+    with pytest.raises(ValueError, match=message):
+        model.restore(values)
+    with pytest.raises(ValueError, match=message.split(".*")[0]):
+        export_loader.ExportedRestorer(None, {})(values)  # refused before the artifact runs
+    with pytest.raises(DataError, match="NaN|must lie in"):  # the sampler (eval, sample mode)
+        program.build_sampler(config())(model.params, values[None] * 2 - 1, np.zeros(2, np.uint32))
+
+
+# --- the API's messages name its own arguments, not the command line's keys -----------------------
+
+def test_api_errors_name_step_not_the_cli_key(tmp_path, trained_workdir):
+    with pytest.raises(ConfigError) as err:
+        api.load(str(tmp_path))
+    assert "sample.checkpoint" not in str(err.value) and "pass step=" in str(err.value)

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from rdbm_jax import main
 from tests.helpers import run_cli
 
 
@@ -97,3 +98,18 @@ def test_sample_without_its_input_folder_is_a_config_error(tmp_path, overrides, 
                    f"--config.sample.output_dir={tmp_path / 'out'}", *overrides)
     _one_line_error(proc, fragment)
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
+
+
+# --- messages: the full unknown key; one line whatever the name holds -----------------------------
+
+def test_an_unknown_override_names_the_full_key_as_unknown(tmp_path):
+    proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--config.optim.lr=1")
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown config key optim.lr (--config.optim.lr): no such key "
+        "(configs/default.py lists every key)"], proc.stderr
+
+
+def test_main_never_splits_an_error_line(capsys):
+    with pytest.raises(SystemExit):
+        main._fail("cannot read /in/bad\nname.png")
+    assert capsys.readouterr().err == "error: cannot read /in/bad\\nname.png\n"

@@ -1,15 +1,18 @@
-"""Image I/O: decoding of every pixel format to RGB [−1, 1], listing, PNG writing, bad files."""
+"""Image I/O: decoding of every pixel format to RGB [−1, 1] (EXIF orientation applied), listing
+(a symlink loop read once), PNG writing, bad files, the pixel limit (a key, named)."""
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax.data import list_images, load_image, save_image
+from rdbm_jax.data import image_io, list_images, load_image, save_image
 from rdbm_jax.data.image_io import decode_image, fit_size, probe_size, resize_float
 from rdbm_jax.errors import DataError
+from tests.helpers import write_png
 
 
 def _ramp(h=6, w=8):
@@ -138,3 +141,47 @@ def test_fit_size_and_resize():
     out = resize_float(img, 20, 30)
     assert out.shape == (20, 30, 3)
     np.testing.assert_allclose(out, 0.25, atol=1e-5)
+
+
+# --- the pixel limit is a key, and says so --------------------------------------------------------
+
+def test_the_pixel_limit_is_named_and_can_be_raised(tmp_path):
+    path = str(tmp_path / "big.png")
+    write_png(path, 40, 40)
+    default = Image.MAX_IMAGE_PIXELS
+    try:
+        for limit in (1000, 700):  # PIL warns above the limit, refuses above twice it: both named
+            image_io.set_max_pixels(limit)
+            with pytest.raises(DataError, match=rf"1,600 pixels, above the limit of {limit:,} "
+                                                r"\(data.max_image_pixels") as err:
+                image_io.decode_image(path)
+            assert "corrupt" not in str(err.value)
+        image_io.set_max_pixels(1600)
+        assert image_io.decode_image(path).shape == (40, 40, 3)
+    finally:
+        Image.MAX_IMAGE_PIXELS = default
+
+
+# --- symlink loops are read once ------------------------------------------------------------------
+
+def test_a_symlink_loop_is_read_once_and_said_once(tmp_path, caplog):
+    write_png(tmp_path / "photos" / "a.png")
+    os.symlink(tmp_path / "photos", tmp_path / "photos" / "loop")
+    with caplog.at_level(logging.WARNING, logger="rdbm_jax"):
+        found = image_io.list_images(str(tmp_path / "photos"))
+    assert found == [str(tmp_path / "photos" / "a.png")]
+    assert len([r for r in caplog.records if "symbolic links" in r.getMessage()]) == 1
+
+
+# --- EXIF orientation -----------------------------------------------------------------------------
+
+def test_exif_orientation_is_applied_on_read(tmp_path):
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = 255  # white on the left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers rotate by 90° clockwise: white comes on top
+    path = str(tmp_path / "rotated.jpg")
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    img = image_io.decode_image(path)
+    assert img.shape == (40, 20, 3) and image_io.probe_size(path) == (40, 20)
+    assert img[:20].mean() > 0.9 and img[20:].mean() < 0.1

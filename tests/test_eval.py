@@ -360,3 +360,12 @@ def test_fid_streams_features_and_matches_the_stored_features_computation():
     stored = fid_lib.frechet_distance(*stats)
     assert per_task["overall"]["fid"] == pytest.approx(stored, rel=0,
                                                        abs=fid_tolerance(*stats, n=len(outs)))
+
+
+# --- FID on fewer than 2 images -------------------------------------------------------------------
+
+def test_fid_on_one_image_is_one_line_before_anything_runs():
+    ev = config(**{"eval.metrics": "psnr,fid", "eval.fid_weights": "inception.npz"}).eval
+    scoring.check_fid_sizes(ev, {"main": [0, 1]})
+    with pytest.raises(ConfigError, match="test set 'main' has 1 image.*FID needs at least 2"):
+        scoring.check_fid_sizes(ev, {"main": [0]})

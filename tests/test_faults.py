@@ -1,5 +1,7 @@
-"""Faults (issue 11): kill -9 at random moments, damaged checkpoints, failed saves, two runs on one
-workdir, colliding sample outputs, broken config files — each asserts what the user is promised."""
+"""Crashes and damage around training and sampling (issue 11): kill -9 at random moments (the
+resumed run matches an uninterrupted one), two runs on one workdir (the lock), the metrics history
+after a resume, damaged checkpoints, failed saves, colliding sample outputs, broken config files —
+each asserts what the user is promised."""
 from __future__ import annotations
 
 import errno

@@ -2,7 +2,6 @@
 training's restore phase: one line saying what was finished and how to go on, exit 130, no
 traceback."""
 import os
-import signal
 import subprocess
 import sys
 
@@ -12,33 +11,44 @@ from PIL import Image
 
 from tests.helpers import REPO
 
-# The command line in a child process, with one function wrapped so that the process sends itself
-# SIGINT at a chosen moment (as Ctrl-C in a terminal would).
+# The command line in a child process, with one function wrapped so that the process raises SIGINT
+# in itself at a chosen moment (as Ctrl-C in a terminal would). Two things make the moment exact
+# whatever the machine's speed or load:
+# - The child first gives SIGINT Python's own handler: a process started in the background by a
+#   shell without job control (`cmd &` in a script, a CI step, nohup-like wrappers) inherits SIGINT
+#   *ignored*, and Python then installs no KeyboardInterrupt handler, so the signal would do nothing
+#   (the run went on to exit 0). Ctrl-C in a terminal always reaches a live handler.
+# - The hook uses `signal.raise_signal`, which delivers the signal to the calling (main) thread and
+#   handles it before returning, so KeyboardInterrupt comes out of the hook itself; the hook never
+#   returns (if it did, the line after it fails the run with its own message).
 _CHILD = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 {patch}
 from rdbm_jax import main
 sys.argv = ["rdbm_jax.main"] + {argv!r}
 main.run()
 """
 
-_SIGINT_AT_SECOND_SAVE = """
+_NOT_DELIVERED = 'raise AssertionError("SIGINT did not interrupt the hook")'
+
+_SIGINT_AT_SECOND_SAVE = f"""
 from rdbm_jax.data import image_io
 _save, _calls = image_io.save_image, []
 def save(path, img):
     _calls.append(path)
-    if len(_calls) == 2:
-        os.kill(os.getpid(), signal.SIGINT)
+    if len(_calls) == 2:  # the first output is written; the second is not begun
+        signal.raise_signal(signal.SIGINT)
+        {_NOT_DELIVERED}
     _save(path, img)
 image_io.save_image = save
 """
 
-_SIGINT_WHILE_RESTORING = """
+_SIGINT_WHILE_RESTORING = f"""
 from rdbm_jax.checkpointing import checkpoints
-_restore = checkpoints.Checkpointer.restore_latest
 def restore_latest(self, *args, **kwargs):
-    os.kill(os.getpid(), signal.SIGINT)
-    return _restore(self, *args, **kwargs)
+    signal.raise_signal(signal.SIGINT)
+    {_NOT_DELIVERED}
 checkpoints.Checkpointer.restore_latest = restore_latest
 """
 
@@ -47,9 +57,12 @@ TINY = ["--config=configs/demo.py:tiny", "--config.train.num_steps=2",
 
 
 def _run(patch: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """The command line with `patch` applied, started with SIGINT ignored: the worst case the
+    suite itself may run under (see `_CHILD`), so the tests do not depend on how it was started."""
     code = _CHILD.format(patch=patch, argv=argv)
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONPATH": REPO})
+    ignoring = ["sh", "-c", 'trap "" INT; exec "$0" "$@"', sys.executable, "-c", code]
+    return subprocess.run(ignoring, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": REPO})
 
 
 def _one_line(proc: subprocess.CompletedProcess) -> str:
@@ -90,8 +103,8 @@ def test_sigint_during_sample_says_what_was_written_and_a_rerun_finishes(trained
 _SIGINT_IN = """
 from rdbm_jax import {module}
 def {name}(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGINT)
-    raise AssertionError("SIGINT was not delivered")
+    signal.raise_signal(signal.SIGINT)
+    """ + _NOT_DELIVERED + """
 {module}.{name} = {name}
 """
 

@@ -1,6 +1,8 @@
 """One mask rule (data.masks.hole_mask) for the API, sample mode, training's mask files and the
-exported loader: bool, all 0/1 or all 0/255; anything else refused by name."""
+exported loader: bool, all 0/1 or all 0/255; anything else refused by name; an unreadable mask
+skips only its image."""
 import logging
+import os
 
 import ml_collections
 import numpy as np
@@ -14,7 +16,7 @@ from rdbm_jax.data.pipeline import build_eval_sources
 from rdbm_jax.data.spec import source_spec, task_spec
 from rdbm_jax.errors import DataError
 from rdbm_jax.restore_files import run_restore_files
-from tests.helpers import config
+from tests.helpers import config, sample_config, write_png
 
 HOLE = np.zeros((20, 24), bool)
 HOLE[4:9, 5:12] = True
@@ -153,3 +155,20 @@ def test_sample_mode_reads_0_1_mask_files(trained_workdir, tmp_path):
         outs[name] = np.asarray(Image.open(tmp_path / f"o{name}" / "a.png"))
     np.testing.assert_array_equal(outs["one"], outs["full"])
     assert not np.array_equal(outs["one"][HOLE], img[HOLE])  # the hole was restored
+
+
+# --- masks: one unreadable mask skips one image; a mask of another size is refused ----------------
+
+def test_one_unreadable_mask_skips_only_its_image(tmp_path, trained_workdir):
+    src, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
+    for name in ("a", "b", "c"):
+        write_png(src / f"{name}.png")
+    write_png(masks / "a.png", value=0)
+    (masks / "b.png").write_bytes(b"not a png")
+    write_png(masks / "c.png", 8, 8, value=255)  # another size
+    cfg = sample_config(src, out, **{"sample.mask_dir": str(masks)})
+    with pytest.raises(DataError) as err:
+        run_restore_files(cfg, trained_workdir)
+    assert str(masks / "b.png") in str(err.value) and "2 of 3" in str(err.value)
+    assert f"mask {masks / 'c.png'} (sample.mask_dir) is 8x8 but its input" in str(err.value)
+    assert sorted(os.listdir(out)) == ["a.png"]

@@ -1,6 +1,8 @@
 """Output writes: temporary files of our own, removed only when their writer is provably gone; a
-name the file system refuses skips that file only; a full disk names the file and folder."""
+name the file system refuses skips that file only; a full disk names the file and folder; the
+output folder is never the input folder; reports and exports land whole or not at all."""
 import errno
+import logging
 import os
 import shutil
 import subprocess
@@ -10,12 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdbm_jax.runtime import atomic
-from rdbm_jax import main
+from rdbm_jax.runtime import atomic, paths
+from rdbm_jax import export, export_loader, main
 from rdbm_jax.data import image_io
-from rdbm_jax.errors import DataError
+from rdbm_jax.evaluation import reports
+from rdbm_jax.errors import ConfigError, DataError
 from rdbm_jax.restore_files import run_restore_files
-from tests.helpers import REPO, config
+from tests.helpers import REPO, config, sample_config, write_png
 
 # A writer in another process: makes its temporary file, says its name, and waits.
 _WRITER = """
@@ -202,3 +205,89 @@ def test_a_really_full_disk_during_sample_is_one_line(trained_workdir, tmp_path,
     for name in written:  # complete: each decodes whole
         with Image.open(out / name) as img:
             img.load()
+
+
+# --- the output folder is never the input folder (real paths) -------------------------------------
+
+def test_output_dir_symlinked_to_the_input_dir_is_refused_and_inputs_are_untouched(tmp_path):
+    src = tmp_path / "in"
+    write_png(src / "a.png")
+    before = (src / "a.png").read_bytes()
+    os.symlink(src, tmp_path / "link")
+    cfg = sample_config(src, tmp_path / "link", **{"sample.overwrite": True})
+    with pytest.raises(ConfigError, match="sample.output_dir.*is the input folder"):
+        run_restore_files(cfg, str(tmp_path / "no_workdir_needed"))
+    assert (src / "a.png").read_bytes() == before and os.listdir(src) == ["a.png"]
+
+
+def test_output_dir_inside_the_input_dir_is_refused(tmp_path):
+    src = tmp_path / "in"
+    write_png(src / "a.png")
+    with pytest.raises(ConfigError, match="inside sample.input_dir"):
+        run_restore_files(sample_config(src, src / "restored"), str(tmp_path / "no_workdir_needed"))
+    assert not (src / "restored").exists()
+
+
+# --- atomic reports -------------------------------------------------------------------------------
+
+def _killed_at_fsync(monkeypatch):
+    """Make the next atomic write die as a kill would: its bytes written, not yet renamed."""
+    def die(fd):
+        raise KeyboardInterrupt("killed while writing")
+    monkeypatch.setattr(atomic.os, "fsync", die)
+
+
+def test_a_killed_eval_report_keeps_the_previous_metrics_json(tmp_path, monkeypatch):
+    out = str(tmp_path / "eval")
+    per_task = {"main": {"psnr": 20.0}, "overall": {"psnr": 20.0}}
+    reports.write_report(out, [{"task": "main", "name": "a", "psnr": 20.0}], per_task, {"step": 1})
+    before = {f: open(os.path.join(out, f), "rb").read() for f in ("metrics.json", "per_image.csv")}
+    _killed_at_fsync(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        reports.write_report(out, [{"task": "main", "name": "a", "psnr": 30.0}],
+                              {"main": {"psnr": 30.0}, "overall": {"psnr": 30.0}}, {"step": 2})
+    after = {f: open(os.path.join(out, f), "rb").read() for f in ("metrics.json", "per_image.csv")}
+    assert after == before  # whole, and the previous results
+    assert sorted(os.listdir(out)) == ["metrics.json", "per_image.csv"]  # no temporary left
+
+
+def test_export_killed_between_artifact_and_metadata_is_refused_by_the_loader(tmp_path,
+                                                                           monkeypatch):
+    out = str(tmp_path / "export")
+    os.makedirs(out)
+    export.write_unit(out, b"old artifact", {"artifact_sha256": export_loader.hashlib.sha256(
+        b"old artifact").hexdigest(), "step": 1})
+    real_write_text = paths.write_text
+
+    def write_text(path, text):
+        if path.endswith(export.METADATA):
+            raise KeyboardInterrupt("killed after the artifact's rename")
+        real_write_text(path, text)
+
+    monkeypatch.setattr(paths, "write_text", write_text)
+    with pytest.raises(KeyboardInterrupt):
+        export.write_unit(out, b"new artifact", {"artifact_sha256": export_loader.hashlib.sha256(
+            b"new artifact").hexdigest(), "step": 2})
+    with pytest.raises(ValueError, match="describes another artifact.*run --mode=export again"):
+        export_loader.load(os.path.join(out, export.ARTIFACT))
+
+
+def test_sample_removes_the_temporary_files_a_killed_run_left(tmp_path, trained_workdir, caplog):
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_png(src / "a.png")
+    write_png(out / "sub" / "keep.png")
+    # a writer that died (exited) with its temporary file in place
+    code = ("import sys; from rdbm_jax.runtime import atomic; "
+            "f = open(atomic.temp_path(sys.argv[1]), 'wb'); f.write(b'half a png'); "
+            "print(f.name)")
+    stale = subprocess.run([sys.executable, "-c", code, str(out / "sub" / "b.png")], cwd=REPO,
+                           capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": REPO}).stdout.strip()
+    assert os.path.exists(stale)
+    (out / "notes.tmp").write_text("the user's own")
+    (out / "sub" / ".b.png.4242.tmp").write_text("the user's own too")  # the old temp pattern
+    with caplog.at_level(logging.INFO, logger="rdbm_jax"):
+        run_restore_files(sample_config(src, out), trained_workdir)
+    assert not os.path.exists(stale) and (out / "notes.tmp").exists() and (out / "a.png").exists()
+    assert (out / "sub" / ".b.png.4242.tmp").exists()
+    assert "removed 1 temporary file(s)" in caplog.text

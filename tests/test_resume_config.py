@@ -1,5 +1,7 @@
-"""Resuming with a changed config (issue 30, item 1): a key outside `resume.RESUMABLE` that differs
-from the checkpoint's config is refused in one line, exit 2, and nothing in the workdir changes."""
+"""A config that does not match the saved run: resuming with a key outside `resume.RESUMABLE` that
+differs from the checkpoint's config is refused in one line, exit 2, and nothing in the workdir
+changes (issue 30, item 1); every key that builds the network or the bridge is checked against the
+checkpoint."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +12,7 @@ import re
 import pytest
 
 from rdbm_jax.checkpointing import checkpoints, resume
-from rdbm_jax import train
+from rdbm_jax import config as config_lib, inference, program, train
 from rdbm_jax.errors import ConfigError
 from tests.helpers import REPO, config, run_cli
 
@@ -110,3 +112,39 @@ def test_an_input_pipeline_that_cannot_take_the_saved_position_is_refused_not_se
     assert "\n" not in msg
     assert _snapshot(trained_workdir) == before
     assert not os.path.exists(os.path.join(trained_workdir, checkpoints.SET_ASIDE))
+
+
+# --- the checkpoint check covers every key that builds the network --------------------------------
+
+def _other(key: str, value):
+    """A valid value of `key` different from `value`."""
+    if key in config_lib.CHOICES:
+        return next(v for v in config_lib.CHOICES[key] if v != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    return value + "x"
+
+
+def test_every_network_key_is_checked_against_the_checkpoint():
+    saved = config().to_dict()
+    spec = program.network_spec(config())
+    keys = [f"{section}.{name}" for section in spec for name in spec[section]]
+    assert "model.attention" in inference.must_match(config())  # the key once missed
+    for key in keys:
+        ours = config(**{key: _other(key, config()[key.split(".")[0]][key.split(".")[1]])})
+        if key == "bridge.sigma_data":  # ρ is read by the precond parameterisation only
+            inference.check_compatible(ours, saved, "ckpt/2")
+            precond = {"bridge.parameterization": "precond"}
+            with pytest.raises(ConfigError, match=rf"^{key}=.*different bridge is refused"):
+                inference.check_compatible(config(**precond, **{key: "2.5"}),
+                                         config(**precond).to_dict(), "ckpt/2")
+            continue
+        if key in inference.INFERENCE_ONLY:
+            inference.check_compatible(ours, saved, "ckpt/2")  # same weights, computed another way
+            continue
+        what = "bridge" if key.startswith("bridge.") else "network"
+        refused = rf"^{key}=.*restoring with a different {what} is refused"
+        with pytest.raises(ConfigError, match=refused):
+            inference.check_compatible(ours, saved, "ckpt/2")

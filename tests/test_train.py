@@ -221,3 +221,27 @@ def test_params_and_ema_move_for_every_param_dtype(param_dtype):
     if param_dtype == "bfloat16":
         leaf = jax.tree_util.tree_leaves(models.compute_params(state.params, cfg.model))[0]
         assert leaf.dtype == jnp.bfloat16
+
+
+# --- SIGTERM stops a run still building its pipeline ----------------------------------------------
+
+def test_sigterm_stops_a_run_still_building_its_pipeline(tmp_path):
+    # The signal is raised inside the build (handled before raise_signal returns); had it only set
+    # a flag, the build would go on for its two minutes and say so: no clock is involved.
+    hook = """
+from rdbm_jax import data
+_real_build = data.build_train_iterator
+def _slow_build(*args, **kwargs):  # a pipeline build that takes minutes, signalled meanwhile
+    signal.raise_signal(signal.SIGTERM)
+    time.sleep(120)
+    sys.stderr.write("the pipeline build outlived SIGTERM\\n")
+    return _real_build(*args, **kwargs)
+data.build_train_iterator = _slow_build
+def hook(step, state):
+    raise AssertionError("trained a step")
+"""
+    proc = train_in_subprocess(str(tmp_path / "run"), {"train.num_steps": 2}, hook)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "outlived" not in proc.stderr, proc.stderr[-2000:]
+    assert ("signal 15 while building the input pipeline: stopped before the first step"
+            in proc.stderr)
