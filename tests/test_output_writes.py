@@ -3,6 +3,7 @@ name the file system refuses skips that file only; a full disk names the file an
 output folder is never the input folder; reports and exports land whole or not at all."""
 import errno
 import logging
+import json
 import os
 import shutil
 import subprocess
@@ -178,6 +179,36 @@ def test_a_really_full_disk_during_export_is_one_line(trained_run, tmp_path):
                                f"(folder {export}): stopped; the files written before it are "
                                "complete"), last
         assert not export.exists() or os.listdir(export) == []  # nothing half-written
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_really_full_disk_during_eval_is_one_line(trained_run, tmp_path):
+    """The workdir on a tmpfs that holds its checkpoint and 8 KB more: the evaluation's reports
+    do not fit; one line names the file and its folder, exit 1, no traceback, nothing half-written
+    (every file that is there decodes whole)."""
+    from tests.helpers import run_cli
+    used = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(trained_run) for f in fs)
+    files = sum(len(fs) + 1 for _, _, fs in os.walk(trained_run))
+    mount = tmp_path / "tmpfs"
+    _tmpfs(mount, used // 1024 + 4 * files + 8)  # a 4 KB page per file and folder, then 8 KB
+    try:
+        workdir = mount / "run"
+        shutil.copytree(trained_run, workdir)
+        proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={workdir}", "--mode=eval")
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: no space left on device writing {workdir}/eval/"), last
+        assert f"(folder {workdir}/eval" in last and "are complete" in last, last
+        for root, _, names in os.walk(workdir / "eval"):
+            assert not any(n.startswith(".~rdbm-") for n in names)  # no temporary left
+            for name in names:
+                if name.endswith(".json"):
+                    json.load(open(os.path.join(root, name), encoding="utf-8"))
+                elif name.endswith(".png"):
+                    with Image.open(os.path.join(root, name)) as img:
+                        img.load()
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
 
