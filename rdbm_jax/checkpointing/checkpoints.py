@@ -125,8 +125,6 @@ class Checkpointer:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 — OSError, ValueError from tensorstore, …
             error = e
-            # writes still running when the save raised
-            workarounds.join_new_threads(threads, timeout=10.0)
         error = error or self.manager.save_error
         if error is None and quiet.records:
             record = quiet.records[0]
@@ -144,6 +142,9 @@ class Checkpointer:
             reason = workarounds.reason(error)
             error = self.manager.save_error = None
             quiet.records.clear()
+            # orbax's writes can still run when the save raised, or when its background thread
+            # reported the first failure: wait for them before collecting and removing their files
+            workarounds.join_new_threads(threads, timeout=10.0)
             workarounds.collect_leftovers()
             if jax.process_index() == 0:
                 self._remove_partial(step, keep_final=existed)

@@ -7,6 +7,7 @@
 # "Event loop is closed" from reader threads, for the whole command-line process.)
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -96,9 +97,27 @@ def quiet_orbax() -> Iterator[QuietOrbaxErrors]:
         logging.getLogger("absl").removeFilter(quiet)
 
 
+def retrieve_abandoned_errors() -> int:
+    """Retrieve the exceptions of finished asyncio futures whose event loop is closed; how many."""
+    # Why: orbax runs each save's writes in a fresh event loop (`loop.run_until_complete`, then
+    # `close`). When one write fails, the loop stops at once, and the writes that fail in that last
+    # iteration never reach the `gather` awaiting them: their exceptions (the same disk-full error
+    # already reported in one line) stay unretrieved, and asyncio logs "Task exception was never
+    # retrieved" with a traceback per write whenever the garbage collector happens to free them,
+    # often after our message. Nothing can await a future of a closed loop any more, so reading
+    # its exception here handles it for good.
+    retrieved = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.Future) and obj.done() and not obj.cancelled() and \
+                obj.get_loop().is_closed():
+            obj.exception()
+            retrieved += 1
+    return retrieved
+
+
 def collect_leftovers() -> None:
     """Collect what a failed orbax call left behind (un-awaited coroutines, callbacks on a closed
-    event loop) now and silently, instead of printing warnings about it later."""
+    event loop, unretrieved exceptions of its writes) now and silently."""
     # Why: after a failed save or read, orbax's coroutines are only garbage-collected at some later
     # point, where they print "coroutine was never awaited" warnings and unraisable errors after
     # our one-line message; collecting them here, with both channels muted, keeps the output clean.
@@ -108,6 +127,7 @@ def collect_leftovers() -> None:
     old_hook = sys.unraisablehook
     sys.unraisablehook = drop
     try:
+        retrieve_abandoned_errors()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             gc.collect()
