@@ -136,7 +136,7 @@ def _drop_closed_loop_noise() -> None:
     """Silence "Event loop is closed" errors that orbax's reader threads can raise, after a failed
     checkpoint read was already reported in one line, into an event loop orbax has closed.
 
-    An orbax-checkpoint 0.12.8 workaround (see the labelled section of checkpoints.py); installed
+    An orbax-checkpoint 0.12.8 workaround (see checkpointing/orbax_workarounds.py); installed
     here because the threads outlive the call that failed, for the rest of the process.
     """
     previous = sys.unraisablehook

@@ -5,22 +5,18 @@ before training goes on, so a kill loses at most the steps since the last "check
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
-import re
-import sys
 import threading
 import time
-import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
 from rdbm_jax.checkpointing import checkpoint_integrity as integrity
+from rdbm_jax.checkpointing import orbax_workarounds as workarounds
 from rdbm_jax.runtime import distributed, paths
 from rdbm_jax.errors import ConfigError, TrainingError
 
@@ -69,130 +65,6 @@ def complete_steps(directory: str) -> list[int]:
     return [s for s in step_folders(directory) if is_complete(os.path.join(directory, str(s)))]
 
 
-def _reason(e: BaseException) -> str:
-    """A short one-line description of an exception: the OS error and the file where one is known
-    (an OSError, or tensorstore's "…local file "F"… [os_error_code='N']" messages)."""
-    seen = e
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.strerror:
-            return f"{seen.strerror}" + (f": {seen.filename}" if seen.filename else "")
-        seen = seen.__cause__ or seen.__context__
-    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-    files = re.findall(r'(?:Failed writing:|local file) "([^"]+)"', text)
-    code = re.search(r"os_error_code='(\d+)'", text)
-    status = re.match(r"([A-Z][A-Z_]{3,}): ", text)  # a tensorstore status such as DATA_LOSS
-    if code:
-        what = os.strerror(int(code.group(1)))
-    elif status and status.group(1) == "RESOURCE_EXHAUSTED":
-        what = "out of disk space or quota (RESOURCE_EXHAUSTED)"
-    elif status and files:
-        what = f"{status.group(1)}"
-    else:
-        return f"{type(e).__name__}: {text}"[:300]
-    return what + (f": {files[-1]}" if files else "")
-
-
-# ------------------------------------------------------------------------------------------------
-# Workarounds for orbax-checkpoint 0.12.8 (the tested version; setup.py bounds it below 0.13).
-# All concern how orbax *reports* a failed save or read, never what is saved or restored: orbax
-# logs background-save errors instead of raising them, prints multi-line error logs from its
-# threads, and leaves coroutines and reader threads behind after a failure. Re-check each one
-# when raising the bound; delete it once orbax behaves. (rdbm_jax.main drops one more symptom,
-# "Event loop is closed" from reader threads, for the whole command-line process.)
-# ------------------------------------------------------------------------------------------------
-
-class _Manager(ocp.CheckpointManager):
-    """orbax's manager, keeping the error of a failed background save (orbax only logs it)."""
-
-    # Why: an async save that fails in orbax's thread reaches check_for_errors(), which logs and
-    # re-raises inside orbax's own machinery; the exception is kept here so that save() can report
-    # the real cause (disk full, permission) in one line instead of a generic failure.
-
-    save_error: BaseException | None = None
-
-    def check_for_errors(self):
-        try:
-            super().check_for_errors()
-        except Exception as e:  # noqa: BLE001 — kept and reported by Checkpointer.save
-            self.save_error = e
-            raise
-
-
-class _QuietOrbaxErrors(logging.Filter):
-    """Drops orbax's multi-line error logs while a save runs: a failure is reported in one line."""
-
-    # Why: orbax logs a failure through absl (with its traceback) from several threads, and the
-    # standard says bad input or a fault is one line; the records are kept, because a save whose
-    # only sign of failure is such a log record must still fail.
-
-    def __init__(self):
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "orbax" not in record.pathname:
-            return True
-        if record.levelno >= logging.ERROR:
-            self.records.append(record)
-            return False
-        # The save is waited for on purpose (see Checkpointer.save); its time is logged once.
-        return "Waiting for previous save" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_orbax() -> Iterator[_QuietOrbaxErrors]:
-    """Hide orbax's multi-line error logs in this block (the caller reports the failure in one
-    line)."""
-    quiet = _QuietOrbaxErrors()
-    logging.getLogger("absl").addFilter(quiet)
-    try:
-        yield quiet
-    finally:
-        logging.getLogger("absl").removeFilter(quiet)
-
-
-def _collect_leftovers() -> None:
-    """Collect what a failed orbax call left behind (un-awaited coroutines, callbacks on a closed
-    event loop) now and silently, instead of printing warnings about it later."""
-    # Why: after a failed save or read, orbax's coroutines are only garbage-collected at some later
-    # point, where they print "coroutine was never awaited" warnings and unraisable errors after
-    # our one-line message; collecting them here, with both channels muted, keeps the output clean.
-    def drop(unraisable):
-        del unraisable
-
-    old_hook = sys.unraisablehook
-    sys.unraisablehook = drop
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            gc.collect()
-    finally:
-        sys.unraisablehook = old_hook
-
-
-def _join_new_threads(before: set, timeout: float) -> None:
-    """Wait (at most `timeout` s in all) for the threads started since `before` was taken.
-
-    `threading.enumerate()` also lists threads whose start() has not reached their run loop yet;
-    joining one of those raises RuntimeError, so it is retried until it runs (or the time is up).
-    """
-    # Why: when orbax's save raises, its writer threads can still be writing the failed step's
-    # files; removing the partial folders before they stop would race with them.
-    deadline = time.time() + timeout
-    for t in set(threading.enumerate()) - before:
-        while t is not threading.current_thread():
-            try:
-                t.join(max(0.0, deadline - time.time()))
-                break
-            except RuntimeError:  # "cannot join thread before it is started": still starting
-                if time.time() >= deadline:
-                    break
-                time.sleep(0.01)
-
-
-# ------------------------------------------------------------------------------- end of workarounds
-
-
 def _sync_processes(name: str) -> None:
     """A barrier across the processes of a multi-host run (nothing when there is one process)."""
     if jax.process_count() > 1:
@@ -207,18 +79,18 @@ class Checkpointer:
         self.workdir = workdir
         self.directory = checkpoint_dir(workdir)
         self.max_to_keep = max_to_keep
-        self._quiet: _QuietOrbaxErrors | None = None
-        self._manager: _Manager | None = None
+        self._quiet: workarounds.QuietOrbaxErrors | None = None
+        self._manager: workarounds.Manager | None = None
 
     @property
-    def manager(self) -> _Manager:
+    def manager(self) -> workarounds.Manager:
         """The orbax manager, created on first use (after `restore_latest` set bad folders
         aside)."""
         if self._manager is None:
             # cleanup_tmp_directories: half-written `<step>.orbax-checkpoint-tmp-*` folders of a
             # killed run are removed at start (the workdir lock makes sure no other run is writing
             # them).
-            self._manager = _Manager(
+            self._manager = workarounds.Manager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True,
                                                      enable_async_checkpointing=True,
@@ -241,7 +113,7 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         final = os.path.join(self.directory, str(step))
         existed = epath.Path(final).exists()
-        quiet = _QuietOrbaxErrors()
+        quiet = workarounds.QuietOrbaxErrors()
         absl_logger = logging.getLogger("absl")
         absl_logger.addFilter(quiet)
         threads = set(threading.enumerate())
@@ -253,7 +125,6 @@ class Checkpointer:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 — OSError, ValueError from tensorstore, …
             error = e
-            _join_new_threads(threads, timeout=10.0)  # writes still running when the save raised
         error = error or self.manager.save_error
         if error is None and quiet.records:
             record = quiet.records[0]
@@ -268,10 +139,13 @@ class Checkpointer:
             absl_logger.removeFilter(quiet)
         else:  # the filter stays until wait(): orbax threads may still log the same failure
             self._quiet = quiet
-            reason = _reason(error)
+            reason = workarounds.reason(error)
             error = self.manager.save_error = None
             quiet.records.clear()
-            _collect_leftovers()
+            # orbax's writes can still run when the save raised, or when its background thread
+            # reported the first failure: wait for them before collecting and removing their files
+            workarounds.join_new_threads(threads, timeout=10.0)
+            workarounds.collect_leftovers()
             if jax.process_index() == 0:
                 self._remove_partial(step, keep_final=existed)
             raise TrainingError(
@@ -321,18 +195,18 @@ class Checkpointer:
             if data_iterator is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
-                with _quiet_orbax():
+                with workarounds.quiet_orbax():
                     state = self.manager.restore(step, args=ocp.args.Composite(**items)).state
             except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
-                reason = f"unreadable ({_reason(e)})"
+                reason = f"unreadable ({workarounds.reason(e)})"
                 if data_iterator is not None:
-                    self._refuse_if_sound(step, abstract_state, _reason(e))
+                    self._refuse_if_sound(step, abstract_state, workarounds.reason(e))
             else:  # read without an error, but flipped bytes read without one too
                 damage = integrity.problem(os.path.join(self.directory, str(step)), state)
                 if damage is None:
                     return step, state
                 reason = f"damaged ({damage})"
-            _collect_leftovers()
+            workarounds.collect_leftovers()
             self._warn_set_aside(step, reason)
         return 0, None
 
@@ -344,7 +218,7 @@ class Checkpointer:
         if not integrity.files_intact(step_dir):
             return
         try:
-            with _quiet_orbax():
+            with workarounds.quiet_orbax():
                 state = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state))).state
         except Exception:  # noqa: BLE001 — the arrays themselves do not read: damage
@@ -422,11 +296,11 @@ def _restore(directory: str, step: int, what: str, **items: Any) -> Any:
     ConfigError."""
     options = ocp.CheckpointManagerOptions(create=False)
     try:
-        with _quiet_orbax(), ocp.CheckpointManager(directory, options=options) as mngr:
+        with workarounds.quiet_orbax(), ocp.CheckpointManager(directory, options=options) as mngr:
             return mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001 — orbax raises many types for a damaged folder
-        reason = _reason(e)
-    _collect_leftovers()
+        reason = workarounds.reason(e)
+    workarounds.collect_leftovers()
     raise ConfigError(
         f"checkpoint {os.path.join(directory, str(step))}: cannot read its {what}: {reason} "
         "(name an older step with sample.checkpoint)")
