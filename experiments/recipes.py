@@ -37,11 +37,11 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
-from experiments import holes, results_csv, scaling
+from experiments import cli, holes, results_csv, scaling
 from rdbm_jax.runtime import atomic
 from rdbm_jax.config_files import load
 from rdbm_jax.data import builtin
-from rdbm_jax.errors import ConfigError, RDBMError
+from rdbm_jax.errors import ConfigError
 
 # The demo's choices that matter (issue 28), each a set of overrides of configs/demo.py.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -222,11 +222,4 @@ def settings_of(cfg: ml_collections.ConfigDict, sizes: tuple[int, ...], nfe: int
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
-                        force=True)
-    logging.getLogger("rdbm_jax").setLevel(logging.INFO)
-    try:
-        main()
-    except RDBMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli.run(main)

@@ -37,14 +37,14 @@ from typing import Any
 
 import ml_collections
 
-from experiments import holes, report, results_csv
+from experiments import cli, holes, report, results_csv
 from experiments.scaling_study import (CSV_NAME, FIELDS, NUMERIC, STUDY, TINY_POINTS,
                                        TINY_SIZES, Configuration, points_of)
 from rdbm_jax.runtime import atomic, distributed
 from rdbm_jax.checkpointing import checkpoints
 from rdbm_jax import inference, train
 from rdbm_jax.config_files import load
-from rdbm_jax.errors import ConfigError, DataError, RDBMError, TrainingError
+from rdbm_jax.errors import ConfigError, DataError, TrainingError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_FILE = "study_cpu.json"
@@ -270,11 +270,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
-                        force=True)
-    logging.getLogger("rdbm_jax").setLevel(logging.INFO)
-    try:
-        main()
-    except RDBMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli.run(main)

@@ -35,21 +35,34 @@ def _listing(folder: str) -> set[tuple[str, int, int]]:
     return out
 
 
+def _read_only_run(tmp_path_factory, name: str, checkpoint_every: int):
+    """Train configs/demo.py:tiny for 2 steps once per session; yield the workdir; fail at the end
+    of the session if a test wrote into it."""
+    from rdbm_jax import train
+    from tests.helpers import config
+
+    workdir = str(tmp_path_factory.mktemp(name) / "run")
+    train.train_and_evaluate(config(**{"train.num_steps": 2, "train.eval_every": 0,
+                                       "train.checkpoint_every": checkpoint_every}), workdir)
+    before = _listing(workdir)
+    yield workdir
+    changed = sorted(p for p, _, _ in before ^ _listing(workdir))
+    assert not changed, f"tests wrote into the shared read-only run {workdir}: {changed[:10]}"
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A workdir holding a 2-step checkpoint of configs/demo.py:tiny, trained once per session and
     READ-ONLY: a test that writes into it fails at the end of the session (tests that write use
     `trained_workdir`, a private copy)."""
-    from rdbm_jax import train
-    from tests.helpers import config
+    yield from _read_only_run(tmp_path_factory, "trained", checkpoint_every=2)
 
-    workdir = str(tmp_path_factory.mktemp("trained"))
-    train.train_and_evaluate(config(**{"train.num_steps": 2, "train.checkpoint_every": 2,
-                                       "train.eval_every": 0}), workdir)
-    before = _listing(workdir)
-    yield workdir
-    changed = sorted(p for p, _, _ in before ^ _listing(workdir))
-    assert not changed, f"tests wrote into the shared read-only run {workdir}: {changed[:10]}"
+
+@pytest.fixture(scope="session")
+def two_checkpoint_run(tmp_path_factory):
+    """A READ-ONLY workdir of configs/demo.py:tiny with checkpoints at steps 1 and 2 (for the
+    checkpoint-integrity and rotation tests, which copy it before they damage or delete a step)."""
+    yield from _read_only_run(tmp_path_factory, "two_checkpoints", checkpoint_every=1)
 
 
 @pytest.fixture

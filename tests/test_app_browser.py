@@ -52,7 +52,10 @@ def server(trained_run, tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "rdbm_jax.main", "--config=configs/demo.py:tiny",
          f"--workdir={trained_run}", "--mode=app", f"--config.app.port={port}"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # Ctrl-C's default action in the child, even where this run inherited SIGINT ignored (a
+        # background job): the teardown's SIGINT must stop the server, not wait 30 s for a kill.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     ready = threading.Event()
 

@@ -23,13 +23,6 @@ from tests.helpers import config
 RUN = {"train.num_steps": 2, "train.checkpoint_every": 1, "train.eval_every": 0}
 
 
-@pytest.fixture(scope="module")
-def two_checkpoints(tmp_path_factory):
-    """A READ-ONLY workdir of configs/demo.py:tiny with checkpoints at steps 1 and 2."""
-    workdir = str(tmp_path_factory.mktemp("integrity") / "run")
-    train.train_and_evaluate(config(**RUN), workdir)
-    return workdir
-
 
 def _ema(workdir: str, step: int) -> list[np.ndarray]:
     cfg, mesh = config(**RUN), distributed.make_mesh()
@@ -67,18 +60,18 @@ def _silently_damaged(source: str, target: str, step: int = 2) -> None:
     pytest.fail("no flip position gave a silently different EMA")
 
 
-def test_every_saved_step_records_checksums_that_verify(two_checkpoints):
-    directory = checkpoints.checkpoint_dir(two_checkpoints)
+def test_every_saved_step_records_checksums_that_verify(two_checkpoint_run):
+    directory = checkpoints.checkpoint_dir(two_checkpoint_run)
     for step in (1, 2):
         doc = json.load(open(os.path.join(directory, str(step), checkpoint_integrity.FILE)))
         assert doc["algorithm"] == "sha256"
         assert any(k.startswith("ema_params/") for k in doc["leaves"])
-    assert len(_ema(two_checkpoints, 2)) > 10  # verified on the way
+    assert len(_ema(two_checkpoint_run, 2)) > 10  # verified on the way
 
 
-def test_flipped_bytes_are_refused_by_the_api_and_eval(two_checkpoints, tmp_path):
+def test_flipped_bytes_are_refused_by_the_api_and_eval(two_checkpoint_run, tmp_path):
     workdir = str(tmp_path / "run")
-    _silently_damaged(two_checkpoints, workdir)
+    _silently_damaged(two_checkpoint_run, workdir)
     where = os.path.join(checkpoints.checkpoint_dir(workdir), "2")
     with pytest.raises(ConfigError) as e:
         api.load(workdir)
@@ -89,10 +82,10 @@ def test_flipped_bytes_are_refused_by_the_api_and_eval(two_checkpoints, tmp_path
     assert not os.path.exists(os.path.join(workdir, "eval", "metrics.json"))
 
 
-def test_train_sets_the_damaged_step_aside_and_resumes_from_the_previous(two_checkpoints,
+def test_train_sets_the_damaged_step_aside_and_resumes_from_the_previous(two_checkpoint_run,
                                                                          tmp_path, caplog):
     workdir = str(tmp_path / "run")
-    _silently_damaged(two_checkpoints, workdir)
+    _silently_damaged(two_checkpoint_run, workdir)
     with caplog.at_level(logging.INFO, logger="rdbm_jax"):
         train.train_and_evaluate(config(**{**RUN, "train.num_steps": 3}), workdir)
     where = os.path.join(checkpoints.checkpoint_dir(workdir), "2")
@@ -104,10 +97,10 @@ def test_train_sets_the_damaged_step_aside_and_resumes_from_the_previous(two_che
         assert all(np.isfinite(a).all() for a in _ema(workdir, step))
 
 
-def test_a_checkpoint_without_checksums_gets_the_finite_check(two_checkpoints, tmp_path):
+def test_a_checkpoint_without_checksums_gets_the_finite_check(two_checkpoint_run, tmp_path):
     """An older checkpoint (no checksums.json) holding NaN EMA weights is refused too."""
     workdir = str(tmp_path / "run")
-    shutil.copytree(two_checkpoints, workdir, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(two_checkpoint_run, workdir, ignore=shutil.ignore_patterns(".lock"))
     cfg, mesh = config(**RUN), distributed.make_mesh()
     ckpt = checkpoints.Checkpointer(workdir)
     step, state = ckpt.restore_latest(program.program(cfg, mesh).abstract)

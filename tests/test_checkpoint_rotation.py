@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from rdbm_jax import api, inference, train
+from rdbm_jax import api, inference
 from rdbm_jax.checkpointing import checkpoint_rotation, checkpoints
 from rdbm_jax.runtime import distributed
 from rdbm_jax.errors import ConfigError
@@ -16,13 +16,6 @@ from tests.helpers import config
 
 RUN = {"train.num_steps": 2, "train.checkpoint_every": 1, "train.eval_every": 0}
 
-
-@pytest.fixture(scope="module")
-def two_steps(tmp_path_factory):
-    """A READ-ONLY workdir of configs/demo.py:tiny with checkpoints at steps 1 and 2."""
-    workdir = str(tmp_path_factory.mktemp("rotation") / "run")
-    train.train_and_evaluate(config(**RUN), workdir)
-    return workdir
 
 
 def _rotate_on_first_read(monkeypatch, workdir: str) -> list[int]:
@@ -42,10 +35,10 @@ def _rotate_on_first_read(monkeypatch, workdir: str) -> list[int]:
 
 
 @pytest.mark.parametrize("reader", ["load_trained", "api"])
-def test_a_step_deleted_while_it_is_read_is_replaced_by_the_newest(two_steps, tmp_path,
+def test_a_step_deleted_while_it_is_read_is_replaced_by_the_newest(two_checkpoint_run, tmp_path,
                                                                    monkeypatch, caplog, reader):
     workdir = str(tmp_path / "run")
-    shutil.copytree(two_steps, workdir, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(two_checkpoint_run, workdir, ignore=shutil.ignore_patterns(".lock"))
     read = _rotate_on_first_read(monkeypatch, workdir)
     with caplog.at_level(logging.INFO, logger="rdbm_jax"):
         if reader == "api":
@@ -56,9 +49,9 @@ def test_a_step_deleted_while_it_is_read_is_replaced_by_the_newest(two_steps, tm
     assert "removed while it was read" in caplog.text
 
 
-def test_a_named_step_that_vanishes_is_still_an_error(two_steps, tmp_path, monkeypatch):
+def test_a_named_step_that_vanishes_is_still_an_error(two_checkpoint_run, tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
-    shutil.copytree(two_steps, workdir, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(two_checkpoint_run, workdir, ignore=shutil.ignore_patterns(".lock"))
     _rotate_on_first_read(monkeypatch, workdir)
     named = os.path.join(checkpoints.checkpoint_dir(workdir), "2")
     with pytest.raises(ConfigError, match="2"):
@@ -95,8 +88,10 @@ def test_a_damaged_newest_step_is_not_retried(tmp_path, monkeypatch):
     assert calls == [7]
 
 
+# slow: a real rotating training run read 6 times: ~25 s; the deterministic deletion tests stay fast
+@pytest.mark.slow
 @pytest.mark.integration
-def test_reading_while_a_real_training_run_rotates_every_step(two_steps, tmp_path):
+def test_reading_while_a_real_training_run_rotates_every_step(two_checkpoint_run, tmp_path):
     """A child `train` saving every step with max_to_keep=1 deletes the step before each new one;
     the API and load_trained read the workdir meanwhile, and every read succeeds."""
     import subprocess
@@ -105,7 +100,7 @@ def test_reading_while_a_real_training_run_rotates_every_step(two_steps, tmp_pat
     from tests.helpers import REPO, train_argv
 
     workdir = str(tmp_path / "run")
-    shutil.copytree(two_steps, workdir, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(two_checkpoint_run, workdir, ignore=shutil.ignore_patterns(".lock"))
     overrides = {**RUN, "train.num_steps": 400, "train.max_to_keep": 1, "train.log_every": 50}
     child = subprocess.Popen(train_argv(workdir, overrides, "def hook(step, state): pass"),
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

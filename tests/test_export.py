@@ -55,6 +55,7 @@ LOADER_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # an export and a flax-free subprocess: ~40 s; the other export tests stay fast
 def test_exported_restorer_runs_without_flax_and_matches(trained_run, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(trained_run, workdir)

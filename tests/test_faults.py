@@ -135,6 +135,8 @@ def _resume_matches(reference: str, workdir: str, caplog) -> None:
     _assert_no_partial_folders(workdir)
 
 
+# slow: three training runs with kills: ~80 s; test_train's kill/SIGTERM resume tests stay fast
+@pytest.mark.slow
 @pytest.mark.integration
 def test_two_runs_then_kills_resume_like_an_uninterrupted_run(reference, tmp_path, caplog):
     workdir, go = str(tmp_path / "run"), str(tmp_path / "go")

@@ -29,6 +29,7 @@ def _checksums(workdir: str) -> list[str]:
     return sums
 
 
+@pytest.mark.slow  # two training processes and a resume: ~130 s on the 2-core machine
 def test_two_processes_train_identically_write_once_and_resume(tmp_path):
     workdir = str(tmp_path / "run")
     common = [

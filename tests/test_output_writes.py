@@ -1,9 +1,10 @@
 """Output writes: temporary files of our own, removed only when their writer is provably gone; a
 name the file system refuses skips that file only; a full disk names the file and folder; the
 output folder is never the input folder; reports and exports land whole or not at all."""
+import contextlib
 import errno
-import logging
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -160,45 +161,43 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", str(tmp_path / "tmpfs")], capture_output=True)
 
 
-def test_a_really_full_disk_during_export_is_one_line(trained_run, tmp_path):
-    """The workdir on a tmpfs that holds its checkpoint and little more: the export's artifact
-    does not fit; one line names it and its folder (it named no file: `[Errno 28]`)."""
+@contextlib.contextmanager
+def _on_a_small_disk(trained_run, tmp_path, spare_kib: int, mode: str):
+    """Run `--mode=<mode>` on a copy of `trained_run` on a tmpfs with `spare_kib` KiB to spare (a
+    4 KB page per file and folder besides); yields (workdir, the last stderr line) while mounted.
+    It must fail with exit 1 and no traceback."""
     from tests.helpers import run_cli
     used = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(trained_run) for f in fs)
+    files = sum(len(fs) + 1 for _, _, fs in os.walk(trained_run))
     mount = tmp_path / "tmpfs"
-    _tmpfs(mount, used // 1024 + 256)  # + room for per-file blocks, not for the artifact (MBs)
+    _tmpfs(mount, used // 1024 + 4 * files + spare_kib)
     try:
         workdir = mount / "run"
         shutil.copytree(trained_run, workdir)
-        proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={workdir}", "--mode=export")
+        proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={workdir}", f"--mode={mode}")
         assert proc.returncode == 1, proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr
-        last = proc.stderr.strip().splitlines()[-1]
+        yield workdir, proc.stderr.strip().splitlines()[-1]
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_really_full_disk_during_export_is_one_line(trained_run, tmp_path):
+    """The workdir on a tmpfs that holds its checkpoint and little more: the export's artifact
+    (MBs) does not fit; one line names it and its folder (it named no file: `[Errno 28]`)."""
+    with _on_a_small_disk(trained_run, tmp_path, 256, "export") as (workdir, last):
         export = workdir / "export"
         assert last.startswith(f"error: no space left on device writing {export}/restorer.jax "
                                f"(folder {export}): stopped; the files written before it are "
                                "complete"), last
         assert not export.exists() or os.listdir(export) == []  # nothing half-written
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
 
 
 def test_a_really_full_disk_during_eval_is_one_line(trained_run, tmp_path):
     """The workdir on a tmpfs that holds its checkpoint and 8 KB more: the evaluation's reports
-    do not fit; one line names the file and its folder, exit 1, no traceback, nothing half-written
-    (every file that is there decodes whole)."""
-    from tests.helpers import run_cli
-    used = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(trained_run) for f in fs)
-    files = sum(len(fs) + 1 for _, _, fs in os.walk(trained_run))
-    mount = tmp_path / "tmpfs"
-    _tmpfs(mount, used // 1024 + 4 * files + 8)  # a 4 KB page per file and folder, then 8 KB
-    try:
-        workdir = mount / "run"
-        shutil.copytree(trained_run, workdir)
-        proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={workdir}", "--mode=eval")
-        assert proc.returncode == 1, proc.stderr[-3000:]
-        assert "Traceback" not in proc.stderr
-        last = proc.stderr.strip().splitlines()[-1]
+    do not fit; one line names the file and its folder, nothing half-written (every file that is
+    there decodes whole)."""
+    with _on_a_small_disk(trained_run, tmp_path, 8, "eval") as (workdir, last):
         assert last.startswith(f"error: no space left on device writing {workdir}/eval/"), last
         assert f"(folder {workdir}/eval" in last and "are complete" in last, last
         for root, _, names in os.walk(workdir / "eval"):
@@ -209,8 +208,6 @@ def test_a_really_full_disk_during_eval_is_one_line(trained_run, tmp_path):
                 elif name.endswith(".png"):
                     with Image.open(os.path.join(root, name)) as img:
                         img.load()
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
 
 
 def test_a_really_full_disk_during_sample_is_one_line(trained_workdir, tmp_path, small_tmpfs):

@@ -75,6 +75,7 @@ def results() -> tuple[dict, dict]:
     return probe(1), json.loads(proc.stdout.split("RESULT")[1])
 
 
+@pytest.mark.slow  # an 8-device second process: ~35 s
 def test_eight_devices_match_one_device():
     one, eight = results()
     np.testing.assert_allclose(one["losses"], eight["losses"], atol=1e-5, rtol=0)

@@ -57,6 +57,7 @@ def test_summary_reports_spread_and_paired_differences():
     assert "**win**" in md
 
 
+@pytest.mark.slow  # four tiny trainings: ~35 s; the verdict rule and summary tests stay fast
 def test_tiny_two_recipes_two_folds_resumable(tmp_path):
     argv = ["--out-dir", str(tmp_path), "--recipes", "demo,nofuse", "--folds", "0,1", "--tiny"]
     first = recipes.main(argv)

@@ -90,6 +90,8 @@ def test_an_oracle_epsilon_network_samples_x0_exactly(epsilon):
         np.testing.assert_allclose(out, x0, atol=1e-4)
 
 
+# slow: a tiny training and sampler build: ~45 s; the entry's oracle, rules and loss tests stay fast
+@pytest.mark.slow
 def test_a_tiny_step_trains_and_samples_with_the_new_entry(epsilon):
     """program builds the loss (target ε) and the sampler from the config alone."""
     cfg = _config()
