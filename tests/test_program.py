@@ -90,6 +90,8 @@ def test_precond_reads_sigma_data_per_task_and_checkpoints_must_match_it():
     assert np.isfinite(float(loss(state.params, batch, jax.random.PRNGKey(0))))
 
 
+# slow: a chi-square check on 200 000 draws: ~22 s
+@pytest.mark.slow
 def test_t_sampling_uniform_is_the_original_draw_and_weighted_follows_its_density():
     """train.t_sampling: "uniform" draws exactly jax.random.randint's t (the loss unchanged bit for
     bit); "weighted" draws t with p(t) ∝ (t + 1)^(−1/2) (chi-square against the density)."""

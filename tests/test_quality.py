@@ -99,6 +99,8 @@ def test_fill_holes_keeps_known_pixels_and_interpolates_smoothly():
                                atol=1e-6)
 
 
+# slow: scikit-image's inpaint_biharmonic on a photo: ~17 s
+@pytest.mark.slow
 def test_biharmonic_fill_matches_scikit_image_and_reproduces_quadratics():
     """fill_holes_biharmonic: known pixels unchanged; a quadratic (Δ² = 0) hole comes back to
     1e-3 where the harmonic fill cannot (Δ ≠ 0); on a photo it converges to scikit-image's

@@ -74,6 +74,8 @@ def test_tiny_two_recipes_two_folds_resumable(tmp_path):
     assert "Against `demo`" in open(os.path.join(tmp_path, "summary.md")).read()
 
 
+# slow: a tiny multi-scale training: ~14 s; test_data_pipeline's multi-scale tests stay fast
+@pytest.mark.slow
 def test_tiny_multiscale_recipe_trains_on_mixed_crop_sizes(tmp_path):
     """The multi-scale recipe through the real loop: batches of two shapes, one compiled step
     each."""

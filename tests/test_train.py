@@ -87,6 +87,8 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(uninterrupted, tmp_path)
     _assert_same_state(_params(workdir, 4), _params(uninterrupted, 4))
 
 
+# slow: a kill -9 and a resume: ~27 s; the SIGTERM resume test stays fast
+@pytest.mark.slow
 @pytest.mark.integration
 def test_hard_kill_after_checkpoint_then_resume_matches(uninterrupted, tmp_path):
     workdir = str(tmp_path)
