@@ -20,3 +20,11 @@ class TrainingError(RDBMError, RuntimeError):
 class Interrupted(RDBMError):
     """Ctrl-C (SIGINT) stopped a mode; the message says what was finished and how to go on (the
     command line exits 130, as a shell does for a process SIGINT ended)."""
+
+
+def no_space_left(path: str, folder: str, finished: str = "the files") -> str:
+    """The one line for a full disk (ENOSPC) while writing `path`: its folder, that `finished`
+    written before it are complete, and how to go on (every mode's outputs land whole)."""
+    return (f"no space left on device writing {path} (folder {folder}): stopped; {finished} "
+            "written before it are complete (each lands whole) and it was not written; free space "
+            "and run the same command again (finished outputs are kept)")

@@ -222,10 +222,8 @@ def _os_error(e: OSError) -> str:
     """One line for an OSError while writing outputs; a full disk names the file, its folder and
     that the files written before it are whole."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename:
-        return (f"no space left on device writing {e.filename} (folder "
-                f"{os.path.dirname(os.fspath(e.filename))}): stopped; the files written before "
-                "it are complete (each lands whole) and it was not written; free space and run "
-                "the same command again")
+        from rdbm_jax.errors import no_space_left
+        return no_space_left(e.filename, os.path.dirname(os.fspath(e.filename)))
     return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else _one_line(e)
 
 

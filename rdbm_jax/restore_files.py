@@ -19,7 +19,7 @@ from rdbm_jax.runtime import atomic, distributed
 from rdbm_jax import conditioning, config as config_lib, data, inference, program
 from rdbm_jax.runtime import progress
 from rdbm_jax.data import image_io
-from rdbm_jax.errors import ConfigError, DataError, Interrupted, RDBMError
+from rdbm_jax.errors import ConfigError, DataError, Interrupted, RDBMError, no_space_left
 from rdbm_jax.runtime.paths import check_backend, is_remote
 from rdbm_jax.sampler import check_size
 
@@ -169,11 +169,8 @@ def _save_output(s: ml_collections.ConfigDict, path: str, img: np.ndarray, saved
         data.save_image(out, image_io.to_gray(img) if gray else img)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DataError(
-                f"no space left on device writing {data.shown(out)} (folder "
-                f"{data.shown(os.path.dirname(out))}): stopped; the {saved} output(s) written "
-                "before it are complete (each lands whole) and this one was not written; free "
-                "space and run the same command again (finished outputs are kept)") from None
+            raise DataError(no_space_left(data.shown(out), data.shown(os.path.dirname(out)),
+                                          f"the {saved} output(s)")) from None
         return f"{data.shown(path)}: its output {data.shown(out)} could not be written " \
                f"({e.strerror or e})"
     return ""
