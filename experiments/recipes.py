@@ -18,6 +18,10 @@ folds); B **loses** when the same holds for −d; otherwise **no verdict**: the 
 the spread over folds. (All k folds agreeing in sign alone has probability 2^−(k−1) under no
 difference: 1/8 for 4 folds, too weak by itself; the t test alone can pass on one large fold.)
 
+A recipe that changes only how the network samples (`sample.*` keys, e.g. `nofuse`) trains
+nothing: it is scored on the weights of the recipe with its other overrides (`trained_as`), so the
+paired difference measures the sampling choice alone, on the very same networks.
+
 Resumable as the scaling study is: recipes.csv grows one (recipe, fold) at a time, atomically; a
 rerun skips what it holds and resumes a run from its checkpoint (<runs-dir>/<recipe>_fold<i>).
 """
@@ -83,6 +87,18 @@ def fold_config(recipe: str, fold: int, steps: int, tiny: bool) -> ml_collection
     cfg.train.checkpoint_every = math.gcd(steps, 500)
     cfg.eval.per_step = False
     return cfg
+
+
+def trained_as(recipe: str) -> str:
+    """The recipe whose training runs `recipe` uses: itself, unless its overrides differ from
+    another recipe's only in `sample.*` keys (sampling choices need no training of their own)."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"--recipes: unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
+    trains = {k: v for k, v in RECIPES[recipe].items() if not k.startswith("sample.")}
+    for name, overrides in RECIPES.items():  # the first listed wins: "demo" before the others
+        if name != recipe and overrides == trains:
+            return name
+    return recipe
 
 
 def verdict(diffs: list[float]) -> tuple[str, float, float]:
@@ -193,9 +209,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   "settings; use another --out-dir")
             if mine:
                 continue
-            workdir = os.path.join(runs, f"{recipe}_fold{fold}")
-            scaling.check_workdir(cfg, workdir)
-            cpu, _ = scaling.train_to(cfg, workdir, steps)
+            trainer = trained_as(recipe)
+            train_cfg = fold_config(trainer, fold, steps, args.tiny)
+            workdir = os.path.join(runs, f"{trainer}_fold{fold}")
+            scaling.check_workdir(train_cfg, workdir)
+            cpu, _ = scaling.train_to(train_cfg, workdir, steps)
             conf = scaling.Configuration(recipe, "configs/demo.py", (), (steps,), steps,
                                          (args.nfe,), 0.0)
             scores, _ = scaling.evaluate_point(cfg, workdir, conf, sizes)

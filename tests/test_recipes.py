@@ -57,7 +57,19 @@ def test_summary_reports_spread_and_paired_differences():
     assert "**win**" in md
 
 
-@pytest.mark.slow  # four tiny trainings: ~35 s; the verdict rule and summary tests stay fast
+def test_sampling_only_recipes_reuse_the_trained_networks(monkeypatch):
+    assert recipes.trained_as("nofuse") == "demo"  # only sample.fuse differs
+    assert recipes.trained_as("demo") == "demo"
+    assert recipes.trained_as("multiscale") == "multiscale"
+    monkeypatch.setitem(recipes.RECIPES, "S_nofuse", {"model.size": "S", "sample.fuse": False})
+    assert recipes.trained_as("S_nofuse") == "S"
+    monkeypatch.setitem(recipes.RECIPES, "eta", {"sample.eta": 1.0, "data.crop_size": 96})
+    assert recipes.trained_as("eta") == "eta"  # no recipe trains data.crop_size=96 alone
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        recipes.trained_as("nope")
+
+
+@pytest.mark.slow  # two tiny trainings: ~35 s; the verdict rule and summary tests stay fast
 def test_tiny_two_recipes_two_folds_resumable(tmp_path):
     argv = ["--out-dir", str(tmp_path), "--recipes", "demo,nofuse", "--folds", "0,1", "--tiny"]
     first = recipes.main(argv)
@@ -70,6 +82,9 @@ def test_tiny_two_recipes_two_folds_resumable(tmp_path):
     # the same held-out photos and masks for both recipes: identical references
     assert by[("demo", 0)]["biharmonic"] == by[("nofuse", 0)]["biharmonic"]
     assert by[("demo", 0)]["biharmonic"] != by[("demo", 1)]["biharmonic"]
+    # nofuse only samples differently: scored on demo's networks, no run of its own
+    assert sorted(os.listdir(tmp_path / "runs")) == ["demo_fold0", "demo_fold1"]
+    assert by[("demo", 0)]["train_cpu_s"] == by[("nofuse", 0)]["train_cpu_s"]
     assert recipes.main(argv)["evaluated"] == []  # all there: nothing trained or scored
     assert "Against `demo`" in open(os.path.join(tmp_path, "summary.md")).read()
 
