@@ -44,7 +44,7 @@ def test_fold_configs_train_and_score_on_training_photos_only():
 def _row(recipe, fold, model, size=128):
     return {"recipe": recipe, "fold": fold, "steps": 2, "size": size, "nfe": 10, "input": 3.5,
             "biharmonic": 20.0 + fold, "prefill": 19.9 + fold, "model": model + fold,
-            "train_cpu_s": 1.0, "settings": "s", "commit": "c", "utc": "u"}
+            "train_cpu_s": 1.0, "settings": "s", "commit": "abc", "utc": "u"}
 
 
 def test_summary_reports_spread_and_paired_differences():
@@ -52,9 +52,21 @@ def test_summary_reports_spread_and_paired_differences():
         _row("nofuse", f, 20.4 + 0.02 * f) for f in range(4)]
     md = recipes.summary(rows, ["demo", "nofuse"])
     # the folds' photos differ (biharmonic 20..23), the paired differences do not
-    assert "| demo | 4 | 21.60 ± 1.29 | 0.10 ± 0.00 |" in md
+    assert "| demo | 4 | 21.60 ± 1.29 | 0.10 ± 0.00 | 0.20 ± 0.00 |" in md
     assert "| nofuse | +0.30 | +0.32 | +0.34 | +0.36 | 0.33 ± 0.03 |" in md
     assert "**win**" in md
+    assert "| nofuse | `sample.fuse=False` | demo |" in md  # the protocol names what was run
+    assert "commit(s) abc" in md
+
+
+def test_report_mode_writes_the_summary_from_the_csv_alone(tmp_path):
+    rows = [_row("demo", f, 20.1) for f in range(4)] + [
+        _row("nofuse", f, 20.4 + 0.02 * f) for f in range(4)]
+    results_csv.append_rows(str(tmp_path / recipes.CSV_NAME), recipes.FIELDS, [], rows)
+    out = recipes.main(["--out-dir", str(tmp_path), "--recipes", "demo,nofuse", "--report"])
+    assert out["evaluated"] == [] and not (tmp_path / "runs").exists()  # nothing trained
+    assert (tmp_path / "summary.md").read_text() == out["summary"]
+    assert "**win**" in out["summary"]
 
 
 def test_sampling_only_recipes_reuse_the_trained_networks(monkeypatch):
