@@ -178,10 +178,7 @@ def summary(rows: list[dict[str, Any]], recipes: list[str]) -> str:
                                                                    "input")]
                 cols.append(f"{np.mean([r['train_cpu_s'] for r in mine]):.0f}")
                 lines.append(f"| {name} | {len(mine)} | " + " | ".join(cols) + " |")
-        ref = recipes[0]
-        lines += ["", f"Against `{ref}` (per-fold differences, same photos and masks):", "",
-                  "| recipe | " + " | ".join(f"fold {f}" for f in folds)
-                  + " | mean ± sd | t (critical) | verdict |", "|---" * (len(folds) + 4) + "|"]
+        ref, compared = recipes[0], []
         for name in recipes[1:]:
             pairs = [f for f in folds if (name, f) in at and (ref, f) in at]
             diffs = [at[(name, f)]["model"] - at[(ref, f)]["model"] for f in pairs]
@@ -190,8 +187,13 @@ def summary(rows: list[dict[str, Any]], recipes: list[str]) -> str:
             word, t, crit = verdict(diffs)
             cells = [f"{at[(name, f)]['model'] - at[(ref, f)]['model']:+.2f}" if f in pairs
                      else "—" for f in folds]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_sd(diffs)} | "
-                         f"{t:.2f} ({crit:.2f}) | **{word}** |")
+            compared.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_sd(diffs)} | "
+                            f"{t:.2f} ({crit:.2f}) | **{word}** |")
+        if compared:
+            lines += ["", f"Against `{ref}` (per-fold differences, same photos and masks):", "",
+                      "| recipe | " + " | ".join(f"fold {f}" for f in folds)
+                      + " | mean ± sd | t (critical) | verdict |",
+                      "|---" * (len(folds) + 4) + "|"] + compared
         lines.append("")
     return "\n".join(lines)
 
