@@ -35,6 +35,9 @@ def test_fold_configs_train_and_score_on_training_photos_only():
                  for ex in (src[i] for i in range(len(src)))]
         assert sorted(names) == sorted(builtin.FOLDS[fold])
         assert not (train | set(names)) & val and not train & set(names)
+    rescale = recipes.fold_config("rescale", 0, 4, tiny=False)
+    assert (rescale.data.scale_min, rescale.data.scale_max) == (0.2, 1.0)
+    assert (rescale.data.crop_size, rescale.data.crop_sizes) == (64, "")  # the demo's crops
     with pytest.raises(ConfigError, match="--recipes: unknown recipe 'x'"):
         recipes.fold_config("x", 0, 4, tiny=True)
     with pytest.raises(ConfigError, match="--folds: fold 4"):
