@@ -1,7 +1,12 @@
 """PSNR inside the holes of one trained network at several sizes and NFEs, beside its pre-fill
 alone, scikit-image's biharmonic and the input, on the same images (issue 28's protocol).
 
-Shared by experiments/scaling.py and experiments/recipes.py. The protocol is the project's
+Shared by experiments/scaling.py and experiments/recipes.py; on its own it scores one trained
+workdir (a table on stdout):
+
+    python -m experiments.holes --config configs/demo.py --workdir /tmp/rdbm_demo
+
+ The protocol is the project's
 (`rdbm_jax.evaluation.scoring`): RGB in [0, 1], uint8-quantised, no border crop, mean over the test
 set's images; "inside the holes" is `psnr_masked`. The biharmonic baseline is always given the true
 mask (whatever the network sees), so every configuration is compared with the same reference. The
@@ -10,13 +15,17 @@ parameterisation (`conditioning.output_offset`): the harmonic or biharmonic fill
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from rdbm_jax import conditioning, data, program
+from experiments import cli
+from rdbm_jax import conditioning, data, inference, program
+from rdbm_jax.config_files import load
 from rdbm_jax.runtime import distributed
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.evaluation.scoring import Baselines, by_task, sampling_key, score_pair, score_sources
@@ -84,3 +93,38 @@ def measure(cfg: ml_collections.ConfigDict, params: Any, sizes: tuple[int, ...] 
         row["prefill"] = prefill_scores(sized, sources) if has_prefill(sized) else float("nan")
         rows.append(row)
     return rows
+
+
+def table(rows: list[dict[str, float]], nfes: tuple[int, ...]) -> str:
+    """Markdown: per size, the model at each NFE beside its pre-fill, biharmonic and the input."""
+    head = ["long side", *(f"model NFE {n}" for n in nfes), "pre-fill", "biharmonic", "input",
+            f"NFE {nfes[-1]} − pre-fill", f"NFE {nfes[-1]} − biharmonic"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in rows:
+        best = r[f"model_nfe{nfes[-1]}"]
+        cells = [f"{r['size']} px", *(f"{r[f'model_nfe{n}']:.2f}" for n in nfes),
+                 f"{r['prefill']:.2f}", f"{r['biharmonic']:.2f}", f"{r['input']:.2f}",
+                 f"{best - r['prefill']:+.2f}", f"{best - r['biharmonic']:+.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Score a trained workdir's EMA weights inside the holes of its config's eval photos."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="config file[:argument], as for rdbm_jax.main")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="long sides, px")
+    p.add_argument("--nfes", default="1,10", help="sampling steps, comma-separated")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    sizes = tuple(int(v) for v in args.sizes.split(","))
+    nfes = tuple(int(v) for v in args.nfes.split(","))
+    cfg = load(args.config)
+    params = inference.load_trained(cfg, args.workdir, distributed.make_mesh()).params
+    text = table(measure(cfg, params, sizes, nfes), nfes)
+    print(f"PSNR inside the holes (dB), {args.config} at {args.workdir}:\n\n{text}")
+    return text
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -196,3 +196,20 @@ def test_tiny_study_end_to_end_resumes_and_fits(tmp_path):
     assert os.path.exists(os.path.join(out, "scaling.png"))
     assert os.path.exists(os.path.join(tmp_path, "docs", "scaling.png"))
     assert "| T64 | 4 |" in open(docs).read()
+
+
+def test_holes_cli_scores_a_trained_workdir_beside_its_prefill(trained_run, capsys):
+    """`python -m experiments.holes` on a real (tiny) checkpoint: one row per size, the model at
+    each NFE beside its own pre-fill, biharmonic and the input, the differences consistent."""
+    from experiments import holes
+
+    text = holes.main(["--config", "configs/demo.py:tiny", "--workdir", trained_run,
+                       "--sizes", "32,48", "--nfes", "1,2"])
+    assert text in capsys.readouterr().out
+    rows = [line.split(" | ") for line in text.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["| 32 px", "| 48 px"]
+    for r in rows:
+        nfe2, prefill, bih, inp = (float(v) for v in r[2:6])
+        assert inp < bih and inp < prefill  # filling the holes beats leaving them white
+        assert float(r[6]) == pytest.approx(nfe2 - prefill, abs=0.011)  # rounded to 0.01 each
+        assert float(r[7].rstrip(" |")) == pytest.approx(nfe2 - bih, abs=0.011)
