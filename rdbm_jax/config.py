@@ -222,13 +222,15 @@ def check_saved(saved: dict, where: str) -> ml_collections.ConfigDict:
     """A checkpoint's saved config as a ConfigDict checked by `validate`: a damaged or crafted one
     (a size of 5, a number saved as a string) is one ConfigError naming the file and the key."""
     try:
-        cfg = ml_collections.ConfigDict(saved)
+        # an older version's config: the keys added since filled in as those runs behaved
+        cfg = program.upgrade(ml_collections.ConfigDict(saved))
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"checkpoint config {where}: {e} (the saved config is damaged or not "
                           "rdbm_jax's)") from None
     except (KeyError, AttributeError) as e:
-        raise ConfigError(f"checkpoint config {where}: no key {e} (a config of another rdbm_jax "
+        key = str(e.args[0] if e.args else e).splitlines()[0]  # ml_collections adds "Did you mean"
+        raise ConfigError(f"checkpoint config {where}: no key {key} (a config of another rdbm_jax "
                           "version, or damaged)") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"checkpoint config {where}: a value of the wrong type ({e})") from None
