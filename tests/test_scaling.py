@@ -77,11 +77,14 @@ def test_fits_per_configuration_size_and_reference():
             + _rows("paper_pi1", [1000, 2000, 4000], lambda x: -3 + 0.2 * x, lambda x: 0,
                     prefill=False, nfes=(1, 2, 10)))
     fitted = scaling_fit.fits(rows)
-    keys = {(f["config"], f["size"], f["reference"]) for f in fitted}
-    # no pre-fill, no fit against it
-    assert keys == {("T64", s, r) for s in (128, 256) for r in ("biharmonic", "prefill")} | {
-        ("paper_pi1", s, "biharmonic") for s in (128, 256)}
-    t = {(f["config"], f["size"], f["reference"]): f for f in fitted}
+    keys = {(f["config"], f["size"], f["reference"], f["nfe"]) for f in fitted}
+    # no pre-fill, no fit against it; NFE 1 and the largest NFE each
+    assert keys == {("T64", s, r, n) for s in (128, 256) for r in ("biharmonic", "prefill")
+                    for n in (1, 10)} | {("paper_pi1", s, "biharmonic", n) for s in (128, 256)
+                                         for n in (1, 10)}
+    one = {(f["config"], f["size"], f["reference"]): f for f in fitted if f["nfe"] == 1}
+    assert one[("T64", 128, "biharmonic")]["intercept_db"] == pytest.approx(-1.05)  # 0.05 lower
+    t = {(f["config"], f["size"], f["reference"]): f for f in fitted if f["nfe"] == 10}
     f = t[("T64", 128, "biharmonic")]
     assert f["slope_db_per_doubling"] == pytest.approx(0.1) and f["nfe"] == 10
     assert f["points"] == 4 and f["slope_se"] == pytest.approx(0.0, abs=1e-9)
@@ -98,7 +101,12 @@ def test_plot_has_a_line_per_configuration_in_every_panel(tmp_path):
     fig = scaling_fit.figure(rows)
     axes = fig.axes
     assert len(axes) == 4  # 2 references × 2 sizes
-    assert [len(ax.get_lines()) - 1 for ax in axes] == [2, 2, 1, 1]  # minus the zero line
+    # minus the zero line: per configuration NFE 10 (solid) and NFE 1 (dashed)
+    assert [len(ax.get_lines()) - 1 for ax in axes] == [4, 4, 2, 2]
+    styles = {line.get_label(): line.get_linestyle() for line in axes[0].get_lines()
+              if "NFE" in line.get_label()}
+    assert styles == {"T64 (NFE 10)": "-", "T64 (NFE 1)": "--", "paper_pi1 (NFE 10)": "-",
+                      "paper_pi1 (NFE 1)": "--"}
     assert all(ax.get_xscale() == "log" for ax in axes)
     scaling_fit.plot(rows, str(tmp_path / "p.png"))
     assert open(tmp_path / "p.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
