@@ -6,8 +6,8 @@
 Each recipe (`RECIPES`: overrides of configs/demo.py) is trained once per fold on `fold<i>_train`
 (six photos) and scored on `fold<i>` (the two held-out photos; rdbm_jax/data/builtin.py); no
 validation photo is ever read. Scores: PSNR inside the holes at each --sizes (experiments/holes.py)
-of the model at --nfe, beside the input, scikit-image's biharmonic and the recipe's own pre-fill
-on the same held-out photos and masks. Reported per recipe: mean ± spread (sample standard
+of the model at --nfe (or the recipe's own `sample.num_steps`), beside the input, scikit-image's
+biharmonic and the recipe's own pre-fill on the same held-out photos and masks. Reported per recipe: mean ± spread (sample standard
 deviation) over the folds of the model and of its gain over biharmonic; and for each recipe
 against the first (the reference), the per-fold paired differences with a verdict:
 
@@ -62,6 +62,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # to 5× (log-uniform), so crops also look like the 128 px evaluation photos (the built-in
     # photos are 451–1 411 px; 128 px is 0.09–0.28 of them). `multiscale` costs ~4× per step.
     "rescale": {"data.scale_min": 0.2, "data.scale_max": 1.0},
+    # one sampling step (the scaling study's longer runs gain at NFE 1 and lose at NFE 10)
+    "nfe1": {"sample.num_steps": 1},
 }
 SCORES = ("input", "biharmonic", "prefill", "model")
 NUMERIC = ("fold", "steps", "size", "nfe") + SCORES + ("train_cpu_s",)
@@ -103,6 +105,11 @@ def trained_as(recipe: str) -> str:
         if name != recipe and overrides == trains:
             return name
     return recipe
+
+
+def nfe_of(recipe: str, default: int) -> int:
+    """The sampling steps a recipe is scored at: its own `sample.num_steps`, else --nfe."""
+    return int(RECIPES[recipe].get("sample.num_steps", default))
 
 
 def verdict(diffs: list[float]) -> tuple[str, float, float]:
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for recipe in recipes:
         for fold in folds:
             cfg = fold_config(recipe, fold, steps, args.tiny)
-            settings = settings_of(cfg, sizes, args.nfe)
+            nfe = nfe_of(recipe, args.nfe)
+            settings = settings_of(cfg, sizes, nfe)
             mine = [r for r in rows if (r["recipe"], int(r["fold"])) == (recipe, fold)]
             if any(r["settings"] != settings for r in mine):
                 raise ConfigError(f"{csv_path}: {recipe} fold {fold} was measured with other "
@@ -255,12 +263,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             scaling.check_workdir(train_cfg, workdir)
             cpu, _ = scaling.train_to(train_cfg, workdir, steps)
             conf = scaling.Configuration(recipe, "configs/demo.py", (), (steps,), steps,
-                                         (args.nfe,), 0.0)
+                                         (nfe,), 0.0)
             scores, _ = scaling.evaluate_point(cfg, workdir, conf, sizes)
             stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
             new = [{"recipe": recipe, "fold": fold, "steps": steps, "size": s["size"],
-                    "nfe": args.nfe, "input": s["input"], "biharmonic": s["biharmonic"],
-                    "prefill": s["prefill"], "model": s[f"model_nfe{args.nfe}"],
+                    "nfe": nfe, "input": s["input"], "biharmonic": s["biharmonic"],
+                    "prefill": s["prefill"], "model": s[f"model_nfe{nfe}"],
                     "train_cpu_s": cpu, "settings": settings, "commit": scaling.commit(),
                     "utc": stamp} for s in scores]
             rows = results_csv.append_rows(csv_path, FIELDS, rows, new)
