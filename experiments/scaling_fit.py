@@ -1,11 +1,12 @@
 """The scaling study's fit, plot and report (experiments/scaling.py --fit), from scaling.csv alone.
 
 Per configuration, size and NFE (one step, and the configuration's largest), the gain inside the
-holes (the model minus biharmonic, and minus its own pre-fill) is fitted by least squares as gain = a + b·log2(images seen): b is the
-slope in dB per doubling of images seen, with its standard error from the points' residuals
-(n − 2 degrees of freedom; undefined with 2 points). From the fit: the images seen that would give
-+1 dB over biharmonic, log2 N = (1 − a)/b, ± its standard error by the delta method (none when
-b ≤ 0), and the gain the line predicts at the paper's budget.
+holes (the model minus biharmonic, and minus its own pre-fill) is fitted by least squares as
+gain = a + b·log2(images seen): b is the slope in dB per doubling of images seen, with its
+standard error from the points' residuals (n − 2 degrees of freedom; undefined with 2 points).
+From the fit: the images seen that would give +1 dB over biharmonic, log2 N = (1 − a)/b, ± its
+standard error by the delta method (none when b ≤ 0), and the gain the line predicts at the
+paper's budget.
 
 The paper's budget: 500 k iterations × batch 20 = 10⁷ training images of 256² pixels. A run on
 c² crops sees (256/c)² times fewer pixels per image, so the paper's budget is given two ways: the

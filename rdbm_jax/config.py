@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from rdbm_jax import conditioning, models, program, schedules, sde, train_state
+from rdbm_jax import conditioning, models, older_runs, program, schedules, sde, train_state
 from rdbm_jax.evaluation import metrics
 from rdbm_jax.runtime import writers
 from rdbm_jax.data import spec as data_spec
@@ -177,7 +177,7 @@ def _validate_app(cfg: ml_collections.ConfigDict) -> None:
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Check choices and ranges of every known key; raise ConfigError naming the first bad one."""
-    cfg = program.upgrade(cfg)  # an older run's saved config: its missing keys as they behaved
+    cfg = older_runs.upgrade(cfg)  # an older run's saved config: its missing keys as they behaved
     for key, allowed in CHOICES.items():
         value = get(cfg, key)
         if value not in allowed:
@@ -223,7 +223,7 @@ def check_saved(saved: dict, where: str) -> ml_collections.ConfigDict:
     (a size of 5, a number saved as a string) is one ConfigError naming the file and the key."""
     try:
         # an older version's config: the keys added since filled in as those runs behaved
-        cfg = program.upgrade(ml_collections.ConfigDict(saved))
+        cfg = older_runs.upgrade(ml_collections.ConfigDict(saved))
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"checkpoint config {where}: {e} (the saved config is damaged or not "
