@@ -8,8 +8,9 @@ Each recipe (`RECIPES`: overrides of configs/demo.py) is trained once per fold o
 validation photo is ever read. Scores: PSNR inside the holes at each --sizes (experiments/holes.py)
 of the model at --nfe (or the recipe's own `sample.num_steps`), beside the input, scikit-image's
 biharmonic and the recipe's own pre-fill on the same held-out photos and masks. Reported per
-recipe: mean ± spread (sample standard deviation) over the folds of the model and of its gain over biharmonic; and for each recipe
-against the first (the reference), the per-fold paired differences with a verdict:
+recipe: mean ± spread (sample standard deviation) over the folds of the model and of its gain
+over biharmonic; and for each recipe against the first (the reference), the per-fold paired
+differences with a verdict:
 
 **Decision rule.** With d_i = model_B − model_A on fold i (same photos, same masks), k folds,
 mean d̄ and sample deviation s: B **wins** when every d_i > 0 and the one-sided paired t statistic
