@@ -19,7 +19,8 @@ is updated by what x_t observes (`sample.fuse=True`). What each choice measured,
 results: docs/results.md ("How the demo's recipe was chosen").
 
 The one-photo `tune` split is since retired for a k-fold protocol over the 8 training photos
-(`fold<i>` held out, `fold<i>_train`; rdbm_jax/data/builtin.py, experiments/recipes.py).
+(`fold<i>` held out, `fold<i>_train`; rdbm_jax/data/builtin.py, experiments/recipes.py). Re-decided
+by it, every choice above was kept: no alternative tried won (docs/recipes.md).
 
 `configs/demo.py:tiny` is the same pipeline shrunk for tests (a few steps, 32² crops); `:S`, `:B`
 and `:L` pick a larger model.
