@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from rdbm_jax.checkpointing import checkpoints
-from rdbm_jax import config as config_lib, data, models, program
+from rdbm_jax import config as config_lib, data, models, older_runs, program
 from rdbm_jax.runtime import curves, distributed
 from rdbm_jax.runtime import memory, paths, strict_json, workdir_lock, writers
 from rdbm_jax.checkpointing import resume
@@ -307,8 +307,17 @@ def check_resume_config(workdir: str, config_json: dict) -> None:
             saved = checkpoints.read_config(directory, step)
         except ConfigError:  # an unreadable config: restore_latest reports that checkpoint
             continue
-        resume.check(saved, config_json, os.path.join(directory, str(step)), workdir)
+        resume.check(_upgraded(saved), config_json, os.path.join(directory, str(step)), workdir)
         return
+
+
+def _upgraded(saved: dict) -> dict:
+    """An older version's saved config with the keys added since as that run behaved, so that
+    they are compared too (a run trained on μ alone resumed with a mask condition is refused)."""
+    try:
+        return older_runs.upgrade(ml_collections.ConfigDict(saved)).to_dict()
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return saved  # a damaged config is compared as saved; restoring reports it
 
 
 def param_checksum(params: Any) -> float:

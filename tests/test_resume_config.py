@@ -148,3 +148,18 @@ def test_every_network_key_is_checked_against_the_checkpoint():
         refused = rf"^{key}=.*restoring with a different {what} is refused"
         with pytest.raises(ConfigError, match=refused):
             inference.check_compatible(ours, saved, "ckpt/2")
+
+
+def test_an_older_versions_checkpoint_is_compared_as_it_behaved(trained_workdir, monkeypatch):
+    """A checkpoint saved before model.condition existed trained on μ alone: resuming it with a mask
+    condition is refused naming the key; with μ it resumes the comparison cleanly."""
+    directory = checkpoints.checkpoint_dir(trained_workdir)
+    saved = checkpoints.read_config(directory, 2)
+    del saved["model"]["condition"]  # as the first release saved it (tests/data has one)
+    monkeypatch.setattr(checkpoints, "read_config", lambda d, s: json.loads(json.dumps(saved)))
+    new = json.loads(config(**TINY).to_json_best_effort())
+    assert new["model"]["condition"] != "mu"  # configs/demo.py:tiny sees mask and pre-fill
+    with pytest.raises(ConfigError, match='model.condition: saved "mu", now "mu_mask_bifill"'):
+        train.check_resume_config(trained_workdir, new)
+    new["model"]["condition"] = "mu"
+    train.check_resume_config(trained_workdir, new)  # the same network: nothing refused
