@@ -65,9 +65,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "rescale": {"data.scale_min": 0.2, "data.scale_max": 1.0},
     # one sampling step (the scaling study's longer runs gain at NFE 1 and lose at NFE 10)
     "nfe1": {"sample.num_steps": 1},
-    # fusion trusting the network more: ρ = 0.3 instead of bridge.sigma_data's 1.32 (the
-    # per-step diagnostic shows fusion with 1.32 pulling x̂0 far below the network's own mid-bridge)
-    "fuse03": {"sample.fuse_sigma": "0.3"},
 }
 SCORES = ("input", "biharmonic", "prefill", "model")
 NUMERIC = ("fold", "steps", "size", "nfe") + SCORES + ("train_cpu_s",)
