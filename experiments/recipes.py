@@ -154,7 +154,8 @@ def _protocol(rows: list[dict[str, Any]], recipes: list[str]) -> list[str]:
              + "; ".join(f"fold {i}: {', '.join(f)}" for i, f in enumerate(builtin.FOLDS))
              + "); no validation photo is read. PSNR inside the holes (`psnr_masked`: RGB in "
              "[0, 1], uint8-rounded, no border crop), whole photo resized to the long side, "
-             f"fixed masks per (seed, photo), NFE {', '.join(map(str, nfes))}, η = 0; "
+             f"fixed masks per (seed, photo), NFE {', '.join(map(str, nfes))} (a recipe's own "
+             "`sample.num_steps`, else --nfe), η = 0; "
              "biharmonic is scikit-image's given the true mask; pre-fill is the recipe's own "
              "pre-fill alone. Mean ± sample standard deviation over folds.", "",
              "| recipe | overrides | trained as |", "|---|---|---|"]
