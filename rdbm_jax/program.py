@@ -25,7 +25,7 @@ from rdbm_jax.errors import ConfigError
 from rdbm_jax.schedules import Schedule
 from rdbm_jax.sampler import Sampler, SamplingSpec
 from rdbm_jax.train_state import TrainState, make_optimizer
-from rdbm_jax.older_runs import OLDER_RUNS, upgrade  # noqa: F401 (OLDER_RUNS: re-exported)
+from rdbm_jax.older_runs import upgrade
 
 Params = Any  # a Flax parameter pytree: nested dicts of arrays (or of ShapeDtypeStructs)
 

@@ -1,6 +1,6 @@
-"""A checkpoint saved by an older rdbm_jax version stays readable: `program.upgrade` fills every key
-added since the first release (e120d70) as those runs behaved, and `config.check_saved` accepts it.
-The fixture is the config the first release saved with each checkpoint (its configs/default.py),
+"""A checkpoint saved by an older rdbm_jax version stays readable: `older_runs.upgrade` fills every
+key added since the first release (e120d70) as those runs behaved, and `config.check_saved` accepts
+it. The fixture is the config the first release saved with each checkpoint (its configs/default.py),
 so adding a key to configs/default.py without an `OLDER_RUNS` entry fails here, not in a user's
 evaluation of an old run."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import ml_collections
 import pytest
 
 from rdbm_jax import config as config_lib
-from rdbm_jax import program
+from rdbm_jax import older_runs
 from rdbm_jax.config_files import load
 from rdbm_jax.errors import ConfigError
 
@@ -55,7 +55,7 @@ def test_renamed_and_retyped_keys_keep_their_old_meaning():
 
 def test_a_current_config_is_not_changed_by_the_upgrade():
     cfg = load("configs/demo.py:tiny")
-    assert program.upgrade(cfg) is cfg
+    assert older_runs.upgrade(cfg) is cfg
     assert config_lib.check_saved(cfg.to_dict(), "c").to_dict() == cfg.to_dict()
 
 
@@ -71,4 +71,4 @@ def test_a_key_no_version_lacked_is_still_refused_in_one_line():
 def test_upgrade_fills_a_section_added_later():
     old = ml_collections.ConfigDict(_first_release())
     assert "app" not in old
-    assert program.upgrade(old).app.port == program.OLDER_RUNS["app.port"]
+    assert older_runs.upgrade(old).app.port == older_runs.OLDER_RUNS["app.port"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rdbm_jax.checkpointing import checkpoints
-from rdbm_jax import config as config_lib, inference, program
+from rdbm_jax import config as config_lib, inference, older_runs, program
 from rdbm_jax.runtime import distributed
 from rdbm_jax.errors import ConfigError
 from tests.helpers import config
@@ -136,25 +136,25 @@ def test_t_sampling_uniform_is_the_original_draw_and_weighted_follows_its_densit
 
 
 def test_an_older_runs_config_is_upgraded_in_one_place():
-    """A saved config without the keys added since (program.OLDER_RUNS) validates and builds the
+    """A saved config without the keys added since (older_runs.OLDER_RUNS) validates and builds the
     same sampling spec and training program as one that states their older behaviour."""
     import ml_collections
 
     cfg = config(**{"sample.fuse": False})
     old = cfg.to_dict()
-    for key in program.OLDER_RUNS:
+    for key in older_runs.OLDER_RUNS:
         section, name = key.split(".")
         del old[section][name]
     old = ml_collections.ConfigDict(old)
     stated = ml_collections.ConfigDict(cfg.to_dict())
-    for key, value in program.OLDER_RUNS.items():
+    for key, value in older_runs.OLDER_RUNS.items():
         section, name = key.split(".")
         stated[section][name] = value
     config_lib.validate(old)
     assert "fuse" not in old.sample  # validate reads an upgraded copy, the config stays as given
     assert program.sampling_spec(old) == program.sampling_spec(stated)
     assert program.program_spec(old) == program.program_spec(stated)
-    assert program.upgrade(stated) is stated  # nothing to fill: the config itself
+    assert older_runs.upgrade(stated) is stated  # nothing to fill: the config itself
 
 
 def test_rho_is_resolved_by_rho_table_for_every_use():
