@@ -6,12 +6,12 @@ workdir (a table on stdout):
 
     python -m experiments.holes --config configs/demo.py --workdir /tmp/rdbm_demo
 
- The protocol is the project's
-(`rdbm_jax.evaluation.scoring`): RGB in [0, 1], uint8-quantised, no border crop, mean over the test
-set's images; "inside the holes" is `psnr_masked`. The biharmonic baseline is always given the true
-mask (whatever the network sees), so every configuration is compared with the same reference. The
-pre-fill alone is what a zero network restores with a FILLED condition and the residual
-parameterisation (`conditioning.output_offset`): the harmonic or biharmonic fill of μ's holes.
+The protocol is the project's (`rdbm_jax.evaluation.scoring`): RGB in [0, 1], uint8-quantised, no
+border crop, mean over the test set's images; "inside the holes" is `psnr_masked`. The biharmonic
+baseline is always given the true mask (whatever the network sees), so every configuration is
+compared with the same reference. The pre-fill alone is what a zero network restores with a FILLED
+condition and the residual parameterisation (`conditioning.output_offset`): the harmonic or
+biharmonic fill of μ's holes.
 """
 from __future__ import annotations
 

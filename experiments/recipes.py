@@ -163,7 +163,7 @@ def _protocol(rows: list[dict[str, Any]], recipes: list[str]) -> list[str]:
         over = ", ".join(f"`{k}={v!r}`" for k, v in RECIPES.get(name, {}).items()) or "—"
         lines.append(f"| {name} | {over} | {trained_as(name) if name in RECIPES else name} |")
     lines += ["", f"Measured from commit(s) {', '.join(c[:12] for c in commits)}, "
-              f"{when[0]} – {when[-1]} UTC (recipes.csv)." if when else "", ""]
+              f"{when[0]} – {when[-1]} UTC (recipes.csv).", ""]
     return lines
 
 
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if mine:
                 continue
             trainer = trained_as(recipe)
-            train_cfg = fold_config(trainer, fold, steps, args.tiny)
+            train_cfg = cfg if trainer == recipe else fold_config(trainer, fold, steps, args.tiny)
             workdir = os.path.join(runs, f"{trainer}_fold{fold}")
             scaling.check_workdir(train_cfg, workdir)
             cpu, _ = scaling.train_to(train_cfg, workdir, steps)

@@ -70,6 +70,20 @@ def fitted_nfes(mine: list[dict[str, Any]]) -> tuple[int, ...]:
     return tuple(sorted({min(measured), max(measured)}))
 
 
+def _fit_row(conf: str, size: float, ref: str, nfe: int, pts: list[dict[str, Any]],
+             crop: float) -> dict[str, Any]:
+    """One FIT_FIELDS row: the line through `pts`' gain of NFE `nfe` over `ref`, and what it
+    predicts (+1 dB budget, the paper's images and pixels)."""
+    x = np.log2([r["images_seen"] for r in pts])
+    y = np.array([r[f"model_nfe{nfe}"] - r[ref] for r in pts])
+    f = line_fit(x, y)
+    need, need_se = budget_for(f)
+    by_img = predict(f, math.log2(PAPER_IMAGES))
+    by_px = predict(f, math.log2(PAPER_IMAGES * (PAPER_CROP / crop) ** 2))
+    return dict(zip(FIT_FIELDS, (conf, int(size), ref, nfe, len(pts), f["b"], f["se_b"], f["a"],
+                                 need, need_se, *by_img, *by_px)))
+
+
 def fits(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One fit per (configuration, size, reference, NFE) with at least 2 points and a pre-fill
     where the reference is the pre-fill; at NFE 1 and each configuration's largest NFE."""
@@ -77,21 +91,13 @@ def fits(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for conf in dict.fromkeys(r["config"] for r in rows):
         mine = [r for r in rows if r["config"] == conf]
         crop = math.sqrt(mine[0]["pixels_seen"] / mine[0]["images_seen"])
+        nfes = fitted_nfes(mine)
         for size in sorted({r["size"] for r in mine}):
             at = sorted((r for r in mine if r["size"] == size), key=lambda r: r["steps"])
-            for ref, nfe in ((ref, nfe) for ref, _ in REFERENCES for nfe in fitted_nfes(mine)):
+            for ref, _ in REFERENCES:
                 pts = [r for r in at if math.isfinite(r[ref])]
-                if len(pts) < 2:
-                    continue
-                x = np.log2([r["images_seen"] for r in pts])
-                y = np.array([r[f"model_nfe{nfe}"] - r[ref] for r in pts])
-                f = line_fit(x, y)
-                need, need_se = budget_for(f)
-                by_img = predict(f, math.log2(PAPER_IMAGES))
-                by_px = predict(f, math.log2(PAPER_IMAGES * (PAPER_CROP / crop) ** 2))
-                out.append(dict(zip(FIT_FIELDS, (
-                    conf, int(size), ref, nfe, len(pts), f["b"], f["se_b"], f["a"], need, need_se,
-                    *by_img, *by_px))))
+                if len(pts) >= 2:
+                    out += [_fit_row(conf, size, ref, nfe, pts, crop) for nfe in nfes]
     return out
 
 
@@ -112,13 +118,15 @@ def figure(rows: list[dict[str, Any]]) -> Any:
         nfes = fitted_nfes(mine)
         for j, size in enumerate(sizes):
             at = sorted((r for r in mine if r["size"] == size), key=lambda r: r["steps"])
-            for (i, (ref, _)), nfe in ((i, nfe) for i in enumerate(REFERENCES) for nfe in nfes):
+            for i, (ref, _) in enumerate(REFERENCES):
                 pts = [r for r in at if math.isfinite(r[ref])]
-                if pts:  # the largest NFE solid, NFE 1 dashed, one colour per configuration
+                if not pts:
+                    continue
+                for nfe in nfes:  # the largest NFE solid, NFE 1 dashed
+                    largest = nfe == nfes[-1]
                     axes[i, j].plot([r["images_seen"] for r in pts],
                                     [r[f"model_nfe{nfe}"] - r[ref] for r in pts],
-                                    marker="o" if nfe == nfes[-1] else ".",
-                                    ls="-" if nfe == nfes[-1] else "--",
+                                    marker="o" if largest else ".", ls="-" if largest else "--",
                                     color=f"C{k % 10}", label=f"{conf} (NFE {nfe})")
     for i, (_, label) in enumerate(REFERENCES):
         for j, size in enumerate(sizes):

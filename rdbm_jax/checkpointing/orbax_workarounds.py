@@ -45,8 +45,6 @@ def reason(e: BaseException) -> str:
     return what + (f": {files[-1]}" if files else "")
 
 
-
-
 class Manager(ocp.CheckpointManager):
     """orbax's manager, keeping the error of a failed background save (orbax only logs it)."""
 
