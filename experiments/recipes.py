@@ -65,7 +65,18 @@ RECIPES: dict[str, dict[str, Any]] = {
     "rescale": {"data.scale_min": 0.2, "data.scale_max": 1.0},
     # one sampling step (the scaling study's longer runs gain at NFE 1 and lose at NFE 10)
     "nfe1": {"sample.num_steps": 1},
+    # The dearer recipes at the demo's training compute (`STEP_SHARE`): is the choice better, not
+    # the extra compute? (The scaling study measures what more compute buys.)
+    "S_eq": {"model.size": "S"},
+    "crop128_eq": {"data.crop_size": 128},
+    "multiscale_eq": {"data.scale_min": 0.5, "data.scale_max": 1.0, "data.crop_size": 128,
+                      "data.crop_sizes": "64,128"},
 }
+# The share of --steps a recipe trains for (1 when absent): the demo's training CPU-s per step over
+# the recipe's, measured side by side on the idle 2-core x86_64 development machine
+# (experiments/recipe_costs.py; experiments/results/recipes/costs.json), so that its training costs
+# the demo's CPU time. Steps are rounded to a multiple of 25 (`steps_of`).
+STEP_SHARE: dict[str, float] = {"S_eq": 0.544, "crop128_eq": 0.284, "multiscale_eq": 0.435}
 SCORES = ("input", "biharmonic", "prefill", "model")
 NUMERIC = ("fold", "steps", "size", "nfe") + SCORES + ("train_cpu_s",)
 FIELDS = ("recipe",) + NUMERIC + ("settings", "commit", "utc")
@@ -89,11 +100,22 @@ def fold_config(recipe: str, fold: int, steps: int, tiny: bool) -> ml_collection
         cfg.eval.max_images = 0  # the fold's two photos
     cfg.data.tasks.main.train.split = f"fold{fold}_train"
     cfg.data.tasks.main.eval.split = f"fold{fold}"
-    cfg.train.num_steps = steps
+    cfg.train.num_steps = steps_of(recipe, steps)
     cfg.train.eval_every = 0
-    cfg.train.checkpoint_every = math.gcd(steps, 500)
+    # every 500 steps (a killed run loses at most 500) and at the last step (the trainer always
+    # saves it)
+    cfg.train.checkpoint_every = min(cfg.train.num_steps, 500)
     cfg.eval.per_step = False
     return cfg
+
+
+def steps_of(recipe: str, steps: int) -> int:
+    """The steps `recipe` trains for at --steps: `steps` × its STEP_SHARE, to a multiple of 25
+    (at least 1: a tiny smoke run keeps its steps)."""
+    share = STEP_SHARE.get(recipe, 1.0)
+    if share == 1.0 or steps < 100:
+        return steps
+    return max(25, int(round(steps * share / 25)) * 25)
 
 
 def trained_as(recipe: str) -> str:
@@ -102,8 +124,9 @@ def trained_as(recipe: str) -> str:
     if recipe not in RECIPES:
         raise ConfigError(f"--recipes: unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
     trains = {k: v for k, v in RECIPES[recipe].items() if not k.startswith("sample.")}
+    share = STEP_SHARE.get(recipe, 1.0)
     for name, overrides in RECIPES.items():  # the first listed wins: "demo" before the others
-        if name != recipe and overrides == trains:
+        if name != recipe and overrides == trains and STEP_SHARE.get(name, 1.0) == share:
             return name
     return recipe
 
@@ -263,12 +286,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             train_cfg = cfg if trainer == recipe else fold_config(trainer, fold, steps, args.tiny)
             workdir = os.path.join(runs, f"{trainer}_fold{fold}")
             scaling.check_workdir(train_cfg, workdir)
-            cpu, _ = scaling.train_to(train_cfg, workdir, steps)
-            conf = scaling.Configuration(recipe, "configs/demo.py", (), (steps,), steps,
-                                         (nfe,), 0.0)
+            own = train_cfg.train.num_steps  # the recipe's share of --steps
+            cpu, _ = scaling.train_to(train_cfg, workdir, own)
+            conf = scaling.Configuration(recipe, "configs/demo.py", (), (own,), own, (nfe,), 0.0)
             scores, _ = scaling.evaluate_point(cfg, workdir, conf, sizes)
             stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-            new = [{"recipe": recipe, "fold": fold, "steps": steps, "size": s["size"],
+            new = [{"recipe": recipe, "fold": fold, "steps": own, "size": s["size"],
                     "nfe": nfe, "input": s["input"], "biharmonic": s["biharmonic"],
                     "prefill": s["prefill"], "model": s[f"model_nfe{nfe}"],
                     "train_cpu_s": cpu, "settings": settings, "commit": scaling.commit(),

@@ -147,7 +147,8 @@ def train_to(cfg: ml_collections.ConfigDict, workdir: str, point: int) -> tuple[
 
     def hook(step: int, state: Any) -> None:
         del state
-        if step % cfg.train.checkpoint_every == 0:  # a checkpoint was just saved at `step`
+        # a checkpoint was just saved at `step` (the trainer also saves the last step)
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.num_steps:
             cpu[step] = base + time.process_time() - t0
             atomic.write_text(os.path.join(workdir, CPU_FILE),
                               json.dumps({str(k): v for k, v in sorted(cpu.items())}))

@@ -44,6 +44,26 @@ def test_fold_configs_train_and_score_on_training_photos_only():
         recipes.fold_config("demo", 4, 4, tiny=True)
 
 
+def test_equal_cost_recipes_train_their_share_of_the_steps():
+    """S_eq & co. train STEP_SHARE × --steps (multiples of 25), checkpoint at their last step, and
+    are not taken for the full-steps recipe of the same overrides."""
+    assert recipes.steps_of("demo", 1500) == 1500 and recipes.steps_of("S", 1500) == 1500
+    assert recipes.steps_of("S_eq", 1500) == 825  # 1500 × 0.544 = 816 → 825
+    assert recipes.steps_of("crop128_eq", 1500) == 425
+    assert recipes.steps_of("multiscale_eq", 1500) == 650
+    assert recipes.steps_of("S_eq", 12000) == 6525
+    assert recipes.steps_of("S_eq", 4) == 4  # a tiny smoke run keeps its steps
+    for name, share in recipes.STEP_SHARE.items():
+        assert 0 < share < 1 and name in recipes.RECIPES
+        assert recipes.trained_as(name) == name  # "S" has the same overrides, not the steps
+        cfg = recipes.fold_config(name, 0, 1500, tiny=False)
+        assert cfg.train.num_steps == recipes.steps_of(name, 1500)
+        # the run's last step is a checkpoint and its CPU time is counted there
+        assert cfg.train.checkpoint_every <= 500
+    # the demo's fold configs are the ones its committed rows were measured with
+    assert recipes.fold_config("demo", 0, 1500, tiny=False).train.checkpoint_every == 500
+
+
 def _row(recipe, fold, model, size=128):
     return {"recipe": recipe, "fold": fold, "steps": 2, "size": size, "nfe": 10, "input": 3.5,
             "biharmonic": 20.0 + fold, "prefill": 19.9 + fold, "model": model + fold,
