@@ -29,16 +29,21 @@ class Configuration:
     cpu_per_step: float       # estimated CPU-s per step, only to order the points
 
 
-# Estimated CPU-s per step: measured on the 2-core x86_64 development machine (demo T/64 0.46,
-# S/128 4.4 with 5 other jobs); μ-only has no biharmonic pre-fill to solve (cheaper).
+# Estimated CPU-s per step, only to order the points: T64 and the μ-only cells (no pre-fill to solve:
+# cheaper) measured on the 2-core x86_64 development machine beside other jobs; S64 and T128 alone
+# on it (experiments/recipe_costs.py: 1.19 and 2.28, against 0.65 for T64 in the same run).
+# Size S and 128² crops are two configurations, one axis each. Their combination (S/128, ~4.4 CPU-s
+# a step) would need 7 CPU-hours in one sitting to reach 4×, more than a 3-hour session on the
+# 2-core machine, whose disk does not outlive the session (experiments/README.md).
 STUDY = (
     Configuration("paper_pi1", "configs/demo.py", tuple(_PAPER.items()) + (("bridge.pi", "one"),),
                   (1000, 2000, 4000), 1000, (1, 2, 10), 0.35),
     Configuration("paper_pires", "configs/demo.py", tuple(_PAPER.items()) + (("bridge.pi", ""),),
                   (1000, 2000, 4000), 1000, (1, 2, 10), 0.35),
     Configuration("T64", "configs/demo.py", (), (1500, 3000, 6000, 12000), 1500, (1, 10), 0.46),
-    Configuration("S128", "configs/demo.py:S", (("data.crop_size", 128),), (1500, 3000, 6000),
-                  1500, (1, 10), 4.4),
+    Configuration("S64", "configs/demo.py:S", (), (1500, 3000, 6000), 1500, (1, 10), 1.19),
+    Configuration("T128", "configs/demo.py", (("data.crop_size", 128),), (1500, 3000, 6000),
+                  1500, (1, 10), 2.28),
 )
 TINY_POINTS = (2, 4)
 TINY_SIZES = (32,)

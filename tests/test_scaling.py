@@ -134,8 +134,10 @@ def test_schedule_runs_the_cheapest_points_first():
     cost = [c.cpu_per_step * p for c, p in order]
     assert cost == sorted(cost) and len(order) == sum(len(c.points) for c in STUDY)
     names = [c.name for c, _ in order]
-    # every T64 point comes before S128's first (S128 is the dearest)
-    assert max(i for i, n in enumerate(names) if n == "T64") < names.index("S128")
+    # every paper-faithful point comes before the first of T128 (the dearest per step)
+    paper = [i for i, n in enumerate(names) if n.startswith("paper")]
+    assert len(paper) == 6 and max(paper) < names.index("T128")
+    assert names[-1] == "T128"  # its 4× point costs the most of all
 
 
 def test_rerun_refuses_results_of_other_settings_and_a_bad_cpu_file(tmp_path):
