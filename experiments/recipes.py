@@ -173,7 +173,9 @@ def _protocol(rows: list[dict[str, Any]], recipes: list[str]) -> list[str]:
     when = sorted(r["utc"] for r in rows)
     lines = ["Protocol: each recipe is `configs/demo.py` with its overrides, trained on "
              "`fold<i>_train` (six of the 8 built-in training photos) for "
-             f"{', '.join(map(str, steps))} steps and scored on `fold<i>` (the other two: "
+             f"{', '.join(map(str, steps))} steps (a recipe with a STEP_SHARE trains that share "
+             "of the demo's steps, for the demo's training CPU) and scored on `fold<i>` (the "
+             "other two: "
              + "; ".join(f"fold {i}: {', '.join(f)}" for i, f in enumerate(builtin.FOLDS))
              + "); no validation photo is read. PSNR inside the holes (`psnr_masked`: RGB in "
              "[0, 1], uint8-rounded, no border crop), whole photo resized to the long side, "
@@ -181,10 +183,12 @@ def _protocol(rows: list[dict[str, Any]], recipes: list[str]) -> list[str]:
              "`sample.num_steps`, else --nfe), η = 0; "
              "biharmonic is scikit-image's given the true mask; pre-fill is the recipe's own "
              "pre-fill alone. Mean ± sample standard deviation over folds.", "",
-             "| recipe | overrides | trained as |", "|---|---|---|"]
+             "| recipe | overrides | trained as | steps |", "|---|---|---|---|"]
     for name in recipes:
         over = ", ".join(f"`{k}={v!r}`" for k, v in RECIPES.get(name, {}).items()) or "—"
-        lines.append(f"| {name} | {over} | {trained_as(name) if name in RECIPES else name} |")
+        trained = sorted({int(r["steps"]) for r in rows if r["recipe"] == name})
+        lines.append(f"| {name} | {over} | {trained_as(name) if name in RECIPES else name} | "
+                     f"{', '.join(map(str, trained)) or '—'} |")
     lines += ["", f"Measured from commit(s) {', '.join(c[:12] for c in commits)}, "
               f"{when[0]} – {when[-1]} UTC (recipes.csv).", ""]
     return lines

@@ -78,7 +78,7 @@ def test_summary_reports_spread_and_paired_differences():
     assert "| demo | 4 | 21.60 ± 1.29 | 0.10 ± 0.00 | 0.20 ± 0.00 |" in md
     assert "| nofuse | +0.30 | +0.32 | +0.34 | +0.36 | 0.33 ± 0.03 |" in md
     assert "**win**" in md
-    assert "| nofuse | `sample.fuse=False` | demo |" in md  # the protocol names what was run
+    assert "| nofuse | `sample.fuse=False` | demo | 2 |" in md  # the protocol names what was run
     assert "commit(s) abc" in md
 
 

@@ -223,3 +223,15 @@ def test_holes_cli_scores_a_trained_workdir_beside_its_prefill(trained_run, caps
         assert inp < bih and inp < prefill  # filling the holes beats leaving them white
         assert float(r[6]) == pytest.approx(nfe2 - prefill, abs=0.011)  # rounded to 0.01 each
         assert float(r[7].rstrip(" |")) == pytest.approx(nfe2 - bih, abs=0.011)
+
+
+def test_cpu_time_is_counted_at_a_last_step_off_the_checkpoint_cadence(tmp_path):
+    """A run whose last step is not a multiple of train.checkpoint_every (an equal-cost recipe:
+    825 steps, checkpoints every 500) still gets its CPU time at that step."""
+    from experiments import recipes
+    cfg = recipes.fold_config("demo", 0, 3, tiny=True)
+    cfg.train.checkpoint_every = 2  # checkpoints at 2 and, the last step, 3
+    cpu, ran = scaling.train_to(cfg, str(tmp_path), 3)
+    assert ran and math.isfinite(cpu) and cpu > 0
+    assert sorted(scaling.read_cpu(str(tmp_path))) == [2, 3]
+    assert scaling.train_to(cfg, str(tmp_path), 3) == (cpu, False)  # done: nothing trains
