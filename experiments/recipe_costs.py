@@ -6,8 +6,9 @@ basis of `recipes.STEP_SHARE`, the step counts at which a dearer recipe costs th
 
 Each recipe's fold-0 config trains --steps steps through the real training loop (input pipeline
 and pre-fill included); the cost is the process CPU time (all threads) and the wall time from step
---skip to --steps, after compilation, synced to the host at both ends only. `share` = the first recipe's CPU-s per step
-over the recipe's. Run it on an otherwise idle machine: the ratios come from one run on one device.
+--skip to --steps, after compilation, synced to the host at both ends only. `share` = the first
+recipe's CPU-s per step over the recipe's. Run it on an otherwise idle machine: the ratios come
+from one run on one device.
 """
 from __future__ import annotations
 

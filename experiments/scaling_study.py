@@ -29,9 +29,10 @@ class Configuration:
     cpu_per_step: float       # estimated CPU-s per step, only to order the points
 
 
-# Estimated CPU-s per step, only to order the points: T64 and the μ-only cells (no pre-fill to solve:
-# cheaper) measured on the 2-core x86_64 development machine beside other jobs; S64 and T128 alone
-# on it (experiments/recipe_costs.py: 1.19 and 2.28, against 0.65 for T64 in the same run).
+# Estimated CPU-s per step, only to order the points: T64 and the μ-only cells (no pre-fill to
+# solve: cheaper) measured on the 2-core x86_64 development machine beside other jobs; S64 and
+# T128 alone on it (the first version of experiments/recipe_costs.py: 1.19 and 2.28, against 0.65
+# for T64 in the same run).
 # Size S and 128² crops are two configurations, one axis each. Their combination (S/128, ~4.4 CPU-s
 # a step) would need 7 CPU-hours in one sitting to reach 4×, more than a 3-hour session on the
 # 2-core machine, whose disk does not outlive the session (experiments/README.md).
