@@ -61,7 +61,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                    "data.crop_sizes": "64,128"},
     # multi-scale at the demo's cost per step: the demo's 64² crops cut from photos shrunk by up
     # to 5× (log-uniform), so crops also look like the 128 px evaluation photos (the built-in
-    # photos are 451–1 411 px; 128 px is 0.09–0.28 of them). `multiscale` costs ~4× per step.
+    # photos are 451–1 411 px; 128 px is 0.09–0.28 of them). `multiscale` costs more per step.
     "rescale": {"data.scale_min": 0.2, "data.scale_max": 1.0},
     # one sampling step (the scaling study's longer runs gain at NFE 1 and lose at NFE 10)
     "nfe1": {"sample.num_steps": 1},
@@ -72,10 +72,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "multiscale_eq": {"data.scale_min": 0.5, "data.scale_max": 1.0, "data.crop_size": 128,
                       "data.crop_sizes": "64,128"},
 }
-# The share of --steps a recipe trains for (1 when absent): the demo's training CPU-s per step over
-# the recipe's, measured side by side on the idle 2-core x86_64 development machine
-# (experiments/recipe_costs.py; experiments/results/recipes/costs.json), so that its training costs
-# the demo's CPU time. Steps are rounded to a multiple of 25 (`steps_of`).
+# The share of --steps a recipe trains for (1 when absent), meant to make its training cost the
+# demo's time: the demo's CPU-s per step over the recipe's, measured on the idle 2-core machine.
+# That measurement overstated the demo's cost; what each recipe cost in the end is recipes.csv's
+# train_cpu_s (experiments/README.md, "Recipes"). Steps are rounded to a multiple of 25.
 STEP_SHARE: dict[str, float] = {"S_eq": 0.544, "crop128_eq": 0.284, "multiscale_eq": 0.435}
 SCORES = ("input", "biharmonic", "prefill", "model")
 NUMERIC = ("fold", "steps", "size", "nfe") + SCORES + ("train_cpu_s",)
@@ -174,8 +174,8 @@ def _protocol(rows: list[dict[str, Any]], recipes: list[str]) -> list[str]:
     lines = ["Protocol: each recipe is `configs/demo.py` with its overrides, trained on "
              "`fold<i>_train` (six of the 8 built-in training photos) for "
              f"{', '.join(map(str, steps))} steps (a recipe with a STEP_SHARE trains that share "
-             "of the demo's steps, for the demo's training CPU) and scored on `fold<i>` (the "
-             "other two: "
+             "of --steps, meant to cost the demo's training time; the train CPU-s column is what "
+             "each cost) and scored on `fold<i>` (the other two: "
              + "; ".join(f"fold {i}: {', '.join(f)}" for i, f in enumerate(builtin.FOLDS))
              + "); no validation photo is read. PSNR inside the holes (`psnr_masked`: RGB in "
              "[0, 1], uint8-rounded, no border crop), whole photo resized to the long side, "
