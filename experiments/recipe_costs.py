@@ -24,7 +24,7 @@ from typing import Any
 
 from experiments import cli, recipes, scaling
 from rdbm_jax import train
-from rdbm_jax.errors import ConfigError
+from rdbm_jax.errors import ConfigError, TrainingError
 from rdbm_jax.runtime import atomic
 
 
@@ -34,8 +34,7 @@ def measure(recipe: str, steps: int, skip: int, tiny: bool) -> dict[str, float]:
     cfg = recipes.fold_config(recipe, 0, steps, tiny)
     # The recipe's own share is not applied (the cost per step is measured). One step past the
     # window: the last step's checkpoint falls outside it. Logged (host-synced) only at the
-    # window's ends, so the steps run as a real run's: a 60-step window logged every 20 steps
-    # overstated the demo's cost per step by ~1.4× (experiments/README.md).
+    # window's ends, so the steps run as a real run's.
     cfg.train.num_steps = steps + 1
     cfg.train.log_every = math.gcd(skip, steps)
     cfg.train.checkpoint_every = steps + 1
@@ -51,6 +50,8 @@ def measure(recipe: str, steps: int, skip: int, tiny: bool) -> dict[str, float]:
         train.train_and_evaluate(cfg, workdir, hooks=[hook])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    if set(marks) != {skip, steps}:  # a stop signal ended the run early (it saved and returned)
+        raise TrainingError(f"{recipe}: training stopped before step {steps}; nothing written")
     n = steps - skip
     return {"cpu_s_per_step": (marks[steps][0] - marks[skip][0]) / n,
             "wall_s_per_step": (marks[steps][1] - marks[skip][1]) / n}

@@ -74,8 +74,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 # The share of --steps a recipe trains for (1 when absent), meant to make its training cost the
 # demo's time: the demo's CPU-s per step over the recipe's, measured on the idle 2-core machine.
-# That measurement overstated the demo's cost; what each recipe cost in the end is recipes.csv's
-# train_cpu_s (experiments/README.md, "Recipes"). Steps are rounded to a multiple of 25.
+# Re-measured with the final experiments/recipe_costs.py: experiments/results/recipes/costs.json.
+# Steps are rounded to a multiple of 25.
 STEP_SHARE: dict[str, float] = {"S_eq": 0.544, "crop128_eq": 0.284, "multiscale_eq": 0.435}
 SCORES = ("input", "biharmonic", "prefill", "model")
 NUMERIC = ("fold", "steps", "size", "nfe") + SCORES + ("train_cpu_s",)
