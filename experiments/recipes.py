@@ -111,7 +111,7 @@ def fold_config(recipe: str, fold: int, steps: int, tiny: bool) -> ml_collection
 
 def steps_of(recipe: str, steps: int) -> int:
     """The steps `recipe` trains for at --steps: `steps` × its STEP_SHARE, to a multiple of 25
-    (at least 1: a tiny smoke run keeps its steps)."""
+    (at least 25); under 100 steps (a tiny smoke run) `steps` itself."""
     share = STEP_SHARE.get(recipe, 1.0)
     if share == 1.0 or steps < 100:
         return steps
@@ -174,8 +174,8 @@ def _protocol(rows: list[dict[str, Any]], recipes: list[str]) -> list[str]:
     lines = ["Protocol: each recipe is `configs/demo.py` with its overrides, trained on "
              "`fold<i>_train` (six of the 8 built-in training photos) for "
              f"{', '.join(map(str, steps))} steps (a recipe with a STEP_SHARE trains that share "
-             "of --steps, meant to cost the demo's training time; the train CPU-s column is what "
-             "each cost) and scored on `fold<i>` (the other two: "
+             "of --steps, meant to cost the demo's training time; the train CPU-s column depends "
+             "on the machine's load when each was run) and scored on `fold<i>` (the other two: "
              + "; ".join(f"fold {i}: {', '.join(f)}" for i, f in enumerate(builtin.FOLDS))
              + "); no validation photo is read. PSNR inside the holes (`psnr_masked`: RGB in "
              "[0, 1], uint8-rounded, no border crop), whole photo resized to the long side, "
