@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import jax
 
+from rdbm_jax.runtime import atomic
+
 
 def _version(name: str) -> str | None:
     try:
@@ -95,10 +97,8 @@ def guarded(keep_going: bool, errors: list[str], label: str, fn: Callable[[], An
 
 
 def write_json(path: str, data: Any) -> None:
-    """Write `data` as indented JSON (folders created)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
+    """Write `data` as indented JSON, atomically (folders created)."""
+    atomic.write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def fmt(value: float | None, scale: float = 1.0, digits: int = 1, pct: bool = False) -> str:

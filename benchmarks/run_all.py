@@ -33,6 +33,7 @@ _T0 = time.time()
 from benchmarks import bench_sample, bench_train  # noqa: E402
 from benchmarks import cli, measure, roofline as rl  # noqa: E402
 from benchmarks.report import merge_saved, render  # noqa: E402
+from rdbm_jax.runtime import atomic  # noqa: E402
 
 # Stages in priority order (a stage past the time budget is skipped, config by config).
 CUDNN = ["--variant", "cudnn:model.attention_impl=cudnn"]
@@ -195,8 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         merged["wall_s"] = time.time() - start
         measure.write_json(os.path.join(opts.out_dir, "results.json"), merged)
         table = render(merged)
-        with open(os.path.join(opts.out_dir, "table.md"), "w", encoding="utf-8") as f:
-            f.write(table)
+        atomic.write_text(os.path.join(opts.out_dir, "table.md"), table)
         return table
 
     if not opts.skip_startup:

@@ -39,6 +39,7 @@ import numpy as np
 
 from experiments.ablation_report import (machine, per_step_table, plot, summarize, table,
                                          write_csv)
+from rdbm_jax.runtime import atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -321,12 +322,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if steps_rows:
         write_csv(os.path.join(args.out_dir, "per_step.csv"), steps_rows)
         text += "\n" + per_step_table(steps_rows)
-    with open(os.path.join(args.out_dir, "table.md"), "w", encoding="utf-8") as f:
-        f.write(text)
-    # One line per invocation.
-    with open(os.path.join(args.out_dir, "command.txt"), "a", encoding="utf-8") as f:
-        f.write(f"{command}\n# {machine()}; {stamp}; wall time {wall:.1f} s; trained {fresh} of "
-                f"{cells} cells\n")
+    atomic.write_text(os.path.join(args.out_dir, "table.md"), text)
+    # One line per invocation, appended by an atomic replace (a killed run leaves no torn line).
+    log_path = os.path.join(args.out_dir, "command.txt")
+    before = ""
+    if os.path.exists(log_path):
+        with open(log_path, encoding="utf-8") as f:
+            before = f.read()
+    atomic.write_text(log_path, before + f"{command}\n# {machine()}; {stamp}; wall time "
+                      f"{wall:.1f} s; trained {fresh} of {cells} cells\n")
     return {"rows": rows, "summary": summary, "refused": refused, "wall_s": wall}
 
 

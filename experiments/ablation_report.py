@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from rdbm_jax.runtime import atomic
+
 PAPER = ("Paper (RDBM-L, 5-task average, NFE 10): π = 0 → 28.21 dB, π = 1 → 30.15 dB, "
          "π = x0 − μ → 31.04 dB; NFE 10 best, NFE 2 collapses, 20–100 slightly worse.")
 METRICS = ("psnr", "ssim")
@@ -120,14 +122,15 @@ def plot(summary: list[dict[str, Any]], path: str) -> None:
     for ax in axes:  # in both panels: cells whose curves coincide still show their colour
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic.open_atomic(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 
 def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
-    """`rows` as a CSV file with every key any row has as a column."""
+    """`rows` as a CSV file with every key any row has as a column (written atomically)."""
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic.open_atomic(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)

@@ -29,6 +29,8 @@ from typing import Callable
 
 import numpy as np
 
+from rdbm_jax.runtime import atomic
+
 MODES = (-0.9, 0.5)  # the two residuals a, b (model range [-1, 1])
 PROB = 0.4           # P(r = a)
 # The observed toy: x0 ∈ {A, B} per pixel, μ = x0 + OBS_NOISE·n, so μ says which mode is likelier.
@@ -158,7 +160,8 @@ def plot(rows: list[dict], path: str, title: str = "two-mode toy") -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic.open_atomic(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -177,7 +180,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     nfes = [int(n) for n in args.nfe.split(",")]
     rows = run(nfes, ["one", "residual"], settings, which=args.toy)
     os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "results.csv"), "w", newline="", encoding="utf-8") as f:
+    with atomic.open_atomic(os.path.join(args.out_dir, "results.csv"), "w", newline="",
+                            encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -199,13 +203,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         sel = [r for r in rows if (r["pi"], r["sampling"]) == key]
         cells = " | ".join(f"{r['psnr']:.2f}" for r in sel)
         lines.append(f"| {key[0]} | {key[1]} | {cells} |")
-    with open(os.path.join(args.out_dir, "table.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(args.out_dir, "table.md"), "\n".join(lines) + "\n")
     plot(rows, os.path.join(args.out_dir, "exact_nfe.png"),
          "two-mode toy" if args.toy == "independent" else "observed two-mode toy (μ = x0 + noise)")
-    with open(os.path.join(args.out_dir, "command.txt"), "w", encoding="utf-8") as f:
-        f.write(f"python -m experiments.exact_nfe {' '.join(argv)}\n"
-                f"# {stamp}; {time.time() - start:.1f} s\n")
+    atomic.write_text(os.path.join(args.out_dir, "command.txt"),
+                      f"python -m experiments.exact_nfe {' '.join(argv)}\n"
+                      f"# {stamp}; {time.time() - start:.1f} s\n")
     return rows
 
 

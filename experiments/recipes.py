@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "prefill": s["prefill"], "model": s[f"model_nfe{nfe}"],
                     "train_cpu_s": cpu, "settings": settings, "commit": scaling.commit(),
                     "utc": stamp} for s in scores]
-            rows = results_csv.append_rows(csv_path, FIELDS, rows, new)
+            rows = results_csv.add_rows(csv_path, FIELDS, NUMERIC, new, ("recipe", "fold", "size"))
             out["evaluated"].append((recipe, fold))
     return write_summary(args.out_dir, rows, recipes, folds, out)
 

@@ -1,15 +1,23 @@
 """The experiments' result tables: CSV files that grow one evaluated point at a time, each write
-atomic (temp + rename), each read checked (header, numbers finite where a number is due)."""
+atomic (temp + rename), each read checked (header, numbers finite where a number is due).
+
+Two runs may write one table at once (say the study's configurations side by side): `add_rows`
+re-reads the file under a lock before it appends, so neither run's rows are written over."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
+import logging
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from rdbm_jax.runtime import atomic
 from rdbm_jax.errors import DataError
+
+log = logging.getLogger("rdbm_jax")
 
 
 def read_rows(path: str, fields: Sequence[str], numeric: Sequence[str]) -> list[dict[str, Any]]:
@@ -49,3 +57,44 @@ def append_rows(path: str, fields: Sequence[str], old: list[dict[str, Any]],
                     for k, v in ((k, row.get(k, math.nan)) for k in fields)})
     atomic.write_text(path, text.getvalue())
     return rows
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path`.lock while the table is re-read and replaced; the
+    kernel drops it if the holder dies. Object stores have no locks: none is taken there."""
+    if "://" in path:
+        yield
+        return
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise DataError(f"{path}.lock: cannot create ({e.strerror or e})") from None
+    try:
+        # blocking: another writer holds it only for one read and one atomic replace
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def add_rows(path: str, fields: Sequence[str], numeric: Sequence[str],
+             new: list[dict[str, Any]], key: Sequence[str]) -> list[dict[str, Any]]:
+    """Append `new` to the table as it is on disk now (another run may have added rows since we
+    read it); returns all rows. A new row whose `key` is already there is dropped with a warning:
+    the first measurement of a point stands."""
+    with _locked(path):
+        rows = read_rows(path, fields, numeric)
+
+        def point(row: dict[str, Any]) -> tuple:
+            # as read back: numbers as floats (a new row may hold ints), the rest as text
+            return tuple(float(row[k]) if k in numeric else str(row[k]) for k in key)
+
+        have = {point(r) for r in rows}
+        fresh = [r for r in new if point(r) not in have]
+        if len(fresh) < len(new):
+            log.warning("%s: %d row(s) already measured by another run were not added", path,
+                        len(new) - len(fresh))
+        return append_rows(path, fields, rows, fresh)
+

@@ -252,7 +252,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
                 "images_seen": images, "pixels_seen": images * cfg.data.crop_size ** 2,
                 "train_cpu_s": cpu, "eval_cpu_s": eval_cpu, **s, "settings": hashes[conf.name],
                 "commit": commit(), "machine": machine(), "utc": stamp} for s in scores]
-        rows = results_csv.append_rows(csv_path, FIELDS, rows, new)
+        rows = results_csv.add_rows(csv_path, FIELDS, NUMERIC, new, ("config", "steps", "size"))
         out["evaluated"].append((conf.name, point))
         nfe = f"model_nfe{max(conf.nfes)}"
         log.info("scaling %s step %d: train CPU %.0f s, eval CPU %.0f s, wall %.0f s: %s",
