@@ -143,15 +143,26 @@ def train_to(cfg: ml_collections.ConfigDict, workdir: str, point: int) -> tuple[
     if start > point:
         raise TrainingError(f"{workdir}: its newest checkpoint is step {start}, past the point "
                             f"{point} to evaluate (the point's checkpoint is gone)")
-    base, t0 = cpu.get(start, 0.0), time.process_time()
+    if start and start not in cpu:
+        # a checkpoint saved without its count (a stop signal, under an older version of this
+        # script): what the run spent before it is unknown, so its later points get no CPU time
+        # (NaN: an empty cell), never a partial count
+        log.warning("%s: no CPU time recorded at its checkpoint %d; its CPU-s are not counted",
+                    workdir, start)
+    base, t0 = cpu.get(start, 0.0 if start == 0 else math.nan), time.process_time()
+
+    def record(step: int) -> None:
+        if math.isnan(base):
+            return  # unknown stays unknown (study_cpu.json holds finite counts only)
+        cpu[step] = base + time.process_time() - t0
+        atomic.write_text(os.path.join(workdir, CPU_FILE),
+                          json.dumps({str(k): v for k, v in sorted(cpu.items())}))
 
     def hook(step: int, state: Any) -> None:
         del state
         # a checkpoint was just saved at `step` (the trainer also saves the last step)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.num_steps:
-            cpu[step] = base + time.process_time() - t0
-            atomic.write_text(os.path.join(workdir, CPU_FILE),
-                              json.dumps({str(k): v for k, v in sorted(cpu.items())}))
+            record(step)
         if step >= point and step < cfg.train.num_steps:
             raise _Pause()
 
@@ -159,9 +170,12 @@ def train_to(cfg: ml_collections.ConfigDict, workdir: str, point: int) -> tuple[
         train.train_and_evaluate(cfg, workdir, hooks=[hook])
     except _Pause:
         pass
-    if latest_step(workdir) != point:
-        raise TrainingError(f"{workdir}: training stopped at step {latest_step(workdir)} before "
-                            f"the point {point}; rerun to resume")
+    reached = latest_step(workdir)
+    if reached != point:
+        if reached > start and reached not in cpu:
+            record(reached)  # a stop signal saved this step after the hooks ran: count it too
+        raise TrainingError(f"{workdir}: training stopped at step {reached} before the point "
+                            f"{point}; rerun to resume")
     return cpu.get(point, math.nan), True
 
 

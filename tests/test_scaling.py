@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from scipy import stats
 
 from experiments import report, results_csv, scaling, scaling_fit
 from experiments.scaling_study import FIELDS, NUMERIC, STUDY
-from rdbm_jax.errors import ConfigError, DataError
+from rdbm_jax.errors import ConfigError, DataError, TrainingError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -235,3 +236,36 @@ def test_cpu_time_is_counted_at_a_last_step_off_the_checkpoint_cadence(tmp_path)
     assert ran and math.isfinite(cpu) and cpu > 0
     assert sorted(scaling.read_cpu(str(tmp_path))) == [2, 3]
     assert scaling.train_to(cfg, str(tmp_path), 3) == (cpu, False)  # done: nothing trains
+
+
+def test_cpu_time_is_counted_at_a_checkpoint_a_stop_signal_saved(tmp_path, monkeypatch):
+    """SIGTERM saves a checkpoint at the step it lands on, off the cadence and after the hooks
+    ran: its CPU time is recorded too, so a resumed run counts on from it; a checkpoint with no
+    count leaves the points after it without CPU time (NaN), never with a partial count."""
+    import signal
+
+    from experiments import recipes
+    cfg = recipes.fold_config("demo", 0, 4, tiny=True)
+    cfg.train.checkpoint_every = 4
+    real = scaling.train.train_and_evaluate
+
+    def stopped_at_step_1(cfg, workdir, hooks=()):
+        def stop(step, state):
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # the trainer saves step 1 and returns
+        return real(cfg, workdir, hooks=[*hooks, stop])
+
+    monkeypatch.setattr(scaling.train, "train_and_evaluate", stopped_at_step_1)
+    with pytest.raises(TrainingError, match="stopped at step 1 before the point 4"):
+        scaling.train_to(cfg, str(tmp_path / "a"), 4)
+    monkeypatch.undo()
+    first = scaling.read_cpu(str(tmp_path / "a"))
+    assert list(first) == [1] and first[1] > 0
+    cpu, ran = scaling.train_to(cfg, str(tmp_path / "a"), 4)
+    assert ran and cpu > first[1]  # counted on from step 1's count
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    os.remove(tmp_path / "b" / scaling.CPU_FILE)
+    cfg.train.num_steps = 6  # a longer schedule, resumed from step 4 whose count is gone
+    cfg.train.checkpoint_every = 2
+    cpu, ran = scaling.train_to(cfg, str(tmp_path / "b"), 6)
+    assert ran and math.isnan(cpu) and scaling.read_cpu(str(tmp_path / "b")) == {}
