@@ -97,4 +97,3 @@ def add_rows(path: str, fields: Sequence[str], numeric: Sequence[str],
             log.warning("%s: %d row(s) already measured by another run were not added", path,
                         len(new) - len(fresh))
         return append_rows(path, fields, rows, fresh)
-

@@ -143,13 +143,13 @@ def train_to(cfg: ml_collections.ConfigDict, workdir: str, point: int) -> tuple[
     if start > point:
         raise TrainingError(f"{workdir}: its newest checkpoint is step {start}, past the point "
                             f"{point} to evaluate (the point's checkpoint is gone)")
-    if start and start not in cpu:
-        # a checkpoint saved without its count (a stop signal, under an older version of this
-        # script): what the run spent before it is unknown, so its later points get no CPU time
-        # (NaN: an empty cell), never a partial count
+    # a checkpoint saved without its count (a stop signal, under an older version of this script):
+    # what the run spent before it is unknown, so its later points get no CPU time (NaN: an empty
+    # cell), never a partial count
+    base, t0 = cpu.get(start, 0.0 if start == 0 else math.nan), time.process_time()
+    if math.isnan(base):
         log.warning("%s: no CPU time recorded at its checkpoint %d; its CPU-s are not counted",
                     workdir, start)
-    base, t0 = cpu.get(start, 0.0 if start == 0 else math.nan), time.process_time()
 
     def record(step: int) -> None:
         if math.isnan(base):
