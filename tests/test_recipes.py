@@ -45,8 +45,8 @@ def test_fold_configs_train_and_score_on_training_photos_only():
 
 
 def test_equal_cost_recipes_train_their_share_of_the_steps():
-    """S_eq & co. train STEP_SHARE × --steps (multiples of 25), checkpoint at their last step, and
-    are not taken for the full-steps recipe of the same overrides."""
+    """S_eq & co. (and the longer demo) train STEP_SHARE × --steps (multiples of 25), checkpoint at
+    their last step, and are not taken for the full-steps recipe of the same overrides."""
     assert recipes.steps_of("demo", 1500) == 1500 and recipes.steps_of("S", 1500) == 1500
     assert recipes.steps_of("S_eq", 1500) == 825  # 1500 × 0.544 = 816 → 825
     assert recipes.steps_of("crop128_eq", 1500) == 425
@@ -54,12 +54,18 @@ def test_equal_cost_recipes_train_their_share_of_the_steps():
     assert recipes.steps_of("S_eq", 12000) == 6525
     assert recipes.steps_of("S_eq", 4) == 4  # a tiny smoke run keeps its steps
     for name, share in recipes.STEP_SHARE.items():
-        assert 0 < share < 1 and name in recipes.RECIPES
-        assert recipes.trained_as(name) == name  # "S" has the same overrides, not the steps
+        assert name in recipes.RECIPES and (0 < share < 1) == name.endswith("_eq")
+        # "S" has the same overrides as "S_eq", not the steps; "long_nfe1" samples "long"'s runs
+        assert recipes.trained_as(name) == name.removesuffix("_nfe1")
         cfg = recipes.fold_config(name, 0, 1500, tiny=False)
         assert cfg.train.num_steps == recipes.steps_of(name, 1500)
         # the run's last step is a checkpoint and its CPU time is counted there
         assert cfg.train.checkpoint_every <= 500
+    # the longer demo is the demo's config at 8× the steps: its runs are the demo's at --steps 12000
+    long, demo = recipes.fold_config("long", 1, 1500, False), recipes.fold_config("demo", 1, 12000,
+                                                                                   False)
+    assert long.to_dict() == demo.to_dict() and long.train.num_steps == 12000
+    assert recipes.nfe_of("long_nfe1", 10) == 1 and recipes.trained_as("demo") == "demo"
     # the demo's fold configs are the ones its committed rows were measured with
     assert recipes.fold_config("demo", 0, 1500, tiny=False).train.checkpoint_every == 500
 
