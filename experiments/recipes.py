@@ -233,8 +233,10 @@ def summary(rows: list[dict[str, Any]], recipes: list[str]) -> str:
             word, t, crit = verdict(diffs)
             cells = [f"{at[(name, f)]['model'] - at[(ref, f)]['model']:+.2f}" if f in pairs
                      else "—" for f in folds]
+            # one fold has no spread, so no t statistic
+            tested = f"{t:.2f} ({crit:.2f})" if len(diffs) > 1 else f"— ({len(diffs)} fold)"
             compared.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_sd(diffs)} | "
-                            f"{t:.2f} ({crit:.2f}) | **{word}** |")
+                            f"{tested} | **{word}** |")
         if compared:
             lines += ["", f"Against `{ref}` (per-fold differences, same photos and masks):", "",
                       "| recipe | " + " | ".join(f"fold {f}" for f in folds)

@@ -88,6 +88,14 @@ def test_summary_reports_spread_and_paired_differences():
     assert "commit(s) abc" in md
 
 
+def test_summary_of_a_recipe_measured_on_one_fold_so_far():
+    """A recipe still in progress (one fold) is listed with its difference, no t and no verdict."""
+    rows = [_row("demo", f, 20.1) for f in range(4)] + [_row("long", 0, 20.5)]
+    md = recipes.summary(rows, ["demo", "long"])
+    assert "| long | +0.40 | — | — | — | 0.40 | — (1 fold) | **no verdict** |" in md
+    assert "nan" not in md
+
+
 def test_report_mode_writes_the_summary_from_the_csv_alone(tmp_path):
     rows = [_row("demo", f, 20.1) for f in range(4)] + [
         _row("nofuse", f, 20.4 + 0.02 * f) for f in range(4)]
