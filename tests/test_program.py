@@ -87,7 +87,8 @@ def test_precond_reads_sigma_data_per_task_and_checkpoints_must_match_it():
     loss = program.make_loss_fn(model, schedule, ours.bridge, "l1", ours.model.condition, (0.3,))
     batch = {"x0": np.zeros((2, 8, 8, 3), np.float32), "mu": np.ones((2, 8, 8, 3), np.float32),
              "mask": np.ones((2, 8, 8, 1), np.float32), "task": np.zeros(2, np.int32)}
-    assert np.isfinite(float(loss(state.params, batch, jax.random.PRNGKey(0))))
+    # jit: one compilation costs about half of the op-by-op calls of an eager UNet forward
+    assert np.isfinite(float(jax.jit(loss)(state.params, batch, jax.random.PRNGKey(0))))
 
 
 # slow: a chi-square check on 200 000 draws: ~22 s
