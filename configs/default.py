@@ -58,9 +58,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         param_dtype="float32",   # weights the network computes with: float32 | bfloat16 (a rounded
                                  # copy; parameters, EMA and Adam moments always train in float32)
         attention=True,          # self-attention at the lowest resolutions
-        condition="mu",          # mu (paper) | mu_mask | mu_mask_fill | mu_mask_bifill: also the
-                                 # degradation mask (+ a harmonic / biharmonic pre-fill of the
-                                 # holes); x̂0 = μ outside the mask (conditioning.py)
+        condition="mu",          # mu (paper) | mu_mask | mu_mask_fill | mu_mask_bifill |
+                                 # mu_mask_mixfill: also the degradation mask (+ a harmonic /
+                                 # biharmonic / averaged pre-fill of the holes); x̂0 = μ outside
+                                 # the mask (conditioning.py)
         attention_impl="xla",    # xla | cudnn (fused attention: GPU, dtype bfloat16/float16 only)
         dropout=0.0,
         remat=False,             # rematerialise residual blocks (saves memory, costs compute)

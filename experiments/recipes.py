@@ -75,6 +75,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # T64 run gained at NFE 1 only at its 8× point, on the validation photos; this asks the folds.
     "long": {},
     "long_nfe1": {"sample.num_steps": 1},
+    # The average of the harmonic and biharmonic fills as the pre-fill: on the folds' held-out
+    # photos, with no network, each of the two fills beats the other on some fold by up to 1.4 dB
+    # (experiments/prefills.py); their average is the plain ensemble of the two.
+    "mixfill": {"model.condition": "mu_mask_mixfill"},
 }
 # The share of --steps a recipe trains for (1 when absent); steps are rounded to a multiple of 25.
 # The `_eq` recipes' shares make their training cost the demo's time: the demo's CPU-s per step

@@ -15,6 +15,11 @@ inpainting; every pixel for other degradations). Conditions:
 - `mu_mask_bifill` — as `mu_mask_fill` with a biharmonic pre-fill (`fill_holes_biharmonic`: the
   harmonic fill refined by conjugate gradients on Δ²u = 0 in the holes), the classical inpainting
   the demo is compared with (scikit-image's `inpaint_biharmonic`), so a zero network starts there.
+- `mu_mask_mixfill` — as `mu_mask_fill` with the average of the harmonic and biharmonic fills
+  (`fill_holes_mixed`).
+
+The conditions are `PREFILLS` (a pre-fill function per filled condition) plus the two unfilled
+ones; a new pre-fill is one entry there.
 """
 from __future__ import annotations
 
@@ -22,8 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CONDITIONS = ("mu", "mu_mask", "mu_mask_fill", "mu_mask_bifill")
-FILLED = ("mu_mask_fill", "mu_mask_bifill")  # the conditions that carry a pre-fill
 FILL_LEVELS = 10  # pyramid levels of the coarse-to-fine fill (a 1024-px image reaches 1×1)
 FILL_SWEEPS = 60  # Jacobi sweeps per pyramid level
 # Conjugate-gradient iterations of the biharmonic refinement. Measured on the tune photo
@@ -33,6 +36,9 @@ FILL_SWEEPS = 60  # Jacobi sweeps per pyramid level
 # 100 / 200 / 400 (not converged). Inside the holes of the 3 val photos at 512 px, PSNR against
 # the photos: 20.74 dB at 200 iterations, 20.44 at 1 000, scikit-image's 20.00 (harmonic: 20.86).
 BIFILL_ITERATIONS = 200
+# `mu_mask_mixfill`'s share of the harmonic fill: the plain average of the two classical fills,
+# fixed before any fold was scored with a network (not tuned; docs/recipes.md has what it measured).
+MIX_WEIGHT = 0.5
 # Hole inference (`infer_mask`): JPEG leaves the white fill at 250–255 inside and blurs its rims;
 # measured on strokes over the built-in photos at quality 75–95 (tests/test_hole_inference.py).
 HOLE_THRESHOLD = 0.98  # default of sample.hole_threshold: a seed pixel is >= this in every channel
@@ -62,10 +68,10 @@ def uses_mask(kind: str) -> bool:
 def condition_channels(kind: str, image_channels: int = 3) -> int:
     """Channels of the condition tensor built by `condition`."""
     check_condition(kind)
-    return {
-        "mu": image_channels, "mu_mask": image_channels + 1, "mu_mask_fill": 2 * image_channels + 1,
-        "mu_mask_bifill": 2 * image_channels + 1,
-    }[kind]
+    if kind == "mu":
+        return image_channels
+    # [μ, mask] and, with a pre-fill, the filled image
+    return image_channels + 1 + (image_channels if kind in FILLED else 0)
 
 
 def _pool2(x: jax.Array) -> jax.Array:
@@ -126,11 +132,17 @@ def fill_holes_biharmonic(mu: jax.Array, mask: jax.Array,
     image and channel, started from the harmonic `fill_holes`; a fixed count, so the cost is known
     and the function traces for symbolic H, W. Known pixels are unchanged.
     """
+    return _biharmonic_from(mu, mask, fill_holes(mu, mask), iterations)
+
+
+def _biharmonic_from(mu: jax.Array, mask: jax.Array, start: jax.Array,
+                     iterations: int) -> jax.Array:
+    """`fill_holes_biharmonic`'s conjugate gradients, started from the filled image `start`."""
     mu = jnp.asarray(mu, jnp.float32)
     hole = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), mu.shape)
     dot = lambda a, b: jnp.sum(a * b, axis=(1, 2), keepdims=True)  # per image and channel
     apply = lambda x: hole * _laplacian(_laplacian(hole * x))
-    x = hole * fill_holes(mu, mask)
+    x = hole * start
     r = -hole * _laplacian(_laplacian((1.0 - hole) * mu)) - apply(x)
 
     def step(_, carry):
@@ -147,6 +159,24 @@ def fill_holes_biharmonic(mu: jax.Array, mask: jax.Array,
     return jnp.where(hole > 0, x, mu)
 
 
+def fill_holes_mixed(mu: jax.Array, mask: jax.Array) -> jax.Array:
+    """μ with the masked pixels replaced by MIX_WEIGHT × harmonic + (1 − MIX_WEIGHT) × biharmonic
+    fill (the biharmonic one started from the same harmonic fill). Known pixels are unchanged."""
+    harmonic = fill_holes(mu, mask)
+    biharmonic = _biharmonic_from(mu, mask, harmonic, BIFILL_ITERATIONS)
+    return MIX_WEIGHT * harmonic + (1.0 - MIX_WEIGHT) * biharmonic
+
+
+# The pre-fill of each filled condition (its extra channels; a zero residual network restores it).
+PREFILLS = {
+    "mu_mask_fill": fill_holes,
+    "mu_mask_bifill": fill_holes_biharmonic,
+    "mu_mask_mixfill": fill_holes_mixed,
+}
+CONDITIONS = ("mu", "mu_mask") + tuple(PREFILLS)
+FILLED = tuple(PREFILLS)  # the conditions that carry a pre-fill
+
+
 def condition(mu: jax.Array, mask: jax.Array | None, kind: str) -> jax.Array:
     """The network's condition for μ [B, H, W, C] and the mask [B, H, W, 1] (ignored for `mu`)."""
     check_condition(kind)
@@ -156,10 +186,8 @@ def condition(mu: jax.Array, mask: jax.Array | None, kind: str) -> jax.Array:
         raise ValueError(f"condition={kind!r} needs the degradation mask")
     mask = jnp.asarray(mask, mu.dtype)
     parts = [mu, mask]
-    if kind == "mu_mask_fill":
-        parts.append(fill_holes(mu, mask).astype(mu.dtype))
-    if kind == "mu_mask_bifill":
-        parts.append(fill_holes_biharmonic(mu, mask).astype(mu.dtype))
+    if kind in PREFILLS:
+        parts.append(PREFILLS[kind](mu, mask).astype(mu.dtype))
     return jnp.concatenate(parts, axis=-1)
 
 

@@ -154,9 +154,35 @@ def test_condition_channels_and_mask_inference():
         conditioning.check_condition("mask")
 
 
+def test_mixed_fill_is_the_weighted_average_of_the_two_fills():
+    """fill_holes_mixed = MIX_WEIGHT × harmonic + (1 − MIX_WEIGHT) × biharmonic, each computed on
+    its own; known pixels unchanged; every hole pixel between the two fills."""
+    r = np.random.default_rng(5)
+    mu = r.uniform(-1, 0.9, (2, 24, 20, 3)).astype(np.float32)
+    mask = np.zeros((2, 24, 20, 1), np.float32)
+    mask[0, 5:15, 3:11] = 1
+    mask[1, 2:22, 12:16] = 1
+    mu = np.where(mask > 0, 1.0, mu)
+    harm = np.asarray(conditioning.fill_holes(mu, mask))
+    bi = np.asarray(conditioning.fill_holes_biharmonic(mu, mask))
+    mixed = np.asarray(conditioning.fill_holes_mixed(mu, mask))
+    w = conditioning.MIX_WEIGHT
+    assert 0.0 < w < 1.0
+    # Same float32 operations on the same inputs; the weighted sum rounds twice (values <= ~2 in
+    # magnitude: float32 ulp 2.4e-7), so a few ulps bound the difference.
+    np.testing.assert_allclose(mixed, w * harm + (1 - w) * bi, rtol=0, atol=1e-6)
+    known = np.broadcast_to(mask == 0, mu.shape)
+    np.testing.assert_array_equal(mixed[known], mu[known])
+    low, high = np.minimum(harm, bi), np.maximum(harm, bi)
+    assert np.all(mixed >= low - 1e-6) and np.all(mixed <= high + 1e-6)
+    assert np.abs(harm - bi)[~known].max() > 1e-2  # the two fills differ, so the test can fail
+    c = conditioning.condition(jnp.asarray(mu), jnp.asarray(mask), "mu_mask_mixfill")
+    np.testing.assert_allclose(np.asarray(c[..., 4:]), mixed, rtol=0, atol=1e-6)
+
+
 def test_fill_condition_with_residual_output_starts_from_the_prefill():
-    """mu_mask_fill / mu_mask_bifill + residual: a zero network restores the pre-fill in the holes,
-    μ elsewhere, with or without fusion."""
+    """mu_mask_fill / bifill / mixfill + residual: a zero network restores the pre-fill in the
+    holes, μ elsewhere, with or without fusion."""
     from rdbm_jax.sampler import Sampler, SamplingSpec
     r = np.random.default_rng(3)
     mu = r.uniform(-1, 0.9, (1, 16, 24, 3)).astype(np.float32)
@@ -167,8 +193,10 @@ def test_fill_condition_with_residual_output_starts_from_the_prefill():
     schedule = sde.make_schedule()
     fill = np.asarray(conditioning.fill_holes(mu, mask))
     bifill = np.asarray(conditioning.fill_holes_biharmonic(mu, mask))
+    mixfill = np.asarray(conditioning.fill_holes_mixed(mu, mask))
     for kind, param, expected in (("mu_mask_fill", "residual", fill), ("mu_mask", "residual", mu),
                                   ("mu_mask_bifill", "residual", bifill),
+                                  ("mu_mask_mixfill", "residual", mixfill),
                                   ("mu_mask_fill", "x0", np.where(mask > 0, 0.0, mu))):
         for fuse in (False, True):  # fused: a network that ignores x_t is the loop's fixed point
             spec = SamplingSpec(3, sde.X0Rule(param, condition=kind, fuse=fuse),
