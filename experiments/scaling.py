@@ -38,7 +38,7 @@ from typing import Any
 import ml_collections
 
 from experiments import cli, holes, report, results_csv
-from experiments.scaling_study import (CSV_NAME, FIELDS, NUMERIC, STUDY, TINY_POINTS,
+from experiments.scaling_study import (CSV_NAME, DEMO_BASE, FIELDS, NUMERIC, STUDY, TINY_POINTS,
                                        TINY_SIZES, Configuration, points_of)
 from rdbm_jax.runtime import atomic, distributed
 from rdbm_jax.checkpointing import checkpoints
@@ -56,7 +56,7 @@ def make_config(conf: Configuration, tiny: bool) -> ml_collections.ConfigDict:
     (schedule over the last point, no in-training validation, checkpoints at every point)."""
     spec = (conf.spec + ("," if ":" in conf.spec else ":") + "tiny") if tiny else conf.spec
     cfg = load(spec, root=REPO)
-    for key, value in conf.overrides:
+    for key, value in (*DEMO_BASE.items(), *conf.overrides):
         section, name = key.split(".")
         cfg[section][name] = value
     points = points_of(conf, tiny)

@@ -80,7 +80,7 @@ def test_gray_in_gray_out_file_paths_and_repr(model, tmp_path):
     assert by_path.mode == "L" and np.array_equal(np.asarray(by_path), flat)
     assert model.restore(tmp_path / "rgb.jpg").mode == "RGB"  # os.PathLike
     assert repr(model) == ("TrainedModel(step=2, size='T', bridge='rdbm', NFE=2, eta=0, "
-                           "condition='mu_mask_bifill', ema=True)")
+                           "condition='mu_mask_mixfill', ema=True)")
 
 
 def test_restore_kinds_and_errors(trained_run, model):

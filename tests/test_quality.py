@@ -330,7 +330,7 @@ def test_validation_logs_model_baseline_and_input(tmp_path, caplog):
     from rdbm_jax import train
     workdir = str(tmp_path / "run")
     cfg = config(**{"train.num_steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2})
-    assert cfg.model.condition == "mu_mask_bifill"  # the demo's mask-aware model (programs shared)
+    assert cfg.model.condition == "mu_mask_mixfill"  # the demo's mask-aware model (programs shared)
     with caplog.at_level("INFO", logger="rdbm_jax"):
         last = train.train_and_evaluate(cfg, workdir)
     for key in ("psnr", "psnr_baseline", "psnr_input", "psnr_masked", "psnr_masked_baseline",

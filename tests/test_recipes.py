@@ -104,6 +104,10 @@ def test_report_mode_writes_the_summary_from_the_csv_alone(tmp_path):
     assert out["evaluated"] == [] and not (tmp_path / "runs").exists()  # nothing trained
     assert (tmp_path / "summary.md").read_text() == out["summary"]
     assert "**win**" in out["summary"]
+    assert "Measured from commit(s)" in out["summary"]  # no machine named: none claimed
+    named = recipes.main(["--out-dir", str(tmp_path), "--recipes", "demo,nofuse", "--report",
+                          "--machine", "a 2-core test box"])
+    assert "Measured on a 2-core test box from commit(s)" in named["summary"]
 
 
 def test_sampling_only_recipes_reuse_the_trained_networks(monkeypatch):

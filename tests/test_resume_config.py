@@ -159,7 +159,7 @@ def test_an_older_versions_checkpoint_is_compared_as_it_behaved(trained_workdir,
     monkeypatch.setattr(checkpoints, "read_config", lambda d, s: json.loads(json.dumps(saved)))
     new = json.loads(config(**TINY).to_json_best_effort())
     assert new["model"]["condition"] != "mu"  # configs/demo.py:tiny sees mask and pre-fill
-    with pytest.raises(ConfigError, match='model.condition: saved "mu", now "mu_mask_bifill"'):
+    with pytest.raises(ConfigError, match='model.condition: saved "mu", now "mu_mask_mixfill"'):
         train.check_resume_config(trained_workdir, new)
     new["model"]["condition"] = "mu"
     train.check_resume_config(trained_workdir, new)  # the same network: nothing refused
