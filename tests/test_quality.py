@@ -163,9 +163,13 @@ def test_mixed_fill_is_the_weighted_average_of_the_two_fills():
     mask[0, 5:15, 3:11] = 1
     mask[1, 2:22, 12:16] = 1
     mu = np.where(mask > 0, 1.0, mu)
+    # Op by op (not jitted): each fill runs the same primitives on the same inputs, so only the
+    # final weighted sum differs in rounding; separate jitted programs could fuse differently.
     harm = np.asarray(conditioning.fill_holes(mu, mask))
     bi = np.asarray(conditioning.fill_holes_biharmonic(mu, mask))
-    mixed = np.asarray(conditioning.fill_holes_mixed(mu, mask))
+    # through the condition, as the network sees it: [μ, mask, fill]
+    c = conditioning.condition(jnp.asarray(mu), jnp.asarray(mask), "mu_mask_mixfill")
+    mixed = np.asarray(c[..., 4:])
     w = conditioning.MIX_WEIGHT
     assert 0.0 < w < 1.0
     # Same float32 operations on the same inputs; the weighted sum rounds twice (values <= ~2 in
@@ -176,8 +180,6 @@ def test_mixed_fill_is_the_weighted_average_of_the_two_fills():
     low, high = np.minimum(harm, bi), np.maximum(harm, bi)
     assert np.all(mixed >= low - 1e-6) and np.all(mixed <= high + 1e-6)
     assert np.abs(harm - bi)[~known].max() > 1e-2  # the two fills differ, so the test can fail
-    c = conditioning.condition(jnp.asarray(mu), jnp.asarray(mask), "mu_mask_mixfill")
-    np.testing.assert_allclose(np.asarray(c[..., 4:]), mixed, rtol=0, atol=1e-6)
 
 
 def test_fill_condition_with_residual_output_starts_from_the_prefill():
