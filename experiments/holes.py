@@ -50,23 +50,23 @@ def has_prefill(cfg: ml_collections.ConfigDict) -> bool:
             and cfg.bridge.parameterization == "residual")
 
 
-def _fill_of(cond: jax.Array) -> jax.Array:
-    """The pre-fill channels of a FILLED condition [μ (c), mask (1), fill (c)]."""
-    return cond[..., cond.shape[-1] // 2 + 1:]
+# One jitted function per pre-fill, shared by every call (a pre-fill is the condition's fill
+# channels: `conditioning.PREFILLS`).
+_JITTED_FILLS = {kind: jax.jit(fill) for kind, fill in conditioning.PREFILLS.items()}
+
+
+def prefill_psnr(kind: str, example: dict[str, Any], ev: ml_collections.ConfigDict) -> float:
+    """PSNR inside the holes of condition `kind`'s pre-fill alone on one eval example."""
+    out = np.asarray(_JITTED_FILLS[kind](example["mu"][None], example["mask"][None]))[0]
+    return score_pair(out, example["x0"], ev, example["mask"]).get(KEY, np.nan)
 
 
 def prefill_scores(cfg: ml_collections.ConfigDict, sources: dict[str, Any]) -> float:
     """Mean PSNR inside the holes of the network's pre-fill alone (scoring's aggregation)."""
-    kind = cfg.model.condition
-    # the condition is [μ, mask, fill] (`conditioning.output_offset` reads the fill the same way)
-    fill = jax.jit(lambda mu, mask: _fill_of(conditioning.condition(mu, mask, kind)))
     per_set = {}
     for label, source in sources.items():
-        values = []
-        for i in range(len(source)):
-            ex = source[i]
-            out = np.asarray(fill(ex["mu"][None], ex["mask"][None]))[0]
-            values.append(score_pair(out, ex["x0"], cfg.eval, ex["mask"]).get(KEY, np.nan))
+        values = [prefill_psnr(cfg.model.condition, source[i], cfg.eval)
+                  for i in range(len(source))]
         per_set[label] = {KEY: float(np.mean(values)), "num_images": len(values)}
     return float(by_task(per_set)["overall"][KEY])
 

@@ -18,14 +18,13 @@ import io
 import os
 from typing import Any
 
-import jax
 import numpy as np
 
 from experiments import cli, holes, recipes
 from rdbm_jax import conditioning, data
 from rdbm_jax.data import builtin
 from rdbm_jax.errors import ConfigError
-from rdbm_jax.evaluation.scoring import Baselines, score_pair
+from rdbm_jax.evaluation.scoring import Baselines
 from rdbm_jax.runtime import atomic
 
 REFERENCE = "mu_mask_bifill"  # the demo's pre-fill: what each other pre-fill is compared with
@@ -38,7 +37,6 @@ def fold_scores(fold: int, size: int, tiny: bool = False) -> dict[str, float]:
     cfg = holes.at_size(recipes.fold_config("demo", fold, 1500, tiny), size)
     sources = data.build_eval_sources(cfg.data, max_images=cfg.eval.max_images)
     baseline = Baselines(true_mask=True)
-    fills = {k: jax.jit(f) for k, f in conditioning.PREFILLS.items()}
     values: dict[str, list[float]] = {k: [] for k in COLUMNS}
     for label, source in sources.items():
         for i in range(len(source)):
@@ -46,9 +44,8 @@ def fold_scores(fold: int, size: int, tiny: bool = False) -> dict[str, float]:
             ref = baseline.reference_scores(label, source, i, ex, cfg.eval)
             values["input"].append(ref[f"{holes.KEY}_input"])
             values["biharmonic"].append(ref[f"{holes.KEY}_baseline"])
-            for name, fill in fills.items():
-                out = np.asarray(fill(ex["mu"][None], ex["mask"][None]))[0]
-                values[name].append(score_pair(out, ex["x0"], cfg.eval, ex["mask"])[holes.KEY])
+            for kind in conditioning.PREFILLS:
+                values[kind].append(holes.prefill_psnr(kind, ex, cfg.eval))
     return {k: float(np.mean(v)) for k, v in values.items()}
 
 
@@ -71,7 +68,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
         for col in COLUMNS:
             vals = [r[col] for r in mine]
             lines.append(f"| {col} | " + " | ".join(f"{v:.2f}" for v in vals)
-                         + f" | {recipes._mean_sd(vals)} |")
+                         + f" | {recipes.mean_sd(vals)} |")
         lines += ["", f"Against `{REFERENCE}` (the demo's pre-fill), per-fold differences:", "",
                   "| pre-fill | " + " | ".join(f"fold {f}" for f in folds)
                   + " | mean ± sd | t (critical) | verdict |", "|---" * (len(folds) + 4) + "|"]
@@ -79,7 +76,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
             diffs = [r[col] - r[REFERENCE] for r in mine]
             word, t, crit = recipes.verdict(diffs)
             lines.append(f"| {col} | " + " | ".join(f"{d:+.2f}" for d in diffs)
-                         + f" | {recipes._mean_sd(diffs)} | {t:.2f} ({crit:.2f}) | **{word}** |")
+                         + f" | {recipes.mean_sd(diffs)} | {t:.2f} ({crit:.2f}) | **{word}** |")
         lines.append("")
     return "\n".join(lines)
 

@@ -168,7 +168,7 @@ def verdict(diffs: list[float]) -> tuple[str, float, float]:
     return "no verdict", t, crit
 
 
-def _mean_sd(values: list[float]) -> str:
+def mean_sd(values: list[float]) -> str:
     """mean ± sample standard deviation over folds (— when not measured)."""
     v = np.asarray(values, np.float64)
     if not np.all(np.isfinite(v)):
@@ -228,10 +228,10 @@ def summary(rows: list[dict[str, Any]], recipes: list[str], machine: str = "") -
         for name in recipes:
             mine = [at[(name, f)] for f in folds if (name, f) in at]
             if mine:
-                cols = [_mean_sd([r[k] for r in mine]) for k in ("model",)]
-                cols.append(_mean_sd([r["model"] - r["biharmonic"] for r in mine]))
-                cols.append(_mean_sd([r["model"] - r["prefill"] for r in mine]))
-                cols += [_mean_sd([r[k] for r in mine]) for k in ("prefill", "biharmonic",
+                cols = [mean_sd([r[k] for r in mine]) for k in ("model",)]
+                cols.append(mean_sd([r["model"] - r["biharmonic"] for r in mine]))
+                cols.append(mean_sd([r["model"] - r["prefill"] for r in mine]))
+                cols += [mean_sd([r[k] for r in mine]) for k in ("prefill", "biharmonic",
                                                                    "input")]
                 cols.append(f"{np.mean([r['train_cpu_s'] for r in mine]):.0f}")
                 lines.append(f"| {name} | {len(mine)} | " + " | ".join(cols) + " |")
@@ -246,7 +246,7 @@ def summary(rows: list[dict[str, Any]], recipes: list[str], machine: str = "") -
                      else "—" for f in folds]
             # one fold has no spread, so no t statistic
             tested = f"{t:.2f} ({crit:.2f})" if len(diffs) > 1 else f"— ({len(diffs)} fold)"
-            compared.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_sd(diffs)} | "
+            compared.append(f"| {name} | " + " | ".join(cells) + f" | {mean_sd(diffs)} | "
                             f"{tested} | **{word}** |")
         if compared:
             lines += ["", f"Against `{ref}` (per-fold differences, same photos and masks):", "",

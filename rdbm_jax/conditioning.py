@@ -37,7 +37,8 @@ FILL_SWEEPS = 60  # Jacobi sweeps per pyramid level
 # the photos: 20.74 dB at 200 iterations, 20.44 at 1 000, scikit-image's 20.00 (harmonic: 20.86).
 BIFILL_ITERATIONS = 200
 # `mu_mask_mixfill`'s share of the harmonic fill: the plain average of the two classical fills,
-# fixed before any fold was scored with a network (not tuned; docs/recipes.md has what it measured).
+# fixed before any fold was scored with a network (not tuned). Measured: the fills alone in
+# experiments/results/prefills, with a network in docs/recipes_epyc.md.
 MIX_WEIGHT = 0.5
 # Hole inference (`infer_mask`): JPEG leaves the white fill at 250–255 inside and blurs its rims;
 # measured on strokes over the built-in photos at quality 75–95 (tests/test_hole_inference.py).
