@@ -36,7 +36,9 @@ setup(
     extras_require={
         # The README's test command: CPU-only and small (no torch); TensorBoard's own event reader
         # checks our event files. The PyTorch parity tests skip without torch.
-        "test": ["pytest>=7", "pytest-xdist>=3.5", "tensorboard>=2.15"],
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "tensorboard>=2.15",
+                 # orbax's own store, written directly to damage a checkpoint on purpose
+                 "tensorstore>=0.1.60"],
         # The PyTorch twins of the parity tests (CPU is enough; pip may pick a CUDA build of torch,
         # several GB): CI installs them after the README's test command (.ci/run).
         "twins": ["torch>=2.4", "torchvision>=0.19", "lpips>=0.1.4", "pytorch-fid>=0.3"],
