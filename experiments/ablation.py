@@ -148,15 +148,14 @@ def make_config(pi: str, objective: str, seed: int, nfe: list[int], steps: int, 
                 ) -> ml_collections.ConfigDict:
     """configs/demo.py's recipe (NOT_FROM_DEMO as configs/default.py has them) with the two
     built-in tasks and one grid cell."""
+    from rdbm_jax import config as config_lib
     from rdbm_jax.config_files import sibling
     from rdbm_jax.data.spec import source_spec, task_spec
     from rdbm_jax.schedules import DEFAULT_PI
 
     c = sibling(os.path.join(REPO, "configs", "demo.py"), "demo").get_config()
     defaults = sibling(os.path.join(REPO, "configs", "default.py")).get_config()
-    for key in NOT_FROM_DEMO:
-        section, name = key.split(".")
-        c[section][name] = defaults[section][name]
+    config_lib.put(c, {key: config_lib.get(defaults, key) for key in NOT_FROM_DEMO})
     shrink = sibling(os.path.join(REPO, "configs", "common.py"), "common").shrink
     inpaint = {k: c.data.tasks.main.train[k]
                for k in ("degradation", "mask_min_ratio", "mask_max_ratio")}  # the demo's task

@@ -16,6 +16,7 @@ biharmonic fill of μ's holes.
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from typing import Any
 
@@ -24,10 +25,12 @@ import ml_collections
 import numpy as np
 
 from experiments import cli
-from rdbm_jax import conditioning, data, inference, program
+from rdbm_jax import api, conditioning, data, inference, program
+from rdbm_jax import config as config_lib
 from rdbm_jax.config_files import load
 from rdbm_jax.runtime import distributed
 from rdbm_jax.data import spec as data_spec
+from rdbm_jax.errors import ConfigError
 from rdbm_jax.evaluation.scoring import Baselines, by_task, sampling_key, score_pair, score_sources
 
 SIZES = (128, 256, 512)  # long side of the evaluated photos (whole photo resized, then degraded)
@@ -109,20 +112,46 @@ def table(rows: list[dict[str, float]], nfes: tuple[int, ...]) -> str:
     return "\n".join(lines)
 
 
+def parse_setting(text: str) -> tuple[str, Any]:
+    """KEY=VALUE of --set: the value as a Python literal (1, 0.5, True, 'x'), else the string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. sample.eta=1")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
 def main(argv: list[str] | None = None) -> str:
     """Score a trained workdir's EMA weights inside the holes of its config's eval photos."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="config file[:argument], as for rdbm_jax.main")
+    p.add_argument("--config", default="", help="config file[:argument], as for rdbm_jax.main "
+                   "(default: the config the run was trained with, from its checkpoint)")
     p.add_argument("--workdir", required=True)
     p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="long sides, px")
     p.add_argument("--nfes", default="1,10", help="sampling steps, comma-separated")
+    p.add_argument("--set", action="append", default=[], type=parse_setting, metavar="KEY=VALUE",
+                   help="a sampling setting to score with, e.g. sample.first_step_eta=1 "
+                        "(repeatable; sample.* only: the network is the run's)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     sizes = tuple(int(v) for v in args.sizes.split(","))
     nfes = tuple(int(v) for v in args.nfes.split(","))
-    cfg = load(args.config)
-    params = inference.load_trained(cfg, args.workdir, distributed.make_mesh()).params
+    not_sampling = [key for key, _ in args.set if not key.startswith("sample.")]
+    if not_sampling:
+        raise ConfigError(f"--set {not_sampling[0]}: only sample.* settings can be changed here")
+    if args.config:
+        cfg = load(args.config)
+        params = inference.load_trained(cfg, args.workdir, distributed.make_mesh()).params
+    else:
+        trained = api.load(args.workdir)
+        cfg, params = trained.config, trained.params
+    config_lib.put(cfg, dict(args.set))
+    config_lib.validate(cfg)
     text = table(measure(cfg, params, sizes, nfes), nfes)
-    print(f"PSNR inside the holes (dB), {args.config} at {args.workdir}:\n\n{text}")
+    where = args.config or "its saved config"
+    settings = "".join(f", {key}={value!r}" for key, value in args.set)
+    print(f"PSNR inside the holes (dB), {where} at {args.workdir}{settings}:\n\n{text}")
     return text
 
 

@@ -44,6 +44,7 @@ from scipy import stats
 
 from experiments import cli, holes, results_csv, scaling, scaling_study
 from rdbm_jax.runtime import atomic
+from rdbm_jax import config as config_lib
 from rdbm_jax.config_files import load
 from rdbm_jax.data import builtin
 from rdbm_jax.errors import ConfigError
@@ -103,9 +104,7 @@ def fold_config(recipe: str, fold: int, steps: int, tiny: bool) -> ml_collection
     if not 0 <= fold < len(builtin.FOLDS):
         raise ConfigError(f"--folds: fold {fold} not in [0, {len(builtin.FOLDS)})")
     cfg = load("configs/demo.py:tiny" if tiny else "configs/demo.py", root=scaling.REPO)
-    for key, value in {**BASE, **RECIPES[recipe]}.items():
-        section, name = key.split(".")
-        cfg[section][name] = value
+    config_lib.put(cfg, {**BASE, **RECIPES[recipe]})
     if tiny:
         cfg.data.crop_size = 32
         cfg.data.crop_sizes = "16,32" if cfg.data.crop_sizes else ""

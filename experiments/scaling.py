@@ -43,6 +43,7 @@ from experiments.scaling_study import (CSV_NAME, DEMO_BASE, FIELDS, NUMERIC, STU
 from rdbm_jax.runtime import atomic, distributed
 from rdbm_jax.checkpointing import checkpoints
 from rdbm_jax import inference, train
+from rdbm_jax import config as config_lib
 from rdbm_jax.config_files import load
 from rdbm_jax.errors import ConfigError, DataError, TrainingError
 
@@ -56,9 +57,7 @@ def make_config(conf: Configuration, tiny: bool) -> ml_collections.ConfigDict:
     (schedule over the last point, no in-training validation, checkpoints at every point)."""
     spec = (conf.spec + ("," if ":" in conf.spec else ":") + "tiny") if tiny else conf.spec
     cfg = load(spec, root=REPO)
-    for key, value in (*DEMO_BASE.items(), *conf.overrides):
-        section, name = key.split(".")
-        cfg[section][name] = value
+    config_lib.put(cfg, {**DEMO_BASE, **dict(conf.overrides)})
     points = points_of(conf, tiny)
     if tiny:
         cfg.data.crop_size = 32

@@ -1,7 +1,7 @@
 """Config validation: every bad value becomes a one-line ConfigError naming its key."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
@@ -90,6 +90,21 @@ def get(cfg: ml_collections.ConfigDict, key: str) -> Any:
     for part in key.split("."):
         node = node[part]
     return node
+
+
+def put(cfg: ml_collections.ConfigDict, values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Set dotted keys in place, e.g. put(cfg, {"sample.eta": 1.0}); returns `cfg`. A key the
+    config lacks is a ConfigError naming it (a typo must not train a different recipe)."""
+    for key, value in values.items():
+        *path, name = key.split(".")
+        try:
+            node = get(cfg, ".".join(path)) if path else cfg
+        except (KeyError, AttributeError, TypeError):
+            node = None
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            raise ConfigError(f"{key}: no such config key")
+        node[name] = value
+    return cfg
 
 
 def parse_list(cfg: ml_collections.ConfigDict, key: str, cast: Callable[[str], Any]) -> list:

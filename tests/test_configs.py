@@ -185,3 +185,15 @@ def test_a_saved_run_without_an_app_section_still_validates():
     config_lib.validate(cfg)
     del cfg["app"]
     config_lib.validate(cfg)
+
+
+def test_put_sets_dotted_keys_and_refuses_unknown_ones():
+    """config.put: one helper for every dotted override of the experiments; a typo is a
+    ConfigError naming the key, never a new key silently added."""
+    cfg = config()
+    out = config_lib.put(cfg, {"sample.eta": 1.0, "data.tasks.main.eval.eval_size": 48})
+    assert out is cfg and cfg.sample.eta == 1.0 and cfg.data.tasks.main.eval.eval_size == 48
+    for key in ("sample.etta", "samples.eta", "sample.eta.x", "nothing"):
+        with pytest.raises(ConfigError, match=f"^{key}: no such config key$"):
+            config_lib.put(cfg, {key: 1})
+    assert "etta" not in cfg.sample

@@ -226,6 +226,27 @@ def test_holes_cli_scores_a_trained_workdir_beside_its_prefill(trained_run, caps
         assert float(r[7].rstrip(" |")) == pytest.approx(nfe2 - bih, abs=0.011)
 
 
+def test_holes_cli_reads_the_saved_config_and_scores_with_a_sampling_setting(trained_run, capsys):
+    """Without --config the run's own saved config is scored; --set changes a sampling setting
+    (the NFE-1 column is the same network's, so it is unchanged by an η that only acts from the
+    second step); a key outside sample.* or without '=' is refused in one line."""
+    from experiments import holes
+
+    args = ["--workdir", trained_run, "--sizes", "32", "--nfes", "1"]
+    plain = holes.main(args)
+    fused_off = holes.main(args + ["--set", "sample.fuse=False"])
+    out = capsys.readouterr().out
+    assert f"its saved config at {trained_run}:" in out
+    assert f"its saved config at {trained_run}, sample.fuse=False:" in out
+    assert plain.splitlines()[2] == fused_off.splitlines()[2]  # NFE 1: x̂0 of x_T = μ, fused or not
+    assert holes.parse_setting("sample.eta=0.5") == ("sample.eta", 0.5)
+    assert holes.parse_setting("sample.fuse_sigma=") == ("sample.fuse_sigma", "")
+    with pytest.raises(ConfigError, match="--set train.num_steps: only sample"):
+        holes.main(args + ["--set", "train.num_steps=3"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        holes.parse_setting("sample.eta")
+
+
 def test_cpu_time_is_counted_at_a_last_step_off_the_checkpoint_cadence(tmp_path):
     """A run whose last step is not a multiple of train.checkpoint_every (an equal-cost recipe:
     825 steps, checkpoints every 500) still gets its CPU time at that step."""
