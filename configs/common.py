@@ -73,3 +73,4 @@ def measured_objective(c: ml_collections.ConfigDict) -> None:
     """
     c.bridge.parameterization = "residual"
     c.sample.fuse = True
+    c.sweep.eta = "0"  # fusion with π = x0 − μ takes η = 0 only (config._check_fused_steps)

@@ -45,6 +45,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.model.condition = "mu_mask_mixfill"
     c.bridge.parameterization = "residual"
     c.sample.fuse = True  # with π = x0 − μ the update needs no ρ (docs/preconditioning.md)
+    c.sweep.eta = "0"  # fusion with π = x0 − μ takes η = 0 only (config._check_fused_steps)
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 100
     c.optim.schedule = "cosine"

@@ -172,6 +172,11 @@ def test_loading_a_config_file_imports_no_jax_library(name):
     ({"app.host": ""}, r"^app\.host='' must be a host name or address"),
     ({"app.host": "my host"}, r"^app\.host='my host' must be a host name or address"),
     ({"app.step": -2}, r"^app\.step=-2 must be a checkpoint step, or -1"),
+    # fusion with π = x0 − μ (the demo's): η = 0 only, at every key that sets an η
+    ({"sample.eta": 0.5}, r"^sample\.eta=0\.5 with sample\.fuse=True and π='residual': fusion "),
+    ({"sample.first_step_eta": 1.0}, r"^sample\.first_step_eta=1 with sample\.fuse=True"),
+    ({"sweep.eta": "0,1"}, r"^sweep\.eta=1 with sample\.fuse=True and π='residual'"),
+    ({"bridge.pi": "abs", "sample.eta": 1.0}, r"^sample\.eta=1 with sample\.fuse=True and π='abs'"),
 ])
 def test_config_rules_are_checked_by_validate(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -197,3 +202,12 @@ def test_put_sets_dotted_keys_and_refuses_unknown_ones():
         with pytest.raises(ConfigError, match=f"^{key}: no such config key$"):
             config_lib.put(cfg, {key: 1})
     assert "etta" not in cfg.sample
+
+
+def test_stochastic_steps_are_allowed_without_fusion_or_with_a_pi_that_reads_rho():
+    """The fused-η rule refuses only what it must: η > 0 stays open without fusion, and with
+    π = 1, where fusion's weight Θρ²/(Θ²ρ² + Σ²) shrinks with sample.fuse_sigma."""
+    for overrides in ({"sample.eta": 1.0, "sample.fuse": False, "sweep.eta": "0,1"},
+                      {"sample.eta": 1.0, "bridge.pi": "one", "sample.first_step_eta": 1.0},
+                      {"sample.eta": 0.0, "sweep.eta": "0"}):
+        config_lib.validate(config(**overrides))

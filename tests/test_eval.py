@@ -141,7 +141,9 @@ def test_sample_mode_needs_folders(trained_workdir):
 
 
 def test_sweep_writes_csv_and_plot(trained_workdir, caplog):
-    cfg = config(**{"sweep.nfe": "1,2", "sweep.eta": "0,1", "eval.max_images": 1})
+    # η = 1 needs sample.fuse off with π = x0 − μ (config._check_fused_steps)
+    cfg = config(**{"sweep.nfe": "1,2", "sweep.eta": "0,1", "eval.max_images": 1,
+                    "sample.fuse": False})
     with caplog.at_level("INFO", logger="rdbm_jax"):
         rows = sweep.run_sweep(cfg, trained_workdir)
     assert [(r["nfe"], r["eta"]) for r in rows] == [(1, 0.0), (2, 0.0), (1, 1.0), (2, 1.0)]
@@ -218,7 +220,8 @@ def test_validation_eval_and_sweep_share_one_seed_rule_at_eta_1(trained_workdir)
     """Validation used PRNGKey(seed + 2), eval and sweep PRNGKey(seed): equal only at η = 0."""
     from rdbm_jax import data, inference
     from rdbm_jax.runtime import distributed
-    cfg = config(**{"sample.eta": 1.0, "eval.max_images": 2, "train.eval_num_images": 2,
+    stochastic = {"sample.eta": 1.0, "sample.fuse": False}  # fusion takes η = 0 only
+    cfg = config(**{**stochastic, "eval.max_images": 2, "train.eval_num_images": 2,
                     "sweep.eta": "1"})
     cfg.sweep.nfe = str(cfg.sample.num_steps)
     mesh = distributed.make_mesh()
@@ -230,7 +233,7 @@ def test_validation_eval_and_sweep_share_one_seed_rule_at_eta_1(trained_workdir)
     assert val["val/psnr"] == ev["psnr"] == sw["psnr"]
     assert val["val/ssim"] == ev["ssim"] == sw["ssim"]
     # η = 1 draws noise: another seed gives other numbers (the rule is not vacuous).
-    other = evaluate.run_eval(config(**{**{"sample.eta": 1.0, "eval.max_images": 2}, "seed": 5}),
+    other = evaluate.run_eval(config(**{**stochastic, "eval.max_images": 2, "seed": 5}),
                               trained_workdir)["overall"]
     assert other["psnr"] != ev["psnr"]
 

@@ -12,7 +12,8 @@ from tests.helpers import config
 
 def _run(trained_workdir, src, out, seed=0):
     cfg = config(**{"sample.input_dir": str(src), "sample.output_dir": str(out),
-                    "sample.eta": 1.0, "sample.batch_size": 4, "seed": seed})
+                    "sample.eta": 1.0, "sample.fuse": False, "sample.batch_size": 4,
+                    "seed": seed})
     return run_restore_files(cfg, trained_workdir)
 
 

@@ -105,3 +105,20 @@ def test_fuse_guards():
         config_lib.validate(cfg)
     cfg.bridge.parameterization = "residual"
     config_lib.validate(cfg)
+
+
+@pytest.mark.parametrize("pi", sde.PI_SCALED_BY_RESIDUAL)
+def test_fusion_weight_ignores_rho_when_pi_scales_with_the_residual(pi):
+    """Under π = x0 − μ (or |x0 − μ|) E[π²] = ρ², so c_skip = Θ/(Θ² + Σ²) for every ρ: why
+    sample.fuse_sigma cannot make fusion distrust a noisy x_t (config refuses fused η > 0). Under
+    π = 1 it shrinks with ρ. Tolerance: a few float32 roundings of each quotient (≤ 1e-6
+    relative)."""
+    s = sde.make_schedule(100, preset="rdbm")
+    t = jnp.arange(98)  # Σ_{T−1} = Θ_{T−1} = 0 at t = 99: no observation there
+    theta, sigma = np.asarray(s.Theta)[:98], np.asarray(s.Sigma)[:98]
+    expected = theta / (theta ** 2 + sigma ** 2)
+    for rho in (0.05, 0.2, 1.32):
+        c_skip = np.asarray(sde.precond_scalings(s, t, rho, pi)[0])
+        np.testing.assert_allclose(c_skip, expected, rtol=1e-6)
+    one = [np.asarray(sde.precond_scalings(s, t, rho, "one")[0]) for rho in (0.05, 1.32)]
+    assert (one[0] < one[1]).all()  # π = 1: a smaller ρ trusts x_t less at every t

@@ -145,12 +145,18 @@ def pi_eps_from_x0(schedule: Schedule, x_t: jax.Array, mu: jax.Array, x0_hat: ja
     return jnp.where(_bc(big_theta > 0, x_t), n_hat, x0_hat - mu)
 
 
+# π modes whose noise scales with the residual x0 − μ: E[π²] = ρ², so ρ cancels from c_skip,
+# which is Θ/(Θ² + Σ²) whatever ρ is (fusion then trusts x_t as a noise-free observation would be).
+PI_SCALED_BY_RESIDUAL = ("residual", "abs")
+
+
 def _pi_moment(mode: str, rho: jax.Array) -> jax.Array:
     """E[π²] under the prior x0 − μ ~ N(0, ρ²): 1 (one), ρ² (residual, abs), 0 (zero)."""
     if mode == "one":
         return jnp.ones_like(rho)
     if mode == "zero":
         return jnp.zeros_like(rho)
+    assert mode in PI_SCALED_BY_RESIDUAL, mode
     return rho ** 2
 
 
