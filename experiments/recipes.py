@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import logging
 import math
@@ -338,9 +337,7 @@ def write_summary(out_dir: str, rows: list[dict[str, Any]], recipes: list[str],
 
 def settings_of(cfg: ml_collections.ConfigDict, sizes: tuple[int, ...], nfe: int) -> str:
     """A short hash of what makes a (recipe, fold)'s numbers: its config, sizes and NFE."""
-    doc = json.dumps([json.loads(cfg.to_json_best_effort(sort_keys=True)), sizes, nfe],
-                     sort_keys=True)
-    return hashlib.sha256(doc.encode()).hexdigest()[:12]
+    return results_csv.settings_hash(cfg, sizes, nfe)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,34 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
+import json
 import logging
 import math
 import os
 from typing import Any, Iterator, Sequence
 
+import ml_collections
+
 from rdbm_jax.runtime import atomic
 from rdbm_jax.errors import DataError
 
 log = logging.getLogger("rdbm_jax")
+
+
+# Config sections no experiment reads (--mode=sweep's grid, --mode=app's page): left out of the
+# settings hash, so changing their defaults does not orphan recorded results.
+NOT_IN_SETTINGS = ("sweep", "app")
+
+
+def settings_hash(cfg: ml_collections.ConfigDict, *extra: Any) -> str:
+    """A short hash of what makes a recorded row's numbers: the config (bar NOT_IN_SETTINGS) and
+    the experiment's own settings (`extra`: points, NFEs, sizes)."""
+    settings = {k: v for k, v in json.loads(cfg.to_json_best_effort(sort_keys=True)).items()
+                if k not in NOT_IN_SETTINGS}
+    doc = json.dumps([settings, *extra], sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
 
 def read_rows(path: str, fields: Sequence[str], numeric: Sequence[str]) -> list[dict[str, Any]]:

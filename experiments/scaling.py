@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import logging
 import math
@@ -74,9 +73,7 @@ def make_config(conf: Configuration, tiny: bool) -> ml_collections.ConfigDict:
 def settings_hash(cfg: ml_collections.ConfigDict, conf: Configuration, sizes: tuple[int, ...],
                   tiny: bool) -> str:
     """A short hash of everything that makes a point's numbers: config, points, NFEs, sizes."""
-    doc = json.dumps([json.loads(cfg.to_json_best_effort(sort_keys=True)),
-                      points_of(conf, tiny), conf.nfes, sizes], sort_keys=True)
-    return hashlib.sha256(doc.encode()).hexdigest()[:12]
+    return results_csv.settings_hash(cfg, points_of(conf, tiny), conf.nfes, sizes)
 
 
 def schedule(confs: list[Configuration], tiny: bool) -> list[tuple[Configuration, int]]:

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from rdbm_jax import config as config_lib
 from rdbm_jax.config_files import sibling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,13 +20,7 @@ CONFIGS = os.path.join(REPO, "configs")
 def config(name: str = "demo", arg: str | None = "tiny", **overrides) -> ml_collections.ConfigDict:
     """configs/<name>.py:<arg> with dotted-key overrides, e.g. config(**{"train.num_steps": 4})."""
     cfg = sibling(os.path.join(CONFIGS, "x.py"), name).get_config(arg)
-    for key, value in overrides.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return cfg
+    return config_lib.put(cfg, overrides)
 
 
 def write_png(path, h: int = 16, w: int = 16, value: int = 128) -> None:

@@ -290,3 +290,20 @@ def test_cpu_time_is_counted_at_a_checkpoint_a_stop_signal_saved(tmp_path, monke
     cfg.train.checkpoint_every = 2
     cpu, ran = scaling.train_to(cfg, str(tmp_path / "b"), 6)
     assert ran and math.isnan(cpu) and scaling.read_cpu(str(tmp_path / "b")) == {}
+
+
+def test_settings_hash_ignores_only_the_sections_no_experiment_reads():
+    """A recorded row's settings hash moves with every key that makes its numbers and with the
+    experiment's own settings, not with --mode=sweep's or --mode=app's defaults."""
+    from rdbm_jax import config as config_lib
+    from tests.helpers import config
+
+    base = results_csv.settings_hash(config(), (128,), 10)
+    assert results_csv.settings_hash(config(), (128,), 10) == base
+    for key, value in (("sweep.eta", "0,0.5"), ("sweep.nfe", "3"), ("app.port", 8000)):
+        assert results_csv.settings_hash(config_lib.put(config(), {key: value}), (128,), 10) == base
+    for key, value in (("sample.num_steps", 3), ("model.condition", "mu_mask_fill"),
+                       ("train.num_steps", 7), ("data.crop_size", 48)):
+        assert results_csv.settings_hash(config_lib.put(config(), {key: value}), (128,), 10) != base
+    assert results_csv.settings_hash(config(), (256,), 10) != base
+    assert results_csv.settings_hash(config(), (128,), 1) != base

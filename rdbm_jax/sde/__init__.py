@@ -14,10 +14,10 @@ from __future__ import annotations
 from rdbm_jax.schedules import (DEFAULT_PI, PI_MODES, PRESETS, THETA_SCHEDULES, Schedule,
                                 make_schedule, theta_profile, timestep_pairs)
 from rdbm_jax.sde.estimate import X0Rule, estimate_x0
-from rdbm_jax.sde.kernels import (PI_SCALED_BY_RESIDUAL, Time, fuse_observation, invert, pi_eps_from_x0, pi_values,
-                                  posterior, precond_scalings, project_known, q_sample,
-                                  reverse_step, reverse_step_pi_eps, skip_estimate, transition,
-                                  x0_from_pi_eps)
+from rdbm_jax.sde.kernels import (PI_SCALED_BY_RESIDUAL, Time, fuse_observation, invert,
+                                  pi_eps_from_x0, pi_values, posterior, precond_scalings,
+                                  project_known, q_sample, reverse_step, reverse_step_pi_eps,
+                                  skip_estimate, transition, x0_from_pi_eps)
 from rdbm_jax.sde.parameterizations import (FUSABLE, PARAMETERIZATIONS, Parameterization,
                                             fusable_names, network_input, network_target,
                                             predict_x0, register, residual_from_x0,
@@ -29,5 +29,5 @@ __all__ = ["PARAMETERIZATIONS", "Parameterization", "register", "pi_values", "q_
            "transition", "posterior", "x0_from_pi_eps", "pi_eps_from_x0", "x0_from_residual",
            "residual_from_x0", "predict_x0", "training_target", "network_target",
            "precond_scalings", "network_input", "reverse_step", "reverse_step_pi_eps",
-           "fuse_observation", "PI_SCALED_BY_RESIDUAL", "FUSABLE", "fusable_names", "project_known", "invert",
-           "skip_estimate", "estimate_x0", "X0Rule", "sample"]
+           "fuse_observation", "PI_SCALED_BY_RESIDUAL", "FUSABLE", "fusable_names",
+           "project_known", "invert", "skip_estimate", "estimate_x0", "X0Rule", "sample"]
