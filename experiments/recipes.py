@@ -82,6 +82,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # photos, with no network, each of the two fills beats the other on some fold by up to 1.4 dB
     # (experiments/prefills.py); their average is the plain ensemble of the two.
     "mixfill": {"model.condition": "mu_mask_mixfill"},
+    # mixfill (the demo since 2026-12-07) trained with L2 instead of L1: PSNR scores the squared
+    # error, whose minimiser is the conditional mean; L1's is the median (decided before any run).
+    "mixfill_l2": {"model.condition": "mu_mask_mixfill", "train.loss": "l2"},
 }
 # The share of --steps a recipe trains for (1 when absent); steps are rounded to a multiple of 25.
 # The `_eq` recipes' shares make their training cost the demo's time: the demo's CPU-s per step
