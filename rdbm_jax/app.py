@@ -84,8 +84,11 @@ def build_page(page: handlers.PageModel, out_dir: str) -> Any:
         with gr.Row():
             nfe = gr.Slider(1, cfg.bridge.num_timesteps, value=cfg.sample.num_steps, step=1,
                             label="NFE (sampling steps)", elem_id="nfe")
-            eta = gr.Slider(0.0, 1.0, value=cfg.sample.eta, step=0.05,
-                            label="η (0: deterministic; 1: posterior sampling)", elem_id="eta")
+            stochastic = config_lib.stochastic_steps_allowed(cfg)
+            eta = gr.Slider(0.0, 1.0, value=cfg.sample.eta, step=0.05, interactive=stochastic,
+                            label="η (0: deterministic; 1: posterior sampling)" if stochastic
+                            else "η: 0 only (this model fuses x̂0 by x_t; see docs/sampling.md)",
+                            elem_id="eta")
             button = gr.Button("Restore", variant="primary", elem_id="restore")
         status = gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id="status")
         with gr.Row():

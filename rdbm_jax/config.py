@@ -230,18 +230,24 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         _check_num_steps(cfg, "sweep.nfe", nfe)
     for eta in parse_list(cfg, "sweep.eta", float):
         _check_range("sweep.eta", eta, "sample.eta")
-    if fuse:
-        _check_fused_steps(cfg)
+    _check_fused_steps(cfg)
     _validate_app(cfg)
 
 
-def _check_fused_steps(cfg: ml_collections.ConfigDict) -> None:
-    """Fusion with π = x0 − μ (or |x0 − μ|) refuses stochastic steps: its weight Θ/(Θ² + Σ²) does
-    not depend on ρ, so it carries the noise such a step injects into x̂0 (measured: the 4 folds'
-    networks fall from 19–20 dB to 13.4 at NFE 2 and 8 at NFE 10, docs/sampling.md)."""
+def stochastic_steps_allowed(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether η > 0 may be sampled with: not with fusion under π = x0 − μ (or |x0 − μ|), whose
+    weight Θ/(Θ² + Σ²) does not depend on ρ and so carries a stochastic step's noise into x̂0
+    (measured: the 4 folds' networks fall from 19–20 dB to 13.4 at NFE 2 and 8 at NFE 10,
+    docs/sampling.md)."""
     pi = cfg.bridge.pi or schedules.DEFAULT_PI[cfg.bridge.preset]
-    if pi not in sde.PI_SCALED_BY_RESIDUAL:
+    return not (cfg.sample.fuse and pi in sde.PI_SCALED_BY_RESIDUAL)
+
+
+def _check_fused_steps(cfg: ml_collections.ConfigDict) -> None:
+    """Refuse (ConfigError naming the key) any η > 0 that `stochastic_steps_allowed` rules out."""
+    if stochastic_steps_allowed(cfg):
         return
+    pi = cfg.bridge.pi or schedules.DEFAULT_PI[cfg.bridge.preset]
     etas = [("sample.eta", float(cfg.sample.eta)),
             ("sample.first_step_eta", float(cfg.sample.first_step_eta))]
     etas += [("sweep.eta", eta) for eta in parse_list(cfg, "sweep.eta", float)]

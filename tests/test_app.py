@@ -161,6 +161,8 @@ def test_bad_nfe_and_eta_get_the_apis_one_line_messages(page):
         page.restore(_photo(), holes, num_steps=500, eta=0.0)
     with pytest.raises(ConfigError, match=r"^sample\.eta=2\.0 must be in \[0, 1\]$"):
         page.restore(_photo(), holes, num_steps=2, eta=2.0)
+    with pytest.raises(ConfigError, match=r"^sample\.eta=0\.5 with sample\.fuse=True"):
+        page.restore(_photo(), holes, num_steps=2, eta=0.5)  # the fused demo: η = 0 only
 
 
 def test_a_photo_too_large_for_memory_gets_the_apis_one_line_message(page, monkeypatch):
@@ -235,6 +237,27 @@ def test_the_page_restores_one_at_a_time(page, tmp_path):
     restore = [f for f in demo.fns.values() if f.name == "on_restore"]
     assert len(restore) == 1 and restore[0].queue and restore[0].concurrency_limit == 1
     assert demo._queue.default_concurrency_limit == 1  # uploads wait their turn as well
+
+
+def test_the_eta_slider_is_locked_at_0_for_a_model_that_refuses_stochastic_steps(page, tmp_path):
+    """The fused demo (π = x0 − μ) takes η = 0 only (config.stochastic_steps_allowed): its
+    slider cannot move, and its label says why; a model without fusion keeps it free."""
+    pytest.importorskip("gradio", reason="the page needs the [app] extra (Gradio)")
+    from rdbm_jax import app
+
+    def slider(demo):
+        found = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "eta"]
+        assert len(found) == 1
+        return found[0]
+
+    locked = slider(app.build_page(page, str(tmp_path)))
+    assert locked.interactive is False and "0 only" in locked.label and locked.value == 0.0
+    page.model.config.sample.fuse = False
+    try:
+        free = slider(app.build_page(page, str(tmp_path)))
+    finally:
+        page.model.config.sample.fuse = True
+    assert free.interactive is True and "posterior sampling" in free.label
 
 
 def test_a_taken_port_is_one_line_naming_app_port(trained_run, monkeypatch):

@@ -211,3 +211,6 @@ def test_stochastic_steps_are_allowed_without_fusion_or_with_a_pi_that_reads_rho
                       {"sample.eta": 1.0, "bridge.pi": "one", "sample.first_step_eta": 1.0},
                       {"sample.eta": 0.0, "sweep.eta": "0"}):
         config_lib.validate(config(**overrides))
+    assert not config_lib.stochastic_steps_allowed(config())  # the demo: fused, π = x0 − μ
+    assert config_lib.stochastic_steps_allowed(config(**{"sample.fuse": False}))
+    assert config_lib.stochastic_steps_allowed(config(**{"bridge.pi": "one"}))
