@@ -1,6 +1,7 @@
 """Config validation: every bad value becomes a one-line ConfigError naming its key."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Mapping
 
 import ml_collections
@@ -11,6 +12,8 @@ from rdbm_jax.runtime import writers
 from rdbm_jax.data import spec as data_spec
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.evaluation.perceptual import lpips
+
+log = logging.getLogger("rdbm_jax")
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -117,13 +120,18 @@ def parse_list(cfg: ml_collections.ConfigDict, key: str, cast: Callable[[str], A
                           ) from None
 
 
+def _pi_mode(bridge: ml_collections.ConfigDict) -> str:
+    """The π mode a bridge section trains and samples with: bridge.pi, else its preset's."""
+    return bridge.pi or schedules.DEFAULT_PI[bridge.preset]
+
+
 def _validate_bridge(bridge: ml_collections.ConfigDict) -> None:
     """Combinations of bridge keys that cannot train a meaningful model, refused in one line."""
     try:
         schedules.check_discretization(bridge.discretization, bridge.preset, bridge.theta_schedule)
     except ValueError as e:
         raise ConfigError(f"bridge.discretization: {e}") from None
-    pi = bridge.pi or schedules.DEFAULT_PI[bridge.preset]
+    pi = _pi_mode(bridge)
     noise_target = sde.PARAMETERIZATIONS[bridge.parameterization].target_is_noise
     if noise_target and (bridge.preset == "flow" or pi == "zero"):
         raise ConfigError(f"bridge.parameterization={bridge.parameterization!r} with "
@@ -239,15 +247,14 @@ def stochastic_steps_allowed(cfg: ml_collections.ConfigDict) -> bool:
     weight Θ/(Θ² + Σ²) does not depend on ρ and so carries a stochastic step's noise into x̂0
     (measured: the 4 folds' networks fall from 19–20 dB to 13.4 at NFE 2 and 8 at NFE 10,
     docs/sampling.md)."""
-    pi = cfg.bridge.pi or schedules.DEFAULT_PI[cfg.bridge.preset]
-    return not (cfg.sample.fuse and pi in sde.PI_SCALED_BY_RESIDUAL)
+    return not (cfg.sample.fuse and _pi_mode(cfg.bridge) in sde.PI_SCALED_BY_RESIDUAL)
 
 
 def _check_fused_steps(cfg: ml_collections.ConfigDict) -> None:
     """Refuse (ConfigError naming the key) any η > 0 that `stochastic_steps_allowed` rules out."""
     if stochastic_steps_allowed(cfg):
         return
-    pi = cfg.bridge.pi or schedules.DEFAULT_PI[cfg.bridge.preset]
+    pi = _pi_mode(cfg.bridge)
     etas = [("sample.eta", float(cfg.sample.eta)),
             ("sample.first_step_eta", float(cfg.sample.first_step_eta))]
     etas += [("sweep.eta", eta) for eta in parse_list(cfg, "sweep.eta", float)]
@@ -258,12 +265,40 @@ def _check_fused_steps(cfg: ml_collections.ConfigDict) -> None:
                               "--config.sample.fuse=False")
 
 
+def _sample_saved_run_at_eta_0(cfg: ml_collections.ConfigDict, where: str) -> None:
+    """A run saved before fusion refused stochastic steps (`stochastic_steps_allowed`) keeps
+    loading: its saved η values above 0 — sampling defaults only (every call and mode may set
+    its own), such as the demo's former sweep.eta="0,1" — become 0, with one warning naming
+    them, rather than the saved config being refused as damaged."""
+    try:
+        if stochastic_steps_allowed(cfg):
+            return
+        saved = {key: float(get(cfg, key)) for key in ("sample.eta", "sample.first_step_eta")}
+        etas = parse_list(cfg, "sweep.eta", float)
+    except (KeyError, AttributeError, TypeError, ValueError, ConfigError):
+        return  # a damaged value: `validate` names it
+    if not all(0 <= eta <= 1 for eta in (*saved.values(), *etas)):
+        return  # outside η's range: damaged, and `validate` names it
+    changed = []
+    for key, eta in saved.items():
+        if eta > 0:
+            changed.append(f"{key}={eta:g}")
+            put(cfg, {key: 0.0})
+    if any(eta > 0 for eta in etas):
+        changed.append(f"sweep.eta={cfg.sweep.eta!r}")
+        cfg.sweep.eta = "0"
+    if changed:
+        log.warning("checkpoint config %s: %s taken as 0 (this model fuses x̂0 by x_t, which "
+                    "refuses stochastic steps: docs/sampling.md)", where, ", ".join(changed))
+
+
 def check_saved(saved: dict, where: str) -> ml_collections.ConfigDict:
     """A checkpoint's saved config as a ConfigDict checked by `validate`: a damaged or crafted one
     (a size of 5, a number saved as a string) is one ConfigError naming the file and the key."""
     try:
         # an older version's config: the keys added since filled in as those runs behaved
         cfg = older_runs.upgrade(ml_collections.ConfigDict(saved))
+        _sample_saved_run_at_eta_0(cfg, where)
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"checkpoint config {where}: {e} (the saved config is damaged or not "

@@ -214,3 +214,24 @@ def test_stochastic_steps_are_allowed_without_fusion_or_with_a_pi_that_reads_rho
     assert not config_lib.stochastic_steps_allowed(config())  # the demo: fused, π = x0 − μ
     assert config_lib.stochastic_steps_allowed(config(**{"sample.fuse": False}))
     assert config_lib.stochastic_steps_allowed(config(**{"bridge.pi": "one"}))
+
+
+def test_a_run_saved_before_the_fused_eta_rule_still_loads_at_eta_0(caplog):
+    """A fused run saved with η values above 0 (the demo's former sweep.eta="0,1", or a chosen
+    sample.eta) is not refused as damaged: those sampling defaults become 0, one warning naming
+    them; an unfused run keeps its η; a damaged η is still named by validate."""
+    saved = config(**{"sweep.eta": "0,1", "sample.eta": 1.0}).to_dict()
+    with caplog.at_level("WARNING", logger="rdbm_jax"):
+        cfg = config_lib.check_saved(saved, "RUN/checkpoints/2/config")
+    assert (cfg.sweep.eta, cfg.sample.eta, cfg.sample.first_step_eta) == ("0", 0.0, 0.0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["checkpoint config RUN/checkpoints/2/config: sample.eta=1, "
+                        "sweep.eta='0,1' taken as 0 (this model fuses x̂0 by x_t, which refuses "
+                        "stochastic steps: docs/sampling.md)"]
+    assert saved["sweep"]["eta"] == "0,1"  # the saved record itself is not changed
+    unfused = config(**{"sweep.eta": "0,1", "sample.eta": 1.0, "sample.fuse": False}).to_dict()
+    cfg = config_lib.check_saved(unfused, "RUN/checkpoints/2/config")
+    assert (cfg.sweep.eta, cfg.sample.eta) == ("0,1", 1.0)
+    damaged = config(**{"sample.eta": 1.5}).to_dict()
+    with pytest.raises(ConfigError, match=r"sample\.eta=1\.5 must be in \[0, 1\]"):
+        config_lib.check_saved(damaged, "RUN/checkpoints/2/config")
