@@ -85,6 +85,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # mixfill (the demo since 2026-12-07) trained with L2 instead of L1: PSNR scores the squared
     # error, whose minimiser is the conditional mean; L1's is the median (decided before any run).
     "mixfill_l2": {"model.condition": "mu_mask_mixfill", "train.loss": "l2"},
+    # mixfill at 3× the learning rate (3e-3, same warm-up and cosine): its network adds nothing
+    # over its pre-fill even on its own training photos (−0.02 dB at 128 px, mean of 4 folds;
+    # experiments/fit_gap.py), so at the demo's 1 500 steps it under-fits (decided before any run).
+    "mixfill_lr3": {"model.condition": "mu_mask_mixfill", "optim.learning_rate": 3e-3},
 }
 # The share of --steps a recipe trains for (1 when absent); steps are rounded to a multiple of 25.
 # The `_eq` recipes' shares make their training cost the demo's time: the demo's CPU-s per step
