@@ -121,7 +121,11 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: str) -> None:
             saved = json.load(f)
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable ({e}); use another --runs-dir") from None
+    # the sections no experiment reads (sweep grid, page) may change without orphaning a run
     ours = json.loads(cfg.to_json_best_effort())
+    for section in results_csv.NOT_IN_SETTINGS:
+        saved.pop(section, None)
+        ours.pop(section, None)
     if saved != ours:
         diff = sorted(f"{s}.{k}" for s in ours if isinstance(ours[s], dict)
                       for k in ours[s] if saved.get(s, {}).get(k) != ours[s][k])
