@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rdbm_jax import api, sampler as sampler_lib, sde, train
+from rdbm_jax import api, conditioning, sampler as sampler_lib, sde, train
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.runtime import memory
 from tests.helpers import config
@@ -53,3 +55,28 @@ def test_a_batch_too_large_for_memory_is_one_line_before_anything_is_built(tmp_p
                                           r"memory, "
                                           r"1.00 GiB is available; lower train.batch_size"):
         train.train_and_evaluate(cfg, str(tmp_path / "run"))
+
+
+# --- the pre-fills at 4K: memory linear in the pixels, a fixed number of image-sized buffers -----
+
+def _fill_temp_images(kind: str, height: int, width: int) -> float:
+    """XLA's temporary bytes of pre-fill `kind` on one RGB image, in units of that image."""
+    mu = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+    mask = jax.ShapeDtypeStruct((1, height, width, 1), jnp.float32)
+    compiled = jax.jit(conditioning.PREFILLS[kind]).lower(mu, mask).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / (height * width * 3 * 4)
+
+
+def test_the_prefills_at_4k_need_a_fixed_number_of_image_sized_buffers():
+    """The fill is computed on the whole image even when the network runs in tiles, so its buffers
+    must stay a constant multiple of the image. The bound counts what the biharmonic solve keeps
+    live: conjugate gradients' x, r, p and A·p, the hole mask broadcast to RGB, two nested 5-point
+    Laplacians with their edge-padded copies, and the harmonic start with its pull-push pyramid
+    (4/3 of an image for sums, 4/9 for weights): 4 + 1 + 4 + 2 = 11 images, plus 5 of slack for
+    the compiler's choices of what to fuse (measured 13.0 on x86 XLA: 1.3 GB at 4K)."""
+    for kind in conditioning.PREFILLS:
+        assert _fill_temp_images(kind, 2160, 3840) <= 16.0, kind
+    # linear in the pixels: the demo's fill at 4K takes the same multiple as at a sixteenth of it
+    small, large = (_fill_temp_images("mu_mask_mixfill", h, w) for h, w in ((540, 960),
+                                                                             (2160, 3840)))
+    assert large == pytest.approx(small, rel=0.02)
