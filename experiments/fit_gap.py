@@ -83,7 +83,8 @@ def summary(rows: list[dict[str, Any]], machine: str = "") -> str:
                   + f"; {when[0]} – {when[-1]} UTC.", ""]
     names = list(dict.fromkeys(r["recipe"] for r in rows))
     for size in sorted({r["size"] for r in rows}):
-        lines += [f"## {size:.0f} px", "",
+        title = f"{size:.0f} px" if size else "Full size (the scale training cropped)"
+        lines += [f"## {title}", "",
                   "| recipe | steps | NFE | photos | folds | model | pre-fill | biharmonic | "
                   "input | gain over pre-fill | gain over biharmonic |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -123,7 +124,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--recipes", default="mixfill", help="comma-separated recipe names")
     p.add_argument("--folds", default="0,1,2,3")
     p.add_argument("--steps", type=int, default=1500, help="recipes.py's --steps of the runs")
-    p.add_argument("--sizes", default=",".join(map(str, holes.SIZES)), help="long sides, px")
+    p.add_argument("--sizes", default=",".join(map(str, holes.SIZES)),
+                   help="long sides, px (0: the photos at full size, as training crops them)")
     p.add_argument("--nfe", type=int, default=1, help="sampling steps (1: one network call)")
     p.add_argument("--machine", default="", help="where it was measured, for summary.md")
     p.add_argument("--tiny", action="store_true", help="runs trained with recipes.py --tiny")
@@ -148,11 +150,7 @@ def main(argv: list[str] | None = None) -> str:
         for fold in folds:
             cfg = recipes.fold_config(name, fold, args.steps, args.tiny)
             settings = results_csv.settings_hash(cfg, sizes, args.nfe)
-            mine = [r for r in rows if (r["recipe"], int(r["fold"])) == (name, fold)]
-            if any(r["settings"] != settings for r in mine):
-                raise ConfigError(f"{path}: {name} fold {fold} was measured with other "
-                                  "settings; use another --out-dir")
-            if mine:
+            if recipes.measured(rows, path, name, fold, settings):
                 continue
             stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
             new = [{**r, "settings": settings, "commit": scaling.commit(), "utc": stamp}

@@ -307,11 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cfg = fold_config(recipe, fold, steps, args.tiny)
             nfe = nfe_of(recipe, args.nfe)
             settings = settings_of(cfg, sizes, nfe)
-            mine = [r for r in rows if (r["recipe"], int(r["fold"])) == (recipe, fold)]
-            if any(r["settings"] != settings for r in mine):
-                raise ConfigError(f"{csv_path}: {recipe} fold {fold} was measured with other "
-                                  "settings; use another --out-dir")
-            if mine:
+            if measured(rows, csv_path, recipe, fold, settings):
                 continue
             trainer = trained_as(recipe)
             train_cfg = cfg if trainer == recipe else fold_config(trainer, fold, steps, args.tiny)
@@ -330,6 +326,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows = results_csv.add_rows(csv_path, FIELDS, NUMERIC, new, ("recipe", "fold", "size"))
             out["evaluated"].append((recipe, fold))
     return write_summary(args.out_dir, rows, recipes, folds, out, args.machine)
+
+
+def measured(rows: list[dict[str, Any]], path: str, recipe: str, fold: int,
+             settings: str) -> bool:
+    """Whether table `path`'s `rows` hold (recipe, fold); a ConfigError when they were measured
+    with other `settings` (a table never mixes two protocols)."""
+    mine = [r for r in rows if (r["recipe"], int(r["fold"])) == (recipe, fold)]
+    if any(r["settings"] != settings for r in mine):
+        raise ConfigError(f"{path}: {recipe} fold {fold} was measured with other settings; use "
+                          "another --out-dir")
+    return bool(mine)
 
 
 def write_summary(out_dir: str, rows: list[dict[str, Any]], recipes: list[str],

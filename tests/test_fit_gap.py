@@ -28,7 +28,10 @@ def test_summary_pairs_trained_and_held_out_gains_by_fold():
     assert "| 0.15 ± 0.13 | 0.65 ± 0.13 |" in md  # held-out gain over pre-fill, over biharmonic
     assert "| mixfill | +0.30 +0.30 +0.30 +0.30 | 0.30 ± 0.00 |" in md
     assert "Measured on a 2-core test box, commit(s) abc; u0 – u3 UTC." in md
-    assert "nan" not in md
+    assert "nan" not in md and "## 128 px" in md and "Full size" not in md
+    full = fit_gap.summary([_row("trained", 0, 0.2, size=0), _row("held_out", 0, 0.1, size=0)])
+    assert "## Full size (the scale training cropped)" in full
+    assert "| mixfill | +0.10 | 0.10 |" in full
 
 
 def test_photos_are_the_folds_held_out_and_training_splits():
