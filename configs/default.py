@@ -103,8 +103,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         num_steps=500_000,
         batch_size=20,           # global batch, split over devices (and equally over tasks)
         loss="l1",               # l1 | l2
-        t_sampling="uniform",    # uniform | weighted: draw of t; weighted: p(t) ∝ (t + 1)^(−1/2),
-                                 # loss not reweighted (program.t_log_weights says why)
+        t_sampling="uniform",    # uniform | weighted | late: draw of t; weighted: p(t) ∝
+                                 # (t + 1)^(−1/2), late: p(t) ∝ 1/(T − t); loss not reweighted
+                                 # (program.t_log_weights says why)
         log_every=100,
         eval_every=5_000,
         eval_num_images=8,       # validation images per test set at each periodic evaluation

@@ -89,6 +89,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # over its pre-fill even on its own training photos (−0.02 dB at 128 px, mean of 4 folds;
     # experiments/fit_gap.py), so at the demo's 1 500 steps it under-fits (decided before any run).
     "mixfill_lr3": {"model.condition": "mu_mask_mixfill", "optim.learning_rate": 3e-3},
+    # mixfill with t drawn log-uniformly in the distance to T (`program.t_log_weights`): its
+    # training loss falls while what it adds at t = T stays 0, as if the falling loss were the
+    # small-t steps, where x_t shows x0 (decided before any run).
+    "mixfill_late": {"model.condition": "mu_mask_mixfill", "train.t_sampling": "late"},
 }
 # The share of --steps a recipe trains for (1 when absent); steps are rounded to a multiple of 25.
 # The `_eq` recipes' shares make their training cost the demo's time: the demo's CPU-s per step

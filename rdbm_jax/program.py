@@ -30,9 +30,16 @@ from rdbm_jax.older_runs import upgrade
 Params = Any  # a Flax parameter pytree: nested dicts of arrays (or of ShapeDtypeStructs)
 
 LOSSES = ("l1", "l2")  # train.loss
-# train.t_sampling: how the training step draws t. "uniform": t ~ U{0, …, T−1} (the paper's and the
-# released code's draw). "weighted": p(t) ∝ (t + 1)^(−1/2) (`t_log_weights`), more draws at small t.
-T_SAMPLINGS = ("uniform", "weighted")
+# train.t_sampling: how the training step draws t, as log p(t) + const over t = 0 … T−1 (`T` the
+# count). "uniform": t ~ U{0, …, T−1} (the paper's and the released code's draw). "weighted":
+# p(t) ∝ (t + 1)^(−1/2), more draws at small t. "late": p(t) ∝ 1/(T − t), log-uniform in the
+# distance to T, more draws at large t. Why each: `t_log_weights`.
+_T_LOG_WEIGHTS: dict[str, Callable[[jnp.ndarray, int], jnp.ndarray]] = {
+    "uniform": lambda t, T: jnp.zeros_like(t),
+    "weighted": lambda t, T: -0.5 * jnp.log1p(t),
+    "late": lambda t, T: -jnp.log(T - t),
+}
+T_SAMPLINGS = tuple(_T_LOG_WEIGHTS)
 
 
 def sigma_data_values(text: str, tasks: list[str], key: str = "bridge.sigma_data"
@@ -69,13 +76,17 @@ def t_log_weights(t_sampling: str, num_timesteps: int) -> jnp.ndarray:
     would keep the uniform objective's expectation and only change its variance, whereas the point
     is to spend more of the network's capacity on the small-t steps (as EDM's noise-level density
     is part of its objective, not an importance sampler).
+
+    "late": p(t) ∝ 1/(T − t), each halving of the distance to T drawn equally often. Near t = 0,
+    x_t shows x0 inside the holes and the network learns to copy it; only near T is x0 hidden,
+    and there the one-step restorer (and each sampler's first step) reads x̂0. With T = 100 it
+    gives t ≥ 80 about 69 % of the draws (uniform: 20 %) and t = 0 still 0.2 %, not reweighted
+    either, for the same reason.
     """
+    if t_sampling not in _T_LOG_WEIGHTS:
+        raise ValueError(f"train.t_sampling={t_sampling!r} is not one of {T_SAMPLINGS}")
     t = jnp.arange(num_timesteps, dtype=jnp.float32)
-    if t_sampling == "uniform":
-        return jnp.zeros_like(t)
-    if t_sampling == "weighted":
-        return -0.5 * jnp.log1p(t)
-    raise ValueError(f"train.t_sampling={t_sampling!r} is not one of {T_SAMPLINGS}")
+    return _T_LOG_WEIGHTS[t_sampling](t, num_timesteps)
 
 
 def draw_t(key: jax.Array, t_sampling: str, num_timesteps: int, batch: int) -> jax.Array:

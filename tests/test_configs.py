@@ -164,7 +164,7 @@ def test_loading_a_config_file_imports_no_jax_library(name):
     ({"sweep.eta": "0,1.5"}, r"^sweep\.eta=1\.5 must be in \[0, 1\]$"),  # the rule of sample.eta
     ({"sweep.nfe": "2,0"}, r"^sweep\.nfe=0 must be > 0$"),
     ({"train.t_sampling": "small"},
-     r"^train\.t_sampling='small' is not one of 'uniform', 'weighted'$"),
+     r"^train\.t_sampling='small' is not one of 'uniform', 'weighted', 'late'$"),
     ({"sweep.nfe": "2,500"}, r"^sweep\.nfe=500 exceeds bridge\.num_timesteps=100$"),
     # --mode=app's page: an address and a port it can bind, a step or -1 (the latest).
     ({"app.port": 0}, r"^app\.port=0 must be in 1\.\.65535$"),
