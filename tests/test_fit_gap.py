@@ -28,6 +28,8 @@ def test_summary_pairs_trained_and_held_out_gains_by_fold():
     assert "| 0.15 ± 0.13 | 0.65 ± 0.13 |" in md  # held-out gain over pre-fill, over biharmonic
     assert "| mixfill | +0.30 +0.30 +0.30 +0.30 | 0.30 ± 0.00 |" in md
     assert "Measured on a 2-core test box, commit(s) abc; u0 – u3 UTC." in md
+    assert "`mixfill`: the `mixfill_fold<i>` runs of experiments/recipes.py" in md
+    assert "`model.condition='mu_mask_mixfill'`, trained on `fold<i>_train`." in md
     assert "nan" not in md and "## 128 px" in md and "Full size" not in md
     full = fit_gap.summary([_row("trained", 0, 0.2, size=0), _row("held_out", 0, 0.1, size=0)])
     assert "## Full size (the scale training cropped)" in full
