@@ -157,3 +157,21 @@ def test_tiny_multiscale_recipe_trains_on_mixed_crop_sizes(tmp_path):
     rows = results_csv.read_rows(str(tmp_path / recipes.CSV_NAME), recipes.FIELDS,
                                  recipes.NUMERIC)
     assert math.isfinite(rows[0]["model"]) and math.isfinite(rows[0]["prefill"])
+
+
+def test_a_recipe_is_also_judged_against_the_recipe_it_extends():
+    """mixfill_lr3 changes one choice of mixfill: besides the first listed (demo), the summary
+    judges it against mixfill. A recipe trained for other steps is no parent (multiscale_eq
+    extends crop128_eq's overrides at other steps; long_nfe1's parent is long, at long's steps)."""
+    listed = ["demo", "mixfill", "mixfill_lr3", "mixfill_l2"]
+    assert recipes.reference_of("mixfill_lr3", listed) == "mixfill"
+    assert recipes.reference_of("mixfill", listed) == "demo"
+    assert recipes.reference_of("mixfill_lr3", ["demo", "mixfill_lr3"]) == "demo"
+    assert recipes.reference_of("multiscale_eq", ["demo", "crop128_eq", "multiscale_eq"]) == "demo"
+    assert recipes.reference_of("long_nfe1", ["demo", "long", "long_nfe1"]) == "long"
+    rows = [_row("demo", f, 20.1) for f in range(4)] + [_row("mixfill", f, 20.6) for f in range(4)]
+    rows += [_row("mixfill_lr3", f, 20.6 + 0.05 * (f + 1)) for f in range(4)]
+    md = recipes.summary(rows, ["demo", "mixfill", "mixfill_lr3"])
+    assert md.count("Against `demo`") == 1 and md.count("Against `mixfill`") == 1
+    assert "| mixfill_lr3 | +0.55 | +0.60 | +0.65 | +0.70 |" in md  # against demo
+    assert "| mixfill_lr3 | +0.05 | +0.10 | +0.15 | +0.20 |" in md  # against mixfill
