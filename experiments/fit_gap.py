@@ -82,12 +82,12 @@ def summary(rows: list[dict[str, Any]], machine: str = "") -> str:
                   + ", ".join(sorted({r["commit"] for r in rows}))
                   + f"; {when[0]} – {when[-1]} UTC.", ""]
     names = list(dict.fromkeys(r["recipe"] for r in rows))
-    base = ", ".join(f"`{k}={v!r}`" for k, v in recipes.BASE.items())
     for name in names:
-        over = ", ".join(f"`{k}={v!r}`" for k, v in recipes.RECIPES.get(name, {}).items())
+        over = {**recipes.BASE, **recipes.RECIPES.get(name, {})}
         lines.append(f"- `{name}`: the `{recipes.trained_as(name)}_fold<i>` runs of "
-                     f"experiments/recipes.py, configs/demo.py with {base}"
-                     + (f" and {over}" if over else "") + ", trained on `fold<i>_train`.")
+                     "experiments/recipes.py, configs/demo.py with "
+                     + ", ".join(f"`{k}={v!r}`" for k, v in over.items())
+                     + ", trained on `fold<i>_train`.")
     if names:
         lines.append("")
     for size in sorted({r["size"] for r in rows}):
