@@ -37,13 +37,15 @@ SIZES = (128, 256, 512)  # long side of the evaluated photos (whole photo resize
 KEY = "psnr_masked"
 
 
-def at_size(cfg: ml_collections.ConfigDict, size: int) -> ml_collections.ConfigDict:
-    """A copy of `cfg` whose every eval source is the whole photo resized to long side `size`."""
+def at_size(cfg: ml_collections.ConfigDict, size: int, fit: str = "resize"
+            ) -> ml_collections.ConfigDict:
+    """A copy of `cfg` whose every eval source is the whole photo resized to long side `size`
+    (fit "crop": its centre crop of side `size` at full scale, the training crops' scale)."""
     out = ml_collections.ConfigDict(cfg.to_dict())
     for task in data_spec.task_names(out.data):
         for src in data_spec.named_sources(out.data, task, "eval"):
             src.cfg.eval_size = int(size)
-            src.cfg.eval_fit = "resize"
+            src.cfg.eval_fit = fit
     return out
 
 
@@ -75,13 +77,14 @@ def prefill_scores(cfg: ml_collections.ConfigDict, sources: dict[str, Any]) -> f
 
 
 def measure(cfg: ml_collections.ConfigDict, params: Any, sizes: tuple[int, ...] = SIZES,
-            nfes: tuple[int, ...] = (1, 10)) -> list[dict[str, float]]:
+            nfes: tuple[int, ...] = (1, 10), fit: str = "resize") -> list[dict[str, float]]:
     """One row per size: `size`, `input`, `biharmonic`, `prefill` (NaN without one) and
-    `model_nfe<n>` per NFE, each the mean PSNR inside the holes (dB) of cfg's eval sources."""
+    `model_nfe<n>` per NFE, each the mean PSNR inside the holes (dB) of cfg's eval sources
+    (`at_size`'s `fit`)."""
     mesh = distributed.make_mesh()
     rows = []
     for size in sizes:
-        sized = at_size(cfg, size)
+        sized = at_size(cfg, size, fit)
         sources = data.build_eval_sources(sized.data, max_images=sized.eval.max_images)
         baseline = Baselines(true_mask=True)  # per size: its cache is keyed by (label, index)
         row: dict[str, float] = {"size": int(size)}

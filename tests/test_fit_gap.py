@@ -32,7 +32,9 @@ def test_summary_pairs_trained_and_held_out_gains_by_fold():
     assert "`model.condition='mu_mask_mixfill'`, trained on `fold<i>_train`." in md
     assert "nan" not in md and "## 128 px" in md and "Full size" not in md
     full = fit_gap.summary([_row("trained", 0, 0.2, size=0), _row("held_out", 0, 0.1, size=0)])
-    assert "## Full size (the scale training cropped)" in full
+    assert "## Full size (the photos' scale in training)" in full
+    crops = fit_gap.summary([_row("trained", 0, 0.2, size=64)], fit="crop")
+    assert "## 64² centre crops at full scale (training's crops and holes)" in crops
     assert "| mixfill | +0.10 | 0.10 |" in full
 
 
@@ -80,6 +82,13 @@ def test_tiny_run_scored_on_both_sets_resumable_and_refusals(tmp_path, monkeypat
     monkeypatch.undo()
     with pytest.raises(ConfigError, match=r"mixfill_fold0: no such run"):
         fit_gap.main(argv[:7] + ["0"] + argv[8:])
+    # centre crops at full scale, holes drawn per crop (the training distribution): another table
+    crop_argv = argv[:3] + [str(tmp_path / "crops")] + argv[4:-1] + ["16", "--fit", "crop"]
+    assert "16² centre crops at full scale" in fit_gap.main(crop_argv)
+    crops = results_csv.read_rows(str(tmp_path / "crops" / fit_gap.CSV_NAME), fit_gap.FIELDS,
+                                  fit_gap.NUMERIC)
+    assert len(crops) == 2 and all(math.isfinite(r["model"]) for r in crops)
+    assert crops[0]["settings"] != rows[0]["settings"]
     saved["model"]["size"] = "S"  # a section that makes the numbers: refused
     (runs / "mixfill_fold1" / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match="trained with another config"):
