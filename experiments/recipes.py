@@ -230,6 +230,11 @@ def summary(rows: list[dict[str, Any]], recipes: list[str], machine: str = "") -
              "agree and the one-sided paired t test at 95 %).", ""]
     if rows:
         lines += _protocol(rows, recipes, machine)
+    # (reference, recipe) pairs to judge: each against the first listed, and against the one it
+    # extends where that is another (the same pairs at every size)
+    judged = [(recipes[0], name) for name in recipes[1:]]
+    judged += [(ref, name) for name in recipes[1:]
+               if (ref := reference_of(name, recipes)) != recipes[0]]
     for size in sorted({r["size"] for r in rows}):
         at = {(r["recipe"], int(r["fold"])): r for r in rows if r["size"] == size}
         folds = sorted({f for _, f in at})
@@ -247,10 +252,7 @@ def summary(rows: list[dict[str, Any]], recipes: list[str], machine: str = "") -
                 cols.append(f"{np.mean([r['train_cpu_s'] for r in mine]):.0f}")
                 lines.append(f"| {name} | {len(mine)} | " + " | ".join(cols) + " |")
         compared: dict[str, list[str]] = {}  # reference → its table's rows
-        pairs_to_judge = [(recipes[0], name) for name in recipes[1:]]
-        pairs_to_judge += [(reference_of(name, recipes), name) for name in recipes[1:]
-                           if reference_of(name, recipes) != recipes[0]]
-        for ref, name in pairs_to_judge:
+        for ref, name in judged:
             pairs = [f for f in folds if (name, f) in at and (ref, f) in at]
             diffs = [at[(name, f)]["model"] - at[(ref, f)]["model"] for f in pairs]
             if not diffs:

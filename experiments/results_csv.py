@@ -29,11 +29,15 @@ log = logging.getLogger("rdbm_jax")
 NOT_IN_SETTINGS = ("sweep", "app")
 
 
+def what_matters(config: dict[str, Any]) -> dict[str, Any]:
+    """A config's sections as a dict, bar NOT_IN_SETTINGS: what makes an experiment's numbers."""
+    return {k: v for k, v in config.items() if k not in NOT_IN_SETTINGS}
+
+
 def settings_hash(cfg: ml_collections.ConfigDict, *extra: Any) -> str:
-    """A short hash of what makes a recorded row's numbers: the config (bar NOT_IN_SETTINGS) and
-    the experiment's own settings (`extra`: points, NFEs, sizes)."""
-    settings = {k: v for k, v in json.loads(cfg.to_json_best_effort(sort_keys=True)).items()
-                if k not in NOT_IN_SETTINGS}
+    """A short hash of what makes a recorded row's numbers: the config (`what_matters`) and the
+    experiment's own settings (`extra`: points, NFEs, sizes)."""
+    settings = what_matters(json.loads(cfg.to_json_best_effort(sort_keys=True)))
     doc = json.dumps([settings, *extra], sort_keys=True)
     return hashlib.sha256(doc.encode()).hexdigest()[:12]
 

@@ -122,10 +122,8 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable ({e}); use another --runs-dir") from None
     # the sections no experiment reads (sweep grid, page) may change without orphaning a run
-    ours = json.loads(cfg.to_json_best_effort())
-    for section in results_csv.NOT_IN_SETTINGS:
-        saved.pop(section, None)
-        ours.pop(section, None)
+    saved = results_csv.what_matters(saved)
+    ours = results_csv.what_matters(json.loads(cfg.to_json_best_effort()))
     if saved != ours:
         diff = sorted(f"{s}.{k}" for s in ours if isinstance(ours[s], dict)
                       for k in ours[s] if saved.get(s, {}).get(k) != ours[s][k])
