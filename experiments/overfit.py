@@ -14,7 +14,8 @@ Protocol: the config's (default: the demo's) first training batch (the training 
 config's seed: `train.batch_size` crops with their masks, fixed), `--steps` steps of the config's
 own training program on that batch alone (t and noise drawn afresh each step, as in training),
 and every `--every` steps the config's sampler at NFE 1 with the raw and the EMA weights on the
-batch's μ and masks. PSNR inside the holes is pooled over the batch's hole pixels (RGB in [0, 1],
+batch's μ and masks, beside the pre-fill alone, scikit-image's biharmonic (true mask) and the
+input. PSNR inside the holes is pooled over the batch's hole pixels (RGB in [0, 1],
 uint8-quantised): a crop's own PSNR is infinite where its hole lies in a flat region that the
 pre-fill reproduces exactly, so the per-crop mean of the project's protocol is not defined here.
 Writes overfit.csv and summary.md (atomically; a rerun replaces both).
@@ -38,10 +39,11 @@ from experiments import cli, scaling
 from rdbm_jax import conditioning, data, program
 from rdbm_jax.config_files import load
 from rdbm_jax.errors import ConfigError
+from rdbm_jax.evaluation import baselines
 from rdbm_jax.evaluation.metrics import quantize_levels, to_unit
 from rdbm_jax.runtime import atomic, distributed
 
-COLUMNS = ("step", "loss", "model_raw", "model_ema", "prefill", "input", "cpu_s")
+COLUMNS = ("step", "loss", "model_raw", "model_ema", "prefill", "biharmonic", "input", "cpu_s")
 
 
 def fixed_batch(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
@@ -60,13 +62,22 @@ def holes_psnr(x: np.ndarray, x0: np.ndarray, mask: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(-10.0 * np.log10(mse))
 
 
+def biharmonic(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """The project's classical baseline (scikit-image's biharmonic, the true mask) per crop, in
+    [-1, 1]."""
+    unit = np.asarray(to_unit(batch["mu"]))
+    return np.stack([baselines.restore(u, "inpaint", mask=m) for u, m in zip(unit, batch["mask"])
+                     ]) * 2.0 - 1.0
+
+
 def train_on_batch(cfg: ml_collections.ConfigDict, steps: int, every: int,
                    sampler_cfg: ml_collections.ConfigDict | None = None
                    ) -> list[dict[str, float]]:
     """One row per `every` steps (and step 0): the mean loss since the last row, the NFE-1
-    restoration's PSNR inside the holes with the raw and the EMA weights, the pre-fill's and the
-    input's, and the CPU seconds spent (process time, compiles included). `sampler_cfg`: the
-    config whose sampler restores (default `cfg`; the tests read the output with another rule)."""
+    restoration's PSNR inside the holes with the raw and the EMA weights, the pre-fill's,
+    biharmonic's and the input's, and the CPU seconds spent (process time, compiles included).
+    `sampler_cfg`: the config whose sampler restores (default `cfg`; the tests read the output
+    with another rule)."""
     if cfg.model.condition not in conditioning.PREFILLS:
         raise ConfigError(f"model.condition={cfg.model.condition!r}: no pre-fill to compare with "
                           f"(one of {tuple(conditioning.PREFILLS)})")
@@ -77,6 +88,7 @@ def train_on_batch(cfg: ml_collections.ConfigDict, steps: int, every: int,
     fill = conditioning.PREFILLS[cfg.model.condition](batch["mu"], batch["mask"])
     prefill = holes_psnr(fill, batch["x0"], batch["mask"])
     given = holes_psnr(batch["mu"], batch["x0"], batch["mask"])
+    classical = holes_psnr(biharmonic(batch), batch["x0"], batch["mask"])
     # K = 1 step per call: the batch is repeated along the steps-per-dispatch axis the step reads.
     stacked = {k: np.repeat(v[None], cfg.train.steps_per_dispatch, axis=0)
                for k, v in batch.items()}
@@ -90,7 +102,8 @@ def train_on_batch(cfg: ml_collections.ConfigDict, steps: int, every: int,
     def row(step: int, losses: list[float]) -> dict[str, float]:
         return {"step": step, "loss": float(np.mean(losses)) if losses else float("nan"),
                 "model_raw": restored(state.params), "model_ema": restored(state.ema_params),
-                "prefill": prefill, "input": given, "cpu_s": time.process_time() - start}
+                "prefill": prefill, "biharmonic": classical, "input": given,
+                "cpu_s": time.process_time() - start}
 
     start = time.process_time()
     rows = [row(0, [])]
@@ -106,8 +119,8 @@ def train_on_batch(cfg: ml_collections.ConfigDict, steps: int, every: int,
 
 def summary(rows: list[dict[str, float]], config: str, machine: str, commit: str = "") -> str:
     """Markdown: the table of `rows` with the gain over the pre-fill, and the protocol."""
-    head = ["step", "loss", "NFE 1 raw", "NFE 1 EMA", "pre-fill", "input", "raw − pre-fill",
-            "CPU s"]
+    head = ["step", "loss", "NFE 1 raw", "NFE 1 EMA", "pre-fill", "biharmonic", "input",
+            "raw − pre-fill", "CPU s"]
     lines = ["# One fixed batch, memorised: does the sampler show what the network learns?", "",
              "Generated by `experiments/overfit.py`; do not edit by hand. "
              + " ".join(__doc__.split("\n\n")[3].split()), "",
@@ -116,7 +129,8 @@ def summary(rows: list[dict[str, float]], config: str, machine: str, commit: str
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in rows:
         cells = [f"{int(r['step'])}", f"{r['loss']:.4f}", f"{r['model_raw']:.2f}",
-                 f"{r['model_ema']:.2f}", f"{r['prefill']:.2f}", f"{r['input']:.2f}",
+                 f"{r['model_ema']:.2f}", f"{r['prefill']:.2f}", f"{r['biharmonic']:.2f}",
+                 f"{r['input']:.2f}",
                  f"{r['model_raw'] - r['prefill']:+.2f}", f"{r['cpu_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

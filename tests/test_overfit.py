@@ -21,7 +21,7 @@ def test_a_memorised_batch_shows_in_the_nfe1_restoration_and_is_written(tmp_path
     assert [r["step"] for r in rows] == [0, STEPS]
     # zero-initialised output + residual parameterisation: x̂0 is the pre-fill, exactly
     assert first["model_raw"] == first["model_ema"] == first["prefill"]
-    assert first["prefill"] > first["input"]  # white holes: the fill is far better
+    assert first["prefill"] > first["input"] and first["biharmonic"] > first["input"]
     assert last["model_raw"] >= last["prefill"] + MEMORISED_DB
     overfit.write(str(tmp_path), rows, "configs/demo.py:tiny", "a test machine")
     with open(tmp_path / "overfit.csv", newline="") as f:
