@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from experiments import overfit
+from rdbm_jax.errors import ConfigError
 from tests.helpers import config
 
 STEPS = 40
@@ -13,30 +16,48 @@ STEPS = 40
 MEMORISED_DB = 3.0
 
 
-def test_a_memorised_batch_shows_in_the_nfe1_restoration_and_is_written(tmp_path):
+def _tiny():
     cfg = config()
     cfg.train.num_steps = STEPS
-    rows = overfit.train_on_batch(cfg, STEPS, STEPS)
+    return cfg
+
+
+def test_a_memorised_batch_shows_in_the_nfe1_restoration_and_is_written(tmp_path):
+    rows = overfit.train_on_pool(_tiny(), STEPS, STEPS, pool=1, held_out=1)
     first, last = rows[0], rows[-1]
     assert [r["step"] for r in rows] == [0, STEPS]
-    # zero-initialised output + residual parameterisation: x̂0 is the pre-fill, exactly
-    assert first["model_raw"] == first["model_ema"] == first["prefill"]
-    assert first["prefill"] > first["input"] and first["biharmonic"] > first["input"]
-    assert last["model_raw"] >= last["prefill"] + MEMORISED_DB
-    overfit.write(str(tmp_path), rows, "configs/demo.py:tiny", "a test machine")
+    for name in overfit.SETS:
+        # zero-initialised output + residual parameterisation: x̂0 is the pre-fill, exactly
+        assert first[f"{name}_raw"] == first[f"{name}_ema"] == first[f"{name}_prefill"]
+        assert min(first[f"{name}_prefill"], first[f"{name}_biharmonic"]) > first[f"{name}_input"]
+    # the held-out batch is other crops than the pool's
+    assert first["held_prefill"] != first["pool_prefill"]
+    assert last["pool_raw"] >= last["pool_prefill"] + MEMORISED_DB
+    overfit.write(str(tmp_path), rows, "about: a test machine")
     with open(tmp_path / "overfit.csv", newline="") as f:
         back = list(csv.DictReader(f))
+    assert list(back[0]) == list(overfit.COLUMNS)
     assert [int(r["step"]) for r in back] == [0, STEPS]
-    assert abs(float(back[-1]["model_raw"]) - last["model_raw"]) < 1e-4
+    assert abs(float(back[-1]["pool_raw"]) - last["pool_raw"]) < 1e-4
     text = (tmp_path / "summary.md").read_text()
-    assert "a test machine" in text and f"| {STEPS} |" in text
+    assert "about: a test machine" in text and f"| {STEPS} |" in text
 
 
 def test_an_output_read_by_another_rule_does_not_restore_the_batch():
     # the negative control: the same training, the sampler reading the output as x̂0 itself
-    cfg = config()
-    cfg.train.num_steps = STEPS
     misread = config()
     misread.bridge.parameterization = "x0"
-    rows = overfit.train_on_batch(cfg, STEPS, STEPS, sampler_cfg=misread)
-    assert rows[-1]["model_raw"] < rows[-1]["prefill"]
+    rows = overfit.train_on_pool(_tiny(), STEPS, STEPS, pool=1, held_out=1, sampler_cfg=misread)
+    assert rows[-1]["pool_raw"] < rows[-1]["pool_prefill"]
+
+
+def test_a_pool_is_cycled_and_bad_arguments_are_one_line():
+    batches = overfit.fixed_batches(_tiny(), 3)
+    assert len(batches) == 3 and not (batches[0]["x0"] == batches[1]["x0"]).all()
+    assert overfit.joined(batches)["x0"].shape[0] == 3 * batches[0]["x0"].shape[0]
+    with pytest.raises(ConfigError, match="--pool"):
+        overfit.train_on_pool(_tiny(), 1, 1, pool=0)
+    unfilled = _tiny()
+    unfilled.model.condition = "mu_mask"
+    with pytest.raises(ConfigError, match="model.condition"):
+        overfit.train_on_pool(unfilled, 1, 1)
