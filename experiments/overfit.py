@@ -39,8 +39,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import cli, scaling
+from experiments import cli, holes, scaling
 from rdbm_jax import conditioning, data, program
+from rdbm_jax import config as config_lib
 from rdbm_jax.config_files import load
 from rdbm_jax.errors import ConfigError
 from rdbm_jax.evaluation import baselines
@@ -183,16 +184,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     p.add_argument("--held-out", type=int, default=4, help="fresh batches scored, never trained")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--every", type=int, default=250, help="score every this many steps")
+    p.add_argument("--set", action="append", default=[], type=holes.parse_setting,
+                   metavar="KEY=VALUE", help="a config setting, e.g. train.t_sampling=late "
+                   "(repeatable)")
     p.add_argument("--machine", default="", help="where it was measured, for summary.md")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     if a.steps < 1 or a.every < 1:
         raise ConfigError(f"--steps and --every must be >= 1, got {a.steps} and {a.every}")
-    cfg = load(a.config)
+    cfg = config_lib.put(load(a.config), dict(a.set))
     cfg.train.num_steps = a.steps  # the LR schedule spans the steps this run takes
+    config_lib.validate(cfg)
     rows = train_on_pool(cfg, a.steps, a.every, a.pool, a.held_out)
     size = cfg.train.batch_size
-    about = (f"Config `{a.config}`, {a.steps} steps; pool: {a.pool} batch(es) of {size} crops "
-             f"({a.pool * size} crops, {min(a.pool, SCORED) * size} scored); held out: "
+    settings = "".join(f", `{key}={value!r}`" for key, value in a.set)
+    about = (f"Config `{a.config}`{settings}, {a.steps} steps; pool: {a.pool} batch(es) of "
+             f"{size} crops ({a.pool * size} crops, {min(a.pool, SCORED) * size} scored); held out: "
              f"{a.held_out * size} crops; commit {scaling.commit()}."
              + (f" Measured on {a.machine}." if a.machine else ""))
     write(a.out_dir, rows, about)

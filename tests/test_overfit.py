@@ -8,11 +8,12 @@ import pytest
 
 from experiments import overfit
 from rdbm_jax.errors import ConfigError
-from tests.helpers import config
+from tests.helpers import CONFIGS, config
 
-STEPS = 40
-# 3 dB = half the squared error of the pre-fill inside the holes. A broken chain gains nothing
-# (a sampler that drops the output stays at the pre-fill: +0) or loses (a misread output, below).
+STEPS = 50  # the tiny config gains ~7 dB on its batch by here (EPYC, 40 steps: +5.5)
+# 3 dB = half the squared error of the pre-fill inside the holes, under half the gain a working
+# chain makes. A broken chain gains nothing (a sampler that drops the output stays at the
+# pre-fill: +0) or loses (a misread output, below: the control below).
 MEMORISED_DB = 3.0
 
 
@@ -61,3 +62,13 @@ def test_a_pool_is_cycled_and_bad_arguments_are_one_line():
     unfilled.model.condition = "mu_mask"
     with pytest.raises(ConfigError, match="model.condition"):
         overfit.train_on_pool(unfilled, 1, 1)
+
+
+def test_the_command_line_refuses_a_bad_setting_in_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    for bad in (["--set", "train.no_such_key=1"], ["--set", "train.t_sampling=sideways"],
+                ["--steps", "0"]):
+        with pytest.raises(ConfigError) as e:
+            overfit.main(["--out-dir", str(out), "--config", f"{CONFIGS}/demo.py:tiny", *bad])
+        assert "\n" not in str(e.value)
+    assert not out.exists()
