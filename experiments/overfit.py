@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     size = cfg.train.batch_size
     settings = "".join(f", `{key}={value!r}`" for key, value in a.set)
     about = (f"Config `{a.config}`{settings}, {a.steps} steps; pool: {a.pool} batch(es) of "
-             f"{size} crops ({a.pool * size} crops, {min(a.pool, SCORED) * size} scored); held out: "
-             f"{a.held_out * size} crops; commit {scaling.commit()}."
+             f"{size} crops ({a.pool * size} crops, {min(a.pool, SCORED) * size} scored); "
+             f"held out: {a.held_out * size} crops; commit {scaling.commit()}."
              + (f" Measured on {a.machine}." if a.machine else ""))
     write(a.out_dir, rows, about)
     print(summary(rows, about))
