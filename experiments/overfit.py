@@ -48,8 +48,6 @@ from rdbm_jax.evaluation import baselines
 from rdbm_jax.evaluation.metrics import quantize_levels, to_unit
 from rdbm_jax.runtime import atomic, distributed
 
-
-
 SCORED = 16  # pool batches scored per row: the pool is cycled evenly, so these stand for it
 SETS = ("pool", "held")  # the scored sets: the trained pool, the fresh crops
 SCORES = ("raw", "ema", "prefill", "biharmonic", "input")
