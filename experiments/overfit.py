@@ -21,8 +21,11 @@ EMA weights, the pool's first SCORED batches (all of a smaller pool) and the hel
 beside the pre-fill alone, scikit-image's biharmonic (true mask) and the input. PSNR inside the
 holes is pooled over the scored crops' hole pixels (RGB in [0, 1], uint8-quantised): a crop's own
 PSNR is infinite where its hole lies in a flat region that the pre-fill reproduces exactly, so the
-per-crop mean of the project's protocol is not defined here. Writes overfit.csv and summary.md
-(atomically; a rerun replaces both).
+per-crop mean of the project's protocol is not defined here. `--loss-at-t 0,50,99` adds, per
+row, the training loss of the raw weights at each of those steps on the scored pool crops, with
+noise drawn once and kept (the mean of the batches' losses): which steps has it learned? Near
+t = 0, x_t shows x0 inside the holes; at t = T − 1 it shows μ, and there the one-step restorer
+reads x̂0. Writes overfit.csv and summary.md (atomically; a rerun replaces both).
 """
 from __future__ import annotations
 
@@ -53,6 +56,19 @@ SETS = ("pool", "held")  # the scored sets: the trained pool, the fresh crops
 SCORES = ("raw", "ema", "prefill", "biharmonic", "input")
 COLUMNS = ("step", "loss", *(f"{s}_{k}" for s in SETS for k in SCORES), "cpu_s")
 Batch = dict[str, np.ndarray]
+
+
+def columns(loss_ts: tuple[int, ...] = ()) -> tuple[str, ...]:
+    """The CSV's columns: COLUMNS, then the loss at each fixed t (`--loss-at-t`)."""
+    return COLUMNS + tuple(f"loss_t{t}" for t in loss_ts)
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """--loss-at-t's comma-separated steps, e.g. "0,50,99" (checked against T by train_on_pool)."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--loss-at-t {text!r}: expected steps like 0,50,99") from None
 
 
 def fixed_batches(cfg: ml_collections.ConfigDict, count: int) -> list[Batch]:
@@ -93,18 +109,23 @@ def classical_scores(cfg: ml_collections.ConfigDict, crops: Batch) -> dict[str, 
 
 
 def train_on_pool(cfg: ml_collections.ConfigDict, steps: int, every: int, pool: int = 1,
-                  held_out: int = 4, sampler_cfg: ml_collections.ConfigDict | None = None
-                  ) -> list[dict[str, float]]:
+                  held_out: int = 4, sampler_cfg: ml_collections.ConfigDict | None = None,
+                  loss_ts: tuple[int, ...] = ()) -> list[dict[str, float]]:
     """One row per `every` steps (and step 0): the mean loss since the last row; for the pool and
     the held-out crops (`SETS`) the NFE-1 restoration's PSNR inside the holes with the raw and
     the EMA weights, the pre-fill's, biharmonic's and the input's; the CPU seconds spent
     (process time, compiles included). `sampler_cfg`: the config whose sampler restores (default
-    `cfg`; the tests read the output with another rule)."""
+    `cfg`; the tests read the output with another rule). `loss_ts`: steps t at which each row
+    also holds the raw weights' loss on the scored pool crops (`loss_t<t>`), at fixed noise."""
     if cfg.model.condition not in conditioning.PREFILLS:
         raise ConfigError(f"model.condition={cfg.model.condition!r}: no pre-fill to compare with "
                           f"(one of {tuple(conditioning.PREFILLS)})")
     if pool < 1 or held_out < 1:
         raise ConfigError(f"--pool and --held-out must be >= 1, got {pool} and {held_out}")
+    outside = [t for t in loss_ts if not 0 <= t < cfg.bridge.num_timesteps]
+    if outside:
+        raise ConfigError(f"--loss-at-t: steps {outside} outside 0 … "
+                          f"{cfg.bridge.num_timesteps - 1} (bridge.num_timesteps)")
     mesh = distributed.make_mesh()
     batches = fixed_batches(cfg, pool + held_out)
     scored = {"pool": batches[:min(pool, SCORED)], "held": batches[pool:]}
@@ -114,6 +135,9 @@ def train_on_pool(cfg: ml_collections.ConfigDict, steps: int, every: int, pool: 
     # K = 1 step per call: each batch is repeated along the steps-per-dispatch axis the step reads.
     stacked = [{k: np.repeat(v[None], cfg.train.steps_per_dispatch, axis=0) for k, v in b.items()}
                for b in batches[:pool]]
+    # one noise draw per scored pool batch, kept for every row: the rows differ by weights only
+    noises = [jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 2), i),
+                                b["x0"].shape) for i, b in enumerate(scored["pool"])]
     state = prog.init(program.init_key(cfg.seed))
     key = jax.random.PRNGKey(cfg.seed + 1)  # the training loop's step key differs from init's
 
@@ -124,8 +148,15 @@ def train_on_pool(cfg: ml_collections.ConfigDict, steps: int, every: int, pool: 
         crops = joined(sets)
         return holes_psnr(out, crops["x0"], crops["mask"])
 
+    def loss_at(t: int) -> float:
+        per_batch = [prog.loss_at_t(state.params, b, jnp.full(len(b["x0"]), t, jnp.int32), n,
+                                    jax.random.PRNGKey(0))  # dropout key (the demo has none)
+                     for b, n in zip(scored["pool"], noises)]
+        return float(np.mean(per_batch))
+
     def row(step: int, losses: list[float]) -> dict[str, float]:
         out = {"step": step, "loss": float(np.mean(losses)) if losses else float("nan")}
+        out.update({f"loss_t{t}": loss_at(t) for t in loss_ts})
         for name, sets in scored.items():
             out[f"{name}_raw"] = restored(state.params, sets)
             out[f"{name}_ema"] = restored(state.ema_params, sets)
@@ -144,11 +175,17 @@ def train_on_pool(cfg: ml_collections.ConfigDict, steps: int, every: int, pool: 
     return rows
 
 
+def _loss_ts(rows: list[dict[str, float]]) -> list[int]:
+    """The fixed steps whose loss the rows hold (`loss_t<t>` keys), in their order."""
+    return [int(k[len("loss_t"):]) for k in rows[0] if k.startswith("loss_t")]
+
+
 def summary(rows: list[dict[str, float]], about: str) -> str:
-    """Markdown: per row each set's scores and the gain over the pre-fill; the protocol and
-    `about` (config, pool, commit, machine)."""
+    """Markdown: per row each set's scores and the gain over the pre-fill, the loss at each fixed
+    t; the protocol and `about` (config, pool, commit, machine)."""
     names = ["NFE 1 raw", "NFE 1 EMA", "pre-fill", "biharmonic", "input", "raw − pre-fill"]
-    head = ["step", "loss", *(f"{s}: {n}" for s in ("pool", "held out") for n in names), "CPU s"]
+    head = ["step", "loss", *(f"{s}: {n}" for s in ("pool", "held out") for n in names), "CPU s",
+            *(f"loss at t = {t}" for t in _loss_ts(rows))]
     lines = ["# A fixed pool of training crops: does the network learn it, and does it carry?", "",
              "Generated by `experiments/overfit.py`; do not edit by hand. "
              + " ".join(__doc__.split("\n\n")[3].split()), "", about, "",
@@ -158,7 +195,9 @@ def summary(rows: list[dict[str, float]], about: str) -> str:
         for name in SETS:
             cells += [f"{r[f'{name}_{k}']:.2f}" for k in SCORES]
             cells.append(f"{r[f'{name}_raw'] - r[f'{name}_prefill']:+.2f}")
-        lines.append("| " + " | ".join(cells + [f"{r['cpu_s']:.0f}"]) + " |")
+        cells.append(f"{r['cpu_s']:.0f}")
+        cells += [f"{r[f'loss_t{t}']:.4f}" for t in _loss_ts(rows)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -166,10 +205,11 @@ def write(out_dir: str, rows: list[dict[str, float]], about: str) -> None:
     """overfit.csv and summary.md under `out_dir`, each in one atomic replace."""
     os.makedirs(out_dir, exist_ok=True)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    names = columns(tuple(_loss_ts(rows)))
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (f"{r[k]:.4f}" if k != "step" else int(r[k])) for k in COLUMNS})
+        writer.writerow({k: (f"{r[k]:.4f}" if k != "step" else int(r[k])) for k in names})
     atomic.write_text(os.path.join(out_dir, "overfit.csv"), buf.getvalue())
     atomic.write_text(os.path.join(out_dir, "summary.md"), summary(rows, about))
 
@@ -185,6 +225,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     p.add_argument("--set", action="append", default=[], type=holes.parse_setting,
                    metavar="KEY=VALUE", help="a config setting, e.g. train.t_sampling=late "
                    "(repeatable)")
+    p.add_argument("--loss-at-t", default="", metavar="T1,T2,…",
+                   help="also the loss at these fixed steps t on the pool (e.g. 0,50,99)")
     p.add_argument("--machine", default="", help="where it was measured, for summary.md")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     if a.steps < 1 or a.every < 1:
@@ -192,7 +234,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     cfg = config_lib.put(load(a.config), dict(a.set))
     cfg.train.num_steps = a.steps  # the LR schedule spans the steps this run takes
     config_lib.validate(cfg)
-    rows = train_on_pool(cfg, a.steps, a.every, a.pool, a.held_out)
+    loss_ts = parse_steps(a.loss_at_t)
+    rows = train_on_pool(cfg, a.steps, a.every, a.pool, a.held_out, loss_ts=loss_ts)
     size = cfg.train.batch_size
     settings = "".join(f", `{key}={value!r}`" for key, value in a.set)
     about = (f"Config `{a.config}`{settings}, {a.steps} steps; pool: {a.pool} batch(es) of "

@@ -117,24 +117,39 @@ def make_loss_fn(model: models.UNet, schedule: Schedule, bridge: ConfigDict, los
                  cond_kind: str = "mu", model_cfg: ConfigDict | None = None,
                  rho_by_task: tuple[float, ...] = (1.0,),
                  t_sampling: str = "uniform") -> Callable:
-    """loss(params, batch, rng) = mean |net([x_t, cond], t) − target| (L1, Eq. 20) or squared (L2).
+    """loss(params, batch, rng) = mean |net([x_t, cond], t) − target| (L1, Eq. 20) or squared (L2)
+    at t drawn by `draw_t` (train.t_sampling; the loss is not reweighted by the draw's density) and
+    ε ~ N(0, I): `make_loss_at_t`'s loss at those draws."""
+    loss_at_t = make_loss_at_t(model, schedule, bridge, loss, cond_kind, model_cfg, rho_by_task)
+
+    def loss_fn(params, batch, rng):
+        x0 = batch["x0"]
+        k_t, k_n, k_d = jax.random.split(rng, 3)
+        t = draw_t(k_t, t_sampling, schedule.num_timesteps, x0.shape[0])
+        noise = jax.random.normal(k_n, x0.shape, x0.dtype)
+        return loss_at_t(params, batch, t, noise, k_d)
+
+    return loss_fn
+
+
+def make_loss_at_t(model: models.UNet, schedule: Schedule, bridge: ConfigDict, loss: str,
+                   cond_kind: str = "mu", model_cfg: ConfigDict | None = None,
+                   rho_by_task: tuple[float, ...] = (1.0,)) -> Callable:
+    """loss(params, batch, t [B], ε, dropout_key): the training loss at given steps and noise (the
+    training step draws them; diagnostics fix them to ask which steps the network has learned).
 
     With a mask condition the error is averaged over the masked pixels only: outside the mask x̂0 is
     set to μ (`sde.project_known`), so the output there never reaches x̂0. `model_cfg`: the network
     computes with `models.compute_params` of the float32 parameters (model.param_dtype). precond:
     the network sees c_in (x_t − μ) and regresses the unit-variance F*, ρ =
-    rho_by_task[batch["task"]] (times the mask with a mask condition). t is drawn by `draw_t`
-    (train.t_sampling); the loss is not reweighted by the draw's density.
+    rho_by_task[batch["task"]] (times the mask with a mask condition).
     """
     # The network is read as the sampler reads it (fusion and clipping act on x̂0, not here).
     rule = sde.X0Rule(bridge.parameterization, bridge.pi or None, cond_kind)
     rho_table = jnp.asarray(rho_by_task, jnp.float32)
 
-    def loss_fn(params, batch, rng):
+    def loss_at_t(params, batch, t, noise, k_d):
         x0, mu = batch["x0"], batch["mu"]
-        k_t, k_n, k_d = jax.random.split(rng, 3)
-        t = draw_t(k_t, t_sampling, schedule.num_timesteps, x0.shape[0])
-        noise = jax.random.normal(k_n, x0.shape, x0.dtype)
         x_t = sde.q_sample(schedule, x0, mu, t, noise, pi=rule.pi)
         rho = rho_table[batch.get("task", jnp.zeros(x0.shape[0], jnp.int32))].reshape(-1, 1, 1, 1)
         # mask-aware: ρ = 0 where x0 = μ is known
@@ -151,7 +166,7 @@ def make_loss_fn(model: models.UNet, schedule: Schedule, bridge: ConfigDict, los
         weight = jnp.broadcast_to(batch["mask"], err.shape)
         return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
-    return loss_fn
+    return loss_at_t
 
 
 def make_train_step(loss_fn: Callable, steps_per_dispatch: int = 1) -> Callable:
@@ -216,6 +231,7 @@ class Program(NamedTuple):
     init: Callable[[jax.Array], TrainState]
     step: Callable
     abstract: TrainState  # of ShapeDtypeStructs (replicated), for restoring checkpoints
+    loss_at_t: Callable  # jitted `make_loss_at_t`: the loss at given t and ε (diagnostics)
 
 
 def network_spec(cfg: ConfigDict) -> FrozenConfigDict:
@@ -279,13 +295,14 @@ def _program(spec: FrozenConfigDict, mesh: Mesh) -> Program:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
         jax.eval_shape(init, init_key(0)))
     rho = tuple(spec.rho[k] for k in sorted(spec.rho)) or (1.0,)  # task ids index the sorted names
-    loss_fn = make_loss_fn(model, schedule, spec.bridge, spec.train.loss, spec.model.condition,
-                           model_cfg=spec.model, rho_by_task=rho,
-                           t_sampling=spec.train.t_sampling)
+    loss_args = (model, schedule, spec.bridge, spec.train.loss, spec.model.condition, spec.model,
+                 rho)
+    loss_fn = make_loss_fn(*loss_args, t_sampling=spec.train.t_sampling)
     step = jax.jit(make_train_step(loss_fn, spec.train.steps_per_dispatch),
                    in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
                    out_shardings=(repl, repl, repl), donate_argnums=0)
-    return Program(model, schedule, jax.jit(init, out_shardings=repl), step, abstract)
+    return Program(model, schedule, jax.jit(init, out_shardings=repl), step, abstract,
+                   jax.jit(make_loss_at_t(*loss_args)))
 
 
 def program(cfg: ConfigDict, mesh: Mesh) -> Program:

@@ -49,6 +49,9 @@ def test_loss_is_the_mean_error_to_the_sde_target(preset, parameterization, loss
     want = jnp.mean(jnp.abs(err)) if loss == "l1" else jnp.mean(err ** 2)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert np.isfinite(float(got))
+    # The same loss at those t and ε handed in (what diagnostics fix): the draw is all that differs
+    at_t = program.make_loss_at_t(LinearNet(), schedule, bridge, loss)
+    np.testing.assert_allclose(at_t(params, {"x0": x0, "mu": mu}, t, noise, None), want, rtol=1e-6)
 
 
 def test_optimizer_schedule_and_clipping():
