@@ -23,9 +23,17 @@ def _tiny():
     return cfg
 
 
-def test_a_memorised_batch_shows_in_the_nfe1_restoration_and_is_written(tmp_path):
-    rows = overfit.train_on_pool(_tiny(), STEPS, STEPS, pool=1, held_out=1)
+def test_a_memorised_batch_shows_in_the_nfe1_restoration_and_in_its_loss_and_is_written(
+        tmp_path):
+    cfg = _tiny()
+    last_t = cfg.bridge.num_timesteps - 1
+    rows = overfit.train_on_pool(cfg, STEPS, STEPS, pool=1, held_out=1, loss_ts=(0, last_t))
     first, last = rows[0], rows[-1]
+    # a zero output restores the pre-fill whatever x_t shows: the same loss at every t, the L1
+    # error of the pre-fill (x_t meets only the zero kernel of the output conv)
+    assert first["loss_t0"] == first[f"loss_t{last_t}"] > 0
+    # one memorised batch: its loss falls at both ends (at t = T − 1 from its condition alone)
+    assert last["loss_t0"] < first["loss_t0"] and last[f"loss_t{last_t}"] < first["loss_t0"]
     assert [r["step"] for r in rows] == [0, STEPS]
     for name in overfit.SETS:
         # zero-initialised output + residual parameterisation: x̂0 is the pre-fill, exactly
@@ -37,11 +45,13 @@ def test_a_memorised_batch_shows_in_the_nfe1_restoration_and_is_written(tmp_path
     overfit.write(str(tmp_path), rows, "about: a test machine")
     with open(tmp_path / "overfit.csv", newline="") as f:
         back = list(csv.DictReader(f))
-    assert list(back[0]) == list(overfit.COLUMNS)
+    assert list(back[0]) == list(overfit.columns((0, last_t)))
     assert [int(r["step"]) for r in back] == [0, STEPS]
     assert abs(float(back[-1]["pool_raw"]) - last["pool_raw"]) < 1e-4
+    assert abs(float(back[-1]["loss_t0"]) - last["loss_t0"]) < 1e-4
     text = (tmp_path / "summary.md").read_text()
     assert "about: a test machine" in text and f"| {STEPS} |" in text
+    assert f"loss at t = {last_t}" in text
 
 
 def test_an_output_read_by_another_rule_does_not_restore_the_batch():
@@ -72,24 +82,6 @@ def test_the_command_line_refuses_a_bad_setting_in_one_line_and_writes_nothing(t
             overfit.main(["--out-dir", str(out), "--config", f"{CONFIGS}/demo.py:tiny", *bad])
         assert "\n" not in str(e.value)
     assert not out.exists()
-
-
-def test_the_loss_at_fixed_steps_starts_equal_and_falls_where_the_batch_is_memorised(tmp_path):
-    cfg = _tiny()
-    last_t = cfg.bridge.num_timesteps - 1
-    rows = overfit.train_on_pool(cfg, STEPS, STEPS, pool=1, held_out=1, loss_ts=(0, last_t))
-    first, last = rows[0], rows[-1]
-    # a zero output restores the pre-fill whatever x_t shows: the same loss at every t, the L1
-    # error of the pre-fill (x_t meets only the zero kernel of the output conv)
-    assert first["loss_t0"] == first[f"loss_t{last_t}"] > 0
-    # one memorised batch: its loss falls at both ends (at t = T − 1 from its condition alone)
-    assert last["loss_t0"] < first["loss_t0"] and last[f"loss_t{last_t}"] < first["loss_t0"]
-    overfit.write(str(tmp_path), rows, "about")
-    with open(tmp_path / "overfit.csv", newline="") as f:
-        back = list(csv.DictReader(f))
-    assert list(back[0]) == list(overfit.columns((0, last_t)))
-    assert abs(float(back[-1]["loss_t0"]) - last["loss_t0"]) < 1e-4
-    assert f"loss at t = {last_t}" in (tmp_path / "summary.md").read_text()
 
 
 def test_bad_fixed_steps_are_one_line_and_write_nothing(tmp_path):
